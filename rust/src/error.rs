@@ -1,0 +1,85 @@
+//! The one error type of the core. Every failure a caller can see is one of these variants;
+//! the Python bindings map each variant to its own exception class (`nydus_hybrid.errors`).
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bootstrap or blob violates the RAFS v6 format (untrusted input rejected).
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+    /// Decoded chunk bytes do not match the recorded digest or CRC.
+    #[error("digest mismatch: {0}")]
+    DigestMismatch(String),
+    /// A chunk could not be decompressed, or decompressed to the wrong size.
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+    /// A path in the image does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("is a directory: {0}")]
+    IsADirectory(String),
+    #[error("not a symlink: {0}")]
+    NotASymlink(String),
+    #[error("no such attribute: {0}")]
+    NoAttribute(String),
+    /// A caller-supplied argument is out of range or malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Build input that would escape the image root or is otherwise unsafe.
+    #[error("unsafe input: {0}")]
+    UnsafeInput(String),
+    /// A feature of the format that this implementation does not read or write.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A data blob named by the bootstrap is not available.
+    #[error("blob {0} not found in {1}")]
+    BlobMissing(String, PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn corrupt(msg: impl Into<String>) -> Self {
+        Error::Corrupt(msg.into())
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Attach a human context to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+/// Fail with `Corrupt` unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !($cond) {
+            return Err($crate::error::Error::Corrupt(format!($($fmt)+)));
+        }
+    };
+}
+pub(crate) use ensure;

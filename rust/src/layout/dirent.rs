@@ -1,0 +1,62 @@
+//! Directory blocks (§3): 12-byte dirents followed by packed names.
+
+use super::bytes::*;
+use crate::error::{ensure, Result};
+
+pub const DIRENT_SIZE: usize = 12;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dirent<'a> {
+    pub nid: u64,
+    pub file_type: u8,
+    pub name: &'a [u8],
+}
+
+/// Decode every entry of one directory block. `valid_len` bounds the last name (the used
+/// length of this block, i.e. `i_size` for the final block): bytes past it belong to
+/// something else.
+pub fn decode_block(block: &[u8], valid_len: usize) -> Result<Vec<Dirent<'_>>> {
+    let valid_len = valid_len.min(block.len());
+    ensure!(valid_len >= DIRENT_SIZE, "directory block too short");
+    let first_nameoff = u16_at(block, 8) as usize;
+    ensure!(
+        first_nameoff % DIRENT_SIZE == 0 && first_nameoff >= DIRENT_SIZE && first_nameoff < valid_len,
+        "bad first nameoff {first_nameoff}"
+    );
+    let count = first_nameoff / DIRENT_SIZE;
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let d = i * DIRENT_SIZE;
+        let nameoff = u16_at(block, d + 8) as usize;
+        let end = if i + 1 < count {
+            u16_at(block, d + DIRENT_SIZE + 8) as usize
+        } else {
+            // Last name: ends at the first NUL or at the used length of the block.
+            let tail = &block[nameoff.min(valid_len)..valid_len];
+            nameoff + tail.iter().position(|&c| c == 0).unwrap_or(tail.len())
+        };
+        ensure!(nameoff >= first_nameoff && nameoff < end && end <= valid_len, "bad dirent name range {nameoff}..{end}");
+        out.push(Dirent {
+            nid: u64_at(block, d),
+            file_type: block[d + 10],
+            name: &block[nameoff..end],
+        });
+    }
+    Ok(out)
+}
+
+/// Encode one block from (nid, file_type, name) entries; the caller packed them to fit.
+pub fn encode_block(entries: &[(u64, u8, &[u8])], out: &mut Vec<u8>) {
+    let mut nameoff = entries.len() * DIRENT_SIZE;
+    for (nid, ft, name) in entries {
+        let mut d = [0u8; DIRENT_SIZE];
+        put_u64(&mut d, 0, *nid);
+        put_u16(&mut d, 8, nameoff as u16);
+        d[10] = *ft;
+        out.extend_from_slice(&d);
+        nameoff += name.len();
+    }
+    for (_, _, name) in entries {
+        out.extend_from_slice(name);
+    }
+}

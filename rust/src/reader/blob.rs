@@ -1,0 +1,192 @@
+//! The data side of one blob: its ToC, CI array (blob meta), chunk digests, and decoding a
+//! chunk from stored bytes to verified uncompressed bytes.
+
+use crate::codec;
+use crate::error::{ensure, Error, Result};
+use crate::layout::blob_features as bf;
+use crate::layout::blob_meta::{ci_v2_flags, ChunkInfo, CiHeader, CI_HEADER_SIZE, CI_V1_SIZE, CI_V2_SIZE};
+use crate::layout::superblock::BlobEntry;
+use crate::layout::tarhdr::{self, TAR_HEADER_SIZE};
+use crate::layout::toc::{TocEntry, TOC_ENTRY_SIZE, TOC_NAME};
+use crate::layout::{bytes::round_up, Compressor};
+use crate::storage::BlobSource;
+use std::sync::Arc;
+
+/// Upper bound on a CI array we are willing to load (the reference's V2 limit).
+const MAX_CI_BYTES: u64 = 384 << 20;
+const MAX_TOC_BYTES: u64 = 64 << 10;
+
+/// Read the ToC at the end of a blob: located by `toc_size`/`toc_digest` from the blob entry
+/// when known, otherwise detected from the final tar header.
+pub fn read_toc(src: &dyn BlobSource, entry: Option<&BlobEntry>) -> Result<Vec<TocEntry>> {
+    let size = src.size()?;
+    ensure!(size >= TAR_HEADER_SIZE as u64, "blob is too small to hold a ToC");
+    let known = entry.filter(|e| e.toc_size != 0);
+    let toc_size = match known {
+        Some(e) => e.toc_size as u64,
+        None => {
+            let hdr = src.read_vec(size - TAR_HEADER_SIZE as u64, TAR_HEADER_SIZE)?;
+            let (name, len) = tarhdr::decode(&hdr)?;
+            ensure!(name == TOC_NAME, "blob ends with section {name:?}, not a ToC");
+            len + TAR_HEADER_SIZE as u64
+        }
+    };
+    ensure!(
+        toc_size >= (TAR_HEADER_SIZE + TOC_ENTRY_SIZE) as u64
+            && toc_size <= MAX_TOC_BYTES
+            && (toc_size - TAR_HEADER_SIZE as u64) % TOC_ENTRY_SIZE as u64 == 0
+            && toc_size <= size,
+        "invalid ToC size {toc_size}"
+    );
+    let raw = src.read_vec(size - toc_size, toc_size as usize)?;
+    if let Some(e) = known {
+        if e.toc_digest != [0u8; 32] {
+            ensure!(codec::sha256(&raw) == e.toc_digest, "ToC digest does not match the blob table");
+        }
+    }
+    let (name, len) = tarhdr::decode(&raw[raw.len() - TAR_HEADER_SIZE..])?;
+    ensure!(name == TOC_NAME && len == toc_size - TAR_HEADER_SIZE as u64, "ToC tar header does not describe the ToC");
+    raw[..raw.len() - TAR_HEADER_SIZE].chunks_exact(TOC_ENTRY_SIZE).map(TocEntry::decode).collect()
+}
+
+/// Extract and verify one ToC section (decompressed to its uncompressed size).
+pub fn extract_section(src: &dyn BlobSource, e: &TocEntry, limit: u64) -> Result<Vec<u8>> {
+    ensure!(e.uncompressed_size <= limit && e.stored_size <= limit, "section {} is too large", e.name);
+    let stored = src.read_vec(e.offset, e.stored_size as usize)?;
+    let data = codec::decompress(e.compressor()?, &stored, e.uncompressed_size as usize)?;
+    ensure!(codec::sha256(&data) == e.digest, "section {} does not match its ToC digest", e.name);
+    Ok(data)
+}
+
+/// A loaded blob: the entry from the bootstrap, decoded CI records and optional digests.
+pub struct BlobReader {
+    pub entry: BlobEntry,
+    pub src: Arc<dyn BlobSource>,
+    pub chunks: Vec<ChunkInfo>,
+    /// The `blob.digest` array, when the blob carries one.
+    pub digests: Option<Vec<[u8; 32]>>,
+}
+
+impl BlobReader {
+    pub fn load(entry: &BlobEntry, src: Arc<dyn BlobSource>) -> Result<Self> {
+        let id = &entry.blob_id;
+        for (flag, what) in [(bf::ENCRYPTED, "encrypted"), (bf::ZRAN, "ZRAN"), (bf::BATCH, "batch"), (bf::SEPARATE, "separate-data"), (bf::TARFS, "TARFS"), (bf::EXTERNAL, "external")] {
+            if entry.has(flag) {
+                return Err(Error::Unsupported(format!("blob {id}: {what} blobs")));
+            }
+        }
+        let v2 = entry.has(bf::CHUNK_INFO_V2);
+        let rec = if v2 { CI_V2_SIZE } else { CI_V1_SIZE } as u64;
+        let n = entry.chunk_count as u64;
+        ensure!(entry.ci_uncompressed_size == n * rec, "blob {id}: CI size {} != {n} records", entry.ci_uncompressed_size);
+        ensure!(entry.ci_compressed_size <= MAX_CI_BYTES, "blob {id}: CI array is too large");
+        let raw = src.read_vec(entry.ci_offset, entry.ci_compressed_size as usize + CI_HEADER_SIZE)?;
+        let (stored, header) = raw.split_at(entry.ci_compressed_size as usize);
+        let h = CiHeader::decode(header).map_err(|e| Error::corrupt(format!("blob {id}: {e}")))?;
+        ensure!(
+            h.ci_entries == entry.chunk_count
+                && h.ci_compressor == entry.ci_compressor
+                && h.ci_offset == entry.ci_offset
+                && h.ci_compressed_size == entry.ci_compressed_size
+                && h.ci_uncompressed_size == entry.ci_uncompressed_size,
+            "blob {id}: blob meta header disagrees with the blob table"
+        );
+        let ci_algo = Compressor::from_u32(entry.ci_compressor).ok_or_else(|| Error::corrupt("bad CI compressor"))?;
+        let plain = if entry.ci_compressed_size == entry.ci_uncompressed_size {
+            stored.to_vec()
+        } else {
+            codec::decompress(ci_algo, stored, entry.ci_uncompressed_size as usize)?
+        };
+        let chunks: Vec<ChunkInfo> = plain
+            .chunks_exact(rec as usize)
+            .map(|r| if v2 { ChunkInfo::decode_v2(r) } else { ChunkInfo::decode_v1(r) })
+            .collect();
+        let data_end = entry.compressed_data_size();
+        let u_end = round_up(entry.uncompressed_size, 4096);
+        for (i, c) in chunks.iter().enumerate() {
+            ensure!(c.uncompressed_size > 0, "blob {id}: chunk {i} has size 0");
+            ensure!(c.compressed_size > 0, "blob {id}: chunk {i} has stored size 0");
+            ensure!(c.compressed_end() <= data_end, "blob {id}: chunk {i} data ends past the chunk area");
+            ensure!(c.uncompressed_end() <= u_end, "blob {id}: chunk {i} ends past the uncompressed size");
+            ensure!(c.compressed || c.compressed_size == c.uncompressed_size, "blob {id}: uncompressed chunk {i} has differing sizes");
+            ensure!(
+                c.v2_flags & ci_v2_flags::HAS_CRC32 == 0 || c.data as u32 != 0,
+                "blob {id}: chunk {i} has a zero CRC"
+            );
+        }
+        let digests = if entry.has(bf::INLINED_CHUNK_DIGEST) {
+            Some(Self::load_digests(entry, src.as_ref())?)
+        } else {
+            None
+        };
+        Ok(BlobReader { entry: entry.clone(), src, chunks, digests })
+    }
+
+    fn load_digests(entry: &BlobEntry, src: &dyn BlobSource) -> Result<Vec<[u8; 32]>> {
+        let len = entry.chunk_count as u64 * 32;
+        let from_toc = if entry.has(bf::HAS_TOC) {
+            read_toc(src, Some(entry))?.into_iter().find(|e| e.name == "blob.digest")
+        } else {
+            None
+        };
+        let raw = match from_toc {
+            Some(e) => {
+                ensure!(e.uncompressed_size == len, "blob.digest holds {} bytes, expected {len}", e.uncompressed_size);
+                extract_section(src, &e, len)?
+            }
+            None => {
+                ensure!(entry.has(bf::HAS_TAR_HEADER), "blob {}: chunk digests without a ToC or tar headers", entry.blob_id);
+                let off = entry.ci_offset + entry.ci_compressed_size + (CI_HEADER_SIZE + TAR_HEADER_SIZE) as u64;
+                src.read_vec(off, len as usize)?
+            }
+        };
+        Ok(raw.chunks_exact(32).map(|c| c.try_into().unwrap()).collect())
+    }
+
+    pub fn chunk(&self, ci: u32) -> Result<&ChunkInfo> {
+        self.chunks.get(ci as usize).ok_or_else(|| {
+            Error::corrupt(format!("blob {}: chunk index {ci} out of {}", self.entry.blob_id, self.chunks.len()))
+        })
+    }
+
+    /// Fetch, decompress and verify chunk `ci`. `expected` is the digest to check against
+    /// when the caller has one (the blob's own digest array takes precedence).
+    pub fn read_chunk(&self, ci: u32, expected: Option<&[u8; 32]>, verify: bool) -> Result<Vec<u8>> {
+        let c = *self.chunk(ci)?;
+        let stored = self.src.read_vec(c.compressed_offset, c.compressed_size as usize)?;
+        self.decode_chunk(ci, &c, &stored, expected, verify)
+    }
+
+    /// Decode stored chunk bytes (already fetched); with `verify`, check CRC and digest.
+    pub fn decode_chunk(&self, ci: u32, c: &ChunkInfo, stored: &[u8], expected: Option<&[u8; 32]>, verify: bool) -> Result<Vec<u8>> {
+        let id = &self.entry.blob_id;
+        let data = if c.compressed {
+            codec::decompress(self.entry.compression(), stored, c.uncompressed_size as usize)
+                .map_err(|e| Error::Decompress(format!("blob {id} chunk {ci}: {e}")))?
+        } else {
+            stored.to_vec()
+        };
+        if !verify {
+            return Ok(data);
+        }
+        if c.v2_flags & ci_v2_flags::HAS_CRC32 != 0 {
+            let crc = codec::crc32c(&data);
+            if crc != c.data as u32 {
+                return Err(Error::DigestMismatch(format!("blob {id} chunk {ci}: CRC-32C {crc:#x} != {:#x}", c.data as u32)));
+            }
+        }
+        let want = self.digests.as_ref().and_then(|d| d.get(ci as usize)).or(expected);
+        if let Some(want) = want {
+            let got = codec::digest(self.entry.digest_algo(), &data);
+            if &got != want {
+                return Err(Error::DigestMismatch(format!(
+                    "blob {id} chunk {ci}: {} {} != recorded {}",
+                    self.entry.digest_algo().name(),
+                    hex::encode(got),
+                    hex::encode(want)
+                )));
+            }
+        }
+        Ok(data)
+    }
+}

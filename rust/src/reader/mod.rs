@@ -1,0 +1,174 @@
+//! A mounted-in-memory RAFS image: the bootstrap plus access to its blobs. This is what every
+//! consumer (Python API, check, unpack, export, and later FUSE) reads through.
+
+pub mod blob;
+pub mod bootstrap;
+
+use crate::error::{ensure, Error, Result};
+use crate::layout::blob_features as bf;
+use crate::layout::inode::Inode;
+use crate::layout::{decode_rdev, inode_layout, mode};
+use crate::storage::{BlobStore, LocalBlob, LocalDir, SingleFile};
+use blob::BlobReader;
+pub use bootstrap::{Bootstrap, DirEntry};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// `stat` data of one inode, as the kernel would report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: u64,
+    pub mtime_nsec: u32,
+    pub rdev_major: u32,
+    pub rdev_minor: u32,
+    pub blocks: u64,
+}
+
+pub struct Rafs {
+    pub boot: Bootstrap,
+    store: Box<dyn BlobStore>,
+    blobs: Vec<Mutex<Option<Arc<BlobReader>>>>,
+    /// Verify chunk digests on every read (on by default).
+    pub verify: bool,
+}
+
+impl Rafs {
+    pub fn new(boot: Bootstrap, store: Box<dyn BlobStore>) -> Self {
+        let blobs = boot.blobs.iter().map(|_| Mutex::new(None)).collect();
+        Rafs { boot, store, blobs, verify: true }
+    }
+
+    /// A bootstrap file plus a directory of blobs named by id.
+    pub fn open(bootstrap: &Path, blob_dir: Option<&Path>) -> Result<Self> {
+        let boot = Bootstrap::open(bootstrap)?;
+        let dir = blob_dir.map(Path::to_path_buf).unwrap_or_else(|| {
+            bootstrap.parent().map(Path::to_path_buf).unwrap_or_default()
+        });
+        Ok(Self::new(boot, Box::new(LocalDir { dir })))
+    }
+
+    /// A data blob that carries its own bootstrap (`image.boot` section, nydus-snapshotter
+    /// layers). The blob's file name is its id; placeholder ids are replaced by it (ERRATA E5).
+    pub fn open_inline_blob(blob_path: &Path) -> Result<Self> {
+        let src = LocalBlob::open(blob_path)?;
+        let toc = blob::read_toc(&src, None)?;
+        let entry = toc
+            .iter()
+            .find(|e| e.name == "image.boot")
+            .ok_or_else(|| Error::corrupt("blob has no image.boot section"))?;
+        let bytes = blob::extract_section(&src, entry, 1 << 32)?;
+        let mut boot = Bootstrap::from_bytes(bytes)?;
+        let id = blob_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        ensure!(boot.blobs.len() == 1, "an inlined bootstrap must reference exactly its own blob");
+        let e = &boot.blobs[0];
+        let placeholder = (e.has(bf::INLINED_FS_META) && !e.has(bf::SEPARATE) && !e.has(bf::EXTERNAL)) || !e.has(bf::CAP_TAR_TOC);
+        if placeholder {
+            boot.set_blob_id(0, &id);
+        }
+        Ok(Self::new(boot, Box::new(SingleFile { path: blob_path.to_path_buf() })))
+    }
+
+    /// The loaded blob with this index, loading its blob meta on first use.
+    pub fn blob(&self, index: usize) -> Result<Arc<BlobReader>> {
+        let slot = self.blobs.get(index).ok_or_else(|| Error::corrupt(format!("no blob {index}")))?;
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = guard.as_ref() {
+            return Ok(b.clone());
+        }
+        let entry = &self.boot.blobs[index];
+        let src = self.store.open(&entry.blob_id)?;
+        let b = Arc::new(BlobReader::load(entry, src)?);
+        *guard = Some(b.clone());
+        Ok(b)
+    }
+
+    pub fn stat_nid(&self, nid: u64) -> Result<Stat> {
+        let i = self.boot.inode(nid)?;
+        Ok(stat_of(nid, &i))
+    }
+
+    pub fn inode(&self, nid: u64) -> Result<Inode> {
+        self.boot.inode(nid)
+    }
+
+    /// Expected digest of a chunk from the bootstrap chunk table, when the blob has none.
+    fn table_digest(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Result<Option<[u8; 32]>> {
+        if !self.verify || blob.digests.is_some() {
+            return Ok(None);
+        }
+        Ok(self.boot.chunk_map()?.get(&(blob_index, ci)).map(|e| e.digest))
+    }
+
+    /// Decoded, verified bytes of chunk `idx` of a regular file.
+    pub fn read_file_chunk(&self, nid: u64, ino: &Inode, idx: u64) -> Result<Vec<u8>> {
+        let addr = self.boot.chunk_addr(nid, ino, idx)?;
+        let blob = self.blob(addr.blob_index as usize)?;
+        let c = blob.chunk(addr.ci_index)?;
+        let cs = self.boot.chunk_size();
+        let want_len = (ino.size - idx * cs).min(cs);
+        ensure!(
+            c.uncompressed_offset == addr.blkaddr as u64 * self.boot.block_size(),
+            "file {nid} chunk {idx}: block address {} disagrees with blob meta offset {}",
+            addr.blkaddr,
+            c.uncompressed_offset
+        );
+        ensure!(
+            c.uncompressed_size as u64 == want_len,
+            "file {nid} chunk {idx}: blob meta size {} != expected {want_len}",
+            c.uncompressed_size
+        );
+        let expected = self.table_digest(&blob, addr.blob_index as u32, addr.ci_index)?;
+        blob.read_chunk(addr.ci_index, expected.as_ref(), self.verify)
+    }
+
+    /// Read up to `size` bytes at `offset` of a regular file.
+    pub fn read_nid(&self, nid: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let ino = self.boot.inode(nid)?;
+        match ino.mode as u32 & mode::S_IFMT {
+            mode::S_IFREG => {}
+            mode::S_IFDIR => return Err(Error::IsADirectory(format!("nid {nid}"))),
+            _ => return Err(Error::invalid(format!("nid {nid} is not a regular file"))),
+        }
+        if offset >= ino.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = ino.size.min(offset.saturating_add(size as u64));
+        let cs = self.boot.chunk_size();
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / cs;
+            let chunk = self.read_file_chunk(nid, &ino, idx)?;
+            let from = (pos - idx * cs) as usize;
+            let to = ((end - idx * cs) as usize).min(chunk.len());
+            out.extend_from_slice(&chunk[from..to]);
+            pos = idx * cs + to as u64;
+        }
+        Ok(out)
+    }
+}
+
+pub fn stat_of(nid: u64, i: &Inode) -> Stat {
+    let m = i.mode as u32;
+    let is_dev = matches!(m & mode::S_IFMT, mode::S_IFCHR | mode::S_IFBLK);
+    let (rdev_major, rdev_minor) = if is_dev && i.layout == inode_layout::FLAT_PLAIN { decode_rdev(i.i_u) } else { (0, 0) };
+    Stat {
+        ino: nid,
+        mode: m,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        size: i.size,
+        mtime: i.mtime,
+        mtime_nsec: i.mtime_nsec,
+        rdev_major,
+        rdev_minor,
+        blocks: i.size.div_ceil(512),
+    }
+}
