@@ -1,0 +1,235 @@
+//! The data pipeline of a build: sources submit file chunks in order; a worker thread hashes
+//! and compresses each batch in parallel on all cores (rayon), then commits the batch in
+//! submission order: dedup by digest, append to the blob, record a CI entry. Builds are
+//! deterministic because commits happen in submission order whatever the thread timing.
+//! Memory is bounded: at most two batches are in flight (one filling, one being processed,
+//! plus one queued).
+
+use super::blob::BlobWriter;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::layout::{Compressor, Digester};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+/// One distinct chunk stored in the blob.
+#[derive(Clone, Debug)]
+pub struct StoredChunk {
+    pub digest: [u8; 32],
+    pub crc32: u32,
+    pub compressed_offset: u64,
+    pub compressed_size: u32,
+    pub uncompressed_offset: u64,
+    pub uncompressed_size: u32,
+    pub compressed: bool,
+}
+
+struct Job {
+    node: usize,
+    index: usize,
+    data: Vec<u8>,
+}
+
+struct Processed {
+    node: usize,
+    index: usize,
+    digest: [u8; 32],
+    crc32: u32,
+    raw: Vec<u8>,
+    compressed: Option<Vec<u8>>,
+}
+
+/// Result of the data phase.
+pub struct ChunkOutput {
+    pub chunks: Vec<StoredChunk>,
+    /// (node, chunk index in file, CI index) for every submitted chunk.
+    pub refs: Vec<(usize, usize, u32)>,
+    pub writer: BlobWriter,
+    pub deduped: u64,
+    pub bytes_in: u64,
+}
+
+struct Committer {
+    compressor: Compressor,
+    digester: Digester,
+    writer: BlobWriter,
+    dedup: HashMap<([u8; 32], u32), u32>,
+    chunks: Vec<StoredChunk>,
+    refs: Vec<(usize, usize, u32)>,
+    next_uoff: u64,
+    deduped: u64,
+    bytes_in: u64,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl Committer {
+    fn process(&self, batch: Vec<Job>) -> Result<Vec<Processed>> {
+        let (c, d) = (self.compressor, self.digester);
+        batch
+            .into_par_iter()
+            .map(|j| {
+                Ok(Processed {
+                    node: j.node,
+                    index: j.index,
+                    digest: codec::digest(d, &j.data),
+                    crc32: codec::crc32c(&j.data),
+                    compressed: codec::compress(c, &j.data)?,
+                    raw: j.data,
+                })
+            })
+            .collect()
+    }
+
+    fn commit(&mut self, items: Vec<Processed>) -> Result<()> {
+        for p in items {
+            let usize_ = p.raw.len() as u32;
+            self.bytes_in += p.raw.len() as u64;
+            if let Some(pb) = &self.progress {
+                pb.inc(p.raw.len() as u64);
+            }
+            let key = (p.digest, usize_);
+            if let Some(&ci) = self.dedup.get(&key) {
+                self.deduped += 1;
+                self.refs.push((p.node, p.index, ci));
+                continue;
+            }
+            let ci = self.chunks.len() as u32;
+            if ci > crate::layout::MAX_CI_INDEX {
+                return Err(Error::Unsupported("more than 2^24 distinct chunks in one blob".into()));
+            }
+            let stored: &[u8] = p.compressed.as_deref().unwrap_or(&p.raw);
+            let c_off = self.writer.write_data(stored)?;
+            self.chunks.push(StoredChunk {
+                digest: p.digest,
+                crc32: p.crc32,
+                compressed_offset: c_off,
+                compressed_size: stored.len() as u32,
+                uncompressed_offset: self.next_uoff,
+                uncompressed_size: usize_,
+                compressed: p.compressed.is_some(),
+            });
+            self.next_uoff += crate::layout::bytes::round_up(usize_ as u64, 4096);
+            self.dedup.insert(key, ci);
+            self.refs.push((p.node, p.index, ci));
+        }
+        Ok(())
+    }
+}
+
+pub struct Pipeline {
+    batch: Vec<Job>,
+    batch_bytes: usize,
+    batch_limit: usize,
+    tx: Option<SyncSender<Vec<Job>>>,
+    worker: Option<JoinHandle<Result<Committer>>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        compressor: Compressor,
+        digester: Digester,
+        chunk_size: u32,
+        writer: BlobWriter,
+        progress: Option<indicatif::ProgressBar>,
+    ) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        // Enough chunks to keep every core busy, but never more than ~8 MiB per batch
+        // (one chunk if chunks are larger), so RSS stays bounded for any input.
+        let batch_limit = (threads * 2 * chunk_size as usize).clamp(chunk_size as usize, (8 << 20).max(chunk_size as usize));
+        let (tx, rx) = sync_channel::<Vec<Job>>(1);
+        let committer = Committer {
+            compressor,
+            digester,
+            writer,
+            dedup: HashMap::new(),
+            chunks: Vec::new(),
+            refs: Vec::new(),
+            next_uoff: 0,
+            deduped: 0,
+            bytes_in: 0,
+            progress,
+        };
+        let worker = std::thread::Builder::new()
+            .name("nydus-build-chunks".into())
+            .spawn(move || run_worker(committer, rx))
+            .expect("spawn chunk worker");
+        Pipeline { batch: Vec::new(), batch_bytes: 0, batch_limit, tx: Some(tx), worker: Some(worker) }
+    }
+
+    pub fn submit(&mut self, node: usize, index: usize, data: Vec<u8>) -> Result<()> {
+        self.batch_bytes += data.len();
+        self.batch.push(Job { node, index, data });
+        if self.batch_bytes >= self.batch_limit {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if self.tx.as_ref().unwrap().send(batch).is_err() {
+            // The worker stopped early: surface its error.
+            return Err(self.join().err().unwrap_or_else(|| Error::invalid("chunk worker stopped")));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> Result<Committer> {
+        self.tx.take();
+        match self.worker.take() {
+            Some(h) => h.join().map_err(|_| Error::invalid("chunk worker panicked"))?,
+            None => Err(Error::invalid("chunk worker already joined")),
+        }
+    }
+
+    pub fn finish(mut self) -> Result<ChunkOutput> {
+        self.flush()?;
+        let c = self.join()?;
+        if let Some(pb) = &c.progress {
+            pb.finish_and_clear();
+        }
+        Ok(ChunkOutput { chunks: c.chunks, refs: c.refs, writer: c.writer, deduped: c.deduped, bytes_in: c.bytes_in })
+    }
+}
+
+fn run_worker(mut c: Committer, rx: Receiver<Vec<Job>>) -> Result<Committer> {
+    while let Ok(batch) = rx.recv() {
+        let done = c.process(batch)?;
+        c.commit(done)?;
+    }
+    Ok(c)
+}
+
+/// Read `r` in `chunk_size` pieces and submit them as chunks of `node`. Returns bytes read.
+pub fn submit_stream(p: &mut Pipeline, node: usize, r: &mut dyn std::io::Read, chunk_size: usize, what: &dyn Fn() -> String) -> Result<u64> {
+    let mut total = 0u64;
+    let mut index = 0;
+    loop {
+        let mut buf = vec![0u8; chunk_size];
+        let mut filled = 0;
+        while filled < chunk_size {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(format!("read {}", what()), e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        buf.truncate(filled);
+        total += filled as u64;
+        p.submit(node, index, buf)?;
+        index += 1;
+        if filled < chunk_size {
+            return Ok(total);
+        }
+    }
+}

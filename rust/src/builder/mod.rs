@@ -1,0 +1,171 @@
+//! `nydus-hybrid build`: a directory or OCI layer tarball in, a RAFS v6 bootstrap and one
+//! data blob out.
+
+pub mod blob;
+pub mod bootstrap;
+pub mod chunker;
+pub mod source_dir;
+pub mod source_tar;
+pub mod tree;
+pub mod whiteout;
+
+use crate::error::{Error, IoContext, Result};
+use crate::layout::superblock::valid_chunk_size;
+use crate::layout::{Compressor, Digester};
+use chunker::Pipeline;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use tree::Tree;
+pub use whiteout::WhiteoutSpec;
+
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub chunk_size: u32,
+    pub compressor: Compressor,
+    pub digester: Digester,
+    /// Store uid/gid (nydus-image default; `--repeatable` clears it).
+    pub explicit_uid_gid: bool,
+    pub whiteout_spec: WhiteoutSpec,
+    /// Draw a progress bar when stderr is a terminal.
+    pub progress: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            chunk_size: crate::layout::DEFAULT_CHUNK_SIZE,
+            compressor: Compressor::Zstd,
+            digester: Digester::Blake3,
+            explicit_uid_gid: true,
+            whiteout_spec: WhiteoutSpec::Oci,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BuildReport {
+    pub blob_id: Option<String>,
+    pub blob_path: Option<PathBuf>,
+    pub blob_size: u64,
+    pub bootstrap_size: u64,
+    pub inodes: u64,
+    pub files: u64,
+    pub bytes_in: u64,
+    pub chunks: u64,
+    pub deduped_chunks: u64,
+    pub uncompressed_size: u64,
+}
+
+fn progress_bar(opts: &BuildOptions, total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !opts.progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = match total {
+        Some(t) => indicatif::ProgressBar::new(t).with_style(
+            indicatif::ProgressStyle::with_template("{spinner} building [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap()
+                .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} building {bytes} {bytes_per_sec}").unwrap(),
+        ),
+    };
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(pb)
+}
+
+/// Is `source` a tarball (by extension or a tar/gzip/zstd magic) rather than a directory?
+fn is_tar(source: &Path) -> bool {
+    source.is_file()
+}
+
+pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+    if !valid_chunk_size(opts.chunk_size) {
+        return Err(Error::invalid(format!("chunk size {:#x} must be a power of two from 4 KiB to 16 MiB", opts.chunk_size)));
+    }
+    if opts.compressor == Compressor::Gzip {
+        return Err(Error::invalid("gzip is not a compressor for native builds (use zstd, lz4_block or none)"));
+    }
+    if !source.exists() {
+        return Err(Error::invalid(format!("source {} does not exist", source.display())));
+    }
+    let writer = blob::BlobWriter::create(blob_dir)?;
+    let (mut tree, out) = if is_tar(source) {
+        let mut p = Pipeline::new(opts.compressor, opts.digester, opts.chunk_size, writer, progress_bar(opts, None));
+        let tree = source_tar::scan(source, &mut p, opts.chunk_size, opts.whiteout_spec)?;
+        (tree, p.finish()?)
+    } else {
+        let (tree, paths) = source_dir::scan(source, opts.whiteout_spec)?;
+        let order = bootstrap::plan(&tree, opts.chunk_size).order;
+        let total = tree.nodes.iter().filter(|n| n.is_reg()).map(|n| n.size).sum();
+        let mut p = Pipeline::new(opts.compressor, opts.digester, opts.chunk_size, writer, progress_bar(opts, Some(total)));
+        source_dir::feed(&tree, &paths, &order, &mut p, opts.chunk_size)?;
+        (tree, p.finish()?)
+    };
+    assign_chunks(&mut tree, &out.refs);
+
+    let layout = bootstrap::plan(&tree, opts.chunk_size);
+    let finished = if out.chunks.is_empty() {
+        drop(out.writer); // no data: no blob (a zero-chunk blob entry is unloadable)
+        None
+    } else {
+        Some(blob::finish(out.writer, &out.chunks, opts.compressor, opts.digester, opts.chunk_size)?)
+    };
+    let bopts = bootstrap::BootstrapOptions {
+        chunk_size: opts.chunk_size,
+        compressor: opts.compressor,
+        digester: opts.digester,
+        explicit_uid_gid: opts.explicit_uid_gid,
+    };
+    let part = bootstrap::BlobPart { entry: finished.as_ref().map(|f| f.entry.clone()), chunks: &out.chunks };
+    let image = bootstrap::write(&tree, &layout, &part, &bopts)?;
+    write_atomic(bootstrap_path, &image)?;
+
+    Ok(BuildReport {
+        blob_id: finished.as_ref().map(|f| f.entry.blob_id.clone()),
+        blob_path: finished.as_ref().map(|f| f.path.clone()),
+        blob_size: finished.as_ref().map(|f| f.entry.compressed_size).unwrap_or(0),
+        uncompressed_size: finished.as_ref().map(|f| f.entry.uncompressed_size).unwrap_or(0),
+        bootstrap_size: image.len() as u64,
+        inodes: layout.inos,
+        files: tree.nodes.iter().filter(|n| n.is_reg() && !n.detached).count() as u64,
+        bytes_in: out.bytes_in,
+        chunks: out.chunks.len() as u64,
+        deduped_chunks: out.deduped,
+    })
+}
+
+/// Put each submitted chunk's CI index on its node; hard-link members share their group's.
+fn assign_chunks(tree: &mut Tree, refs: &[(usize, usize, u32)]) {
+    for &(node, idx, ci) in refs {
+        let chunks = &mut tree.nodes[node].chunks;
+        if chunks.len() <= idx {
+            chunks.resize(idx + 1, 0);
+        }
+        chunks[idx] = ci;
+    }
+    let mut by_key: HashMap<u64, Vec<u32>> = HashMap::new();
+    for n in &tree.nodes {
+        if let (Some(k), false) = (n.link_key, n.chunks.is_empty()) {
+            by_key.entry(k).or_insert_with(|| n.chunks.clone());
+        }
+    }
+    for n in tree.nodes.iter_mut() {
+        if let Some(chunks) = n.link_key.and_then(|k| by_key.get(&k)) {
+            n.chunks = chunks.clone();
+        }
+    }
+}
+
+/// Write a file via a temporary sibling and rename, so readers never see a partial file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).ctx(|| format!("create temporary file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, data).ctx(|| format!("write {}", path.display()))?;
+    tmp.as_file().sync_all().ctx(|| format!("sync {}", path.display()))?;
+    tmp.persist(path).map_err(|e| Error::io(format!("rename to {}", path.display()), e.error))?;
+    Ok(())
+}

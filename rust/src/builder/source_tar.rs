@@ -1,0 +1,220 @@
+//! OCI layer tarball source (`.tar`, `.tar.gz`, `.tar.zst`), streamed: file data goes to the
+//! chunk pipeline while the archive is parsed, nothing is extracted to disk. Entries are
+//! untrusted: `..` components, non-directory parents, dangling hard links, oversized
+//! entries and truncated streams are errors that name the entry.
+
+use super::chunker::{submit_stream, Pipeline};
+use super::tree::{check_name, check_xattr, Node, NodeId, Tree, ROOT};
+use super::whiteout::{apply_whiteout, WhiteoutSpec};
+use crate::error::{Error, IoContext, Result};
+use crate::layout::{encode_rdev, mode};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+/// Largest regular file we accept from a tar header (the blob address space is 2^44).
+const MAX_ENTRY_SIZE: u64 = 1 << 40;
+
+/// Open a tar stream, undoing gzip or zstd by sniffing magic bytes.
+pub fn open_stream(path: &Path) -> Result<Box<dyn Read + Send>> {
+    let f = std::fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let head = r.fill_buf().ctx(|| format!("read {}", path.display()))?.to_vec();
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(r))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(r).ctx(|| "start zstd decoder".into())?)
+    } else {
+        Box::new(r)
+    })
+}
+
+/// Split a tar path into checked components. Leading `/` and `./` are dropped (as tar
+/// does); `..` anywhere is refused rather than resolved.
+fn components(raw: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                return Err(Error::UnsafeInput(format!(
+                    "tar entry {:?} contains '..' and would escape the image root",
+                    String::from_utf8_lossy(raw)
+                )))
+            }
+            _ => {
+                check_name(c, &format!("tar entry {:?}", String::from_utf8_lossy(raw)))?;
+                out.push(c.to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn implicit_dir(name: Vec<u8>) -> Node {
+    Node { name, mode: mode::S_IFDIR | 0o755, ..Default::default() }
+}
+
+struct TarTree {
+    tree: Tree,
+    by_path: HashMap<Vec<Vec<u8>>, NodeId>,
+}
+
+impl TarTree {
+    /// The directory holding `comps`, creating missing parents; errors if a parent exists
+    /// but is not a directory (we never follow a symlink out of the tree).
+    fn parent_dir(&mut self, comps: &[Vec<u8>]) -> Result<NodeId> {
+        let mut cur = ROOT;
+        for i in 0..comps.len().saturating_sub(1) {
+            let key = comps[..=i].to_vec();
+            cur = match self.by_path.get(&key) {
+                Some(&id) if self.tree.nodes[id].is_dir() => id,
+                Some(_) => {
+                    return Err(Error::UnsafeInput(format!(
+                        "tar entry parent /{} is not a directory",
+                        String::from_utf8_lossy(&key.join(&b'/'))
+                    )))
+                }
+                None => {
+                    let id = self.tree.add(cur, implicit_dir(comps[i].clone()));
+                    self.by_path.insert(key, id);
+                    id
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Insert (or replace, last entry wins) the node at `comps`.
+    fn put(&mut self, comps: Vec<Vec<u8>>, mut node: Node, whiteouts: WhiteoutSpec) -> Result<Option<NodeId>> {
+        if comps.is_empty() {
+            if node.is_dir() {
+                let root = &mut self.tree.nodes[ROOT];
+                (root.mode, root.uid, root.gid, root.mtime) = (node.mode, node.uid, node.gid, node.mtime);
+                root.xattrs.extend(node.xattrs);
+                return Ok(Some(ROOT));
+            }
+            return Err(Error::UnsafeInput("tar entry for the root is not a directory".into()));
+        }
+        let dir = self.parent_dir(&comps)?;
+        node.name = comps.last().unwrap().clone();
+        if apply_whiteout(&mut self.tree, dir, &mut node, whiteouts)? {
+            return Ok(None);
+        }
+        let mut key = comps;
+        *key.last_mut().unwrap() = node.name.clone();
+        if let Some(&old) = self.by_path.get(&key) {
+            if self.tree.nodes[old].is_dir() && node.is_dir() {
+                let o = &mut self.tree.nodes[old];
+                (o.mode, o.uid, o.gid, o.mtime, o.mtime_nsec) = (node.mode, node.uid, node.gid, node.mtime, node.mtime_nsec);
+                o.xattrs = node.xattrs;
+                return Ok(Some(old));
+            }
+            self.tree.detach(old);
+            // Forget everything below a replaced directory.
+            self.by_path.retain(|k, _| !(k.len() > key.len() && k.starts_with(&key)));
+        }
+        let id = self.tree.add(dir, node);
+        self.by_path.insert(key, id);
+        Ok(Some(id))
+    }
+}
+
+/// Parse the archive, streaming file data into `p`.
+pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutSpec) -> Result<Tree> {
+    let stream = open_stream(path)?;
+    let mut archive = tar::Archive::new(stream);
+    let mut t = TarTree { tree: Tree::new(implicit_dir(Vec::new())), by_path: HashMap::new() };
+    let bad = |e: std::io::Error| Error::UnsafeInput(format!("malformed or truncated tar stream: {e}"));
+    let mut next_link_key = 1u64;
+    let mut link_keys: HashMap<NodeId, u64> = HashMap::new();
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw_path = entry.path_bytes().into_owned();
+        let label = String::from_utf8_lossy(&raw_path).into_owned();
+        let comps = components(&raw_path)?;
+        let h = entry.header().clone();
+        let etype = h.entry_type();
+        let perm = h.mode().map_err(bad)? & 0o7777;
+        let mut node = Node {
+            uid: h.uid().map_err(bad)? as u32,
+            gid: h.gid().map_err(bad)? as u32,
+            mtime: h.mtime().map_err(bad)?,
+            ..Default::default()
+        };
+        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
+            for ext in exts {
+                let ext = ext.map_err(bad)?;
+                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                    check_xattr(name, ext.value_bytes(), &format!("tar entry {label:?}"))?;
+                    node.xattrs.insert(name.to_vec(), ext.value_bytes().to_vec());
+                }
+            }
+        }
+        use tar::EntryType as E;
+        match etype {
+            E::Regular | E::Continuous | E::GNUSparse => {
+                node.mode = mode::S_IFREG | perm;
+                let size = entry.size();
+                if size > MAX_ENTRY_SIZE {
+                    return Err(Error::UnsafeInput(format!("tar entry {label:?} declares {size} bytes, over the {MAX_ENTRY_SIZE}-byte limit")));
+                }
+                node.size = size;
+                let Some(id) = t.put(comps, node, whiteouts)? else { continue };
+                let n = submit_stream(p, id, &mut entry, chunk_size as usize, &|| format!("tar entry {label:?}"))?;
+                if n != size {
+                    return Err(Error::UnsafeInput(format!("tar stream truncated inside entry {label:?} ({n} of {size} bytes)")));
+                }
+            }
+            E::Link => {
+                let target_raw = entry.link_name_bytes().ok_or_else(|| Error::UnsafeInput(format!("hard link {label:?} has no target")))?;
+                let target = components(&target_raw)?;
+                let &tid = t.by_path.get(&target).ok_or_else(|| {
+                    Error::UnsafeInput(format!("hard link {label:?} points to {:?}, which is not in the archive before it", String::from_utf8_lossy(&target_raw)))
+                })?;
+                let tn = t.tree.nodes[tid].clone();
+                if !tn.is_reg() {
+                    return Err(Error::UnsafeInput(format!("hard link {label:?} points to a non-regular file")));
+                }
+                let key = *link_keys.entry(tid).or_insert_with(|| {
+                    next_link_key += 1;
+                    next_link_key
+                });
+                t.tree.nodes[tid].link_key = Some(key);
+                let linked = Node { link_key: Some(key), children: Vec::new(), detached: false, ..tn };
+                if let Some(id) = t.put(comps, linked, WhiteoutSpec::None)? {
+                    link_keys.insert(id, key);
+                }
+            }
+            E::Symlink => {
+                node.mode = mode::S_IFLNK | 0o777;
+                node.symlink = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                if node.symlink.is_empty() || node.symlink.len() > 4095 {
+                    return Err(Error::UnsafeInput(format!("symlink {label:?} has an empty or over-long target")));
+                }
+                t.put(comps, node, whiteouts)?;
+            }
+            E::Directory => {
+                node.mode = mode::S_IFDIR | perm;
+                t.put(comps, node, whiteouts)?;
+            }
+            E::Char | E::Block => {
+                let major = h.device_major().map_err(bad)?.unwrap_or(0);
+                let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+                node.mode = if etype == E::Char { mode::S_IFCHR } else { mode::S_IFBLK } | perm;
+                node.rdev = encode_rdev(major, minor);
+                t.put(comps, node, whiteouts)?;
+            }
+            E::Fifo => {
+                node.mode = mode::S_IFIFO | perm;
+                t.put(comps, node, whiteouts)?;
+            }
+            E::XGlobalHeader => {}
+            other => {
+                return Err(Error::Unsupported(format!("tar entry {label:?} has unsupported type {other:?}")));
+            }
+        }
+    }
+    t.tree.finish()?;
+    Ok(t.tree)
+}
