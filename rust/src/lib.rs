@@ -2,10 +2,18 @@
 //! Rust. The Python package `nydus_hybrid` binds this crate as `nydus_hybrid._core`.
 
 pub mod builder;
+pub mod check;
 pub mod codec;
 pub mod error;
+pub mod export;
+pub mod inspect;
 pub mod layout;
 pub mod reader;
 pub mod storage;
+pub mod unpack;
+pub mod walk;
 
 pub use error::{Error, Result};
+
+#[cfg(feature = "python")]
+mod python;

@@ -29,6 +29,8 @@ pub struct BuildOptions {
     pub whiteout_spec: WhiteoutSpec,
     /// Draw a progress bar when stderr is a terminal.
     pub progress: bool,
+    /// Paths relative to a directory source to leave out (with everything below them).
+    pub exclude: Vec<Vec<u8>>,
 }
 
 impl Default for BuildOptions {
@@ -40,6 +42,7 @@ impl Default for BuildOptions {
             explicit_uid_gid: true,
             whiteout_spec: WhiteoutSpec::Oci,
             progress: true,
+            exclude: Vec::new(),
         }
     }
 }
@@ -97,7 +100,7 @@ pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &Build
         let tree = source_tar::scan(source, &mut p, opts.chunk_size, opts.whiteout_spec)?;
         (tree, p.finish()?)
     } else {
-        let (tree, paths) = source_dir::scan(source, opts.whiteout_spec)?;
+        let (tree, paths) = source_dir::scan(source, opts.whiteout_spec, &opts.exclude)?;
         let order = bootstrap::plan(&tree, opts.chunk_size).order;
         let total = tree.nodes.iter().filter(|n| n.is_reg()).map(|n| n.size).sum();
         let mut p = Pipeline::new(opts.compressor, opts.digester, opts.chunk_size, writer, progress_bar(opts, Some(total)));

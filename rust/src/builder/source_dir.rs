@@ -44,7 +44,8 @@ fn read_xattrs(path: &Path, node: &mut Node) -> Result<()> {
 }
 
 /// Walk `root` into a tree. Returns the tree and the source path of each node.
-pub fn scan(root: &Path, whiteouts: WhiteoutSpec) -> Result<(Tree, HashMap<NodeId, PathBuf>)> {
+pub fn scan(root: &Path, whiteouts: WhiteoutSpec, exclude: &[Vec<u8>]) -> Result<(Tree, HashMap<NodeId, PathBuf>)> {
+    let exclude: Vec<PathBuf> = exclude.iter().map(|e| root.join(std::ffi::OsStr::from_bytes(e.strip_prefix(b"/").unwrap_or(e)))).collect();
     let md = std::fs::symlink_metadata(root).ctx(|| format!("stat {}", root.display()))?;
     if !md.is_dir() {
         return Err(Error::invalid(format!("{} is not a directory", root.display())));
@@ -65,6 +66,9 @@ pub fn scan(root: &Path, whiteouts: WhiteoutSpec) -> Result<(Tree, HashMap<NodeI
         for e in entries {
             let name = e.file_name().as_bytes().to_vec();
             let path = e.path();
+            if exclude.contains(&path) {
+                continue;
+            }
             check_name(&name, &path.display().to_string())?;
             let md = std::fs::symlink_metadata(&path).ctx(|| format!("stat {}", path.display()))?;
             let mut node = node_from_meta(name, &md);

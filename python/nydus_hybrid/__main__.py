@@ -1,0 +1,3 @@
+from nydus_hybrid.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""The ``nydus-hybrid`` command line. Flag names follow ``nydus-image`` where they exist.
+
+Exit status: 0 success, 1 the operation failed (the reason is one line on stderr),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Optional, Sequence
+
+from nydus_hybrid import log
+from nydus_hybrid.errors import NydusError
+from nydus_hybrid.image import Image, build
+
+_SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KkMm]i?[Bb]?)?$")
+
+
+def parse_size(text: str) -> int:
+    """'1M', '4K', '0x100000' or '1048576' to bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 1M, 4K or 0x100000)")
+    value = int(m.group(1), 0)
+    unit = (m.group(2) or "").lower()[:1]
+    return value * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
+
+
+def _add_build(sub) -> None:
+    for name, helptext in (("build", "build a RAFS v6 image"), ("create", "alias of build, with nydus-image create's flags")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("source", help="a directory, or an OCI layer tarball (.tar, .tar.gz, .tar.zst)")
+        p.add_argument("-B", "--bootstrap", required=True, help="output bootstrap file")
+        p.add_argument("-D", "--blob-dir", required=True, help="directory for the data blob, named by its sha256")
+        p.add_argument("-S", "--chunk-size", type=parse_size, default=0x100000, help="chunk size (default 1M)")
+        p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
+        p.add_argument("-d", "--digester", default="blake3", choices=["blake3", "sha256"])
+        p.add_argument("-t", "--type", dest="source_type", default=None,
+                       choices=["dir-rafs", "tar-rafs", "directory"], help="source type (detected when omitted)")
+        p.add_argument("-v", "--fs-version", default="6", choices=["6"], help="only RAFS v6 is written")
+        p.add_argument("--whiteout-spec", default="oci", choices=["oci", "overlayfs", "none"],
+                       help="oci: turn .wh.* entries into overlayfs whiteouts (default); none: keep them")
+        p.add_argument("-R", "--repeatable", action="store_true", help="do not store uid/gid")
+        p.add_argument("--features", default="blob-toc", help="accepted for compatibility; blob-toc is always on")
+        p.add_argument("-A", "--aligned-chunk", action="store_true", help="accepted; always on for v6")
+        p.add_argument("--exclude", action="append", default=[], help="path in a directory source to leave out")
+        p.add_argument("-J", "--output-json", help="also write the build report as JSON to this file")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+
+def _cmd_build(a) -> int:
+    if a.source_type == "tar-rafs" and not os.path.isfile(a.source):
+        raise SystemExit(_usage(f"--type tar-rafs needs a tarball, {a.source} is not a file"))
+    if a.source_type in ("dir-rafs", "directory") and not os.path.isdir(a.source):
+        raise SystemExit(_usage(f"--type {a.source_type} needs a directory, {a.source} is not one"))
+    unknown = set(filter(None, a.features.split(","))) - {"blob-toc"}
+    if unknown:
+        raise SystemExit(_usage(f"unsupported --features {','.join(sorted(unknown))}"))
+    report = build(
+        a.source, a.bootstrap, a.blob_dir,
+        chunk_size=a.chunk_size, compressor=a.compressor, digester=a.digester,
+        explicit_uid_gid=not a.repeatable,
+        whiteout_spec="none" if a.whiteout_spec == "overlayfs" else a.whiteout_spec,
+        progress=not a.no_progress, exclude=tuple(a.exclude),
+    )
+    doc = dict(report.__dict__, dedup_ratio=round(report.dedup_ratio, 4), bootstrap=os.fspath(a.bootstrap))
+    if a.output_json:
+        with open(a.output_json, "w") as f:
+            json.dump(doc, f, indent=2)
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _open(a) -> Image:
+    if getattr(a, "blob", None):
+        return Image.open_blob(a.blob)
+    if not a.bootstrap:
+        raise SystemExit(_usage("--bootstrap (or --blob for a blob with an inlined bootstrap) is required"))
+    return Image.open(a.bootstrap, getattr(a, "blob_dir", None))
+
+
+def _cmd_inspect(a) -> int:
+    print(json.dumps(_open(a).inspect(), indent=2))
+    return 0
+
+
+def _cmd_check(a) -> int:
+    with_blobs = bool(a.blob_dir or a.blob)
+    report = _open(a).check(blobs=with_blobs)
+    if a.output_json:
+        with open(a.output_json, "w") as f:
+            json.dump(report, f, indent=2)
+    what = f"{report['chunks_verified']} chunks verified" if with_blobs else "bootstrap only"
+    print(f"ok: {report['inodes']} inodes, {report['directories']} directories, "
+          f"{report['regular_files']} files, {report['symlinks']} symlinks; {what}")
+    return 0
+
+
+def _cmd_unpack(a) -> int:
+    image = _open(a)
+    if bool(a.output) == bool(a.output_dir):
+        raise SystemExit(_usage("give exactly one of --output TAR or --output-dir DIR"))
+    report = image.unpack_tar(a.output) if a.output else image.unpack_dir(a.output_dir)
+    print(json.dumps(report))
+    return 0
+
+
+def _cmd_export(a) -> int:
+    image = _open(a)
+    if a.flat_blob is not None:
+        n = image.export_flat_blob(a.output, a.flat_blob)
+    else:
+        n = image.export_block(a.output)
+    print(json.dumps({"output": a.output, "bytes_written": n}))
+    return 0
+
+
+def _image_args(p, blob_dir: bool = True) -> None:
+    p.add_argument("-B", "--bootstrap", help="bootstrap file")
+    if blob_dir:
+        p.add_argument("-D", "--blob-dir", help="directory holding the data blobs")
+    p.add_argument("--blob", help="a data blob with an inlined bootstrap, instead of --bootstrap")
+
+
+def _usage(msg: str) -> int:
+    print(f"nydus-hybrid: usage error: {msg}", file=sys.stderr)
+    return 2
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nydus-hybrid", description="RAFS v6 (Nydus) images: build, check, inspect, unpack, export.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--log-level", default="warning", choices=["trace", "debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command")
+    _add_build(sub)
+
+    p = sub.add_parser("inspect", help="superblock, blob table and counts as JSON")
+    _image_args(p, blob_dir=False)
+    p = sub.add_parser("check", help="validate an image; with blobs, verify every chunk digest")
+    _image_args(p)
+    p.add_argument("-J", "--output-json", help="write the check report as JSON to this file")
+    p = sub.add_parser("unpack", help="unpack an image to a tar file or a directory")
+    _image_args(p)
+    p.add_argument("-o", "--output", help="output tar file")
+    p.add_argument("--output-dir", help="output directory (must be empty or absent)")
+    p = sub.add_parser("export", help="export for the kernel: one raw EROFS disk, or a flattened blob")
+    _image_args(p)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--block", action="store_true", help="bootstrap + flattened blobs in one disk image")
+    mode.add_argument("--flat-blob", type=int, metavar="INDEX", help="blob INDEX uncompressed at its chunk offsets")
+    p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("demo", help="the main job: build, check and kernel-mount an image of the Python standard library")
+    p.add_argument("--source", help="directory to build (default: this Python's standard library)")
+    p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    return parser
+
+
+COMMANDS = {
+    "build": _cmd_build,
+    "create": _cmd_build,
+    "inspect": _cmd_inspect,
+    "check": _cmd_check,
+    "unpack": _cmd_unpack,
+    "export": _cmd_export,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
+    a = parser.parse_args(argv)
+    if a.version:
+        from nydus_hybrid import _core
+
+        print(f"nydus-hybrid {_core.__version__}\nGit Commit: {_core.GIT_COMMIT}")
+        return 0
+    if not a.command:
+        parser.print_help(sys.stderr)
+        return 2
+    log.setup("debug" if a.log_level == "trace" else a.log_level)
+    try:
+        if a.command == "demo":
+            from nydus_hybrid.demo import run_demo
+
+            return run_demo(a.source, a.workdir, a.keep)
+        return COMMANDS[a.command](a)
+    except NydusError as e:
+        print(f"nydus-hybrid: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"nydus-hybrid: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

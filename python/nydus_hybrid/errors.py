@@ -1,0 +1,92 @@
+"""Exception classes raised by the Rust core, one per ``Error`` variant.
+
+Each class also derives from the closest built-in exception, so ``except FileNotFoundError``
+and friends keep working, and carries ``errno`` for callers that map errors to syscalls
+(EIO for anything that means the image's bytes are wrong).
+"""
+
+from __future__ import annotations
+
+
+class NydusError(Exception):
+    """Base class of every nydus-hybrid error."""
+
+    def __init__(self, errno: int, message: str):
+        super().__init__(message)
+        self.errno = errno
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CorruptImageError(NydusError, ValueError):
+    """The bootstrap or a blob violates the RAFS v6 format."""
+
+
+class DigestMismatchError(CorruptImageError):
+    """Chunk bytes do not match their recorded digest or CRC."""
+
+
+class DecompressError(CorruptImageError):
+    """A chunk failed to decompress, or decompressed to the wrong size."""
+
+
+class NotFoundError(NydusError, FileNotFoundError):
+    """A path does not exist in the image."""
+
+    def __init__(self, errno: int, message: str):
+        NydusError.__init__(self, errno, message)
+
+
+class BlobMissingError(NotFoundError):
+    """A data blob named by the bootstrap is not available."""
+
+
+class NotADirectoryError_(NydusError, NotADirectoryError):
+    """A path component is not a directory."""
+
+    def __init__(self, errno: int, message: str):
+        NydusError.__init__(self, errno, message)
+
+
+class IsADirectoryError_(NydusError, IsADirectoryError):
+    """File data was asked of a directory."""
+
+    def __init__(self, errno: int, message: str):
+        NydusError.__init__(self, errno, message)
+
+
+class InvalidArgumentError(NydusError, ValueError):
+    """An argument is malformed or out of range."""
+
+
+class NotASymlinkError(InvalidArgumentError):
+    """readlink on something that is not a symlink."""
+
+
+class NoAttributeError(NydusError, OSError):
+    """getxattr of an attribute the inode does not have (ENODATA)."""
+
+    def __init__(self, errno: int, message: str):
+        NydusError.__init__(self, errno, message)
+
+
+class UnsafeInputError(NydusError, ValueError):
+    """Build input that is malformed or would escape the image root."""
+
+
+class UnsupportedError(NydusError, NotImplementedError):
+    """A valid format feature this implementation does not handle."""
+
+
+class NydusIOError(NydusError, OSError):
+    """An operating-system error while reading or writing files."""
+
+    def __init__(self, errno: int, message: str):
+        NydusError.__init__(self, errno, message)
+
+
+# The core looks classes up by these names.
+NotADirectoryError = NotADirectoryError_  # noqa: A001
+IsADirectoryError = IsADirectoryError_  # noqa: A001

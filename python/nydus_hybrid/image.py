@@ -1,0 +1,183 @@
+"""Pythonic access to RAFS v6 images on top of ``_core.Image``.
+
+Paths may be ``str`` or ``bytes``; names come back as ``str`` decoded like ``os.fsdecode``.
+All chunk work (fetch, decompress, verify) happens in Rust with the GIL released.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from nydus_hybrid import _core
+
+PathArg = Union[str, bytes, "os.PathLike[str]"]
+
+
+def _image_path(path: Union[str, bytes]) -> bytes:
+    return os.fsencode(path)
+
+
+@dataclass(frozen=True)
+class StatResult:
+    st_ino: int
+    st_mode: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime: int
+    st_mtime_nsec: int
+    rdev_major: int
+    rdev_minor: int
+    st_blocks: int
+
+    @property
+    def st_rdev(self) -> int:
+        return os.makedev(self.rdev_major, self.rdev_minor)
+
+    @property
+    def st_mtime_ns(self) -> int:
+        return self.st_mtime * 1_000_000_000 + self.st_mtime_nsec
+
+    def is_dir(self) -> bool:
+        return stat_mod.S_ISDIR(self.st_mode)
+
+    def is_file(self) -> bool:
+        return stat_mod.S_ISREG(self.st_mode)
+
+    def is_symlink(self) -> bool:
+        return stat_mod.S_ISLNK(self.st_mode)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    blob_id: Optional[str]
+    blob_path: Optional[str]
+    blob_size: int
+    bootstrap_size: int
+    inodes: int
+    files: int
+    bytes_in: int
+    chunks: int
+    deduped_chunks: int
+    uncompressed_size: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Input bytes per stored uncompressed byte (1.0 means nothing deduplicated)."""
+        return self.bytes_in / self.uncompressed_size if self.uncompressed_size else 1.0
+
+
+def build(
+    source: PathArg,
+    bootstrap: PathArg,
+    blob_dir: PathArg,
+    *,
+    chunk_size: int = 0x100000,
+    compressor: str = "zstd",
+    digester: str = "blake3",
+    explicit_uid_gid: bool = True,
+    whiteout_spec: str = "oci",
+    progress: bool = True,
+    exclude: tuple = (),
+) -> BuildReport:
+    """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball."""
+    raw = _core.build(
+        os.fspath(source),
+        os.fspath(bootstrap),
+        os.fspath(blob_dir),
+        chunk_size=chunk_size,
+        compressor=compressor,
+        digester=digester,
+        explicit_uid_gid=explicit_uid_gid,
+        whiteout_spec=whiteout_spec,
+        progress=progress,
+        exclude=[os.fsencode(e) for e in exclude],
+    )
+    return BuildReport(**json.loads(raw))
+
+
+class Image:
+    """An opened image: a bootstrap plus the blobs it names."""
+
+    def __init__(self, inner: "_core.Image"):
+        self._inner = inner
+
+    @classmethod
+    def open(cls, bootstrap: PathArg, blob_dir: Optional[PathArg] = None, *, verify: bool = True) -> "Image":
+        return cls(_core.Image.open(os.fspath(bootstrap), None if blob_dir is None else os.fspath(blob_dir), verify))
+
+    @classmethod
+    def open_blob(cls, blob: PathArg, *, verify: bool = True) -> "Image":
+        """Open a data blob that carries its own bootstrap (nydus-snapshotter layer blobs)."""
+        return cls(_core.Image.open_blob(os.fspath(blob), verify))
+
+    @property
+    def root_ino(self) -> int:
+        return self._inner.root_ino
+
+    @property
+    def blob_ids(self) -> list:
+        return self._inner.blob_ids()
+
+    def lookup(self, path: Union[str, bytes]) -> int:
+        return self._inner.lookup(_image_path(path))
+
+    def stat(self, path: Union[str, bytes]) -> StatResult:
+        return StatResult(**self._inner.stat(_image_path(path)))
+
+    def listdir(self, path: Union[str, bytes] = "/") -> list:
+        names = self._inner.listdir(_image_path(path))
+        return names if isinstance(path, bytes) else [os.fsdecode(n) for n in names]
+
+    def readdir(self, path: Union[str, bytes] = "/") -> list:
+        return self._inner.readdir(_image_path(path))
+
+    def readlink(self, path: Union[str, bytes]) -> Union[str, bytes]:
+        target = self._inner.readlink(_image_path(path))
+        return target if isinstance(path, bytes) else os.fsdecode(target)
+
+    def listxattr(self, path: Union[str, bytes]) -> list:
+        return [os.fsdecode(n) for n in self._inner.listxattr(_image_path(path))]
+
+    def getxattr(self, path: Union[str, bytes], name: Union[str, bytes]) -> bytes:
+        return self._inner.getxattr(_image_path(path), os.fsencode(name))
+
+    def read(self, path: Union[str, bytes], offset: int = 0, size: int = -1) -> bytes:
+        if size < 0:
+            size = max(self._inner.stat(_image_path(path))["st_size"] - offset, 0)
+        return self._inner.read(_image_path(path), offset, size)
+
+    def walk(self, top: str = "/"):
+        """Yield (dirpath, dirnames, filenames) like ``os.walk``, top-down."""
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            dirs, files = [], []
+            for name in self.listdir(d):
+                p = d.rstrip("/") + "/" + name
+                (dirs if self.stat(p).is_dir() else files).append(name)
+            yield d, dirs, files
+            stack.extend(d.rstrip("/") + "/" + n for n in reversed(dirs))
+
+    def inspect(self) -> dict:
+        return json.loads(self._inner.inspect_json())
+
+    def check(self, *, blobs: bool = True) -> dict:
+        return json.loads(self._inner.check_json(blobs))
+
+    def unpack_tar(self, output: PathArg) -> dict:
+        return json.loads(self._inner.unpack_tar(os.fspath(output)))
+
+    def unpack_dir(self, output: PathArg) -> dict:
+        return json.loads(self._inner.unpack_dir(os.fspath(output)))
+
+    def export_block(self, output: PathArg) -> int:
+        return self._inner.export_block(os.fspath(output))
+
+    def export_flat_blob(self, output: PathArg, index: int = 0) -> int:
+        return self._inner.export_flat_blob(index, os.fspath(output))

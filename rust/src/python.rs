@@ -1,0 +1,237 @@
+//! PyO3 bindings: `nydus_hybrid._core`. Thin: every call converts arguments, releases the GIL
+//! and runs the Rust code; errors become the exception classes of `nydus_hybrid.errors`.
+
+use crate::builder::{self, BuildOptions, WhiteoutSpec};
+use crate::error::Error;
+use crate::layout::{Compressor, Digester};
+use crate::reader::{stat_of, Rafs};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use std::path::PathBuf;
+
+/// Raise the `nydus_hybrid.errors` class for this error.
+fn to_py(e: Error) -> PyErr {
+    let (class, errno) = match &e {
+        Error::Corrupt(_) => ("CorruptImageError", libc::EIO),
+        Error::DigestMismatch(_) => ("DigestMismatchError", libc::EIO),
+        Error::Decompress(_) => ("DecompressError", libc::EIO),
+        Error::NotFound(_) => ("NotFoundError", libc::ENOENT),
+        Error::NotADirectory(_) => ("NotADirectoryError", libc::ENOTDIR),
+        Error::IsADirectory(_) => ("IsADirectoryError", libc::EISDIR),
+        Error::NotASymlink(_) => ("NotASymlinkError", libc::EINVAL),
+        Error::NoAttribute(_) => ("NoAttributeError", libc::ENODATA),
+        Error::InvalidArgument(_) => ("InvalidArgumentError", libc::EINVAL),
+        Error::UnsafeInput(_) => ("UnsafeInputError", libc::EINVAL),
+        Error::Unsupported(_) => ("UnsupportedError", libc::EOPNOTSUPP),
+        Error::BlobMissing(..) => ("BlobMissingError", libc::ENOENT),
+        Error::Io { source, .. } => ("NydusIOError", source.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    let msg = e.to_string();
+    Python::with_gil(|py| {
+        let made = py
+            .import("nydus_hybrid.errors")
+            .and_then(|m| m.getattr(class))
+            .and_then(|cls| cls.call1((errno, msg.clone())));
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(_) => PyRuntimeError::new_err(msg),
+        }
+    })
+}
+
+type R<T> = Result<T, PyErr>;
+
+fn stat_dict<'py>(py: Python<'py>, s: &crate::reader::Stat) -> R<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("st_ino", s.ino)?;
+    d.set_item("st_mode", s.mode)?;
+    d.set_item("st_nlink", s.nlink)?;
+    d.set_item("st_uid", s.uid)?;
+    d.set_item("st_gid", s.gid)?;
+    d.set_item("st_size", s.size)?;
+    d.set_item("st_mtime", s.mtime)?;
+    d.set_item("st_mtime_nsec", s.mtime_nsec)?;
+    d.set_item("rdev_major", s.rdev_major)?;
+    d.set_item("rdev_minor", s.rdev_minor)?;
+    d.set_item("st_blocks", s.blocks)?;
+    Ok(d)
+}
+
+/// An opened RAFS v6 image. Paths are bytes (the Python wrapper encodes str).
+#[pyclass(module = "nydus_hybrid._core", frozen)]
+struct Image {
+    rafs: Rafs,
+}
+
+impl Image {
+    fn nid(&self, path: &[u8]) -> R<u64> {
+        self.rafs.boot.resolve(path).map_err(to_py)
+    }
+}
+
+#[pymethods]
+impl Image {
+    /// Open a bootstrap file and the directory holding its blobs.
+    #[staticmethod]
+    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true))]
+    fn open(py: Python<'_>, bootstrap: PathBuf, blob_dir: Option<PathBuf>, verify: bool) -> R<Self> {
+        let mut rafs = py.allow_threads(|| Rafs::open(&bootstrap, blob_dir.as_deref())).map_err(to_py)?;
+        rafs.verify = verify;
+        Ok(Image { rafs })
+    }
+
+    /// Open a data blob that carries its own bootstrap (an `image.boot` section).
+    #[staticmethod]
+    #[pyo3(signature = (blob, verify=true))]
+    fn open_blob(py: Python<'_>, blob: PathBuf, verify: bool) -> R<Self> {
+        let mut rafs = py.allow_threads(|| Rafs::open_inline_blob(&blob)).map_err(to_py)?;
+        rafs.verify = verify;
+        Ok(Image { rafs })
+    }
+
+    fn lookup(&self, path: &[u8]) -> R<u64> {
+        self.nid(path)
+    }
+
+    fn stat<'py>(&self, py: Python<'py>, path: &[u8]) -> R<Bound<'py, PyDict>> {
+        let nid = self.nid(path)?;
+        let ino = self.rafs.boot.inode(nid).map_err(to_py)?;
+        stat_dict(py, &stat_of(nid, &ino))
+    }
+
+    /// Names in a directory, without `.` and `..`.
+    fn listdir<'py>(&self, py: Python<'py>, path: &[u8]) -> R<Vec<Bound<'py, PyBytes>>> {
+        let nid = self.nid(path)?;
+        let ents = self.rafs.boot.readdir(nid).map_err(to_py)?;
+        Ok(ents
+            .iter()
+            .filter(|e| e.name != b"." && e.name != b"..")
+            .map(|e| PyBytes::new(py, &e.name))
+            .collect())
+    }
+
+    /// (name, nid, dirent type) of every entry, `.` and `..` included.
+    fn readdir<'py>(&self, py: Python<'py>, path: &[u8]) -> R<Vec<(Bound<'py, PyBytes>, u64, u8)>> {
+        let nid = self.nid(path)?;
+        let ents = self.rafs.boot.readdir(nid).map_err(to_py)?;
+        Ok(ents.iter().map(|e| (PyBytes::new(py, &e.name), e.nid, e.file_type)).collect())
+    }
+
+    fn readlink<'py>(&self, py: Python<'py>, path: &[u8]) -> R<Bound<'py, PyBytes>> {
+        let nid = self.nid(path)?;
+        Ok(PyBytes::new(py, &self.rafs.boot.readlink(nid).map_err(to_py)?))
+    }
+
+    fn listxattr<'py>(&self, py: Python<'py>, path: &[u8]) -> R<Vec<Bound<'py, PyBytes>>> {
+        let nid = self.nid(path)?;
+        let ino = self.rafs.boot.inode(nid).map_err(to_py)?;
+        let x = self.rafs.boot.xattrs(nid, &ino).map_err(to_py)?;
+        Ok(x.iter().map(|(k, _)| PyBytes::new(py, k)).collect())
+    }
+
+    fn getxattr<'py>(&self, py: Python<'py>, path: &[u8], name: &[u8]) -> R<Bound<'py, PyBytes>> {
+        let nid = self.nid(path)?;
+        let ino = self.rafs.boot.inode(nid).map_err(to_py)?;
+        let x = self.rafs.boot.xattrs(nid, &ino).map_err(to_py)?;
+        match x.iter().find(|(k, _)| k == name) {
+            Some((_, v)) => Ok(PyBytes::new(py, v)),
+            None => Err(to_py(Error::NoAttribute(String::from_utf8_lossy(name).into_owned()))),
+        }
+    }
+
+    /// Read up to `size` bytes at `offset`; the chunk work runs without the GIL.
+    fn read<'py>(&self, py: Python<'py>, path: &[u8], offset: u64, size: usize) -> R<Bound<'py, PyBytes>> {
+        let nid = self.nid(path)?;
+        let data = py.allow_threads(|| self.rafs.read_nid(nid, offset, size)).map_err(to_py)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Superblock, blob table and counts, as a JSON string.
+    fn inspect_json(&self, py: Python<'_>) -> R<String> {
+        let v = py.allow_threads(|| crate::inspect::inspect(&self.rafs.boot)).map_err(to_py)?;
+        Ok(v.to_string())
+    }
+
+    /// Validate every invariant; with `blobs`, decode and verify every chunk. JSON report.
+    #[pyo3(signature = (blobs=true))]
+    fn check_json(&self, py: Python<'_>, blobs: bool) -> R<String> {
+        let r = py.allow_threads(|| crate::check::check(&self.rafs, blobs)).map_err(to_py)?;
+        Ok(serde_json::to_string(&r).unwrap_or_default())
+    }
+
+    fn unpack_tar(&self, py: Python<'_>, output: PathBuf) -> R<String> {
+        let r = py
+            .allow_threads(|| -> crate::Result<_> {
+                let f = std::fs::File::create(&output).map_err(|e| Error::io(format!("create {}", output.display()), e))?;
+                let mut w = std::io::BufWriter::new(f);
+                let r = crate::unpack::unpack_tar(&self.rafs, &mut w)?;
+                std::io::Write::flush(&mut w).map_err(|e| Error::io("flush tar", e))?;
+                Ok(r)
+            })
+            .map_err(to_py)?;
+        Ok(serde_json::to_string(&r).unwrap_or_default())
+    }
+
+    fn unpack_dir(&self, py: Python<'_>, output: PathBuf) -> R<String> {
+        let r = py.allow_threads(|| crate::unpack::unpack_dir(&self.rafs, &output)).map_err(to_py)?;
+        Ok(serde_json::to_string(&r).unwrap_or_default())
+    }
+
+    fn export_block(&self, py: Python<'_>, output: PathBuf) -> R<u64> {
+        py.allow_threads(|| crate::export::export_block(&self.rafs, &output)).map_err(to_py)
+    }
+
+    fn export_flat_blob(&self, py: Python<'_>, index: usize, output: PathBuf) -> R<u64> {
+        py.allow_threads(|| crate::export::export_flat_blob(&self.rafs, index, &output)).map_err(to_py)
+    }
+
+    fn blob_ids(&self) -> Vec<String> {
+        self.rafs.boot.blobs.iter().map(|b| b.blob_id.clone()).collect()
+    }
+
+    #[getter]
+    fn root_ino(&self) -> u64 {
+        self.rafs.boot.root_nid()
+    }
+}
+
+/// Build a RAFS v6 image; returns the build report as JSON.
+#[pyfunction]
+#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new()))]
+#[allow(clippy::too_many_arguments)]
+fn build(
+    py: Python<'_>,
+    source: PathBuf,
+    bootstrap: PathBuf,
+    blob_dir: PathBuf,
+    chunk_size: u32,
+    compressor: &str,
+    digester: &str,
+    explicit_uid_gid: bool,
+    whiteout_spec: &str,
+    progress: bool,
+    exclude: Vec<Vec<u8>>,
+) -> R<String> {
+    let bad = |what: &str, v: &str| to_py(Error::invalid(format!("unknown {what} {v:?}")));
+    let opts = BuildOptions {
+        chunk_size,
+        compressor: Compressor::parse(compressor).ok_or_else(|| bad("compressor", compressor))?,
+        digester: Digester::parse(digester).ok_or_else(|| bad("digester", digester))?,
+        explicit_uid_gid,
+        whiteout_spec: WhiteoutSpec::parse(whiteout_spec).ok_or_else(|| bad("whiteout spec", whiteout_spec))?,
+        progress,
+        exclude,
+    };
+    let r = py.allow_threads(|| builder::build(&source, &bootstrap, &blob_dir, &opts)).map_err(to_py)?;
+    Ok(serde_json::to_string(&r).unwrap_or_default())
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Image>()?;
+    m.add_function(wrap_pyfunction!(build, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("GIT_COMMIT", option_env!("NYDUS_HYBRID_GIT_COMMIT").unwrap_or("unknown"))?;
+    Ok(())
+}
