@@ -232,6 +232,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Image>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("GIT_COMMIT", option_env!("NYDUS_HYBRID_GIT_COMMIT").unwrap_or("unknown"))?;
+    m.add("GIT_COMMIT", env!("NYDUS_HYBRID_GIT_COMMIT"))?;
     Ok(())
 }
