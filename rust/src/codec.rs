@@ -5,6 +5,9 @@ use crate::error::{Error, Result};
 use crate::layout::{Compressor, Digester};
 use std::io::Read;
 
+/// Outputs up to this size are decoded in one shot into a buffer of the exact size.
+const BULK_LIMIT: usize = 16 << 20;
+
 /// zstd level used by the reference builder for chunk frames.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -37,9 +40,23 @@ pub fn decompress(algo: Compressor, data: &[u8], size: usize) -> Result<Vec<u8>>
             }
             data.to_vec()
         }
-        Compressor::Zstd => zstd::bulk::decompress(data, size)
+        // One-shot for chunk-sized outputs; beyond that stream, so memory follows the real
+        // output rather than a size field an attacker controls.
+        Compressor::Zstd if size <= BULK_LIMIT => zstd::bulk::decompress(data, size)
             .map_err(|e| Error::Decompress(format!("zstd: {e}")))?,
+        Compressor::Zstd => {
+            let mut out = Vec::with_capacity(BULK_LIMIT);
+            zstd::stream::read::Decoder::new(data)
+                .map_err(|e| Error::Decompress(format!("zstd: {e}")))?
+                .take(size as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| Error::Decompress(format!("zstd: {e}")))?;
+            out
+        }
         Compressor::Lz4Block => {
+            if size > crate::layout::MAX_CHUNK_SIZE as usize * 24 {
+                return Err(Error::Decompress(format!("lz4_block output of {size} bytes is over the limit")));
+            }
             let mut buf = vec![0u8; size];
             let n = lz4_flex::block::decompress_into(data, &mut buf)
                 .map_err(|e| Error::Decompress(format!("lz4_block: {e}")))?;
@@ -47,7 +64,7 @@ pub fn decompress(algo: Compressor, data: &[u8], size: usize) -> Result<Vec<u8>>
             buf
         }
         Compressor::Gzip => {
-            let mut out = Vec::with_capacity(size);
+            let mut out = Vec::with_capacity(size.min(BULK_LIMIT));
             flate2::read::GzDecoder::new(data)
                 .take(size as u64 + 1)
                 .read_to_end(&mut out)

@@ -14,6 +14,9 @@ pub use bootstrap::{Bootstrap, DirEntry};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// Largest inlined bootstrap we extract from a blob.
+const MAX_INLINE_BOOTSTRAP: u64 = 1 << 30;
+
 /// `stat` data of one inode, as the kernel would report it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stat {
@@ -62,7 +65,7 @@ impl Rafs {
             .iter()
             .find(|e| e.name == "image.boot")
             .ok_or_else(|| Error::corrupt("blob has no image.boot section"))?;
-        let bytes = blob::extract_section(&src, entry, 1 << 32)?;
+        let bytes = blob::extract_section(&src, entry, MAX_INLINE_BOOTSTRAP)?;
         let mut boot = Bootstrap::from_bytes(bytes)?;
         let id = blob_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         ensure!(boot.blobs.len() == 1, "an inlined bootstrap must reference exactly its own blob");
@@ -140,7 +143,8 @@ impl Rafs {
         }
         let end = ino.size.min(offset.saturating_add(size as u64));
         let cs = self.boot.chunk_size();
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        // Capacity grows with real data; `end` comes from an untrusted i_size.
+        let mut out = Vec::with_capacity(((end - offset) as usize).min(cs as usize));
         let mut pos = offset;
         while pos < end {
             let idx = pos / cs;

@@ -13,8 +13,13 @@ pub trait BlobSource: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Size of the stored object in bytes.
     fn size(&self) -> Result<u64>;
-    /// Read `len` bytes at `offset` into a new buffer.
+    /// Read `len` bytes at `offset` into a new buffer. The range is checked against the
+    /// object size before allocating, so a hostile length cannot exhaust memory.
     fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let size = self.size()?;
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            return Err(Error::corrupt(format!("read of {len} bytes at {offset} is past the end of a {size}-byte blob")));
+        }
         let mut buf = vec![0u8; len];
         self.read_exact_at(&mut buf, offset)?;
         Ok(buf)
