@@ -266,8 +266,8 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
             ino: p.index,
             uid: if opts.explicit_uid_gid { node.uid } else { 0 },
             gid: if opts.explicit_uid_gid { node.gid } else { 0 },
-            mtime: if id == ROOT { 0 } else { node.mtime },
-            mtime_nsec: if id == ROOT { 0 } else { node.mtime_nsec },
+            mtime: node.mtime,
+            mtime_nsec: node.mtime_nsec,
         };
         let flat_data: Option<Vec<u8>> = match node.kind() {
             mode::S_IFDIR => {

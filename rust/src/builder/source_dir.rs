@@ -51,6 +51,9 @@ pub fn scan(root: &Path, whiteouts: WhiteoutSpec, exclude: &[Vec<u8>]) -> Result
         return Err(Error::invalid(format!("{} is not a directory", root.display())));
     }
     let mut rootnode = node_from_meta(Vec::new(), &md);
+    // The reference zeroes the root's mtime for directory builds, so that the same tree
+    // checked out at different times builds the same bootstrap.
+    (rootnode.mtime, rootnode.mtime_nsec) = (0, 0);
     read_xattrs(root, &mut rootnode)?;
     let mut tree = Tree::new(rootnode);
     let mut paths = HashMap::new();
