@@ -118,6 +118,9 @@ impl Committer {
     }
 }
 
+/// Cap on chunks per batch, so many tiny files do not pile up bookkeeping.
+const MAX_BATCH_JOBS: usize = 4096;
+
 pub struct Pipeline {
     batch: Vec<Job>,
     batch_bytes: usize,
@@ -161,7 +164,7 @@ impl Pipeline {
     pub fn submit(&mut self, node: usize, index: usize, data: Vec<u8>) -> Result<()> {
         self.batch_bytes += data.len();
         self.batch.push(Job { node, index, data });
-        if self.batch_bytes >= self.batch_limit {
+        if self.batch_bytes >= self.batch_limit || self.batch.len() >= MAX_BATCH_JOBS {
             self.flush()?;
         }
         Ok(())
@@ -206,14 +209,17 @@ fn run_worker(mut c: Committer, rx: Receiver<Vec<Job>>) -> Result<Committer> {
     Ok(c)
 }
 
-/// Read `r` in `chunk_size` pieces and submit them as chunks of `node`. Returns bytes read.
-pub fn submit_stream(p: &mut Pipeline, node: usize, r: &mut dyn std::io::Read, chunk_size: usize, what: &dyn Fn() -> String) -> Result<u64> {
+/// Read `r` in `chunk_size` pieces and submit them as chunks of `node`. `expected` is the
+/// declared size: buffers are sized to what is left of it, so small files do not each pin
+/// a whole chunk-sized allocation. Returns bytes read (the caller compares with `expected`).
+pub fn submit_stream(p: &mut Pipeline, node: usize, r: &mut dyn std::io::Read, chunk_size: usize, expected: u64, what: &dyn Fn() -> String) -> Result<u64> {
     let mut total = 0u64;
     let mut index = 0;
-    loop {
-        let mut buf = vec![0u8; chunk_size];
+    while total < expected {
+        let want = (expected - total).min(chunk_size as u64) as usize;
+        let mut buf = vec![0u8; want];
         let mut filled = 0;
-        while filled < chunk_size {
+        while filled < want {
             match r.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -222,14 +228,15 @@ pub fn submit_stream(p: &mut Pipeline, node: usize, r: &mut dyn std::io::Read, c
             }
         }
         if filled == 0 {
-            return Ok(total);
+            break;
         }
         buf.truncate(filled);
         total += filled as u64;
         p.submit(node, index, buf)?;
         index += 1;
-        if filled < chunk_size {
-            return Ok(total);
+        if filled < want {
+            break;
         }
     }
+    Ok(total)
 }

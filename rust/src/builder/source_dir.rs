@@ -117,8 +117,9 @@ pub fn feed(tree: &Tree, paths: &HashMap<NodeId, PathBuf>, order: &[NodeId], p: 
         }
         let path = &paths[&id];
         let mut f = std::fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
-        let n = submit_stream(p, id, &mut f, chunk_size as usize, &|| path.display().to_string())?;
-        if n != node.size {
+        let n = submit_stream(p, id, &mut f, chunk_size as usize, node.size, &|| path.display().to_string())?;
+        let grew = std::io::Read::read(&mut f, &mut [0u8; 1]).ctx(|| format!("read {}", path.display()))? > 0;
+        if n != node.size || grew {
             return Err(Error::invalid(format!("{} changed size during the build ({} -> {n})", path.display(), node.size)));
         }
     }

@@ -161,7 +161,7 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                 }
                 node.size = size;
                 let Some(id) = t.put(comps, node, whiteouts)? else { continue };
-                let n = submit_stream(p, id, &mut entry, chunk_size as usize, &|| format!("tar entry {label:?}"))?;
+                let n = submit_stream(p, id, &mut entry, chunk_size as usize, size, &|| format!("tar entry {label:?}"))?;
                 if n != size {
                     return Err(Error::UnsafeInput(format!("tar stream truncated inside entry {label:?} ({n} of {size} bytes)")));
                 }

@@ -1,0 +1,592 @@
+"""Shared machinery for the nydus-hybrid benchmarks (used by conftest.py and run_all.py).
+
+* a deterministic benchmark corpus (text-like, incompressible, duplicate and many small
+  files) and a large sparse-ish file for the bounded-RSS check, cached between runs;
+* running build tools as child processes and reading their wall time, CPU time and peak
+  RSS from ``os.wait4`` (ru_maxrss), optionally sampling VmRSS while they run;
+* the reader workloads (sequential 1 MiB blocks and 4 KiB random reads).
+
+Sizes: NYDUS_BENCH_MB (corpus, MiB), NYDUS_BENCH_BIGFILE_GB (big file, GiB),
+NYDUS_BENCH_ROUNDS (timed rounds per tool), NYDUS_BENCH_DIR (where the cached inputs
+live). Defaults are smaller when the CI environment variable is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+MiB = 1 << 20
+GiB = 1 << 30
+CORPUS_VERSION = 1
+BIGFILE_VERSION = 1
+IN_CI = bool(os.environ.get("CI"))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def bench_mb() -> int:
+    return int(os.environ.get("NYDUS_BENCH_MB", "64" if IN_CI else "200"))
+
+
+def bigfile_gb() -> float:
+    return float(os.environ.get("NYDUS_BENCH_BIGFILE_GB", "0.5" if IN_CI else "2"))
+
+
+def bench_rounds() -> int:
+    return max(1, int(os.environ.get("NYDUS_BENCH_ROUNDS", "3")))
+
+
+def bench_dir() -> str:
+    d = os.environ.get("NYDUS_BENCH_DIR") or os.path.join(tempfile.gettempdir(), "nydus-bench")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+RSS_GOAL_MIB = 100
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    root: str
+    files: List[Tuple[str, int]]  # (relative path, size) of every regular file
+    total_bytes: int
+
+    @property
+    def mib(self) -> float:
+        return self.total_bytes / MiB
+
+
+def _text_pool(rng: random.Random, size: int) -> bytes:
+    """Log/prose-like text: Zipf-weighted pseudo-words, numbers, punctuation, lines."""
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    letter_w = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2,
+                2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.2, 0.2, 0.1, 0.1]
+    vocab = []
+    for _ in range(12000):
+        n = min(14, max(1, int(rng.expovariate(1 / 5.0)) + 1))
+        vocab.append("".join(rng.choices(letters, letter_w, k=n)))
+    weights = [1.0 / (i + 1) ** 1.05 for i in range(len(vocab))]
+    parts: List[str] = []
+    have = 0
+    while have < size:
+        words = rng.choices(vocab, weights, k=4096)
+        line_len = 0
+        out = []
+        for i, w in enumerate(words):
+            if i % 97 == 13:
+                w = str(rng.randrange(10 ** rng.randint(1, 9)))
+            elif i % 61 == 7:
+                w = w.capitalize() + rng.choice(",.:;")
+            out.append(w)
+            line_len += len(w) + 1
+            if line_len > 60 + (i % 23):
+                out.append("\n")
+                line_len = 0
+            else:
+                out.append(" ")
+        chunk = "".join(out)
+        parts.append(chunk)
+        have += len(chunk)
+    return "".join(parts).encode()[:size]
+
+
+def _text_bytes(rng: random.Random, pool: bytes, size: int) -> bytes:
+    """`size` bytes of text stitched from random slices of the pool."""
+    out = bytearray()
+    while len(out) < size:
+        n = min(size - len(out), rng.randint(4096, 96 * 1024))
+        at = rng.randrange(0, len(pool) - n)
+        out += pool[at:at + n]
+    return bytes(out)
+
+
+def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
+    return int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _write(path: str, data: bytes, mtime: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.utime(path, (mtime, mtime))
+
+
+def generate_corpus(root: str, mb: int, seed: int = 0x6E796475) -> None:
+    """Write the deterministic corpus: by bytes ~45% text-like, ~30% incompressible random,
+    ~10% exact duplicates of earlier files, ~15% small files (256 B - 16 KiB), plus a few
+    symlinks and empty files."""
+    rng = random.Random(seed + mb)
+    total = mb * MiB
+    mtime = 1_700_000_000
+    pool = _text_pool(rng, 16 * MiB)
+    made: List[Tuple[str, int]] = []
+
+    budget = int(total * 0.45)
+    i = 0
+    while budget > 0:
+        size = min(budget, _log_uniform(rng, 16 * 1024, 4 * MiB))
+        rel = f"text/d{i % 17:02d}/doc{i:05d}.txt"
+        _write(os.path.join(root, rel), _text_bytes(rng, pool, size), mtime)
+        made.append((rel, size))
+        budget -= size
+        i += 1
+
+    budget = int(total * 0.30)
+    i = 0
+    while budget > 0:
+        size = min(budget, _log_uniform(rng, 64 * 1024, 8 * MiB))
+        rel = f"bin/d{i % 11:02d}/blob{i:05d}.bin"
+        _write(os.path.join(root, rel), rng.randbytes(size), mtime)
+        made.append((rel, size))
+        budget -= size
+        i += 1
+
+    budget = int(total * 0.15)
+    i = 0
+    while budget > 0:
+        size = min(budget, _log_uniform(rng, 256, 16 * 1024))
+        kind = "txt" if rng.random() < 0.6 else "dat"
+        data = _text_bytes(rng, pool, size) if kind == "txt" else rng.randbytes(size)
+        rel = f"small/p{i // 2500:02d}/q{(i // 50) % 50:02d}/f{i:06d}.{kind}"
+        _write(os.path.join(root, rel), data, mtime)
+        made.append((rel, size))
+        budget -= size
+        i += 1
+
+    budget = int(total * 0.10)
+    i = 0
+    candidates = list(made)
+    while budget > 0 and candidates:
+        rel, size = rng.choice(candidates)
+        if size > budget:
+            candidates = [c for c in candidates if c[1] <= budget]
+            continue
+        dst = os.path.join(root, f"dup/d{i % 7:02d}/copy{i:05d}_" + os.path.basename(rel))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(os.path.join(root, rel), dst)
+        os.utime(dst, (mtime, mtime))
+        budget -= size
+        i += 1
+
+    os.makedirs(os.path.join(root, "misc"), exist_ok=True)
+    for j in range(20):
+        _write(os.path.join(root, f"misc/empty{j:02d}"), b"", mtime)
+    for j, (rel, _) in enumerate(made[:: max(1, len(made) // 20)][:20]):
+        os.symlink(os.path.join("..", rel), os.path.join(root, f"misc/link{j:02d}"))
+
+
+def scan_files(root: str) -> List[Tuple[str, int]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if os.path.isfile(p) and not os.path.islink(p):
+                out.append((os.path.relpath(p, root), st.st_size))
+    return out
+
+
+def ensure_corpus(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
+    mb = bench_mb() if mb is None else mb
+    root = os.path.join(bench_dir(), f"corpus-{mb}mb-v{CORPUS_VERSION}")
+    marker = root + ".done"
+    if not os.path.exists(marker):
+        shutil.rmtree(root, ignore_errors=True)
+        log(f"generating {mb} MiB corpus in {root} ...")
+        t = time.perf_counter()
+        generate_corpus(root, mb)
+        log(f"  done in {time.perf_counter() - t:.1f} s")
+        with open(marker, "w") as f:
+            json.dump({"mb": mb, "version": CORPUS_VERSION}, f)
+    files = scan_files(root)
+    return Corpus(root, files, sum(s for _, s in files))
+
+
+def ensure_bigfile(gb: Optional[float] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
+    """A directory holding one large file: per MiB, 5/8 incompressible (distinct chunks),
+    1/8 text-like, 2/8 holes (read back as zeros, which dedup to one chunk)."""
+    gb = bigfile_gb() if gb is None else gb
+    size = int(gb * GiB) // MiB * MiB
+    root = os.path.join(bench_dir(), f"bigfile-{size // MiB}mib-v{BIGFILE_VERSION}")
+    path = os.path.join(root, "big.img")
+    marker = root + ".done"
+    if not os.path.exists(marker):
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        log(f"generating {size / GiB:.2f} GiB sparse-ish file in {root} ...")
+        t = time.perf_counter()
+        rng = random.Random(0xB16F11E)
+        noise = rng.randbytes(16 * MiB + MiB)
+        text = _text_pool(rng, 4 * MiB)
+        with open(path, "wb") as f:
+            for i in range(size // MiB):
+                kind = i % 8
+                if kind in (2, 6):
+                    continue  # hole
+                f.seek(i * MiB)
+                if kind == 4:
+                    at = rng.randrange(0, len(text) - MiB)
+                    f.write(text[at:at + MiB])
+                else:
+                    at = rng.randrange(0, 16 * MiB) & ~7
+                    f.write(noise[at:at + MiB])
+            f.truncate(size)
+        log(f"  done in {time.perf_counter() - t:.1f} s")
+        with open(marker, "w") as f:
+            json.dump({"bytes": size, "version": BIGFILE_VERSION}, f)
+    return Corpus(root, [("big.img", size)], size)
+
+
+def warm_page_cache(root: str, extra: Sequence[str] = ()) -> None:
+    """Read every regular file under `root` (and each path in `extra`) once."""
+    paths = [os.path.join(root, rel) for rel, _ in scan_files(root)] + list(extra)
+    buf = bytearray(MiB)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Run:
+    wall: float
+    maxrss_kib: int  # max over the processes of the command (pipeline)
+    cpu: float  # user + system seconds over all its processes
+    stdout: bytes = b""
+    rss_timeline: List[Tuple[float, int]] = field(default_factory=list)  # (s, VmRSS KiB)
+
+    @property
+    def maxrss_mib(self) -> float:
+        return self.maxrss_kib / 1024
+
+
+def _vmrss_kib(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _child_pid(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+        return int(kids[0]) if kids else None
+    except (OSError, ValueError):
+        return None
+
+
+# Why a wrapper: ru_maxrss of a child is NOT its own peak when the parent is a big process.
+# CPython starts children with vfork(); at exec the kernel folds the *parent's* RSS
+# high-water mark into the child's maxrss, so `os.wait4` from this (50-300 MiB) Python
+# reports at least that for `true`. GNU time (or the tiny fallback below) forks from a
+# small process and reports its child's rusage, which is the real peak.
+GNU_TIME = "/usr/bin/time"
+_FALLBACK_WRAPPER = (
+    "import os,sys\n"
+    "pid=os.fork()\n"
+    "if pid==0:\n"
+    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "_,st,ru=os.wait4(pid,0)\n"
+    "open(sys.argv[1],'w').write('%d %f %f\\n'%(ru.ru_maxrss,ru.ru_utime,ru.ru_stime))\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
+)
+
+
+def _wrap(argv: Sequence[str], report: str) -> List[str]:
+    if os.access(GNU_TIME, os.X_OK):
+        return [GNU_TIME, "-f", "%M %U %S", "-o", report, *argv]
+    return [sys.executable, "-S", "-E", "-c", _FALLBACK_WRAPPER, report, *argv]
+
+
+def rss_method() -> str:
+    return "GNU time %M" if os.access(GNU_TIME, os.X_OK) else "fork+wait4 from a small Python wrapper"
+
+
+def run_measured(pipeline: Sequence[Sequence[str]], *, sample_rss: bool = False, env: Optional[dict] = None) -> Run:
+    """Run a command (or a pipeline of commands joined by pipes) and return wall time,
+    total CPU time and peak RSS (max over the pipeline's processes). Raises on failure."""
+    out = tempfile.TemporaryFile()
+    errs = [tempfile.TemporaryFile() for _ in pipeline]
+    reports = []
+    for _ in pipeline:
+        fd, path = tempfile.mkstemp(prefix="nydus-bench-rusage-")
+        os.close(fd)
+        reports.append(path)
+    procs: List[subprocess.Popen] = []
+    t0 = time.perf_counter()
+    prev_stdout = subprocess.DEVNULL
+    for i, argv in enumerate(pipeline):
+        last = i == len(pipeline) - 1
+        p = subprocess.Popen(_wrap(argv, reports[i]), stdin=prev_stdout,
+                             stdout=out if last else subprocess.PIPE, stderr=errs[i], env=env)
+        if i > 0:
+            prev_stdout.close()
+        prev_stdout = p.stdout
+        procs.append(p)
+
+    timeline: List[Tuple[float, int]] = []
+    done = threading.Event()
+    sampler = None
+    if sample_rss:
+        wrapper = procs[-1].pid
+
+        def sample() -> None:
+            pid = None
+            while not done.is_set():
+                pid = pid or _child_pid(wrapper)
+                v = _vmrss_kib(pid) if pid else None
+                if v is not None:
+                    timeline.append((time.perf_counter() - t0, v))
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+
+    for p in procs:
+        p.wait()
+    wall = time.perf_counter() - t0
+    done.set()
+    if sampler:
+        sampler.join()
+
+    maxrss = 0
+    cpu = 0.0
+    failures = []
+    for i, p in enumerate(procs):
+        with open(reports[i]) as f:
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+        os.unlink(reports[i])
+        if p.returncode != 0 or not lines:
+            errs[i].seek(0)
+            failures.append(f"{' '.join(pipeline[i])}: exit {p.returncode}: "
+                            f"{errs[i].read()[-2000:].decode(errors='replace')}")
+            continue
+        kib, user, system = lines[-1].split()
+        maxrss = max(maxrss, int(kib))
+        cpu += float(user) + float(system)
+    out.seek(0)
+    stdout = out.read()
+    out.close()
+    for e in errs:
+        e.close()
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    return Run(wall, maxrss, cpu, stdout, timeline)
+
+
+# --------------------------------------------------------------------------- build tools
+
+
+@dataclass
+class Tool:
+    name: str
+    make: Callable[[str, str], List[List[str]]]  # (source dir, fresh output dir) -> pipeline
+    ours: bool = False
+    env: Optional[Dict[str, str]] = None
+
+
+def nydus_cmd(src: str, out: str, compressor: str = "zstd", digester: str = "blake3") -> List[List[str]]:
+    return [[sys.executable, "-m", "nydus_hybrid", "build", src, "-B", os.path.join(out, "image.boot"),
+             "-D", os.path.join(out, "blobs"), "-c", compressor, "-d", digester, "--no-progress"]]
+
+
+def erofs_cmd(src: str, out: str) -> List[List[str]]:
+    return [["mkfs.erofs", "-zlz4", "--quiet", os.path.join(out, "out.img"), src]]
+
+
+def tar_zstd_cmd(src: str, out: str) -> List[List[str]]:
+    return [["tar", "-C", src, "-cf", "-", "."],
+            ["zstd", "-T0", "-3", "-q", "-o", os.path.join(out, "out.tar.zst")]]
+
+
+TOOLS: Dict[str, Tool] = {
+    "nydus-hybrid zstd": Tool("nydus-hybrid zstd", lambda s, o: nydus_cmd(s, o, "zstd"), ours=True),
+    "nydus-hybrid lz4_block": Tool("nydus-hybrid lz4_block", lambda s, o: nydus_cmd(s, o, "lz4_block"), ours=True),
+    "mkfs.erofs -zlz4": Tool("mkfs.erofs -zlz4", erofs_cmd),
+    "tar | zstd -T0 -3": Tool("tar | zstd -T0 -3", tar_zstd_cmd),
+}
+BASELINE = "mkfs.erofs -zlz4"
+
+
+def dir_bytes(path: str) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for n in filenames:
+            total += os.lstat(os.path.join(dirpath, n)).st_size
+    return total
+
+
+def fresh_dir(path: str) -> str:
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def run_tool(tool: Tool, src: str, out: str, *, sample_rss: bool = False) -> Tuple[Run, int]:
+    """Run one build into a fresh `out`; returns the measurement and the output size."""
+    fresh_dir(out)
+    env = None
+    if tool.env:
+        env = dict(os.environ, **tool.env)
+    r = run_measured(tool.make(src, out), sample_rss=sample_rss, env=env)
+    return r, dir_bytes(out)
+
+
+def python_baseline_rss_kib() -> int:
+    """Peak RSS of a bare `python -c 'import nydus_hybrid'` (the floor for our CLI builds)."""
+    return run_measured([[sys.executable, "-c", "import nydus_hybrid, nydus_hybrid.cli"]]).maxrss_kib
+
+
+@dataclass
+class Summary:
+    name: str
+    input_bytes: int
+    walls: List[float]
+    rss_kib: List[int]
+    cpus: List[float]
+    output_bytes: int
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def mib_s(self) -> float:
+        return self.input_bytes / MiB / self.wall
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return max(self.rss_kib) / 1024
+
+    @property
+    def cores_used(self) -> float:
+        return statistics.median(c / w for c, w in zip(self.cpus, self.walls))
+
+    @property
+    def out_ratio(self) -> float:
+        return self.output_bytes / self.input_bytes if self.input_bytes else 0.0
+
+
+def summarize(name: str, input_bytes: int, runs: Sequence[Tuple[Run, int]]) -> Summary:
+    return Summary(name, input_bytes, [r.wall for r, _ in runs], [r.maxrss_kib for r, _ in runs],
+                   [r.cpu for r, _ in runs], runs[-1][1])
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_image_sequential(img, files: Sequence[Tuple[str, int]], block: int = MiB) -> int:
+    n = 0
+    for rel, size in files:
+        p = "/" + rel
+        for off in range(0, size, block):
+            n += len(img.read(p, off, block))
+    return n
+
+
+def read_source_sequential(root: str, files: Sequence[Tuple[str, int]], block: int = MiB) -> int:
+    n = 0
+    for rel, _ in files:
+        with open(os.path.join(root, rel), "rb") as f:
+            while True:
+                b = f.read(block)
+                if not b:
+                    break
+                n += len(b)
+    return n
+
+
+def random_reads(files: Sequence[Tuple[str, int]], count: int, block: int = 4096, seed: int = 4096) -> List[Tuple[str, int]]:
+    """`count` (path, 4K-aligned offset) pairs, files picked with probability ~ size."""
+    rng = random.Random(seed)
+    big = [(rel, size) for rel, size in files if size > 0]
+    picks = rng.choices(big, weights=[s for _, s in big], k=count)
+    return [(rel, rng.randrange(0, max(1, size - block + 1)) // block * block) for rel, size in picks]
+
+
+def read_image_random(img, pairs: Sequence[Tuple[str, int]], block: int = 4096) -> int:
+    n = 0
+    for rel, off in pairs:
+        n += len(img.read("/" + rel, off, block))
+    return n
+
+
+class SourceFds:
+    """Source files opened once, for os.pread."""
+
+    def __init__(self, root: str, pairs: Sequence[Tuple[str, int]]):
+        self.fds = {rel: os.open(os.path.join(root, rel), os.O_RDONLY) for rel in {r for r, _ in pairs}}
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+
+def read_source_random(fds: SourceFds, pairs: Sequence[Tuple[str, int]], block: int = 4096) -> int:
+    n = 0
+    for rel, off in pairs:
+        n += len(os.pread(fds.fds[rel], block, off))
+    return n
+
+
+def read_image_threads(img, files: Sequence[Tuple[str, int]], threads: int, block: int = MiB) -> int:
+    """Sequential 1 MiB reads of all files, files spread over `threads` Python threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shards = [list(files[i::threads]) for i in range(threads)]
+    with ThreadPoolExecutor(threads) as ex:
+        return sum(ex.map(lambda fs: read_image_sequential(img, fs, block), shards))
+
+
+def machine_info() -> Dict[str, str]:
+    info = {"nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+            "kernel": os.uname().release, "python": sys.version.split()[0]}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem"] = f"{int(f.readline().split()[1]) // 1024} MiB"
+    except OSError:
+        pass
+    try:
+        v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "erofs-utils"], capture_output=True, text=True)
+        info["erofs-utils"] = v.stdout.strip() or "?"
+    except OSError:
+        info["erofs-utils"] = "?"
+    try:
+        info["zstd"] = subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.split()[6].rstrip(",")
+    except (OSError, IndexError):
+        pass
+    return info
