@@ -33,10 +33,14 @@ pub struct Stat {
     pub blocks: u64,
 }
 
+/// Decoded chunks kept in memory, so small sequential reads do not decode a chunk again.
+const RECENT_CHUNKS: usize = 8;
+
 pub struct Rafs {
     pub boot: Bootstrap,
     store: Box<dyn BlobStore>,
     blobs: Vec<Mutex<Option<Arc<BlobReader>>>>,
+    recent: Mutex<std::collections::VecDeque<((u8, u32), Arc<Vec<u8>>)>>,
     /// Verify chunk digests on every read (on by default).
     pub verify: bool,
 }
@@ -44,7 +48,7 @@ pub struct Rafs {
 impl Rafs {
     pub fn new(boot: Bootstrap, store: Box<dyn BlobStore>) -> Self {
         let blobs = boot.blobs.iter().map(|_| Mutex::new(None)).collect();
-        Rafs { boot, store, blobs, verify: true }
+        Rafs { boot, store, blobs, recent: Mutex::new(Default::default()), verify: true }
     }
 
     /// A bootstrap file plus a directory of blobs named by id.
@@ -109,12 +113,29 @@ impl Rafs {
     }
 
     /// Decoded, verified bytes of chunk `idx` of a regular file.
-    pub fn read_file_chunk(&self, nid: u64, ino: &Inode, idx: u64) -> Result<Vec<u8>> {
+    pub fn read_file_chunk(&self, nid: u64, ino: &Inode, idx: u64) -> Result<Arc<Vec<u8>>> {
         let addr = self.boot.chunk_addr(nid, ino, idx)?;
-        let blob = self.blob(addr.blob_index as usize)?;
-        let c = blob.chunk(addr.ci_index)?;
+        let key = (addr.blob_index, addr.ci_index);
         let cs = self.boot.chunk_size();
         let want_len = (ino.size - idx * cs).min(cs);
+        {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, d)) = recent.iter().find(|(k, d)| *k == key && d.len() as u64 == want_len) {
+                return Ok(d.clone());
+            }
+        }
+        let data = Arc::new(self.fetch_chunk(nid, idx, addr, want_len)?);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_CHUNKS {
+            recent.pop_front();
+        }
+        recent.push_back((key, data.clone()));
+        Ok(data)
+    }
+
+    fn fetch_chunk(&self, nid: u64, idx: u64, addr: crate::layout::inode::ChunkAddr, want_len: u64) -> Result<Vec<u8>> {
+        let blob = self.blob(addr.blob_index as usize)?;
+        let c = blob.chunk(addr.ci_index)?;
         ensure!(
             c.uncompressed_offset == addr.blkaddr as u64 * self.boot.block_size(),
             "file {nid} chunk {idx}: block address {} disagrees with blob meta offset {}",
