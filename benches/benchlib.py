@@ -273,6 +273,7 @@ class Run:
     maxrss_kib: int  # max over the processes of the command (pipeline)
     cpu: float  # user + system seconds over all its processes
     stdout: bytes = b""
+    sys_cpu: float = 0.0  # the system (kernel) part of cpu
     rss_timeline: List[Tuple[float, int]] = field(default_factory=list)  # (s, VmRSS KiB)
 
     @property
@@ -376,6 +377,7 @@ def run_measured(pipeline: Sequence[Sequence[str]], *, sample_rss: bool = False,
 
     maxrss = 0
     cpu = 0.0
+    sys_cpu = 0.0
     failures = []
     for i, p in enumerate(procs):
         with open(reports[i]) as f:
@@ -389,6 +391,7 @@ def run_measured(pipeline: Sequence[Sequence[str]], *, sample_rss: bool = False,
         kib, user, system = lines[-1].split()
         maxrss = max(maxrss, int(kib))
         cpu += float(user) + float(system)
+        sys_cpu += float(system)
     out.seek(0)
     stdout = out.read()
     out.close()
@@ -396,7 +399,7 @@ def run_measured(pipeline: Sequence[Sequence[str]], *, sample_rss: bool = False,
         e.close()
     if failures:
         raise RuntimeError("; ".join(failures))
-    return Run(wall, maxrss, cpu, stdout, timeline)
+    return Run(wall, maxrss, cpu, stdout, sys_cpu, timeline)
 
 
 # --------------------------------------------------------------------------- build tools
@@ -470,6 +473,7 @@ class Summary:
     rss_kib: List[int]
     cpus: List[float]
     output_bytes: int
+    sys_cpus: List[float] = field(default_factory=list)
 
     @property
     def wall(self) -> float:
@@ -488,13 +492,18 @@ class Summary:
         return statistics.median(c / w for c, w in zip(self.cpus, self.walls))
 
     @property
+    def sys_share(self) -> float:
+        """Median fraction of the CPU time spent in the kernel."""
+        return statistics.median(s / c if c else 0.0 for s, c in zip(self.sys_cpus, self.cpus))
+
+    @property
     def out_ratio(self) -> float:
         return self.output_bytes / self.input_bytes if self.input_bytes else 0.0
 
 
 def summarize(name: str, input_bytes: int, runs: Sequence[Tuple[Run, int]]) -> Summary:
     return Summary(name, input_bytes, [r.wall for r, _ in runs], [r.maxrss_kib for r, _ in runs],
-                   [r.cpu for r, _ in runs], runs[-1][1])
+                   [r.cpu for r, _ in runs], runs[-1][1], [r.sys_cpu for r, _ in runs])
 
 
 # --------------------------------------------------------------------------- readers
@@ -564,6 +573,26 @@ def read_image_threads(img, files: Sequence[Tuple[str, int]], threads: int, bloc
         return sum(ex.map(lambda fs: read_image_sequential(img, fs, block), shards))
 
 
+def build_identity() -> Dict[str, str]:
+    """Which nydus-hybrid is measured: git HEAD of the checkout and the extension module's
+    sha256 prefix and mtime (run_all.py warns when the module changes during a run)."""
+    import hashlib
+    import importlib.util
+
+    ident: Dict[str, str] = {}
+    spec = importlib.util.find_spec("nydus_hybrid._core")
+    if spec and spec.origin:
+        with open(spec.origin, "rb") as f:
+            ident["core_sha256"] = hashlib.sha256(f.read()).hexdigest()[:12]
+        ident["core_mtime"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(spec.origin)))
+        try:
+            ident["git_head"] = subprocess.run(["git", "-C", os.path.dirname(spec.origin), "rev-parse", "--short", "HEAD"],
+                                               capture_output=True, text=True).stdout.strip() or "?"
+        except OSError:
+            ident["git_head"] = "?"
+    return ident
+
+
 def machine_info() -> Dict[str, str]:
     info = {"nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
             "kernel": os.uname().release, "python": sys.version.split()[0]}
@@ -586,7 +615,40 @@ def machine_info() -> Dict[str, str]:
     except OSError:
         info["erofs-utils"] = "?"
     try:
-        info["zstd"] = subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.split()[6].rstrip(",")
-    except (OSError, IndexError):
+        import re
+
+        m = re.search(r"v(\d+\.\d+\.\d+)", subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout)
+        info["zstd"] = m.group(1) if m else "?"
+    except OSError:
         pass
     return info
+
+
+def rss_quartiles(run: Run) -> List[float]:
+    """VmRSS (MiB) sampled nearest 25/50/75/100% of the run's wall time: flat = bounded."""
+    tl = run.rss_timeline
+    if not tl:
+        return []
+    out = []
+    for q in (0.25, 0.5, 0.75, 1.0):
+        t = q * tl[-1][0]
+        out.append(round(min(tl, key=lambda p: abs(p[0] - t))[1] / 1024, 1))
+    return out
+
+
+def ensure_tiny_tree(count: int, size: int = 512) -> Corpus:
+    """One 4 MiB random file followed by `count` tiny random files: shows how peak RSS
+    scales with the number of small files (the big file's chunks are freed first, which
+    is the usual situation in a real tree)."""
+    root = os.path.join(bench_dir(), f"tiny-{count}x{size}-v1")
+    marker = root + ".done"
+    if not os.path.exists(marker):
+        shutil.rmtree(root, ignore_errors=True)
+        rng = random.Random(count * 7 + size)
+        _write(os.path.join(root, "a.bin"), rng.randbytes(4 * MiB), 1_700_000_000)
+        for i in range(count):
+            _write(os.path.join(root, f"z/d{i // 100:03d}/f{i:06d}"), rng.randbytes(size), 1_700_000_000)
+        with open(marker, "w") as f:
+            f.write("ok\n")
+    files = scan_files(root)
+    return Corpus(root, files, sum(s for _, s in files))

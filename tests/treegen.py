@@ -85,7 +85,9 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     if os.listdir(root):
         raise ValueError(f"{root} is not empty")
     info = TreeInfo(root=root, small_files=small_files)
-    P = lambda rel: os.path.join(root, rel.lstrip("/"))  # noqa: E731
+
+    def P(rel: str) -> str:
+        return os.path.join(root, rel.lstrip("/"))
 
     def mkdir(rel: str, mode: int = 0o755) -> None:
         os.mkdir(P(rel))
@@ -286,6 +288,8 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
         if not os.path.islink(P(rel)):
             os.chmod(P(rel), mode)
     os.chmod(root, 0o755)
+    os.setxattr(root, "user.root_attr", b"on the root directory")
+    info.xattrs["/"] = {"user.root_attr": b"on the root directory"}
 
     # --- mtimes: nothing is created after this point --------------------------------------
     all_paths: List[str] = []

@@ -30,13 +30,21 @@ def parse_size(text: str) -> int:
     return value * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
 
 
+def parse_chunk_size(text: str) -> int:
+    """A chunk size: a power of two from 4 KiB to 16 MiB (spec §7)."""
+    size = parse_size(text)
+    if size < 0x1000 or size > 0x1000000 or size & (size - 1):
+        raise argparse.ArgumentTypeError(f"chunk size {text!r} must be a power of two from 4K to 16M")
+    return size
+
+
 def _add_build(sub) -> None:
     for name, helptext in (("build", "build a RAFS v6 image"), ("create", "alias of build, with nydus-image create's flags")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("source", help="a directory, or an OCI layer tarball (.tar, .tar.gz, .tar.zst)")
         p.add_argument("-B", "--bootstrap", required=True, help="output bootstrap file")
         p.add_argument("-D", "--blob-dir", required=True, help="directory for the data blob, named by its sha256")
-        p.add_argument("-S", "--chunk-size", type=parse_size, default=0x100000, help="chunk size (default 1M)")
+        p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
         p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
         p.add_argument("-d", "--digester", default="blake3", choices=["blake3", "sha256"])
         p.add_argument("-t", "--type", dest="source_type", default=None,

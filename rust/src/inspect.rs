@@ -45,7 +45,7 @@ pub fn inspect(boot: &Bootstrap) -> Result<Value> {
             file_type::DIR => dirs += 1,
             file_type::REG => {
                 files += 1;
-                bytes += boot.inode(v.nid)?.size;
+                bytes = bytes.saturating_add(boot.inode(v.nid)?.size);
             }
             file_type::LNK => links += 1,
             _ => special += 1,

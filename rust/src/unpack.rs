@@ -6,7 +6,7 @@ use crate::builder::tree::check_name;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{file_type, mode};
 use crate::reader::{stat_of, Rafs, Stat};
-use crate::walk::walk;
+use crate::walk::{join, walk};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -64,13 +64,23 @@ fn tar_path(path: &[Vec<u8>], dir: bool) -> Vec<u8> {
     p
 }
 
+/// A PAX decimal time for (seconds, nanoseconds): (-2, 0.5 s) is "-1.500000000".
+fn pax_time(secs: i64, nsec: u32) -> String {
+    let nsec = nsec.min(999_999_999); // a corrupt inode may hold more
+    if secs < 0 && nsec > 0 {
+        format!("-{}.{:09}", -(secs + 1), 1_000_000_000 - nsec)
+    } else {
+        format!("{secs}.{nsec:09}")
+    }
+}
+
 fn header_for(st: &Stat, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(st.mode & 0o7777);
     h.set_uid(st.uid as u64);
     h.set_gid(st.gid as u64);
-    h.set_mtime(st.mtime);
+    h.set_mtime(st.mtime.max(0) as u64);
     h.set_size(0);
     h
 }
@@ -86,11 +96,19 @@ pub fn unpack_tar(rafs: &Rafs, out: &mut dyn Write) -> Result<UnpackReport> {
         let ino = boot.inode(v.nid)?;
         let st = stat_of(v.nid, &ino);
         let xattrs = boot.xattrs(v.nid, &ino)?;
-        if !xattrs.is_empty() {
-            let recs: Vec<(String, Vec<u8>)> = xattrs
-                .iter()
-                .map(|(k, val)| (format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)), val.clone()))
-                .collect();
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for (k, val) in &xattrs {
+            // PAX keys are UTF-8; a raw name cannot be carried faithfully, so refuse it.
+            let k = std::str::from_utf8(k).map_err(|_| {
+                Error::Unsupported(format!("{}: xattr name {:?} is not UTF-8 and cannot be stored in tar", String::from_utf8_lossy(&join(&v.path)), String::from_utf8_lossy(k)))
+            })?;
+            recs.push((format!("SCHILY.xattr.{k}"), val.clone()));
+        }
+        if st.mtime < 0 {
+            // ustar cannot hold times before 1970; PAX can.
+            recs.push(("mtime".into(), pax_time(st.mtime, st.mtime_nsec).into_bytes()));
+        }
+        if !recs.is_empty() {
             builder.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(io)?;
         }
         rep.entries += 1;

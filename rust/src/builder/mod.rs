@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod chunker;
 pub mod source_dir;
 pub mod source_tar;
+pub mod tarstream;
 pub mod tree;
 pub mod whiteout;
 

@@ -18,8 +18,9 @@ fn node_from_meta(name: Vec<u8>, md: &std::fs::Metadata) -> Node {
         mode: md.mode(),
         uid: md.uid(),
         gid: md.gid(),
-        mtime: md.mtime().max(0) as u64,
-        mtime_nsec: md.mtime_nsec().max(0) as u32,
+        // Seconds are stored as two's complement, which the kernel reads back as signed.
+        mtime: md.mtime() as u64,
+        mtime_nsec: md.mtime_nsec() as u32,
         rdev: encode_rdev(libc::major(rdev), libc::minor(rdev)),
         size: if md.is_file() { md.len() } else { 0 },
         ..Default::default()

@@ -9,6 +9,7 @@ use super::whiteout::{apply_whiteout, WhiteoutSpec};
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{encode_rdev, mode};
 use std::collections::HashMap;
+use super::tarstream::TarStream;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -104,6 +105,9 @@ impl TarTree {
         let mut key = comps;
         *key.last_mut().unwrap() = node.name.clone();
         if let Some(&old) = self.by_path.get(&key) {
+            if node.whiteout && !self.tree.nodes[old].whiteout {
+                return Ok(None); // a whiteout never hides an entry of its own layer
+            }
             if self.tree.nodes[old].is_dir() && node.is_dir() {
                 let o = &mut self.tree.nodes[old];
                 (o.mode, o.uid, o.gid, o.mtime, o.mtime_nsec) = (node.mode, node.uid, node.gid, node.mtime, node.mtime_nsec);
@@ -122,52 +126,30 @@ impl TarTree {
 
 /// Parse the archive, streaming file data into `p`.
 pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutSpec) -> Result<Tree> {
-    let stream = open_stream(path)?;
-    let mut archive = tar::Archive::new(stream);
+    let mut stream = TarStream::new(open_stream(path)?);
     let mut t = TarTree { tree: Tree::new(implicit_dir(Vec::new())), by_path: HashMap::new() };
-    let bad = |e: std::io::Error| Error::UnsafeInput(format!("malformed or truncated tar stream: {e}"));
     let mut next_link_key = 1u64;
     let mut link_keys: HashMap<NodeId, u64> = HashMap::new();
-    for entry in archive.entries().map_err(bad)? {
-        let mut entry = entry.map_err(bad)?;
-        let raw_path = entry.path_bytes().into_owned();
-        let label = String::from_utf8_lossy(&raw_path).into_owned();
-        let comps = components(&raw_path)?;
-        let h = entry.header().clone();
-        let etype = h.entry_type();
+    while let Some(m) = stream.next_member()? {
+        let label = String::from_utf8_lossy(&m.path).into_owned();
+        let comps = components(&m.path)?;
+        let h = &m.header;
+        let bad = |e: std::io::Error| Error::UnsafeInput(format!("tar entry {label:?}: {e}"));
         let perm = h.mode().map_err(bad)? & 0o7777;
         let mut node = Node {
-            uid: h.uid().map_err(bad)? as u32,
-            gid: h.gid().map_err(bad)? as u32,
-            mtime: h.mtime().map_err(bad)?,
+            uid: u32::try_from(m.uid).map_err(|_| Error::UnsafeInput(format!("tar entry {label:?}: uid out of range")))?,
+            gid: u32::try_from(m.gid).map_err(|_| Error::UnsafeInput(format!("tar entry {label:?}: gid out of range")))?,
+            mtime: m.mtime as u64,
+            mtime_nsec: m.mtime_nsec,
             ..Default::default()
         };
-        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
-            for ext in exts {
-                let ext = ext.map_err(bad)?;
-                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                    check_xattr(name, ext.value_bytes(), &format!("tar entry {label:?}"))?;
-                    node.xattrs.insert(name.to_vec(), ext.value_bytes().to_vec());
-                }
-            }
+        for (name, value) in &m.xattrs {
+            check_xattr(name, value, &format!("tar entry {label:?}"))?;
+            node.xattrs.insert(name.clone(), value.clone());
         }
-        use tar::EntryType as E;
-        match etype {
-            E::Regular | E::Continuous | E::GNUSparse => {
-                node.mode = mode::S_IFREG | perm;
-                let size = entry.size();
-                if size > MAX_ENTRY_SIZE {
-                    return Err(Error::UnsafeInput(format!("tar entry {label:?} declares {size} bytes, over the {MAX_ENTRY_SIZE}-byte limit")));
-                }
-                node.size = size;
-                let Some(id) = t.put(comps, node, whiteouts)? else { continue };
-                let n = submit_stream(p, id, &mut entry, chunk_size as usize, size, &|| format!("tar entry {label:?}"))?;
-                if n != size {
-                    return Err(Error::UnsafeInput(format!("tar stream truncated inside entry {label:?} ({n} of {size} bytes)")));
-                }
-            }
-            E::Link => {
-                let target_raw = entry.link_name_bytes().ok_or_else(|| Error::UnsafeInput(format!("hard link {label:?} has no target")))?;
+        match h.entry_type().as_byte() {
+            b'1' => {
+                let target_raw = m.link.clone().ok_or_else(|| Error::UnsafeInput(format!("hard link {label:?} has no target")))?;
                 let target = components(&target_raw)?;
                 let &tid = t.by_path.get(&target).ok_or_else(|| {
                     Error::UnsafeInput(format!("hard link {label:?} points to {:?}, which is not in the archive before it", String::from_utf8_lossy(&target_raw)))
@@ -181,37 +163,53 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                     next_link_key
                 });
                 t.tree.nodes[tid].link_key = Some(key);
-                let linked = Node { link_key: Some(key), children: Vec::new(), detached: false, ..tn };
+                let linked = Node { link_key: Some(key), children: Vec::new(), detached: false, whiteout: false, ..tn };
                 if let Some(id) = t.put(comps, linked, WhiteoutSpec::None)? {
                     link_keys.insert(id, key);
                 }
             }
-            E::Symlink => {
+            b'2' => {
                 node.mode = mode::S_IFLNK | 0o777;
-                node.symlink = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                node.symlink = m.link.clone().unwrap_or_default();
                 if node.symlink.is_empty() || node.symlink.len() > 4095 {
                     return Err(Error::UnsafeInput(format!("symlink {label:?} has an empty or over-long target")));
                 }
                 t.put(comps, node, whiteouts)?;
             }
-            E::Directory => {
-                node.mode = mode::S_IFDIR | perm;
-                t.put(comps, node, whiteouts)?;
-            }
-            E::Char | E::Block => {
+            b'3' | b'4' => {
                 let major = h.device_major().map_err(bad)?.unwrap_or(0);
                 let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
-                node.mode = if etype == E::Char { mode::S_IFCHR } else { mode::S_IFBLK } | perm;
+                node.mode = if h.entry_type().as_byte() == b'3' { mode::S_IFCHR } else { mode::S_IFBLK } | perm;
                 node.rdev = encode_rdev(major, minor);
                 t.put(comps, node, whiteouts)?;
             }
-            E::Fifo => {
+            b'5' => {
+                node.mode = mode::S_IFDIR | perm;
+                t.put(comps, node, whiteouts)?;
+            }
+            b'6' => {
                 node.mode = mode::S_IFIFO | perm;
                 t.put(comps, node, whiteouts)?;
             }
-            E::XGlobalHeader => {}
+            b'0' | b'\0' | b'7' => {
+                node.mode = mode::S_IFREG | perm;
+                let size = m.size;
+                if size > MAX_ENTRY_SIZE {
+                    return Err(Error::UnsafeInput(format!("tar entry {label:?} declares {size} bytes, over the {MAX_ENTRY_SIZE}-byte limit")));
+                }
+                node.size = size;
+                let Some(id) = t.put(comps, node, whiteouts)? else { continue };
+                if t.tree.nodes[id].whiteout {
+                    continue; // a .wh. file's (empty) data is not file content
+                }
+                let n = submit_stream(p, id, &mut stream, chunk_size as usize, size, &|| format!("tar entry {label:?}"))
+                    .map_err(|e| Error::UnsafeInput(format!("tar entry {label:?}: {e}")))?;
+                if n != size {
+                    return Err(Error::UnsafeInput(format!("tar stream truncated inside entry {label:?} ({n} of {size} bytes)")));
+                }
+            }
             other => {
-                return Err(Error::Unsupported(format!("tar entry {label:?} has unsupported type {other:?}")));
+                return Err(Error::Unsupported(format!("tar entry {label:?} has unsupported type {:?}", other as char)));
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct Node {
     pub chunks: Vec<u32>,
     /// Detached by a later tar entry for the same path.
     pub detached: bool,
+    /// An overlayfs whiteout converted from an OCI `.wh.` entry. A real entry of the same
+    /// name in the same layer wins over it (OCI: whiteouts only hide lower layers).
+    pub whiteout: bool,
 }
 
 impl Node {
@@ -90,7 +93,17 @@ impl Tree {
                 continue;
             }
             let mut kids = std::mem::take(&mut self.nodes[id].children);
-            kids.sort_by(|&a, &b| self.nodes[a].name.cmp(&self.nodes[b].name));
+            kids.sort_by(|&a, &b| self.nodes[a].name.cmp(&self.nodes[b].name).then(self.nodes[a].whiteout.cmp(&self.nodes[b].whiteout)));
+            // Same name twice: drop a whiteout that shadows a real entry.
+            let mut i = 1;
+            while i < kids.len() {
+                if self.nodes[kids[i]].name == self.nodes[kids[i - 1]].name && self.nodes[kids[i]].whiteout {
+                    self.nodes[kids[i]].detached = true;
+                    kids.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
             if let Some(w) = kids.windows(2).find(|w| self.nodes[w[0]].name == self.nodes[w[1]].name) {
                 return Err(Error::UnsafeInput(format!("duplicate entry {}", self.path(w[0]))));
             }

@@ -46,6 +46,7 @@ pub fn apply_whiteout(tree: &mut Tree, dir: NodeId, node: &mut Node, spec: White
         gid: node.gid,
         mtime: node.mtime,
         mtime_nsec: node.mtime_nsec,
+        whiteout: true,
         ..Default::default()
     };
     Ok(false)

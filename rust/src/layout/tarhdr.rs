@@ -9,7 +9,13 @@ pub const TAR_HEADER_SIZE: usize = 512;
 pub fn encode(name: &str, size: u64) -> [u8; TAR_HEADER_SIZE] {
     let mut h = [0u8; TAR_HEADER_SIZE];
     h[..name.len()].copy_from_slice(name.as_bytes());
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    if size < 1 << 33 {
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    } else {
+        // GNU base-256: high bit set, then the value big-endian (sections of 8 GiB and more).
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }
     h[136..148].copy_from_slice(b"00000000000\0");
     h[156] = b'0';
     h[257..265].copy_from_slice(b"ustar  \0");
@@ -29,7 +35,12 @@ pub fn decode(h: &[u8]) -> Result<(String, u64)> {
     ensure!(h[156] == b'0' || h[156] == 0, "section header is not a regular file");
     let name = super::bytes::padded_str(&h[..100]);
     let name = String::from_utf8_lossy(name).into_owned();
-    let size = parse_octal(&h[124..136])?;
+    let size = if h[124] & 0x80 != 0 {
+        ensure!(h[124] == 0x80 && h[125..128].iter().all(|&b| b == 0), "tar size field out of range");
+        u64::from_be_bytes(h[128..136].try_into().unwrap())
+    } else {
+        parse_octal(&h[124..136])?
+    };
     Ok((name, size))
 }
 

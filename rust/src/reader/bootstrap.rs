@@ -267,6 +267,10 @@ impl Bootstrap {
                 None => return Err(Error::NotFound(String::from_utf8_lossy(path).into_owned())),
             }
         }
+        // "file/" names a directory, as in POSIX path resolution.
+        if path.ends_with(b"/") && !Self::is_dir(&self.inode(nid)?) {
+            return Err(Error::NotADirectory(String::from_utf8_lossy(path).into_owned()));
+        }
         Ok(nid)
     }
 

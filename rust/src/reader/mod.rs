@@ -26,7 +26,8 @@ pub struct Stat {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
-    pub mtime: u64,
+    /// Seconds since the epoch; negative before 1970 (stored as two's complement).
+    pub mtime: i64,
     pub mtime_nsec: u32,
     pub rdev_major: u32,
     pub rdev_minor: u32,
@@ -190,7 +191,7 @@ pub fn stat_of(nid: u64, i: &Inode) -> Stat {
         uid: i.uid,
         gid: i.gid,
         size: i.size,
-        mtime: i.mtime,
+        mtime: i.mtime as i64,
         mtime_nsec: i.mtime_nsec,
         rdev_major,
         rdev_minor,

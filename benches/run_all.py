@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Run every nydus-hybrid benchmark outside pytest and print the figures as markdown.
+
+    python benches/run_all.py [--mb 200] [--bigfile-gb 2] [--rounds 3] [--json out.json] [--md out.md]
+
+Builds run as separate processes, interleaved round-robin (tool A, B, C, D, A, B, ...) so
+that load from anything else on the machine hits every tool alike; figures are medians.
+Peak RSS comes from GNU time (%M) around each process (see benchlib.run_measured for why
+not os.wait4 from here). Sizes default to NYDUS_BENCH_MB / NYDUS_BENCH_BIGFILE_GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchlib as bl  # noqa: E402
+from benchlib import MiB, Tool  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over `seconds` (from /proc/stat)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(limit: float, threshold: float = 0.15) -> float:
+    """Wait (at most `limit` s) until under `threshold` of the CPUs are busy; returns the last reading."""
+    deadline = time.time() + limit
+    b = busy_fraction()
+    while b > threshold and time.time() < deadline:
+        log(f"machine busy ({b:.0%} of CPUs); waiting ...")
+        time.sleep(4)
+        b = busy_fraction()
+    return b
+
+
+def interleaved(tools: Sequence[Tool], src: str, outdir: str, input_bytes: int, rounds: int,
+                sample_rss: bool = False) -> Dict[str, Tuple[bl.Summary, List[bl.Run]]]:
+    runs: Dict[str, List[Tuple[bl.Run, int]]] = {t.name: [] for t in tools}
+    for r in range(rounds):
+        for t in tools:
+            out = os.path.join(outdir, "out-" + "".join(c if c.isalnum() else "_" for c in t.name))
+            run = bl.run_tool(t, src, out, sample_rss=sample_rss)
+            runs[t.name].append(run)
+            log(f"  round {r + 1}/{rounds} {t.name:34s} {run[0].wall:7.2f} s  {run[0].maxrss_mib:7.1f} MiB")
+            bl.fresh_dir(out)
+    return {name: (bl.summarize(name, input_bytes, rs), [x for x, _ in rs]) for name, rs in runs.items()}
+
+
+def timed(fn: Callable[[], int], rounds: int) -> Tuple[float, int, float]:
+    """Median wall seconds, bytes read, median cores used (this process's CPU s / wall s)."""
+    fn()  # warm-up
+    times, cores = [], []
+    n = 0
+    for _ in range(rounds):
+        t, c = time.perf_counter(), time.process_time()
+        n = fn()
+        w = time.perf_counter() - t
+        times.append(w)
+        cores.append((time.process_time() - c) / w)
+    return statistics.median(times), n, statistics.median(cores)
+
+
+def fmt(x: float, nd: int = 1) -> str:
+    return f"{x:,.{nd}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=bl.bench_mb(), help="corpus size in MiB (NYDUS_BENCH_MB)")
+    ap.add_argument("--bigfile-gb", type=float, default=bl.bigfile_gb(), help="big file size in GiB")
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("NYDUS_BENCH_ROUNDS", "5")),
+                    help="timed rounds per build tool (NYDUS_BENCH_ROUNDS, default 5)")
+    ap.add_argument("--random-reads", type=int, default=1000, help="4 KiB random reads per round")
+    ap.add_argument("--no-extras", action="store_true", help="skip the breakdown and small-file scaling")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="first wait up to S seconds for the machine to be idle (other jobs skew timings)")
+    ap.add_argument("--json", help="also write every figure as JSON here")
+    ap.add_argument("--md", help="also write the markdown report here")
+    a = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    work = bl.fresh_dir(os.path.join(bl.bench_dir(), f"run-{os.getpid()}"))
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    doc: dict = {"machine": bl.machine_info(), "build": bl.build_identity(), "rss_method": bl.rss_method(),
+                 "settings": vars(a)}
+    md: List[str] = []
+
+    corpus = bl.ensure_corpus(a.mb, log=log)
+    big = bl.ensure_bigfile(a.bigfile_gb, log=log)
+    log("warming the page cache ...")
+    bl.warm_page_cache(corpus.root)
+    bl.warm_page_cache(big.root)
+    py_rss = bl.python_baseline_rss_kib() / 1024
+    if a.wait_idle:
+        wait_idle(a.wait_idle)
+    doc["busy_before_start"] = busy_fraction()
+    doc["loadavg_start"] = loadavg()
+    doc["python_import_rss_mib"] = py_rss
+
+    # ---------------------------------------------------------------- 1. corpus builds
+    log(f"corpus builds: {corpus.mib:.0f} MiB, {len(corpus.files)} files, {a.rounds} rounds")
+    tools = [bl.TOOLS[n] for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block", bl.BASELINE, "tar | zstd -T0 -3")]
+    res = interleaved(tools, corpus.root, work, corpus.total_bytes, a.rounds)
+    base = res[bl.BASELINE][0]
+    md.append(f"### Build: {corpus.mib:.0f} MiB corpus, {len(corpus.files)} files "
+              f"(median of {a.rounds} interleaved rounds)\n")
+    md.append("| tool | MiB/s | wall s | ratio vs mkfs.erofs | peak RSS MiB | CPU s | cores used | kernel share of CPU | output/input |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    doc["corpus"] = {"mib": corpus.mib, "files": len(corpus.files), "builds": {}}
+    for t in tools:
+        s = res[t.name][0]
+        ratio = s.mib_s / base.mib_s
+        md.append(f"| {t.name} | {fmt(s.mib_s)} | {s.wall:.2f} | {ratio:.2f} | {fmt(s.peak_rss_mib)} | "
+                  f"{statistics.median(s.cpus):.2f} | {s.cores_used:.2f} | {s.sys_share:.0%} | {s.out_ratio:.3f} |")
+        doc["corpus"]["builds"][t.name] = {"mib_s": s.mib_s, "walls": s.walls, "peak_rss_mib": s.peak_rss_mib,
+                                           "rss_kib": s.rss_kib, "cpu_s": s.cpus, "sys_cpu_s": s.sys_cpus,
+                                           "out_ratio": s.out_ratio,
+                                           "ratio_vs_erofs": ratio}
+    md.append(f"\nPeak RSS of a bare `python -c 'import nydus_hybrid'`: {py_rss:.1f} MiB (included in ours, "
+              "which run as `python -m nydus_hybrid build`). Cores used = (user + sys CPU s) / wall s; "
+              "kernel share = sys / (user + sys).\n")
+
+    # ---------------------------------------------------------------- 2. big file
+    log(f"big file: {big.mib / 1024:.2f} GiB")
+    btools = [bl.TOOLS["nydus-hybrid zstd"], bl.TOOLS[bl.BASELINE]]
+    bres = interleaved(btools, big.root, work, big.total_bytes, 1, sample_rss=True)
+    md.append(f"### Build: one {big.mib / 1024:.2f} GiB file (5/8 random, 1/8 text, 2/8 holes), 1 round\n")
+    md.append("| tool | MiB/s | wall s | peak RSS MiB | VmRSS MiB at 25/50/75/100% of the run | cores used |")
+    md.append("|---|---:|---:|---:|---|---:|")
+    doc["bigfile"] = {"mib": big.mib}
+    for t in btools:
+        s, runs = bres[t.name]
+        q = bl.rss_quartiles(runs[0])
+        md.append(f"| {t.name} | {fmt(s.mib_s)} | {s.wall:.2f} | {fmt(s.peak_rss_mib)} | "
+                  f"{' / '.join(fmt(v) for v in q)} | {s.cores_used:.2f} |")
+        doc["bigfile"][t.name] = {"mib_s": s.mib_s, "wall": s.wall, "peak_rss_mib": s.peak_rss_mib, "vmrss_quartiles": q}
+    md.append("")
+
+    # ---------------------------------------------------------------- 3. reads
+    log("reads ...")
+    import nydus_hybrid
+
+    img_dir = os.path.join(work, "read-image")
+    boot, blobs = os.path.join(img_dir, "image.boot"), os.path.join(img_dir, "blobs")
+    nydus_hybrid.build(corpus.root, boot, blobs, compressor="zstd", progress=False)
+    bl.warm_page_cache(blobs, extra=[boot])
+    img = nydus_hybrid.Image.open(boot, blobs)
+    img_nv = nydus_hybrid.Image.open(boot, blobs, verify=False)
+    seq = [
+        ("source: open().read(1 MiB)", lambda: bl.read_source_sequential(corpus.root, corpus.files)),
+        ("Image.read(1 MiB)", lambda: bl.read_image_sequential(img, corpus.files)),
+        ("Image.read(1 MiB), verify=False", lambda: bl.read_image_sequential(img_nv, corpus.files)),
+        ("Image.read(1 MiB), 2 threads", lambda: bl.read_image_threads(img, corpus.files, 2)),
+    ]
+    md.append(f"### Read: every file of the corpus in 1 MiB blocks, page cache warm (median of {a.rounds})\n")
+    md.append("| reader | MiB/s | ratio vs source | cores used |")
+    md.append("|---|---:|---:|---:|")
+    doc["read_seq"] = {}
+    src_rate = None
+    for name, fn in seq:
+        t, n, cores = timed(fn, a.rounds)
+        assert n == corpus.total_bytes, (name, n, corpus.total_bytes)
+        rate = n / MiB / t
+        src_rate = src_rate or rate
+        md.append(f"| {name} | {fmt(rate)} | {rate / src_rate:.2f} | {cores:.2f} |")
+        doc["read_seq"][name] = rate
+    pairs = bl.random_reads(corpus.files, a.random_reads)
+    fds = bl.SourceFds(corpus.root, pairs)
+    rnd = [("source: os.pread(4 KiB)", lambda: bl.read_source_random(fds, pairs)),
+           ("Image.read(4 KiB)", lambda: bl.read_image_random(img, pairs)),
+           ("Image.read(4 KiB), verify=False", lambda: bl.read_image_random(img_nv, pairs))]
+    md.append(f"\n### Read: {a.random_reads} random 4 KiB reads (4 KiB-aligned, files weighted by size)\n")
+    md.append("| reader | reads/s | MiB/s | µs/read | ratio vs pread |")
+    md.append("|---|---:|---:|---:|---:|")
+    doc["read_random"] = {}
+    src_rate = None
+    for name, fn in rnd:
+        t, n, _ = timed(fn, a.rounds)
+        per_s = a.random_reads / t
+        src_rate = src_rate or per_s
+        md.append(f"| {name} | {fmt(per_s, 0)} | {fmt(n / MiB / t)} | {1e6 / per_s:.1f} | {per_s / src_rate:.4f} |")
+        doc["read_random"][name] = per_s
+    fds.close()
+    md.append("")
+
+    # ---------------------------------------------------------------- 4. breakdown
+    if not a.no_extras:
+        log("breakdown by subtree ...")
+        ours = bl.TOOLS["nydus-hybrid zstd"]
+        lz4 = bl.TOOLS["nydus-hybrid lz4_block"]
+        md.append("### Where the time goes (median of 2 interleaved rounds)\n")
+        md.append("By kind of input (each subtree of the corpus built alone):\n")
+        md.append("| subtree | MiB | files | ours zstd MiB/s | peak RSS MiB | cores | ours lz4_block MiB/s | "
+                  "mkfs.erofs MiB/s | erofs peak RSS MiB | zstd/erofs | lz4_block/erofs |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        doc["breakdown_subtree"] = {}
+        for sub, what in (("text", "text-like"), ("bin", "random"), ("dup", "duplicates"), ("small", "small files")):
+            src = os.path.join(corpus.root, sub)
+            files = [f for f in corpus.files if f[0].startswith(sub + "/")]
+            nbytes = sum(s for _, s in files)
+            r = interleaved([ours, lz4, bl.TOOLS[bl.BASELINE]], src, work, nbytes, 2)
+            o, l4, e = r[ours.name][0], r[lz4.name][0], r[bl.BASELINE][0]
+            md.append(f"| {sub}/ ({what}) | {nbytes / MiB:.0f} | {len(files)} | {fmt(o.mib_s)} | {fmt(o.peak_rss_mib)} | "
+                      f"{o.cores_used:.2f} | {fmt(l4.mib_s)} | {fmt(e.mib_s)} | {fmt(e.peak_rss_mib)} | "
+                      f"{o.mib_s / e.mib_s:.2f} | {l4.mib_s / e.mib_s:.2f} |")
+            doc["breakdown_subtree"][sub] = {"mib_s": o.mib_s, "rss": o.peak_rss_mib, "cores": o.cores_used,
+                                             "lz4_mib_s": l4.mib_s, "erofs_mib_s": e.mib_s, "erofs_rss": e.peak_rss_mib}
+
+        log("variants ...")
+
+        def variant(name: str, extra: Sequence[str] = (), env=None, comp="zstd", out_root=None) -> Tool:
+            def make(s, o):
+                if out_root:
+                    o = os.path.join(out_root, f"nydus-bench-{os.getpid()}")
+                    bl.fresh_dir(o)
+                return [bl.nydus_cmd(s, o, comp)[0] + list(extra)]
+            return Tool(name, make, ours=True, env=env)
+
+        variants = [
+            bl.TOOLS[bl.BASELINE],
+            variant("zstd (as above)"),
+            variant("-c none (no compression)", comp="none"),
+            variant("-S 64K (64 KiB chunks)", extra=["-S", "64K"]),
+            variant("RAYON_NUM_THREADS=1", env={"RAYON_NUM_THREADS": "1"}),
+        ]
+        if shm:
+            variants.append(variant("output on tmpfs (/dev/shm)", out_root=shm))
+
+        r = interleaved(variants, corpus.root, work, corpus.total_bytes, 2)
+        if shm:
+            bl.fresh_dir(os.path.join(shm, f"nydus-bench-{os.getpid()}"))
+            os.rmdir(os.path.join(shm, f"nydus-bench-{os.getpid()}"))
+        md.append("\nVariants of our build on the whole corpus, with mkfs.erofs in the same interleave "
+                  "(median of 2 rounds):\n")
+        md.append("| variant | MiB/s | ratio vs mkfs.erofs | wall s | CPU s | cores used | kernel share of CPU | peak RSS MiB |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        doc["breakdown_variants"] = {}
+        vbase = r[bl.BASELINE][0]
+        for v in variants:
+            s = r[v.name][0]
+            md.append(f"| {v.name} | {fmt(s.mib_s)} | {s.mib_s / vbase.mib_s:.2f} | {s.wall:.2f} | "
+                      f"{statistics.median(s.cpus):.2f} | {s.cores_used:.2f} | {s.sys_share:.0%} | {fmt(s.peak_rss_mib)} |")
+            doc["breakdown_variants"][v.name] = {"mib_s": s.mib_s, "wall": s.wall, "cpu": s.cpus, "sys": s.sys_cpus,
+                                                 "rss": s.peak_rss_mib}
+
+        log("parallel scaling on text/ ...")
+        src = os.path.join(corpus.root, "text")
+        nbytes = sum(sz for rel, sz in corpus.files if rel.startswith("text/"))
+        scal = [
+            variant("nydus-hybrid zstd (2 rayon threads)"),
+            variant("nydus-hybrid zstd, RAYON_NUM_THREADS=1", env={"RAYON_NUM_THREADS": "1"}),
+            Tool("tar | zstd -T0 -3", bl.tar_zstd_cmd),
+            Tool("tar | zstd -T1 -3", lambda s, o: [["tar", "-C", s, "-cf", "-", "."],
+                                                    ["zstd", "-T1", "-3", "-q", "-o", os.path.join(o, "out.tar.zst")]]),
+        ]
+        r = interleaved(scal, src, work, nbytes, 2)
+        md.append(f"\nParallel scaling where compression dominates (text/ only, {nbytes / MiB:.0f} MiB, "
+                  "median of 2 interleaved rounds):\n")
+        md.append("| build | MiB/s | CPU s | cores used |")
+        md.append("|---|---:|---:|---:|")
+        doc["text_scaling"] = {}
+        for v in scal:
+            s_ = r[v.name][0]
+            md.append(f"| {v.name} | {fmt(s_.mib_s)} | {statistics.median(s_.cpus):.2f} | {s_.cores_used:.2f} |")
+            doc["text_scaling"][v.name] = {"mib_s": s_.mib_s, "cpu": s_.cpus, "wall": s_.walls}
+
+        log("small-file RSS scaling ...")
+        md.append("\nPeak RSS against the number of small files (one 4 MiB file, then N files of 512 B):\n")
+        md.append("| N small files | ours zstd peak RSS MiB | ours wall s | mkfs.erofs peak RSS MiB | mkfs.erofs wall s |")
+        md.append("|---:|---:|---:|---:|---:|")
+        doc["small_file_rss"] = {}
+        for n in (1000, 4000, 8000):
+            tree = bl.ensure_tiny_tree(n)
+            r = interleaved([ours, bl.TOOLS[bl.BASELINE]], tree.root, work, tree.total_bytes, 1)
+            o, e = r[ours.name][0], r[bl.BASELINE][0]
+            md.append(f"| {n} | {fmt(o.peak_rss_mib)} | {o.wall:.2f} | {fmt(e.peak_rss_mib)} | {e.wall:.2f} |")
+            doc["small_file_rss"][n] = {"ours_rss": o.peak_rss_mib, "ours_wall": o.wall,
+                                        "erofs_rss": e.peak_rss_mib, "erofs_wall": e.wall}
+        md.append("")
+
+    # ---------------------------------------------------------------- goals
+    z = res["nydus-hybrid zstd"][0]
+    ours_rss = max([res[n][0].peak_rss_mib for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block")]
+                   + [bres["nydus-hybrid zstd"][0].peak_rss_mib])
+    speed_ok = z.mib_s >= base.mib_s
+    rss_ok = ours_rss <= bl.RSS_GOAL_MIB
+    md.append("### Goals\n")
+    md.append("| goal | measured | met |")
+    md.append("|---|---|---|")
+    cpu_ratio = statistics.median(z.cpus) / statistics.median(base.cpus)
+    md.append(f"| zstd build at least as fast as mkfs.erofs -zlz4 | {fmt(z.mib_s)} vs {fmt(base.mib_s)} MiB/s "
+              f"(ratio {z.mib_s / base.mib_s:.2f}); CPU time {statistics.median(z.cpus):.2f} vs "
+              f"{statistics.median(base.cpus):.2f} s ({cpu_ratio:.2f}x) | {'yes' if speed_ok else 'no'} |")
+    md.append(f"| peak RSS <= {bl.RSS_GOAL_MIB} MiB for any input | corpus zstd {fmt(z.peak_rss_mib)} MiB, "
+              f"lz4_block {fmt(res['nydus-hybrid lz4_block'][0].peak_rss_mib)} MiB; "
+              f"big file {fmt(bres['nydus-hybrid zstd'][0].peak_rss_mib)} MiB | {'yes' if rss_ok else 'no'} |")
+    doc["goals"] = {"speed_ratio": z.mib_s / base.mib_s, "cpu_ratio": cpu_ratio, "speed_met": speed_ok, "max_rss_mib": ours_rss, "rss_met": rss_ok}
+
+    doc["loadavg_end"] = loadavg()
+    ident_end = bl.build_identity()
+    changed = ident_end != doc["build"]
+    if changed:
+        doc["build_end"] = ident_end
+    doc["elapsed_s"] = time.perf_counter() - t_start
+    m = doc["machine"]
+    header = (f"Machine: {m.get('cpu', '?')}, nproc {m['nproc']}, {m.get('mem', '?')} RAM, kernel {m['kernel']}, "
+              f"Python {m['python']}, erofs-utils {m.get('erofs-utils', '?')}, zstd {m.get('zstd', '?')}. "
+              f"CPUs busy just before the start {doc['busy_before_start']:.0%}; load average at start "
+              f"{doc['loadavg_start']}, at end {doc['loadavg_end']}. "
+              f"Peak RSS via {doc['rss_method']}. Total run {doc['elapsed_s']:.0f} s.\n\n"
+              f"Measured: nydus-hybrid at git {doc['build'].get('git_head', '?')}, extension module "
+              f"sha256 {doc['build'].get('core_sha256', '?')} ({doc['build'].get('core_mtime', '?')}).\n")
+    if changed:
+        header += (f"\n**WARNING: the extension module changed during this run** (now "
+                   f"{ident_end.get('core_sha256')} from {ident_end.get('core_mtime')}, git {ident_end.get('git_head')}); "
+                   "the figures mix two builds. Run again.\n")
+    text = header + "\n" + "\n".join(md) + "\n"
+    print(text)
+    if a.md:
+        with open(a.md, "w") as f:
+            f.write(text)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=2, default=str)
+    bl.fresh_dir(work)
+    os.rmdir(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
