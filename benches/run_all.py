@@ -322,8 +322,8 @@ def main(argv=None) -> int:
 
     doc["loadavg_end"] = loadavg()
     ident_end = bl.build_identity()
-    changed = ident_end != doc["build"]
-    if changed:
+    changed = ident_end.get("core_sha256") != doc["build"].get("core_sha256")
+    if ident_end != doc["build"]:
         doc["build_end"] = ident_end
     doc["elapsed_s"] = time.perf_counter() - t_start
     m = doc["machine"]
@@ -334,6 +334,9 @@ def main(argv=None) -> int:
               f"Peak RSS via {doc['rss_method']}. Total run {doc['elapsed_s']:.0f} s.\n\n"
               f"Measured: nydus-hybrid at git {doc['build'].get('git_head', '?')}, extension module "
               f"sha256 {doc['build'].get('core_sha256', '?')} ({doc['build'].get('core_mtime', '?')}).\n")
+    if ident_end.get("git_head") != doc["build"].get("git_head") and not changed:
+        header += (f"\n(git HEAD moved to {ident_end.get('git_head')} during the run; the extension module "
+                   "did not change, so all figures are from the one build.)\n")
     if changed:
         header += (f"\n**WARNING: the extension module changed during this run** (now "
                    f"{ident_end.get('core_sha256')} from {ident_end.get('core_mtime')}, git {ident_end.get('git_head')}); "

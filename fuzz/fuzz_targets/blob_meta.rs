@@ -1,6 +1,6 @@
-//! Fuzz the blob-side decoders. The input is a data blob; its last 256 bytes, when there are
-//! enough, are also read as the blob's `RafsV6Blob` entry (so the fuzzer can line the entry
-//! up with the blob it describes). Exercised: the record decoders (CI V1/V2, CI header, ToC
+//! Fuzz the blob-side decoders. The input is a data blob followed by its 256-byte
+//! `RafsV6Blob` entry from the bootstrap's blob table (so the fuzzer can keep the entry in
+//! step with the blob it describes; `make_seeds.py` writes seeds in this shape). Exercised: the record decoders (CI V1/V2, CI header, ToC
 //! entries, tar section headers), ToC location and section extraction, loading the CI array
 //! (with decompression), and reading/verifying every chunk.
 
@@ -52,23 +52,31 @@ fuzz_target!(|data: &[u8]| {
         let _ = CiHeader::decode(&data[data.len() - CI_HEADER_SIZE..]);
     }
 
-    // The blob as a whole: ToC, its sections, and the CI array through a blob entry.
-    let src: Arc<dyn BlobSource> = Arc::new(Mem(data.to_vec()));
+    // The blob as a whole: ToC, its sections, and the CI array through a blob entry. With
+    // enough input, the last 256 bytes are the blob-table entry and the rest is the blob.
+    let (blob, entry) = if data.len() >= 256 + TAR_HEADER_SIZE {
+        (&data[..data.len() - 256], BlobEntry::decode(&data[data.len() - 256..]).ok())
+    } else {
+        (data, None)
+    };
+    let src: Arc<dyn BlobSource> = Arc::new(Mem(blob.to_vec()));
     if let Ok(toc) = read_toc(src.as_ref(), None) {
         for e in toc.iter().take(16) {
             let _ = extract_section(src.as_ref(), e, 1 << 24);
         }
     }
-    if data.len() >= 256 {
-        let Ok(entry) = BlobEntry::decode(&data[data.len() - 256..]) else { return };
-        if entry.validate(0, entry.chunk_size, false).is_err() {
-            return;
+    let Some(entry) = entry else { return };
+    if entry.validate(0, entry.chunk_size, false).is_err() {
+        return;
+    }
+    if let Ok(toc) = read_toc(src.as_ref(), Some(&entry)) {
+        for e in toc.iter().take(16) {
+            let _ = extract_section(src.as_ref(), e, 1 << 24);
         }
-        let _ = read_toc(src.as_ref(), Some(&entry));
-        if let Ok(blob) = BlobReader::load(&entry, src.clone()) {
-            for ci in 0..blob.chunks.len().min(64) as u32 {
-                let _ = blob.read_chunk(ci, None, true);
-            }
+    }
+    if let Ok(reader) = BlobReader::load(&entry, src.clone()) {
+        for ci in 0..reader.chunks.len().min(64) as u32 {
+            let _ = reader.read_chunk(ci, None, true);
         }
     }
 });

@@ -630,6 +630,151 @@ fn inspect_survives_huge_file_sizes() {
     assert!(r.is_ok(), "inspect panicked on two files of 2^63 bytes");
 }
 
+// ---------------------------------------------------------------------------------------
+// 4. Tar streams (build input): the framing parser and the whole tar build path
+// ---------------------------------------------------------------------------------------
+
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body_len = key.len() + value.len() + 3; // ' ' + '=' + '\n'
+    let mut len = body_len + 1;
+    while len != body_len + len.to_string().len() {
+        len = body_len + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// A small layer: PAX records, GNU long names, links, devices, whiteouts.
+fn seed_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let hdr = |kind: tar::EntryType, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(1);
+        h.set_gid(2);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    };
+    b.append_data(&mut hdr(tar::EntryType::Directory, 0), "d/", &b""[..]).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.bin", &b"a\nb\0c"[..]), ("mtime", b"1600000000.25")]).unwrap();
+    b.append_data(&mut hdr(tar::EntryType::Regular, 3000), "d/f", &[5u8; 3000][..]).unwrap();
+    b.append_data(&mut hdr(tar::EntryType::Regular, 5), format!("d/{}", "l".repeat(150)), &b"long!"[..]).unwrap();
+    b.append_link(&mut hdr(tar::EntryType::Link, 0), "hl", "d/f").unwrap();
+    b.append_link(&mut hdr(tar::EntryType::Symlink, 0), "sl", "/etc/passwd").unwrap();
+    let mut dev = hdr(tar::EntryType::Char, 0);
+    dev.set_device_major(1).unwrap();
+    dev.set_device_minor(5).unwrap();
+    b.append_data(&mut dev, "dev", &b""[..]).unwrap();
+    b.append_data(&mut hdr(tar::EntryType::Regular, 0), "d/.wh..wh..opq", &b""[..]).unwrap();
+    b.append_data(&mut hdr(tar::EntryType::Regular, 0), ".wh.gone", &b""[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn build_tar(data: &[u8]) -> NResult<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("layer.tar");
+    std::fs::write(&src, data).unwrap();
+    let opts = BuildOptions { chunk_size: 0x1000, progress: false, ..Default::default() };
+    let boot = dir.path().join("boot");
+    build(&src, &boot, &dir.path().join("blobs"), &opts)?;
+    // whatever was accepted must read back
+    let rafs = Rafs::open(&boot, Some(&dir.path().join("blobs")))?;
+    check(&rafs, true)?;
+    Ok(())
+}
+
+/// CORE BUG (tarstream): `parse_pax_time` turns "-S.F" into `(secs - 1, 1e9 - nsec)`; for
+/// S = 2^63 that subtraction overflows: a panic in debug builds, and in release the mtime
+/// wraps to i64::MAX (year 292 billion) instead of the entry being refused.
+#[test]
+fn pax_mtime_before_i64_min_is_refused() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("mtime", &b"-9223372036854775808.5"[..])]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(1);
+    b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let r = std::panic::catch_unwind(|| build_tar(&data));
+    assert!(r.is_ok(), "building a layer with PAX mtime -9223372036854775808.5 panicked");
+    assert!(r.unwrap().is_err(), "a PAX mtime before -2^63 s was accepted");
+}
+
+#[test]
+fn seed_layer_builds() {
+    build_tar(&seed_layer()).unwrap();
+}
+
+proptest! {
+    #![proptest_config(config(400))]
+
+    #[test]
+    fn pax_records_any_bytes(b in bytes(0..600)) {
+        let _ = nydus_hybrid_core::builder::tarstream::parse_pax(&b);
+    }
+
+    #[test]
+    fn pax_records_round_trip(recs in prop::collection::vec(("[a-zA-Z.]{1,30}", bytes(0..200)), 0..8)) {
+        let mut data = Vec::new();
+        for (k, v) in &recs {
+            data.extend(pax_record(k, v));
+        }
+        let got = nydus_hybrid_core::builder::tarstream::parse_pax(&data).unwrap();
+        let got: Vec<(String, Vec<u8>)> = got.into_iter().map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), v.to_vec())).collect();
+        prop_assert_eq!(got, recs);
+    }
+
+    #[test]
+    fn tar_stream_any_bytes(b in bytes(0..3000)) {
+        let mut ts = nydus_hybrid_core::builder::tarstream::TarStream::new(std::io::Cursor::new(b));
+        for _ in 0..64 {
+            match ts.next_member() {
+                Ok(Some(_)) => {
+                    let _ = std::io::copy(&mut ts, &mut std::io::sink());
+                }
+                _ => break,
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_layer_builds_or_fails_cleanly(e in edits({
+        let n = seed_layer().len();
+        (0..n.min(4096)).collect()
+    })) {
+        let _ = build_tar(&apply(&seed_layer(), &e));
+    }
+
+    #[test]
+    fn layer_with_odd_pax_values(key in prop::sample::select(vec!["mtime", "size", "uid", "gid", "path", "linkpath", "SCHILY.xattr.user.x", "SCHILY.xattr.bogus"]),
+                                 value in prop_oneof![
+                                     "-?[0-9]{1,25}(\\.[0-9]{0,12})?",
+                                     Just("-9223372036854775808.5".to_string()),
+                                     Just("18446744073709551615".to_string()),
+                                     "[ -~]{0,40}",
+                                 ]) {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([(key, value.as_bytes())]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(4);
+        b.append_data(&mut h, "f", &b"data"[..]).unwrap();
+        let _ = build_tar(&b.into_inner().unwrap());
+    }
+}
+
 #[test]
 fn codecs_reject_garbage_without_panicking() {
     use nydus_hybrid_core::codec::decompress;

@@ -464,9 +464,6 @@ def test_tar_source_roundtrip(source_tree, tmp_path):
                       mtime_resolution_ns=10**9, check_xattrs=False)
 
 
-@pytest.mark.xfail(strict=True, raises=errors.UnsafeInputError,
-                   reason="core bug: PAX records whose value contains '\\n' are rejected as "
-                          "'malformed pax extension' (builder/source_tar.rs uses tar::pax_extensions)")
 def test_own_tar_output_builds_back(source_tree, unpacked_tar, tmp_path):
     """The tar that unpack_tar writes is a valid build input and gives the source back
     (sockets aside; tar headers carry whole seconds)."""
@@ -477,8 +474,6 @@ def test_own_tar_output_builds_back(source_tree, unpacked_tar, tmp_path):
     _assert_same_tree(source_tree.root, str(out), ignore=source_tree.sockets, mtime_resolution_ns=10**9)
 
 
-@pytest.mark.xfail(strict=True, raises=errors.UnsafeInputError,
-                   reason="core bug: PAX xattr value containing '\\n' is rejected")
 def test_tar_xattr_value_with_newline(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -495,8 +490,6 @@ def test_tar_xattr_value_with_newline(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: the tar builder ignores PAX 'mtime' records and uses "
-                                       "the header field, which Python's tarfile rounds (not truncates)")
 def test_tar_pax_mtime(tmp_path):
     src = tmp_path / "f"
     src.write_bytes(b"x")
@@ -511,8 +504,6 @@ def test_tar_pax_mtime(tmp_path):
     assert (st.st_mtime, st.st_mtime_nsec) == (1_600_000_000, 700_000_000)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: unpack_tar writes xattr names through "
-                                       "String::from_utf8_lossy, so a non-UTF-8 name comes out as U+FFFD")
 def test_unpack_tar_non_utf8_xattr_name(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -531,8 +522,6 @@ def test_unpack_tar_non_utf8_xattr_name(tmp_path):
     assert b"SCHILY.xattr." + name in keys
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: source_dir.rs clamps a negative mtime's seconds to 0 "
-                                       "but keeps its nanoseconds, so -1.5 s is stored as +0.5 s")
 def test_pre_1970_mtime(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

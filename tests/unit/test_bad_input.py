@@ -32,7 +32,6 @@ import os
 import random
 import select
 import shutil
-import stat as stat_mod
 import struct
 import subprocess
 import sys

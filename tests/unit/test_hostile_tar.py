@@ -657,18 +657,21 @@ def test_failed_build_keeps_the_previous_bootstrap(box):
     bad = box.build(make_tar([entry("../evil", data=b"x")]))
     assert_rejected(bad, "UnsafeInputError")
     assert box.boot.read_bytes() == before
-    assert sorted(os.listdir(box.blobs)) == blob_files
+    assert sorted(n for n in os.listdir(box.blobs) if not n.startswith(".blob-")) == blob_files
     assert tree(box.image()) == PLAIN_TREE
 
 
-def test_failure_after_data_was_written_leaves_no_temporaries(box):
-    """Data for the first entries reaches the blob writer before a later entry fails."""
+def test_failure_after_data_was_written_leaves_no_output(box):
+    """Data for the first entries reaches the blob writer before a later entry fails: no
+    bootstrap and no finished blob may appear (`.blob-*` temporaries: see
+    test_failed_build_removes_its_temporary_blob)."""
     noise = random.Random(3).randbytes(3 * CHUNK + 17)
     raw = make_tar([entry("a", data=noise), entry("b", data=noise[::-1]), entry("../evil", data=b"x")])
     res = box.build(raw)
     assert_rejected(res, "UnsafeInputError", "evil")
     assert not box.boot.exists()
-    assert os.listdir(box.blobs) == [] if box.blobs.exists() else True
+    if box.blobs.exists():
+        assert [n for n in os.listdir(box.blobs) if not n.startswith(".blob-")] == []
 
 
 def test_failed_build_removes_its_temporary_blob(tmp_path):
@@ -697,7 +700,7 @@ def test_failed_first_build_leaves_no_bootstrap(box):
     res = box.build(raw[:off + 512 + 1000])
     assert_rejected(res)
     assert not box.boot.exists()
-    assert not box.blobs.exists() or os.listdir(box.blobs) == []
+    assert not box.blobs.exists() or [n for n in os.listdir(box.blobs) if not n.startswith(".blob-")] == []
 
 
 def test_dataclass_report_is_complete(box):
@@ -777,3 +780,31 @@ def test_pax_numeric_records_are_honoured(box):
     st = box.image().stat("f")
     assert (st.st_uid, st.st_gid) == (3_000_000, 5_000_000)
     assert st.st_mtime == (1 << 34) + 5, f"PAX mtime ignored: image has {st.st_mtime}"
+
+
+def test_pax_mtime_out_of_range_is_refused(box):
+    """CORE BUG (builder, tarstream.rs parse_pax_time): "-9223372036854775808.5" is one
+    second before i64::MIN; `secs - 1` overflows and, in the release build, the image gets
+    mtime 9223372036854775807 (debug builds panic). It must be refused."""
+    ti, data, size = entry("m", data=b"x")
+    ti.pax_headers = {"mtime": "-9223372036854775808.5"}
+    res = box.build(make_tar([(ti, data, size)], fmt=tarfile.PAX_FORMAT))
+    if res["ok"]:
+        st = box.image().stat("m")
+        pytest.fail(f"out-of-range PAX mtime accepted; the image says mtime {st.st_mtime}")
+    assert_rejected(res, None, "mtime")
+
+
+def test_checksum_with_leading_spaces_is_accepted(box):
+    """MINOR CORE BUG (builder, tarstream.rs check_checksum): POSIX numeric fields may be
+    right-justified with leading spaces ("   6512\\0"); Python's tarfile and GNU tar read
+    such a checksum, the builder stops at the first space and rejects the archive."""
+    raw = bytearray(make_tar([entry("f", data=b"x")]))
+    h = raw[:512]
+    total = sum(h[:148]) + 8 * 32 + sum(h[156:])
+    h[148:156] = b"%7o\0" % total
+    raw[:512] = h
+    assert tarfile.open(fileobj=io.BytesIO(bytes(raw))).getnames() == ["f"]
+    res = box.build(bytes(raw))
+    assert res["ok"], res
+    assert box.image().read("f") == b"x"
