@@ -139,8 +139,15 @@ def _usage(msg: str) -> int:
     return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (and exit 2), like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"nydus-hybrid: usage error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nydus-hybrid", description="RAFS v6 (Nydus) images: build, check, inspect, unpack, export.")
+    parser = _Parser(prog="nydus-hybrid", description="RAFS v6 (Nydus) images: build, check, inspect, unpack, export.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--log-level", default="warning", choices=["trace", "debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command")

@@ -6,6 +6,7 @@ All chunk work (fetch, decompress, verify) happens in Rust with the GIL released
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat as stat_mod
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from nydus_hybrid import _core
+from nydus_hybrid.errors import CorruptImageError
 
 PathArg = Union[str, bytes, "os.PathLike[str]"]
 
@@ -153,10 +155,16 @@ class Image:
         return self._inner.read(_image_path(path), offset, size)
 
     def walk(self, top: str = "/"):
-        """Yield (dirpath, dirnames, filenames) like ``os.walk``, top-down."""
+        """Yield (dirpath, dirnames, filenames) like ``os.walk``, top-down. A directory
+        reachable twice (a corrupt image) raises CorruptImageError instead of looping."""
         stack = [top]
+        seen = set()
         while stack:
             d = stack.pop()
+            ino = self.stat(d).st_ino
+            if ino in seen:
+                raise CorruptImageError(errno.EIO, f"directory {d} (inode {ino}) is reachable twice")
+            seen.add(ino)
             dirs, files = [], []
             for name in self.listdir(d):
                 p = d.rstrip("/") + "/" + name

@@ -126,6 +126,7 @@ pub fn finish(
     let id = hex::encode(w.hasher.finalize());
     let path = w.dir.join(&id);
     w.tmp.persist(&path).map_err(|e| Error::io(format!("rename blob to {}", path.display()), e.error))?;
+    super::publish_mode(&path)?;
 
     let entry = BlobEntry {
         blob_id: id,

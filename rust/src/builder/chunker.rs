@@ -201,6 +201,17 @@ impl Pipeline {
     }
 }
 
+impl Drop for Pipeline {
+    /// On an error path the pipeline is dropped unfinished: stop and join the worker, so
+    /// the temporary blob it owns is deleted before `build` returns.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 fn run_worker(mut c: Committer, rx: Receiver<Vec<Job>>) -> Result<Committer> {
     while let Ok(batch) = rx.recv() {
         let done = c.process(batch)?;

@@ -171,5 +171,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::io::Write::write_all(&mut tmp, data).ctx(|| format!("write {}", path.display()))?;
     tmp.as_file().sync_all().ctx(|| format!("sync {}", path.display()))?;
     tmp.persist(path).map_err(|e| Error::io(format!("rename to {}", path.display()), e.error))?;
-    Ok(())
+    publish_mode(path)
+}
+
+/// Outputs are world-readable like any image file (temporary files start as 0600).
+pub fn publish_mode(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).ctx(|| format!("chmod {}", path.display()))
 }

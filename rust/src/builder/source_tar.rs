@@ -213,6 +213,7 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
             }
         }
     }
+    stream.drain()?;
     t.tree.finish()?;
     Ok(t.tree)
 }

@@ -73,7 +73,8 @@ fn parse_pax_time(v: &[u8]) -> Result<(i64, u32)> {
     }
     // "-1.5" means 1.5 s before the epoch: (-2 s, 0.5 s).
     if int.starts_with('-') && nsec > 0 {
-        return Ok((secs - 1, 1_000_000_000 - nsec));
+        let secs = secs.checked_sub(1).ok_or_else(|| bad(format!("PAX mtime {s:?} out of range")))?;
+        return Ok((secs, 1_000_000_000 - nsec));
     }
     Ok((secs, nsec))
 }
@@ -199,6 +200,16 @@ impl<R: Read> TarStream<R> {
     }
 }
 
+impl<R: Read> TarStream<R> {
+    /// Read whatever follows the end-of-archive marker, so a compressed stream's decoder
+    /// reaches its end and checks its trailer (gzip CRC-32, zstd checksum).
+    pub fn drain(&mut self) -> Result<()> {
+        std::io::copy(&mut self.r, &mut std::io::sink())
+            .map(|_| ())
+            .map_err(|e| bad(format!("corrupt data after the end of the tar archive: {e}")))
+    }
+}
+
 impl<R: Read> Read for TarStream<R> {
     /// Read the current member's data.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -228,8 +239,9 @@ fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
 
 fn check_checksum(block: &[u8; BLOCK]) -> Result<()> {
     let field = &block[148..156];
-    let text: String = field.iter().take_while(|&&c| c != 0 && c != b' ').map(|&c| c as char).collect();
-    let text = text.trim();
+    // Octal digits, possibly right-justified with spaces and ended by NUL or space (POSIX).
+    let text: String = field.iter().take_while(|&&c| c != 0).map(|&c| c as char).collect();
+    let text = text.trim_matches(' ');
     let stored = u32::from_str_radix(text, 8).map_err(|_| bad("tar header has an unreadable checksum (not a tar stream?)"))?;
     let sum: u32 = block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { b' ' as u32 } else { b as u32 }).sum();
     if stored != sum {

@@ -36,6 +36,8 @@ pub fn decode_block(block: &[u8], valid_len: usize) -> Result<Vec<Dirent<'_>>> {
             nameoff + tail.iter().position(|&c| c == 0).unwrap_or(tail.len())
         };
         ensure!(nameoff >= first_nameoff && nameoff < end && end <= valid_len, "bad dirent name range {nameoff}..{end}");
+        let name = &block[nameoff..end];
+        ensure!(!name.contains(&b'/') && !name.contains(&0), "dirent name {:?} contains '/' or NUL", String::from_utf8_lossy(name));
         out.push(Dirent {
             nid: u64_at(block, d),
             file_type: block[d + 10],
