@@ -84,6 +84,11 @@ def timed(fn: Callable[[], int], rounds: int) -> Tuple[float, int, float]:
     return statistics.median(times), n, statistics.median(cores)
 
 
+def cell(name: str) -> str:
+    """A name as a markdown table cell (tool names contain '|')."""
+    return name.replace("|", "\\|")
+
+
 def fmt(x: float, nd: int = 1) -> str:
     return f"{x:,.{nd}f}"
 
@@ -134,7 +139,7 @@ def main(argv=None) -> int:
     for t in tools:
         s = res[t.name][0]
         ratio = s.mib_s / base.mib_s
-        md.append(f"| {t.name} | {fmt(s.mib_s)} | {s.wall:.2f} | {ratio:.2f} | {fmt(s.peak_rss_mib)} | "
+        md.append(f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {ratio:.2f} | {fmt(s.peak_rss_mib)} | "
                   f"{statistics.median(s.cpus):.2f} | {s.cores_used:.2f} | {s.sys_share:.0%} | {s.out_ratio:.3f} |")
         doc["corpus"]["builds"][t.name] = {"mib_s": s.mib_s, "walls": s.walls, "peak_rss_mib": s.peak_rss_mib,
                                            "rss_kib": s.rss_kib, "cpu_s": s.cpus, "sys_cpu_s": s.sys_cpus,
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
     for t in btools:
         s, runs = bres[t.name]
         q = bl.rss_quartiles(runs[0])
-        md.append(f"| {t.name} | {fmt(s.mib_s)} | {s.wall:.2f} | {fmt(s.peak_rss_mib)} | "
+        md.append(f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {fmt(s.peak_rss_mib)} | "
                   f"{' / '.join(fmt(v) for v in q)} | {s.cores_used:.2f} |")
         doc["bigfile"][t.name] = {"mib_s": s.mib_s, "wall": s.wall, "peak_rss_mib": s.peak_rss_mib, "vmrss_quartiles": q}
     md.append("")
@@ -262,7 +267,7 @@ def main(argv=None) -> int:
         vbase = r[bl.BASELINE][0]
         for v in variants:
             s = r[v.name][0]
-            md.append(f"| {v.name} | {fmt(s.mib_s)} | {s.mib_s / vbase.mib_s:.2f} | {s.wall:.2f} | "
+            md.append(f"| {cell(v.name)} | {fmt(s.mib_s)} | {s.mib_s / vbase.mib_s:.2f} | {s.wall:.2f} | "
                       f"{statistics.median(s.cpus):.2f} | {s.cores_used:.2f} | {s.sys_share:.0%} | {fmt(s.peak_rss_mib)} |")
             doc["breakdown_variants"][v.name] = {"mib_s": s.mib_s, "wall": s.wall, "cpu": s.cpus, "sys": s.sys_cpus,
                                                  "rss": s.peak_rss_mib}
@@ -285,7 +290,7 @@ def main(argv=None) -> int:
         doc["text_scaling"] = {}
         for v in scal:
             s_ = r[v.name][0]
-            md.append(f"| {v.name} | {fmt(s_.mib_s)} | {statistics.median(s_.cpus):.2f} | {s_.cores_used:.2f} |")
+            md.append(f"| {cell(v.name)} | {fmt(s_.mib_s)} | {statistics.median(s_.cpus):.2f} | {s_.cores_used:.2f} |")
             doc["text_scaling"][v.name] = {"mib_s": s_.mib_s, "cpu": s_.cpus, "wall": s_.walls}
 
         log("small-file RSS scaling ...")

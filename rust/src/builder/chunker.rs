@@ -1,9 +1,11 @@
-//! The data pipeline of a build: sources submit file chunks in order; a worker thread hashes
-//! and compresses each batch in parallel on all cores (rayon), then commits the batch in
-//! submission order: dedup by digest, append to the blob, record a CI entry. Builds are
-//! deterministic because commits happen in submission order whatever the thread timing.
-//! Memory is bounded: at most two batches are in flight (one filling, one being processed,
-//! plus one queued).
+//! The data pipeline of a build, three stages connected by bounded channels:
+//! 1. the source (caller's thread) reads files and submits chunks in batches;
+//! 2. a processor thread hashes and compresses each batch in parallel on all cores (rayon);
+//! 3. a committer thread takes processed batches in order: dedup by digest, append to the
+//!    blob (hashing it), record a CI entry.
+//! Stages overlap, so compression of one batch runs while the previous one is written.
+//! Builds are deterministic because commits happen in submission order whatever the thread
+//! timing. Memory is bounded: a handful of batches of at most 8 MiB are in flight.
 
 use super::blob::BlobWriter;
 use crate::codec;
@@ -52,8 +54,6 @@ pub struct ChunkOutput {
 }
 
 struct Committer {
-    compressor: Compressor,
-    digester: Digester,
     writer: BlobWriter,
     dedup: HashMap<([u8; 32], u32), u32>,
     chunks: Vec<StoredChunk>,
@@ -64,10 +64,8 @@ struct Committer {
     progress: Option<indicatif::ProgressBar>,
 }
 
-impl Committer {
-    fn process(&self, batch: Vec<Job>) -> Result<Vec<Processed>> {
-        let (c, d) = (self.compressor, self.digester);
-        batch
+fn process(c: Compressor, d: Digester, batch: Vec<Job>) -> Result<Vec<Processed>> {
+    batch
             .into_par_iter()
             .map(|j| {
                 Ok(Processed {
@@ -80,8 +78,9 @@ impl Committer {
                 })
             })
             .collect()
-    }
+}
 
+impl Committer {
     fn commit(&mut self, items: Vec<Processed>) -> Result<()> {
         for p in items {
             let usize_ = p.raw.len() as u32;
@@ -126,7 +125,8 @@ pub struct Pipeline {
     batch_bytes: usize,
     batch_limit: usize,
     tx: Option<SyncSender<Vec<Job>>>,
-    worker: Option<JoinHandle<Result<Committer>>>,
+    processor: Option<JoinHandle<()>>,
+    committer: Option<JoinHandle<Result<Committer>>>,
 }
 
 impl Pipeline {
@@ -140,11 +140,10 @@ impl Pipeline {
         let threads = rayon::current_num_threads().max(1);
         // Enough chunks to keep every core busy, but never more than ~8 MiB per batch
         // (one chunk if chunks are larger), so RSS stays bounded for any input.
-        let batch_limit = (threads * 2 * chunk_size as usize).clamp(chunk_size as usize, (8 << 20).max(chunk_size as usize));
+        let batch_limit = (threads * 4 * chunk_size as usize).clamp(chunk_size as usize, (8 << 20).max(chunk_size as usize));
         let (tx, rx) = sync_channel::<Vec<Job>>(1);
+        let (done_tx, done_rx) = sync_channel::<Result<Vec<Processed>>>(1);
         let committer = Committer {
-            compressor,
-            digester,
             writer,
             dedup: HashMap::new(),
             chunks: Vec::new(),
@@ -154,11 +153,15 @@ impl Pipeline {
             bytes_in: 0,
             progress,
         };
-        let worker = std::thread::Builder::new()
-            .name("nydus-build-chunks".into())
-            .spawn(move || run_worker(committer, rx))
-            .expect("spawn chunk worker");
-        Pipeline { batch: Vec::new(), batch_bytes: 0, batch_limit, tx: Some(tx), worker: Some(worker) }
+        let processor = std::thread::Builder::new()
+            .name("nydus-build-compress".into())
+            .spawn(move || run_processor(compressor, digester, rx, done_tx))
+            .expect("spawn chunk processor");
+        let committer = std::thread::Builder::new()
+            .name("nydus-build-commit".into())
+            .spawn(move || run_committer(committer, done_rx))
+            .expect("spawn chunk committer");
+        Pipeline { batch: Vec::new(), batch_bytes: 0, batch_limit, tx: Some(tx), processor: Some(processor), committer: Some(committer) }
     }
 
     pub fn submit(&mut self, node: usize, index: usize, data: Vec<u8>) -> Result<()> {
@@ -177,17 +180,20 @@ impl Pipeline {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         if self.tx.as_ref().unwrap().send(batch).is_err() {
-            // The worker stopped early: surface its error.
-            return Err(self.join().err().unwrap_or_else(|| Error::invalid("chunk worker stopped")));
+            // A stage stopped early: surface its error.
+            return Err(self.join().err().unwrap_or_else(|| Error::invalid("chunk pipeline stopped")));
         }
         Ok(())
     }
 
     fn join(&mut self) -> Result<Committer> {
         self.tx.take();
-        match self.worker.take() {
-            Some(h) => h.join().map_err(|_| Error::invalid("chunk worker panicked"))?,
-            None => Err(Error::invalid("chunk worker already joined")),
+        if let Some(h) = self.processor.take() {
+            h.join().map_err(|_| Error::invalid("chunk processor panicked"))?;
+        }
+        match self.committer.take() {
+            Some(h) => h.join().map_err(|_| Error::invalid("chunk committer panicked"))?,
+            None => Err(Error::invalid("chunk pipeline already joined")),
         }
     }
 
@@ -205,17 +211,23 @@ impl Drop for Pipeline {
     /// On an error path the pipeline is dropped unfinished: stop and join the worker, so
     /// the temporary blob it owns is deleted before `build` returns.
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(h) = self.worker.take() {
-            let _ = h.join();
+        let _ = self.join();
+    }
+}
+
+fn run_processor(c: Compressor, d: Digester, rx: Receiver<Vec<Job>>, tx: SyncSender<Result<Vec<Processed>>>) {
+    while let Ok(batch) = rx.recv() {
+        let done = process(c, d, batch);
+        let failed = done.is_err();
+        if tx.send(done).is_err() || failed {
+            return;
         }
     }
 }
 
-fn run_worker(mut c: Committer, rx: Receiver<Vec<Job>>) -> Result<Committer> {
-    while let Ok(batch) = rx.recv() {
-        let done = c.process(batch)?;
-        c.commit(done)?;
+fn run_committer(mut c: Committer, rx: Receiver<Result<Vec<Processed>>>) -> Result<Committer> {
+    while let Ok(done) = rx.recv() {
+        c.commit(done?)?;
     }
     Ok(c)
 }
