@@ -5,7 +5,8 @@
 //!    blob (hashing it), record a CI entry.
 //! Stages overlap, so compression of one batch runs while the previous one is written.
 //! Builds are deterministic because commits happen in submission order whatever the thread
-//! timing. Memory is bounded: a handful of batches of at most 8 MiB are in flight.
+//! timing. Memory is bounded: the channels are rendezvous channels, so at most one batch
+//! (≤ 8 MiB, or one chunk if chunks are larger) sits in each stage.
 
 use super::blob::BlobWriter;
 use crate::codec;
@@ -141,8 +142,8 @@ impl Pipeline {
         // Enough chunks to keep every core busy, but never more than ~8 MiB per batch
         // (one chunk if chunks are larger), so RSS stays bounded for any input.
         let batch_limit = (threads * 4 * chunk_size as usize).clamp(chunk_size as usize, (8 << 20).max(chunk_size as usize));
-        let (tx, rx) = sync_channel::<Vec<Job>>(1);
-        let (done_tx, done_rx) = sync_channel::<Result<Vec<Processed>>>(1);
+        let (tx, rx) = sync_channel::<Vec<Job>>(0);
+        let (done_tx, done_rx) = sync_channel::<Result<Vec<Processed>>>(0);
         let committer = Committer {
             writer,
             dedup: HashMap::new(),
