@@ -3,7 +3,7 @@
 
     python fuzz/make_seeds.py            # -> fuzz/corpus/{bootstrap,blob_meta}/
 
-Seeds: the Nydus-built reference bootstrap and blobs from /work/shared/fixtures, plus a few
+Seeds: the Nydus-built reference bootstrap and blobs from ../shared/fixtures, plus a few
 images built with nydus_hybrid (zstd / lz4_block / none, tiny and multi-chunk). A
 `blob_meta` seed is a data blob followed by its 256-byte blob-table entry.
 """
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FIXTURES = Path("/work/shared/fixtures/nydus-v2.2")
+FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[2] / "shared/fixtures/nydus-v2.2")
 
 
 def blob_entry(boot: bytes, index: int = 0) -> bytes:

@@ -15,7 +15,7 @@ from nydus_hybrid import kmount
 
 import treegen
 
-FIXTURES = Path(os.environ.get("NYDUS_FIXTURES", "/work/shared/fixtures/nydus-v2.2"))
+FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[2] / "shared/fixtures/nydus-v2.2")
 FIXTURE_BOOT = FIXTURES / "rafs-v6-2.2.boot"
 FIXTURE_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
 FIXTURE_INLINE_ID = "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"

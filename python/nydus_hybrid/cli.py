@@ -7,10 +7,13 @@ Exit status: 0 success, 1 the operation failed (the reason is one line on stderr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from nydus_hybrid import log
@@ -43,7 +46,8 @@ def _add_build(sub) -> None:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("source", help="a directory, or an OCI layer tarball (.tar, .tar.gz, .tar.zst)")
         p.add_argument("-B", "--bootstrap", required=True, help="output bootstrap file")
-        p.add_argument("-D", "--blob-dir", required=True, help="directory for the data blob, named by its sha256")
+        p.add_argument("-D", "--blob-dir", help="directory for the data blob, named by its sha256")
+        p.add_argument("-b", "--blob", help="write the data blob to this file instead (nydus-image -b)")
         p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
         p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
         p.add_argument("-d", "--digester", default="blake3", choices=["blake3", "sha256"])
@@ -55,12 +59,19 @@ def _add_build(sub) -> None:
         p.add_argument("-R", "--repeatable", action="store_true", help="do not store uid/gid")
         p.add_argument("--features", default="blob-toc", help="accepted for compatibility; blob-toc is always on")
         p.add_argument("-A", "--aligned-chunk", action="store_true", help="accepted; always on for v6")
+        p.add_argument("--prefetch-policy", default="none", choices=["none", "fs"],
+                       help="accepted for compatibility; no prefetch table is written yet (as if no pattern matched)")
+        p.add_argument("--blob-inline-meta", action="store_true", help="not supported yet (refused)")
         p.add_argument("--exclude", action="append", default=[], help="path in a directory source to leave out")
         p.add_argument("-J", "--output-json", help="also write the build report as JSON to this file")
         p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
 def _cmd_build(a) -> int:
+    if not a.blob_dir and not a.blob:
+        raise SystemExit(_usage("give --blob-dir DIR or --blob FILE for the data blob"))
+    if a.blob_inline_meta:
+        raise SystemExit(_usage("--blob-inline-meta is not supported yet; build a separate bootstrap"))
     if a.source_type == "tar-rafs" and not os.path.isfile(a.source):
         raise SystemExit(_usage(f"--type tar-rafs needs a tarball, {a.source} is not a file"))
     if a.source_type in ("dir-rafs", "directory") and not os.path.isdir(a.source):
@@ -68,19 +79,33 @@ def _cmd_build(a) -> int:
     unknown = set(filter(None, a.features.split(","))) - {"blob-toc"}
     if unknown:
         raise SystemExit(_usage(f"unsupported --features {','.join(sorted(unknown))}"))
-    report = build(
-        a.source, a.bootstrap, a.blob_dir,
-        chunk_size=a.chunk_size, compressor=a.compressor, digester=a.digester,
-        explicit_uid_gid=not a.repeatable,
-        whiteout_spec="none" if a.whiteout_spec == "overlayfs" else a.whiteout_spec,
-        progress=not a.no_progress, exclude=tuple(a.exclude),
-    )
+    blob_dir = a.blob_dir or tempfile.mkdtemp(prefix=".nydus-blob-", dir=os.path.dirname(os.path.abspath(a.blob)))
+    try:
+        report = _build(a, blob_dir)
+    finally:
+        if not a.blob_dir:
+            shutil.rmtree(blob_dir, ignore_errors=True)
     doc = dict(report.__dict__, dedup_ratio=round(report.dedup_ratio, 4), bootstrap=os.fspath(a.bootstrap))
     if a.output_json:
         with open(a.output_json, "w") as f:
             json.dump(doc, f, indent=2)
     print(json.dumps(doc, indent=2))
     return 0
+
+
+def _build(a, blob_dir: str):
+    report = build(
+        a.source, a.bootstrap, blob_dir,
+        chunk_size=a.chunk_size, compressor=a.compressor, digester=a.digester,
+        explicit_uid_gid=not a.repeatable,
+        whiteout_spec="none" if a.whiteout_spec == "overlayfs" else a.whiteout_spec,
+        progress=not a.no_progress, exclude=tuple(a.exclude),
+    )
+    if a.blob and report.blob_path:
+        # -b FILE: the blob keeps its content (and so its id); only its file name changes.
+        os.replace(report.blob_path, a.blob)
+        report = dataclasses.replace(report, blob_path=os.path.abspath(a.blob))
+    return report
 
 
 def _open(a) -> Image:

@@ -39,7 +39,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-FIXTURES = Path("/work/shared/fixtures/nydus-v2.2")
+FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[3] / "shared/fixtures/nydus-v2.2")
 INLINE_BLOB = FIXTURES / "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
 
 CHUNK_SIZE = 0x4000

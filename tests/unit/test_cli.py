@@ -15,7 +15,7 @@ import pytest
 
 import nydus_hybrid
 
-FIXTURES = Path(os.environ.get("NYDUS_FIXTURES", "/work/shared/fixtures/nydus-v2.2"))
+FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[3] / "shared/fixtures/nydus-v2.2")
 FIXTURE_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
 FIXTURE_INLINE_ID = "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
 ERROR_PREFIX = "nydus-hybrid: error: "
@@ -286,3 +286,32 @@ def test_export(built_cli, tmp_path):
 def test_export_missing_blob(built_cli, tmp_path):
     boot, _, _, _ = built_cli
     assert_one_line_error(cli("export", "--block", "-B", boot, "-D", tmp_path, "-o", tmp_path / "x"))
+
+
+def test_build_blob_file_option(small_src, tmp_path):
+    """nydus-image's -b FILE: the blob lands at FILE, keeps its id (sha256 of its bytes),
+    and no temporary directory is left next to it."""
+    blob = tmp_path / "out" / "layer.blob"
+    blob.parent.mkdir()
+    p = cli("build", small_src, "-B", tmp_path / "boot", "-b", blob, "--prefetch-policy", "fs", "--no-progress", check=0)
+    report = json.loads(p.stdout)
+    assert report["blob_path"] == str(blob)
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == report["blob_id"]
+    assert sorted(os.listdir(blob.parent)) == ["layer.blob"]
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    os.rename(blob, blobs / report["blob_id"])
+    cli("check", "-B", tmp_path / "boot", "-D", blobs, check=0)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ((), "--blob-dir"),
+    (("-D", "blobs", "--blob-inline-meta"), "--blob-inline-meta"),
+    (("-D", "blobs", "--prefetch-policy", "blob"), "prefetch-policy"),
+])
+def test_build_usage_errors_are_one_line(small_src, tmp_path, args, fragment):
+    p = cli("build", small_src, "-B", tmp_path / "boot", *args)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], p.stderr
+    assert not (tmp_path / "boot").exists()
