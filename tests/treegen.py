@@ -9,6 +9,7 @@ targeted checks without re-deriving it.
 from __future__ import annotations
 
 import os
+import struct
 import random
 import socket
 import stat
@@ -230,6 +231,13 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     info.xattrs = xattrs
     # the hard link shares its inode's xattrs
     info.xattrs["/hard/pair_2"] = dict(xattrs["/hard/pair_1"])
+    # a file capability on a non-root file: chown clears capabilities, so an unpacker must
+    # restore the owner before the xattrs (v2 format: CAP_NET_RAW permitted and effective)
+    _write(P("xattr/cap"), b"")
+    os.chown(P("xattr/cap"), 1000, 1000)
+    cap = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+    os.setxattr(P("xattr/cap"), "security.capability", cap)
+    info.xattrs["/xattr/cap"] = {"security.capability": cap}
 
     # --- long names and a deep chain -------------------------------------------------------
     mkdir("names")

@@ -152,6 +152,16 @@ def _cmd_export(a) -> int:
     return 0
 
 
+def _blob_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 255:
+        raise argparse.ArgumentTypeError(f"blob index {text!r} must be 0..254")
+    return value
+
+
 def _image_args(p, blob_dir: bool = True) -> None:
     p.add_argument("-B", "--bootstrap", help="bootstrap file")
     if blob_dir:
@@ -191,7 +201,7 @@ def make_parser() -> argparse.ArgumentParser:
     _image_args(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--block", action="store_true", help="bootstrap + flattened blobs in one disk image")
-    mode.add_argument("--flat-blob", type=int, metavar="INDEX", help="blob INDEX uncompressed at its chunk offsets")
+    mode.add_argument("--flat-blob", type=_blob_index, metavar="INDEX", help="blob INDEX uncompressed at its chunk offsets")
     p.add_argument("-o", "--output", required=True)
     p = sub.add_parser("demo", help="the main job: build, check and kernel-mount an image of the Python standard library")
     p.add_argument("--source", help="directory to build (default: this Python's standard library)")
@@ -219,8 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"nydus-hybrid {_core.__version__}\nGit Commit: {_core.GIT_COMMIT}")
         return 0
     if not a.command:
-        parser.print_help(sys.stderr)
-        return 2
+        return _usage("a command is required: build, create, inspect, check, unpack, export or demo (see --help)")
     log.setup("debug" if a.log_level == "trace" else a.log_level)
     try:
         if a.command == "demo":
@@ -235,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"nydus-hybrid: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("nydus-hybrid: interrupted; partial outputs were removed", file=sys.stderr)
         return 130
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from nydus_hybrid import _core
-from nydus_hybrid.errors import CorruptImageError
+from nydus_hybrid.errors import CorruptImageError, InvalidArgumentError
 
 PathArg = Union[str, bytes, "os.PathLike[str]"]
 
@@ -66,12 +66,13 @@ class BuildReport:
     bytes_in: int
     chunks: int
     deduped_chunks: int
+    unique_bytes: int
     uncompressed_size: int
 
     @property
     def dedup_ratio(self) -> float:
-        """Input bytes per stored uncompressed byte (1.0 means nothing deduplicated)."""
-        return self.bytes_in / self.uncompressed_size if self.uncompressed_size else 1.0
+        """Input bytes per byte of distinct chunks (1.0 means nothing was deduplicated)."""
+        return self.bytes_in / self.unique_bytes if self.unique_bytes else 1.0
 
 
 def build(
@@ -150,6 +151,8 @@ class Image:
         return self._inner.getxattr(_image_path(path), os.fsencode(name))
 
     def read(self, path: Union[str, bytes], offset: int = 0, size: int = -1) -> bytes:
+        if offset < 0:
+            raise InvalidArgumentError(errno.EINVAL, f"negative read offset {offset}")
         if size < 0:
             size = max(self._inner.stat(_image_path(path))["st_size"] - offset, 0)
         return self._inner.read(_image_path(path), offset, size)

@@ -10,7 +10,8 @@ import ctypes
 import ctypes.util
 import os
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+import tempfile
+from typing import Iterator, Optional, Sequence
 
 MS_RDONLY = 1
 MNT_DETACH = 2
@@ -18,14 +19,42 @@ MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+_probe_result: Optional[bool] = None
+
+
 def erofs_available() -> bool:
-    """True when this process can make EROFS mounts (root, and erofs in the kernel)."""
+    """True when this process can make file-backed EROFS mounts: root, EROFS in the kernel,
+    and a kernel new enough (6.12+) to mount a regular file. Probed once with a real mount
+    of a tiny image, since older kernels list erofs but refuse files (ENOTBLK)."""
+    global _probe_result
+    if _probe_result is None:
+        _probe_result = _probe()
+    return _probe_result
+
+
+def _probe() -> bool:
     try:
         with open("/proc/filesystems") as f:
-            has_erofs = any(line.split()[-1] == "erofs" for line in f if line.strip())
+            if not any(line.split()[-1] == "erofs" for line in f if line.strip()):
+                return False
     except OSError:
         return False
-    return has_erofs and os.geteuid() == 0
+    if os.geteuid() != 0:
+        return False
+    from nydus_hybrid.image import build
+
+    with tempfile.TemporaryDirectory(prefix="nydus-erofs-probe-") as tmp:
+        src, mnt = os.path.join(tmp, "src"), os.path.join(tmp, "mnt")
+        os.mkdir(src)
+        os.mkdir(mnt)
+        boot = os.path.join(tmp, "probe.boot")
+        build(src, boot, os.path.join(tmp, "blobs"), progress=False)
+        try:
+            mount_erofs(boot, mnt)
+        except OSError:
+            return False
+        umount(mnt)
+        return True
 
 
 def mount_erofs(source: str, target: str, devices: Sequence[str] = ()) -> None:

@@ -39,9 +39,9 @@ pub fn check(rafs: &Rafs, with_blobs: bool) -> Result<CheckReport> {
 
     walk(boot, |v| {
         let at = loc(&v.path);
-        let ino = boot.inode(v.nid).map_err(|e| crate::Error::corrupt(format!("{at}: {e}")))?;
+        let ino = boot.inode(v.nid).map_err(|e| e.at(&at))?;
         ensure!(file_type_of_mode(ino.mode as u32) == v.file_type, "{at}: dirent type {} disagrees with inode mode {:o}", v.file_type, ino.mode);
-        let _ = boot.xattrs(v.nid, &ino).map_err(|e| crate::Error::corrupt(format!("{at}: {e}")))?;
+        let _ = boot.xattrs(v.nid, &ino).map_err(|e| e.at(&at))?;
         *dirent_links.entry(v.nid).or_default() += 1;
         nlinks.insert(v.nid, ino.nlink);
         let isz = ino.core_size() as u64 + xattr_ibody_size(ino.xattr_icount) as u64;
@@ -49,7 +49,7 @@ pub fn check(rafs: &Rafs, with_blobs: bool) -> Result<CheckReport> {
         match ino.mode as u32 & mode::S_IFMT {
             mode::S_IFDIR => {
                 rep.directories += 1;
-                let ents = boot.readdir(v.nid).map_err(|e| crate::Error::corrupt(format!("{at}: {e}")))?;
+                let ents = boot.readdir(v.nid).map_err(|e| e.at(&at))?;
                 let names: Vec<&[u8]> = ents.iter().map(|e| e.name.as_slice()).collect();
                 ensure!(names.windows(2).all(|w| w[0] < w[1]), "{at}: directory entries are not strictly sorted");
                 let dot: Vec<_> = ents.iter().filter(|e| e.name == b".").collect();
@@ -72,7 +72,7 @@ pub fn check(rafs: &Rafs, with_blobs: bool) -> Result<CheckReport> {
                 if first_visit {
                     rep.regular_files += 1;
                 }
-                let addrs = boot.chunk_addrs(v.nid, &ino).map_err(|e| crate::Error::corrupt(format!("{at}: {e}")))?;
+                let addrs = boot.chunk_addrs(v.nid, &ino).map_err(|e| e.at(&at))?;
                 let cs = boot.chunk_size();
                 for (i, a) in addrs.iter().enumerate() {
                     rep.chunk_refs += 1;
@@ -91,7 +91,7 @@ pub fn check(rafs: &Rafs, with_blobs: bool) -> Result<CheckReport> {
             mode::S_IFLNK => {
                 rep.symlinks += 1;
                 ensure!(ino.size > 0 && ino.size <= MAX_SYMLINK_LEN, "{at}: symlink length {}", ino.size);
-                boot.readlink(v.nid).map_err(|e| crate::Error::corrupt(format!("{at}: {e}")))?;
+                boot.readlink(v.nid).map_err(|e| e.at(&at))?;
             }
             _ => {
                 rep.special_files += 1;
@@ -111,6 +111,8 @@ pub fn check(rafs: &Rafs, with_blobs: bool) -> Result<CheckReport> {
             ensure!(*count == 1, "nid {nid}: non-regular inode linked {count} times");
         }
     }
+    let entries: u64 = dirent_links.values().map(|&c| c as u64).sum();
+    ensure!(boot.sb.inos == entries, "superblock counts {} inodes, the tree has {entries} entries", boot.sb.inos);
     for nid in boot.prefetch_nids()? {
         boot.inode(nid as u64)?;
     }

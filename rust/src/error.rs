@@ -38,6 +38,9 @@ pub enum Error {
     /// A data blob named by the bootstrap is not available.
     #[error("blob {0} not found in {1}")]
     BlobMissing(String, PathBuf),
+    /// The caller asked to stop (Ctrl-C); partial outputs were removed.
+    #[error("cancelled")]
+    Cancelled,
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -55,6 +58,17 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
+    /// Prefix the message with where it happened, keeping the kind. Corrupt-image messages
+    /// are nested without repeating "corrupt image:".
+    pub fn at(self, place: &str) -> Self {
+        match self {
+            Error::Corrupt(m) => Error::Corrupt(format!("{place}: {m}")),
+            Error::DigestMismatch(m) => Error::DigestMismatch(format!("{place}: {m}")),
+            Error::Decompress(m) => Error::Decompress(format!("{place}: {m}")),
+            other => other,
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 
 /// Raise the `nydus_hybrid.errors` class for this error.
 fn to_py(e: Error) -> PyErr {
+    if let Error::Cancelled = e {
+        return pyo3::exceptions::PyKeyboardInterrupt::new_err("cancelled");
+    }
     let (class, errno) = match &e {
+        Error::Cancelled => unreachable!(),
         Error::Corrupt(_) => ("CorruptImageError", libc::EIO),
         Error::DigestMismatch(_) => ("DigestMismatchError", libc::EIO),
         Error::Decompress(_) => ("DecompressError", libc::EIO),
@@ -143,7 +147,13 @@ impl Image {
     /// Read up to `size` bytes at `offset`; the chunk work runs without the GIL.
     fn read<'py>(&self, py: Python<'py>, path: &[u8], offset: u64, size: usize) -> R<Bound<'py, PyBytes>> {
         let nid = self.nid(path)?;
-        let data = py.allow_threads(|| self.rafs.read_nid(nid, offset, size)).map_err(to_py)?;
+        let data = py
+            .allow_threads(|| self.rafs.read_nid(nid, offset, size))
+            .map_err(|e| match e {
+                Error::IsADirectory(_) => Error::IsADirectory(String::from_utf8_lossy(path).into_owned()),
+                other => other,
+            })
+            .map_err(to_py)?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -222,6 +232,8 @@ fn build(
         whiteout_spec: WhiteoutSpec::parse(whiteout_spec).ok_or_else(|| bad("whiteout spec", whiteout_spec))?,
         progress,
         exclude,
+        // Ctrl-C: the build polls this between batches and stops, removing its temporaries.
+        cancel: Some(std::sync::Arc::new(|| Python::with_gil(|py| py.check_signals().is_err()))),
     };
     let r = py.allow_threads(|| builder::build(&source, &bootstrap, &blob_dir, &opts)).map_err(to_py)?;
     Ok(serde_json::to_string(&r).unwrap_or_default())

@@ -95,6 +95,11 @@ pub fn unpack_tar(rafs: &Rafs, out: &mut dyn Write) -> Result<UnpackReport> {
     walk(boot, |v| {
         let ino = boot.inode(v.nid)?;
         let st = stat_of(v.nid, &ino);
+        if st.mode & mode::S_IFMT == mode::S_IFSOCK {
+            // Before any PAX record: an orphan record would apply to the next member.
+            rep.skipped_sockets += 1;
+            return Ok(());
+        }
         let xattrs = boot.xattrs(v.nid, &ino)?;
         let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
         for (k, val) in &xattrs {
@@ -104,8 +109,8 @@ pub fn unpack_tar(rafs: &Rafs, out: &mut dyn Write) -> Result<UnpackReport> {
             })?;
             recs.push((format!("SCHILY.xattr.{k}"), val.clone()));
         }
-        if st.mtime < 0 {
-            // ustar cannot hold times before 1970; PAX can.
+        if st.mtime < 0 || st.mtime_nsec != 0 {
+            // ustar holds whole non-negative seconds; PAX holds the exact time.
             recs.push(("mtime".into(), pax_time(st.mtime, st.mtime_nsec).into_bytes()));
         }
         if !recs.is_empty() {
@@ -150,10 +155,7 @@ pub fn unpack_tar(rafs: &Rafs, out: &mut dyn Write) -> Result<UnpackReport> {
                 let mut h = header_for(&st, tar::EntryType::Fifo);
                 builder.append_data(&mut h, path, std::io::empty()).map_err(io)?;
             }
-            _ => {
-                rep.entries -= 1;
-                rep.skipped_sockets += 1;
-            }
+            other => return Err(Error::corrupt(format!("{}: unknown file type {other:o}", String::from_utf8_lossy(&join(&v.path))))),
         }
         Ok(())
     })?;
@@ -169,21 +171,25 @@ fn errno(what: String) -> Error {
     Error::io(what, std::io::Error::last_os_error())
 }
 
-/// Owner, xattrs and times without following symlinks; mode for non-symlinks.
+/// Owner, mode, xattrs and times, without following symlinks. The order matters: chown
+/// clears setuid bits and file capabilities, so it comes first and xattrs after chmod.
 fn apply_meta(path: &Path, st: &Stat, xattrs: &[(Vec<u8>, Vec<u8>)], is_link: bool) -> Result<()> {
     let c = cpath(path)?;
-    for (k, v) in xattrs {
-        let name = std::ffi::OsStr::from_bytes(k);
-        xattr::set(path, name, v).ctx(|| format!("set xattr {} on {}", String::from_utf8_lossy(k), path.display()))?;
-    }
     // SAFETY: c is a valid NUL-terminated path; the libc calls do not retain it.
     unsafe {
         if libc::lchown(c.as_ptr(), st.uid, st.gid) != 0 {
             return Err(errno(format!("chown {}", path.display())));
         }
-        if !is_link {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(st.mode & 0o7777)).ctx(|| format!("chmod {}", path.display()))?;
-        }
+    }
+    if !is_link {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(st.mode & 0o7777)).ctx(|| format!("chmod {}", path.display()))?;
+    }
+    for (k, v) in xattrs {
+        let name = std::ffi::OsStr::from_bytes(k);
+        xattr::set(path, name, v).ctx(|| format!("set xattr {} on {}", String::from_utf8_lossy(k), path.display()))?;
+    }
+    // SAFETY: as above.
+    unsafe {
         let t = libc::timespec { tv_sec: st.mtime as libc::time_t, tv_nsec: st.mtime_nsec as libc::c_long };
         let times = [t, t];
         if libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) != 0 {

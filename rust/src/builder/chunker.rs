@@ -40,8 +40,12 @@ struct Processed {
     index: usize,
     digest: [u8; 32],
     crc32: u32,
-    raw: Vec<u8>,
-    compressed: Option<Vec<u8>>,
+    /// Uncompressed length.
+    len: u32,
+    /// What goes into the blob: the compressed bytes, or the raw ones when they did not
+    /// shrink (the raw copy is dropped as soon as a smaller one exists).
+    stored: Vec<u8>,
+    compressed: bool,
 }
 
 /// Result of the data phase.
@@ -69,14 +73,14 @@ fn process(c: Compressor, d: Digester, batch: Vec<Job>) -> Result<Vec<Processed>
     batch
             .into_par_iter()
             .map(|j| {
-                Ok(Processed {
-                    node: j.node,
-                    index: j.index,
-                    digest: codec::digest(d, &j.data),
-                    crc32: codec::crc32c(&j.data),
-                    compressed: codec::compress(c, &j.data)?,
-                    raw: j.data,
-                })
+                let digest = codec::digest(d, &j.data);
+                let crc32 = codec::crc32c(&j.data);
+                let len = j.data.len() as u32;
+                let (stored, compressed) = match codec::compress(c, &j.data)? {
+                    Some(z) => (z, true),
+                    None => (j.data, false),
+                };
+                Ok(Processed { node: j.node, index: j.index, digest, crc32, len, stored, compressed })
             })
             .collect()
 }
@@ -84,10 +88,10 @@ fn process(c: Compressor, d: Digester, batch: Vec<Job>) -> Result<Vec<Processed>
 impl Committer {
     fn commit(&mut self, items: Vec<Processed>) -> Result<()> {
         for p in items {
-            let usize_ = p.raw.len() as u32;
-            self.bytes_in += p.raw.len() as u64;
+            let usize_ = p.len;
+            self.bytes_in += p.len as u64;
             if let Some(pb) = &self.progress {
-                pb.inc(p.raw.len() as u64);
+                pb.inc(p.len as u64);
             }
             let key = (p.digest, usize_);
             if let Some(&ci) = self.dedup.get(&key) {
@@ -99,7 +103,7 @@ impl Committer {
             if ci > crate::layout::MAX_CI_INDEX {
                 return Err(Error::Unsupported("more than 2^24 distinct chunks in one blob".into()));
             }
-            let stored: &[u8] = p.compressed.as_deref().unwrap_or(&p.raw);
+            let stored: &[u8] = &p.stored;
             let c_off = self.writer.write_data(stored)?;
             self.chunks.push(StoredChunk {
                 digest: p.digest,
@@ -108,7 +112,7 @@ impl Committer {
                 compressed_size: stored.len() as u32,
                 uncompressed_offset: self.next_uoff,
                 uncompressed_size: usize_,
-                compressed: p.compressed.is_some(),
+                compressed: p.compressed,
             });
             self.next_uoff += crate::layout::bytes::round_up(usize_ as u64, 4096);
             self.dedup.insert(key, ci);
@@ -128,16 +132,12 @@ pub struct Pipeline {
     tx: Option<SyncSender<Vec<Job>>>,
     processor: Option<JoinHandle<()>>,
     committer: Option<JoinHandle<Result<Committer>>>,
+    opts: super::BuildOptions,
 }
 
 impl Pipeline {
-    pub fn new(
-        compressor: Compressor,
-        digester: Digester,
-        chunk_size: u32,
-        writer: BlobWriter,
-        progress: Option<indicatif::ProgressBar>,
-    ) -> Self {
+    pub fn new(opts: &super::BuildOptions, writer: BlobWriter, progress: Option<indicatif::ProgressBar>) -> Self {
+        let (compressor, digester, chunk_size) = (opts.compressor, opts.digester, opts.chunk_size);
         let threads = rayon::current_num_threads().max(1);
         // Enough chunks to keep every core busy, but never more than ~8 MiB per batch
         // (one chunk if chunks are larger), so RSS stays bounded for any input.
@@ -162,7 +162,15 @@ impl Pipeline {
             .name("nydus-build-commit".into())
             .spawn(move || run_committer(committer, done_rx))
             .expect("spawn chunk committer");
-        Pipeline { batch: Vec::new(), batch_bytes: 0, batch_limit, tx: Some(tx), processor: Some(processor), committer: Some(committer) }
+        Pipeline {
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_limit,
+            tx: Some(tx),
+            processor: Some(processor),
+            committer: Some(committer),
+            opts: opts.clone(),
+        }
     }
 
     pub fn submit(&mut self, node: usize, index: usize, data: Vec<u8>) -> Result<()> {
@@ -175,6 +183,7 @@ impl Pipeline {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.opts.check_cancel()?;
         if self.batch.is_empty() {
             return Ok(());
         }

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use tree::Tree;
 pub use whiteout::WhiteoutSpec;
 
-#[derive(Clone, Debug)]
+/// Polled during a build; returning true stops it with `Error::Cancelled`.
+pub type CancelFn = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+#[derive(Clone)]
 pub struct BuildOptions {
     pub chunk_size: u32,
     pub compressor: Compressor,
@@ -32,6 +35,16 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Paths relative to a directory source to leave out (with everything below them).
     pub exclude: Vec<Vec<u8>>,
+    pub cancel: Option<CancelFn>,
+}
+
+impl BuildOptions {
+    pub fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(f) if f() => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for BuildOptions {
@@ -44,6 +57,7 @@ impl Default for BuildOptions {
             whiteout_spec: WhiteoutSpec::Oci,
             progress: true,
             exclude: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -59,6 +73,8 @@ pub struct BuildReport {
     pub bytes_in: u64,
     pub chunks: u64,
     pub deduped_chunks: u64,
+    /// Bytes of distinct chunks (what dedup left to store, before compression).
+    pub unique_bytes: u64,
     pub uncompressed_size: u64,
 }
 
@@ -80,7 +96,8 @@ fn progress_bar(opts: &BuildOptions, total: Option<u64>) -> Option<indicatif::Pr
     Some(pb)
 }
 
-/// Is `source` a tarball (by extension or a tar/gzip/zstd magic) rather than a directory?
+/// A regular file is read as a tarball (its compression is sniffed from its magic bytes);
+/// a directory is walked.
 fn is_tar(source: &Path) -> bool {
     source.is_file()
 }
@@ -95,17 +112,20 @@ pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &Build
     if !source.exists() {
         return Err(Error::invalid(format!("source {} does not exist", source.display())));
     }
+    // Open the bootstrap's temporary file first, so an unwritable destination fails before
+    // any data is processed and no orphan blob is published.
+    let boot_out = AtomicFile::create(bootstrap_path)?;
     let writer = blob::BlobWriter::create(blob_dir)?;
     let (mut tree, out) = if is_tar(source) {
-        let mut p = Pipeline::new(opts.compressor, opts.digester, opts.chunk_size, writer, progress_bar(opts, None));
+        let mut p = Pipeline::new(opts, writer, progress_bar(opts, None));
         let tree = source_tar::scan(source, &mut p, opts.chunk_size, opts.whiteout_spec)?;
         (tree, p.finish()?)
     } else {
-        let (tree, paths) = source_dir::scan(source, opts.whiteout_spec, &opts.exclude)?;
+        let (tree, paths) = source_dir::scan(source, opts)?;
         let order = bootstrap::plan(&tree, opts.chunk_size).order;
         let total = tree.nodes.iter().filter(|n| n.is_reg()).map(|n| n.size).sum();
-        let mut p = Pipeline::new(opts.compressor, opts.digester, opts.chunk_size, writer, progress_bar(opts, Some(total)));
-        source_dir::feed(&tree, &paths, &order, &mut p, opts.chunk_size)?;
+        let mut p = Pipeline::new(opts, writer, progress_bar(opts, Some(total)));
+        source_dir::feed(&tree, &paths, &order, &mut p, opts)?;
         (tree, p.finish()?)
     };
     assign_chunks(&mut tree, &out.refs);
@@ -125,7 +145,7 @@ pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &Build
     };
     let part = bootstrap::BlobPart { entry: finished.as_ref().map(|f| f.entry.clone()), chunks: &out.chunks };
     let image = bootstrap::write(&tree, &layout, &part, &bopts)?;
-    write_atomic(bootstrap_path, &image)?;
+    boot_out.commit(&image)?;
 
     Ok(BuildReport {
         blob_id: finished.as_ref().map(|f| f.entry.blob_id.clone()),
@@ -138,6 +158,7 @@ pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &Build
         bytes_in: out.bytes_in,
         chunks: out.chunks.len() as u64,
         deduped_chunks: out.deduped,
+        unique_bytes: out.chunks.iter().map(|c| c.uncompressed_size as u64).sum(),
     })
 }
 
@@ -163,15 +184,30 @@ fn assign_chunks(tree: &mut Tree, refs: &[(usize, usize, u32)]) {
     }
 }
 
-/// Write a file via a temporary sibling and rename, so readers never see a partial file.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).ctx(|| format!("create temporary file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, data).ctx(|| format!("write {}", path.display()))?;
-    tmp.as_file().sync_all().ctx(|| format!("sync {}", path.display()))?;
-    tmp.persist(path).map_err(|e| Error::io(format!("rename to {}", path.display()), e.error))?;
-    publish_mode(path)
+/// A file written via a temporary sibling and renamed, so readers never see a partial file.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        if path.is_dir() {
+            return Err(Error::invalid(format!("{} is a directory", path.display())));
+        }
+        let tmp = tempfile::NamedTempFile::new_in(dir).ctx(|| format!("create a file in {}", dir.display()))?;
+        Ok(AtomicFile { tmp, path: path.to_path_buf() })
+    }
+
+    pub fn commit(mut self, data: &[u8]) -> Result<()> {
+        let path = &self.path;
+        std::io::Write::write_all(&mut self.tmp, data).ctx(|| format!("write {}", path.display()))?;
+        self.tmp.as_file().sync_all().ctx(|| format!("sync {}", path.display()))?;
+        self.tmp.persist(path).map_err(|e| Error::io(format!("rename to {}", path.display()), e.error))?;
+        publish_mode(path)
+    }
 }
 
 /// Outputs are world-readable like any image file (temporary files start as 0600).

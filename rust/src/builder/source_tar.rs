@@ -5,7 +5,7 @@
 
 use super::chunker::{submit_stream, Pipeline};
 use super::tree::{check_name, check_xattr, Node, NodeId, Tree, ROOT};
-use super::whiteout::{apply_whiteout, WhiteoutSpec};
+use super::whiteout::{apply_whiteout, WhiteoutSpec, OPAQUE_XATTR};
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{encode_rdev, mode};
 use std::collections::HashMap;
@@ -86,13 +86,23 @@ impl TarTree {
         Ok(cur)
     }
 
+    /// A later entry for an existing directory replaces its attributes and xattrs, but an
+    /// opaque marker (`.wh..wh..opq`) seen before it still applies.
+    fn update_dir(&mut self, id: NodeId, node: Node) {
+        let o = &mut self.tree.nodes[id];
+        let opaque = o.xattrs.get(OPAQUE_XATTR).cloned();
+        (o.mode, o.uid, o.gid, o.mtime, o.mtime_nsec) = (node.mode, node.uid, node.gid, node.mtime, node.mtime_nsec);
+        o.xattrs = node.xattrs;
+        if let Some(v) = opaque {
+            o.xattrs.insert(OPAQUE_XATTR.to_vec(), v);
+        }
+    }
+
     /// Insert (or replace, last entry wins) the node at `comps`.
     fn put(&mut self, comps: Vec<Vec<u8>>, mut node: Node, whiteouts: WhiteoutSpec) -> Result<Option<NodeId>> {
         if comps.is_empty() {
             if node.is_dir() {
-                let root = &mut self.tree.nodes[ROOT];
-                (root.mode, root.uid, root.gid, root.mtime) = (node.mode, node.uid, node.gid, node.mtime);
-                root.xattrs.extend(node.xattrs);
+                self.update_dir(ROOT, node);
                 return Ok(Some(ROOT));
             }
             return Err(Error::UnsafeInput("tar entry for the root is not a directory".into()));
@@ -109,14 +119,15 @@ impl TarTree {
                 return Ok(None); // a whiteout never hides an entry of its own layer
             }
             if self.tree.nodes[old].is_dir() && node.is_dir() {
-                let o = &mut self.tree.nodes[old];
-                (o.mode, o.uid, o.gid, o.mtime, o.mtime_nsec) = (node.mode, node.uid, node.gid, node.mtime, node.mtime_nsec);
-                o.xattrs = node.xattrs;
+                self.update_dir(old, node);
                 return Ok(Some(old));
             }
+            let was_dir = self.tree.nodes[old].is_dir();
             self.tree.detach(old);
-            // Forget everything below a replaced directory.
-            self.by_path.retain(|k, _| !(k.len() > key.len() && k.starts_with(&key)));
+            if was_dir {
+                // Forget everything below a replaced directory.
+                self.by_path.retain(|k, _| !(k.len() > key.len() && k.starts_with(&key)));
+            }
         }
         let id = self.tree.add(dir, node);
         self.by_path.insert(key, id);
@@ -180,7 +191,9 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                 let major = h.device_major().map_err(bad)?.unwrap_or(0);
                 let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
                 node.mode = if h.entry_type().as_byte() == b'3' { mode::S_IFCHR } else { mode::S_IFBLK } | perm;
-                node.rdev = encode_rdev(major, minor);
+                node.rdev = encode_rdev(major, minor).ok_or_else(|| {
+                    Error::UnsafeInput(format!("tar entry {label:?}: device number {major}:{minor} does not fit RAFS's 32-bit encoding"))
+                })?;
                 t.put(comps, node, whiteouts)?;
             }
             b'5' => {
@@ -202,8 +215,12 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                 if t.tree.nodes[id].whiteout {
                     continue; // a .wh. file's (empty) data is not file content
                 }
-                let n = submit_stream(p, id, &mut stream, chunk_size as usize, size, &|| format!("tar entry {label:?}"))
-                    .map_err(|e| Error::UnsafeInput(format!("tar entry {label:?}: {e}")))?;
+                // Read errors of the stream are bad input; pipeline errors (disk full, ...)
+                // keep their own kind.
+                let n = submit_stream(p, id, &mut stream, chunk_size as usize, size, &|| format!("tar entry {label:?}")).map_err(|e| match e {
+                    Error::Io { context, source } if context.starts_with("read ") => Error::UnsafeInput(format!("{context}: {source}")),
+                    other => other,
+                })?;
                 if n != size {
                     return Err(Error::UnsafeInput(format!("tar stream truncated inside entry {label:?} ({n} of {size} bytes)")));
                 }

@@ -2,7 +2,7 @@
 //! (directory walk, tar stream) fill it; `finish` sorts children and drops detached nodes.
 
 use crate::error::{Error, Result};
-use crate::layout::inode::xattr_split;
+use crate::layout::inode::{xattr_split, xattrs_size, MAX_XATTR_BODY};
 use crate::layout::{mode, MAX_NAME_LEN};
 use std::collections::BTreeMap;
 
@@ -64,14 +64,10 @@ impl Tree {
         id
     }
 
-    pub fn child(&self, parent: NodeId, name: &[u8]) -> Option<NodeId> {
-        self.nodes[parent].children.iter().copied().find(|&c| self.nodes[c].name == name)
-    }
-
     /// Remove `id` from its parent (the node stays in the arena for hard links to it).
+    /// Cheap on purpose (a tar may replace the same path many times): `finish` drops
+    /// detached nodes from their parent's children.
     pub fn detach(&mut self, id: NodeId) {
-        let p = self.nodes[id].parent;
-        self.nodes[p].children.retain(|&c| c != id);
         self.nodes[id].detached = true;
     }
 
@@ -86,13 +82,21 @@ impl Tree {
         format!("/{}", parts.join("/"))
     }
 
-    /// Sort every directory's children by raw name bytes (§3.3) and reject duplicates.
+    /// Sort every directory's children by raw name bytes (§3.3), reject duplicates and
+    /// inodes whose xattrs do not fit the inline body.
     pub fn finish(&mut self) -> Result<()> {
+        for id in 0..self.nodes.len() {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = self.nodes[id].xattrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if !self.nodes[id].detached && xattrs_size(&pairs) > MAX_XATTR_BODY {
+                return Err(Error::Unsupported(format!("{}: xattrs take more than the {MAX_XATTR_BODY} bytes an inode can hold", self.path(id))));
+            }
+        }
         for id in 0..self.nodes.len() {
             if self.nodes[id].detached || !self.nodes[id].is_dir() {
                 continue;
             }
             let mut kids = std::mem::take(&mut self.nodes[id].children);
+            kids.retain(|&c| !self.nodes[c].detached);
             kids.sort_by(|&a, &b| self.nodes[a].name.cmp(&self.nodes[b].name).then(self.nodes[a].whiteout.cmp(&self.nodes[b].whiteout)));
             // Same name twice: drop a whiteout that shadows a real entry.
             let mut i = 1;

@@ -109,6 +109,9 @@ impl Inode {
     }
 }
 
+/// Largest inline xattr body: `i_xattr_icount` is a u16 counting 4-byte units.
+pub const MAX_XATTR_BODY: usize = XATTR_HEADER_SIZE + 4 * (u16::MAX as usize - 1);
+
 pub fn xattr_ibody_size(icount: u16) -> usize {
     if icount == 0 {
         0
@@ -183,7 +186,7 @@ pub fn encode_xattrs(pairs: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, u16) {
         b.extend_from_slice(value);
         b.resize(round_up(b.len() as u64, 4) as usize, 0);
     }
-    let icount = ((b.len() - XATTR_HEADER_SIZE) / 4 + 1) as u16;
+    let icount = u16::try_from((b.len() - XATTR_HEADER_SIZE) / 4 + 1).expect("xattr body size is checked by the builder");
     (b, icount)
 }
 

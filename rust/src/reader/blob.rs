@@ -75,9 +75,13 @@ impl BlobReader {
                 return Err(Error::Unsupported(format!("blob {id}: {what} blobs")));
             }
         }
+        // Every chunk takes at least one stored byte and one 4 KiB block of the uncompressed
+        // space, so a count beyond that is a lie that would only cost us memory.
+        let n = entry.chunk_count as u64;
+        ensure!(n <= entry.compressed_data_size(), "blob {id}: {n} chunks cannot fit in {} bytes of chunk data", entry.compressed_data_size());
+        ensure!(n <= round_up(entry.uncompressed_size, 4096) / 4096, "blob {id}: {n} chunks cannot fit in {} uncompressed bytes", entry.uncompressed_size);
         let v2 = entry.has(bf::CHUNK_INFO_V2);
         let rec = if v2 { CI_V2_SIZE } else { CI_V1_SIZE } as u64;
-        let n = entry.chunk_count as u64;
         ensure!(entry.ci_uncompressed_size == n * rec, "blob {id}: CI size {} != {n} records", entry.ci_uncompressed_size);
         ensure!(entry.ci_compressed_size <= MAX_CI_BYTES, "blob {id}: CI array is too large");
         let raw = src.read_vec(entry.ci_offset, entry.ci_compressed_size as usize + CI_HEADER_SIZE)?;

@@ -170,7 +170,7 @@ impl Bootstrap {
         let off = self.inode_offset(nid)?;
         let avail = (self.data.len() as u64).saturating_sub(off).min(64);
         let raw = self.slice(off, avail, "inode")?;
-        Inode::decode(raw).map_err(|e| Error::corrupt(format!("inode {nid}: {e}")))
+        Inode::decode(raw).map_err(|e| e.at(&format!("inode {nid}")))
     }
 
     pub fn xattrs(&self, nid: u64, ino: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -215,7 +215,7 @@ impl Bootstrap {
     fn decode_dir_block(&self, nid: u64, ino: &Inode, j: u64) -> Result<Vec<dirent::Dirent<'_>>> {
         let blk = self.flat_block(nid, ino, j)?;
         let used = blk.len();
-        dirent::decode_block(blk, used).map_err(|e| Error::corrupt(format!("directory {nid} block {j}: {e}")))
+        dirent::decode_block(blk, used).map_err(|e| e.at(&format!("directory {nid} block {j}")))
     }
 
     /// Every entry of a directory, `.` and `..` included, in on-disk (sorted) order.
@@ -325,7 +325,7 @@ impl Bootstrap {
             }
             Ok(m)
         });
-        r.as_ref().map_err(|e| Error::corrupt(e.to_string()))
+        r.as_ref().map_err(|e| Error::corrupt(e.to_string().trim_start_matches("corrupt image: ").to_string()))
     }
 
     pub fn prefetch_nids(&self) -> Result<Vec<u32>> {
