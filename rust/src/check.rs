@@ -58,10 +58,10 @@ pub fn check(rafs: &Rafs, with_blobs: bool) -> Result<CheckReport> {
                 ensure!(dotdot.len() == 1 && dotdot[0].nid == v.parent, "{at}: '..' missing or not the parent");
                 for e in &ents {
                     if e.name != b"." && e.name != b".." {
-                        crate::builder::tree::check_name(&e.name, &at)?;
+                        crate::layout::dirent::check_name(&e.name, &at)?;
                     }
                 }
-                ensure!(ino.size == Bootstrap::packed_dir_size(&names, b), "{at}: directory size {} does not match its entries", ino.size);
+                ensure!(ino.size == crate::layout::dirent::packed_size(&names, b), "{at}: directory size {} does not match its entries", ino.size);
                 let tail = ino.size % b;
                 let inline = tail != 0 && isz + tail <= b;
                 ensure!((ino.layout == inode_layout::FLAT_INLINE) == inline, "{at}: directory layout {} is not the one its size implies", ino.layout);

@@ -1,5 +1,6 @@
-//! Chunk codecs and digests (§6.9, §7). Decoding is bounded by the expected size, so a hostile
-//! blob can never make us allocate more than one chunk.
+//! Chunk codecs and digests (§6.9, §7). Decoding is bounded by the expected size: chunk-sized
+//! outputs are decoded in one shot, larger ones (CI arrays, inlined bootstraps, whose callers
+//! cap the size) are streamed so memory follows the real output.
 
 use crate::error::{Error, Result};
 use crate::layout::{Compressor, Digester};

@@ -2,7 +2,7 @@
 //! the image, so each component is re-checked before use, and files are created with
 //! O_EXCL|O_NOFOLLOW inside a fresh directory: nothing is written outside the output.
 
-use crate::builder::tree::check_name;
+use crate::layout::dirent::check_name;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{file_type, mode};
 use crate::reader::{stat_of, Rafs, Stat};

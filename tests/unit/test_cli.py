@@ -315,3 +315,28 @@ def test_build_usage_errors_are_one_line(small_src, tmp_path, args, fragment):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], p.stderr
     assert not (tmp_path / "boot").exists()
+
+
+def test_ctrl_c_cancels_a_build_cleanly(tmp_path):
+    """SIGINT during a build stops it (exit 130, one line) and leaves no bootstrap and no
+    temporary blob behind."""
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(24):  # 96 MiB of incompressible data: about a second of work
+        (src / f"f{i}").write_bytes(os.urandom(4 << 20))
+    blobs = tmp_path / "blobs"
+    proc = subprocess.Popen([sys.executable, "-m", "nydus_hybrid", "build", str(src), "-B", str(tmp_path / "boot"),
+                             "-D", str(blobs), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (blobs.exists() and os.listdir(blobs)) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the temporary blob exists once the build is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == ["nydus-hybrid: interrupted; partial outputs were removed"], err
+    assert not (tmp_path / "boot").exists()
+    assert os.listdir(blobs) == []
+    assert sorted(os.listdir(tmp_path)) == ["blobs", "src"]  # no temporary bootstrap either

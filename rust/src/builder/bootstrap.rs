@@ -76,7 +76,7 @@ fn dir_entries<'a>(tree: &'a Tree, id: NodeId) -> Vec<(&'a [u8], NodeId)> {
 
 fn dir_size(entries: &[(&[u8], NodeId)]) -> u64 {
     let names: Vec<&[u8]> = entries.iter().map(|e| e.0).collect();
-    crate::reader::Bootstrap::packed_dir_size(&names, B)
+    crate::layout::dirent::packed_size(&names, B)
 }
 
 pub struct Layout {

@@ -5,8 +5,10 @@
 //!    blob (hashing it), record a CI entry.
 //! Stages overlap, so compression of one batch runs while the previous one is written.
 //! Builds are deterministic because commits happen in submission order whatever the thread
-//! timing. Memory is bounded: the channels are rendezvous channels, so at most one batch
-//! (≤ 8 MiB, or one chunk if chunks are larger) sits in each stage.
+//! timing. Memory is bounded: the channels are rendezvous channels, so each stage holds at
+//! most one batch (≤ 8 MiB of input, or one chunk if chunks are larger; the compressor stage
+//! briefly holds a batch's input and output). Per-chunk bookkeeping (~100 bytes per chunk)
+//! grows with the number of chunks, which only matters with small chunks on huge inputs.
 
 use super::blob::BlobWriter;
 use crate::codec;

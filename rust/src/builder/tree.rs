@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::layout::inode::{xattr_split, xattrs_size, MAX_XATTR_BODY};
-use crate::layout::{mode, MAX_NAME_LEN};
+use crate::layout::mode;
+pub use crate::layout::dirent::check_name;
 use std::collections::BTreeMap;
 
 pub type NodeId = usize;
@@ -115,17 +116,6 @@ impl Tree {
         }
         Ok(())
     }
-}
-
-/// Check one path component for the image (§7 limits).
-pub fn check_name(name: &[u8], context: &str) -> Result<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(Error::UnsafeInput(format!("{context}: invalid file name {:?}", String::from_utf8_lossy(name))));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(Error::UnsafeInput(format!("{context}: file name longer than {MAX_NAME_LEN} bytes")));
-    }
-    Ok(())
 }
 
 /// Check that RAFS can store an xattr (§2.6).

@@ -1,7 +1,8 @@
 //! Directory blocks (§3): 12-byte dirents followed by packed names.
 
 use super::bytes::*;
-use crate::error::{ensure, Result};
+use super::MAX_NAME_LEN;
+use crate::error::{ensure, Error, Result};
 
 pub const DIRENT_SIZE: usize = 12;
 
@@ -61,4 +62,28 @@ pub fn encode_block(entries: &[(u64, u8, &[u8])], out: &mut Vec<u8>) {
     for (_, _, name) in entries {
         out.extend_from_slice(name);
     }
+}
+
+/// Expected number of directory bytes for these names (§3.3 packing rule).
+pub fn packed_size(names: &[&[u8]], block: u64) -> u64 {
+    let mut size = 0u64;
+    for n in names {
+        let len = (DIRENT_SIZE + n.len()) as u64;
+        if size % block + len > block {
+            size = round_up(size, block);
+        }
+        size += len;
+    }
+    size
+}
+
+/// Check one path component (§7 limits): non-empty, not `.`/`..`, no `/` or NUL, ≤ 255 bytes.
+pub fn check_name(name: &[u8], context: &str) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::UnsafeInput(format!("{context}: invalid file name {:?}", String::from_utf8_lossy(name))));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::UnsafeInput(format!("{context}: file name longer than {MAX_NAME_LEN} bytes")));
+    }
+    Ok(())
 }

@@ -3,9 +3,9 @@
 //! image is bounds-checked before use; a bad image yields `Error::Corrupt`, never a panic.
 
 use crate::error::{ensure, Error, IoContext, Result};
-use crate::layout::bytes::{round_up, u32_at};
+use crate::layout::bytes::u32_at;
 use crate::layout::chunk_table::ChunkTableEntry;
-use crate::layout::dirent::{self, DIRENT_SIZE};
+use crate::layout::dirent;
 use crate::layout::inode::{decode_xattrs, ChunkAddr, Inode, CHUNK_ADDR_SIZE};
 use crate::layout::superblock::{BlobEntry, DeviceSlot, ErofsSuper, ExtSuper};
 use crate::layout::*;
@@ -334,18 +334,5 @@ impl Bootstrap {
         }
         let raw = self.slice(self.ext.prefetch_table_offset, self.ext.prefetch_table_size as u64, "prefetch table")?;
         Ok(raw.chunks_exact(4).map(|c| u32_at(c, 0)).take_while(|&n| n != 0).collect())
-    }
-
-    /// Expected number of directory bytes for these names (§3.3 packing rule).
-    pub fn packed_dir_size(names: &[&[u8]], block: u64) -> u64 {
-        let mut size = 0u64;
-        for n in names {
-            let len = (DIRENT_SIZE + n.len()) as u64;
-            if size % block + len > block {
-                size = round_up(size, block);
-            }
-            size += len;
-        }
-        size
     }
 }
