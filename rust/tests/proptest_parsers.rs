@@ -332,7 +332,7 @@ proptest! {
     }
 }
 
-/// CORE BUG (builder): `tarhdr::encode` formats the size as `{:011o}\0` into the 12-byte
+/// Regression (fixed; builder): `tarhdr::encode` formats the size as `{:011o}\0` into the 12-byte
 /// field; from 8 GiB on that is 13 bytes and `copy_from_slice` panics. The builder frames a
 /// blob's chunk data with `encode("image.blob", data_size)`, so any build whose stored chunk
 /// data reaches 8 GiB panics at the very end. GNU tar writes such sizes in base-256.
@@ -611,7 +611,7 @@ proptest! {
     }
 }
 
-/// CORE BUG (inspect): `inspect` sums file sizes with `+=`; two regular files whose i_size
+/// Regression (fixed; inspect): `inspect` sums file sizes with `+=`; two regular files whose i_size
 /// is 2^63 overflow it: a panic in debug builds ("attempt to add with overflow", found by
 /// `damaged_bootstrap_never_panics`), a silently wrong `file_bytes` in release builds.
 #[test]
@@ -687,22 +687,11 @@ fn build_tar(data: &[u8]) -> NResult<()> {
     Ok(())
 }
 
-/// CORE BUG (tarstream): `parse_pax_time` turns "-S.F" into `(secs - 1, 1e9 - nsec)`; for
-/// S = 2^63 that subtraction overflows: a panic in debug builds, and in release the mtime
-/// wraps to i64::MAX (year 292 billion) instead of the entry being refused.
+/// Regression (tarstream): "-S.F" becomes `(secs - 1, 1e9 - nsec)`; for S = 2^63 that
+/// subtraction overflowed (a panic in debug builds, a wrapped mtime in release).
 #[test]
 fn pax_mtime_before_i64_min_is_refused() {
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_pax_extensions([("mtime", &b"-9223372036854775808.5"[..])]).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(1);
-    b.append_data(&mut h, "f", &b"x"[..]).unwrap();
-    let data = b.into_inner().unwrap();
+    let data = tar_with_pax("mtime", b"-9223372036854775808.5", b"x");
     let r = std::panic::catch_unwind(|| build_tar(&data));
     assert!(r.is_ok(), "building a layer with PAX mtime -9223372036854775808.5 panicked");
     assert!(r.unwrap().is_err(), "a PAX mtime before -2^63 s was accepted");
@@ -761,17 +750,7 @@ proptest! {
                                      Just("18446744073709551615".to_string()),
                                      "[ -~]{0,40}",
                                  ]) {
-        let mut b = tar::Builder::new(Vec::new());
-        b.append_pax_extensions([(key, value.as_bytes())]).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(4);
-        b.append_data(&mut h, "f", &b"data"[..]).unwrap();
-        let _ = build_tar(&b.into_inner().unwrap());
+        let _ = build_tar(&tar_with_pax(key, value.as_bytes(), b"data"));
     }
 }
 
@@ -786,4 +765,19 @@ fn codecs_reject_garbage_without_panicking() {
         })
         .unwrap();
     let _ = Digester::Blake3;
+}
+
+/// A one-member tar: a PAX record `key=value`, then a regular file "f" holding `data`.
+fn tar_with_pax(key: &str, value: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([(key, value)]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "f", data).unwrap();
+    b.into_inner().unwrap()
 }

@@ -988,14 +988,14 @@ if __name__ != "__main__":
         return [["put", o + at, le(value, size)]]
 
     def test_huge_file_size_read_is_an_error_not_an_abort(golden):
-        """CORE BUG (reader): Rafs::read_nid pre-allocates `Vec::with_capacity(end - offset)`
+        """Regression (fixed; reader): Rafs::read_nid pre-allocates `Vec::with_capacity(end - offset)`
         from the untrusted i_size; a 1 TiB i_size aborts the whole process with
         'memory allocation of 1099511627776 bytes failed'."""
         r = _one(golden, {"name": "big-size-2^40", "boot_ops": _inode_put(golden, "/big", 8, 1 << 40, 8)})
         assert not r["problems"], r["problems"]
 
     def test_absurd_file_size_read_is_an_error_not_a_panic(golden):
-        """CORE BUG (reader): same spot; an i_size near 2^64 panics with 'capacity overflow'
+        """Regression (fixed; reader): same spot; an i_size near 2^64 panics with 'capacity overflow'
         (surfacing in Python as pyo3_runtime.PanicException, not a NydusError)."""
         r = _one(golden, {"name": "big-size-max", "boot_ops": _inode_put(golden, "/big", 8, (1 << 64) - 256, 8)})
         assert not r["problems"], r["problems"]

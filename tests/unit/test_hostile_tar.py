@@ -498,7 +498,7 @@ def test_truncated_compressed_layers(box, codec, frac):
 
 @pytest.mark.parametrize("codec", [gz, zst])
 def test_corrupted_compressed_layers(box, codec):
-    """CORE BUG (builder): 40 damaged bytes inside a gzip / zstd layer. Both formats carry a
+    """Regression (fixed; builder): 40 damaged bytes inside a gzip / zstd layer. Both formats carry a
     checksum of the whole stream (gzip CRC-32, zstd content checksum, which `zstd` writes by
     default), but the builder stops reading at the tar end-of-archive blocks and never
     reaches the trailer, so the damage goes unnoticed and the image silently stores the
@@ -675,7 +675,7 @@ def test_failure_after_data_was_written_leaves_no_output(box):
 
 
 def test_failed_build_removes_its_temporary_blob(tmp_path):
-    """CORE BUG (builder): on an input error the chunk-pipeline worker thread, which owns the
+    """Regression (fixed; builder): on an input error the chunk-pipeline worker thread, which owns the
     temporary `.blob-XXXXXX` file in the blob dir, is detached instead of joined, so build()
     returns before the temporary is deleted; if the process exits right away (the CLI does)
     the file stays forever. Checked in-process, right after build() raises."""
@@ -737,7 +737,7 @@ def _with_field(raw: bytes, name: str, lo: int, hi: int, value: bytes) -> bytes:
 
 @pytest.mark.parametrize("field,lo,hi", [("uid", 108, 116), ("gid", 116, 124)])
 def test_owner_ids_beyond_32_bits_are_not_truncated(box, field, lo, hi):
-    """CORE BUG (builder): a GNU base-256 uid/gid of 2^32 is cast with `as u32` and lands in
+    """Regression (fixed; builder): a GNU base-256 uid/gid of 2^32 is cast with `as u32` and lands in
     the image as 0, i.e. the hostile layer's file becomes root-owned. RAFS stores 32-bit
     ids, so such an entry must be refused (or at least not mapped to 0)."""
     raw = _with_field(make_tar([entry("owned", data=b"x")]), "owned", lo, hi, b"\x80" + (1 << 32).to_bytes(7, "big"))
@@ -771,7 +771,7 @@ def test_absurd_mtime_and_mode_fields(box, value):
 def test_pax_numeric_records_are_honoured(box):
     """PAX uid/gid/mtime records override the header (Python's tarfile, like Go's, puts a
     value that does not fit the octal field only in the PAX record and writes 0 in the
-    header). MINOR CORE BUG (builder): the PAX `mtime` record is ignored, so the image says
+    header). Regression (fixed; builder): the PAX `mtime` record is ignored, so the image says
     mtime 0."""
     ti, data, size = entry("f", data=b"x")
     ti.uid, ti.gid, ti.mtime = 3_000_000, 5_000_000, (1 << 34) + 5
@@ -783,7 +783,7 @@ def test_pax_numeric_records_are_honoured(box):
 
 
 def test_pax_mtime_out_of_range_is_refused(box):
-    """CORE BUG (builder, tarstream.rs parse_pax_time): "-9223372036854775808.5" is one
+    """Regression (fixed; builder, tarstream.rs parse_pax_time): "-9223372036854775808.5" is one
     second before i64::MIN; `secs - 1` overflows and, in the release build, the image gets
     mtime 9223372036854775807 (debug builds panic). It must be refused."""
     ti, data, size = entry("m", data=b"x")
@@ -796,7 +796,7 @@ def test_pax_mtime_out_of_range_is_refused(box):
 
 
 def test_checksum_with_leading_spaces_is_accepted(box):
-    """MINOR CORE BUG (builder, tarstream.rs check_checksum): POSIX numeric fields may be
+    """Regression (fixed; builder, tarstream.rs check_checksum): POSIX numeric fields may be
     right-justified with leading spaces ("   6512\\0"); Python's tarfile and GNU tar read
     such a checksum, the builder stops at the first space and rejects the archive."""
     raw = bytearray(make_tar([entry("f", data=b"x")]))
