@@ -111,8 +111,28 @@ class Image:
         self._inner = inner
 
     @classmethod
-    def open(cls, bootstrap: PathArg, blob_dir: Optional[PathArg] = None, *, verify: bool = True) -> "Image":
-        return cls(_core.Image.open(os.fspath(bootstrap), None if blob_dir is None else os.fspath(blob_dir), verify))
+    def open(
+        cls,
+        bootstrap: PathArg,
+        blob_dir: Optional[PathArg] = None,
+        *,
+        verify: bool = True,
+        cache_dir: Optional[PathArg] = None,
+    ) -> "Image":
+        """Open a bootstrap; with ``cache_dir``, decoded chunks persist there (uncompressed,
+        at their blob offsets) and later reads, in this process or another, hit the cache."""
+        return cls(
+            _core.Image.open(
+                os.fspath(bootstrap),
+                None if blob_dir is None else os.fspath(blob_dir),
+                verify,
+                None if cache_dir is None else os.fspath(cache_dir),
+            )
+        )
+
+    def metrics(self) -> dict:
+        """Blob-cache and backend counters: hits, misses, backend_reads, backend_bytes, fills."""
+        return dict(self._inner.metrics())
 
     @classmethod
     def open_blob(cls, blob: PathArg, *, verify: bool = True) -> "Image":

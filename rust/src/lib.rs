@@ -2,6 +2,7 @@
 //! Rust. The Python package `nydus_hybrid` binds this crate as `nydus_hybrid._core`.
 
 pub mod builder;
+pub mod cache;
 pub mod check;
 pub mod codec;
 pub mod error;

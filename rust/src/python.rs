@@ -78,10 +78,11 @@ impl Image {
 impl Image {
     /// Open a bootstrap file and the directory holding its blobs.
     #[staticmethod]
-    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true))]
-    fn open(py: Python<'_>, bootstrap: PathBuf, blob_dir: Option<PathBuf>, verify: bool) -> R<Self> {
+    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true, cache_dir=None))]
+    fn open(py: Python<'_>, bootstrap: PathBuf, blob_dir: Option<PathBuf>, verify: bool, cache_dir: Option<PathBuf>) -> R<Self> {
         let mut rafs = py.allow_threads(|| Rafs::open(&bootstrap, blob_dir.as_deref())).map_err(to_py)?;
         rafs.verify = verify;
+        rafs.cache_dir = cache_dir;
         Ok(Image { rafs })
     }
 
@@ -194,6 +195,15 @@ impl Image {
 
     fn export_flat_blob(&self, py: Python<'_>, index: usize, output: PathBuf) -> R<u64> {
         py.allow_threads(|| crate::export::export_flat_blob(&self.rafs, index, &output)).map_err(to_py)
+    }
+
+    /// Blob-cache and backend counters of this image.
+    fn metrics<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.rafs.cache_metrics.snapshot() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
     }
 
     fn blob_ids(&self) -> Vec<String> {

@@ -65,6 +65,8 @@ pub struct BlobReader {
     pub chunks: Vec<ChunkInfo>,
     /// The `blob.digest` array, when the blob carries one.
     pub digests: Option<Vec<[u8; 32]>>,
+    /// Local cache of uncompressed chunks, when the image was opened with one.
+    pub cache: Option<crate::cache::ChunkCache>,
 }
 
 impl BlobReader {
@@ -123,7 +125,7 @@ impl BlobReader {
         } else {
             None
         };
-        Ok(BlobReader { entry: entry.clone(), src, chunks, digests })
+        Ok(BlobReader { entry: entry.clone(), src, chunks, digests, cache: None })
     }
 
     fn load_digests(entry: &BlobEntry, src: &dyn BlobSource) -> Result<Vec<[u8; 32]>> {
@@ -157,8 +159,19 @@ impl BlobReader {
     /// when the caller has one (the blob's own digest array takes precedence).
     pub fn read_chunk(&self, ci: u32, expected: Option<&[u8; 32]>, verify: bool) -> Result<Vec<u8>> {
         let c = *self.chunk(ci)?;
-        let stored = self.src.read_vec(c.compressed_offset, c.compressed_size as usize)?;
-        self.decode_chunk(ci, &c, &stored, expected, verify)
+        let fetch = || {
+            let stored = self.src.read_vec(c.compressed_offset, c.compressed_size as usize)?;
+            if let Some(cache) = &self.cache {
+                cache.metrics.backend_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cache.metrics.backend_bytes.fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.decode_chunk(ci, &c, &stored, expected, verify)
+        };
+        match &self.cache {
+            // Data enters the cache only verified (when verification is on).
+            Some(cache) => cache.get(ci, c.uncompressed_offset, c.uncompressed_size as usize, fetch),
+            None => fetch(),
+        }
     }
 
     /// Decode stored chunk bytes (already fetched); with `verify`, check CRC and digest.

@@ -44,12 +44,15 @@ pub struct Rafs {
     recent: Mutex<std::collections::VecDeque<((u8, u32), Arc<Vec<u8>>)>>,
     /// Verify chunk digests on every read (on by default).
     pub verify: bool,
+    /// Directory of the persistent chunk cache, if any.
+    pub cache_dir: Option<std::path::PathBuf>,
+    pub cache_metrics: Arc<crate::cache::CacheMetrics>,
 }
 
 impl Rafs {
     pub fn new(boot: Bootstrap, store: Box<dyn BlobStore>) -> Self {
         let blobs = boot.blobs.iter().map(|_| Mutex::new(None)).collect();
-        Rafs { boot, store, blobs, recent: Mutex::new(Default::default()), verify: true }
+        Rafs { boot, store, blobs, recent: Mutex::new(Default::default()), verify: true, cache_dir: None, cache_metrics: Default::default() }
     }
 
     /// A bootstrap file plus a directory of blobs named by id.
@@ -91,7 +94,11 @@ impl Rafs {
         }
         let entry = &self.boot.blobs[index];
         let src = self.store.open(&entry.blob_id)?;
-        let b = Arc::new(BlobReader::load(entry, src)?);
+        let mut b = BlobReader::load(entry, src)?;
+        if let Some(dir) = &self.cache_dir {
+            b.cache = Some(crate::cache::ChunkCache::open(dir, &entry.blob_id, entry.chunk_count, entry.uncompressed_size, self.cache_metrics.clone())?);
+        }
+        let b = Arc::new(b);
         *guard = Some(b.clone());
         Ok(b)
     }
