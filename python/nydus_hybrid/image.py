@@ -18,6 +18,9 @@ from nydus_hybrid.errors import CorruptImageError, InvalidArgumentError
 
 PathArg = Union[str, bytes, "os.PathLike[str]"]
 
+# Dirent file type of a directory (RAFS v6 / EROFS).
+_DIRENT_DIR = 2
+
 
 def _image_path(path: Union[str, bytes]) -> bytes:
     return os.fsencode(path)
@@ -178,22 +181,28 @@ class Image:
         return self._inner.read(_image_path(path), offset, size)
 
     def walk(self, top: str = "/"):
-        """Yield (dirpath, dirnames, filenames) like ``os.walk``, top-down. A directory
-        reachable twice (a corrupt image) raises CorruptImageError instead of looping."""
-        stack = [top]
+        """Yield (dirpath, dirnames, filenames) like ``os.walk``, top-down. Entry types come
+        from the directory itself (no stat per entry). A directory reachable twice (a
+        corrupt image) raises CorruptImageError instead of looping."""
+        stack = [(top, self.lookup(top))]
         seen = set()
         while stack:
-            d = stack.pop()
-            ino = self.stat(d).st_ino
-            if ino in seen:
-                raise CorruptImageError(errno.EIO, f"directory {d} (inode {ino}) is reachable twice")
-            seen.add(ino)
-            dirs, files = [], []
-            for name in self.listdir(d):
-                p = d.rstrip("/") + "/" + name
-                (dirs if self.stat(p).is_dir() else files).append(name)
+            d, nid = stack.pop()
+            if nid in seen:
+                raise CorruptImageError(errno.EIO, f"directory {d} (inode {nid}) is reachable twice")
+            seen.add(nid)
+            dirs, files, subdirs = [], [], []
+            for raw, child, ftype in self._inner.readdir(os.fsencode(d)):
+                if raw in (b".", b".."):
+                    continue
+                name = os.fsdecode(raw)
+                if ftype == _DIRENT_DIR:
+                    dirs.append(name)
+                    subdirs.append((d.rstrip("/") + "/" + name, child))
+                else:
+                    files.append(name)
             yield d, dirs, files
-            stack.extend(d.rstrip("/") + "/" + n for n in reversed(dirs))
+            stack.extend(reversed(subdirs))
 
     def inspect(self) -> dict:
         return json.loads(self._inner.inspect_json())

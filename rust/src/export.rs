@@ -17,11 +17,9 @@ const SEGMENT_ALIGN: u64 = 0x8_0000;
 
 fn write_blob_at(rafs: &Rafs, index: usize, out: &File, base: u64) -> Result<u64> {
     let blob = rafs.blob(index)?;
-    let table = rafs.boot.chunk_map()?;
     let mut bytes = 0u64;
     for (ci, c) in blob.chunks.iter().enumerate() {
-        let expected = table.get(&(index as u32, ci as u32)).map(|e| e.digest);
-        let data = blob.read_chunk(ci as u32, expected.as_ref(), rafs.verify)?;
+        let data = rafs.read_blob_chunk(&blob, index as u32, ci as u32)?;
         out.write_all_at(&data, base + c.uncompressed_offset).ctx(|| "write export".into())?;
         bytes += data.len() as u64;
     }

@@ -313,7 +313,7 @@ proptest! {
     fn xattrs_round_trip(pairs in prop::collection::btree_map(
         "(user\\.|trusted\\.|security\\.)[a-z]{1,20}", prop::collection::vec(any::<u8>(), 0..40), 1..6)) {
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = pairs.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect();
-        let (body, _icount) = encode_xattrs(&pairs);
+        let (body, _icount) = encode_xattrs(pairs.iter().map(|(k, v)| (k, v)));
         let mut got = decode_xattrs(&body).unwrap();
         got.sort();
         prop_assert_eq!(got, pairs);

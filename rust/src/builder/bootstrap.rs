@@ -88,8 +88,7 @@ pub struct Layout {
 }
 
 fn isz(tree: &Tree, id: NodeId) -> u64 {
-    let x: Vec<(Vec<u8>, Vec<u8>)> = tree.nodes[id].xattrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    (EXTENDED_SIZE + xattrs_size(&x)) as u64
+    (EXTENDED_SIZE + xattrs_size(&tree.nodes[id].xattrs)) as u64
 }
 
 /// A.2 + A.3: assign indexes, hard-link groups, nlink, and pre-shift offsets.
@@ -250,9 +249,8 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
         if p.primary != id {
             continue; // hard link: the primary's inode is written once
         }
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = node.xattrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        any_xattr |= !pairs.is_empty();
-        let (xbody, icount) = encode_xattrs(&pairs);
+        any_xattr |= !node.xattrs.is_empty();
+        let (xbody, icount) = encode_xattrs(&node.xattrs);
         let isz = EXTENDED_SIZE + xbody.len();
         let at = (p.off + shift) as usize;
         let mut ino = Inode {

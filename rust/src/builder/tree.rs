@@ -87,8 +87,7 @@ impl Tree {
     /// inodes whose xattrs do not fit the inline body.
     pub fn finish(&mut self) -> Result<()> {
         for id in 0..self.nodes.len() {
-            let pairs: Vec<(Vec<u8>, Vec<u8>)> = self.nodes[id].xattrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            if !self.nodes[id].detached && xattrs_size(&pairs) > MAX_XATTR_BODY {
+            if !self.nodes[id].detached && xattrs_size(&self.nodes[id].xattrs) > MAX_XATTR_BODY {
                 return Err(Error::Unsupported(format!("{}: xattrs take more than the {MAX_XATTR_BODY} bytes an inode can hold", self.path(id))));
             }
         }

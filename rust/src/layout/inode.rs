@@ -172,10 +172,7 @@ pub fn decode_xattrs(body: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 /// Encode xattrs (already validated and sorted) as an inline body; returns (bytes, icount).
-pub fn encode_xattrs(pairs: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, u16) {
-    if pairs.is_empty() {
-        return (Vec::new(), 0);
-    }
+pub fn encode_xattrs<'a>(pairs: impl IntoIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> (Vec<u8>, u16) {
     let mut b = vec![0u8; XATTR_HEADER_SIZE];
     for (name, value) in pairs {
         let (index, suffix) = xattr_split(name).expect("xattr names are validated by the builder");
@@ -186,23 +183,27 @@ pub fn encode_xattrs(pairs: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, u16) {
         b.extend_from_slice(value);
         b.resize(round_up(b.len() as u64, 4) as usize, 0);
     }
+    if b.len() == XATTR_HEADER_SIZE {
+        return (Vec::new(), 0);
+    }
     let icount = u16::try_from((b.len() - XATTR_HEADER_SIZE) / 4 + 1).expect("xattr body size is checked by the builder");
     (b, icount)
 }
 
 /// Aligned inline size of a set of xattrs without encoding them.
-pub fn xattrs_size(pairs: &[(Vec<u8>, Vec<u8>)]) -> usize {
-    if pairs.is_empty() {
-        return 0;
+pub fn xattrs_size<'a>(pairs: impl IntoIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> usize {
+    let entries: usize = pairs
+        .into_iter()
+        .map(|(n, v)| {
+            let suffix = xattr_split(n).map(|s| s.1.len()).unwrap_or(n.len());
+            round_up((4 + suffix + v.len()) as u64, 4) as usize
+        })
+        .sum();
+    if entries == 0 {
+        0
+    } else {
+        XATTR_HEADER_SIZE + entries
     }
-    XATTR_HEADER_SIZE
-        + pairs
-            .iter()
-            .map(|(n, v)| {
-                let suffix = xattr_split(n).map(|s| s.1.len()).unwrap_or(n.len());
-                round_up((4 + suffix + v.len()) as u64, 4) as usize
-            })
-            .sum::<usize>()
 }
 
 /// A regular file's chunk address (`RafsV6InodeChunkAddr`).

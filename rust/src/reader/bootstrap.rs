@@ -45,7 +45,8 @@ pub struct Bootstrap {
     pub devices: Vec<DeviceSlot>,
     block_size: u64,
     meta_base: u64,
-    chunk_map: OnceLock<Result<HashMap<(u32, u32), ChunkTableEntry>>>,
+    /// Built on first use; a failure is kept as its message (errors are not Clone).
+    chunk_map: OnceLock<std::result::Result<HashMap<(u32, u32), ChunkTableEntry>, String>>,
 }
 
 impl Bootstrap {
@@ -319,13 +320,13 @@ impl Bootstrap {
     /// The chunk table keyed by (blob index, CI index), built once.
     pub fn chunk_map(&self) -> Result<&HashMap<(u32, u32), ChunkTableEntry>> {
         let r = self.chunk_map.get_or_init(|| {
-            let mut m = HashMap::new();
-            for e in self.chunk_table()? {
-                m.insert((e.blob_index, e.index), e);
-            }
-            Ok(m)
+            let table = self.chunk_table().map_err(|e| match e {
+                Error::Corrupt(m) => m,
+                other => other.to_string(),
+            })?;
+            Ok(table.into_iter().map(|e| ((e.blob_index, e.index), e)).collect())
         });
-        r.as_ref().map_err(|e| Error::corrupt(e.to_string().trim_start_matches("corrupt image: ").to_string()))
+        r.as_ref().map_err(|m| Error::Corrupt(m.clone()))
     }
 
     pub fn prefetch_nids(&self) -> Result<Vec<u32>> {

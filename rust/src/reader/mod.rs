@@ -112,12 +112,15 @@ impl Rafs {
         self.boot.inode(nid)
     }
 
-    /// Expected digest of a chunk from the bootstrap chunk table, when the blob has none.
-    fn table_digest(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Result<Option<[u8; 32]>> {
-        if !self.verify || blob.digests.is_some() {
-            return Ok(None);
-        }
-        Ok(self.boot.chunk_map()?.get(&(blob_index, ci)).map(|e| e.digest))
+    /// Decoded bytes of chunk `ci` of blob `blob_index`, verified (when `verify`) against the
+    /// blob's own digest array or, for blobs without one, the bootstrap chunk table.
+    pub fn read_blob_chunk(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Result<Vec<u8>> {
+        let expected = if self.verify && blob.digests.is_none() {
+            self.boot.chunk_map()?.get(&(blob_index, ci)).map(|e| e.digest)
+        } else {
+            None
+        };
+        blob.read_chunk(ci, expected.as_ref(), self.verify)
     }
 
     /// Decoded, verified bytes of chunk `idx` of a regular file.
@@ -155,8 +158,7 @@ impl Rafs {
             "file {nid} chunk {idx}: blob meta size {} != expected {want_len}",
             c.uncompressed_size
         );
-        let expected = self.table_digest(&blob, addr.blob_index as u32, addr.ci_index)?;
-        blob.read_chunk(addr.ci_index, expected.as_ref(), self.verify)
+        self.read_blob_chunk(&blob, addr.blob_index as u32, addr.ci_index)
     }
 
     /// Read up to `size` bytes at `offset` of a regular file.
