@@ -74,9 +74,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = extract_section(src.as_ref(), e, 1 << 24);
         }
     }
-    if let Ok(reader) = BlobReader::load(&entry, src.clone()) {
+    if let Ok(reader) = BlobReader::load(&entry, src.clone(), None) {
         for ci in 0..reader.chunks.len().min(64) as u32 {
-            let _ = reader.read_chunk(ci, None, true);
+            let _ = reader.read_chunk_direct(ci, None, true);
         }
     }
 });

@@ -80,6 +80,25 @@ class UnsupportedError(NydusError, NotImplementedError):
     """A valid format feature this implementation does not handle."""
 
 
+class ConfigError(NydusError, ValueError):
+    """A nydusd configuration document is invalid; the message names the field."""
+
+
+class BackendError(NydusError, OSError):
+    """A storage backend (registry, S3, proxy) failed or answered unexpectedly."""
+
+    def __init__(self, errno: int, message: str):
+        NydusError.__init__(self, errno, message)
+
+
+class AuthError(BackendError, PermissionError):
+    """A storage backend refused our credentials."""
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """A storage backend did not answer within the configured timeout."""
+
+
 class NydusIOError(NydusError, OSError):
     """An operating-system error while reading or writing files."""
 

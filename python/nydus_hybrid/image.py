@@ -121,21 +121,44 @@ class Image:
         *,
         verify: bool = True,
         cache_dir: Optional[PathArg] = None,
+        config: Union[None, str, dict] = None,
     ) -> "Image":
-        """Open a bootstrap; with ``cache_dir``, decoded chunks persist there (uncompressed,
-        at their blob offsets) and later reads, in this process or another, hit the cache."""
+        """Open a bootstrap whose blobs are in ``blob_dir``, or wherever a nydusd ``config``
+        (v1 or v2; a dict or JSON/TOML text) says: localfs, registry, S3 or http-proxy, with
+        its blob cache. With a cache (``cache_dir`` or the config's ``work_dir``), decoded
+        chunks persist (uncompressed, at their blob offsets) and later reads, in this process
+        or another, hit it."""
+        if isinstance(config, dict):
+            config = json.dumps(config)
         return cls(
             _core.Image.open(
                 os.fspath(bootstrap),
                 None if blob_dir is None else os.fspath(blob_dir),
                 verify,
                 None if cache_dir is None else os.fspath(cache_dir),
+                config,
             )
         )
 
     def metrics(self) -> dict:
-        """Blob-cache and backend counters: hits, misses, backend_reads, backend_bytes, fills."""
-        return dict(self._inner.metrics())
+        """``{"backend": ..., "blobcache": ...}`` in nydusd's shapes (``/api/v1/metrics/backend``
+        and ``/api/v1/metrics/blobcache``), plus chunk-level cache counters."""
+        return json.loads(self._inner.metrics_json())
+
+    def prefetch(
+        self,
+        paths: Optional[list] = None,
+        *,
+        all: bool = False,
+        threads: int = 8,
+        batch_size: int = 1 << 20,
+        bandwidth_limit: int = 0,
+    ) -> "_core.PrefetchJob":
+        """Fill the blob cache in background threads with ``paths`` (files or directories),
+        the whole image (``all``) or, with neither, the image's own prefetch table. Returns a
+        job with ``wait()`` (the errors met), ``cancel()`` and ``done``."""
+        encoded = None if paths is None else [_image_path(p) for p in paths]
+        return self._inner.prefetch(encoded, all, threads, batch_size, bandwidth_limit)
 
     @classmethod
     def open_blob(cls, blob: PathArg, *, verify: bool = True) -> "Image":

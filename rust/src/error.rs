@@ -38,6 +38,18 @@ pub enum Error {
     /// A data blob named by the bootstrap is not available.
     #[error("blob {0} not found in {1}")]
     BlobMissing(String, PathBuf),
+    /// A configuration document is invalid; the message names the field.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A storage backend failed (network, server error, unexpected reply).
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// A storage backend refused our credentials.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// A storage backend did not answer within the configured timeout.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// The caller asked to stop (Ctrl-C); partial outputs were removed.
     #[error("cancelled")]
     Cancelled,
@@ -54,6 +66,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn corrupt(msg: impl Into<String>) -> Self {
         Error::Corrupt(msg.into())
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+    pub fn backend(msg: impl Into<String>) -> Self {
+        Error::Backend(msg.into())
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())

@@ -19,7 +19,7 @@ fn write_blob_at(rafs: &Rafs, index: usize, out: &File, base: u64) -> Result<u64
     let blob = rafs.blob(index)?;
     let mut bytes = 0u64;
     for (ci, c) in blob.chunks.iter().enumerate() {
-        let data = rafs.read_blob_chunk(&blob, index as u32, ci as u32)?;
+        let (data, _) = rafs.read_blob_chunk(&blob, index as u32, ci as u32)?;
         out.write_all_at(&data, base + c.uncompressed_offset).ctx(|| "write export".into())?;
         bytes += data.len() as u64;
     }

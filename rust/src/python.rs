@@ -2,6 +2,8 @@
 //! and runs the Rust code; errors become the exception classes of `nydus_hybrid.errors`.
 
 use crate::builder::{self, BuildOptions, WhiteoutSpec};
+use crate::config::{BackendConfig, Config, PrefetchConfig};
+use crate::prefetch::{Prefetch, Target};
 use crate::error::Error;
 use crate::layout::{Compressor, Digester};
 use crate::reader::{stat_of, Rafs};
@@ -9,6 +11,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Raise the `nydus_hybrid.errors` class for this error.
 fn to_py(e: Error) -> PyErr {
@@ -29,6 +32,10 @@ fn to_py(e: Error) -> PyErr {
         Error::UnsafeInput(_) => ("UnsafeInputError", libc::EINVAL),
         Error::Unsupported(_) => ("UnsupportedError", libc::EOPNOTSUPP),
         Error::BlobMissing(..) => ("BlobMissingError", libc::ENOENT),
+        Error::Config(_) => ("ConfigError", libc::EINVAL),
+        Error::Backend(_) => ("BackendError", libc::EIO),
+        Error::Auth(_) => ("AuthError", libc::EACCES),
+        Error::Timeout(_) => ("BackendTimeoutError", libc::ETIMEDOUT),
         Error::Io { source, .. } => ("NydusIOError", source.raw_os_error().unwrap_or(libc::EIO)),
     };
     let msg = e.to_string();
@@ -65,7 +72,7 @@ fn stat_dict<'py>(py: Python<'py>, s: &crate::reader::Stat) -> R<Bound<'py, PyDi
 /// An opened RAFS v6 image. Paths are bytes (the Python wrapper encodes str).
 #[pyclass(module = "nydus_hybrid._core", frozen)]
 struct Image {
-    rafs: Rafs,
+    rafs: Arc<Rafs>,
 }
 
 impl Image {
@@ -76,14 +83,23 @@ impl Image {
 
 #[pymethods]
 impl Image {
-    /// Open a bootstrap file and the directory holding its blobs.
+    /// Open a bootstrap with a directory of blobs, or with a nydusd configuration document
+    /// (v1/v2 JSON or TOML) naming the backend and blob cache. `cache_dir` overrides the
+    /// configuration's cache directory.
     #[staticmethod]
-    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true, cache_dir=None))]
-    fn open(py: Python<'_>, bootstrap: PathBuf, blob_dir: Option<PathBuf>, verify: bool, cache_dir: Option<PathBuf>) -> R<Self> {
-        let mut rafs = py.allow_threads(|| Rafs::open(&bootstrap, blob_dir.as_deref())).map_err(to_py)?;
+    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true, cache_dir=None, config=None))]
+    fn open(py: Python<'_>, bootstrap: PathBuf, blob_dir: Option<PathBuf>, verify: bool, cache_dir: Option<PathBuf>, config: Option<String>) -> R<Self> {
+        let mut rafs = py
+            .allow_threads(|| match &config {
+                Some(text) => Rafs::open_with_config(&bootstrap, &Config::parse(text)?),
+                None => Rafs::open(&bootstrap, blob_dir.as_deref()),
+            })
+            .map_err(to_py)?;
         rafs.verify = verify;
-        rafs.cache_dir = cache_dir;
-        Ok(Image { rafs })
+        if cache_dir.is_some() {
+            rafs.cache_dir = cache_dir;
+        }
+        Ok(Image { rafs: Arc::new(rafs) })
     }
 
     /// Open a data blob that carries its own bootstrap (an `image.boot` section).
@@ -92,7 +108,7 @@ impl Image {
     fn open_blob(py: Python<'_>, blob: PathBuf, verify: bool) -> R<Self> {
         let mut rafs = py.allow_threads(|| Rafs::open_inline_blob(&blob)).map_err(to_py)?;
         rafs.verify = verify;
-        Ok(Image { rafs })
+        Ok(Image { rafs: Arc::new(rafs) })
     }
 
     fn lookup(&self, path: &[u8]) -> R<u64> {
@@ -197,13 +213,27 @@ impl Image {
         py.allow_threads(|| crate::export::export_flat_blob(&self.rafs, index, &output)).map_err(to_py)
     }
 
-    /// Blob-cache and backend counters of this image.
-    fn metrics<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (k, v) in self.rafs.cache_metrics.snapshot() {
-            d.set_item(k, v)?;
+    /// Backend and blob-cache counters as JSON: `{"backend": §8.4, "blobcache": §8.5}`.
+    fn metrics_json(&self) -> String {
+        self.rafs.metrics_json().to_string()
+    }
+
+    /// Start prefetching `paths` (files or directories), the whole image (`all`), or, with
+    /// neither, the image's own prefetch table. Runs in background threads.
+    #[pyo3(signature = (paths=None, all=false, threads=8, batch_size=1<<20, bandwidth_limit=0))]
+    fn prefetch(&self, py: Python<'_>, paths: Option<Vec<Vec<u8>>>, all: bool, threads: usize, batch_size: u64, bandwidth_limit: u64) -> R<PrefetchJob> {
+        let target = match (all, paths) {
+            (true, _) => Target::All,
+            (false, Some(p)) => Target::Paths(p),
+            (false, None) => Target::ImageTable,
+        };
+        if !(1..=1024).contains(&threads) {
+            return Err(to_py(Error::invalid(format!("threads must be between 1 and 1024, got {threads}"))));
         }
-        Ok(d)
+        let cfg = PrefetchConfig { enable: true, threads, batch_size, bandwidth_limit, prefetch_all: all };
+        let rafs = self.rafs.clone();
+        let job = py.allow_threads(|| Prefetch::start(rafs, target, &cfg)).map_err(to_py)?;
+        Ok(PrefetchJob { job: Mutex::new(Some(job)) })
     }
 
     fn blob_ids(&self) -> Vec<String> {
@@ -214,6 +244,68 @@ impl Image {
     fn root_ino(&self) -> u64 {
         self.rafs.boot.root_nid()
     }
+}
+
+/// A running prefetch.
+#[pyclass(module = "nydus_hybrid._core", frozen)]
+struct PrefetchJob {
+    job: Mutex<Option<Prefetch>>,
+}
+
+#[pymethods]
+impl PrefetchJob {
+    /// Wait for it to finish; returns the errors it met (prefetch is best effort).
+    fn wait(&self, py: Python<'_>) -> Vec<String> {
+        let job = self.job.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match job {
+            Some(j) => py.allow_threads(|| j.wait()).errors,
+            None => Vec::new(),
+        }
+    }
+
+    fn cancel(&self) {
+        if let Some(j) = self.job.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            j.cancel();
+        }
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.job.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|j| j.is_done())
+    }
+}
+
+/// Validate a nydusd configuration document; returns its normalised v2 form as JSON.
+#[pyfunction]
+fn parse_config(text: &str) -> R<String> {
+    Ok(Config::parse(text).map_err(to_py)?.to_v2_json().to_string())
+}
+
+/// Remove cached blobs unused for `max_age_secs`, then least recently used ones until the
+/// cache fits `max_bytes`; blobs open anywhere are kept. Returns the report as JSON.
+#[pyfunction]
+#[pyo3(signature = (work_dir, max_bytes=None, max_age_secs=None))]
+fn cache_gc(py: Python<'_>, work_dir: PathBuf, max_bytes: Option<u64>, max_age_secs: Option<u64>) -> R<String> {
+    let r = py
+        .allow_threads(|| crate::cache::gc::gc(&work_dir, max_bytes, max_age_secs.map(std::time::Duration::from_secs)))
+        .map_err(to_py)?;
+    Ok(serde_json::json!({"removed": r.removed, "freed_bytes": r.freed_bytes, "in_use": r.in_use, "kept_bytes": r.kept_bytes}).to_string())
+}
+
+/// Upload a blob file to the registry a configuration names; monolithic, or in pieces of
+/// `chunk_size` bytes. Returns (digest, whether it was sent: false when already there).
+#[pyfunction]
+#[pyo3(signature = (config, path, chunk_size=0))]
+fn push_blob(py: Python<'_>, config: &str, path: PathBuf, chunk_size: usize) -> R<(String, bool)> {
+    py.allow_threads(|| {
+        let cfg = Config::parse(config)?;
+        let Some(BackendConfig::Registry(r)) = &cfg.backend else {
+            return Err(Error::config("backend.type: blob upload needs a registry backend"));
+        };
+        let metrics = Arc::new(crate::storage::metrics::BackendMetrics::new("registry"));
+        crate::storage::registry::Registry::new(r, metrics)?.push_blob(&path, (chunk_size > 0).then_some(chunk_size))
+    })
+    .map_err(to_py)
 }
 
 /// Build a RAFS v6 image; returns the build report as JSON.
@@ -252,7 +344,11 @@ fn build(
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Image>()?;
+    m.add_class::<PrefetchJob>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_config, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_gc, m)?)?;
+    m.add_function(wrap_pyfunction!(push_blob, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("GIT_COMMIT", env!("NYDUS_HYBRID_GIT_COMMIT"))?;
     Ok(())

@@ -560,7 +560,7 @@ proptest! {
         let g = golden();
         let data = apply(&g.boot, &e);
         if let Ok(boot) = Bootstrap::from_bytes(data) {
-            let rafs = Rafs::new(boot, Box::new(LocalDir { dir: g.blob_dir.clone() }));
+            let rafs = Rafs::new(boot, Box::new(LocalDir::new(g.blob_dir.clone())));
             exercise(&rafs, &g.paths);
         }
     }
@@ -569,7 +569,7 @@ proptest! {
     fn damaged_reference_bootstrap_never_panics(e in edits((1024..1208).chain(12288..16384).collect())) {
         let Some((boot, dir)) = reference() else { return Ok(()) };
         if let Ok(b) = Bootstrap::from_bytes(apply(&boot, &e)) {
-            let rafs = Rafs::new(b, Box::new(LocalDir { dir }));
+            let rafs = Rafs::new(b, Box::new(LocalDir::new(dir)));
             exercise(&rafs, &[b"/", b"/lib.rs", b"/sync_io.rs"]);
         }
     }
@@ -585,7 +585,7 @@ proptest! {
         let rafs = Rafs::new(boot, Box::new(MemStore(Arc::new(MemBlob(blob)))));
         exercise(&rafs, &g.paths);
         // Blob damage can never change what a successful read returns.
-        let clean = Rafs::new(Bootstrap::from_bytes(g.boot.clone()).unwrap(), Box::new(LocalDir { dir: g.blob_dir.clone() }));
+        let clean = Rafs::new(Bootstrap::from_bytes(g.boot.clone()).unwrap(), Box::new(LocalDir::new(g.blob_dir.clone())));
         for p in [&b"/big"[..], b"/a.txt", b"/d/e/f"] {
             let nid = rafs.boot.resolve(p).unwrap();
             if let Ok(got) = rafs.read_nid(nid, 0, 1 << 20) {

@@ -1,62 +1,91 @@
-//! Persistent blob cache (first part of the storage milestone): one file per blob holding
-//! *uncompressed* chunk data at each chunk's uncompressed offset (the layout fscache and the
-//! kernel read), and beside it a map with one byte per chunk saying which are ready.
+//! Persistent blob cache (`blobcache`): one file per blob holding *uncompressed* chunk data at
+//! each chunk's uncompressed offset (the layout fscache and the kernel read), and beside it a
+//! map with one byte per chunk saying which are ready. The blob's CI array and digests are
+//! kept there too (`meta.rs`), so a warm restart needs no backend request at all.
 //!
 //! Crash safety: a chunk's data is written (and verified before that) strictly before its
 //! ready byte, each with `pwrite`; after a kill -9 the page cache keeps both writes in that
-//! order, so a ready byte always names complete, verified data. Concurrent readers of one
-//! chunk are serialised on a lock stripe, so a chunk is fetched from the backend once.
+//! order, so a ready byte always names complete, verified data. (A power cut can reorder
+//! them; the `validate` option re-checks every read for that case.)
+//!
+//! Concurrency: chunks are guarded by lock stripes. An on-demand read blocks on its chunk's
+//! stripe, so concurrent readers of one chunk fetch it once; neighbours it merges into the
+//! same request (`amplify_io`) and prefetch workers only `try_lock`, so they never wait on
+//! (or deadlock with) anyone.
+
+pub mod gc;
+pub mod meta;
+pub mod metrics;
+
+pub use metrics::CacheMetrics;
 
 use crate::error::{IoContext, Result};
+use crate::layout::blob_meta::ChunkInfo;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const STRIPES: usize = 64;
 const READY: u8 = 1;
 
-/// Counters behind the blobcache/backend metrics (spec §8.4, §8.5).
-#[derive(Debug, Default)]
-pub struct CacheMetrics {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub backend_reads: AtomicU64,
-    pub backend_bytes: AtomicU64,
-    pub fills: AtomicU64,
+pub fn data_name(blob_id: &str) -> String {
+    format!("{blob_id}.blob.data")
 }
 
-impl CacheMetrics {
-    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        [
-            ("hits", g(&self.hits)),
-            ("misses", g(&self.misses)),
-            ("backend_reads", g(&self.backend_reads)),
-            ("backend_bytes", g(&self.backend_bytes)),
-            ("fills", g(&self.fills)),
-        ]
-    }
+pub fn map_name(blob_id: &str) -> String {
+    format!("{blob_id}.chunk_map")
 }
 
 pub struct ChunkCache {
     data: File,
     map: File,
+    pub data_path: PathBuf,
     stripes: Vec<Mutex<()>>,
     pub metrics: Arc<CacheMetrics>,
+}
+
+/// Chunks claimed for one fetch: their stripe locks are held until it is dropped.
+pub struct Claim<'a> {
+    pub chunks: Vec<u32>,
+    _guards: Vec<MutexGuard<'a, ()>>,
+}
+
+/// Take a shared lock on the map for as long as the cache is open, so GC (which needs the
+/// exclusive lock) never removes a blob in use, in this process or another.
+fn lock_shared(f: &File) -> std::io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn touch(f: &File) {
+    let _ = f.set_modified(std::time::SystemTime::now());
 }
 
 impl ChunkCache {
     /// Open (or create) the cache files of one blob in `dir`.
     pub fn open(dir: &Path, blob_id: &str, chunk_count: u32, uncompressed_size: u64, metrics: Arc<CacheMetrics>) -> Result<Self> {
         std::fs::create_dir_all(dir).ctx(|| format!("create cache dir {}", dir.display()))?;
-        let open = |name: String| {
-            let path = dir.join(name);
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).ctx(|| format!("open cache file {}", path.display()))
+        let open = |path: &Path| {
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).ctx(|| format!("open cache file {}", path.display()))
         };
-        let data = open(format!("{blob_id}.blob.data"))?;
-        let map = open(format!("{blob_id}.chunk_map"))?;
+        let map_path = dir.join(map_name(blob_id));
+        // GC may unlink the files between our open and our lock: retry on the new ones.
+        let map = loop {
+            let map = open(&map_path)?;
+            lock_shared(&map).ctx(|| format!("lock {}", map_path.display()))?;
+            let same = std::fs::metadata(&map_path).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            if same == Some(std::os::unix::fs::MetadataExt::ino(&map.metadata().ctx(|| "stat chunk map".into())?)) {
+                break map;
+            }
+        };
+        let data_path = dir.join(data_name(blob_id));
+        let data = open(&data_path)?;
         // A map of the wrong size belongs to some other blob layout: start over.
         if map.metadata().ctx(|| "stat chunk map".into())?.len() != chunk_count as u64 {
             map.set_len(0).ctx(|| "reset chunk map".into())?;
@@ -65,39 +94,75 @@ impl ChunkCache {
         if data.metadata().ctx(|| "stat cache data".into())?.len() != uncompressed_size {
             data.set_len(uncompressed_size).ctx(|| "size cache data".into())?;
         }
-        Ok(ChunkCache { data, map, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), metrics })
+        touch(&map);
+        metrics.add_file(data_name(blob_id));
+        Ok(ChunkCache { data, map, data_path, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), metrics })
     }
 
-    fn is_ready(&self, ci: u32) -> Result<bool> {
+    pub fn is_ready(&self, ci: u32) -> Result<bool> {
         let mut b = [0u8; 1];
         self.map.read_exact_at(&mut b, ci as u64).ctx(|| "read chunk map".into())?;
         Ok(b[0] == READY)
     }
 
-    /// The chunk's uncompressed bytes: from the cache when ready, else from `fetch` (which
-    /// returns verified data), stored before it is returned.
-    pub fn get(&self, ci: u32, offset: u64, len: usize, fetch: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
-        let read_cached = || -> Result<Vec<u8>> {
-            let mut buf = vec![0u8; len];
-            self.data.read_exact_at(&mut buf, offset).ctx(|| "read cache data".into())?;
-            Ok(buf)
-        };
-        if self.is_ready(ci)? {
-            self.metrics.hits.fetch_add(1, Ordering::Relaxed);
-            return read_cached();
-        }
-        let _guard = self.stripes[ci as usize % STRIPES].lock().unwrap_or_else(|p| p.into_inner());
-        if self.is_ready(ci)? {
-            // Filled by a concurrent reader while we waited.
-            self.metrics.hits.fetch_add(1, Ordering::Relaxed);
-            return read_cached();
-        }
-        self.metrics.misses.fetch_add(1, Ordering::Relaxed);
-        let data = fetch()?;
-        self.data.write_all_at(&data, offset).ctx(|| "write cache data".into())?;
+    /// Forget a chunk whose cached bytes failed validation, so it is fetched again.
+    pub fn mark_unready(&self, ci: u32) -> Result<()> {
+        self.map.write_all_at(&[0], ci as u64).ctx(|| "write chunk map".into())
+    }
+
+    pub fn read_cached(&self, c: &ChunkInfo) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; c.uncompressed_size as usize];
+        self.data.read_exact_at(&mut buf, c.uncompressed_offset).ctx(|| "read cache data".into())?;
+        Ok(buf)
+    }
+
+    /// Store verified bytes: data first, then the ready byte (see the module comment).
+    pub fn store(&self, ci: u32, c: &ChunkInfo, data: &[u8]) -> Result<()> {
+        self.data.write_all_at(data, c.uncompressed_offset).ctx(|| "write cache data".into())?;
         self.map.write_all_at(&[READY], ci as u64).ctx(|| "write chunk map".into())?;
-        self.metrics.fills.fetch_add(1, Ordering::Relaxed);
-        Ok(data)
+        self.metrics.fills.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn stripe(&self, ci: u32) -> &Mutex<()> {
+        &self.stripes[ci as usize % STRIPES]
+    }
+
+    /// Claim `first` (waiting for its stripe when `wait`, else giving up) plus the missing
+    /// chunks stored right after it, while the whole run stays within `budget` stored bytes.
+    /// Returns `None` when `first` is ready (or, without `wait`, busy).
+    pub fn claim(&self, first: u32, chunks: &[ChunkInfo], budget: u64, wait: bool) -> Result<Option<Claim<'_>>> {
+        let lock = self.stripe(first);
+        let guard = if wait {
+            lock.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            match lock.try_lock() {
+                Ok(g) => g,
+                Err(_) => return Ok(None),
+            }
+        };
+        if self.is_ready(first)? {
+            return Ok(None);
+        }
+        let mut claim = Claim { chunks: vec![first], _guards: vec![guard] };
+        let mut end = chunks[first as usize].compressed_end();
+        let mut size = chunks[first as usize].compressed_size as u64;
+        for next in first + 1..chunks.len() as u32 {
+            let c = &chunks[next as usize];
+            // Distinct stripes only, so a claim never tries to lock a stripe it holds.
+            let fits = (next - first) < STRIPES as u32 && c.compressed_offset == end && size + c.compressed_size as u64 <= budget;
+            if !fits || self.is_ready(next)? {
+                break;
+            }
+            match self.stripe(next).try_lock() {
+                Ok(g) => claim._guards.push(g),
+                Err(_) => break,
+            }
+            claim.chunks.push(next);
+            end = c.compressed_end();
+            size += c.compressed_size as u64;
+        }
+        Ok(Some(claim))
     }
 
     /// Number of chunks marked ready.
@@ -107,10 +172,21 @@ impl ChunkCache {
         self.map.read_exact_at(&mut buf, 0).ctx(|| "read chunk map".into())?;
         Ok(buf.iter().filter(|&&b| b == READY).count() as u64)
     }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.map.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for ChunkCache {
+    fn drop(&mut self) {
+        // The map's mtime is the blob's last use, which GC's age limit reads.
+        touch(&self.map);
+    }
 }
 
 impl std::fmt::Debug for ChunkCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChunkCache")
+        write!(f, "ChunkCache({})", self.data_path.display())
     }
 }

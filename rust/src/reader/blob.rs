@@ -9,7 +9,10 @@ use crate::layout::superblock::BlobEntry;
 use crate::layout::tarhdr::{self, TAR_HEADER_SIZE};
 use crate::layout::toc::{TocEntry, TOC_ENTRY_SIZE, TOC_NAME};
 use crate::layout::{bytes::round_up, Compressor};
+use crate::cache::{meta, ChunkCache};
 use crate::storage::BlobSource;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Upper bound on a CI array we are willing to load (the reference's V2 limit).
@@ -66,11 +69,13 @@ pub struct BlobReader {
     /// The `blob.digest` array, when the blob carries one.
     pub digests: Option<Vec<[u8; 32]>>,
     /// Local cache of uncompressed chunks, when the image was opened with one.
-    pub cache: Option<crate::cache::ChunkCache>,
+    pub cache: Option<ChunkCache>,
 }
 
 impl BlobReader {
-    pub fn load(entry: &BlobEntry, src: Arc<dyn BlobSource>) -> Result<Self> {
+    /// Load a blob's metadata. With `meta_dir`, the CI array and digests are taken from (or
+    /// saved to) local copies there, so a cached blob reopens without backend reads.
+    pub fn load(entry: &BlobEntry, src: Arc<dyn BlobSource>, meta_dir: Option<&Path>) -> Result<Self> {
         let id = &entry.blob_id;
         for (flag, what) in [(bf::ENCRYPTED, "encrypted"), (bf::ZRAN, "ZRAN"), (bf::BATCH, "batch"), (bf::SEPARATE, "separate-data"), (bf::TARFS, "TARFS"), (bf::EXTERNAL, "external")] {
             if entry.has(flag) {
@@ -86,7 +91,14 @@ impl BlobReader {
         let rec = if v2 { CI_V2_SIZE } else { CI_V1_SIZE } as u64;
         ensure!(entry.ci_uncompressed_size == n * rec, "blob {id}: CI size {} != {n} records", entry.ci_uncompressed_size);
         ensure!(entry.ci_compressed_size <= MAX_CI_BYTES, "blob {id}: CI array is too large");
-        let raw = src.read_vec(entry.ci_offset, entry.ci_compressed_size as usize + CI_HEADER_SIZE)?;
+        let ci_len = entry.ci_compressed_size as usize + CI_HEADER_SIZE;
+        let meta_copy = meta_dir.map(|d| meta::meta_path(d, id));
+        let cached = meta_copy.as_deref().and_then(|p| meta::load(p, ci_len));
+        let fetched = cached.is_none();
+        let raw = match cached {
+            Some(b) => b,
+            None => src.read_vec(entry.ci_offset, ci_len)?,
+        };
         let (stored, header) = raw.split_at(entry.ci_compressed_size as usize);
         let h = CiHeader::decode(header).map_err(|e| Error::corrupt(format!("blob {id}: {e}")))?;
         ensure!(
@@ -121,14 +133,28 @@ impl BlobReader {
             );
         }
         let digests = if entry.has(bf::INLINED_CHUNK_DIGEST) {
-            Some(Self::load_digests(entry, src.as_ref())?)
+            let copy = meta_dir.map(|d| meta::digest_path(d, id));
+            let raw = match copy.as_deref().and_then(|p| meta::load(p, entry.chunk_count as usize * 32)) {
+                Some(b) => b,
+                None => {
+                    let b = Self::load_digests(entry, src.as_ref())?;
+                    if let Some(p) = &copy {
+                        meta::save(p, &b);
+                    }
+                    b
+                }
+            };
+            Some(raw.chunks_exact(32).map(|c| c.try_into().unwrap()).collect())
         } else {
             None
         };
+        if let (true, Some(p)) = (fetched, &meta_copy) {
+            meta::save(p, &raw);
+        }
         Ok(BlobReader { entry: entry.clone(), src, chunks, digests, cache: None })
     }
 
-    fn load_digests(entry: &BlobEntry, src: &dyn BlobSource) -> Result<Vec<[u8; 32]>> {
+    fn load_digests(entry: &BlobEntry, src: &dyn BlobSource) -> Result<Vec<u8>> {
         let len = entry.chunk_count as u64 * 32;
         let from_toc = if entry.has(bf::HAS_TOC) {
             read_toc(src, Some(entry))?.into_iter().find(|e| e.name == "blob.digest")
@@ -146,7 +172,7 @@ impl BlobReader {
                 src.read_vec(off, len as usize)?
             }
         };
-        Ok(raw.chunks_exact(32).map(|c| c.try_into().unwrap()).collect())
+        Ok(raw)
     }
 
     pub fn chunk(&self, ci: u32) -> Result<&ChunkInfo> {
@@ -155,23 +181,94 @@ impl BlobReader {
         })
     }
 
-    /// Fetch, decompress and verify chunk `ci`. `expected` is the digest to check against
-    /// when the caller has one (the blob's own digest array takes precedence).
-    pub fn read_chunk(&self, ci: u32, expected: Option<&[u8; 32]>, verify: bool) -> Result<Vec<u8>> {
+    /// Fetch, decompress and verify chunk `ci` from the backend, bypassing any cache.
+    pub fn read_chunk_direct(&self, ci: u32, expected: Option<&[u8; 32]>, verify: bool) -> Result<Vec<u8>> {
         let c = *self.chunk(ci)?;
-        let fetch = || {
-            let stored = self.src.read_vec(c.compressed_offset, c.compressed_size as usize)?;
-            if let Some(cache) = &self.cache {
-                cache.metrics.backend_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                cache.metrics.backend_bytes.fetch_add(stored.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            self.decode_chunk(ci, &c, &stored, expected, verify)
+        let stored = self.src.read_vec(c.compressed_offset, c.compressed_size as usize)?;
+        self.decode_chunk(ci, &c, &stored, expected, verify)
+    }
+
+    /// Fetch the consecutive chunks `cis` with one ranged read and decode each. The outer
+    /// error is the fetch; each chunk then has its own verdict.
+    pub fn fetch_run(&self, cis: &[u32], expected: &dyn Fn(u32) -> Option<[u8; 32]>, verify: bool) -> Result<Vec<Result<Vec<u8>>>> {
+        let first = *self.chunk(cis[0])?;
+        let last = *self.chunk(*cis.last().unwrap())?;
+        let stored = self.src.read_vec(first.compressed_offset, (last.compressed_end() - first.compressed_offset) as usize)?;
+        Ok(cis
+            .iter()
+            .map(|&ci| {
+                let c = self.chunks[ci as usize];
+                let from = (c.compressed_offset - first.compressed_offset) as usize;
+                let want = expected(ci);
+                self.decode_chunk(ci, &c, &stored[from..from + c.compressed_size as usize], want.as_ref(), verify)
+            })
+            .collect())
+    }
+
+    /// Chunk `ci` through the cache when there is one: served from it when ready (checked
+    /// again when `validate`), else fetched together with up to `amplify` bytes of missing
+    /// neighbours, verified, and stored. Returns the bytes and whether they were a cache hit.
+    pub fn read_chunk(&self, ci: u32, expected: &dyn Fn(u32) -> Option<[u8; 32]>, verify: bool, validate: bool, amplify: u64) -> Result<(Vec<u8>, bool)> {
+        let c = *self.chunk(ci)?;
+        let Some(cache) = &self.cache else {
+            return Ok((self.read_chunk_direct(ci, expected(ci).as_ref(), verify)?, false));
         };
-        match &self.cache {
-            // Data enters the cache only verified (when verification is on).
-            Some(cache) => cache.get(ci, c.uncompressed_offset, c.uncompressed_size as usize, fetch),
-            None => fetch(),
+        loop {
+            if cache.is_ready(ci)? {
+                let data = cache.read_cached(&c)?;
+                if !validate || self.check_chunk(ci, &c, &data, expected(ci).as_ref()).is_ok() {
+                    cache.metrics.chunk_hits.fetch_add(1, Relaxed);
+                    return Ok((data, true));
+                }
+                // Cached bytes went bad (disk, power cut): fetch them again.
+                cache.metrics.validate_failures.fetch_add(1, Relaxed);
+                cache.mark_unready(ci)?;
+            }
+            let Some(claim) = cache.claim(ci, &self.chunks, amplify.max(c.compressed_size as u64), true)? else {
+                continue; // filled by a concurrent reader while we waited
+            };
+            cache.metrics.chunk_misses.fetch_add(1, Relaxed);
+            cache.metrics.amplified_chunks.fetch_add(claim.chunks.len() as u64 - 1, Relaxed);
+            let results = self.fetch_run(&claim.chunks, expected, verify)?;
+            let mut mine = None;
+            for (&k, r) in claim.chunks.iter().zip(results) {
+                match r {
+                    Ok(data) => {
+                        cache.store(k, &self.chunks[k as usize], &data)?;
+                        if k == ci {
+                            mine = Some(Ok(data));
+                        }
+                    }
+                    Err(e) if k == ci => mine = Some(Err(e)),
+                    Err(_) => {} // a bad neighbour stays missing; its own read will report it
+                }
+            }
+            return mine.expect("the claim starts with ci").map(|d| (d, false));
         }
+    }
+
+    /// Verify decoded bytes against the CRC and digest of chunk `ci`.
+    pub fn check_chunk(&self, ci: u32, c: &ChunkInfo, data: &[u8], expected: Option<&[u8; 32]>) -> Result<()> {
+        let id = &self.entry.blob_id;
+        if c.v2_flags & ci_v2_flags::HAS_CRC32 != 0 {
+            let crc = codec::crc32c(data);
+            if crc != c.data as u32 {
+                return Err(Error::DigestMismatch(format!("blob {id} chunk {ci}: CRC-32C {crc:#x} != {:#x}", c.data as u32)));
+            }
+        }
+        let want = self.digests.as_ref().and_then(|d| d.get(ci as usize)).or(expected);
+        if let Some(want) = want {
+            let got = codec::digest(self.entry.digest_algo(), data);
+            if &got != want {
+                return Err(Error::DigestMismatch(format!(
+                    "blob {id} chunk {ci}: {} {} != recorded {}",
+                    self.entry.digest_algo().name(),
+                    hex::encode(got),
+                    hex::encode(want)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Decode stored chunk bytes (already fetched); with `verify`, check CRC and digest.
@@ -183,26 +280,8 @@ impl BlobReader {
         } else {
             stored.to_vec()
         };
-        if !verify {
-            return Ok(data);
-        }
-        if c.v2_flags & ci_v2_flags::HAS_CRC32 != 0 {
-            let crc = codec::crc32c(&data);
-            if crc != c.data as u32 {
-                return Err(Error::DigestMismatch(format!("blob {id} chunk {ci}: CRC-32C {crc:#x} != {:#x}", c.data as u32)));
-            }
-        }
-        let want = self.digests.as_ref().and_then(|d| d.get(ci as usize)).or(expected);
-        if let Some(want) = want {
-            let got = codec::digest(self.entry.digest_algo(), &data);
-            if &got != want {
-                return Err(Error::DigestMismatch(format!(
-                    "blob {id} chunk {ci}: {} {} != recorded {}",
-                    self.entry.digest_algo().name(),
-                    hex::encode(got),
-                    hex::encode(want)
-                )));
-            }
+        if verify {
+            self.check_chunk(ci, c, &data, expected)?;
         }
         Ok(data)
     }

@@ -8,7 +8,10 @@ use crate::error::{ensure, Error, Result};
 use crate::layout::blob_features as bf;
 use crate::layout::inode::Inode;
 use crate::layout::{decode_rdev, inode_layout, mode};
-use crate::storage::{BlobStore, LocalBlob, LocalDir, SingleFile};
+use crate::cache::CacheMetrics;
+use crate::config::{CacheKind, Config};
+use crate::storage::metrics::BackendMetrics;
+use crate::storage::{BlobStore, LocalBlob, LocalDir, Metered, SingleFile};
 use blob::BlobReader;
 pub use bootstrap::{Bootstrap, DirEntry};
 use std::path::Path;
@@ -42,17 +45,55 @@ pub struct Rafs {
     store: Box<dyn BlobStore>,
     blobs: Vec<Mutex<Option<Arc<BlobReader>>>>,
     recent: Mutex<std::collections::VecDeque<((u8, u32), Arc<Vec<u8>>)>>,
-    /// Verify chunk digests on every read (on by default).
+    /// Verify chunk digests when chunks come from the backend (on by default).
     pub verify: bool,
+    /// Verify again on every read from the cache (`cache.validate` / `rafs.validate`).
+    pub validate: bool,
+    /// `amplify_io`: bytes of adjacent missing chunks fetched along with a missed one.
+    pub amplify_io: u64,
     /// Directory of the persistent chunk cache, if any.
     pub cache_dir: Option<std::path::PathBuf>,
-    pub cache_metrics: Arc<crate::cache::CacheMetrics>,
+    pub cache_metrics: Arc<CacheMetrics>,
+    pub backend_metrics: Arc<BackendMetrics>,
+    /// On-demand reads in progress; prefetch workers yield to them.
+    pub demand_inflight: std::sync::atomic::AtomicUsize,
 }
 
 impl Rafs {
     pub fn new(boot: Bootstrap, store: Box<dyn BlobStore>) -> Self {
         let blobs = boot.blobs.iter().map(|_| Mutex::new(None)).collect();
-        Rafs { boot, store, blobs, recent: Mutex::new(Default::default()), verify: true, cache_dir: None, cache_metrics: Default::default() }
+        Rafs {
+            boot,
+            store,
+            blobs,
+            recent: Mutex::new(Default::default()),
+            verify: true,
+            validate: false,
+            amplify_io: 1 << 20,
+            cache_dir: None,
+            cache_metrics: Default::default(),
+            backend_metrics: Arc::new(BackendMetrics::new("localfs")),
+            demand_inflight: Default::default(),
+        }
+    }
+
+    /// A bootstrap served the way a nydusd configuration says: its backend, its blob cache
+    /// (`cache.type` blobcache, in `work_dir`), `amplify_io` and validation switches.
+    pub fn open_with_config(bootstrap: &Path, cfg: &Config) -> Result<Self> {
+        let boot = Bootstrap::open(bootstrap)?;
+        let backend = cfg.backend.as_ref().ok_or_else(|| Error::config("backend: required to read file data"))?;
+        let metrics = Arc::new(BackendMetrics::new(backend.metrics_type()));
+        let store = crate::storage::open_store(backend, metrics.clone())?;
+        let mut rafs = Self::new(boot, store);
+        rafs.backend_metrics = metrics;
+        rafs.validate = cfg.validate_on_read();
+        rafs.amplify_io = cfg.rafs.batch_size;
+        match cfg.cache.kind {
+            CacheKind::BlobCache => rafs.cache_dir = Some(cfg.cache.work_dir.clone()),
+            CacheKind::FsCache => return Err(Error::Unsupported("cache.type fscache: served by the fscache daemon, not a FUSE reader".into())),
+            CacheKind::None => {}
+        }
+        Ok(rafs)
     }
 
     /// A bootstrap file plus a directory of blobs named by id.
@@ -61,7 +102,7 @@ impl Rafs {
         let dir = blob_dir.map(Path::to_path_buf).unwrap_or_else(|| {
             bootstrap.parent().map(Path::to_path_buf).unwrap_or_default()
         });
-        Ok(Self::new(boot, Box::new(LocalDir { dir })))
+        Ok(Self::new(boot, Box::new(LocalDir::new(dir))))
     }
 
     /// A data blob that carries its own bootstrap (`image.boot` section, nydus-snapshotter
@@ -93,14 +134,31 @@ impl Rafs {
             return Ok(b.clone());
         }
         let entry = &self.boot.blobs[index];
-        let src = self.store.open(&entry.blob_id)?;
-        let mut b = BlobReader::load(entry, src)?;
+        let src = Arc::new(Metered { inner: self.store.open(&entry.blob_id)?, metrics: self.backend_metrics.clone() });
+        let mut b = BlobReader::load(entry, src, self.cache_dir.as_deref())?;
         if let Some(dir) = &self.cache_dir {
             b.cache = Some(crate::cache::ChunkCache::open(dir, &entry.blob_id, entry.chunk_count, entry.uncompressed_size, self.cache_metrics.clone())?);
         }
         let b = Arc::new(b);
         *guard = Some(b.clone());
         Ok(b)
+    }
+
+    /// Backend and blob-cache counters, in nydusd's JSON shapes (spec §8.4, §8.5).
+    pub fn metrics_json(&self) -> serde_json::Value {
+        let store = self.cache_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+        serde_json::json!({
+            "backend": self.backend_metrics.to_json(),
+            "blobcache": self.cache_metrics.to_json(&store, self.cache_all_ready()),
+        })
+    }
+
+    /// Whether every chunk of every blob is in the cache (blobs not opened yet count as not).
+    pub fn cache_all_ready(&self) -> bool {
+        self.blobs.iter().all(|slot| {
+            let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().and_then(|b| b.cache.as_ref()).is_some_and(|c| c.ready_count().is_ok_and(|n| n == c.chunk_count()))
+        })
     }
 
     pub fn stat_nid(&self, nid: u64) -> Result<Stat> {
@@ -112,19 +170,25 @@ impl Rafs {
         self.boot.inode(nid)
     }
 
-    /// Decoded bytes of chunk `ci` of blob `blob_index`, verified (when `verify`) against the
-    /// blob's own digest array or, for blobs without one, the bootstrap chunk table.
-    pub fn read_blob_chunk(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Result<Vec<u8>> {
-        let expected = if self.verify && blob.digests.is_none() {
-            self.boot.chunk_map()?.get(&(blob_index, ci)).map(|e| e.digest)
-        } else {
-            None
-        };
-        blob.read_chunk(ci, expected.as_ref(), self.verify)
+    /// The digest chunk `ci` of blob `blob_index` must have, from the bootstrap chunk table,
+    /// for blobs that carry no digest array of their own.
+    pub(crate) fn expected_digest(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Option<[u8; 32]> {
+        if !self.verify || blob.digests.is_some() {
+            return None;
+        }
+        self.boot.chunk_map().ok()?.get(&(blob_index, ci)).map(|e| e.digest)
     }
 
-    /// Decoded, verified bytes of chunk `idx` of a regular file.
-    pub fn read_file_chunk(&self, nid: u64, ino: &Inode, idx: u64) -> Result<Arc<Vec<u8>>> {
+    /// Decoded, verified bytes of chunk `ci` of blob `blob_index`, through the cache, and
+    /// whether they were a cache hit.
+    pub fn read_blob_chunk(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Result<(Vec<u8>, bool)> {
+        let expected = |k: u32| self.expected_digest(blob, blob_index, k);
+        blob.read_chunk(ci, &expected, self.verify, self.validate, self.amplify_io)
+    }
+
+    /// Decoded, verified bytes of chunk `idx` of a regular file, and whether it was a hit
+    /// (in memory or in the cache).
+    pub fn read_file_chunk(&self, nid: u64, ino: &Inode, idx: u64) -> Result<(Arc<Vec<u8>>, bool)> {
         let addr = self.boot.chunk_addr(nid, ino, idx)?;
         let key = (addr.blob_index, addr.ci_index);
         let cs = self.boot.chunk_size();
@@ -132,19 +196,20 @@ impl Rafs {
         {
             let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, d)) = recent.iter().find(|(k, d)| *k == key && d.len() as u64 == want_len) {
-                return Ok(d.clone());
+                return Ok((d.clone(), true));
             }
         }
-        let data = Arc::new(self.fetch_chunk(nid, idx, addr, want_len)?);
+        let (data, hit) = self.fetch_chunk(nid, idx, addr, want_len)?;
+        let data = Arc::new(data);
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == RECENT_CHUNKS {
             recent.pop_front();
         }
         recent.push_back((key, data.clone()));
-        Ok(data)
+        Ok((data, hit))
     }
 
-    fn fetch_chunk(&self, nid: u64, idx: u64, addr: crate::layout::inode::ChunkAddr, want_len: u64) -> Result<Vec<u8>> {
+    fn fetch_chunk(&self, nid: u64, idx: u64, addr: crate::layout::inode::ChunkAddr, want_len: u64) -> Result<(Vec<u8>, bool)> {
         let blob = self.blob(addr.blob_index as usize)?;
         let c = blob.chunk(addr.ci_index)?;
         ensure!(
@@ -177,15 +242,39 @@ impl Rafs {
         // Capacity grows with real data; `end` comes from an untrusted i_size.
         let mut out = Vec::with_capacity(((end - offset) as usize).min(cs as usize));
         let mut pos = offset;
+        let _demand = InflightGuard::new(&self.demand_inflight);
+        let (mut hits, mut misses) = (0, 0);
         while pos < end {
             let idx = pos / cs;
-            let chunk = self.read_file_chunk(nid, &ino, idx)?;
+            let (chunk, hit) = self.read_file_chunk(nid, &ino, idx)?;
+            if hit {
+                hits += 1;
+            } else {
+                misses += 1;
+            }
             let from = (pos - idx * cs) as usize;
             let to = ((end - idx * cs) as usize).min(chunk.len());
             out.extend_from_slice(&chunk[from..to]);
             pos = idx * cs + to as u64;
         }
+        self.cache_metrics.user_read(hits, misses);
         Ok(out)
+    }
+}
+
+/// Counts an on-demand read as in flight for as long as it lives.
+struct InflightGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InflightGuard<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InflightGuard(n)
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,18 @@
+"""nydusd configuration documents: v2 (JSON or TOML) and v1 JSON, validated by the Rust core
+with the same rules the daemon applies. Errors raise ``ConfigError`` naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Union
+
+from nydus_hybrid import _core
+
+
+def parse(doc: Union[str, bytes, dict]) -> dict:
+    """Validate a document and return its normalised v2 form (secrets left out)."""
+    if isinstance(doc, dict):
+        doc = json.dumps(doc)
+    elif isinstance(doc, bytes):
+        doc = doc.decode()
+    return json.loads(_core.parse_config(doc))
