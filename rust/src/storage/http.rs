@@ -132,7 +132,9 @@ fn backoff(attempt: u32) -> Duration {
 
 impl HttpConn {
     pub fn new(cfg: &ConnConfig, metrics: Arc<BackendMetrics>) -> Result<Self> {
-        let client = builder(cfg)?.build().map_err(|e| Error::config(format!("http client: {e}")))?;
+        // Only the configured proxy is used: HTTP_PROXY and friends are ignored, so a
+        // reader behaves the same under any environment.
+        let client = builder(cfg)?.no_proxy().build().map_err(|e| Error::config(format!("http client: {e}")))?;
         let proxy = if cfg.proxy.url.is_empty() {
             None
         } else {
@@ -235,6 +237,16 @@ fn mirror_url(mirror: &str, url: &str) -> Option<String> {
         path = format!("{path}?{q}");
     }
     Some(format!("{mirror}{path}"))
+}
+
+/// The object size a HEAD reply announces. (reqwest's `content_length()` describes the
+/// body actually sent, which for HEAD is empty, so the header is read directly.)
+pub fn head_size(resp: &Response, what: &str) -> Result<u64> {
+    resp.headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Error::backend(format!("{what}: no Content-Length")))
 }
 
 /// Read a whole (bounded) response body, for error messages and small JSON replies.

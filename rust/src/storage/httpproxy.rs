@@ -3,7 +3,7 @@
 
 use crate::config::HttpProxyConfig;
 use crate::error::{Error, Result};
-use crate::storage::http::{describe, read_range_body, HttpConn, Request};
+use crate::storage::http::{describe, head_size, read_range_body, HttpConn, Request};
 use crate::storage::metrics::BackendMetrics;
 use crate::storage::RangeReader;
 use reqwest::{Method, StatusCode};
@@ -59,6 +59,6 @@ impl RangeReader for HttpProxy {
         if !resp.status().is_success() {
             return Err(Error::backend(describe(resp, &format!("HEAD {url}"))));
         }
-        resp.content_length().ok_or_else(|| Error::backend(format!("HEAD {url}: no Content-Length")))
+        head_size(&resp, &format!("HEAD {url}"))
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
-use crate::storage::http::{describe, read_range_body, read_small, HttpConn, Request};
+use crate::storage::http::{describe, head_size, read_range_body, read_small, HttpConn, Request};
 use crate::storage::metrics::BackendMetrics;
 use crate::storage::RangeReader;
 use base64::Engine;
@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MAX_REDIRECTS: usize = 5;
-/// Tokens are refreshed this long before the registry says they expire.
+/// Tokens are refreshed this long before the registry says they expire (or a quarter of
+/// their lifetime, for short-lived ones).
 const TOKEN_SLACK: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -130,7 +131,7 @@ impl Registry {
         match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
             AuthHeader::None => None,
             AuthHeader::Basic => self.creds.as_ref().map(|c| format!("Basic {c}")),
-            AuthHeader::Bearer { token, expires, .. } if Instant::now() + TOKEN_SLACK < *expires => Some(format!("Bearer {token}")),
+            AuthHeader::Bearer { token, expires } if Instant::now() < *expires => Some(format!("Bearer {token}")),
             AuthHeader::Bearer { .. } => None,
         }
     }
@@ -176,7 +177,8 @@ impl Registry {
                 let realm = c.get("realm").ok_or_else(|| Error::Auth(format!("{}: Bearer challenge without a realm", self.where_())))?;
                 let scope = c.get("scope").map(str::to_string).unwrap_or_else(|| format!("repository:{}:{actions}", self.cfg.repo));
                 let (token, ttl) = self.fetch_token(realm, c.get("service"), &scope)?;
-                *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = AuthHeader::Bearer { token, expires: Instant::now() + ttl };
+                let expires = Instant::now() + ttl - TOKEN_SLACK.min(ttl / 4);
+                *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = AuthHeader::Bearer { token, expires };
                 Ok(())
             }
             other => Err(Error::Auth(format!("{}: unsupported auth scheme {other:?}", self.where_()))),
@@ -335,7 +337,7 @@ impl RangeReader for Registry {
             let status = resp.status();
             return Err(Error::backend(format!("{what}: HTTP {status}")));
         }
-        resp.content_length().ok_or_else(|| Error::backend(format!("{what}: no Content-Length")))
+        head_size(&resp, &what)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::config::S3Config;
 use crate::error::{Error, Result};
-use crate::storage::http::{describe, read_range_body, HttpConn, Request};
+use crate::storage::http::{describe, head_size, read_range_body, HttpConn, Request};
 use crate::storage::metrics::BackendMetrics;
 use crate::storage::sigv4::{self, Credentials, EMPTY_SHA256};
 use crate::storage::RangeReader;
@@ -80,6 +80,6 @@ impl RangeReader for S3 {
         let what = format!("size of object {} at {}", self.key(blob_id)?, self.where_());
         let req = self.request(Method::HEAD, blob_id, Vec::new())?;
         let resp = self.check(self.http.send(&req)?, &what)?;
-        resp.content_length().ok_or_else(|| Error::backend(format!("{what}: no Content-Length")))
+        head_size(&resp, &what)
     }
 }
