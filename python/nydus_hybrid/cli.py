@@ -20,7 +20,8 @@ from nydus_hybrid import log
 from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image, build
 
-_SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KkMm]i?[Bb]?)?$")
+_SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KkMmGg]i?[Bb]?)?$")
+_AGE = re.compile(r"^(\d+)([smhd]?)$")
 
 
 def parse_size(text: str) -> int:
@@ -30,7 +31,15 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 1M, 4K or 0x100000)")
     value = int(m.group(1), 0)
     unit = (m.group(2) or "").lower()[:1]
-    return value * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
+    return value * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+def parse_age(text: str) -> int:
+    """'90', '30m', '12h' or '7d' to seconds."""
+    m = _AGE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid age {text!r} (use e.g. 3600, 30m, 12h or 7d)")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def parse_chunk_size(text: str) -> int:
@@ -113,7 +122,51 @@ def _open(a) -> Image:
         return Image.open_blob(a.blob)
     if not a.bootstrap:
         raise SystemExit(_usage("--bootstrap (or --blob for a blob with an inlined bootstrap) is required"))
-    return Image.open(a.bootstrap, getattr(a, "blob_dir", None))
+    config = getattr(a, "config", None)
+    if config and getattr(a, "blob_dir", None):
+        raise SystemExit(_usage("give --blob-dir or --config, not both"))
+    return Image.open(a.bootstrap, getattr(a, "blob_dir", None), config=_read_config(config) if config else None)
+
+
+def _read_config(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _cmd_push_blob(a) -> int:
+    from nydus_hybrid.storage import push_blob
+
+    digest, sent = push_blob(_read_config(a.config), a.blob_file, chunk_size=a.chunk_size)
+    print(json.dumps({"digest": digest, "uploaded": sent}))
+    return 0
+
+
+def _cmd_prefetch(a) -> int:
+    import time
+
+    image = _open(a)
+    job = image.prefetch(a.paths or None, all=a.all, threads=a.threads, bandwidth_limit=a.bandwidth_limit)
+    tty = sys.stderr.isatty() and not a.no_progress
+    while not job.done:
+        if tty:
+            m = image.metrics()["blobcache"]
+            print(f"\rprefetch: {m['prefetch_data_amount'] / (1 << 20):.1f} MiB in {m['prefetch_requests_count']} requests",
+                  end="", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    problems = job.wait()
+    if tty:
+        print(file=sys.stderr)
+    m = image.metrics()["blobcache"]
+    print(json.dumps({k: m[k] for k in ("prefetch_data_amount", "prefetch_requests_count", "prefetch_unmerged_chunks",
+                                        "data_all_ready")} | {"errors": problems}))
+    return 1 if problems else 0
+
+
+def _cmd_cache_gc(a) -> int:
+    from nydus_hybrid.storage import cache_gc
+
+    print(json.dumps(cache_gc(a.work_dir, max_bytes=a.max_size, max_age_secs=a.max_age)))
+    return 0
 
 
 def _cmd_inspect(a) -> int:
@@ -122,7 +175,7 @@ def _cmd_inspect(a) -> int:
 
 
 def _cmd_check(a) -> int:
-    with_blobs = bool(a.blob_dir or a.blob)
+    with_blobs = bool(a.blob_dir or a.blob or a.config)
     report = _open(a).check(blobs=with_blobs)
     if a.output_json:
         with open(a.output_json, "w") as f:
@@ -166,6 +219,7 @@ def _image_args(p, blob_dir: bool = True) -> None:
     p.add_argument("-B", "--bootstrap", help="bootstrap file")
     if blob_dir:
         p.add_argument("-D", "--blob-dir", help="directory holding the data blobs")
+        p.add_argument("-C", "--config", help="nydusd config (v1/v2 JSON or TOML) naming the backend and blob cache")
     p.add_argument("--blob", help="a data blob with an inlined bootstrap, instead of --bootstrap")
 
 
@@ -203,6 +257,21 @@ def make_parser() -> argparse.ArgumentParser:
     mode.add_argument("--block", action="store_true", help="bootstrap + flattened blobs in one disk image")
     mode.add_argument("--flat-blob", type=_blob_index, metavar="INDEX", help="blob INDEX uncompressed at its chunk offsets")
     p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("push-blob", help="upload a blob to the registry a nydusd config names")
+    p.add_argument("-C", "--config", required=True, help="nydusd config with a registry backend")
+    p.add_argument("--chunk-size", type=parse_size, default=0, help="upload in PATCH pieces of this size (default: one PUT)")
+    p.add_argument("blob_file")
+    p = sub.add_parser("prefetch", help="fill the blob cache with files, directories or the whole image")
+    _image_args(p)
+    p.add_argument("paths", nargs="*", help="image paths (default: the image's prefetch table)")
+    p.add_argument("--all", action="store_true", help="every chunk of every blob")
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--bandwidth-limit", type=parse_size, default=0, help="bytes per second (e.g. 50M); 0 = unlimited")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("cache-gc", help="trim a blob cache directory by size and age; blobs in use are kept")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--max-size", type=parse_size, default=None, help="e.g. 10G")
+    p.add_argument("--max-age", type=parse_age, default=None, help="drop blobs unused for this long, e.g. 7d")
     p = sub.add_parser("demo", help="the main job: build, check and kernel-mount an image of the Python standard library")
     p.add_argument("--source", help="directory to build (default: this Python's standard library)")
     p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
@@ -217,6 +286,9 @@ COMMANDS = {
     "check": _cmd_check,
     "unpack": _cmd_unpack,
     "export": _cmd_export,
+    "push-blob": _cmd_push_blob,
+    "prefetch": _cmd_prefetch,
+    "cache-gc": _cmd_cache_gc,
 }
 
 
@@ -229,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"nydus-hybrid {_core.__version__}\nGit Commit: {_core.GIT_COMMIT}")
         return 0
     if not a.command:
-        return _usage("a command is required: build, create, inspect, check, unpack, export or demo (see --help)")
+        return _usage("a command is required: " + ", ".join([*COMMANDS, "demo"]) + " (see --help)")
     log.setup("debug" if a.log_level == "trace" else a.log_level)
     try:
         if a.command == "demo":

@@ -392,3 +392,17 @@ def test_kill_9_during_registry_fills_never_serves_wrong_bytes(registry, image, 
         for p, data in files.items():
             assert im.read(p) == data, f"round {round_}: wrong bytes for {p}"
         del im
+
+
+def test_cli_push_blob_then_check_through_the_registry(registry_htpasswd, image, tmp_path):
+    reg = registry_htpasswd
+    root, report, _ = image
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(config(registry_backend(reg), tmp_path / "cache")))
+    run = [sys.executable, "-m", "nydus_hybrid"]
+    out = subprocess.run([*run, "push-blob", "-C", cfg, "--chunk-size", "1M", root / "blobs" / report.blob_id],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"digest": f"sha256:{report.blob_id}", "uploaded": True}
+    out = subprocess.run([*run, "check", "-B", root / "boot", "-C", cfg], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"{report.chunks} chunks verified" in out.stdout, out.stderr
