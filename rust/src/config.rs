@@ -66,6 +66,8 @@ pub struct MirrorConfig {
     /// `scheme://host[:port]` replacing the origin's.
     pub host: String,
     pub headers: Vec<(String, String)>,
+    /// Send the origin's credentials to the mirror too (off: mirrors never see them).
+    pub auth_through: bool,
     pub ping_url: String,
     pub health_check_interval: Duration,
     pub failure_limit: u32,
@@ -456,6 +458,7 @@ fn parse_conn(o: &Obj) -> Result<ConnConfig> {
         mirrors.push(MirrorConfig {
             host: host.trim_end_matches('/').to_string(),
             headers,
+            auth_through: m.bool_or("auth_through", false)?,
             ping_url: m.str_or("ping_url", "")?,
             health_check_interval: Duration::from_secs(m.u64_or("health_check_interval", 5)?),
             failure_limit: m.u64_or("failure_limit", 5)? as u32,

@@ -323,7 +323,7 @@ class _Storage(BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv = self.server
-        srv.seen.append(dict(self.headers))
+        srv.seen.append({k.lower(): v for k, v in self.headers.items()})
         rng = self.headers.get("Range")
         data = srv.blob
         if rng:
@@ -360,7 +360,7 @@ def test_redirect_is_followed_without_the_registry_credentials(image, tmp_path):
         im = open_image(image, config(backend, tmp_path / "cache"))
         assert im.read("/dir/big2") == files["/dir/big2"]
         assert storage.seen, "the redirect was not followed"
-        assert not any("Authorization" in h for h in storage.seen), "credentials leaked to the storage"
+        assert not any("authorization" in h for h in storage.seen), "credentials leaked to the storage"
     finally:
         front.shutdown()
         storage.shutdown()
@@ -406,3 +406,20 @@ def test_cli_push_blob_then_check_through_the_registry(registry_htpasswd, image,
     assert json.loads(out.stdout) == {"digest": f"sha256:{report.blob_id}", "uploaded": True}
     out = subprocess.run([*run, "check", "-B", root / "boot", "-C", cfg], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and f"{report.chunks} chunks verified" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("auth_through", [False, True])
+def test_mirror_sees_origin_credentials_only_with_auth_through(image, tmp_path, auth_through):
+    root, report, files = image
+    mirror = _serve(_Storage)  # answers any blob path with the blob's bytes, recording headers
+    mirror.blob, mirror.seen = (root / "blobs" / report.blob_id).read_bytes(), []
+    try:
+        backend = {"scheme": "http", "host": "127.0.0.1:9", "repo": REPO, "registry_token": "origin-secret",
+                   "timeout": 5, "mirrors": [{"host": f"http://127.0.0.1:{mirror.server_address[1]}",
+                                              "auth_through": auth_through}]}
+        im = open_image(image, config(backend, tmp_path / "cache"))
+        assert im.read("/dir/big0") == files["/dir/big0"]
+        sent = [h.get("authorization") for h in mirror.seen]
+        assert sent and all(a == ("Bearer origin-secret" if auth_through else None) for a in sent), sent
+    finally:
+        mirror.shutdown()

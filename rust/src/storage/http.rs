@@ -72,6 +72,9 @@ struct Proxy {
     client: Client,
     cfg: ProxyConfig,
     health: Health,
+    /// When `ping_url` was last asked (seconds since the epoch), so it is asked at most
+    /// once per `check_interval` rather than before every request.
+    last_ping: AtomicU64,
 }
 
 struct Mirror {
@@ -140,7 +143,7 @@ impl HttpConn {
         } else {
             let p = reqwest::Proxy::all(&cfg.proxy.url).map_err(|e| Error::config(format!("proxy.url: {e}")))?;
             let client = builder(cfg)?.proxy(p).build().map_err(|e| Error::config(format!("proxy client: {e}")))?;
-            Some(Proxy { client, cfg: cfg.proxy.clone(), health: Health::default() })
+            Some(Proxy { client, cfg: cfg.proxy.clone(), health: Health::default(), last_ping: AtomicU64::new(0) })
         };
         let mirrors = cfg.mirrors.iter().map(|m| Mirror { cfg: m.clone(), health: Health::default() }).collect();
         Ok(HttpConn { client, proxy, mirrors, retry_limit: cfg.retry_limit, metrics })
@@ -154,9 +157,14 @@ impl HttpConn {
     }
 
     fn send_once(&self, client: &Client, req: &Request, url: &str, extra: &[(String, String)]) -> std::result::Result<Response, reqwest::Error> {
+        self.send_filtered(client, req, url, extra, true)
+    }
+
+    fn send_filtered(&self, client: &Client, req: &Request, url: &str, extra: &[(String, String)], auth: bool) -> std::result::Result<Response, reqwest::Error> {
         self.metrics.request();
         let mut rb = client.request(req.method.clone(), url);
-        for (k, v) in req.headers.iter().chain(extra) {
+        let keep = |(k, _): &&(String, String)| auth || !k.eq_ignore_ascii_case("authorization");
+        for (k, v) in req.headers.iter().filter(keep).chain(extra) {
             rb = rb.header(k, v);
         }
         if let Body::Bytes(b) = &req.body {
@@ -187,7 +195,7 @@ impl HttpConn {
         }
         for m in self.mirrors.iter().filter(|m| m.health.usable()) {
             let Some(url) = mirror_url(&m.cfg.host, &req.url) else { continue };
-            match self.send_once(&self.client, req, &url, &m.cfg.headers) {
+            match self.send_filtered(&self.client, req, &url, &m.cfg.headers, m.cfg.auth_through) {
                 Ok(r) if !retryable_status(r.status()) && r.status() != StatusCode::NOT_FOUND => {
                     m.health.ok();
                     return Ok(r);
@@ -218,9 +226,11 @@ impl HttpConn {
     /// With a `ping_url`, a proxy is used only while it answers there (checked at most once
     /// per `check_interval`); without one, failures alone mark it down.
     fn proxy_ping(&self, p: &Proxy) -> bool {
-        if p.cfg.ping_url.is_empty() {
+        let now = now_secs();
+        if p.cfg.ping_url.is_empty() || now < p.last_ping.load(Relaxed) + p.cfg.check_interval.as_secs().max(1) {
             return true;
         }
+        p.last_ping.store(now, Relaxed);
         let ok = self.client.get(&p.cfg.ping_url).timeout(Duration::from_secs(2)).send().is_ok_and(|r| r.status().is_success());
         if !ok {
             p.health.failed(1, p.cfg.check_interval);
