@@ -2,11 +2,17 @@
 """Run every nydus-hybrid benchmark outside pytest and print the figures as markdown.
 
     python benches/run_all.py [--mb 200] [--bigfile-gb 2] [--rounds 3] [--json out.json] [--md out.md]
+    python benches/run_all.py --only storage      # just some sections (comma-separated)
 
 Builds run as separate processes, interleaved round-robin (tool A, B, C, D, A, B, ...) so
 that load from anything else on the machine hits every tool alike; figures are medians.
 Peak RSS comes from GNU time (%M) around each process (see benchlib.run_measured for why
-not os.wait4 from here). Sizes default to NYDUS_BENCH_MB / NYDUS_BENCH_BIGFILE_GB.
+not os.wait4 from here). Sizes default to NYDUS_BENCH_MB / NYDUS_BENCH_BIGFILE_GB /
+NYDUS_BENCH_STORAGE_MB / NYDUS_BENCH_PARTIAL_MB.
+
+Sections: build (corpus builds), bigfile, read (Image.read vs plain reads), breakdown (where
+the time goes; also skipped by --no-extras), storage (registry backend vs curl, cache hits,
+requests for a partial read). The goals table needs build and bigfile.
 """
 
 from __future__ import annotations
@@ -93,6 +99,139 @@ def fmt(x: float, nd: int = 1) -> str:
     return f"{x:,.{nd}f}"
 
 
+def storage_section(a, work: str, md: List[str], doc: dict) -> None:
+    """Registry backend against a local docker-registry: cold reads vs curl, cache hits vs
+    plain reads, and what reading a small part of a large image costs in requests and bytes."""
+    import nydus_hybrid
+
+    reg = bl.start_registry(bl.fresh_dir(os.path.join(work, "registry")))
+    try:
+        tree = bl.ensure_storage_tree(a.storage_mb, log=log)
+        bl.warm_page_cache(tree.root)
+        img = bl.build_and_push(tree, os.path.join(work, "storage-image"), reg)
+        cache = os.path.join(work, "storage-cache")
+        rounds = a.rounds
+
+        # -------- cold reads, interleaved round-robin with curl
+        log(f"storage: cold reads of {tree.mib:.0f} MiB ({len(tree.files)} files), {rounds} interleaved rounds")
+        for v in bl.COLD_VARIANTS:  # warm-up: registry's page cache, code paths
+            bl.cold_fetch(v, reg, img, cache)
+        runs: Dict[str, List[bl.Fetch]] = {v.name: [] for v in bl.COLD_VARIANTS}
+        for r in range(rounds):
+            for v in bl.COLD_VARIANTS:
+                f = bl.cold_fetch(v, reg, img, cache)
+                runs[v.name].append(f)
+                log(f"  round {r + 1}/{rounds} {v.name:44s} {f.wall:6.3f} s {f.mib_s:8.1f} MiB/s")
+        bl.fresh_dir(cache)
+        base = statistics.median(f.mib_s for f in runs[bl.COLD_BASELINE])
+        md.append(f"### Storage: cold read of {tree.mib:.0f} MiB ({len(tree.files)} incompressible files, "
+                  f"{img.chunks} chunks of 1 MiB) from docker-registry on loopback (median of {rounds} interleaved rounds)\n")
+        md.append("| reader | MiB/s | ratio vs curl whole blob | HTTP requests | client CPU s | registry CPU s |")
+        md.append("|---|---:|---:|---:|---:|---:|")
+        doc["storage_cold"] = {"mib": tree.mib, "files": len(tree.files), "chunks": img.chunks,
+                               "blob_bytes": img.blob_size, "variants": {}}
+        for v in bl.COLD_VARIANTS:
+            fs = runs[v.name]
+            rate = statistics.median(f.mib_s for f in fs)
+            regs = [f.reg_cpu for f in fs if f.reg_cpu is not None]
+            reg_cpu = f"{statistics.median(regs):.2f}" if regs else "n/a"
+            md.append(f"| {v.name} | {fmt(rate)} | {rate / base:.2f} | {fs[-1].requests} | "
+                      f"{statistics.median(f.cpu for f in fs):.2f} | {reg_cpu} |")
+            doc["storage_cold"]["variants"][v.name] = {
+                "mib_s": rate, "walls": [f.wall for f in fs], "requests": fs[-1].requests,
+                "fetched_bytes": fs[-1].fetched, "client_cpu_s": [f.cpu for f in fs],
+                "registry_cpu_s": [f.reg_cpu for f in fs], "ratio_vs_curl_whole_blob": rate / base}
+        md.append("\nEach round of ours starts from an empty cache dir and a new `Image.open` (the blob "
+                  "metadata fetch, 1 HEAD + 3 GETs, is inside the timing); reads are 1 MiB `Image.read`s of "
+                  "every file. curl runs as one process per round (start-up included) writing to /dev/null. "
+                  "Client CPU = this process (ours) or curl; registry CPU = the docker-registry process.\n")
+
+        # -------- warm (cache-hit) reads vs plain files
+        log("storage: warm reads ...")
+        warm_cache = os.path.join(work, "storage-warm-cache")
+        bl.image_fetch(reg, img, warm_cache)
+        im = nydus_hybrid.Image.open(img.boot, config=bl.registry_config(reg, warm_cache))
+        readers = [
+            ("plain files: open().readinto(1 MiB)", lambda: bl.read_files_readinto(tree.root, tree.files)),
+            ("Image.read(1 MiB), cache hit", lambda: bl.read_image_sequential(im, tree.files)),
+            ("Image.read(1 MiB), cache hit, 2 threads", lambda: bl.read_image_blocks_parallel(im, tree.files, 2)),
+        ]
+        for _, fn in readers:
+            fn()
+        times: Dict[str, List[float]] = {n: [] for n, _ in readers}
+        cores: Dict[str, List[float]] = {n: [] for n, _ in readers}
+        for _ in range(max(rounds, 5)):
+            for name, fn in readers:
+                t, c = time.perf_counter(), time.process_time()
+                n = fn()
+                w = time.perf_counter() - t
+                assert n == tree.total_bytes, (name, n)
+                times[name].append(w)
+                cores[name].append((time.process_time() - c) / w)
+        assert im.metrics()["backend"]["requests_total"] == 0, "a cache hit went to the registry"
+        md.append(f"### Storage: warm read (every chunk in the cache) of the same {tree.mib:.0f} MiB in 1 MiB "
+                  f"blocks, page cache warm for both (median of {max(rounds, 5)} interleaved rounds)\n")
+        md.append("| reader | MiB/s | ratio vs plain files | cores used |")
+        md.append("|---|---:|---:|---:|")
+        doc["storage_warm"] = {}
+        wbase = tree.total_bytes / MiB / statistics.median(times[readers[0][0]])
+        for name, _ in readers:
+            rate = tree.total_bytes / MiB / statistics.median(times[name])
+            md.append(f"| {name} | {fmt(rate)} | {rate / wbase:.2f} | {statistics.median(cores[name]):.2f} |")
+            doc["storage_warm"][name] = {"mib_s": rate, "walls": times[name]}
+        md.append("\nThe Image opened afresh on the filled cache made no backend request at all.\n")
+
+        # -------- partial read: requests and bytes
+        ptree = bl.ensure_partial_tree(a.partial_mb, log=log)
+        pimg = bl.build_and_push(ptree, os.path.join(work, "partial-image"), reg)
+        frac = bl.partial_fraction()
+        picks = bl.pick_fraction(ptree.files, frac)
+        needed = sum(sz for _, sz in picks)
+        pcache = os.path.join(work, "partial-cache")
+        log(f"storage: {len(picks)} of {len(ptree.files)} files of a {ptree.mib:.0f} MiB image, {rounds} rounds")
+        pruns: Dict[int, list] = {b: [] for b in bl.PARTIAL_BATCHES}
+        whole: List[bl.Fetch] = []
+        for _ in range(rounds):
+            for b in bl.PARTIAL_BATCHES:
+                pruns[b].append(bl.partial_fetch(reg, pimg, picks, pcache, b))
+            whole.append(bl.curl_fetch(reg, pimg))
+        bl.fresh_dir(pcache)
+        md.append(f"### Storage: read {len(picks)} of {len(ptree.files)} files ({frac:.0%}, chosen at random with a "
+                  f"fixed seed; {bl.mib(needed)} MiB) of a {ptree.mib:.0f} MiB image (files 4 KiB-2 MiB, "
+                  f"incompressible, {pimg.chunks} chunks), cold, each file read whole\n")
+        md.append("| fetch | backend requests (HEAD + GET) | registry blob GETs (its log) | MiB fetched | "
+                  "read amplification (fetched / needed) | chunks fetched (asked + amplified) | wall s (median) |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|")
+        doc["storage_partial"] = {"image_mib": ptree.mib, "files": len(ptree.files), "picked": len(picks),
+                                  "needed_bytes": needed, "chunks": pimg.chunks, "batch_size": {}}
+        for b in bl.PARTIAL_BATCHES:
+            f, gets, heads = pruns[b][-1]
+            bm, cm = f.metrics["backend"], f.metrics["blobcache"]
+            wall = statistics.median(x[0].wall for x in pruns[b])
+            label = "Image.read, batch_size 0" if not b else f"Image.read, batch_size {b // MiB} MiB"
+            md.append(f"| {label} | {bm['requests_total']} | {gets} | {bl.mib(bm['read_amount_total'])} | "
+                      f"{bm['read_amount_total'] / needed:.2f} | {cm['chunk_misses'] + cm['amplified_chunks']} "
+                      f"({cm['chunk_misses']} + {cm['amplified_chunks']}) | {wall:.3f} |")
+            doc["storage_partial"]["batch_size"][b] = {
+                "requests_total": bm["requests_total"], "read_count": bm["read_count"],
+                "read_amount_total": bm["read_amount_total"], "registry_gets": gets, "registry_heads": heads,
+                "chunk_misses": cm["chunk_misses"], "amplified_chunks": cm["amplified_chunks"],
+                "walls": [x[0].wall for x in pruns[b]]}
+        wwall = statistics.median(f.wall for f in whole)
+        md.append(f"| (reference) curl: whole blob | 1 | 1 | {bl.mib(pimg.blob_size)} | "
+                  f"{pimg.blob_size / needed:.2f} | all {pimg.chunks} | {wwall:.3f} |")
+        doc["storage_partial"]["curl_whole_blob"] = {"bytes": pimg.blob_size, "walls": [f.wall for f in whole]}
+        md.append("\nBackend requests and bytes come from `Image.metrics()[\"backend\"]` (`requests_total`, "
+                  "`read_amount_total`) and include the blob metadata (1 HEAD + 3 GETs on first read). "
+                  "\"Asked\" chunks are cache misses a read waited for; \"amplified\" ones came along in "
+                  "the same request (amplify_io). The request and byte counts are the same in every round.\n")
+    finally:
+        reg.close()
+
+
+SECTIONS = ("build", "bigfile", "read", "breakdown", "storage")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=bl.bench_mb(), help="corpus size in MiB (NYDUS_BENCH_MB)")
@@ -101,11 +240,25 @@ def main(argv=None) -> int:
                     help="timed rounds per build tool (NYDUS_BENCH_ROUNDS, default 5)")
     ap.add_argument("--random-reads", type=int, default=1000, help="4 KiB random reads per round")
     ap.add_argument("--no-extras", action="store_true", help="skip the breakdown and small-file scaling")
+    ap.add_argument("--only", metavar="SECTIONS", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
+    ap.add_argument("--storage-mb", type=int, default=bl.storage_mb(),
+                    help="image size for the cold/warm registry reads, MiB (NYDUS_BENCH_STORAGE_MB)")
+    ap.add_argument("--partial-mb", type=int, default=bl.partial_mb(),
+                    help="many-file image of which a fraction is read, MiB (NYDUS_BENCH_PARTIAL_MB)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the machine to be idle (other jobs skew timings)")
     ap.add_argument("--json", help="also write every figure as JSON here")
     ap.add_argument("--md", help="also write the markdown report here")
     a = ap.parse_args(argv)
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if a.no_extras:
+        only.discard("breakdown")
+    if "storage" in only and bl.storage_missing():
+        ap.error(f"storage section: {bl.storage_missing()}")
 
     t_start = time.perf_counter()
     work = bl.fresh_dir(os.path.join(bl.bench_dir(), f"run-{os.getpid()}"))
@@ -114,106 +267,112 @@ def main(argv=None) -> int:
                  "settings": vars(a)}
     md: List[str] = []
 
-    corpus = bl.ensure_corpus(a.mb, log=log)
-    big = bl.ensure_bigfile(a.bigfile_gb, log=log)
-    log("warming the page cache ...")
-    bl.warm_page_cache(corpus.root)
-    bl.warm_page_cache(big.root)
-    py_rss = bl.python_baseline_rss_kib() / 1024
+    if only & {"build", "read", "breakdown"}:
+        corpus = bl.ensure_corpus(a.mb, log=log)
+        log("warming the page cache ...")
+        bl.warm_page_cache(corpus.root)
+    if "bigfile" in only:
+        big = bl.ensure_bigfile(a.bigfile_gb, log=log)
+        bl.warm_page_cache(big.root)
+    py_rss = bl.python_baseline_rss_kib() / 1024 if "build" in only else None
     if a.wait_idle:
         wait_idle(a.wait_idle)
     doc["busy_before_start"] = busy_fraction()
     doc["loadavg_start"] = loadavg()
-    doc["python_import_rss_mib"] = py_rss
+    if py_rss is not None:
+        doc["python_import_rss_mib"] = py_rss
 
     # ---------------------------------------------------------------- 1. corpus builds
-    log(f"corpus builds: {corpus.mib:.0f} MiB, {len(corpus.files)} files, {a.rounds} rounds")
-    tools = [bl.TOOLS[n] for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block", bl.BASELINE, "tar | zstd -T0 -3")]
-    res = interleaved(tools, corpus.root, work, corpus.total_bytes, a.rounds)
-    base = res[bl.BASELINE][0]
-    md.append(f"### Build: {corpus.mib:.0f} MiB corpus, {len(corpus.files)} files "
-              f"(median of {a.rounds} interleaved rounds)\n")
-    md.append("| tool | MiB/s | wall s | ratio vs mkfs.erofs | peak RSS MiB | CPU s | cores used | kernel share of CPU | output/input |")
-    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    doc["corpus"] = {"mib": corpus.mib, "files": len(corpus.files), "builds": {}}
-    for t in tools:
-        s = res[t.name][0]
-        ratio = s.mib_s / base.mib_s
-        md.append(f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {ratio:.2f} | {fmt(s.peak_rss_mib)} | "
-                  f"{statistics.median(s.cpus):.2f} | {s.cores_used:.2f} | {s.sys_share:.0%} | {s.out_ratio:.3f} |")
-        doc["corpus"]["builds"][t.name] = {"mib_s": s.mib_s, "walls": s.walls, "peak_rss_mib": s.peak_rss_mib,
-                                           "rss_kib": s.rss_kib, "cpu_s": s.cpus, "sys_cpu_s": s.sys_cpus,
-                                           "out_ratio": s.out_ratio,
-                                           "ratio_vs_erofs": ratio}
-    md.append(f"\nPeak RSS of a bare `python -c 'import nydus_hybrid'`: {py_rss:.1f} MiB (included in ours, "
-              "which run as `python -m nydus_hybrid build`). Cores used = (user + sys CPU s) / wall s; "
-              "kernel share = sys / (user + sys).\n")
+    if "build" in only:
+        log(f"corpus builds: {corpus.mib:.0f} MiB, {len(corpus.files)} files, {a.rounds} rounds")
+        tools = [bl.TOOLS[n] for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block", bl.BASELINE, "tar | zstd -T0 -3")]
+        res = interleaved(tools, corpus.root, work, corpus.total_bytes, a.rounds)
+        base = res[bl.BASELINE][0]
+        md.append(f"### Build: {corpus.mib:.0f} MiB corpus, {len(corpus.files)} files "
+                  f"(median of {a.rounds} interleaved rounds)\n")
+        md.append("| tool | MiB/s | wall s | ratio vs mkfs.erofs | peak RSS MiB | CPU s | cores used | kernel share of CPU | output/input |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        doc["corpus"] = {"mib": corpus.mib, "files": len(corpus.files), "builds": {}}
+        for t in tools:
+            s = res[t.name][0]
+            ratio = s.mib_s / base.mib_s
+            md.append(f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {ratio:.2f} | {fmt(s.peak_rss_mib)} | "
+                      f"{statistics.median(s.cpus):.2f} | {s.cores_used:.2f} | {s.sys_share:.0%} | {s.out_ratio:.3f} |")
+            doc["corpus"]["builds"][t.name] = {"mib_s": s.mib_s, "walls": s.walls, "peak_rss_mib": s.peak_rss_mib,
+                                               "rss_kib": s.rss_kib, "cpu_s": s.cpus, "sys_cpu_s": s.sys_cpus,
+                                               "out_ratio": s.out_ratio,
+                                               "ratio_vs_erofs": ratio}
+        md.append(f"\nPeak RSS of a bare `python -c 'import nydus_hybrid'`: {py_rss:.1f} MiB (included in ours, "
+                  "which run as `python -m nydus_hybrid build`). Cores used = (user + sys CPU s) / wall s; "
+                  "kernel share = sys / (user + sys).\n")
 
     # ---------------------------------------------------------------- 2. big file
-    log(f"big file: {big.mib / 1024:.2f} GiB")
-    btools = [bl.TOOLS["nydus-hybrid zstd"], bl.TOOLS[bl.BASELINE]]
-    bres = interleaved(btools, big.root, work, big.total_bytes, 1, sample_rss=True)
-    md.append(f"### Build: one {big.mib / 1024:.2f} GiB file (5/8 random, 1/8 text, 2/8 holes), 1 round\n")
-    md.append("| tool | MiB/s | wall s | peak RSS MiB | VmRSS MiB at 25/50/75/100% of the run | cores used |")
-    md.append("|---|---:|---:|---:|---|---:|")
-    doc["bigfile"] = {"mib": big.mib}
-    for t in btools:
-        s, runs = bres[t.name]
-        q = bl.rss_quartiles(runs[0])
-        md.append(f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {fmt(s.peak_rss_mib)} | "
-                  f"{' / '.join(fmt(v) for v in q)} | {s.cores_used:.2f} |")
-        doc["bigfile"][t.name] = {"mib_s": s.mib_s, "wall": s.wall, "peak_rss_mib": s.peak_rss_mib, "vmrss_quartiles": q}
-    md.append("")
+    if "bigfile" in only:
+        log(f"big file: {big.mib / 1024:.2f} GiB")
+        btools = [bl.TOOLS["nydus-hybrid zstd"], bl.TOOLS[bl.BASELINE]]
+        bres = interleaved(btools, big.root, work, big.total_bytes, 1, sample_rss=True)
+        md.append(f"### Build: one {big.mib / 1024:.2f} GiB file (5/8 random, 1/8 text, 2/8 holes), 1 round\n")
+        md.append("| tool | MiB/s | wall s | peak RSS MiB | VmRSS MiB at 25/50/75/100% of the run | cores used |")
+        md.append("|---|---:|---:|---:|---|---:|")
+        doc["bigfile"] = {"mib": big.mib}
+        for t in btools:
+            s, runs = bres[t.name]
+            q = bl.rss_quartiles(runs[0])
+            md.append(f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {fmt(s.peak_rss_mib)} | "
+                      f"{' / '.join(fmt(v) for v in q)} | {s.cores_used:.2f} |")
+            doc["bigfile"][t.name] = {"mib_s": s.mib_s, "wall": s.wall, "peak_rss_mib": s.peak_rss_mib, "vmrss_quartiles": q}
+        md.append("")
 
     # ---------------------------------------------------------------- 3. reads
-    log("reads ...")
-    import nydus_hybrid
+    if "read" in only:
+        log("reads ...")
+        import nydus_hybrid
 
-    img_dir = os.path.join(work, "read-image")
-    boot, blobs = os.path.join(img_dir, "image.boot"), os.path.join(img_dir, "blobs")
-    nydus_hybrid.build(corpus.root, boot, blobs, compressor="zstd", progress=False)
-    bl.warm_page_cache(blobs, extra=[boot])
-    img = nydus_hybrid.Image.open(boot, blobs)
-    img_nv = nydus_hybrid.Image.open(boot, blobs, verify=False)
-    seq = [
-        ("source: open().read(1 MiB)", lambda: bl.read_source_sequential(corpus.root, corpus.files)),
-        ("Image.read(1 MiB)", lambda: bl.read_image_sequential(img, corpus.files)),
-        ("Image.read(1 MiB), verify=False", lambda: bl.read_image_sequential(img_nv, corpus.files)),
-        ("Image.read(1 MiB), 2 threads", lambda: bl.read_image_threads(img, corpus.files, 2)),
-    ]
-    md.append(f"### Read: every file of the corpus in 1 MiB blocks, page cache warm (median of {a.rounds})\n")
-    md.append("| reader | MiB/s | ratio vs source | cores used |")
-    md.append("|---|---:|---:|---:|")
-    doc["read_seq"] = {}
-    src_rate = None
-    for name, fn in seq:
-        t, n, cores = timed(fn, a.rounds)
-        assert n == corpus.total_bytes, (name, n, corpus.total_bytes)
-        rate = n / MiB / t
-        src_rate = src_rate or rate
-        md.append(f"| {name} | {fmt(rate)} | {rate / src_rate:.2f} | {cores:.2f} |")
-        doc["read_seq"][name] = rate
-    pairs = bl.random_reads(corpus.files, a.random_reads)
-    fds = bl.SourceFds(corpus.root, pairs)
-    rnd = [("source: os.pread(4 KiB)", lambda: bl.read_source_random(fds, pairs)),
-           ("Image.read(4 KiB)", lambda: bl.read_image_random(img, pairs)),
-           ("Image.read(4 KiB), verify=False", lambda: bl.read_image_random(img_nv, pairs))]
-    md.append(f"\n### Read: {a.random_reads} random 4 KiB reads (4 KiB-aligned, files weighted by size)\n")
-    md.append("| reader | reads/s | MiB/s | µs/read | ratio vs pread |")
-    md.append("|---|---:|---:|---:|---:|")
-    doc["read_random"] = {}
-    src_rate = None
-    for name, fn in rnd:
-        t, n, _ = timed(fn, a.rounds)
-        per_s = a.random_reads / t
-        src_rate = src_rate or per_s
-        md.append(f"| {name} | {fmt(per_s, 0)} | {fmt(n / MiB / t)} | {1e6 / per_s:.1f} | {per_s / src_rate:.4f} |")
-        doc["read_random"][name] = per_s
-    fds.close()
-    md.append("")
+        img_dir = os.path.join(work, "read-image")
+        boot, blobs = os.path.join(img_dir, "image.boot"), os.path.join(img_dir, "blobs")
+        nydus_hybrid.build(corpus.root, boot, blobs, compressor="zstd", progress=False)
+        bl.warm_page_cache(blobs, extra=[boot])
+        img = nydus_hybrid.Image.open(boot, blobs)
+        img_nv = nydus_hybrid.Image.open(boot, blobs, verify=False)
+        seq = [
+            ("source: open().read(1 MiB)", lambda: bl.read_source_sequential(corpus.root, corpus.files)),
+            ("Image.read(1 MiB)", lambda: bl.read_image_sequential(img, corpus.files)),
+            ("Image.read(1 MiB), verify=False", lambda: bl.read_image_sequential(img_nv, corpus.files)),
+            ("Image.read(1 MiB), 2 threads", lambda: bl.read_image_threads(img, corpus.files, 2)),
+        ]
+        md.append(f"### Read: every file of the corpus in 1 MiB blocks, page cache warm (median of {a.rounds})\n")
+        md.append("| reader | MiB/s | ratio vs source | cores used |")
+        md.append("|---|---:|---:|---:|")
+        doc["read_seq"] = {}
+        src_rate = None
+        for name, fn in seq:
+            t, n, cores = timed(fn, a.rounds)
+            assert n == corpus.total_bytes, (name, n, corpus.total_bytes)
+            rate = n / MiB / t
+            src_rate = src_rate or rate
+            md.append(f"| {name} | {fmt(rate)} | {rate / src_rate:.2f} | {cores:.2f} |")
+            doc["read_seq"][name] = rate
+        pairs = bl.random_reads(corpus.files, a.random_reads)
+        fds = bl.SourceFds(corpus.root, pairs)
+        rnd = [("source: os.pread(4 KiB)", lambda: bl.read_source_random(fds, pairs)),
+               ("Image.read(4 KiB)", lambda: bl.read_image_random(img, pairs)),
+               ("Image.read(4 KiB), verify=False", lambda: bl.read_image_random(img_nv, pairs))]
+        md.append(f"\n### Read: {a.random_reads} random 4 KiB reads (4 KiB-aligned, files weighted by size)\n")
+        md.append("| reader | reads/s | MiB/s | µs/read | ratio vs pread |")
+        md.append("|---|---:|---:|---:|---:|")
+        doc["read_random"] = {}
+        src_rate = None
+        for name, fn in rnd:
+            t, n, _ = timed(fn, a.rounds)
+            per_s = a.random_reads / t
+            src_rate = src_rate or per_s
+            md.append(f"| {name} | {fmt(per_s, 0)} | {fmt(n / MiB / t)} | {1e6 / per_s:.1f} | {per_s / src_rate:.4f} |")
+            doc["read_random"][name] = per_s
+        fds.close()
+        md.append("")
 
     # ---------------------------------------------------------------- 4. breakdown
-    if not a.no_extras:
+    if "breakdown" in only:
         log("breakdown by subtree ...")
         ours = bl.TOOLS["nydus-hybrid zstd"]
         lz4 = bl.TOOLS["nydus-hybrid lz4_block"]
@@ -307,23 +466,28 @@ def main(argv=None) -> int:
                                         "erofs_rss": e.peak_rss_mib, "erofs_wall": e.wall}
         md.append("")
 
+    # ---------------------------------------------------------------- 5. storage
+    if "storage" in only:
+        storage_section(a, work, md, doc)
+
     # ---------------------------------------------------------------- goals
-    z = res["nydus-hybrid zstd"][0]
-    ours_rss = max([res[n][0].peak_rss_mib for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block")]
-                   + [bres["nydus-hybrid zstd"][0].peak_rss_mib])
-    speed_ok = z.mib_s >= base.mib_s
-    rss_ok = ours_rss <= bl.RSS_GOAL_MIB
-    md.append("### Goals\n")
-    md.append("| goal | measured | met |")
-    md.append("|---|---|---|")
-    cpu_ratio = statistics.median(z.cpus) / statistics.median(base.cpus)
-    md.append(f"| zstd build at least as fast as mkfs.erofs -zlz4 | {fmt(z.mib_s)} vs {fmt(base.mib_s)} MiB/s "
-              f"(ratio {z.mib_s / base.mib_s:.2f}); CPU time {statistics.median(z.cpus):.2f} vs "
-              f"{statistics.median(base.cpus):.2f} s ({cpu_ratio:.2f}x) | {'yes' if speed_ok else 'no'} |")
-    md.append(f"| peak RSS <= {bl.RSS_GOAL_MIB} MiB for any input | corpus zstd {fmt(z.peak_rss_mib)} MiB, "
-              f"lz4_block {fmt(res['nydus-hybrid lz4_block'][0].peak_rss_mib)} MiB; "
-              f"big file {fmt(bres['nydus-hybrid zstd'][0].peak_rss_mib)} MiB | {'yes' if rss_ok else 'no'} |")
-    doc["goals"] = {"speed_ratio": z.mib_s / base.mib_s, "cpu_ratio": cpu_ratio, "speed_met": speed_ok, "max_rss_mib": ours_rss, "rss_met": rss_ok}
+    if "build" in only and "bigfile" in only:
+        z = res["nydus-hybrid zstd"][0]
+        ours_rss = max([res[n][0].peak_rss_mib for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block")]
+                       + [bres["nydus-hybrid zstd"][0].peak_rss_mib])
+        speed_ok = z.mib_s >= base.mib_s
+        rss_ok = ours_rss <= bl.RSS_GOAL_MIB
+        md.append("### Goals\n")
+        md.append("| goal | measured | met |")
+        md.append("|---|---|---|")
+        cpu_ratio = statistics.median(z.cpus) / statistics.median(base.cpus)
+        md.append(f"| zstd build at least as fast as mkfs.erofs -zlz4 | {fmt(z.mib_s)} vs {fmt(base.mib_s)} MiB/s "
+                  f"(ratio {z.mib_s / base.mib_s:.2f}); CPU time {statistics.median(z.cpus):.2f} vs "
+                  f"{statistics.median(base.cpus):.2f} s ({cpu_ratio:.2f}x) | {'yes' if speed_ok else 'no'} |")
+        md.append(f"| peak RSS <= {bl.RSS_GOAL_MIB} MiB for any input | corpus zstd {fmt(z.peak_rss_mib)} MiB, "
+                  f"lz4_block {fmt(res['nydus-hybrid lz4_block'][0].peak_rss_mib)} MiB; "
+                  f"big file {fmt(bres['nydus-hybrid zstd'][0].peak_rss_mib)} MiB | {'yes' if rss_ok else 'no'} |")
+        doc["goals"] = {"speed_ratio": z.mib_s / base.mib_s, "cpu_ratio": cpu_ratio, "speed_met": speed_ok, "max_rss_mib": ours_rss, "rss_met": rss_ok}
 
     doc["loadavg_end"] = loadavg()
     ident_end = bl.build_identity()

@@ -250,7 +250,7 @@ impl Config {
 fn parse_v2(root: &Obj) -> Result<Config> {
     let backend = match root.obj("backend")? {
         Some(b) => {
-            let kind = b.req_str("type")?;
+            let kind = backend_kind(&b)?;
             let sub = b.obj(&kind)?.ok_or_else(|| Error::config(format!("backend.{kind}: required for backend type {kind:?}")))?;
             Some(parse_backend(&kind, &sub)?)
         }
@@ -297,7 +297,7 @@ fn parse_v2(root: &Obj) -> Result<Config> {
 fn parse_v1(root: &Obj) -> Result<Config> {
     let device = root.obj("device")?.ok_or_else(|| Error::config("device: required"))?;
     let b = device.obj("backend")?.ok_or_else(|| Error::config("device.backend: required"))?;
-    let kind = b.req_str("type")?;
+    let kind = backend_kind(&b)?;
     if kind == "http-proxy" {
         return Err(Error::config("device.backend.type: http-proxy is only accepted in a v2 document"));
     }
@@ -311,6 +311,9 @@ fn parse_v1(root: &Obj) -> Result<Config> {
         }
         None => (CacheKind::None, ".".into(), false, false),
     };
+    if !root.has("mode") {
+        return Err(Error::config("mode: required (\"direct\" or \"cached\")"));
+    }
     let mode = parse_mode(root)?;
     let prefetch = match root.obj("fs_prefetch")? {
         Some(p) => PrefetchConfig {
@@ -338,6 +341,17 @@ fn parse_v1(root: &Obj) -> Result<Config> {
             prefetch,
         },
     })
+}
+
+const BACKENDS: [&str; 6] = ["localfs", "localdisk", "oss", "s3", "registry", "http-proxy"];
+
+/// `backend.type`, checked against the known backends so the error names its path.
+fn backend_kind(b: &Obj) -> Result<String> {
+    let kind = b.req_str("type")?;
+    if !BACKENDS.contains(&kind.as_str()) {
+        return Err(Error::config(format!("{}: unknown backend {kind:?} (one of {})", b.path("type"), BACKENDS.join(", "))));
+    }
+    Ok(kind)
 }
 
 fn parse_mode(o: &Obj) -> Result<String> {
@@ -425,7 +439,7 @@ fn parse_backend(kind: &str, o: &Obj) -> Result<BackendConfig> {
             Ok(BackendConfig::HttpProxy(HttpProxyConfig { addr, path: o.str_or("path", "")?, conn: parse_conn(o)? }))
         }
         "localdisk" => Err(Error::Unsupported(format!("{}: the localdisk backend", o.path_str()))),
-        other => Err(Error::config(format!("backend type: unknown backend {other:?}"))),
+        other => Err(Error::config(format!("{}: unknown backend {other:?}", o.path_str()))),
     }
 }
 

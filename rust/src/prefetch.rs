@@ -35,9 +35,10 @@ struct Limiter {
 }
 
 impl Limiter {
-    fn take(&self, bytes: u64) {
+    /// Wait for this request's turn; false if cancelled while waiting.
+    fn take(&self, bytes: u64, cancel: &AtomicBool) -> bool {
         if self.rate == 0 {
-            return;
+            return true;
         }
         let cost = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
         let start = {
@@ -46,10 +47,14 @@ impl Limiter {
             *next = start + cost;
             start
         };
-        let now = Instant::now();
-        if start > now {
-            std::thread::sleep(start - now);
+        // Sleep in short slices so that cancel() takes effect during a long wait.
+        while Instant::now() < start {
+            if cancel.load(Relaxed) {
+                return false;
+            }
+            std::thread::sleep((start - Instant::now()).min(Duration::from_millis(20)));
         }
+        true
     }
 }
 
@@ -129,13 +134,37 @@ fn files_below(rafs: &Rafs, pick: impl Fn(u64, &[Vec<u8>]) -> bool) -> Result<BT
     Ok(out)
 }
 
+/// Cut each blob's chunk list into runs of at most `batch` stored bytes, so that workers
+/// share a blob instead of one worker taking all of it.
+fn split(rafs: &Rafs, runs: Vec<Run>, batch: u64) -> Result<VecDeque<Run>> {
+    let mut out = VecDeque::new();
+    for run in runs {
+        let blob = rafs.blob(run.blob)?;
+        let mut cur = Run { blob: run.blob, chunks: Vec::new() };
+        let mut size = 0;
+        for ci in run.chunks {
+            let len = blob.chunk(ci)?.compressed_size as u64;
+            if !cur.chunks.is_empty() && size + len > batch {
+                out.push_back(std::mem::replace(&mut cur, Run { blob: run.blob, chunks: Vec::new() }));
+                size = 0;
+            }
+            cur.chunks.push(ci);
+            size += len;
+        }
+        if !cur.chunks.is_empty() {
+            out.push_back(cur);
+        }
+    }
+    Ok(out)
+}
+
 impl Prefetch {
     /// Start `cfg.threads` workers prefetching `target` into `rafs`'s blob cache.
     pub fn start(rafs: Arc<Rafs>, target: Target, cfg: &PrefetchConfig) -> Result<Prefetch> {
         if rafs.cache_dir.is_none() {
             return Err(Error::invalid("prefetch needs a blob cache (cache.type blobcache)"));
         }
-        let queue = Arc::new(Mutex::new(resolve(&rafs, &target)?.into_iter().collect::<VecDeque<_>>()));
+        let queue = Arc::new(Mutex::new(split(&rafs, resolve(&rafs, &target)?, cfg.batch_size.max(1))?));
         let limiter = Arc::new(Limiter { rate: cfg.bandwidth_limit, next_free: Mutex::new(Instant::now()) });
         let cancel = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -209,13 +238,18 @@ fn fill_run(rafs: &Rafs, run: &Run, batch: u64, limiter: &Limiter, cancel: &Atom
         }
         let ci = run.chunks[i];
         blob.chunk(ci)?;
-        let Some(claim) = cache.claim(ci, &blob.chunks, batch, false)? else {
-            i += 1; // ready, or being fetched on demand right now
+        // Waiting on a chunk's stripe is fine here: an on-demand read holding it fills the
+        // chunk, and then it is simply ready. Merged neighbours stay inside the target set.
+        let wanted = |k: u32| run.chunks.binary_search(&k).is_ok();
+        let Some(claim) = cache.claim(ci, &blob.chunks, batch, &wanted)? else {
+            i += 1;
             continue;
         };
         let last = *claim.chunks.last().unwrap();
         let bytes: u64 = claim.chunks.iter().map(|&k| blob.chunks[k as usize].compressed_size as u64).sum();
-        limiter.take(bytes);
+        if !limiter.take(bytes, cancel) {
+            return Ok(());
+        }
         let t = Instant::now();
         let results = blob.fetch_run(&claim.chunks, &expected, rafs.verify)?;
         for (&k, r) in claim.chunks.iter().zip(results) {

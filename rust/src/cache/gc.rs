@@ -23,9 +23,12 @@ struct Entry {
     last_used: SystemTime,
 }
 
-/// Every cache file of a blob.
+/// The cache files of a blob; the map first, because removal goes in this order and a map
+/// must never outlive its data.
+const SUFFIXES: [&str; 4] = ["chunk_map", "blob.data", "blob.meta", "blob.digest"];
+
 fn files_of(dir: &Path, id: &str) -> Vec<std::path::PathBuf> {
-    ["blob.data", "chunk_map", "blob.meta", "blob.digest"].iter().map(|ext| dir.join(format!("{id}.{ext}"))).collect()
+    SUFFIXES.iter().map(|ext| dir.join(format!("{id}.{ext}"))).collect()
 }
 
 fn allocated(dir: &Path, id: &str) -> u64 {
@@ -34,12 +37,16 @@ fn allocated(dir: &Path, id: &str) -> u64 {
 
 pub fn gc(dir: &Path, max_bytes: Option<u64>, max_age: Option<Duration>) -> Result<GcReport> {
     let mut entries = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for e in std::fs::read_dir(dir).ctx(|| format!("read cache dir {}", dir.display()))? {
         let e = e.ctx(|| format!("read cache dir {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(id) = name.strip_suffix(".chunk_map") else { continue };
-        let last_used = e.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-        entries.push(Entry { id: id.to_string(), bytes: allocated(dir, id), last_used });
+        // Any cache file names a blob: leftovers of an interrupted GC are found too.
+        let Some(id) = SUFFIXES.iter().find_map(|s| name.strip_suffix(&format!(".{s}"))) else { continue };
+        if ids.insert(id.to_string()) {
+            let last_used = std::fs::metadata(dir.join(map_name(id))).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+            entries.push(Entry { id: id.to_string(), bytes: allocated(dir, id), last_used });
+        }
     }
     entries.sort_by_key(|e| e.last_used);
     let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
@@ -67,14 +74,17 @@ pub fn gc(dir: &Path, max_bytes: Option<u64>, max_age: Option<Duration>) -> Resu
 /// Remove a blob's files while holding its map's exclusive lock; false if it is in use.
 fn remove_unless_in_use(dir: &Path, id: &str) -> Result<bool> {
     let map_path = dir.join(map_name(id));
-    let Ok(map) = std::fs::File::open(&map_path) else { return Ok(true) };
-    // SAFETY: flock on a descriptor we own; released when `map` is closed.
-    if unsafe { libc::flock(map.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Ok(false);
+    let map = std::fs::File::open(&map_path).ok();
+    if let Some(map) = &map {
+        // SAFETY: flock on a descriptor we own; released when `map` is closed.
+        if unsafe { libc::flock(map.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Ok(false);
+        }
     }
-    // The map goes last: an interrupted GC leaves a blob that the next run still sees.
-    for p in files_of(dir, id).iter().filter(|p| **p != map_path).chain(std::iter::once(&map_path)) {
-        match std::fs::remove_file(p) {
+    // The map goes first: data without a map is only unused space, while a map without its
+    // data would claim chunks that are not there (ChunkCache::open also guards that case).
+    for p in files_of(dir, id) {
+        match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(crate::error::Error::io(format!("remove {}", p.display()), e)),
             _ => {}
         }

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-const STRIPES: usize = 64;
+// Enough stripes that concurrent claims on one blob (readers, prefetch workers) rarely share
+// one by accident; a claim spans at most this many chunks.
+const STRIPES: usize = 1024;
 const READY: u8 = 1;
 
 pub fn data_name(blob_id: &str) -> String {
@@ -86,12 +88,16 @@ impl ChunkCache {
         };
         let data_path = dir.join(data_name(blob_id));
         let data = open(&data_path)?;
-        // A map of the wrong size belongs to some other blob layout: start over.
-        if map.metadata().ctx(|| "stat chunk map".into())?.len() != chunk_count as u64 {
+        // A map of the wrong size belongs to some other blob layout, and a data file of the
+        // wrong size (new, or cut short) cannot hold what the map says is ready: in both
+        // cases the map starts over, so nothing is ever served from missing data.
+        let map_ok = map.metadata().ctx(|| "stat chunk map".into())?.len() == chunk_count as u64;
+        let data_ok = data.metadata().ctx(|| "stat cache data".into())?.len() == uncompressed_size;
+        if !map_ok || !data_ok {
             map.set_len(0).ctx(|| "reset chunk map".into())?;
             map.set_len(chunk_count as u64).ctx(|| "size chunk map".into())?;
         }
-        if data.metadata().ctx(|| "stat cache data".into())?.len() != uncompressed_size {
+        if !data_ok {
             data.set_len(uncompressed_size).ctx(|| "size cache data".into())?;
         }
         touch(&map);
@@ -128,19 +134,12 @@ impl ChunkCache {
         &self.stripes[ci as usize % STRIPES]
     }
 
-    /// Claim `first` (waiting for its stripe when `wait`, else giving up) plus the missing
-    /// chunks stored right after it, while the whole run stays within `budget` stored bytes.
-    /// Returns `None` when `first` is ready (or, without `wait`, busy).
-    pub fn claim(&self, first: u32, chunks: &[ChunkInfo], budget: u64, wait: bool) -> Result<Option<Claim<'_>>> {
-        let lock = self.stripe(first);
-        let guard = if wait {
-            lock.lock().unwrap_or_else(|p| p.into_inner())
-        } else {
-            match lock.try_lock() {
-                Ok(g) => g,
-                Err(_) => return Ok(None),
-            }
-        };
+    /// Claim `first` (waiting for its stripe) plus the missing chunks stored right after it
+    /// that `wanted` accepts, while the whole run stays within `budget` stored bytes. Only
+    /// `first` is waited for; neighbours are taken with `try_lock`, so a claim never blocks
+    /// while holding a lock. Returns `None` when `first` is already ready.
+    pub fn claim(&self, first: u32, chunks: &[ChunkInfo], budget: u64, wanted: &dyn Fn(u32) -> bool) -> Result<Option<Claim<'_>>> {
+        let guard = self.stripe(first).lock().unwrap_or_else(|p| p.into_inner());
         if self.is_ready(first)? {
             return Ok(None);
         }
@@ -151,12 +150,13 @@ impl ChunkCache {
             let c = &chunks[next as usize];
             // Distinct stripes only, so a claim never tries to lock a stripe it holds.
             let fits = (next - first) < STRIPES as u32 && c.compressed_offset == end && size + c.compressed_size as u64 <= budget;
-            if !fits || self.is_ready(next)? {
+            if !fits || !wanted(next) {
                 break;
             }
+            // Lock, then look: a chunk filled by someone else just before is not fetched again.
             match self.stripe(next).try_lock() {
-                Ok(g) => claim._guards.push(g),
-                Err(_) => break,
+                Ok(g) if !self.is_ready(next)? => claim._guards.push(g),
+                _ => break,
             }
             claim.chunks.push(next);
             end = c.compressed_end();

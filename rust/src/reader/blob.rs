@@ -224,7 +224,7 @@ impl BlobReader {
                 cache.metrics.validate_failures.fetch_add(1, Relaxed);
                 cache.mark_unready(ci)?;
             }
-            let Some(claim) = cache.claim(ci, &self.chunks, amplify.max(c.compressed_size as u64), true)? else {
+            let Some(claim) = cache.claim(ci, &self.chunks, amplify.max(c.compressed_size as u64), &|_| true)? else {
                 continue; // filled by a concurrent reader while we waited
             };
             cache.metrics.chunk_misses.fetch_add(1, Relaxed);
