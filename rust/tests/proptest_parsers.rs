@@ -781,3 +781,57 @@ fn tar_with_pax(key: &str, value: &[u8], data: &[u8]) -> Vec<u8> {
     b.append_data(&mut h, "f", data).unwrap();
     b.into_inner().unwrap()
 }
+
+mod auth_challenges {
+    use nydus_hybrid_core::storage::registry::Challenge;
+    use proptest::prelude::*;
+
+    fn quote(v: &str) -> String {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+
+    proptest! {
+        /// Any header parses without panicking.
+        #[test]
+        fn any_header_is_handled(s in ".{0,200}") {
+            let _ = Challenge::parse(&s);
+        }
+
+        /// Quoted parameters (with commas, quotes and backslashes inside) come back intact.
+        #[test]
+        fn quoted_params_round_trip(scheme in "[A-Za-z]{1,10}",
+                                    params in proptest::collection::vec(("[a-z]{1,8}", "[ -~]{0,30}"), 0..5)) {
+            let body: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+            let c = Challenge::parse(&format!("{scheme} {}", body.join(","))).unwrap();
+            prop_assert_eq!(c.scheme, scheme.to_ascii_lowercase());
+            prop_assert_eq!(c.params, params);
+        }
+    }
+}
+
+mod configs {
+    use nydus_hybrid_core::config::Config;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary text never panics the config parser.
+        #[test]
+        fn any_text_is_handled(s in ".{0,300}") {
+            let _ = Config::parse(&s);
+        }
+
+        /// A valid document survives normalisation: parse(to_v2_json(parse(doc))) == parse(doc).
+        #[test]
+        fn normalisation_is_stable(batch in 0u64..=(256 << 20), threads in 1u64..=1024, validate: bool,
+                                   dir in "/[a-z]{1,10}", kind in prop::sample::select(vec!["blobcache", "filecache", ""])) {
+            let doc = serde_json::json!({"version": 2, "id": "x",
+                "backend": {"type": "localfs", "localfs": {"dir": dir}},
+                "cache": {"type": kind, "filecache": {"work_dir": dir}, "validate": validate,
+                          "prefetch": {"enable": true, "threads": threads}},
+                "rafs": {"batch_size": batch}});
+            let a = Config::parse(&doc.to_string()).unwrap();
+            let b = Config::parse(&a.to_v2_json().to_string()).unwrap();
+            prop_assert_eq!(a, b);
+        }
+    }
+}
