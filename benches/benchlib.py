@@ -835,6 +835,14 @@ class Fetch:
     def mib_s(self) -> float:
         return self.nbytes / MiB / self.wall
 
+    @property
+    def backend_share(self) -> Optional[float]:
+        """Share of the wall time spent inside backend requests (ours, one thread only:
+        with several threads the latencies overlap)."""
+        if not self.metrics:
+            return None
+        return self.metrics["backend"]["read_cumulative_latency_millis_total"] / 1000 / self.wall
+
 
 def curl_fetch(reg, img: PushedImage, step: int = 0, parallel: int = 1) -> Fetch:
     """curl fetches the whole blob (`step` 0: one GET), or all of it in `step`-byte Range
@@ -937,6 +945,7 @@ class ColdVariant:
     kind: str  # "curl" or "image"
     size: int = 0  # curl: Range size (0 = whole blob); image: rafs.batch_size (amplify_io)
     threads: int = 1  # curl: parallel transfers; image: Python reader threads
+    peer: str = ""  # image: the curl variant sending requests of the same size, as many at once
 
 
 COLD_VARIANTS = [
@@ -944,11 +953,12 @@ COLD_VARIANTS = [
     ColdVariant("curl: 1 MiB Range GETs", "curl", MiB),
     ColdVariant("curl: 1 MiB Range GETs, 4 parallel", "curl", MiB, 4),
     ColdVariant("curl: 4 MiB Range GETs", "curl", 4 * MiB),
-    ColdVariant("Image.read, batch_size 0", "image", 0),
-    ColdVariant("Image.read, batch_size 1 MiB", "image", MiB),
-    ColdVariant("Image.read, batch_size 4 MiB", "image", 4 * MiB),
-    ColdVariant("Image.read, batch_size 0, 4 threads", "image", 0, 4),
-    ColdVariant("Image.read, batch_size 4 MiB, 4 threads", "image", 4 * MiB, 4),
+    ColdVariant("curl: 4 MiB Range GETs, 4 parallel", "curl", 4 * MiB, 4),
+    ColdVariant("Image.read, batch_size 0", "image", 0, 1, "curl: 1 MiB Range GETs"),
+    ColdVariant("Image.read, batch_size 1 MiB", "image", MiB, 1, "curl: 1 MiB Range GETs"),
+    ColdVariant("Image.read, batch_size 4 MiB", "image", 4 * MiB, 1, "curl: 4 MiB Range GETs"),
+    ColdVariant("Image.read, batch_size 0, 4 threads", "image", 0, 4, "curl: 1 MiB Range GETs, 4 parallel"),
+    ColdVariant("Image.read, batch_size 4 MiB, 4 threads", "image", 4 * MiB, 4, "curl: 4 MiB Range GETs, 4 parallel"),
 ]
 COLD_BASELINE = COLD_VARIANTS[0].name
 

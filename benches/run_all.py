@@ -126,25 +126,37 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
         base = statistics.median(f.mib_s for f in runs[bl.COLD_BASELINE])
         md.append(f"### Storage: cold read of {tree.mib:.0f} MiB ({len(tree.files)} incompressible files, "
                   f"{img.chunks} chunks of 1 MiB) from docker-registry on loopback (median of {rounds} interleaved rounds)\n")
-        md.append("| reader | MiB/s | ratio vs curl whole blob | HTTP requests | client CPU s | registry CPU s |")
-        md.append("|---|---:|---:|---:|---:|---:|")
+        md.append("| reader | MiB/s | ratio vs curl whole blob | ratio vs curl, same requests | HTTP requests | "
+                  "client CPU s | registry CPU s | wall share in backend requests |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         doc["storage_cold"] = {"mib": tree.mib, "files": len(tree.files), "chunks": img.chunks,
                                "blob_bytes": img.blob_size, "variants": {}}
+        rates = {name: statistics.median(f.mib_s for f in fs) for name, fs in runs.items()}
         for v in bl.COLD_VARIANTS:
             fs = runs[v.name]
-            rate = statistics.median(f.mib_s for f in fs)
+            rate = rates[v.name]
             regs = [f.reg_cpu for f in fs if f.reg_cpu is not None]
             reg_cpu = f"{statistics.median(regs):.2f}" if regs else "n/a"
-            md.append(f"| {v.name} | {fmt(rate)} | {rate / base:.2f} | {fs[-1].requests} | "
-                      f"{statistics.median(f.cpu for f in fs):.2f} | {reg_cpu} |")
+            peer = f"{rate / rates[v.peer]:.2f}" if v.peer else ""
+            share = ""
+            if v.kind == "image" and v.threads == 1:
+                share = f"{statistics.median(f.backend_share for f in fs):.0%}"
+            md.append(f"| {v.name} | {fmt(rate)} | {rate / base:.2f} | {peer} | {fs[-1].requests} | "
+                      f"{statistics.median(f.cpu for f in fs):.2f} | {reg_cpu} | {share} |")
             doc["storage_cold"]["variants"][v.name] = {
                 "mib_s": rate, "walls": [f.wall for f in fs], "requests": fs[-1].requests,
                 "fetched_bytes": fs[-1].fetched, "client_cpu_s": [f.cpu for f in fs],
-                "registry_cpu_s": [f.reg_cpu for f in fs], "ratio_vs_curl_whole_blob": rate / base}
+                "registry_cpu_s": [f.reg_cpu for f in fs], "ratio_vs_curl_whole_blob": rate / base,
+                "ratio_vs_peer": rate / rates[v.peer] if v.peer else None,
+                "backend_share": [f.backend_share for f in fs],
+                "blobcache": fs[-1].metrics["blobcache"] if fs[-1].metrics else None}
         md.append("\nEach round of ours starts from an empty cache dir and a new `Image.open` (the blob "
                   "metadata fetch, 1 HEAD + 3 GETs, is inside the timing); reads are 1 MiB `Image.read`s of "
-                  "every file. curl runs as one process per round (start-up included) writing to /dev/null. "
-                  "Client CPU = this process (ours) or curl; registry CPU = the docker-registry process.\n")
+                  "every file. curl runs as one process per round (start-up included) writing to /dev/null; "
+                  "\"same requests\" = the curl row with the same request size and as many in flight. "
+                  "Client CPU = this process (ours) or curl; registry CPU = the docker-registry process. "
+                  "Wall share in backend requests = `read_cumulative_latency_millis_total` / wall "
+                  "(single-threaded rows only).\n")
 
         # -------- warm (cache-hit) reads vs plain files
         log("storage: warm reads ...")

@@ -3,7 +3,8 @@
 
 * cold: every file of an incompressible image in 1 MiB `Image.read`s with an empty cache
   dir each round (`rafs.batch_size` = amplify_io 0, 1 MiB, 4 MiB; 1 or 4 threads) vs curl
-  fetching the whole blob (the baseline) and the same blob in 1 MiB / 4 MiB Range GETs;
+  fetching the whole blob (the baseline) and the same blob in 1 MiB / 4 MiB Range GETs
+  (one after another, or 4 at a time);
 * warm: the same files again once the cache is full (cache hits) vs plain
   `open().readinto` of the source files in 1 MiB blocks, page cache warm for both;
 * partial: 5% of the files of a many-file image (4 KiB-2 MiB each), read whole, cold,
@@ -102,8 +103,15 @@ def test_registry_cold_read(benchmark, registry, cold_image, scratch, results, v
             base = statistics.median(benchlib.curl_fetch(registry, cold_image).mib_s for _ in range(3))
         benchmark.extra_info["curl_whole_blob_mib_s"] = round(base, 1)
         benchmark.extra_info["ratio_vs_curl_whole_blob"] = round(rate / base, 3)
+    if v.peer and ("cold", v.peer) in results:
+        benchmark.extra_info["ratio_vs_curl_same_requests"] = round(rate / results[("cold", v.peer)], 3)
     if v.kind == "image":
-        # every chunk fetched once, nothing more (metadata aside)
+        if v.threads == 1:
+            benchmark.extra_info["wall_share_in_backend_requests"] = round(
+                statistics.median(r.backend_share for r in runs), 3)
+        benchmark.extra_info["blobcache"] = {k: runs[-1].metrics["blobcache"][k]
+                                             for k in ("chunk_misses", "amplified_chunks", "fills")}
+        # every chunk fetched (metadata aside)
         assert runs[-1].fetched >= cold_image.tree.total_bytes
 
 
