@@ -423,3 +423,22 @@ def test_mirror_sees_origin_credentials_only_with_auth_through(image, tmp_path, 
         assert sent and all(a == ("Bearer origin-secret" if auth_through else None) for a in sent), sent
     finally:
         mirror.shutdown()
+
+
+def test_concurrent_readers_of_one_file_fetch_each_chunk_once(registry, image, tmp_path):
+    digest = push(registry, image)
+    _, _, files = image
+    im = open_image(image, config(registry_backend(registry), tmp_path / "cache"))
+    im.read("/small")  # blob meta loaded; from here on every GET is a chunk
+    before = blob_gets(registry, digest)
+    data = files["/dir/big5"]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(im.read("/dir/big5"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [data] * 8
+    chunks = len(data) // CHUNK
+    assert im.metrics()["blobcache"]["fills"] == 1 + chunks
+    assert blob_gets(registry, digest) - before == chunks
