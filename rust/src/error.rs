@@ -87,6 +87,24 @@ impl Error {
         }
     }
 
+    /// The errno a syscall would fail with for this error (FUSE replies, Python's `errno`).
+    /// Anything that means the image's bytes are wrong, or could not be fetched, is EIO.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Corrupt(_) | Error::DigestMismatch(_) | Error::Decompress(_) | Error::Backend(_) => libc::EIO,
+            Error::NotFound(_) | Error::BlobMissing(..) => libc::ENOENT,
+            Error::NotADirectory(_) => libc::ENOTDIR,
+            Error::IsADirectory(_) => libc::EISDIR,
+            Error::NotASymlink(_) | Error::InvalidArgument(_) | Error::UnsafeInput(_) | Error::Config(_) => libc::EINVAL,
+            Error::NoAttribute(_) => libc::ENODATA,
+            Error::Unsupported(_) => libc::EOPNOTSUPP,
+            Error::Auth(_) => libc::EACCES,
+            Error::Timeout(_) => libc::ETIMEDOUT,
+            Error::Cancelled => libc::EINTR,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -8,6 +8,8 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod export;
+#[cfg(feature = "fuse")]
+pub mod fuse;
 pub mod inspect;
 pub mod layout;
 pub mod prefetch;

@@ -18,26 +18,27 @@ fn to_py(e: Error) -> PyErr {
     if let Error::Cancelled = e {
         return pyo3::exceptions::PyKeyboardInterrupt::new_err("cancelled");
     }
-    let (class, errno) = match &e {
+    let class = match &e {
         Error::Cancelled => unreachable!(),
-        Error::Corrupt(_) => ("CorruptImageError", libc::EIO),
-        Error::DigestMismatch(_) => ("DigestMismatchError", libc::EIO),
-        Error::Decompress(_) => ("DecompressError", libc::EIO),
-        Error::NotFound(_) => ("NotFoundError", libc::ENOENT),
-        Error::NotADirectory(_) => ("NotADirectoryError", libc::ENOTDIR),
-        Error::IsADirectory(_) => ("IsADirectoryError", libc::EISDIR),
-        Error::NotASymlink(_) => ("NotASymlinkError", libc::EINVAL),
-        Error::NoAttribute(_) => ("NoAttributeError", libc::ENODATA),
-        Error::InvalidArgument(_) => ("InvalidArgumentError", libc::EINVAL),
-        Error::UnsafeInput(_) => ("UnsafeInputError", libc::EINVAL),
-        Error::Unsupported(_) => ("UnsupportedError", libc::EOPNOTSUPP),
-        Error::BlobMissing(..) => ("BlobMissingError", libc::ENOENT),
-        Error::Config(_) => ("ConfigError", libc::EINVAL),
-        Error::Backend(_) => ("BackendError", libc::EIO),
-        Error::Auth(_) => ("AuthError", libc::EACCES),
-        Error::Timeout(_) => ("BackendTimeoutError", libc::ETIMEDOUT),
-        Error::Io { source, .. } => ("NydusIOError", source.raw_os_error().unwrap_or(libc::EIO)),
+        Error::Corrupt(_) => "CorruptImageError",
+        Error::DigestMismatch(_) => "DigestMismatchError",
+        Error::Decompress(_) => "DecompressError",
+        Error::NotFound(_) => "NotFoundError",
+        Error::NotADirectory(_) => "NotADirectoryError",
+        Error::IsADirectory(_) => "IsADirectoryError",
+        Error::NotASymlink(_) => "NotASymlinkError",
+        Error::NoAttribute(_) => "NoAttributeError",
+        Error::InvalidArgument(_) => "InvalidArgumentError",
+        Error::UnsafeInput(_) => "UnsafeInputError",
+        Error::Unsupported(_) => "UnsupportedError",
+        Error::BlobMissing(..) => "BlobMissingError",
+        Error::Config(_) => "ConfigError",
+        Error::Backend(_) => "BackendError",
+        Error::Auth(_) => "AuthError",
+        Error::Timeout(_) => "BackendTimeoutError",
+        Error::Io { .. } => "NydusIOError",
     };
+    let errno = e.errno();
     let msg = e.to_string();
     Python::with_gil(|py| {
         let made = py
@@ -246,6 +247,94 @@ impl Image {
     }
 }
 
+/// A FUSE mount served by Rust worker threads; images are attached at `/` (dedicated) or
+/// `/<id>` (shared). Python only manages it; no request touches Python.
+#[cfg(feature = "fuse")]
+#[pyclass(module = "nydus_hybrid._core", frozen)]
+struct FuseMount {
+    server: crate::fuse::FuseServer,
+}
+
+#[cfg(feature = "fuse")]
+fn cache_opts(entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<crate::fuse::CacheOptions> {
+    let secs = |v: f64, what: &str| {
+        if v.is_finite() && (0.0..=86400.0 * 365.0).contains(&v) {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(to_py(Error::invalid(format!("{what} must be between 0 and one year, got {v}"))))
+        }
+    };
+    Ok(crate::fuse::CacheOptions { entry_timeout: secs(entry_timeout, "entry_timeout")?, attr_timeout: secs(attr_timeout, "attr_timeout")?, keep_cache })
+}
+
+#[cfg(feature = "fuse")]
+#[pymethods]
+impl FuseMount {
+    /// Mount an empty read-only FUSE filesystem (a dead mount at the path is detached first).
+    #[staticmethod]
+    #[pyo3(signature = (mountpoint, fsname="rafs"))]
+    fn mount(py: Python<'_>, mountpoint: PathBuf, fsname: &str) -> R<Self> {
+        let server = py.allow_threads(|| crate::fuse::FuseServer::mount(&mountpoint, fsname)).map_err(to_py)?;
+        Ok(FuseMount { server })
+    }
+
+    /// Take over a live mount: `fd` is its `/dev/fuse` descriptor (this object keeps a
+    /// duplicate), `state` what `save_state` returned in the previous server.
+    #[staticmethod]
+    fn resume(py: Python<'_>, mountpoint: PathBuf, fd: i32, state: Vec<u8>) -> R<Self> {
+        // SAFETY: dup of a descriptor the caller owns; we own the duplicate.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return Err(to_py(Error::io("dup fuse fd", std::io::Error::last_os_error())));
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nothing else.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        let server = py.allow_threads(|| crate::fuse::FuseServer::resume(&mountpoint, file, &state)).map_err(to_py)?;
+        Ok(FuseMount { server })
+    }
+
+    #[pyo3(signature = (path, image, entry_timeout=60.0, attr_timeout=60.0, keep_cache=true))]
+    fn attach(&self, path: &str, image: &Image, entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<u8> {
+        self.server.attach(path, image.rafs.clone(), cache_opts(entry_timeout, attr_timeout, keep_cache)?).map_err(to_py)
+    }
+
+    #[pyo3(signature = (path, index, image, entry_timeout=60.0, attr_timeout=60.0, keep_cache=true))]
+    fn reattach(&self, path: &str, index: u8, image: &Image, entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<()> {
+        self.server.reattach(path, index, image.rafs.clone(), cache_opts(entry_timeout, attr_timeout, keep_cache)?).map_err(to_py)
+    }
+
+    fn detach(&self, py: Python<'_>, path: &str) -> R<()> {
+        py.allow_threads(|| self.server.detach(path)).map_err(to_py)
+    }
+
+    #[pyo3(signature = (threads=4))]
+    fn start(&self, threads: usize) -> R<()> {
+        if !(1..=1024).contains(&threads) {
+            return Err(to_py(Error::invalid(format!("threads must be between 1 and 1024, got {threads}"))));
+        }
+        self.server.start(threads).map_err(to_py)
+    }
+
+    /// Stop serving; with `umount`, also unmount.
+    #[pyo3(signature = (umount=true))]
+    fn stop(&self, py: Python<'_>, umount: bool) -> R<()> {
+        py.allow_threads(|| self.server.stop(umount)).map_err(to_py)
+    }
+
+    fn fuse_fd(&self) -> Option<i32> {
+        self.server.fuse_fd()
+    }
+
+    fn save_state<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.server.save_state().map_err(to_py)?))
+    }
+
+    #[getter]
+    fn mountpoint(&self) -> PathBuf {
+        self.server.mountpoint.clone()
+    }
+}
+
 /// A running prefetch.
 #[pyclass(module = "nydus_hybrid._core", frozen)]
 struct PrefetchJob {
@@ -345,6 +434,8 @@ fn build(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Image>()?;
     m.add_class::<PrefetchJob>()?;
+    #[cfg(feature = "fuse")]
+    m.add_class::<FuseMount>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;

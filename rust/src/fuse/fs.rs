@@ -1,0 +1,274 @@
+//! One RAFS instance as a read-only FUSE filesystem (`fuse-backend-rs`'s `FileSystem`), so it
+//! can sit at the root of a mount (dedicated mode) or under `/<id>` of a shared `Vfs`.
+//! Inode numbers are nids + 1 (0 is not a valid FUSE inode); they never change, so hard
+//! links share one, and nothing needs lookup counting.
+
+use crate::error::Error;
+use crate::layout::{file_type, mode};
+use crate::reader::{Rafs, Stat};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, OpenOptions};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, ZeroCopyWriter,
+};
+use fuse_backend_rs::api::BackendFileSystem;
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Kernel caching of one mount (nydusd's `attr_timeout`, `entry_timeout`, page cache).
+#[derive(Clone, Copy, Debug)]
+pub struct CacheOptions {
+    pub entry_timeout: Duration,
+    pub attr_timeout: Duration,
+    /// Keep file pages across opens (the image never changes under a mount).
+    pub keep_cache: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        // An image is immutable, so the kernel may keep what it learned for a long time.
+        CacheOptions { entry_timeout: Duration::from_secs(60), attr_timeout: Duration::from_secs(60), keep_cache: true }
+    }
+}
+
+pub struct RafsFs {
+    pub rafs: Arc<Rafs>,
+    opts: CacheOptions,
+    /// Entries of each open directory, so a large directory is decoded once per opendir
+    /// rather than once per readdir call.
+    dirs: Mutex<HashMap<u64, Arc<Vec<crate::reader::DirEntry>>>>,
+    next_handle: AtomicU64,
+}
+
+fn errno(e: Error) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
+}
+
+fn nid_of(ino: u64) -> io::Result<u64> {
+    ino.checked_sub(1).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+fn stat64_of(s: &Stat, ino: u64) -> stat64 {
+    // SAFETY: stat64 is plain data; all-zero is a valid value.
+    let mut st: stat64 = unsafe { std::mem::zeroed() };
+    st.st_ino = ino;
+    st.st_mode = s.mode;
+    st.st_nlink = s.nlink as _;
+    st.st_uid = s.uid;
+    st.st_gid = s.gid;
+    st.st_size = s.size as i64;
+    st.st_mtime = s.mtime;
+    st.st_mtime_nsec = s.mtime_nsec as i64;
+    st.st_ctime = s.mtime;
+    st.st_ctime_nsec = s.mtime_nsec as i64;
+    st.st_atime = s.mtime;
+    st.st_atime_nsec = s.mtime_nsec as i64;
+    st.st_rdev = libc::makedev(s.rdev_major, s.rdev_minor);
+    st.st_blksize = 4096;
+    st.st_blocks = s.blocks as i64;
+    st
+}
+
+fn dt_of(ft: u8) -> u32 {
+    (match ft {
+        file_type::REG => libc::DT_REG,
+        file_type::DIR => libc::DT_DIR,
+        file_type::CHR => libc::DT_CHR,
+        file_type::BLK => libc::DT_BLK,
+        file_type::FIFO => libc::DT_FIFO,
+        file_type::SOCK => libc::DT_SOCK,
+        file_type::LNK => libc::DT_LNK,
+        _ => libc::DT_UNKNOWN,
+    }) as u32
+}
+
+impl RafsFs {
+    pub fn new(rafs: Arc<Rafs>, opts: CacheOptions) -> Self {
+        RafsFs { rafs, opts, dirs: Mutex::new(HashMap::new()), next_handle: AtomicU64::new(1) }
+    }
+
+    fn entry(&self, nid: u64) -> io::Result<Entry> {
+        let s = self.rafs.stat_nid(nid).map_err(errno)?;
+        Ok(Entry {
+            inode: nid + 1,
+            generation: 0,
+            attr: stat64_of(&s, nid + 1),
+            attr_flags: 0,
+            attr_timeout: self.opts.attr_timeout,
+            entry_timeout: self.opts.entry_timeout,
+        })
+    }
+
+    fn dir_entries(&self, ino: u64, handle: u64) -> io::Result<Arc<Vec<crate::reader::DirEntry>>> {
+        if let Some(d) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&handle) {
+            return Ok(d.clone());
+        }
+        // No handle (zero-message opendir): decode for this call only.
+        Ok(Arc::new(self.rafs.boot.readdir(nid_of(ino)?).map_err(errno)?))
+    }
+
+    /// Entries from `offset` on, as (entry, next offset): offsets are positions + 1.
+    fn list(&self, ino: u64, handle: u64, offset: u64, mut add: impl FnMut(&crate::reader::DirEntry, u64) -> io::Result<usize>) -> io::Result<()> {
+        let ents = self.dir_entries(ino, handle)?;
+        for (i, e) in ents.iter().enumerate().skip(offset as usize) {
+            if add(e, i as u64 + 1)? == 0 {
+                break; // the reply buffer is full
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for RafsFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        Ok(capable & (FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS | FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO | FsOptions::CACHE_SYMLINKS | FsOptions::MAX_PAGES))
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let dir = nid_of(parent)?;
+        match self.rafs.boot.lookup(dir, name.to_bytes()).map_err(errno)? {
+            Some(e) => self.entry(e.nid),
+            None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+
+    fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
+        let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+        Ok((stat64_of(&s, inode), self.opts.attr_timeout))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.rafs.boot.readlink(nid_of(inode)?).map_err(errno)
+    }
+
+    fn open(&self, _ctx: &Context, inode: u64, flags: u32, _fuse_flags: u32) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+        if s.mode & mode::S_IFMT == mode::S_IFDIR {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        let opts = if self.opts.keep_cache { OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
+        Ok((None, opts, None))
+    }
+
+    fn read(&self, _ctx: &Context, inode: u64, _handle: u64, w: &mut dyn ZeroCopyWriter, size: u32, offset: u64, _lock_owner: Option<u64>, _flags: u32) -> io::Result<usize> {
+        let data = self.rafs.read_nid(nid_of(inode)?, offset, size as usize).map_err(errno)?;
+        w.write_all(&data)?;
+        Ok(data.len())
+    }
+
+    fn release(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64, _flush: bool, _flock_release: bool, _lock_owner: Option<u64>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        // SAFETY: statvfs64 is plain data; all-zero is a valid value.
+        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+        let bs = self.rafs.boot.block_size();
+        st.f_bsize = bs;
+        st.f_frsize = bs;
+        st.f_blocks = self.rafs.boot.bytes().len() as u64 / bs
+            + self.rafs.boot.blobs.iter().map(|b| b.uncompressed_size.div_ceil(bs)).sum::<u64>();
+        st.f_files = self.rafs.boot.sb.inos;
+        st.f_namemax = 255;
+        Ok(st)
+    }
+
+    fn getxattr(&self, _ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
+        let nid = nid_of(inode)?;
+        let ino = self.rafs.inode(nid).map_err(errno)?;
+        let xattrs = self.rafs.boot.xattrs(nid, &ino).map_err(errno)?;
+        let value = xattrs
+            .into_iter()
+            .find(|(k, _)| k.as_slice() == name.to_bytes())
+            .map(|(_, v)| v)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))?;
+        match size {
+            0 => Ok(GetxattrReply::Count(value.len() as u32)),
+            n if (n as usize) < value.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+            _ => Ok(GetxattrReply::Value(value)),
+        }
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let nid = nid_of(inode)?;
+        let ino = self.rafs.inode(nid).map_err(errno)?;
+        let mut names = Vec::new();
+        for (k, _) in self.rafs.boot.xattrs(nid, &ino).map_err(errno)? {
+            names.extend_from_slice(&k);
+            names.push(0);
+        }
+        match size {
+            0 => Ok(ListxattrReply::Count(names.len() as u32)),
+            n if (n as usize) < names.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+            _ => Ok(ListxattrReply::Names(names)),
+        }
+    }
+
+    fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+        let ents = self.rafs.boot.readdir(nid_of(inode)?).map_err(errno)?;
+        let h = self.next_handle.fetch_add(1, Relaxed);
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(h, Arc::new(ents));
+        let opts = if self.opts.keep_cache { OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
+        Ok((Some(h), opts))
+    }
+
+    fn readdir(&self, _ctx: &Context, inode: u64, handle: u64, _size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> io::Result<()> {
+        self.list(inode, handle, offset, |e, next| add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name }))
+    }
+
+    fn readdirplus(&self, _ctx: &Context, inode: u64, handle: u64, _size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>) -> io::Result<()> {
+        self.list(inode, handle, offset, |e, next| {
+            let entry = self.entry(e.nid)?;
+            add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name }, entry)
+        })
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle);
+        Ok(())
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+        if mask as i32 & libc::W_OK != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if ctx.uid == 0 || mask as i32 == libc::F_OK {
+            return Ok(());
+        }
+        let bits = if ctx.uid == s.uid {
+            (s.mode >> 6) & 7
+        } else if ctx.gid == s.gid {
+            (s.mode >> 3) & 7
+        } else {
+            s.mode & 7
+        };
+        if mask & !bits & 7 != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        Ok(())
+    }
+}
+
+impl BackendFileSystem for RafsFs {
+    fn mount(&self) -> io::Result<(Entry, u64)> {
+        let root = self.rafs.boot.root_nid();
+        // The largest inode number: nids are bounded by the metadata area's size.
+        let max_ino = self.rafs.boot.bytes().len() as u64 / 32 + 1;
+        Ok((self.entry(root)?, max_ino))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

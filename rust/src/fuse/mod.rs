@@ -1,0 +1,9 @@
+//! Serving images through FUSE, from Rust only: `fs.rs` is one RAFS instance as a
+//! `fuse-backend-rs` filesystem, `server.rs` the session, its worker threads and the `Vfs`
+//! that places instances at `/` or `/<id>`.
+
+pub mod fs;
+pub mod server;
+
+pub use fs::CacheOptions;
+pub use server::FuseServer;

@@ -1,0 +1,165 @@
+//! The FUSE server: one `/dev/fuse` session served by N worker threads (each on its own
+//! cloned channel), a `Vfs` that holds one RAFS instance at `/` (dedicated mode) or many
+//! under `/<id>` (shared mode), mounting without fusermount, dead-mount cleanup, and the
+//! session fd plus `Vfs` state that a successor process needs to resume serving.
+
+use super::fs::{CacheOptions, RafsFs};
+use crate::error::{Error, Result};
+use crate::reader::Rafs;
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::api::{Vfs, VfsOptions};
+use fuse_backend_rs::transport::FuseSession;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub struct FuseServer {
+    vfs: Arc<Vfs>,
+    server: Arc<Server<Arc<Vfs>>>,
+    session: Mutex<FuseSession>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    pub mountpoint: PathBuf,
+}
+
+fn session_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::backend(format!("fuse {what}: {e}"))
+}
+
+/// If `path` is a FUSE mount whose daemon died, the kernel answers ENOTCONN for it: detach
+/// it (lazily, so open files elsewhere do not block us) so the path can be mounted again.
+pub fn clear_dead_mount(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::invalid("mountpoint has a NUL byte"))?;
+            // SAFETY: umount2 with a valid C string.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(Error::io(format!("detach dead mount {}", path.display()), std::io::Error::last_os_error()));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn vfs_options() -> VfsOptions {
+    VfsOptions {
+        // Read-only and immutable: no writeback cache; real opens so replies carry
+        // KEEP_CACHE; real opendirs so a directory is decoded once per handle.
+        no_writeback: true,
+        no_open: false,
+        no_opendir: false,
+        ..VfsOptions::default()
+    }
+}
+
+impl FuseServer {
+    fn with_session(mountpoint: &Path, session: FuseSession) -> Self {
+        let vfs = Arc::new(Vfs::new(vfs_options()));
+        FuseServer {
+            server: Arc::new(Server::new(vfs.clone())),
+            vfs,
+            session: Mutex::new(session),
+            workers: Mutex::new(Vec::new()),
+            mountpoint: mountpoint.to_path_buf(),
+        }
+    }
+
+    /// Mount a new, empty FUSE filesystem at `mountpoint` (as root: `mount(2)` directly).
+    pub fn mount(mountpoint: &Path, fsname: &str) -> Result<Self> {
+        clear_dead_mount(mountpoint)?;
+        let mut session = FuseSession::new(mountpoint, fsname, "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
+        session.set_allow_other(true);
+        session.mount().map_err(|e| session_err(&format!("mount {}", mountpoint.display()), e))?;
+        Ok(Self::with_session(mountpoint, session))
+    }
+
+    /// Resume a mount from a FUSE fd handed over by a previous daemon, with the `Vfs` state
+    /// it saved (`vfs_state`), so no new INIT is expected from the kernel.
+    pub fn resume(mountpoint: &Path, fuse_fd: File, vfs_state: &[u8]) -> Result<Self> {
+        let mut session = FuseSession::new(mountpoint, "rafs", "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
+        session.set_fuse_file(fuse_fd);
+        let s = Self::with_session(mountpoint, session);
+        let mut buf = vfs_state.to_vec();
+        s.vfs.restore_from_bytes(&mut buf).map_err(|e| Error::corrupt(format!("saved FUSE state: {e:?}")))?;
+        Ok(s)
+    }
+
+    /// The negotiated FUSE parameters and pseudo-directory layout, for `resume`.
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        self.vfs.save_to_bytes().map_err(|e| session_err("save state", format!("{e:?}")))
+    }
+
+    /// Put an image at `path` (`/` for dedicated mode, `/<id>` for shared mode). Returns its
+    /// index, which fixes the kernel-visible inode numbers of its files.
+    pub fn attach(&self, path: &str, rafs: Arc<Rafs>, opts: CacheOptions) -> Result<u8> {
+        let fs = Box::new(RafsFs::new(rafs, opts));
+        self.vfs.mount(fs, path).map_err(|e| session_err(&format!("attach {path}"), format!("{e:?}")))
+    }
+
+    /// Put an image back at the index it had before an upgrade, so inode numbers the kernel
+    /// already holds stay valid.
+    pub fn reattach(&self, path: &str, index: u8, rafs: Arc<Rafs>, opts: CacheOptions) -> Result<()> {
+        let fs = Box::new(RafsFs::new(rafs, opts));
+        self.vfs.restore_mount(fs, index, path).map_err(|e| session_err(&format!("reattach {path}"), e))
+    }
+
+    pub fn detach(&self, path: &str) -> Result<()> {
+        self.vfs.umount(path).map(|_| ()).map_err(|e| match e {
+            fuse_backend_rs::api::vfs::VfsError::NotFound(_) => Error::NotFound(format!("no image mounted at {path}")),
+            e => session_err(&format!("detach {path}"), format!("{e:?}")),
+        })
+    }
+
+    /// The image attached at `path`, if any.
+    pub fn rafs_at(&self, path: &str) -> Option<Arc<Rafs>> {
+        let fs = self.vfs.get_rootfs(path).ok()??;
+        fs.as_any().downcast_ref::<RafsFs>().map(|f| f.rafs.clone())
+    }
+
+    /// Serve requests on `threads` workers until `stop`.
+    pub fn start(&self, threads: usize) -> Result<()> {
+        let session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..threads.max(1) {
+            let mut channel = session.new_channel().map_err(|e| session_err("channel", e))?;
+            let server = self.server.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("fuse-{i}"))
+                .spawn(move || loop {
+                    match channel.get_request() {
+                        Ok(Some((reader, writer))) => {
+                            // A failed request has been answered with an errno already;
+                            // nothing here may stop the worker.
+                            let _ = server.handle_message(reader, writer.into(), None, None);
+                        }
+                        // Woken by stop(), or the kernel ended the session (unmounted).
+                        Ok(None) | Err(_) => break,
+                    }
+                })
+                .map_err(|e| Error::io("spawn fuse worker", e))?;
+            workers.push(worker);
+        }
+        Ok(())
+    }
+
+    /// The `/dev/fuse` descriptor of this session, to hand to a successor.
+    pub fn fuse_fd(&self) -> Option<RawFd> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner()).get_fuse_file().map(|f| f.as_raw_fd())
+    }
+
+    /// Stop the workers; with `umount`, also unmount (SIGTERM). Without, the mount stays
+    /// and the kernel queues requests until a successor resumes the fd.
+    pub fn stop(&self, umount: bool) -> Result<()> {
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        session.wake().map_err(|e| session_err("wake workers", e))?;
+        for w in self.workers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = w.join();
+        }
+        if umount {
+            session.umount().map_err(|e| session_err(&format!("umount {}", self.mountpoint.display()), e))?;
+        }
+        Ok(())
+    }
+}
