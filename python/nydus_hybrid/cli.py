@@ -162,6 +162,30 @@ def _cmd_prefetch(a) -> int:
     return 1 if problems else 0
 
 
+def _cmd_mount(a) -> int:
+    import signal
+
+    from nydus_hybrid.mount import Mount
+
+    image = _open(a)
+    m = Mount.create(a.mountpoint)
+    stop = []
+    handler = lambda signum, frame: stop.append(signum)  # noqa: E731
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    try:
+        m.attach("/", image, entry_timeout=a.entry_timeout, attr_timeout=a.attr_timeout, keep_cache=not a.no_keep_cache)
+        m.start(a.threads)
+        log.event("mounted", mountpoint=os.path.abspath(a.mountpoint), threads=a.threads)
+        print(json.dumps({"mounted": os.path.abspath(a.mountpoint), "threads": a.threads}), flush=True)
+        while not stop:
+            signal.pause()
+    finally:
+        m.stop(umount=True)
+    log.event("unmounted", mountpoint=os.path.abspath(a.mountpoint), signal=stop[0] if stop else None)
+    return 0
+
+
 def _cmd_cache_gc(a) -> int:
     from nydus_hybrid.storage import cache_gc
 
@@ -268,6 +292,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--bandwidth-limit", type=parse_size, default=0, help="bytes per second (e.g. 50M); 0 = unlimited")
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("mount", help="serve an image through FUSE in the foreground (Ctrl-C or SIGTERM unmounts)")
+    _image_args(p)
+    p.add_argument("mountpoint")
+    p.add_argument("--threads", type=int, default=4, help="FUSE worker threads (default 4)")
+    p.add_argument("--entry-timeout", type=float, default=60.0, help="seconds the kernel may cache lookups")
+    p.add_argument("--attr-timeout", type=float, default=60.0, help="seconds the kernel may cache attributes")
+    p.add_argument("--no-keep-cache", action="store_true", help="drop a file's page cache on every open")
     p = sub.add_parser("cache-gc", help="trim a blob cache directory by size and age; blobs in use are kept")
     p.add_argument("--work-dir", required=True)
     p.add_argument("--max-size", type=parse_size, default=None, help="e.g. 10G")
@@ -289,6 +320,7 @@ COMMANDS = {
     "push-blob": _cmd_push_blob,
     "prefetch": _cmd_prefetch,
     "cache-gc": _cmd_cache_gc,
+    "mount": _cmd_mount,
 }
 
 

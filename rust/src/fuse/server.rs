@@ -56,7 +56,10 @@ fn vfs_options() -> VfsOptions {
 
 impl FuseServer {
     fn with_session(mountpoint: &Path, session: FuseSession) -> Self {
-        let vfs = Arc::new(Vfs::new(vfs_options()));
+        let mut vfs = Vfs::new(vfs_options());
+        // A detached image's `/<id>` directory disappears, as with nydusd's FUSE umount.
+        vfs.set_remove_pseudo_root();
+        let vfs = Arc::new(vfs);
         FuseServer {
             server: Arc::new(Server::new(vfs.clone())),
             vfs,
@@ -105,11 +108,23 @@ impl FuseServer {
         self.vfs.restore_mount(fs, index, path).map_err(|e| session_err(&format!("reattach {path}"), e))
     }
 
+    /// Remove the image at `path`, and tell the kernel to forget its directory entry so the
+    /// path vanishes at once instead of after the entry timeout.
     pub fn detach(&self, path: &str) -> Result<()> {
-        self.vfs.umount(path).map(|_| ()).map_err(|e| match e {
+        let (_inode, parent) = self.vfs.umount(path).map_err(|e| match e {
             fuse_backend_rs::api::vfs::VfsError::NotFound(_) => Error::NotFound(format!("no image mounted at {path}")),
             e => session_err(&format!("detach {path}"), format!("{e:?}")),
-        })
+        })?;
+        let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        if let Ok(cname) = std::ffi::CString::new(name) {
+            let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            let server = self.server.clone();
+            // Best effort: ENOENT (the kernel had no such entry cached) is fine.
+            session.with_writer(|w| {
+                let _ = server.notify_inval_entry(w, parent, &cname);
+            });
+        }
+        Ok(())
     }
 
     /// The image attached at `path`, if any.

@@ -1,0 +1,90 @@
+"""FUSE mounts served by the Rust core: worker threads read ``/dev/fuse`` and answer from
+the RAFS reader without entering Python. This module only sets mounts up and tears them
+down. (``nydus_hybrid.fuse`` is the slower, scriptable fusepy-style path.)"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+from nydus_hybrid import _core
+from nydus_hybrid.image import Image, PathArg
+
+
+class Mount:
+    """One FUSE mount. Images attach at ``/`` (dedicated mode, one image) or at ``/<id>``
+    (shared mode, many, added and removed at runtime)."""
+
+    def __init__(self, inner: "_core.FuseMount"):
+        self._inner = inner
+        self._images: dict = {}
+
+    @classmethod
+    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs") -> "Mount":
+        """Mount an empty read-only filesystem (root may mount without fusermount). A dead
+        FUSE mount left at the path (ENOTCONN) is detached first."""
+        return cls(_core.FuseMount.mount(os.fspath(mountpoint), fsname))
+
+    @classmethod
+    def resume(cls, mountpoint: PathArg, fuse_fd: int, state: bytes) -> "Mount":
+        """Serve a live mount whose ``/dev/fuse`` fd was handed over by a previous server
+        (``state`` is that server's ``save_state()``); nothing is remounted."""
+        return cls(_core.FuseMount.resume(os.fspath(mountpoint), fuse_fd, state))
+
+    @property
+    def mountpoint(self) -> str:
+        return os.fspath(self._inner.mountpoint)
+
+    def attach(self, path: str, image: Image, *, entry_timeout: float = 60.0, attr_timeout: float = 60.0,
+               keep_cache: bool = True, index: Optional[int] = None) -> int:
+        """Serve ``image`` at ``path``; returns its index (it fixes the inode numbers the
+        kernel sees; pass it back as ``index`` to restore an image after a handover)."""
+        args = (entry_timeout, attr_timeout, keep_cache)
+        if index is None:
+            index = self._inner.attach(path, image._inner, *args)
+        else:
+            self._inner.reattach(path, index, image._inner, *args)
+        self._images[path] = image
+        return index
+
+    def detach(self, path: str) -> None:
+        self._inner.detach(path)
+        self._images.pop(path, None)
+
+    def image(self, path: str) -> Optional[Image]:
+        return self._images.get(path)
+
+    def start(self, threads: int = 4) -> None:
+        self._inner.start(threads)
+
+    def stop(self, *, umount: bool = True) -> None:
+        """Stop serving; with ``umount`` (SIGTERM), unmount too. Without it, the mount stays
+        and requests wait for a successor (hot upgrade)."""
+        self._inner.stop(umount)
+
+    def fuse_fd(self) -> Optional[int]:
+        return self._inner.fuse_fd()
+
+    def save_state(self) -> bytes:
+        return bytes(self._inner.save_state())
+
+
+def mount_image(
+    mountpoint: PathArg,
+    bootstrap: PathArg,
+    blob_dir: Optional[PathArg] = None,
+    *,
+    config: Union[None, str, dict] = None,
+    threads: int = 4,
+    **cache,
+) -> Mount:
+    """Dedicated mode in one call: open an image and serve it at ``mountpoint``."""
+    image = Image.open(bootstrap, blob_dir, config=config)
+    m = Mount.create(mountpoint)
+    try:
+        m.attach("/", image, **cache)
+        m.start(threads)
+    except BaseException:
+        m.stop(umount=True)
+        raise
+    return m
