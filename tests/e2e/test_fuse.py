@@ -96,6 +96,14 @@ def test_hard_links_share_stable_inode_numbers(served):
     assert len(trio) == 1 and os.lstat(os.path.join(served.mnt, "hard", "trio_1")).st_nlink == 3
 
 
+def test_mount_options_allow_1_mib_reads(served):
+    with open("/proc/self/mountinfo") as f:
+        line = next(line for line in f if line.split()[4] == os.path.realpath(served.mnt))
+    opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in line.split(" - ")[1].split()[2].split(","))
+    assert int(opts["max_read"]) >= 1 << 20
+    assert "ro" in line.split()[5].split(",")
+
+
 def test_statfs_and_read_only(served):
     st = os.statvfs(served.mnt)
     assert st.f_bsize == 4096 and st.f_files > 0 and st.f_flag & os.ST_RDONLY
