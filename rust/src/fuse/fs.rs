@@ -161,9 +161,8 @@ impl FileSystem for RafsFs {
     }
 
     fn read(&self, _ctx: &Context, inode: u64, _handle: u64, w: &mut dyn ZeroCopyWriter, size: u32, offset: u64, _lock_owner: Option<u64>, _flags: u32) -> io::Result<usize> {
-        let data = self.rafs.read_nid(nid_of(inode)?, offset, size as usize).map_err(errno)?;
-        w.write_all(&data)?;
-        Ok(data.len())
+        let mut sink = |piece: &[u8]| w.write_all(piece).map_err(|e| Error::io("write FUSE reply", e));
+        self.rafs.read_nid_into(nid_of(inode)?, offset, size as usize, &mut sink).map_err(errno)
     }
 
     fn release(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64, _flush: bool, _flock_release: bool, _lock_owner: Option<u64>) -> io::Result<()> {

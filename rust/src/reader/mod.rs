@@ -228,6 +228,17 @@ impl Rafs {
 
     /// Read up to `size` bytes at `offset` of a regular file.
     pub fn read_nid(&self, nid: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_nid_into(nid, offset, size, &mut |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Read up to `size` bytes at `offset` of a regular file, handing each chunk's slice to
+    /// `sink` as it arrives (FUSE writes them straight into its reply). Returns the length.
+    pub fn read_nid_into(&self, nid: u64, offset: u64, size: usize, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
         let ino = self.boot.inode(nid)?;
         match ino.mode as u32 & mode::S_IFMT {
             mode::S_IFREG => {}
@@ -235,12 +246,10 @@ impl Rafs {
             _ => return Err(Error::invalid(format!("nid {nid} is not a regular file"))),
         }
         if offset >= ino.size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let end = ino.size.min(offset.saturating_add(size as u64));
         let cs = self.boot.chunk_size();
-        // Capacity grows with real data; `end` comes from an untrusted i_size.
-        let mut out = Vec::with_capacity(((end - offset) as usize).min(cs as usize));
         let mut pos = offset;
         let _demand = InflightGuard::new(&self.demand_inflight);
         let (mut hits, mut misses) = (0, 0);
@@ -254,11 +263,12 @@ impl Rafs {
             }
             let from = (pos - idx * cs) as usize;
             let to = ((end - idx * cs) as usize).min(chunk.len());
-            out.extend_from_slice(&chunk[from..to]);
+            ensure!(to > from, "file {nid} chunk {idx} is shorter than its inode says");
+            sink(&chunk[from..to])?;
             pos = idx * cs + to as u64;
         }
         self.cache_metrics.user_read(hits, misses);
-        Ok(out)
+        Ok((end - offset) as usize)
     }
 }
 
