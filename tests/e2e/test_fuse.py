@@ -6,7 +6,6 @@ another process without remounting."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -23,14 +22,9 @@ from nydus_hybrid import treecmp
 from nydus_hybrid.mount import Mount
 
 from conftest import build_into
+from mounttools import is_mounted, read_concurrently, sha256_file
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
-
-
-def is_mounted(path) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 class CliMount:
@@ -69,11 +63,6 @@ def served(built, tmp_path_factory):
     m = CliMount(tmp_path_factory.mktemp("fuse") / "mnt", "-B", built.bootstrap, "-D", built.blob_dir, "--threads", "4")
     yield m
     m.cleanup()
-
-
-def sha(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_tree_matches_the_source(source_tree, served):
@@ -118,26 +107,9 @@ def test_eight_readers_three_times(source_tree, served):
         for f in files:
             p = os.path.join(root, f)
             if os.path.isfile(p) and not os.path.islink(p):
-                expected[os.path.relpath(p, source_tree.root)] = sha(p)
-    wrong, failures = [], []
-
-    def reader(seed: int):
-        order = sorted(expected)
-        order = order[seed:] + order[:seed]
-        for _ in range(3):
-            for rel in order:
-                try:
-                    if sha(os.path.join(served.mnt, rel)) != expected[rel]:
-                        wrong.append(rel)
-                except OSError as e:
-                    failures.append((rel, e))
-
-    threads = [threading.Thread(target=reader, args=(i * 7,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not wrong and not failures, (wrong[:5], failures[:5])
+                expected[os.path.relpath(p, source_tree.root)] = sha256_file(p)
+    problems = read_concurrently(served.mnt, expected, readers=8, rounds=3)
+    assert not problems, problems[:5]
 
 
 def test_corrupted_chunk_is_eio_for_that_file_only(built, tmp_path):

@@ -6,18 +6,18 @@ that fails only its own file with EIO."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from nydus_hybrid import treecmp
+
+from mounttools import is_mounted, read_concurrently, sha256_file
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -34,12 +34,6 @@ from nydus_hybrid import Image
 from nydus_hybrid.fuse import mount
 mount(Image.open(sys.argv[1], sys.argv[2]), sys.argv[3])
 """
-
-
-def is_mounted(path) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 class ShimMount:
@@ -196,29 +190,9 @@ def test_concurrent_readers(source_tree, served):
     """The shim serves requests from several libfuse threads at once."""
     rels = [f"/{d}/{n}" for d in ("files", "dedup", "hard") for n in sorted(os.listdir(source_tree.root + "/" + d))
             if os.path.isfile(source_tree.root + f"/{d}/{n}")]
-    expected = {rel: _sha(source_tree.root + rel) for rel in rels}
-    errors_seen = []
-
-    def reader(seed: int):
-        order = rels[seed:] + rels[:seed]
-        for rel in order:
-            try:
-                if _sha(served.path(rel)) != expected[rel]:
-                    errors_seen.append((rel, "wrong bytes"))
-            except OSError as e:
-                errors_seen.append((rel, e))
-
-    threads = [threading.Thread(target=reader, args=(i * 3,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    expected = {rel: sha256_file(source_tree.root + rel) for rel in rels}
+    errors_seen = read_concurrently(served.mnt, expected, readers=6)
     assert not errors_seen, errors_seen[:5]
-
-
-def _sha(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_reads_at_odd_offsets(source_tree, served):

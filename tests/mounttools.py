@@ -1,0 +1,43 @@
+"""Helpers shared by the tests that read through mounts (FUSE server, fusepy shim)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Dict, List
+
+
+def is_mounted(path) -> bool:
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def sha256_file(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_concurrently(root: str, expected: Dict[str, str], readers: int, rounds: int = 1) -> List:
+    """`readers` threads each hash every file under `root` (relative names in `expected`,
+    each starting at a different file) `rounds` times; returns the problems seen."""
+    problems: List = []
+    names = sorted(expected)
+
+    def reader(start: int):
+        order = names[start:] + names[:start]
+        for _ in range(rounds):
+            for rel in order:
+                try:
+                    if sha256_file(os.path.join(root, rel.lstrip("/"))) != expected[rel]:
+                        problems.append((rel, "wrong bytes"))
+                except OSError as e:
+                    problems.append((rel, e))
+
+    threads = [threading.Thread(target=reader, args=(i * 7 % max(len(names), 1),)) for i in range(readers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return problems
