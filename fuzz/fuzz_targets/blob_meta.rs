@@ -54,11 +54,8 @@ fuzz_target!(|data: &[u8]| {
 
     // The blob as a whole: ToC, its sections, and the CI array through a blob entry. With
     // enough input, the last 256 bytes are the blob-table entry and the rest is the blob.
-    let (blob, entry) = if data.len() >= 256 + TAR_HEADER_SIZE {
-        (&data[..data.len() - 256], BlobEntry::decode(&data[data.len() - 256..]).ok())
-    } else {
-        (data, None)
-    };
+    let (blob, entry) =
+        if data.len() >= 256 + TAR_HEADER_SIZE { (&data[..data.len() - 256], BlobEntry::decode(&data[data.len() - 256..]).ok()) } else { (data, None) };
     let src: Arc<dyn BlobSource> = Arc::new(Mem(blob.to_vec()));
     if let Ok(toc) = read_toc(src.as_ref(), None) {
         for e in toc.iter().take(16) {

@@ -18,6 +18,7 @@ class Mount:
     def __init__(self, inner: "_core.FuseMount"):
         self._inner = inner
         self._images: dict = {}
+        self._indexes: dict = {}
 
     @classmethod
     def create(cls, mountpoint: PathArg, *, fsname: str = "rafs") -> "Mount":
@@ -45,14 +46,23 @@ class Mount:
         else:
             self._inner.reattach(path, index, image._inner, *args)
         self._images[path] = image
+        self._indexes[path] = index
         return index
 
     def detach(self, path: str) -> None:
         self._inner.detach(path)
         self._images.pop(path, None)
+        self._indexes.pop(path, None)
 
     def image(self, path: str) -> Optional[Image]:
         return self._images.get(path)
+
+    def fs_metrics(self, path: str) -> dict:
+        """FUSE operation counters of the image at ``path``, in the shape of nydusd's
+        ``/api/v1/metrics`` (FsIoStats): per-op hits, errors and latency, bytes read."""
+        import json
+
+        return json.loads(self._inner.fs_metrics_json(path))
 
     def start(self, threads: int = 4) -> None:
         self._inner.start(threads)

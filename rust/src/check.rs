@@ -134,10 +134,7 @@ fn check_tables(boot: &Bootstrap) -> Result<()> {
     }
     ensure!(boot.sb.blocks as u64 == blocks || boot.blobs.is_empty(), "superblock blocks {} != sum of device blocks {blocks}", boot.sb.blocks);
     let table = boot.chunk_table()?;
-    ensure!(
-        table.windows(2).all(|w| (w[0].digest, w[0].blob_index) <= (w[1].digest, w[1].blob_index)),
-        "chunk table is not sorted by (digest, blob)"
-    );
+    ensure!(table.windows(2).all(|w| (w[0].digest, w[0].blob_index) <= (w[1].digest, w[1].blob_index)), "chunk table is not sorted by (digest, blob)");
     for e in &table {
         ensure!((e.blob_index as usize) < boot.blobs.len(), "chunk table names blob {}", e.blob_index);
         ensure!(e.index < boot.blobs[e.blob_index as usize].chunk_count, "chunk table index {} out of range", e.index);
@@ -167,7 +164,10 @@ fn check_blobs(rafs: &Rafs, rep: &mut CheckReport) -> Result<()> {
             let table = map.get(&(bi as u32, ci));
             if let Some(t) = table {
                 ensure!(
-                    t.compressed_offset == c.compressed_offset && t.compressed_size == c.compressed_size && t.uncompressed_offset == c.uncompressed_offset && t.uncompressed_size == c.uncompressed_size,
+                    t.compressed_offset == c.compressed_offset
+                        && t.compressed_size == c.compressed_size
+                        && t.uncompressed_offset == c.uncompressed_offset
+                        && t.uncompressed_size == c.uncompressed_size,
                     "blob {id}: chunk {ci} disagrees between the chunk table and blob meta"
                 );
                 if let Some(d) = &blob.digests {

@@ -48,10 +48,7 @@ pub fn decompress(algo: Compressor, data: &[u8], size: usize) -> Result<Vec<u8>>
     let out = match algo {
         Compressor::None => {
             if data.len() != size {
-                return Err(Error::Decompress(format!(
-                    "stored chunk is {} bytes, expected {size}",
-                    data.len()
-                )));
+                return Err(Error::Decompress(format!("stored chunk is {} bytes, expected {size}", data.len())));
             }
             data.to_vec()
         }
@@ -80,26 +77,18 @@ pub fn decompress(algo: Compressor, data: &[u8], size: usize) -> Result<Vec<u8>>
                 return Err(Error::Decompress(format!("lz4_block output of {size} bytes is over the limit")));
             }
             let mut buf = vec![0u8; size];
-            let n = lz4_flex::block::decompress_into(data, &mut buf)
-                .map_err(|e| Error::Decompress(format!("lz4_block: {e}")))?;
+            let n = lz4_flex::block::decompress_into(data, &mut buf).map_err(|e| Error::Decompress(format!("lz4_block: {e}")))?;
             buf.truncate(n);
             buf
         }
         Compressor::Gzip => {
             let mut out = Vec::with_capacity(size.min(BULK_LIMIT));
-            flate2::read::GzDecoder::new(data)
-                .take(size as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| Error::Decompress(format!("gzip: {e}")))?;
+            flate2::read::GzDecoder::new(data).take(size as u64 + 1).read_to_end(&mut out).map_err(|e| Error::Decompress(format!("gzip: {e}")))?;
             out
         }
     };
     if out.len() != size {
-        return Err(Error::Decompress(format!(
-            "{} produced {} bytes, expected {size}",
-            algo.name(),
-            out.len()
-        )));
+        return Err(Error::Decompress(format!("{} produced {} bytes, expected {size}", algo.name(), out.len())));
     }
     Ok(out)
 }
@@ -131,10 +120,7 @@ mod tests {
 
     #[test]
     fn blake3_matches_spec_example() {
-        assert_eq!(
-            hex::encode(digest(Digester::Blake3, b"0123456789")),
-            "53b63a6fc8605d0c0ce559317a00177d72adb24d669235e4c914f443a8831ca1"
-        );
+        assert_eq!(hex::encode(digest(Digester::Blake3, b"0123456789")), "53b63a6fc8605d0c0ce559317a00177d72adb24d669235e4c914f443a8831ca1");
     }
 
     #[test]

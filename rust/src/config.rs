@@ -399,9 +399,7 @@ fn parse_backend(kind: &str, o: &Obj) -> Result<BackendConfig> {
             let auth = o.opt_str("auth")?.filter(|s| !s.is_empty());
             if let Some(a) = &auth {
                 use base64::Engine;
-                let plain = base64::engine::general_purpose::STANDARD
-                    .decode(a.trim())
-                    .map_err(|_| Error::config(format!("{}: not base64", o.path("auth"))))?;
+                let plain = base64::engine::general_purpose::STANDARD.decode(a.trim()).map_err(|_| Error::config(format!("{}: not base64", o.path("auth"))))?;
                 if !plain.contains(&b':') {
                     return Err(Error::config(format!("{}: must encode \"user:password\"", o.path("auth"))));
                 }
@@ -466,7 +464,11 @@ fn parse_conn(o: &Obj) -> Result<ConnConfig> {
             return Err(Error::config(format!("{}.mirrors[{i}].host: must start with http:// or https://", o.path_str())));
         }
         let headers = match m.obj("headers")? {
-            Some(h) => h.map.iter().map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(|| Error::config(format!("{}: must be a string", h.path(k))))?.to_string()))).collect::<Result<_>>()?,
+            Some(h) => h
+                .map
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(|| Error::config(format!("{}: must be a string", h.path(k))))?.to_string())))
+                .collect::<Result<_>>()?,
             None => Vec::new(),
         };
         mirrors.push(MirrorConfig {
@@ -514,7 +516,11 @@ impl<'a> Obj<'a> {
         }
     }
     fn path_str(&self) -> &str {
-        if self.at.is_empty() { "(root)" } else { &self.at }
+        if self.at.is_empty() {
+            "(root)"
+        } else {
+            &self.at
+        }
     }
     fn has(&self, key: &str) -> bool {
         self.map.get(key).is_some_and(|v| !v.is_null())
@@ -615,10 +621,12 @@ mod tests {
 
     #[test]
     fn v1_snapshotter_document() {
-        let c = Config::parse(r#"{"device":{"id":"/snap1","backend":{"type":"registry","config":{"readahead":false,
+        let c = Config::parse(
+            r#"{"device":{"id":"/snap1","backend":{"type":"registry","config":{"readahead":false,
             "host":"127.0.0.1:5000","repo":"lib/app","auth":"dXNlcjpwYXNz","scheme":"http","proxy":{"fallback":false}}},
             "cache":{"type":"blobcache","config":{"work_dir":"/var/cache"}}},"mode":"direct","digest_validate":false,
-            "iostats_files":true,"fs_prefetch":{"enable":true,"threads_count":4},"amplify_io":2097152,"id_mapping":[]}"#)
+            "iostats_files":true,"fs_prefetch":{"enable":true,"threads_count":4},"amplify_io":2097152,"id_mapping":[]}"#,
+        )
         .unwrap();
         assert_eq!(c.id, "/snap1");
         let BackendConfig::Registry(r) = c.backend.as_ref().unwrap() else { panic!() };
@@ -640,7 +648,9 @@ mod tests {
         assert!(err(r#"{"version":2,"cache":{"type":"blobcache","filecache":{},"prefetch":{"threads":2}}}"#).contains("cache.prefetch.enable: required"));
         assert!(err(r#"{"version":2,"cache":{"type":"blobcache"}}"#).contains("cache.filecache: required"));
         assert!(err(r#"{"version":2,"rafs":{"batch_size":999999999999}}"#).contains("above the limit"));
-        assert!(err(r#"{"version":2,"backend":{"type":"registry","registry":{"host":"h","repo":"r","mirrors":[{"host":"ftp://x"}]}}}"#).contains("mirrors[0].host"));
+        assert!(
+            err(r#"{"version":2,"backend":{"type":"registry","registry":{"host":"h","repo":"r","mirrors":[{"host":"ftp://x"}]}}}"#).contains("mirrors[0].host")
+        );
         assert!(err("[1,2]").contains("must be an object"));
         assert!(err("{oops").contains("not a JSON or TOML"));
     }

@@ -86,10 +86,7 @@ fn chunks_of_files(rafs: &Rafs, nids: &BTreeSet<u64>) -> Result<Vec<Run>> {
         }
         for idx in 0..ino.size.div_ceil(cs) {
             let a = rafs.boot.chunk_addr(nid, &ino, idx)?;
-            per_blob
-                .get_mut(a.blob_index as usize)
-                .ok_or_else(|| Error::corrupt(format!("file {nid} names blob {}", a.blob_index)))?
-                .insert(a.ci_index);
+            per_blob.get_mut(a.blob_index as usize).ok_or_else(|| Error::corrupt(format!("file {nid} names blob {}", a.blob_index)))?.insert(a.ci_index);
         }
     }
     Ok(per_blob.into_iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(blob, s)| Run { blob, chunks: s.into_iter().collect() }).collect())
@@ -97,9 +94,7 @@ fn chunks_of_files(rafs: &Rafs, nids: &BTreeSet<u64>) -> Result<Vec<Run>> {
 
 fn resolve(rafs: &Rafs, target: &Target) -> Result<Vec<Run>> {
     match target {
-        Target::All => Ok((0..rafs.boot.blobs.len())
-            .map(|blob| Run { blob, chunks: (0..rafs.boot.blobs[blob].chunk_count).collect() })
-            .collect()),
+        Target::All => Ok((0..rafs.boot.blobs.len()).map(|blob| Run { blob, chunks: (0..rafs.boot.blobs[blob].chunk_count).collect() }).collect()),
         Target::ImageTable => {
             let table: BTreeSet<u64> = rafs.boot.prefetch_nids()?.into_iter().map(u64::from).collect();
             chunks_of_files(rafs, &files_below(rafs, |nid, _| table.contains(&nid))?)
@@ -224,7 +219,9 @@ impl Drop for Prefetch {
 
 fn fill_run(rafs: &Rafs, run: &Run, batch: u64, limiter: &Limiter, cancel: &AtomicBool) -> Result<()> {
     let blob = rafs.blob(run.blob)?;
-    let Some(cache) = &blob.cache else { return Ok(()) };
+    let Some(cache) = &blob.cache else {
+        return Ok(());
+    };
     let m = &rafs.cache_metrics;
     let expected = |k: u32| rafs.expected_digest(&blob, run.blob as u32, k);
     let mut i = 0;

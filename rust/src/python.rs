@@ -3,9 +3,9 @@
 
 use crate::builder::{self, BuildOptions, WhiteoutSpec};
 use crate::config::{BackendConfig, Config, PrefetchConfig};
-use crate::prefetch::{Prefetch, Target};
 use crate::error::Error;
 use crate::layout::{Compressor, Digester};
+use crate::prefetch::{Prefetch, Target};
 use crate::reader::{stat_of, Rafs};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -41,10 +41,7 @@ fn to_py(e: Error) -> PyErr {
     let errno = e.errno();
     let msg = e.to_string();
     Python::with_gil(|py| {
-        let made = py
-            .import("nydus_hybrid.errors")
-            .and_then(|m| m.getattr(class))
-            .and_then(|cls| cls.call1((errno, msg.clone())));
+        let made = py.import("nydus_hybrid.errors").and_then(|m| m.getattr(class)).and_then(|cls| cls.call1((errno, msg.clone())));
         match made {
             Ok(exc) => PyErr::from_value(exc),
             Err(_) => PyRuntimeError::new_err(msg),
@@ -126,11 +123,7 @@ impl Image {
     fn listdir<'py>(&self, py: Python<'py>, path: &[u8]) -> R<Vec<Bound<'py, PyBytes>>> {
         let nid = self.nid(path)?;
         let ents = self.rafs.boot.readdir(nid).map_err(to_py)?;
-        Ok(ents
-            .iter()
-            .filter(|e| e.name != b"." && e.name != b"..")
-            .map(|e| PyBytes::new(py, &e.name))
-            .collect())
+        Ok(ents.iter().filter(|e| e.name != b"." && e.name != b"..").map(|e| PyBytes::new(py, &e.name)).collect())
     }
 
     /// (name, nid, dirent type) of every entry, `.` and `..` included.
@@ -325,6 +318,13 @@ impl FuseMount {
         self.server.fuse_fd()
     }
 
+    /// FsIoStats (spec §8.1) of the image at `path`, as JSON; `id` is the name it reports.
+    #[pyo3(signature = (path, id=None, files_account=false, access_pattern=false, latest_read_files=false))]
+    fn fs_metrics_json(&self, path: &str, id: Option<&str>, files_account: bool, access_pattern: bool, latest_read_files: bool) -> R<String> {
+        let stats = self.server.fs_stats(path).ok_or_else(|| to_py(Error::NotFound(format!("no image mounted at {path}"))))?;
+        Ok(stats.to_json(id.unwrap_or(path), files_account, access_pattern, latest_read_files).to_string())
+    }
+
     fn save_state<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(py, &self.server.save_state().map_err(to_py)?))
     }
@@ -375,9 +375,7 @@ fn parse_config(text: &str) -> R<String> {
 #[pyfunction]
 #[pyo3(signature = (work_dir, max_bytes=None, max_age_secs=None))]
 fn cache_gc(py: Python<'_>, work_dir: PathBuf, max_bytes: Option<u64>, max_age_secs: Option<u64>) -> R<String> {
-    let r = py
-        .allow_threads(|| crate::cache::gc::gc(&work_dir, max_bytes, max_age_secs.map(std::time::Duration::from_secs)))
-        .map_err(to_py)?;
+    let r = py.allow_threads(|| crate::cache::gc::gc(&work_dir, max_bytes, max_age_secs.map(std::time::Duration::from_secs))).map_err(to_py)?;
     Ok(serde_json::json!({"removed": r.removed, "freed_bytes": r.freed_bytes, "in_use": r.in_use, "kept_bytes": r.kept_bytes}).to_string())
 }
 

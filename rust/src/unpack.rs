@@ -2,8 +2,8 @@
 //! the image, so each component is re-checked before use, and files are created with
 //! O_EXCL|O_NOFOLLOW inside a fresh directory: nothing is written outside the output.
 
-use crate::layout::dirent::check_name;
 use crate::error::{Error, IoContext, Result};
+use crate::layout::dirent::check_name;
 use crate::layout::{file_type, mode};
 use crate::reader::{stat_of, Rafs, Stat};
 use crate::walk::{join, walk};
@@ -105,7 +105,11 @@ pub fn unpack_tar(rafs: &Rafs, out: &mut dyn Write) -> Result<UnpackReport> {
         for (k, val) in &xattrs {
             // PAX keys are UTF-8; a raw name cannot be carried faithfully, so refuse it.
             let k = std::str::from_utf8(k).map_err(|_| {
-                Error::Unsupported(format!("{}: xattr name {:?} is not UTF-8 and cannot be stored in tar", String::from_utf8_lossy(&join(&v.path)), String::from_utf8_lossy(k)))
+                Error::Unsupported(format!(
+                    "{}: xattr name {:?} is not UTF-8 and cannot be stored in tar",
+                    String::from_utf8_lossy(&join(&v.path)),
+                    String::from_utf8_lossy(k)
+                ))
             })?;
             recs.push((format!("SCHILY.xattr.{k}"), val.clone()));
         }

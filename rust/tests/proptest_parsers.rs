@@ -423,7 +423,9 @@ fn golden() -> &'static Golden {
 }
 
 fn reference() -> Option<(Vec<u8>, PathBuf)> {
-    let dir = std::env::var_os("NYDUS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nydus-v2.2"));
+    let dir = std::env::var_os("NYDUS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nydus-v2.2"));
     std::fs::read(dir.join("rafs-v6-2.2.boot")).ok().map(|b| (b, dir))
 }
 

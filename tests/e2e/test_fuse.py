@@ -206,6 +206,13 @@ def test_shared_mode_add_remove_while_reading(three_images, tmp_path):
         assert not errors, errors[:3]
         with pytest.raises(nydus_hybrid.errors.NotFoundError):
             m.detach("/never-attached")
+        # FUSE op counters per instance (FsIoStats): img0 was read, img2 only looked up
+        read0, read2 = m.fs_metrics("/img0"), m.fs_metrics("/img2")
+        assert read0["id"] == "/img0" and read0["fop_hits"][4] > 0 and read0["data_read"] >= len(big0)
+        assert read2["fop_hits"][4] >= 1 and read2["data_read"] < read0["data_read"]
+        with pytest.raises(OSError):
+            open(mnt / "img2" / "missing")
+        assert m.fs_metrics("/img2")["fop_errors"][9] >= 1  # the failed lookup
     finally:
         m.stop(umount=True)
     assert not is_mounted(mnt)

@@ -31,10 +31,7 @@ pub struct BlobWriter {
 impl BlobWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).ctx(|| format!("create blob dir {}", dir.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".blob-")
-            .tempfile_in(dir)
-            .ctx(|| format!("create temporary blob in {}", dir.display()))?;
+        let tmp = tempfile::Builder::new().prefix(".blob-").tempfile_in(dir).ctx(|| format!("create temporary blob in {}", dir.display()))?;
         let (file, tmp) = tmp.into_parts();
         Ok(BlobWriter { out: BufWriter::with_capacity(1 << 20, file), tmp, dir: dir.to_path_buf(), hasher: Sha256::new(), pos: 0 })
     }
@@ -64,13 +61,7 @@ fn toc_entry(name: &str, flags: u32, digest: [u8; 32], offset: u64, stored: u64,
 }
 
 /// Write the tail sections, name the file by its sha256 and return its blob-table entry.
-pub fn finish(
-    mut w: BlobWriter,
-    chunks: &[StoredChunk],
-    compressor: Compressor,
-    digester: Digester,
-    chunk_size: u32,
-) -> Result<FinishedBlob> {
+pub fn finish(mut w: BlobWriter, chunks: &[StoredChunk], compressor: Compressor, digester: Digester, chunk_size: u32) -> Result<FinishedBlob> {
     let data_size = w.pos;
     w.write_tar_header("image.blob", data_size)?;
     // HEAD's image.blob digest covers the chunk data and its own tar header (§6.6).

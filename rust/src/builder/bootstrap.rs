@@ -6,7 +6,7 @@ use super::chunker::StoredChunk;
 use super::tree::{NodeId, Tree, ROOT};
 use crate::error::{Error, Result};
 use crate::layout::bytes::round_up;
-use crate::layout::chunk_table::{ChunkTableEntry};
+use crate::layout::chunk_table::ChunkTableEntry;
 use crate::layout::dirent::{encode_block, DIRENT_SIZE};
 use crate::layout::inode::{encode_xattrs, xattrs_size, ChunkAddr, Inode, CHUNK_FORMAT_INDEXES, EXTENDED_SIZE};
 use crate::layout::superblock::{BlobEntry, DeviceSlot, ErofsSuper, ExtSuper, FEATURE_COMPAT_RAFS_V6};

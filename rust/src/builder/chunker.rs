@@ -73,18 +73,18 @@ struct Committer {
 
 fn process(c: Compressor, d: Digester, batch: Vec<Job>) -> Result<Vec<Processed>> {
     batch
-            .into_par_iter()
-            .map(|j| {
-                let digest = codec::digest(d, &j.data);
-                let crc32 = codec::crc32c(&j.data);
-                let len = j.data.len() as u32;
-                let (stored, compressed) = match codec::compress(c, &j.data)? {
-                    Some(z) => (z, true),
-                    None => (j.data, false),
-                };
-                Ok(Processed { node: j.node, index: j.index, digest, crc32, len, stored, compressed })
-            })
-            .collect()
+        .into_par_iter()
+        .map(|j| {
+            let digest = codec::digest(d, &j.data);
+            let crc32 = codec::crc32c(&j.data);
+            let len = j.data.len() as u32;
+            let (stored, compressed) = match codec::compress(c, &j.data)? {
+                Some(z) => (z, true),
+                None => (j.data, false),
+            };
+            Ok(Processed { node: j.node, index: j.index, digest, crc32, len, stored, compressed })
+        })
+        .collect()
 }
 
 impl Committer {
@@ -146,33 +146,14 @@ impl Pipeline {
         let batch_limit = (threads * 4 * chunk_size as usize).clamp(chunk_size as usize, (8 << 20).max(chunk_size as usize));
         let (tx, rx) = sync_channel::<Vec<Job>>(0);
         let (done_tx, done_rx) = sync_channel::<Result<Vec<Processed>>>(0);
-        let committer = Committer {
-            writer,
-            dedup: HashMap::new(),
-            chunks: Vec::new(),
-            refs: Vec::new(),
-            next_uoff: 0,
-            deduped: 0,
-            bytes_in: 0,
-            progress,
-        };
+        let committer = Committer { writer, dedup: HashMap::new(), chunks: Vec::new(), refs: Vec::new(), next_uoff: 0, deduped: 0, bytes_in: 0, progress };
         let processor = std::thread::Builder::new()
             .name("nydus-build-compress".into())
             .spawn(move || run_processor(compressor, digester, rx, done_tx))
             .expect("spawn chunk processor");
-        let committer = std::thread::Builder::new()
-            .name("nydus-build-commit".into())
-            .spawn(move || run_committer(committer, done_rx))
-            .expect("spawn chunk committer");
-        Pipeline {
-            batch: Vec::new(),
-            batch_bytes: 0,
-            batch_limit,
-            tx: Some(tx),
-            processor: Some(processor),
-            committer: Some(committer),
-            opts: opts.clone(),
-        }
+        let committer =
+            std::thread::Builder::new().name("nydus-build-commit".into()).spawn(move || run_committer(committer, done_rx)).expect("spawn chunk committer");
+        Pipeline { batch: Vec::new(), batch_bytes: 0, batch_limit, tx: Some(tx), processor: Some(processor), committer: Some(committer), opts: opts.clone() }
     }
 
     pub fn submit(&mut self, node: usize, index: usize, data: Vec<u8>) -> Result<()> {

@@ -88,9 +88,9 @@ fn progress_bar(opts: &BuildOptions, total: Option<u64>) -> Option<indicatif::Pr
                 .unwrap()
                 .progress_chars("=> "),
         ),
-        None => indicatif::ProgressBar::new_spinner().with_style(
-            indicatif::ProgressStyle::with_template("{spinner} building {bytes} {bytes_per_sec}").unwrap(),
-        ),
+        None => {
+            indicatif::ProgressBar::new_spinner().with_style(indicatif::ProgressStyle::with_template("{spinner} building {bytes} {bytes_per_sec}").unwrap())
+        }
     };
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     Some(pb)

@@ -16,8 +16,9 @@ fn node_from_meta(name: Vec<u8>, md: &std::fs::Metadata, path: &Path) -> Result<
     let rdev = md.rdev();
     let is_dev = matches!(md.mode() & mode::S_IFMT, mode::S_IFCHR | mode::S_IFBLK);
     let rdev = if is_dev {
-        encode_rdev(libc::major(rdev), libc::minor(rdev))
-            .ok_or_else(|| Error::Unsupported(format!("{}: device number {}:{} does not fit RAFS's 32-bit encoding", path.display(), libc::major(rdev), libc::minor(rdev))))?
+        encode_rdev(libc::major(rdev), libc::minor(rdev)).ok_or_else(|| {
+            Error::Unsupported(format!("{}: device number {}:{} does not fit RAFS's 32-bit encoding", path.display(), libc::major(rdev), libc::minor(rdev)))
+        })?
     } else {
         0 // fifos and sockets have no device number on disk
     };
@@ -42,9 +43,7 @@ fn read_xattrs(path: &Path, node: &mut Node) -> Result<()> {
         Err(e) => return Err(Error::io(format!("list xattrs of {}", path.display()), e)),
     };
     for name in names {
-        let value = xattr::get(path, &name)
-            .ctx(|| format!("read xattr of {}", path.display()))?
-            .unwrap_or_default();
+        let value = xattr::get(path, &name).ctx(|| format!("read xattr of {}", path.display()))?.unwrap_or_default();
         let name = name.into_vec();
         check_xattr(&name, &value, &path.display().to_string())?;
         node.xattrs.insert(name, value);
@@ -128,11 +127,8 @@ pub fn feed(tree: &Tree, paths: &HashMap<NodeId, PathBuf>, order: &[NodeId], p: 
         let path = &paths[&id];
         // A file swapped for a symlink or a fifo since the scan must not be followed or
         // block the build.
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .ctx(|| format!("open {}", path.display()))?;
+        let mut f =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ctx(|| format!("open {}", path.display()))?;
         if !f.metadata().ctx(|| format!("stat {}", path.display()))?.is_file() {
             return Err(Error::invalid(format!("{} is no longer a regular file", path.display())));
         }

@@ -4,12 +4,12 @@
 //! entries and truncated streams are errors that name the entry.
 
 use super::chunker::{submit_stream, Pipeline};
+use super::tarstream::TarStream;
 use super::tree::{check_name, check_xattr, Node, NodeId, Tree, ROOT};
 use super::whiteout::{apply_whiteout, WhiteoutSpec, OPAQUE_XATTR};
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{encode_rdev, mode};
 use std::collections::HashMap;
-use super::tarstream::TarStream;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -37,12 +37,7 @@ fn components(raw: &[u8]) -> Result<Vec<Vec<u8>>> {
     for c in raw.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => {
-                return Err(Error::UnsafeInput(format!(
-                    "tar entry {:?} contains '..' and would escape the image root",
-                    String::from_utf8_lossy(raw)
-                )))
-            }
+            b".." => return Err(Error::UnsafeInput(format!("tar entry {:?} contains '..' and would escape the image root", String::from_utf8_lossy(raw)))),
             _ => {
                 check_name(c, &format!("tar entry {:?}", String::from_utf8_lossy(raw)))?;
                 out.push(c.to_vec());
@@ -70,12 +65,7 @@ impl TarTree {
             let key = comps[..=i].to_vec();
             cur = match self.by_path.get(&key) {
                 Some(&id) if self.tree.nodes[id].is_dir() => id,
-                Some(_) => {
-                    return Err(Error::UnsafeInput(format!(
-                        "tar entry parent /{} is not a directory",
-                        String::from_utf8_lossy(&key.join(&b'/'))
-                    )))
-                }
+                Some(_) => return Err(Error::UnsafeInput(format!("tar entry parent /{} is not a directory", String::from_utf8_lossy(&key.join(&b'/'))))),
                 None => {
                     let id = self.tree.add(cur, implicit_dir(comps[i].clone()));
                     self.by_path.insert(key, id);
@@ -163,7 +153,10 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                 let target_raw = m.link.clone().ok_or_else(|| Error::UnsafeInput(format!("hard link {label:?} has no target")))?;
                 let target = components(&target_raw)?;
                 let &tid = t.by_path.get(&target).ok_or_else(|| {
-                    Error::UnsafeInput(format!("hard link {label:?} points to {:?}, which is not in the archive before it", String::from_utf8_lossy(&target_raw)))
+                    Error::UnsafeInput(format!(
+                        "hard link {label:?} points to {:?}, which is not in the archive before it",
+                        String::from_utf8_lossy(&target_raw)
+                    ))
                 })?;
                 let tn = t.tree.nodes[tid].clone();
                 if !tn.is_reg() {
@@ -191,9 +184,8 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                 let major = h.device_major().map_err(bad)?.unwrap_or(0);
                 let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
                 node.mode = if h.entry_type().as_byte() == b'3' { mode::S_IFCHR } else { mode::S_IFBLK } | perm;
-                node.rdev = encode_rdev(major, minor).ok_or_else(|| {
-                    Error::UnsafeInput(format!("tar entry {label:?}: device number {major}:{minor} does not fit RAFS's 32-bit encoding"))
-                })?;
+                node.rdev = encode_rdev(major, minor)
+                    .ok_or_else(|| Error::UnsafeInput(format!("tar entry {label:?}: device number {major}:{minor} does not fit RAFS's 32-bit encoding")))?;
                 t.put(comps, node, whiteouts)?;
             }
             b'5' => {
@@ -211,7 +203,9 @@ pub fn scan(path: &Path, p: &mut Pipeline, chunk_size: u32, whiteouts: WhiteoutS
                     return Err(Error::UnsafeInput(format!("tar entry {label:?} declares {size} bytes, over the {MAX_ENTRY_SIZE}-byte limit")));
                 }
                 node.size = size;
-                let Some(id) = t.put(comps, node, whiteouts)? else { continue };
+                let Some(id) = t.put(comps, node, whiteouts)? else {
+                    continue;
+                };
                 if t.tree.nodes[id].whiteout {
                     continue; // a .wh. file's (empty) data is not file content
                 }

@@ -47,10 +47,7 @@ pub fn parse_pax(data: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
             break; // trailing NUL padding
         }
         let sp = data[pos..].iter().position(|&b| b == b' ').ok_or_else(|| bad("malformed PAX record (no length)"))?;
-        let len: usize = std::str::from_utf8(&data[pos..pos + sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("malformed PAX record length"))?;
+        let len: usize = std::str::from_utf8(&data[pos..pos + sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("malformed PAX record length"))?;
         let end = pos.checked_add(len).filter(|&e| e <= data.len() && len > sp + 1).ok_or_else(|| bad("PAX record overruns its header"))?;
         let rec = &data[pos + sp + 1..end];
         let rec = rec.strip_suffix(b"\n").ok_or_else(|| bad("PAX record does not end with a newline"))?;
@@ -204,9 +201,7 @@ impl<R: Read> TarStream<R> {
     /// Read whatever follows the end-of-archive marker, so a compressed stream's decoder
     /// reaches its end and checks its trailer (gzip CRC-32, zstd checksum).
     pub fn drain(&mut self) -> Result<()> {
-        std::io::copy(&mut self.r, &mut std::io::sink())
-            .map(|_| ())
-            .map_err(|e| bad(format!("corrupt data after the end of the tar archive: {e}")))
+        std::io::copy(&mut self.r, &mut std::io::sink()).map(|_| ()).map_err(|e| bad(format!("corrupt data after the end of the tar archive: {e}")))
     }
 }
 

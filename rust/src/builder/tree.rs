@@ -2,9 +2,9 @@
 //! (directory walk, tar stream) fill it; `finish` sorts children and drops detached nodes.
 
 use crate::error::{Error, Result};
+pub use crate::layout::dirent::check_name;
 use crate::layout::inode::{xattr_split, xattrs_size, MAX_XATTR_BODY};
 use crate::layout::mode;
-pub use crate::layout::dirent::check_name;
 use std::collections::BTreeMap;
 
 pub type NodeId = usize;
@@ -119,9 +119,8 @@ impl Tree {
 
 /// Check that RAFS can store an xattr (§2.6).
 pub fn check_xattr(name: &[u8], value: &[u8], context: &str) -> Result<()> {
-    let (_, suffix) = xattr_split(name).ok_or_else(|| {
-        Error::Unsupported(format!("{context}: xattr {:?} has a prefix RAFS cannot store", String::from_utf8_lossy(name)))
-    })?;
+    let (_, suffix) =
+        xattr_split(name).ok_or_else(|| Error::Unsupported(format!("{context}: xattr {:?} has a prefix RAFS cannot store", String::from_utf8_lossy(name))))?;
     if suffix.len() > 255 || value.len() > 65535 {
         return Err(Error::Unsupported(format!("{context}: xattr {:?} is too large", String::from_utf8_lossy(name))));
     }

@@ -42,7 +42,9 @@ pub fn gc(dir: &Path, max_bytes: Option<u64>, max_age: Option<Duration>) -> Resu
         let e = e.ctx(|| format!("read cache dir {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().to_string();
         // Any cache file names a blob: leftovers of an interrupted GC are found too.
-        let Some(id) = SUFFIXES.iter().find_map(|s| name.strip_suffix(&format!(".{s}"))) else { continue };
+        let Some(id) = SUFFIXES.iter().find_map(|s| name.strip_suffix(&format!(".{s}"))) else {
+            continue;
+        };
         if ids.insert(id.to_string()) {
             let last_used = std::fs::metadata(dir.join(map_name(id))).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
             entries.push(Entry { id: id.to_string(), bytes: allocated(dir, id), last_used });

@@ -3,13 +3,12 @@
 //! Inode numbers are nids + 1 (0 is not a valid FUSE inode); they never change, so hard
 //! links share one, and nothing needs lookup counting.
 
+use super::metrics::{Fop, FsIoStats};
 use crate::error::Error;
 use crate::layout::{file_type, mode};
 use crate::reader::{Rafs, Stat};
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, OpenOptions};
-use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, ZeroCopyWriter,
-};
+use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, ZeroCopyWriter};
 use fuse_backend_rs::api::BackendFileSystem;
 use std::any::Any;
 use std::collections::HashMap;
@@ -37,6 +36,8 @@ impl Default for CacheOptions {
 
 pub struct RafsFs {
     pub rafs: Arc<Rafs>,
+    /// This instance's operation counters (spec §8.1).
+    pub stats: Arc<FsIoStats>,
     opts: CacheOptions,
     /// Entries of each open directory, so a large directory is decoded once per opendir
     /// rather than once per readdir call.
@@ -88,7 +89,7 @@ fn dt_of(ft: u8) -> u32 {
 
 impl RafsFs {
     pub fn new(rafs: Arc<Rafs>, opts: CacheOptions) -> Self {
-        RafsFs { rafs, opts, dirs: Mutex::new(HashMap::new()), next_handle: AtomicU64::new(1) }
+        RafsFs { rafs, stats: Arc::default(), opts, dirs: Mutex::new(HashMap::new()), next_handle: AtomicU64::new(1) }
     }
 
     fn entry(&self, nid: u64) -> io::Result<Entry> {
@@ -128,108 +129,197 @@ impl FileSystem for RafsFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(capable & (FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS | FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO | FsOptions::CACHE_SYMLINKS | FsOptions::MAX_PAGES))
+        Ok(capable
+            & (FsOptions::ASYNC_READ
+                | FsOptions::PARALLEL_DIROPS
+                | FsOptions::DO_READDIRPLUS
+                | FsOptions::READDIRPLUS_AUTO
+                | FsOptions::CACHE_SYMLINKS
+                | FsOptions::MAX_PAGES))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let dir = nid_of(parent)?;
-        match self.rafs.boot.lookup(dir, name.to_bytes()).map_err(errno)? {
-            Some(e) => self.entry(e.nid),
-            None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
-        }
+        self.stats.op(
+            Fop::Lookup,
+            || {
+                let dir = nid_of(parent)?;
+                match self.rafs.boot.lookup(dir, name.to_bytes()).map_err(errno)? {
+                    Some(e) => self.entry(e.nid),
+                    None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+                }
+            },
+            |_| 0,
+        )
     }
 
     fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
-        let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
-        Ok((stat64_of(&s, inode), self.opts.attr_timeout))
+        self.stats.op(
+            Fop::Getattr,
+            || {
+                let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+                Ok((stat64_of(&s, inode), self.opts.attr_timeout))
+            },
+            |_| 0,
+        )
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.rafs.boot.readlink(nid_of(inode)?).map_err(errno)
+        self.stats.op(Fop::Readlink, || self.rafs.boot.readlink(nid_of(inode)?).map_err(errno), |_| 0)
     }
 
     fn open(&self, _ctx: &Context, inode: u64, flags: u32, _fuse_flags: u32) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
-        let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
-        if s.mode & mode::S_IFMT == mode::S_IFDIR {
-            return Err(io::Error::from_raw_os_error(libc::EISDIR));
-        }
-        let opts = if self.opts.keep_cache { OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
-        Ok((None, opts, None))
+        self.stats.op(
+            Fop::Open,
+            || {
+                if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
+                    return Err(io::Error::from_raw_os_error(libc::EROFS));
+                }
+                let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+                if s.mode & mode::S_IFMT == mode::S_IFDIR {
+                    return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                let opts = if self.opts.keep_cache { OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
+                Ok((None, opts, None))
+            },
+            |_| 0,
+        )
     }
 
-    fn read(&self, _ctx: &Context, inode: u64, _handle: u64, w: &mut dyn ZeroCopyWriter, size: u32, offset: u64, _lock_owner: Option<u64>, _flags: u32) -> io::Result<usize> {
-        let mut sink = |piece: &[u8]| w.write_all(piece).map_err(|e| Error::io("write FUSE reply", e));
-        self.rafs.read_nid_into(nid_of(inode)?, offset, size as usize, &mut sink).map_err(errno)
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        self.stats.op(
+            Fop::Read,
+            || {
+                let mut sink = |piece: &[u8]| w.write_all(piece).map_err(|e| Error::io("write FUSE reply", e));
+                self.rafs.read_nid_into(nid_of(inode)?, offset, size as usize, &mut sink).map_err(errno)
+            },
+            |n| *n as u64,
+        )
     }
 
     fn release(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64, _flush: bool, _flock_release: bool, _lock_owner: Option<u64>) -> io::Result<()> {
-        Ok(())
+        self.stats.op(Fop::Release, || Ok(()), |_| 0)
     }
 
     fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
-        // SAFETY: statvfs64 is plain data; all-zero is a valid value.
-        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
-        let bs = self.rafs.boot.block_size();
-        st.f_bsize = bs;
-        st.f_frsize = bs;
-        st.f_blocks = self.rafs.boot.bytes().len() as u64 / bs
-            + self.rafs.boot.blobs.iter().map(|b| b.uncompressed_size.div_ceil(bs)).sum::<u64>();
-        st.f_files = self.rafs.boot.sb.inos;
-        st.f_namemax = 255;
-        Ok(st)
+        self.stats.op(
+            Fop::Statfs,
+            || {
+                // SAFETY: statvfs64 is plain data; all-zero is a valid value.
+                let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+                let bs = self.rafs.boot.block_size();
+                st.f_bsize = bs;
+                st.f_frsize = bs;
+                st.f_blocks = self.rafs.boot.bytes().len() as u64 / bs + self.rafs.boot.blobs.iter().map(|b| b.uncompressed_size.div_ceil(bs)).sum::<u64>();
+                st.f_files = self.rafs.boot.sb.inos;
+                st.f_namemax = 255;
+                Ok(st)
+            },
+            |_| 0,
+        )
     }
 
     fn getxattr(&self, _ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
-        let nid = nid_of(inode)?;
-        let ino = self.rafs.inode(nid).map_err(errno)?;
-        let xattrs = self.rafs.boot.xattrs(nid, &ino).map_err(errno)?;
-        let value = xattrs
-            .into_iter()
-            .find(|(k, _)| k.as_slice() == name.to_bytes())
-            .map(|(_, v)| v)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))?;
-        match size {
-            0 => Ok(GetxattrReply::Count(value.len() as u32)),
-            n if (n as usize) < value.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
-            _ => Ok(GetxattrReply::Value(value)),
-        }
+        self.stats.op(
+            Fop::Getxattr,
+            || {
+                let nid = nid_of(inode)?;
+                let ino = self.rafs.inode(nid).map_err(errno)?;
+                let xattrs = self.rafs.boot.xattrs(nid, &ino).map_err(errno)?;
+                let value = xattrs
+                    .into_iter()
+                    .find(|(k, _)| k.as_slice() == name.to_bytes())
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))?;
+                match size {
+                    0 => Ok(GetxattrReply::Count(value.len() as u32)),
+                    n if (n as usize) < value.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+                    _ => Ok(GetxattrReply::Value(value)),
+                }
+            },
+            |_| 0,
+        )
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        let nid = nid_of(inode)?;
-        let ino = self.rafs.inode(nid).map_err(errno)?;
-        let mut names = Vec::new();
-        for (k, _) in self.rafs.boot.xattrs(nid, &ino).map_err(errno)? {
-            names.extend_from_slice(&k);
-            names.push(0);
-        }
-        match size {
-            0 => Ok(ListxattrReply::Count(names.len() as u32)),
-            n if (n as usize) < names.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
-            _ => Ok(ListxattrReply::Names(names)),
-        }
+        self.stats.op(
+            Fop::Listxattr,
+            || {
+                let nid = nid_of(inode)?;
+                let ino = self.rafs.inode(nid).map_err(errno)?;
+                let mut names = Vec::new();
+                for (k, _) in self.rafs.boot.xattrs(nid, &ino).map_err(errno)? {
+                    names.extend_from_slice(&k);
+                    names.push(0);
+                }
+                match size {
+                    0 => Ok(ListxattrReply::Count(names.len() as u32)),
+                    n if (n as usize) < names.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+                    _ => Ok(ListxattrReply::Names(names)),
+                }
+            },
+            |_| 0,
+        )
     }
 
     fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
-        let ents = self.rafs.boot.readdir(nid_of(inode)?).map_err(errno)?;
-        let h = self.next_handle.fetch_add(1, Relaxed);
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(h, Arc::new(ents));
-        let opts = if self.opts.keep_cache { OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
-        Ok((Some(h), opts))
+        self.stats.op(
+            Fop::Opendir,
+            || {
+                let ents = self.rafs.boot.readdir(nid_of(inode)?).map_err(errno)?;
+                let h = self.next_handle.fetch_add(1, Relaxed);
+                self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(h, Arc::new(ents));
+                let opts = if self.opts.keep_cache { OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
+                Ok((Some(h), opts))
+            },
+            |_| 0,
+        )
     }
 
-    fn readdir(&self, _ctx: &Context, inode: u64, handle: u64, _size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> io::Result<()> {
-        self.list(inode, handle, offset, |e, next| add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name }))
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.stats.op(
+            Fop::Readdir,
+            || self.list(inode, handle, offset, |e, next| add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name })),
+            |_| 0,
+        )
     }
 
-    fn readdirplus(&self, _ctx: &Context, inode: u64, handle: u64, _size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>) -> io::Result<()> {
-        self.list(inode, handle, offset, |e, next| {
-            let entry = self.entry(e.nid)?;
-            add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name }, entry)
-        })
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.stats.op(
+            Fop::Readdirplus,
+            || {
+                self.list(inode, handle, offset, |e, next| {
+                    let entry = self.entry(e.nid)?;
+                    add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name }, entry)
+                })
+            },
+            |_| 0,
+        )
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
@@ -238,24 +328,30 @@ impl FileSystem for RafsFs {
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
-        let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
-        if mask as i32 & libc::W_OK != 0 {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
-        if ctx.uid == 0 || mask as i32 == libc::F_OK {
-            return Ok(());
-        }
-        let bits = if ctx.uid == s.uid {
-            (s.mode >> 6) & 7
-        } else if ctx.gid == s.gid {
-            (s.mode >> 3) & 7
-        } else {
-            s.mode & 7
-        };
-        if mask & !bits & 7 != 0 {
-            return Err(io::Error::from_raw_os_error(libc::EACCES));
-        }
-        Ok(())
+        self.stats.op(
+            Fop::Access,
+            || {
+                let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+                if mask as i32 & libc::W_OK != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EROFS));
+                }
+                if ctx.uid == 0 || mask as i32 == libc::F_OK {
+                    return Ok(());
+                }
+                let bits = if ctx.uid == s.uid {
+                    (s.mode >> 6) & 7
+                } else if ctx.gid == s.gid {
+                    (s.mode >> 3) & 7
+                } else {
+                    s.mode & 7
+                };
+                if mask & !bits & 7 != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EACCES));
+                }
+                Ok(())
+            },
+            |_| 0,
+        )
     }
 }
 

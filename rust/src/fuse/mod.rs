@@ -3,6 +3,7 @@
 //! that places instances at `/` or `/<id>`.
 
 pub mod fs;
+pub mod metrics;
 pub mod server;
 
 pub use fs::CacheOptions;

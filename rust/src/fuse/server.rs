@@ -4,6 +4,7 @@
 //! session fd plus `Vfs` state that a successor process needs to resume serving.
 
 use super::fs::{CacheOptions, RafsFs};
+use super::metrics::FsIoStats;
 use crate::error::{Error, Result};
 use crate::reader::Rafs;
 use fuse_backend_rs::api::server::Server;
@@ -125,6 +126,12 @@ impl FuseServer {
             });
         }
         Ok(())
+    }
+
+    /// FUSE operation counters (spec §8.1) of the image at `path`.
+    pub fn fs_stats(&self, path: &str) -> Option<Arc<FsIoStats>> {
+        let fs = self.vfs.get_rootfs(path).ok()??;
+        fs.as_any().downcast_ref::<RafsFs>().map(|f| f.stats.clone())
     }
 
     /// The image attached at `path`, if any.

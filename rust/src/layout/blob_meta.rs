@@ -53,9 +53,7 @@ impl ChunkInfo {
     pub fn encode_v1(&self) -> [u8; CI_V1_SIZE] {
         let us = (self.uncompressed_size - 1) as u64;
         let cs = (self.compressed_size - 1) as u64;
-        let u = (self.uncompressed_offset & 0x0000_0FFF_FFFF_F000)
-            | ((us >> 20) & 0xf) << 8
-            | (us & SIZE_LO_MASK) << 44;
+        let u = (self.uncompressed_offset & 0x0000_0FFF_FFFF_F000) | ((us >> 20) & 0xf) << 8 | (us & SIZE_LO_MASK) << 44;
         let c = (self.compressed_offset & 0xFF_FFFF_FFFF) | ((cs >> 20) & 0xf) << 40 | (cs & SIZE_LO_MASK) << 44;
         let mut b = [0u8; CI_V1_SIZE];
         put_u64(&mut b, 0, u);
@@ -104,10 +102,7 @@ pub struct CiHeader {
 impl CiHeader {
     pub fn decode(b: &[u8]) -> Result<Self> {
         ensure!(b.len() >= CI_HEADER_SIZE, "blob meta header truncated");
-        ensure!(
-            u32_at(b, 0) == CI_MAGIC && u32_at(b, 4092) == CI_MAGIC,
-            "bad blob meta header magic"
-        );
+        ensure!(u32_at(b, 0) == CI_MAGIC && u32_at(b, 4092) == CI_MAGIC, "bad blob meta header magic");
         Ok(CiHeader {
             features: u32_at(b, 4),
             ci_compressor: u32_at(b, 8),

@@ -20,10 +20,7 @@ pub fn decode_block(block: &[u8], valid_len: usize) -> Result<Vec<Dirent<'_>>> {
     let valid_len = valid_len.min(block.len());
     ensure!(valid_len >= DIRENT_SIZE, "directory block too short");
     let first_nameoff = u16_at(block, 8) as usize;
-    ensure!(
-        first_nameoff % DIRENT_SIZE == 0 && first_nameoff >= DIRENT_SIZE && first_nameoff < valid_len,
-        "bad first nameoff {first_nameoff}"
-    );
+    ensure!(first_nameoff % DIRENT_SIZE == 0 && first_nameoff >= DIRENT_SIZE && first_nameoff < valid_len, "bad first nameoff {first_nameoff}");
     let count = first_nameoff / DIRENT_SIZE;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
@@ -39,11 +36,7 @@ pub fn decode_block(block: &[u8], valid_len: usize) -> Result<Vec<Dirent<'_>>> {
         ensure!(nameoff >= first_nameoff && nameoff < end && end <= valid_len, "bad dirent name range {nameoff}..{end}");
         let name = &block[nameoff..end];
         ensure!(!name.contains(&b'/') && !name.contains(&0), "dirent name {:?} contains '/' or NUL", String::from_utf8_lossy(name));
-        out.push(Dirent {
-            nid: u64_at(block, d),
-            file_type: block[d + 10],
-            name: &block[nameoff..end],
-        });
+        out.push(Dirent { nid: u64_at(block, d), file_type: block[d + 10], name: &block[nameoff..end] });
     }
     Ok(out)
 }

@@ -121,13 +121,8 @@ pub fn xattr_ibody_size(icount: u16) -> usize {
 }
 
 /// Name-index prefixes of inline xattrs, in encoding preference order (§2.6).
-const XATTR_PREFIXES: &[(u8, &[u8], bool)] = &[
-    (1, b"user.", false),
-    (2, b"system.posix_acl_access", true),
-    (3, b"system.posix_acl_default", true),
-    (4, b"trusted.", false),
-    (6, b"security.", false),
-];
+const XATTR_PREFIXES: &[(u8, &[u8], bool)] =
+    &[(1, b"user.", false), (2, b"system.posix_acl_access", true), (3, b"system.posix_acl_default", true), (4, b"trusted.", false), (6, b"security.", false)];
 
 fn prefix_of(index: u8) -> Option<&'static [u8]> {
     XATTR_PREFIXES.iter().find(|p| p.0 == index).map(|p| p.1)
@@ -159,9 +154,7 @@ pub fn decode_xattrs(body: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let value_len = u16_at(body, pos + 2) as usize;
         let entry_len = 4 + name_len + value_len;
         ensure!(pos + entry_len <= body.len(), "xattr entry overruns the inode body");
-        let prefix = prefix_of(index).ok_or_else(|| {
-            crate::error::Error::corrupt(format!("unknown xattr name index {index}"))
-        })?;
+        let prefix = prefix_of(index).ok_or_else(|| crate::error::Error::corrupt(format!("unknown xattr name index {index}")))?;
         let mut name = prefix.to_vec();
         name.extend_from_slice(&body[pos + 4..pos + 4 + name_len]);
         let value = body[pos + 4 + name_len..pos + entry_len].to_vec();
@@ -222,11 +215,7 @@ impl ChunkAddr {
         let device = hi & 0xff;
         ensure!(device != 0, "chunk index names device 0 (the bootstrap)");
         ensure!(blkaddr != 0xFFFF_FFFF, "chunk index is a hole (EROFS_NULL_ADDR), which RAFS does not use");
-        Ok(ChunkAddr {
-            blob_index: (device - 1) as u8,
-            ci_index: ((hi >> 8) << 16) | lo,
-            blkaddr,
-        })
+        Ok(ChunkAddr { blob_index: (device - 1) as u8, ci_index: ((hi >> 8) << 16) | lo, blkaddr })
     }
 
     pub fn encode(&self) -> [u8; CHUNK_ADDR_SIZE] {

@@ -39,11 +39,7 @@ impl ErofsSuper {
             meta_blkaddr: u32_at(b, 40),
             extra_devices: u16_at(b, 86),
         };
-        ensure!(
-            sb.feature_compat & FEATURE_COMPAT_RAFS_V6 != 0,
-            "feature_compat {:#x} lacks the RAFS v6 bit",
-            sb.feature_compat
-        );
+        ensure!(sb.feature_compat & FEATURE_COMPAT_RAFS_V6 != 0, "feature_compat {:#x} lacks the RAFS v6 bit", sb.feature_compat);
         ensure!(sb.blkszbits == 12 || sb.blkszbits == 9, "blkszbits {} not 9 or 12", sb.blkszbits);
         ensure!(b[13] == 0, "sb_extslots must be 0");
         ensure!(sb.inos != 0, "inode count is 0");
@@ -52,11 +48,7 @@ impl ErofsSuper {
         ensure!(incompat == FEATURE_INCOMPAT_RAFS, "feature_incompat {incompat:#x} is not 0xc");
         ensure!(u16_at(b, 84) == 0, "available_compr_algs must be 0");
         ensure!(u16_at(b, 88) == DEVT_SLOTOFF, "devt_slotoff {} is not 11", u16_at(b, 88));
-        ensure!(
-            sb.extra_devices != 0 || sb.blocks == 0 || sb.blocks == 4096,
-            "blocks {} with no extra devices",
-            sb.blocks
-        );
+        ensure!(sb.extra_devices != 0 || sb.blocks == 0 || sb.blocks == 4096, "blocks {} with no extra devices", sb.blocks);
         Ok(sb)
     }
 
@@ -112,16 +104,8 @@ impl ExtSuper {
             prefetch_table_size: u32_at(b, 48),
         };
         ensure!(s.flags & !sb_flags::KNOWN == 0, "unknown superblock flags {:#x}", s.flags);
-        ensure!(
-            (s.flags & sb_flags::COMPRESSION_MASK).count_ones() == 1,
-            "superblock flags {:#x} must name exactly one compressor",
-            s.flags
-        );
-        ensure!(
-            (s.flags & sb_flags::HASH_MASK).count_ones() == 1,
-            "superblock flags {:#x} must name exactly one digester",
-            s.flags
-        );
+        ensure!((s.flags & sb_flags::COMPRESSION_MASK).count_ones() == 1, "superblock flags {:#x} must name exactly one compressor", s.flags);
+        ensure!((s.flags & sb_flags::HASH_MASK).count_ones() == 1, "superblock flags {:#x} must name exactly one digester", s.flags);
         ensure!(valid_chunk_size(s.chunk_size), "invalid chunk size {:#x}", s.chunk_size);
         Ok(s)
     }
@@ -172,13 +156,8 @@ impl DeviceSlot {
     pub const SIZE: usize = 128;
 
     pub fn decode(b: &[u8]) -> Result<Self> {
-        let id = std::str::from_utf8(padded_str(&b[..64]))
-            .map_err(|_| crate::error::Error::corrupt("device slot id is not UTF-8"))?;
-        let s = DeviceSlot {
-            blob_id: id.to_string(),
-            blocks: u32_at(b, 64),
-            mapped_blkaddr: u32_at(b, 68),
-        };
+        let id = std::str::from_utf8(padded_str(&b[..64])).map_err(|_| crate::error::Error::corrupt("device slot id is not UTF-8"))?;
+        let s = DeviceSlot { blob_id: id.to_string(), blocks: u32_at(b, 64), mapped_blkaddr: u32_at(b, 68) };
         ensure!(s.blocks != 0, "device slot {id} has 0 blocks");
         Ok(s)
     }
@@ -219,8 +198,7 @@ impl BlobEntry {
     pub const SIZE: usize = 256;
 
     pub fn decode(b: &[u8]) -> Result<Self> {
-        let id = std::str::from_utf8(padded_str(&b[..64]))
-            .map_err(|_| crate::error::Error::corrupt("blob id is not UTF-8"))?;
+        let id = std::str::from_utf8(padded_str(&b[..64])).map_err(|_| crate::error::Error::corrupt("blob id is not UTF-8"))?;
         Ok(BlobEntry {
             blob_id: id.to_string(),
             blob_index: u32_at(b, 64),

@@ -1,6 +1,7 @@
 //! The data side of one blob: its ToC, CI array (blob meta), chunk digests, and decoding a
 //! chunk from stored bytes to verified uncompressed bytes.
 
+use crate::cache::{meta, ChunkCache};
 use crate::codec;
 use crate::error::{ensure, Error, Result};
 use crate::layout::blob_features as bf;
@@ -9,7 +10,6 @@ use crate::layout::superblock::BlobEntry;
 use crate::layout::tarhdr::{self, TAR_HEADER_SIZE};
 use crate::layout::toc::{TocEntry, TOC_ENTRY_SIZE, TOC_NAME};
 use crate::layout::{bytes::round_up, Compressor};
-use crate::cache::{meta, ChunkCache};
 use crate::storage::BlobSource;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -77,7 +77,14 @@ impl BlobReader {
     /// saved to) local copies there, so a cached blob reopens without backend reads.
     pub fn load(entry: &BlobEntry, src: Arc<dyn BlobSource>, meta_dir: Option<&Path>) -> Result<Self> {
         let id = &entry.blob_id;
-        for (flag, what) in [(bf::ENCRYPTED, "encrypted"), (bf::ZRAN, "ZRAN"), (bf::BATCH, "batch"), (bf::SEPARATE, "separate-data"), (bf::TARFS, "TARFS"), (bf::EXTERNAL, "external")] {
+        for (flag, what) in [
+            (bf::ENCRYPTED, "encrypted"),
+            (bf::ZRAN, "ZRAN"),
+            (bf::BATCH, "batch"),
+            (bf::SEPARATE, "separate-data"),
+            (bf::TARFS, "TARFS"),
+            (bf::EXTERNAL, "external"),
+        ] {
             if entry.has(flag) {
                 return Err(Error::Unsupported(format!("blob {id}: {what} blobs")));
             }
@@ -115,10 +122,7 @@ impl BlobReader {
         } else {
             codec::decompress(ci_algo, stored, entry.ci_uncompressed_size as usize)?
         };
-        let chunks: Vec<ChunkInfo> = plain
-            .chunks_exact(rec as usize)
-            .map(|r| if v2 { ChunkInfo::decode_v2(r) } else { ChunkInfo::decode_v1(r) })
-            .collect();
+        let chunks: Vec<ChunkInfo> = plain.chunks_exact(rec as usize).map(|r| if v2 { ChunkInfo::decode_v2(r) } else { ChunkInfo::decode_v1(r) }).collect();
         let data_end = entry.compressed_data_size();
         let u_end = round_up(entry.uncompressed_size, 4096);
         for (i, c) in chunks.iter().enumerate() {
@@ -127,10 +131,7 @@ impl BlobReader {
             ensure!(c.compressed_end() <= data_end, "blob {id}: chunk {i} data ends past the chunk area");
             ensure!(c.uncompressed_end() <= u_end, "blob {id}: chunk {i} ends past the uncompressed size");
             ensure!(c.compressed || c.compressed_size == c.uncompressed_size, "blob {id}: uncompressed chunk {i} has differing sizes");
-            ensure!(
-                c.v2_flags & ci_v2_flags::HAS_CRC32 == 0 || c.data as u32 != 0,
-                "blob {id}: chunk {i} has a zero CRC"
-            );
+            ensure!(c.v2_flags & ci_v2_flags::HAS_CRC32 == 0 || c.data as u32 != 0, "blob {id}: chunk {i} has a zero CRC");
         }
         let digests = if entry.has(bf::INLINED_CHUNK_DIGEST) {
             let copy = meta_dir.map(|d| meta::digest_path(d, id));
@@ -156,11 +157,7 @@ impl BlobReader {
 
     fn load_digests(entry: &BlobEntry, src: &dyn BlobSource) -> Result<Vec<u8>> {
         let len = entry.chunk_count as u64 * 32;
-        let from_toc = if entry.has(bf::HAS_TOC) {
-            read_toc(src, Some(entry))?.into_iter().find(|e| e.name == "blob.digest")
-        } else {
-            None
-        };
+        let from_toc = if entry.has(bf::HAS_TOC) { read_toc(src, Some(entry))?.into_iter().find(|e| e.name == "blob.digest") } else { None };
         let raw = match from_toc {
             Some(e) => {
                 ensure!(e.uncompressed_size == len, "blob.digest holds {} bytes, expected {len}", e.uncompressed_size);
@@ -176,9 +173,7 @@ impl BlobReader {
     }
 
     pub fn chunk(&self, ci: u32) -> Result<&ChunkInfo> {
-        self.chunks.get(ci as usize).ok_or_else(|| {
-            Error::corrupt(format!("blob {}: chunk index {ci} out of {}", self.entry.blob_id, self.chunks.len()))
-        })
+        self.chunks.get(ci as usize).ok_or_else(|| Error::corrupt(format!("blob {}: chunk index {ci} out of {}", self.entry.blob_id, self.chunks.len())))
     }
 
     /// Fetch, decompress and verify chunk `ci` from the backend, bypassing any cache.

@@ -107,10 +107,7 @@ impl Bootstrap {
             ensure!(pt_size % 4 == 0, "prefetch table size {pt_size} is not a multiple of 4");
             ensure!(table_in_file(pt_off, pt_size), "prefetch table lies outside the bootstrap");
             ensure!(pt_off >= bt_off + bt_size || pt_off + pt_size <= bt_off, "prefetch table overlaps the blob table");
-            ensure!(
-                ct_size == 0 || pt_off >= ct_off + ct_size || pt_off + pt_size <= ct_off,
-                "prefetch table overlaps the chunk table"
-            );
+            ensure!(ct_size == 0 || pt_off >= ct_off + ct_size || pt_off + pt_size <= ct_off, "prefetch table overlaps the chunk table");
         }
 
         let mut blobs = Vec::with_capacity(n);
@@ -162,9 +159,7 @@ impl Bootstrap {
     }
 
     pub fn inode_offset(&self, nid: u64) -> Result<u64> {
-        nid.checked_mul(32)
-            .and_then(|o| o.checked_add(self.meta_base))
-            .ok_or_else(|| Error::corrupt(format!("nid {nid} overflows")))
+        nid.checked_mul(32).and_then(|o| o.checked_add(self.meta_base)).ok_or_else(|| Error::corrupt(format!("nid {nid} overflows")))
     }
 
     pub fn inode(&self, nid: u64) -> Result<Inode> {
@@ -246,10 +241,11 @@ impl Bootstrap {
             } else if name > last {
                 lo = mid + 1;
             } else {
-                return Ok(ents
-                    .binary_search_by(|d| d.name.cmp(name))
-                    .ok()
-                    .map(|i| DirEntry { name: ents[i].name.to_vec(), nid: ents[i].nid, file_type: ents[i].file_type }));
+                return Ok(ents.binary_search_by(|d| d.name.cmp(name)).ok().map(|i| DirEntry {
+                    name: ents[i].name.to_vec(),
+                    nid: ents[i].nid,
+                    file_type: ents[i].file_type,
+                }));
             }
         }
         Ok(None)

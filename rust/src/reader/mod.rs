@@ -4,12 +4,12 @@
 pub mod blob;
 pub mod bootstrap;
 
+use crate::cache::CacheMetrics;
+use crate::config::{CacheKind, Config};
 use crate::error::{ensure, Error, Result};
 use crate::layout::blob_features as bf;
 use crate::layout::inode::Inode;
 use crate::layout::{decode_rdev, inode_layout, mode};
-use crate::cache::CacheMetrics;
-use crate::config::{CacheKind, Config};
 use crate::storage::metrics::BackendMetrics;
 use crate::storage::{BlobStore, LocalBlob, LocalDir, Metered, SingleFile};
 use blob::BlobReader;
@@ -99,9 +99,7 @@ impl Rafs {
     /// A bootstrap file plus a directory of blobs named by id.
     pub fn open(bootstrap: &Path, blob_dir: Option<&Path>) -> Result<Self> {
         let boot = Bootstrap::open(bootstrap)?;
-        let dir = blob_dir.map(Path::to_path_buf).unwrap_or_else(|| {
-            bootstrap.parent().map(Path::to_path_buf).unwrap_or_default()
-        });
+        let dir = blob_dir.map(Path::to_path_buf).unwrap_or_else(|| bootstrap.parent().map(Path::to_path_buf).unwrap_or_default());
         Ok(Self::new(boot, Box::new(LocalDir::new(dir))))
     }
 
@@ -110,10 +108,7 @@ impl Rafs {
     pub fn open_inline_blob(blob_path: &Path) -> Result<Self> {
         let src = LocalBlob::open(blob_path)?;
         let toc = blob::read_toc(&src, None)?;
-        let entry = toc
-            .iter()
-            .find(|e| e.name == "image.boot")
-            .ok_or_else(|| Error::corrupt("blob has no image.boot section"))?;
+        let entry = toc.iter().find(|e| e.name == "image.boot").ok_or_else(|| Error::corrupt("blob has no image.boot section"))?;
         let bytes = blob::extract_section(&src, entry, MAX_INLINE_BOOTSTRAP)?;
         let mut boot = Bootstrap::from_bytes(bytes)?;
         let id = blob_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
@@ -218,11 +213,7 @@ impl Rafs {
             addr.blkaddr,
             c.uncompressed_offset
         );
-        ensure!(
-            c.uncompressed_size as u64 == want_len,
-            "file {nid} chunk {idx}: blob meta size {} != expected {want_len}",
-            c.uncompressed_size
-        );
+        ensure!(c.uncompressed_size as u64 == want_len, "file {nid} chunk {idx}: blob meta size {} != expected {want_len}", c.uncompressed_size);
         self.read_blob_chunk(&blob, addr.blob_index as u32, addr.ci_index)
     }
 

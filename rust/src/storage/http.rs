@@ -160,7 +160,14 @@ impl HttpConn {
         self.send_filtered(client, req, url, extra, true)
     }
 
-    fn send_filtered(&self, client: &Client, req: &Request, url: &str, extra: &[(String, String)], auth: bool) -> std::result::Result<Response, reqwest::Error> {
+    fn send_filtered(
+        &self,
+        client: &Client,
+        req: &Request,
+        url: &str,
+        extra: &[(String, String)],
+        auth: bool,
+    ) -> std::result::Result<Response, reqwest::Error> {
         self.metrics.request();
         let mut rb = client.request(req.method.clone(), url);
         let keep = |(k, _): &&(String, String)| auth || !k.eq_ignore_ascii_case("authorization");
@@ -194,7 +201,9 @@ impl HttpConn {
             }
         }
         for m in self.mirrors.iter().filter(|m| m.health.usable()) {
-            let Some(url) = mirror_url(&m.cfg.host, &req.url) else { continue };
+            let Some(url) = mirror_url(&m.cfg.host, &req.url) else {
+                continue;
+            };
             match self.send_filtered(&self.client, req, &url, &m.cfg.headers, m.cfg.auth_through) {
                 Ok(r) if !retryable_status(r.status()) && r.status() != StatusCode::NOT_FOUND => {
                     m.health.ok();
@@ -310,10 +319,7 @@ mod tests {
 
     #[test]
     fn mirror_url_keeps_path_and_query() {
-        assert_eq!(
-            mirror_url("http://m:5000", "https://reg.io/v2/lib/x/blobs/sha256:ab?x=1").as_deref(),
-            Some("http://m:5000/v2/lib/x/blobs/sha256:ab?x=1")
-        );
+        assert_eq!(mirror_url("http://m:5000", "https://reg.io/v2/lib/x/blobs/sha256:ab?x=1").as_deref(), Some("http://m:5000/v2/lib/x/blobs/sha256:ab?x=1"));
     }
 
     #[test]

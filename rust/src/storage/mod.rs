@@ -60,9 +60,7 @@ impl BlobSource for LocalBlob {
                 self.size
             )));
         }
-        self.file
-            .read_exact_at(buf, offset)
-            .ctx(|| format!("read blob {} at {offset}", self.path.display()))
+        self.file.read_exact_at(buf, offset).ctx(|| format!("read blob {} at {offset}", self.path.display()))
     }
 
     fn size(&self) -> Result<u64> {

@@ -81,14 +81,10 @@ impl Challenge {
 
 /// Credentials for `host` in a docker `config.json` (`$DOCKER_CONFIG` or `~/.docker`).
 pub fn docker_config_auth(host: &str) -> Option<String> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
+    let dir = std::env::var_os("DOCKER_CONFIG").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
     let auths = doc.get("auths")?.as_object()?;
-    let entry = [host.to_string(), format!("https://{host}"), format!("http://{host}"), format!("https://{host}/v1/")]
-        .iter()
-        .find_map(|k| auths.get(k))?;
+    let entry = [host.to_string(), format!("https://{host}"), format!("http://{host}"), format!("https://{host}/v1/")].iter().find_map(|k| auths.get(k))?;
     if let Some(a) = entry.get("auth").and_then(|v| v.as_str()).filter(|a| !a.is_empty()) {
         return Some(a.to_string());
     }
@@ -107,11 +103,7 @@ fn digest_ref(blob_id: &str) -> Result<String> {
 
 impl Registry {
     pub fn new(cfg: &RegistryConfig, metrics: Arc<BackendMetrics>) -> Result<Self> {
-        let creds = cfg
-            .auth
-            .clone()
-            .or_else(|| std::env::var("IMAGE_PULL_AUTH").ok().filter(|s| !s.is_empty()))
-            .or_else(|| docker_config_auth(&cfg.host));
+        let creds = cfg.auth.clone().or_else(|| std::env::var("IMAGE_PULL_AUTH").ok().filter(|s| !s.is_empty())).or_else(|| docker_config_auth(&cfg.host));
         let auth = match &cfg.registry_token {
             Some(t) => AuthHeader::Bearer { token: t.clone(), expires: Instant::now() + Duration::from_secs(86400 * 365) },
             None => AuthHeader::None,
@@ -208,8 +200,8 @@ impl Registry {
         if !status.is_success() {
             return Err(Error::backend(describe(resp, &format!("token endpoint {realm}"))));
         }
-        let body: serde_json::Value = serde_json::from_slice(&read_small(resp, 1 << 20)?)
-            .map_err(|e| Error::backend(format!("token endpoint {realm}: reply is not JSON: {e}")))?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&read_small(resp, 1 << 20)?).map_err(|e| Error::backend(format!("token endpoint {realm}: reply is not JSON: {e}")))?;
         let token = body
             .get("token")
             .or_else(|| body.get("access_token"))
@@ -226,11 +218,8 @@ impl Registry {
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
-            let loc = resp
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| Error::backend(format!("{what}: redirect without a Location")))?;
+            let loc =
+                resp.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| Error::backend(format!("{what}: redirect without a Location")))?;
             let next = resp.url().join(loc).map_err(|e| Error::backend(format!("{what}: bad redirect {loc:?}: {e}")))?;
             let mut req = Request::new(Method::GET, next.as_str());
             req.headers = headers.to_vec();
@@ -302,11 +291,7 @@ impl Registry {
 }
 
 fn upload_location(resp: &Response) -> Result<url::Url> {
-    let loc = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Error::backend("upload reply without a Location"))?;
+    let loc = resp.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| Error::backend("upload reply without a Location"))?;
     resp.url().join(loc).map_err(|e| Error::backend(format!("upload Location {loc:?}: {e}")))
 }
 

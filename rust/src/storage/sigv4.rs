@@ -78,11 +78,7 @@ pub fn sign(
     q.sort();
     let query_str: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let header_block: String = canon.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let request = format!(
-        "{method}\n{}\n{}\n{header_block}\n{signed}\n{payload_sha256}",
-        uri_encode(path, true),
-        query_str.join("&")
-    );
+    let request = format!("{method}\n{}\n{}\n{header_block}\n{signed}\n{payload_sha256}", uri_encode(path, true), query_str.join("&"));
     let scope = format!("{date}/{region}/s3/aws4_request");
     let to_sign = format!("AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}", hex::encode(Sha256::digest(request.as_bytes())));
     let mut key = hmac(format!("AWS4{}", creds.secret_access_key).as_bytes(), date.as_bytes());
@@ -90,10 +86,8 @@ pub fn sign(
         key = hmac(&key, part.as_bytes());
     }
     let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
-    headers.push((
-        "authorization".into(),
-        format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}", creds.access_key_id),
-    ));
+    headers
+        .push(("authorization".into(), format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}", creds.access_key_id)));
 }
 
 #[cfg(test)]
