@@ -122,12 +122,14 @@ class Image:
         verify: bool = True,
         cache_dir: Optional[PathArg] = None,
         config: Union[None, str, dict] = None,
+        backend_id: Optional[str] = None,
     ) -> "Image":
         """Open a bootstrap whose blobs are in ``blob_dir``, or wherever a nydusd ``config``
         (v1 or v2; a dict or JSON/TOML text) says: localfs, registry, S3 or http-proxy, with
         its blob cache. With a cache (``cache_dir`` or the config's ``work_dir``), decoded
         chunks persist (uncompressed, at their blob offsets) and later reads, in this process
-        or another, hit it."""
+        or another, hit it. ``backend_id`` names the backend for runtime credential updates
+        (``nydus_hybrid._core.set_registry_auth``); the daemon passes the RAFS mountpoint."""
         if isinstance(config, dict):
             config = json.dumps(config)
         return cls(
@@ -137,6 +139,7 @@ class Image:
                 verify,
                 None if cache_dir is None else os.fspath(cache_dir),
                 config,
+                backend_id,
             )
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Optional
 import time
 
 LOGGER_NAME = "nydus_hybrid"
@@ -23,10 +24,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup(level: str = "info", stream=None) -> logging.Logger:
+def setup(level: str = "info", stream=None, handler: Optional[logging.Handler] = None) -> logging.Logger:
+    """JSON lines to `stream` (stderr by default), or to `handler` (a log file)."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers.clear()
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = handler or logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     logger.setLevel(level.upper())

@@ -82,6 +82,8 @@ pub struct RegistryConfig {
     pub auth: Option<String>,
     pub registry_token: Option<String>,
     pub conn: ConnConfig,
+    /// Key of runtime credential updates (the daemon sets it to the RAFS mountpoint).
+    pub backend_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -192,6 +194,13 @@ impl Config {
             parse_v1(&root)
         } else {
             Err(Error::config("neither a v2 document (\"version\": 2) nor a v1 document (\"device\")"))
+        }
+    }
+
+    /// Name this configuration's backend for runtime credential updates.
+    pub fn set_backend_id(&mut self, id: &str) {
+        if let Some(BackendConfig::Registry(r)) = &mut self.backend {
+            r.backend_id = Some(id.to_string());
         }
     }
 
@@ -411,6 +420,7 @@ fn parse_backend(kind: &str, o: &Obj) -> Result<BackendConfig> {
                 auth,
                 registry_token: o.opt_str("registry_token")?.filter(|s| !s.is_empty()),
                 conn: parse_conn(o)?,
+                backend_id: None,
             }))
         }
         "s3" | "oss" => {

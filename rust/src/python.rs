@@ -85,11 +85,25 @@ impl Image {
     /// (v1/v2 JSON or TOML) naming the backend and blob cache. `cache_dir` overrides the
     /// configuration's cache directory.
     #[staticmethod]
-    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true, cache_dir=None, config=None))]
-    fn open(py: Python<'_>, bootstrap: PathBuf, blob_dir: Option<PathBuf>, verify: bool, cache_dir: Option<PathBuf>, config: Option<String>) -> R<Self> {
+    #[pyo3(signature = (bootstrap, blob_dir=None, verify=true, cache_dir=None, config=None, backend_id=None))]
+    fn open(
+        py: Python<'_>,
+        bootstrap: PathBuf,
+        blob_dir: Option<PathBuf>,
+        verify: bool,
+        cache_dir: Option<PathBuf>,
+        config: Option<String>,
+        backend_id: Option<String>,
+    ) -> R<Self> {
         let mut rafs = py
             .allow_threads(|| match &config {
-                Some(text) => Rafs::open_with_config(&bootstrap, &Config::parse(text)?),
+                Some(text) => {
+                    let mut cfg = Config::parse(text)?;
+                    if let Some(id) = &backend_id {
+                        cfg.set_backend_id(id);
+                    }
+                    Rafs::open_with_config(&bootstrap, &cfg)
+                }
                 None => Rafs::open(&bootstrap, blob_dir.as_deref()),
             })
             .map_err(to_py)?;
@@ -364,6 +378,13 @@ impl PrefetchJob {
     }
 }
 
+/// Replace the registry credentials (base64 `user:password`) of every registry backend
+/// opened with this `backend_id`; they apply from the next request.
+#[pyfunction]
+fn set_registry_auth(backend_id: &str, auth: &str) {
+    crate::storage::registry::set_registry_auth(backend_id, auth);
+}
+
 /// Validate a nydusd configuration document; returns its normalised v2 form as JSON.
 #[pyfunction]
 fn parse_config(text: &str) -> R<String> {
@@ -436,6 +457,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FuseMount>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
+    m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;
     m.add_function(wrap_pyfunction!(push_blob, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -27,11 +27,23 @@ enum AuthHeader {
     Bearer { token: String, expires: Instant },
 }
 
+/// Credentials replaced at runtime (`PUT /api/v1/config {"registry_auth"}`), by backend id
+/// (the RAFS mountpoint). A registry reads them on every request, so a rotated password
+/// takes effect without a remount.
+static AUTH_OVERRIDES: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+pub fn set_registry_auth(backend_id: &str, auth: &str) {
+    AUTH_OVERRIDES.write().unwrap_or_else(|p| p.into_inner()).insert(backend_id.to_string(), auth.to_string());
+}
+
 pub struct Registry {
     cfg: RegistryConfig,
     http: HttpConn,
     /// base64 `user:password`, from the config, `IMAGE_PULL_AUTH` or docker's config.json.
     creds: Option<String>,
+    /// Key of runtime credential overrides (see `set_registry_auth`).
+    backend_id: Option<String>,
     auth: Mutex<AuthHeader>,
 }
 
@@ -108,7 +120,17 @@ impl Registry {
             Some(t) => AuthHeader::Bearer { token: t.clone(), expires: Instant::now() + Duration::from_secs(86400 * 365) },
             None => AuthHeader::None,
         };
-        Ok(Registry { cfg: cfg.clone(), http: HttpConn::new(&cfg.conn, metrics)?, creds, auth: Mutex::new(auth) })
+        Ok(Registry { cfg: cfg.clone(), http: HttpConn::new(&cfg.conn, metrics)?, creds, backend_id: cfg.backend_id.clone(), auth: Mutex::new(auth) })
+    }
+
+    /// The credentials in force: a runtime override for this backend, else the configured ones.
+    fn creds(&self) -> Option<String> {
+        let id = self.backend_id.as_ref()?;
+        AUTH_OVERRIDES.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    fn current_creds(&self) -> Option<String> {
+        self.creds().or_else(|| self.creds.clone())
     }
 
     fn base(&self) -> String {
@@ -122,7 +144,7 @@ impl Registry {
     fn auth_value(&self) -> Option<String> {
         match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
             AuthHeader::None => None,
-            AuthHeader::Basic => self.creds.as_ref().map(|c| format!("Basic {c}")),
+            AuthHeader::Basic => self.current_creds().map(|c| format!("Basic {c}")),
             AuthHeader::Bearer { token, expires } if Instant::now() < *expires => Some(format!("Bearer {token}")),
             AuthHeader::Bearer { .. } => None,
         }
@@ -159,7 +181,7 @@ impl Registry {
     fn answer(&self, c: &Challenge, actions: &str) -> Result<()> {
         match c.scheme.as_str() {
             "basic" => {
-                if self.creds.is_none() {
+                if self.current_creds().is_none() {
                     return Err(Error::Auth(format!("{} requires credentials and none are configured", self.where_())));
                 }
                 *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = AuthHeader::Basic;
@@ -189,7 +211,7 @@ impl Registry {
             q.append_pair("scope", scope);
         }
         let mut req = Request::new(Method::GET, url.as_str());
-        if let Some(c) = &self.creds {
+        if let Some(c) = self.current_creds() {
             req = req.header("Authorization", format!("Basic {c}"));
         }
         let resp = self.http.send_direct(&req)?;

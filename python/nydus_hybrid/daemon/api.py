@@ -1,0 +1,250 @@
+"""The HTTP API on the unix socket (spec §1–2, contract in ``openapi.yaml``), on aiohttp.
+
+HTTP/1.1 keep-alive with no idle timeout: the snapshotter watches an idle connection for
+HUP to learn that the daemon died, so a connection is never closed by us. Bodyless PUTs
+accept a missing or empty body. Every error is ``{"code": "UNDEFINED", "message": ...}``
+with the status mapping of §1.2. Requests run one at a time, as in nydusd; blocking work
+runs in a thread so the event loop keeps every connection alive meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Awaitable, Callable, Optional
+
+from aiohttp import web
+
+from nydus_hybrid.daemon.errors import BadRequest, DaemonError, NoRoute, Unsupported
+
+# Large enough for any real request; a bigger body gets 413 before it is read.
+MAX_BODY = 1 << 20
+# aiohttp closes idle keep-alive connections after this; "never" is a very long time.
+NEVER = 10.0 ** 9
+HEADERS = {"Server": "Nydus API"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def ok(body=None, status: int = 200) -> web.Response:
+    if body is None:
+        return web.Response(status=204, headers=HEADERS)
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=HEADERS)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=json.dumps({"code": "UNDEFINED", "message": message}),
+                        content_type="application/json", headers=HEADERS)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DaemonError as e:
+        return error(e.status, e.message)
+    except web.HTTPNotFound:
+        return error(404, "NoRoute")
+    except web.HTTPMethodNotAllowed:
+        return error(400, "BadRequest")
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"PayloadTooLarge(\"request body above {MAX_BODY} bytes\")")
+    except web.HTTPException as e:
+        return error(e.status, e.reason or "BadRequest")
+    except Exception as e:  # an API bug must not take the daemon down
+        logging.getLogger("nydus_hybrid.daemon").exception("api handler failed")
+        return error(500, f"Internal({type(e).__name__}: {e})")
+
+
+async def no_body(request: web.Request) -> None:
+    """Bodyless requests: no body, or an empty one (Content-Length: 0), only."""
+    if request.body_exists and await request.read():
+        raise BadRequest("BadRequest")
+
+
+async def json_body(request: web.Request) -> dict:
+    raw = await request.read()
+    if not raw:
+        raise BadRequest("BadRequest")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"ParseBody(Error({str(e)!r}))") from e
+    if not isinstance(doc, dict):
+        raise BadRequest("ParseBody(Error(\"expected a JSON object\"))")
+    return doc
+
+
+def field(doc: dict, name: str, kind=str, required: bool = True):
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"ParseBody(Error(\"missing field `{name}`\"))")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BadRequest(f"ParseBody(Error(\"invalid type for field `{name}`\"))")
+    return value
+
+
+class Api:
+    """Routes bound to a daemon object (``nydus_hybrid.daemon.main.Daemon``)."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+        self.lock = asyncio.Lock()
+
+    async def run(self, fn, *args):
+        """Blocking daemon work, one request at a time, off the event loop."""
+        async with self.lock:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+        r = app.router
+        for v in ("v1", "v2"):
+            r.add_get(f"/api/{v}/daemon", self.daemon_info_v1 if v == "v1" else self.daemon_info_v2)
+            r.add_put(f"/api/{v}/daemon", self.set_log_level)
+        r.add_get("/api/v1/daemon/events", self.events)
+        r.add_get("/api/v1/daemon/backend", self.daemon_backend)
+        r.add_put("/api/v1/daemon/start", self.start)
+        r.add_put("/api/v1/daemon/exit", self.exit)
+        r.add_put("/api/v1/daemon/fuse/sendfd", self.sendfd)
+        r.add_put("/api/v1/daemon/fuse/takeover", self.takeover)
+        r.add_post("/api/v1/mount", self.mount)
+        r.add_put("/api/v1/mount", self.remount)
+        r.add_delete("/api/v1/mount", self.umount)
+        r.add_get("/api/v1/metrics", self.metrics)
+        r.add_get("/api/v1/metrics/files", self.metrics_files)
+        r.add_get("/api/v1/metrics/pattern", self.metrics_pattern)
+        r.add_get("/api/v1/metrics/backend", self.metrics_backend)
+        r.add_get("/api/v1/metrics/blobcache", self.metrics_blobcache)
+        r.add_get("/api/v1/metrics/inflight", self.metrics_inflight)
+        r.add_get("/api/v1/metrics/prometheus", self.metrics_prometheus)
+        r.add_get("/api/v1/config", self.get_config)
+        r.add_put("/api/v1/config", self.put_config)
+        for method in ("GET", "PUT", "DELETE"):
+            r.add_route(method, "/api/v2/blobs", self.blobs)
+        return app
+
+    # --- daemon ---------------------------------------------------------------------------
+
+    async def daemon_info_v1(self, request):
+        await self._no_body_on_get(request)
+        return ok(self.d.info(backends=True))
+
+    async def daemon_info_v2(self, request):
+        await self._no_body_on_get(request)
+        return ok(self.d.info(backends=False))
+
+    async def _no_body_on_get(self, request):
+        if request.body_exists and await request.read():
+            raise BadRequest("BadRequest")
+
+    async def set_log_level(self, request):
+        doc = await json_body(request)
+        self.d.set_log_level(field(doc, "log_level"))
+        return ok()
+
+    async def events(self, request):
+        return ok(self.d.events.to_json())
+
+    async def daemon_backend(self, request):
+        return ok(await self.run(self.d.backend_meta, request.query.get("mountpoint")))
+
+    async def start(self, request):
+        await no_body(request)
+        await self.run(self.d.start)
+        return ok()
+
+    async def exit(self, request):
+        await no_body(request)
+        await self.run(self.d.exit)
+        return ok()
+
+    async def sendfd(self, request):
+        await no_body(request)
+        raise Unsupported("Upgrade(Unsupported(\"sendfd: hot upgrade is not available in this release\"))")
+
+    async def takeover(self, request):
+        await no_body(request)
+        raise Unsupported("Upgrade(Unsupported(\"takeover: hot upgrade is not available in this release\"))")
+
+    # --- mounts ---------------------------------------------------------------------------
+
+    async def _mount_cmd(self, request) -> tuple:
+        doc = await json_body(request)
+        fs_type = field(doc, "fs_type", required=False) or ""
+        source = field(doc, "source")
+        config = field(doc, "config")
+        prefetch = field(doc, "prefetch_files", list, required=False)
+        if fs_type != "rafs":
+            if fs_type in ("passthrough", "passthroughfs", "passthrough_fs"):
+                raise Unsupported(f"Mount(Unsupported(\"fs_type {fs_type}\"))")
+            raise DaemonError(f"Mount(InvalidArguments(\"fs_type {fs_type!r}\"))")
+        return source, config, prefetch
+
+    async def mount(self, request):
+        source, config, prefetch = await self._mount_cmd(request)
+        await self.run(self.d.service.add, request.query.get("mountpoint"), source, config, prefetch)
+        self.d.mounts_changed()
+        return ok()
+
+    async def remount(self, request):
+        source, config, _ = await self._mount_cmd(request)
+        await self.run(self.d.service.remount, request.query.get("mountpoint"), source, config)
+        self.d.mounts_changed()
+        return ok()
+
+    async def umount(self, request):
+        await no_body(request)
+        await self.run(self.d.service.remove, request.query.get("mountpoint"))
+        self.d.mounts_changed()
+        return ok()
+
+    # --- metrics --------------------------------------------------------------------------
+
+    async def metrics(self, request):
+        return ok(self.d.service.fs_metrics(request.query.get("id")))
+
+    async def metrics_files(self, request):
+        self.d.service.fs_metrics(request.query.get("id"))  # 404 for an unknown id
+        # Per-file accounting (`iostats_files`) is not collected: empty, as nydusd with it off.
+        return ok([] if request.query.get("latest") == "true" else {})
+
+    async def metrics_pattern(self, request):
+        self.d.service.fs_metrics(request.query.get("id"))
+        return ok([])
+
+    async def metrics_backend(self, request):
+        return ok(self.d.service.backend_metrics(request.query.get("id")))
+
+    async def metrics_blobcache(self, request):
+        return ok(self.d.service.blobcache_metrics(request.query.get("id")))
+
+    async def metrics_inflight(self, request):
+        # In-flight requests are not tracked per worker yet: "nothing in flight" is 204.
+        return ok()
+
+    async def metrics_prometheus(self, request):
+        return web.Response(text=self.d.prometheus(), content_type="text/plain", headers=HEADERS)
+
+    # --- hot-reload configuration ---------------------------------------------------------
+
+    async def get_config(self, request):
+        return ok(self.d.runtime_config.get(request.query.get("id")))
+
+    async def put_config(self, request):
+        doc = await json_body(request)
+        self.d.runtime_config.put(request.query.get("id", ""), doc)
+        return ok()
+
+    async def blobs(self, request):
+        raise Unsupported("Unsupported(\"the blob API serves fscache daemons (singleton); this is a fuse daemon\")")
+
+
+async def serve(api: Api, sock_path: str) -> web.AppRunner:
+    runner = web.AppRunner(api.app(), keepalive_timeout=NEVER, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.UnixSite(runner, sock_path)
+    await site.start()
+    return runner

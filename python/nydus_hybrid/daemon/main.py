@@ -1,0 +1,278 @@
+"""Start-up, crash detection, signals and shutdown of the daemon (spec §3.3–3.4, §6).
+
+A normal fuse start mounts FUSE and the initial instance and reaches RUNNING *before* the
+API socket exists, so a client never sees INIT. With ``--upgrade``, or when a crashed
+predecessor is detected (its mount is still there and its socket file refuses
+connections), nothing is mounted and the daemon waits in INIT for a takeover. SIGTERM and
+SIGINT stop the workers, unmount and exit 0; ``PUT /daemon/exit`` stops without unmounting."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Optional
+
+from nydus_hybrid import _core, log
+from nydus_hybrid.daemon import args as dargs
+from nydus_hybrid.daemon import state as st
+from nydus_hybrid.daemon.api import Api, serve
+from nydus_hybrid.daemon.errors import BadRequest, DaemonError
+from nydus_hybrid.daemon.service import FuseService, check_virtual_mountpoint, config_from_localfs_dir
+
+LOG = logging.getLogger("nydus_hybrid.daemon")
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+RUNTIME_KEYS = ("registry_auth", "proxy_url", "dragonfly_scheduler_endpoint")
+
+
+def version_text() -> str:
+    return "\n".join([f"Version:\t{_core.__version__}", f"Git Commit:\t{_core.GIT_COMMIT}",
+                      "Build Time:\tunknown", "Profile:\trelease", f"Rustc:\t{sys.version.split()[0]} (python)"])
+
+
+class Events:
+    """The error ring buffer of `/daemon/events` (spec §8.6)."""
+
+    MAX_ERRORS, MAX_SIZE = 500, 51200
+
+    def __init__(self):
+        self.errors: list = []
+        self.total_errors = 0
+        self.lock = threading.Lock()
+
+    def add(self, message: str) -> None:
+        line = f"{email.utils.formatdate(usegmt=True)} - {message}"
+        with self.lock:
+            self.total_errors += 1
+            self.errors.append(line)
+            while len(self.errors) > self.MAX_ERRORS or sum(map(len, self.errors)) > self.MAX_SIZE:
+                self.errors.pop(0)
+
+    def to_json(self) -> dict:
+        with self.lock:
+            return {"max_errors": self.MAX_ERRORS, "total_errors": self.total_errors, "max_size": self.MAX_SIZE,
+                    "total_size": sum(map(len, self.errors)), "errors": list(self.errors)}
+
+
+class RuntimeConfig:
+    """The hot-reload map of `/api/v1/config` (spec §2.6), keyed `<id>:<key>`. Registry
+    credentials reach the Rust backends at once."""
+
+    def __init__(self):
+        self.values: dict = {}
+
+    def put(self, id_: str, doc: dict) -> None:
+        bad = [k for k in doc if k not in RUNTIME_KEYS]
+        if bad:
+            raise DaemonError(f"Configure(ResponsePayloadType) unknown key {bad[0]!r}; allowed: {', '.join(RUNTIME_KEYS)}")
+        if not all(isinstance(v, str) for v in doc.values()):
+            raise BadRequest("ParseBody(Error(\"values must be strings\"))")
+        for key, value in doc.items():
+            self.values[f"{id_}:{key}"] = value
+            if key == "registry_auth":
+                _core.set_registry_auth(id_, value)
+
+    def get(self, id_: Optional[str]) -> dict:
+        if id_ is None:
+            return dict(self.values)
+        prefix = f"{id_}:"
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+
+def predecessor_crashed(mountpoint: str, apisock: Optional[str]) -> bool:
+    """Spec §3.4: the mountpoint is still mounted and the old socket file refuses connections."""
+    if not apisock or not os.path.exists(apisock):
+        return False
+    with open("/proc/self/mounts") as f:
+        mounted = any(line.split()[1] == mountpoint for line in f)
+    if not mounted:
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(apisock)
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+class Daemon:
+    def __init__(self, a):
+        self.a = a
+        self.events = Events()
+        self.runtime_config = RuntimeConfig()
+        self.machine = st.StateMachine(st.INIT, on_change=self._changed)
+        self.service = FuseService(a.mountpoint, a.threads, upgrade=a.upgrade)
+        self.stopping: Optional[asyncio.Event] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.unmount_on_exit = True
+
+    def _changed(self, event: str, before: str, after: str) -> None:
+        log.event("state", input=event, before=before, after=after)
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def normal_start(self) -> None:
+        self.service.mount_fuse()
+        if self.a.bootstrap:
+            config = open(self.a.config).read() if self.a.config else config_from_localfs_dir(self.a.localfs_dir)
+            prefetch = None
+            if self.a.prefetch_files:
+                prefetch = [line.strip() for line in open(self.a.prefetch_files) if line.strip()]
+            self.service.add(self.a.virtual_mountpoint, self.a.bootstrap, config, prefetch)
+        self.service.start_workers()
+        self.machine.force(st.RUNNING)
+
+    # --- API actions ----------------------------------------------------------------------
+
+    def info(self, backends: bool) -> dict:
+        return {
+            "version": {"package_ver": _core.__version__, "git_commit": _core.GIT_COMMIT, "build_time": "unknown",
+                        "profile": "release", "rustc": "unknown"},
+            "id": self.a.id,
+            "supervisor": self.a.supervisor,
+            "state": self.machine.state,
+            "backend_collection": self.service.backend_collection() if backends else None,
+        }
+
+    def set_log_level(self, level: str) -> None:
+        name = level.lower()
+        if name not in LEVELS:
+            raise DaemonError(f"Logger(\"unknown log level {level!r}\")")
+        logging.getLogger(log.LOGGER_NAME).setLevel(LEVELS[name])
+        log.event("log_level", level=name)
+
+    def start(self) -> None:
+        self.machine.fire("start", self.service.start_workers)
+
+    def exit(self) -> None:
+        """Stop serving and exit without unmounting (hot upgrade keeps the mount)."""
+        state = self.machine.state
+        if state == st.RUNNING:
+            self.machine.fire("stop", self.service.stop_workers)
+            self.machine.fire("exit")
+        elif state == st.READY:
+            self.machine.fire("exit")
+        elif state == st.INIT:
+            self.machine.fire("stop")
+        self.unmount_on_exit = False
+        self._shutdown_soon()
+
+    def _shutdown_soon(self) -> None:
+        # Let the 204 go out first, then end the main loop.
+        if self.loop and self.stopping:
+            self.loop.call_soon_threadsafe(self.loop.call_later, 0.05, self.stopping.set)
+
+    def backend_meta(self, mountpoint: Optional[str]) -> dict:
+        mountpoint = check_virtual_mountpoint(mountpoint)
+        inst = self.service.instances.get(mountpoint)
+        if inst is None:
+            raise DaemonError(f"Rafs(NotFound(\"no RAFS instance at {mountpoint}\"))")
+        return inst.image.inspect()
+
+    def mounts_changed(self) -> None:
+        """Hook for the supervisor state push of the upgrade milestone."""
+
+    def prometheus(self) -> str:
+        """The counters of every instance in Prometheus' text format."""
+        out = []
+        fops = ["getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr", "opendir",
+                "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget"]
+        out.append("# TYPE nydus_fop_hits_total counter")
+        for mp in list(self.service.instances):
+            try:
+                fs = self.service.fs_metrics(mp)
+                be = self.service.backend_metrics(mp)
+                bc = self.service.instances[mp].image.metrics()["blobcache"]
+            except (DaemonError, KeyError):
+                continue
+            label = json.dumps(mp)
+            for i, name in enumerate(fops):
+                out.append(f'nydus_fop_hits_total{{mountpoint={label},op="{name}"}} {fs["fop_hits"][i]}')
+                out.append(f'nydus_fop_errors_total{{mountpoint={label},op="{name}"}} {fs["fop_errors"][i]}')
+            out.append(f"nydus_data_read_bytes_total{{mountpoint={label}}} {fs['data_read']}")
+            out.append(f"nydus_backend_reads_total{{mountpoint={label}}} {be['read_count']}")
+            out.append(f"nydus_backend_read_errors_total{{mountpoint={label}}} {be['read_errors']}")
+            out.append(f"nydus_backend_read_bytes_total{{mountpoint={label}}} {be['read_amount_total']}")
+            out.append(f"nydus_blobcache_chunk_hits_total{{mountpoint={label}}} {bc['chunk_hits']}")
+            out.append(f"nydus_blobcache_chunk_misses_total{{mountpoint={label}}} {bc['chunk_misses']}")
+        return "\n".join(out) + "\n"
+
+    # --- running --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        runner = None
+        if self.a.apisock:
+            if os.path.lexists(self.a.apisock):
+                os.unlink(self.a.apisock)
+            runner = await serve(Api(self), self.a.apisock)
+            os.chmod(self.a.apisock, 0o600)
+        log.event("api_ready", apisock=self.a.apisock, state=self.machine.state)
+        await self.stopping.wait()
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+        if runner is not None:
+            await runner.cleanup()
+        return 0
+
+    def _shutdown(self) -> None:
+        if not self.unmount_on_exit:
+            log.event("exit", unmounted=False)
+            return
+        if self.machine.state == st.RUNNING:
+            self.machine.fire("stop", self.service.stop_workers)
+        if self.machine.state in (st.READY, st.INIT):
+            self.machine.fire("stop", self.service.umount)
+        log.event("exit", unmounted=True)
+
+
+def setup_logging(a) -> None:
+    handler = None
+    if a.log_file:
+        if a.log_rotation_size > 0:
+            handler = logging.handlers.RotatingFileHandler(a.log_file, maxBytes=a.log_rotation_size << 20, backupCount=5)
+        else:
+            handler = logging.FileHandler(a.log_file)
+    log.setup("debug" if a.log_level == "trace" else {"warn": "warning", "off": "error"}.get(a.log_level, a.log_level),
+              handler=handler)
+
+
+def main(argv=None) -> int:
+    a = dargs.parse(argv)
+    if a.version:
+        print(version_text())
+        return 0
+    setup_logging(a)
+    if a.mode == "singleton":
+        print("nydusd: error: singleton (fscache) mode is not available in this release", file=sys.stderr)
+        return 1
+    if a.shared_dir:
+        print("nydusd: error: --shared-dir (passthrough) is not supported: nydus-hybrid serves RAFS only", file=sys.stderr)
+        return 1
+    if not os.path.isdir(a.mountpoint):
+        print(f"nydusd: error: mountpoint {a.mountpoint} is not a directory", file=sys.stderr)
+        return 1
+    d = Daemon(a)
+    crashed = predecessor_crashed(os.path.realpath(a.mountpoint), a.apisock)
+    try:
+        if a.apisock and (a.upgrade or crashed):
+            log.event("waiting_for_takeover", upgrade=a.upgrade, crashed=crashed)
+        else:
+            d.normal_start()
+    except Exception as e:  # a failed start is one clear line and exit 1, never a traceback
+        print(f"nydusd: error: {e}", file=sys.stderr)
+        d.service.umount()
+        return 1
+    return asyncio.run(d.run())

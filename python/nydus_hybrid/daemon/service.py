@@ -1,0 +1,210 @@
+"""The FUSE service of the daemon: one kernel mount (the Rust server in
+``nydus_hybrid.mount``) and the RAFS instances attached under it, at ``/`` (dedicated) or
+``/<id>`` (shared). It turns API requests into attach/detach calls and answers the metrics
+lookups of spec §8. Everything here is control; no file data passes through Python."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+from nydus_hybrid import config as nconfig
+from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound
+from nydus_hybrid.errors import NydusError
+from nydus_hybrid.image import Image
+from nydus_hybrid.mount import Mount
+
+
+@dataclass
+class Instance:
+    """One RAFS instance: where it is, what it was mounted from, and its reader."""
+
+    mountpoint: str
+    source: str
+    config_text: str
+    config: dict  # normalised v2 form, secrets removed
+    image: Image
+    index: int
+    mounted_at: float = field(default_factory=time.time)
+
+    @property
+    def config_id(self) -> str:
+        return self.config.get("id") or ""
+
+    def mounted_time(self) -> str:
+        """The `time` crate's human-readable form nydusd reports: `YYYY-MM-DD HH:MM:SS.nnnnnnnnn +00:00:00`."""
+        secs = int(self.mounted_at)
+        nanos = int((self.mounted_at - secs) * 1e9)
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + f".{nanos:09d} +00:00:00"
+
+    def info(self) -> dict:
+        return {"backend_type": "Rafs", "mountpoint": self.mountpoint, "mounted_time": self.mounted_time(), "config": self.config}
+
+
+def check_virtual_mountpoint(path: Optional[str]) -> str:
+    """A pseudo-fs location: absolute, no `..`, no empty or `.` components (but `/` is fine)."""
+    if not path:
+        raise BadRequest("QueryString(\"'mountpoint' should be specified in query string\")")
+    parts = path.split("/")
+    if not path.startswith("/") or any(p in (".", "..") for p in parts) or "\0" in path:
+        raise BadRequest(f"invalid mountpoint {path!r}: must be absolute, without '.' or '..'")
+    return "/" + "/".join(p for p in parts if p)
+
+
+class FuseService:
+    def __init__(self, mountpoint: str, threads: int, *, upgrade: bool = False):
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.threads = threads
+        self.mount: Optional[Mount] = None
+        self.instances: Dict[str, Instance] = {}
+        self._lock = threading.RLock()
+        self.upgrade = upgrade
+
+    # --- the kernel mount and its workers -------------------------------------------------
+
+    def mount_fuse(self) -> None:
+        self.mount = Mount.create(self.mountpoint)
+
+    def start_workers(self) -> None:
+        self._need_mount().start(self.threads)
+
+    def stop_workers(self) -> None:
+        self._need_mount().stop(umount=False)
+
+    def umount(self) -> None:
+        if self.mount is not None:
+            self.mount.stop(umount=True)
+
+    def _need_mount(self) -> Mount:
+        if self.mount is None:
+            raise DaemonError("the FUSE session is not set up (waiting for a takeover?)")
+        return self.mount
+
+    # --- instances ------------------------------------------------------------------------
+
+    def _open(self, source: str, config_text: str, prefetch_files=None, mountpoint: Optional[str] = None) -> tuple:
+        if not os.path.isfile(source):
+            raise DaemonError(f"Mount(MountFilesystem(Other(\"bootstrap {source} does not exist\")))")
+        try:
+            cfg = nconfig.parse(config_text)
+            image = Image.open(source, config=config_text, backend_id=mountpoint)
+            image.stat("/")  # the bootstrap is read and validated now, not on first use
+        except NydusError as e:
+            raise DaemonError(f"Mount(MountFilesystem(Other({str(e)!r})))") from e
+        if prefetch_files:
+            self._prefetch(image, cfg, prefetch_files)
+        return cfg, image
+
+    def _prefetch(self, image: Image, cfg: dict, files) -> None:
+        bad = [f for f in files if not isinstance(f, str) or not f.startswith("/")]
+        if bad:
+            raise BadRequest(f"prefetch_files must be absolute paths: {bad[:3]}")
+        if cfg["cache"]["type"] not in ("blobcache", "filecache"):
+            return  # nothing to fill without a cache; nydusd also ignores it then
+        existing = [f for f in files if _exists(image, f)]
+        if existing:
+            p = cfg["rafs"]["prefetch"] if cfg["rafs"]["prefetch"]["enable"] else cfg["cache"]["prefetch"]
+            image.prefetch(existing, threads=max(1, p["threads"]), batch_size=p["batch_size"], bandwidth_limit=p["bandwidth_limit"])
+
+    def add(self, mountpoint: str, source: str, config_text: str, prefetch_files=None) -> Instance:
+        mountpoint = check_virtual_mountpoint(mountpoint)
+        with self._lock:
+            if mountpoint in self.instances:
+                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
+            cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
+            index = self._need_mount().attach(mountpoint, image, **_cache_opts(cfg))
+            inst = Instance(mountpoint, source, config_text, cfg, image, index)
+            self.instances[mountpoint] = inst
+            return inst
+
+    def restore(self, mountpoint: str, source: str, config_text: str, index: int) -> Instance:
+        """Put an instance back at the index it had in a previous daemon (takeover)."""
+        cfg, image = self._open(source, config_text, mountpoint=mountpoint)
+        self._need_mount().attach(mountpoint, image, index=index, **_cache_opts(cfg))
+        inst = Instance(mountpoint, source, config_text, cfg, image, index)
+        self.instances[mountpoint] = inst
+        return inst
+
+    def remove(self, mountpoint: str) -> None:
+        mountpoint = check_virtual_mountpoint(mountpoint)
+        with self._lock:
+            if mountpoint not in self.instances:
+                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
+            self._need_mount().detach(mountpoint)
+            del self.instances[mountpoint]
+
+    def remount(self, mountpoint: str, source: str, config_text: str) -> Instance:
+        """Reload an instance's bootstrap and config in place (same path, new reader)."""
+        mountpoint = check_virtual_mountpoint(mountpoint)
+        with self._lock:
+            if mountpoint not in self.instances:
+                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
+            cfg, image = self._open(source, config_text, mountpoint=mountpoint)
+            m = self._need_mount()
+            m.detach(mountpoint)
+            index = m.attach(mountpoint, image, **_cache_opts(cfg))
+            inst = Instance(mountpoint, source, config_text, cfg, image, index)
+            self.instances[mountpoint] = inst
+            return inst
+
+    # --- metrics (spec §8) ----------------------------------------------------------------
+
+    def _pick(self, id_: Optional[str], key) -> Instance:
+        with self._lock:
+            if id_ is None:
+                if len(self.instances) == 1:
+                    return next(iter(self.instances.values()))
+                raise MetricsNotFound(f"no metrics: {len(self.instances)} instances and no id")
+            for inst in self.instances.values():
+                if key(inst) == id_:
+                    return inst
+        raise MetricsNotFound(f"no metrics for id {id_!r}")
+
+    def fs_metrics(self, id_: Optional[str]) -> dict:
+        inst = self._pick(id_, lambda i: i.mountpoint)
+        rafs = inst.config["rafs"]
+        m = self._need_mount().fs_metrics(inst.mountpoint)
+        m.update(files_account_enabled=rafs["iostats_files"], access_pattern_enabled=rafs["access_pattern"],
+                 record_latest_read_files_enabled=rafs["latest_read_files"])
+        return m
+
+    def backend_metrics(self, id_: Optional[str]) -> dict:
+        return self._pick(id_, lambda i: i.mountpoint).image.metrics()["backend"]
+
+    def blobcache_metrics(self, id_: Optional[str]) -> dict:
+        # Keyed by the config id (the snapshotter's v1 `device.id`, `/<snapshotID>`).
+        return self._pick(id_, lambda i: i.config_id).image.metrics()["blobcache"]
+
+    def backend_collection(self) -> dict:
+        with self._lock:
+            return {mp: inst.info() for mp, inst in self.instances.items()}
+
+    def saved_mounts(self) -> list:
+        """What a successor needs to rebuild every instance (for the upgrade state)."""
+        with self._lock:
+            return [{"mountpoint": i.mountpoint, "source": i.source, "config": i.config_text, "index": i.index}
+                    for i in self.instances.values()]
+
+
+def _exists(image: Image, path: str) -> bool:
+    try:
+        image.lookup(path)
+        return True
+    except NydusError:
+        return False
+
+
+def _cache_opts(cfg: dict) -> dict:
+    # nydusd's FUSE timeouts come from the RAFS instance; an image never changes under a
+    # mount, so long timeouts and a kept page cache are safe.
+    return {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
+
+
+def config_from_localfs_dir(blob_dir: str) -> str:
+    """nydusd's `--localfs-dir`: a localfs backend plus a blob cache beside it."""
+    return json.dumps({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": blob_dir}},
+                       "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(blob_dir, "cache")}}})
