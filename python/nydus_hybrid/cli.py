@@ -307,6 +307,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="directory to build (default: this Python's standard library)")
     p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--no-serve", action="store_true", help="stop after the summary instead of serving until Ctrl-C")
     return parser
 
 
@@ -339,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if a.command == "demo":
             from nydus_hybrid.demo import run_demo
 
-            return run_demo(a.source, a.workdir, a.keep)
+            return run_demo(a.source, a.workdir, a.keep, serve=not a.no_serve)
         return COMMANDS[a.command](a)
     except NydusError as e:
         print(f"nydus-hybrid: error: {e}", file=sys.stderr)
