@@ -64,6 +64,12 @@ class Mount:
 
         return json.loads(self._inner.fs_metrics_json(path))
 
+    def inflight(self, path: str) -> list:
+        """Operations the image at ``path`` is serving right now (nydusd's ``/metrics/inflight``)."""
+        import json
+
+        return json.loads(self._inner.inflight_json(path))
+
     def start(self, threads: int = 4) -> None:
         self._inner.start(threads)
 

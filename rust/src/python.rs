@@ -339,6 +339,12 @@ impl FuseMount {
         Ok(stats.to_json(id.unwrap_or(path), files_account, access_pattern, latest_read_files).to_string())
     }
 
+    /// Operations being served now for the image at `path` (spec §8.8), as JSON.
+    fn inflight_json(&self, path: &str) -> R<String> {
+        let stats = self.server.fs_stats(path).ok_or_else(|| to_py(Error::NotFound(format!("no image mounted at {path}"))))?;
+        Ok(serde_json::Value::from(stats.inflight_json()).to_string())
+    }
+
     fn save_state<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(py, &self.server.save_state().map_err(to_py)?))
     }

@@ -263,3 +263,48 @@ def test_session_fd_handed_to_a_new_process(built, tmp_path):
             child.kill()
         if is_mounted(mnt):
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_inflight_shows_a_read_waiting_on_a_stalled_backend(built, tmp_path):
+    """A backend that accepts and never answers: the read shows up in flight until the
+    backend timeout turns it into EIO; the server keeps serving meanwhile."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(16)], daemon=True).start()
+    cfg = {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {
+        "addr": f"http://127.0.0.1:{listener.getsockname()[1]}", "timeout": 3, "connect_timeout": 2}},
+        "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}}}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = Mount.create(mnt)
+    try:
+        m.attach("/", nydus_hybrid.Image.open(built.bootstrap, config=cfg))
+        m.start(2)
+        outcome = []
+
+        def read():
+            try:
+                (mnt / "files/hello.txt").read_bytes()
+                outcome.append("read")
+            except OSError as e:
+                outcome.append(e.errno)
+
+        t = threading.Thread(target=read)
+        t.start()
+        seen = []
+        deadline = time.monotonic() + 2.5
+        while not seen and time.monotonic() < deadline:
+            seen = [op for op in m.inflight("/") if op["opcode"] == 15]
+            time.sleep(0.05)
+        assert seen and seen[0]["timestamp_secs"] <= time.time(), m.inflight("/")
+        assert os.listdir(mnt / "files")  # other requests are still answered
+        t.join(timeout=30)
+        assert outcome == [errno.EIO]
+        assert m.inflight("/") == []
+    finally:
+        m.stop(umount=True)
+        listener.close()

@@ -222,8 +222,8 @@ class Api:
         return ok(self.d.service.blobcache_metrics(request.query.get("id")))
 
     async def metrics_inflight(self, request):
-        # In-flight requests are not tracked per worker yet: "nothing in flight" is 204.
-        return ok()
+        ops = self.d.service.inflight()
+        return ok(ops) if ops else ok()  # nothing in flight is 204, no body
 
     async def metrics_prometheus(self, request):
         return web.Response(text=self.d.prometheus(), content_type="text/plain", headers=HEADERS)

@@ -179,6 +179,14 @@ class FuseService:
         # Keyed by the config id (the snapshotter's v1 `device.id`, `/<snapshotID>`).
         return self._pick(id_, lambda i: i.config_id).image.metrics()["blobcache"]
 
+    def inflight(self) -> list:
+        """Every operation being served now, over all instances (spec §8.8)."""
+        with self._lock:
+            paths = list(self.instances)
+        if self.mount is None:
+            return []
+        return [op for p in paths for op in self.mount.inflight(p)]
+
     def backend_collection(self) -> dict:
         with self._lock:
             return {mp: inst.info() for mp, inst in self.instances.items()}

@@ -45,8 +45,14 @@ pub struct RafsFs {
     next_handle: AtomicU64,
 }
 
+/// The errno a FUSE reply carries. A backend that timed out or refused credentials is, to a
+/// program reading a file, an I/O error like any other failed fetch (as with nydusd).
 fn errno(e: Error) -> io::Error {
-    io::Error::from_raw_os_error(e.errno())
+    let code = match e {
+        Error::Timeout(_) | Error::Auth(_) => libc::EIO,
+        e => e.errno(),
+    };
+    io::Error::from_raw_os_error(code)
 }
 
 fn nid_of(ino: u64) -> io::Result<u64> {
@@ -141,6 +147,7 @@ impl FileSystem for RafsFs {
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         self.stats.op(
             Fop::Lookup,
+            parent,
             || {
                 let dir = nid_of(parent)?;
                 match self.rafs.boot.lookup(dir, name.to_bytes()).map_err(errno)? {
@@ -155,6 +162,7 @@ impl FileSystem for RafsFs {
     fn getattr(&self, _ctx: &Context, inode: u64, _handle: Option<u64>) -> io::Result<(stat64, Duration)> {
         self.stats.op(
             Fop::Getattr,
+            inode,
             || {
                 let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
                 Ok((stat64_of(&s, inode), self.opts.attr_timeout))
@@ -164,12 +172,13 @@ impl FileSystem for RafsFs {
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.stats.op(Fop::Readlink, || self.rafs.boot.readlink(nid_of(inode)?).map_err(errno), |_| 0)
+        self.stats.op(Fop::Readlink, inode, || self.rafs.boot.readlink(nid_of(inode)?).map_err(errno), |_| 0)
     }
 
     fn open(&self, _ctx: &Context, inode: u64, flags: u32, _fuse_flags: u32) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         self.stats.op(
             Fop::Open,
+            inode,
             || {
                 if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
                     return Err(io::Error::from_raw_os_error(libc::EROFS));
@@ -198,6 +207,7 @@ impl FileSystem for RafsFs {
     ) -> io::Result<usize> {
         self.stats.op(
             Fop::Read,
+            inode,
             || {
                 let mut sink = |piece: &[u8]| w.write_all(piece).map_err(|e| Error::io("write FUSE reply", e));
                 self.rafs.read_nid_into(nid_of(inode)?, offset, size as usize, &mut sink).map_err(errno)
@@ -207,12 +217,13 @@ impl FileSystem for RafsFs {
     }
 
     fn release(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64, _flush: bool, _flock_release: bool, _lock_owner: Option<u64>) -> io::Result<()> {
-        self.stats.op(Fop::Release, || Ok(()), |_| 0)
+        self.stats.op(Fop::Release, _inode, || Ok(()), |_| 0)
     }
 
     fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
         self.stats.op(
             Fop::Statfs,
+            _inode,
             || {
                 // SAFETY: statvfs64 is plain data; all-zero is a valid value.
                 let mut st: statvfs64 = unsafe { std::mem::zeroed() };
@@ -231,6 +242,7 @@ impl FileSystem for RafsFs {
     fn getxattr(&self, _ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
         self.stats.op(
             Fop::Getxattr,
+            inode,
             || {
                 let nid = nid_of(inode)?;
                 let ino = self.rafs.inode(nid).map_err(errno)?;
@@ -253,6 +265,7 @@ impl FileSystem for RafsFs {
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.stats.op(
             Fop::Listxattr,
+            inode,
             || {
                 let nid = nid_of(inode)?;
                 let ino = self.rafs.inode(nid).map_err(errno)?;
@@ -274,6 +287,7 @@ impl FileSystem for RafsFs {
     fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
         self.stats.op(
             Fop::Opendir,
+            inode,
             || {
                 let ents = self.rafs.boot.readdir(nid_of(inode)?).map_err(errno)?;
                 let h = self.next_handle.fetch_add(1, Relaxed);
@@ -296,6 +310,7 @@ impl FileSystem for RafsFs {
     ) -> io::Result<()> {
         self.stats.op(
             Fop::Readdir,
+            inode,
             || self.list(inode, handle, offset, |e, next| add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name })),
             |_| 0,
         )
@@ -312,6 +327,7 @@ impl FileSystem for RafsFs {
     ) -> io::Result<()> {
         self.stats.op(
             Fop::Readdirplus,
+            inode,
             || {
                 self.list(inode, handle, offset, |e, next| {
                     let entry = self.entry(e.nid)?;
@@ -330,6 +346,7 @@ impl FileSystem for RafsFs {
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         self.stats.op(
             Fop::Access,
+            inode,
             || {
                 let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
                 if mask as i32 & libc::W_OK != 0 {

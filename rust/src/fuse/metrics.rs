@@ -4,8 +4,10 @@
 //! or bytes).
 
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// The FOP index of §8.1.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +25,13 @@ pub enum Fop {
     Readdir = 10,
     Readdirplus = 11,
     Access = 12,
+}
+
+impl Fop {
+    /// The FUSE opcode, as `/metrics/inflight` reports it.
+    fn opcode(self) -> u32 {
+        [3, 5, 14, 18, 15, 17, 22, 23, 27, 1, 28, 44, 34][self as usize]
+    }
 }
 
 const FOPS: usize = 15;
@@ -49,13 +58,20 @@ pub struct FsIoStats {
     fop_errors: [AtomicU64; FOPS],
     fop_latency_total: [AtomicU64; FOPS],
     latency_dist: [AtomicU64; BUCKETS],
+    /// Operations being served now: sequence number -> (inode, opcode, start in epoch s).
+    inflight: Mutex<HashMap<u64, (u64, u32, u64)>>,
+    next_seq: AtomicU64,
 }
 
 impl FsIoStats {
     /// Run one operation, counting it (hit or error), its latency and, for reads, bytes.
-    pub fn op<T>(&self, fop: Fop, f: impl FnOnce() -> std::io::Result<T>, bytes: impl Fn(&T) -> u64) -> std::io::Result<T> {
+    pub fn op<T>(&self, fop: Fop, inode: u64, f: impl FnOnce() -> std::io::Result<T>, bytes: impl Fn(&T) -> u64) -> std::io::Result<T> {
         let start = Instant::now();
+        let seq = self.next_seq.fetch_add(1, Relaxed);
+        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, (inode, fop.opcode(), epoch));
         let res = f();
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
         let i = fop as usize;
         match &res {
             Ok(v) => {
@@ -83,6 +99,14 @@ impl FsIoStats {
         self.fop_latency_total[i].fetch_add(us, Relaxed);
         self.latency_dist[latency_bucket(us)].fetch_add(1, Relaxed);
         res
+    }
+
+    /// `/metrics/inflight` entries (spec §8.8) of this instance.
+    pub fn inflight_json(&self) -> Vec<Value> {
+        let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.iter().map(|(seq, (ino, op, t))| json!({"inode": ino, "opcode": op, "unique": seq, "timestamp_secs": t})).collect();
+        v.sort_by_key(|e| e["unique"].as_u64());
+        v
     }
 
     pub fn to_json(&self, id: &str, files_account: bool, access_pattern: bool, latest_read_files: bool) -> Value {
@@ -119,15 +143,19 @@ mod tests {
     #[test]
     fn reads_and_errors_are_counted() {
         let s = FsIoStats::default();
-        s.op(Fop::Read, || Ok(4096u64), |n| *n).unwrap();
-        let _ = s.op(Fop::Lookup, || Err::<(), _>(std::io::Error::from_raw_os_error(2)), |_| 0);
-        s.op(Fop::Open, || Ok(()), |_| 0).unwrap();
+        s.op(Fop::Read, 7, || Ok(4096u64), |n| *n).unwrap();
+        let _ = s.op(Fop::Lookup, 1, || Err::<(), _>(std::io::Error::from_raw_os_error(2)), |_| 0);
+        s.op(Fop::Open, 7, || Ok(()), |_| 0).unwrap();
+        let seen = s.op(Fop::Getattr, 9, || Ok(s.inflight_json()), |_| 0).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0]["inode"].as_u64(), seen[0]["opcode"].as_u64()), (Some(9), Some(3)));
+        assert!(s.inflight_json().is_empty());
         let j = s.to_json("/", false, false, false);
         assert_eq!(j["data_read"], 4096);
         assert_eq!(j["block_count_read"][2], 1);
         assert_eq!(j["fop_hits"][4], 1);
         assert_eq!(j["fop_errors"][9], 1);
         assert_eq!(j["nr_opens"], 1);
-        assert_eq!(j["read_latency_dist"][0], 3);
+        assert_eq!(j["read_latency_dist"][0], 4);
     }
 }

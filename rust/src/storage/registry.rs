@@ -30,8 +30,7 @@ enum AuthHeader {
 /// Credentials replaced at runtime (`PUT /api/v1/config {"registry_auth"}`), by backend id
 /// (the RAFS mountpoint). A registry reads them on every request, so a rotated password
 /// takes effect without a remount.
-static AUTH_OVERRIDES: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<String, String>>> =
-    std::sync::LazyLock::new(Default::default);
+static AUTH_OVERRIDES: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<String, String>>> = std::sync::LazyLock::new(Default::default);
 
 pub fn set_registry_auth(backend_id: &str, auth: &str) {
     AUTH_OVERRIDES.write().unwrap_or_else(|p| p.into_inner()).insert(backend_id.to_string(), auth.to_string());
