@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from nydus_hybrid.daemon.errors import BadRequest, DaemonError, NoRoute, Unsupported
+from nydus_hybrid.daemon.errors import BadRequest, DaemonError, Unsupported
 
 # Large enough for any real request; a bigger body gets 413 before it is read.
 MAX_BODY = 1 << 20
@@ -37,23 +37,36 @@ def error(status: int, message: str) -> web.Response:
                         content_type="application/json", headers=HEADERS)
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except DaemonError as e:
-        return error(e.status, e.message)
-    except web.HTTPNotFound:
-        return error(404, "NoRoute")
-    except web.HTTPMethodNotAllowed:
-        return error(400, "BadRequest")
-    except web.HTTPRequestEntityTooLarge:
-        return error(413, f"PayloadTooLarge(\"request body above {MAX_BODY} bytes\")")
-    except web.HTTPException as e:
-        return error(e.status, e.reason or "BadRequest")
-    except Exception as e:  # an API bug must not take the daemon down
-        logging.getLogger("nydus_hybrid.daemon").exception("api handler failed")
-        return error(500, f"Internal({type(e).__name__}: {e})")
+def error_middleware(record: Callable[[str], None]):
+    """Every failure becomes the JSON error shape; server-side (5xx) ones also go to the
+    daemon's event ring (`/daemon/events`)."""
+
+    @web.middleware
+    async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            # Spec §1.2: a GET with a body is a bad request, on every route.
+            if (request.method == "GET" and request.match_info.http_exception is None
+                    and request.body_exists and await request.read()):
+                raise BadRequest("BadRequest")
+            return await handler(request)
+        except DaemonError as e:
+            if e.status >= 500:
+                record(f"{request.method} {request.path}: {e.message}")
+            return error(e.status, e.message)
+        except web.HTTPNotFound:
+            return error(404, "NoRoute")
+        except web.HTTPMethodNotAllowed:
+            return error(400, "BadRequest")
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"PayloadTooLarge(\"request body above {MAX_BODY} bytes\")")
+        except web.HTTPException as e:
+            return error(e.status, e.reason or "BadRequest")
+        except Exception as e:  # an API bug must not take the daemon down
+            logging.getLogger("nydus_hybrid.daemon").exception("api handler failed")
+            record(f"{request.method} {request.path}: internal error {type(e).__name__}: {e}")
+            return error(500, f"Internal({type(e).__name__}: {e})")
+
+    return errors_as_json
 
 
 async def no_body(request: web.Request) -> None:
@@ -99,7 +112,7 @@ class Api:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware(self.d.events.add)])
         r = app.router
         for v in ("v1", "v2"):
             r.add_get(f"/api/{v}/daemon", self.daemon_info_v1 if v == "v1" else self.daemon_info_v2)
@@ -129,16 +142,10 @@ class Api:
     # --- daemon ---------------------------------------------------------------------------
 
     async def daemon_info_v1(self, request):
-        await self._no_body_on_get(request)
         return ok(self.d.info(backends=True))
 
     async def daemon_info_v2(self, request):
-        await self._no_body_on_get(request)
         return ok(self.d.info(backends=False))
-
-    async def _no_body_on_get(self, request):
-        if request.body_exists and await request.read():
-            raise BadRequest("BadRequest")
 
     async def set_log_level(self, request):
         doc = await json_body(request)

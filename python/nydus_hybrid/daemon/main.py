@@ -149,7 +149,8 @@ class Daemon:
         if name not in LEVELS:
             raise DaemonError(f"Logger(\"unknown log level {level!r}\")")
         logging.getLogger(log.LOGGER_NAME).setLevel(LEVELS[name])
-        log.event("log_level", level=name)
+        # not `level=`: that is log.event's own parameter (the record's level)
+        log.event("log_level", log_level=name)
 
     def start(self) -> None:
         self.machine.fire("start", self.service.start_workers)
@@ -275,4 +276,12 @@ def main(argv=None) -> int:
         print(f"nydusd: error: {e}", file=sys.stderr)
         d.service.umount()
         return 1
-    return asyncio.run(d.run())
+    rc = asyncio.run(d.run())
+    if not d.unmount_on_exit:
+        # PUT /daemon/exit keeps the mount, but the Rust FUSE session unmounts when it is
+        # dropped at interpreter teardown: leave without running finalizers.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
