@@ -12,7 +12,8 @@ NYDUS_BENCH_STORAGE_MB / NYDUS_BENCH_PARTIAL_MB.
 
 Sections: build (corpus builds), bigfile, read (Image.read vs plain reads), breakdown (where
 the time goes; also skipped by --no-extras), storage (registry backend vs curl, cache hits,
-requests for a partial read). The goals table needs build and bigfile.
+requests for a partial read), fuse (our FUSE server vs kernel EROFS and the mfusepy shim;
+needs root). The goals table needs build and bigfile.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchlib as bl  # noqa: E402
+import fusebench as fb  # noqa: E402
 from benchlib import MiB, Tool  # noqa: E402
 
 
@@ -241,7 +243,167 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
         reg.close()
 
 
-SECTIONS = ("build", "bigfile", "read", "breakdown", "storage")
+def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
+    """Our FUSE server against the kernel's EROFS mount of the same image's block export
+    (ceiling) and the mfusepy shim (floor); see fusebench.py."""
+    tree = fb.ensure_fuse_tree(a.fuse_mb, a.fuse_files, log=log)
+    img = fb.build_fuse_image(tree, os.path.join(work, "fuse-image"), log=log)
+    shim_why = fb.shim_missing()
+    rdrs = fb.readers(shim=shim_why is None)
+    rounds = a.rounds
+    log(f"fuse: {tree.big_size // MiB} MiB file + {tree.files} small files, {rounds} interleaved rounds")
+    try:
+        res = fb.run_section(img, os.path.join(work, "fuse-mnt"), rounds, rdrs, log=log)
+    finally:
+        fb.close_all()
+    K, O = fb.KERNEL_NAME, fb.OURS_NAME
+    med = statistics.median
+    GiB = 1 << 30
+
+    def gib(name, state, streams):
+        ts = res.seq.get((name, state, streams))
+        return None if not ts else tree.big_size / GiB / med(t.wall for t in ts)
+
+    def server_cpu(name, state, streams):
+        ts = res.seq.get((name, state, streams))
+        cpus = [t.server_cpu for t in ts or () if t.server_cpu is not None]
+        return f"{med(cpus) * GiB / tree.big_size:.2f}" if cpus else ""
+
+    def cells(name, state, streams):
+        v, k = gib(name, state, streams), gib(K, state, streams)
+        return ("", "") if v is None else (f"{v:.2f}", f"{v / k:.2f}")
+
+    doc["fuse"] = {"big_mib": tree.big_size // MiB, "files": tree.files, "entries": tree.entries,
+                   "blob_bytes": img.blob_bytes, "block_bytes": os.path.getsize(img.block),
+                   "shim": shim_why or "measured", "mount_info": res.mount_info, "seq": {}, "random": {},
+                   "walk": {}, "stat_pass_us": {}, "roundtrip_us": {}, "first_byte": {}}
+    for (name, state, streams), ts in res.seq.items():
+        doc["fuse"]["seq"][f"{name} | {state} | {streams}"] = {
+            "gib_s": gib(name, state, streams), "walls": [t.wall for t in ts],
+            "server_cpu_s": [t.server_cpu for t in ts], "client_cpu_s": [t.client_cpu for t in ts]}
+
+    mi = res.mount_info.get(O, {})
+    md.append(f"### FUSE: sequential read of one {tree.big_size // MiB} MiB file in 1 MiB blocks "
+              f"(median of {rounds} interleaved rounds)\n")
+    md.append("| reader | page cache warm GiB/s | ratio vs kernel | page cache dropped GiB/s | ratio vs kernel | "
+              "server CPU s per GiB (dropped) | client CPU s per GiB (dropped) | all dropped, from disk GiB/s | ratio vs kernel |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rdrs:
+        w, d, dk = cells(r.name, "warm", 1), cells(r.name, "dropped", 1), cells(r.name, "disk", 1)
+        ccpu = [t.client_cpu for t in res.seq[(r.name, "dropped", 1)]]
+        md.append(f"| {r.name} | {w[0]} | {w[1]} | {d[0]} | {d[1]} | {server_cpu(r.name, 'dropped', 1)} | "
+                  f"{med(ccpu) * GiB / tree.big_size:.2f} | {dk[0]} | {dk[1]} |")
+    md.append("\nSame file, 4 readers at once (threads of one process, each reading its own quarter "
+              "sequentially); GiB/s = all four together:\n")
+    md.append("| reader | page cache warm GiB/s | ratio vs kernel | page cache dropped GiB/s | ratio vs kernel | "
+              "server CPU s per GiB (dropped) |")
+    md.append("|---|---:|---:|---:|---:|---:|")
+    for r in rdrs:
+        w, d = cells(r.name, "warm", 4), cells(r.name, "dropped", 4)
+        md.append(f"| {r.name} | {w[0]} | {w[1]} | {d[0]} | {d[1]} | {server_cpu(r.name, 'dropped', 4)} |")
+    md.append(f"\n\"Page cache dropped\": before each round `echo 3 > /proc/sys/vm/drop_caches`, then the "
+              "backing files (bootstrap + blob, block image) are read back into the page cache, so the first "
+              "read of the mounted file misses the mount's page cache but not the disk; the FUSE servers keep "
+              "their process state. \"Warm\": the same file read a third time right after (FUSE mounts keep "
+              "the page cache across opens; the untimed second read also promotes every page on the LRU, a "
+              "one-off cost). \"From disk\": drop_caches alone before the read. "
+              f"Our mount: max_read {mi.get('max_read', '?')}, kernel readahead window "
+              f"{mi.get('read_ahead_kb', '?')} KiB unless a row sets `read_ahead_kb` "
+              "(`/sys/class/bdi/0:NN/read_ahead_kb`). Server CPU = the server process's user + sys "
+              "time; client CPU = this process's (for kernel EROFS all the filesystem work is there).\n")
+
+    main = [r for r in rdrs if r.main]
+    md.append(f"### FUSE: {fb.fuse_random_reads()} random 4 KiB reads (os.pread at distinct 4 KiB-aligned "
+              f"offsets of the big file, page cache dropped first; median over {rounds} rounds)\n")
+    md.append("| reader | p50 µs | p99 µs | mean µs | p50 ratio vs kernel | p99 ratio vs kernel |")
+    md.append("|---|---:|---:|---:|---:|---:|")
+    k50 = med(fb.pct(x, .5) for x in res.rnd[K])
+    k99 = med(fb.pct(x, .99) for x in res.rnd[K])
+    for r in main:
+        p50 = med(fb.pct(x, .5) for x in res.rnd[r.name])
+        p99 = med(fb.pct(x, .99) for x in res.rnd[r.name])
+        mean = med(statistics.fmean(x) for x in res.rnd[r.name])
+        md.append(f"| {r.name} | {p50:,.1f} | {p99:,.1f} | {mean:,.1f} | {p50 / k50:,.1f} | {p99 / k99:,.1f} |")
+        doc["fuse"]["random"][r.name] = {"p50_us": p50, "p99_us": p99, "mean_us": mean}
+
+    n = tree.entries
+    md.append(f"\n### FUSE: find + stat of {n:,} entries ({tree.files:,} files of 1-100 bytes in "
+              f"{tree.dirs} directories, plus the big file; median of {rounds} rounds)\n")
+    md.append("| reader | right after mount s | µs per entry | ratio vs kernel | again (cached) s | µs per entry | ratio vs kernel |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|")
+    kc, kw = med(res.walk[(K, "cold")]), med(res.walk[(K, "cached")])
+    for name in [r.name for r in main] + [fb.TIMEOUT0_NAME]:
+        c, w = med(res.walk[(name, "cold")]), med(res.walk[(name, "cached")])
+        md.append(f"| {name} | {c:.3f} | {c / n * 1e6:.2f} | {c / kc:.2f} | {w:.3f} | {w / n * 1e6:.2f} | {w / kw:.2f} |")
+        doc["fuse"]["walk"][name] = {"cold_s": res.walk[(name, "cold")], "cached_s": res.walk[(name, "cached")]}
+    md.append("\n`os.fwalk` of the mount + `os.lstat(name, dir_fd=...)` of every entry (what `find` does). "
+              "Ratios are time / kernel time (higher = slower). The backing files are in the page cache. "
+              "With timeouts 0 (`--entry-timeout 0 --attr-timeout 0`) nothing is cached, so both passes "
+              "ask the server for every entry.\n")
+
+    md.append("Cost of one stat, per entry (an lstat-only pass over every entry relative to an open "
+              "directory fd, so one path component each; the walk's listing is not in it):\n")
+    md.append("| what | µs per stat |")
+    md.append("|---|---:|")
+    rows = []
+    for r in main:
+        rows.append((f"{r.name}: cached (second pass)", med(res.stat_pass[r.name]) / n * 1e6))
+    for t in (4, 2, 1):
+        name = fb.ours_timeout0(t).name
+        rows.append((f"{name}: every lstat to the server", med(res.stat_pass[name]) / n * 1e6))
+    for t in (4, 2, 1):
+        rows.append((f"bare FUSE round trip, {t} thread{'s' if t > 1 else ''}: fstat of an open file with "
+                     "attr timeout 0 (one GETATTR)", med(res.roundtrip[t])))
+    for what, us in rows:
+        md.append(f"| {what} | {us:.2f} |")
+        doc["fuse"]["stat_pass_us"][what] = us
+    md.append("")
+
+    md.append(f"### FUSE: first byte of a cold file (open + read 1 byte + close of {fb.FIRST_BYTE_FILES} "
+              f"small files in different directories, on a fresh mount; median of {rounds} rounds)\n")
+    md.append("| reader | p50 µs | p90 µs | first file after mount µs | p50 ratio vs kernel |")
+    md.append("|---|---:|---:|---:|---:|")
+    kf = med(med(x) for x in res.first[K])
+    for r in main:
+        xs = res.first[r.name]
+        p50 = med(med(x) for x in xs)
+        p90 = med(fb.pct(x, .9) for x in xs)
+        f0 = med(x[0] for x in xs)
+        md.append(f"| {r.name} | {p50:,.1f} | {p90:,.1f} | {f0:,.1f} | {p50 / kf:.1f} |")
+        doc["fuse"]["first_byte"][r.name] = {"p50_us": p50, "p90_us": p90, "first_us": f0, "all": xs}
+    if shim_why:
+        md.append(f"\nThe mfusepy shim column is left out: {shim_why}.")
+
+    # goals
+    d1, k1 = gib(O, "dropped", 1), gib(K, "dropped", 1)
+    seq_ok = d1 >= 1.8 or d1 >= k1 / 2
+    cached = med(res.stat_pass[O]) / n * 1e6
+    rt = med(res.roundtrip[4])
+    unc = med(res.stat_pass[fb.TIMEOUT0_NAME]) / n * 1e6
+    kcached = med(res.stat_pass[K]) / n * 1e6
+    md.append("\n#### FUSE goals\n")
+    md.append("| goal | measured | met |")
+    md.append("|---|---|---|")
+    best = max((r.name for r in rdrs if r.kind == "ours"), key=lambda nm: gib(nm, "dropped", 1))
+    b1 = gib(best, "dropped", 1)
+    best_ok = b1 >= 1.8 or b1 >= k1 / 2
+    md.append(f"| warm sequential read >= 1.8 GiB/s per stream, or >= 50% of kernel EROFS (server warm, page "
+              f"cache dropped; default mount: 4 threads, 128 KiB readahead) | {d1:.2f} GiB/s vs kernel {k1:.2f} GiB/s "
+              f"({d1 / k1:.0%}); page cache warm {gib(O, 'warm', 1):.2f} vs {gib(K, 'warm', 1):.2f} GiB/s | "
+              f"{'yes' if seq_ok else 'no'} |")
+    md.append(f"| the same, best configuration measured | {best}: {b1:.2f} GiB/s ({b1 / k1:.0%} of kernel) | "
+              f"{'yes (>= 1.8 GiB/s)' if b1 >= 1.8 else 'yes' if best_ok else 'no'} |")
+    md.append(f"| cached stat within 2x of the raw FUSE round trip | cached lstat {cached:.2f} µs vs bare round "
+              f"trip {rt:.2f} µs ({cached / rt:.2f}x) and vs an uncached lstat through the server {unc:.2f} µs; "
+              f"kernel EROFS cached lstat {kcached:.2f} µs ({cached / kcached:.2f}x) | "
+              f"{'yes' if cached <= 2 * rt else 'no'} |")
+    md.append("")
+    doc["fuse"]["goals"] = {"best_config": best, "best_dropped_gib_s": b1, "seq_dropped_gib_s": d1, "kernel_dropped_gib_s": k1, "seq_met": seq_ok,
+                            "cached_stat_us": cached, "roundtrip_us": rt, "uncached_stat_us": unc,
+                            "kernel_cached_stat_us": kcached, "stat_met": cached <= 2 * rt}
+
+
+SECTIONS = ("build", "bigfile", "read", "breakdown", "storage", "fuse")
 
 
 def main(argv=None) -> int:
@@ -258,6 +420,10 @@ def main(argv=None) -> int:
                     help="image size for the cold/warm registry reads, MiB (NYDUS_BENCH_STORAGE_MB)")
     ap.add_argument("--partial-mb", type=int, default=bl.partial_mb(),
                     help="many-file image of which a fraction is read, MiB (NYDUS_BENCH_PARTIAL_MB)")
+    ap.add_argument("--fuse-mb", type=int, default=fb.fuse_big_mb(),
+                    help="big file of the FUSE image, MiB (NYDUS_BENCH_FUSE_MB)")
+    ap.add_argument("--fuse-files", type=int, default=fb.fuse_tree_files(),
+                    help="small files of the FUSE image (NYDUS_BENCH_FUSE_FILES)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the machine to be idle (other jobs skew timings)")
     ap.add_argument("--json", help="also write every figure as JSON here")
@@ -271,6 +437,8 @@ def main(argv=None) -> int:
         only.discard("breakdown")
     if "storage" in only and bl.storage_missing():
         ap.error(f"storage section: {bl.storage_missing()}")
+    if "fuse" in only and fb.fuse_missing():
+        ap.error(f"fuse section: {fb.fuse_missing()}")
 
     t_start = time.perf_counter()
     work = bl.fresh_dir(os.path.join(bl.bench_dir(), f"run-{os.getpid()}"))
@@ -481,6 +649,10 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- 5. storage
     if "storage" in only:
         storage_section(a, work, md, doc)
+
+    # ---------------------------------------------------------------- 6. fuse
+    if "fuse" in only:
+        fuse_section(a, work, md, doc)
 
     # ---------------------------------------------------------------- goals
     if "build" in only and "bigfile" in only:
