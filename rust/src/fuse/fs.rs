@@ -139,7 +139,6 @@ impl FileSystem for RafsFs {
             & (FsOptions::ASYNC_READ
                 | FsOptions::PARALLEL_DIROPS
                 | FsOptions::DO_READDIRPLUS
-                | FsOptions::READDIRPLUS_AUTO
                 | FsOptions::CACHE_SYMLINKS
                 | FsOptions::MAX_PAGES))
     }

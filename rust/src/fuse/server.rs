@@ -44,14 +44,31 @@ pub fn clear_dead_mount(path: &Path) -> Result<bool> {
     }
 }
 
+/// Let the kernel read ahead as much as one request can carry (`max_read`, 1 MiB) instead
+/// of the default 128 KiB, so a sequential stream needs one request per chunk, not eight.
+/// Best effort: the bdi knob is root-only.
+fn widen_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(mountpoint) {
+        let dev = m.dev();
+        let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+        let _ = std::fs::write(path, "1024");
+    }
+}
+
 fn vfs_options() -> VfsOptions {
+    use fuse_backend_rs::api::filesystem::FsOptions;
+    let defaults = VfsOptions::default();
     VfsOptions {
+        // READDIRPLUS always (not AUTO): attributes come with every listing batch, so a
+        // cold `find` + `stat` does not pay one LOOKUP per entry.
+        out_opts: defaults.out_opts - FsOptions::READDIRPLUS_AUTO - FsOptions::WRITEBACK_CACHE,
         // Read-only and immutable: no writeback cache; real opens so replies carry
         // KEEP_CACHE; real opendirs so a directory is decoded once per handle.
         no_writeback: true,
         no_open: false,
         no_opendir: false,
-        ..VfsOptions::default()
+        ..defaults
     }
 }
 
@@ -76,7 +93,8 @@ impl FuseServer {
         let mut session = FuseSession::new(mountpoint, fsname, "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
         session.set_allow_other(true);
         session.mount().map_err(|e| session_err(&format!("mount {}", mountpoint.display()), e))?;
-        Ok(Self::with_session(mountpoint, session))
+        let server = Self::with_session(mountpoint, session);
+        Ok(server)
     }
 
     /// Resume a mount from a FUSE fd handed over by a previous daemon, with the `Vfs` state
@@ -142,6 +160,13 @@ impl FuseServer {
 
     /// Serve requests on `threads` workers until `stop`.
     pub fn start(&self, threads: usize) -> Result<()> {
+        // The kernel's bdi for this mount exists once INIT is answered; a worker answers it,
+        // so widen readahead shortly after the workers start.
+        let mp = self.mountpoint.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            widen_readahead(&mp);
+        });
         let session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         for i in 0..threads.max(1) {

@@ -39,12 +39,15 @@ pub struct Stat {
 
 /// Decoded chunks kept in memory, so small sequential reads do not decode a chunk again.
 const RECENT_CHUNKS: usize = 8;
+/// Lock stripes that make concurrent fetches of one chunk wait for each other.
+const FETCH_STRIPES: usize = 64;
 
 pub struct Rafs {
     pub boot: Bootstrap,
     store: Box<dyn BlobStore>,
     blobs: Vec<Mutex<Option<Arc<BlobReader>>>>,
     recent: Mutex<std::collections::VecDeque<((u8, u32), Arc<Vec<u8>>)>>,
+    fetching: Vec<Mutex<()>>,
     /// Verify chunk digests when chunks come from the backend (on by default).
     pub verify: bool,
     /// Verify again on every read from the cache (`cache.validate` / `rafs.validate`).
@@ -67,6 +70,7 @@ impl Rafs {
             store,
             blobs,
             recent: Mutex::new(Default::default()),
+            fetching: (0..FETCH_STRIPES).map(|_| Mutex::new(())).collect(),
             verify: true,
             validate: false,
             amplify_io: 1 << 20,
@@ -188,11 +192,19 @@ impl Rafs {
         let key = (addr.blob_index, addr.ci_index);
         let cs = self.boot.chunk_size();
         let want_len = (ino.size - idx * cs).min(cs);
-        {
+        let recent_hit = || {
             let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, d)) = recent.iter().find(|(k, d)| *k == key && d.len() as u64 == want_len) {
-                return Ok((d.clone(), true));
-            }
+            recent.iter().find(|(k, d)| *k == key && d.len() as u64 == want_len).map(|(_, d)| d.clone())
+        };
+        if let Some(d) = recent_hit() {
+            return Ok((d, true));
+        }
+        // One fetch per chunk at a time: concurrent readers of the same chunk (FUSE workers
+        // serving one stream's readahead) wait for the first and then find it in `recent`.
+        let stripe = (addr.blob_index as usize * 31 + addr.ci_index as usize) % FETCH_STRIPES;
+        let _fetching = self.fetching[stripe].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = recent_hit() {
+            return Ok((d, true));
         }
         let (data, hit) = self.fetch_chunk(nid, idx, addr, want_len)?;
         let data = Arc::new(data);
