@@ -262,3 +262,41 @@ def test_shared_daemon_mounts_by_snapshot_id(shared, image, image_b, tmp_path):
         assert c.conn.connects == 1
     finally:
         c.close()
+
+
+def test_crashed_predecessor_is_detected_at_start(image, tmp_path):
+    """Spec §3.4: after a kill -9 the mount is still there and the socket file refuses
+    connections; a daemon started with the same flags stays INIT (waiting for a takeover)
+    instead of mounting over it, and says so on its new socket."""
+    import subprocess
+
+    d = start_dedicated(image, tmp_path)
+    argv = d.argv
+    try:
+        d.proc.kill()
+        d.wait(15)
+        assert is_mounted(d.mnt) and os.path.exists(d.sock)
+        again = subprocess.Popen(argv, stdout=open(tmp_path / "again.log", "wb"), stderr=subprocess.STDOUT)
+        try:
+            from daemontools import ApiClient
+
+            deadline, state = time.monotonic() + 20, None
+            while time.monotonic() < deadline and state is None:
+                try:
+                    c = ApiClient(d.sock, timeout=5)
+                    state = c.get("http://unix/api/v1/daemon").body["state"]
+                    c.close()
+                except OSError:
+                    time.sleep(0.1)
+            assert state == "INIT"
+            # INIT refuses start (no takeover has happened) and changes nothing
+            c = ApiClient(d.sock, timeout=5)
+            assert c.put("http://unix/api/v1/daemon/start", check=False).status == 400
+            assert c.get("http://unix/api/v1/daemon").body["state"] == "INIT"
+            c.close()
+        finally:
+            again.send_signal(signal.SIGTERM)
+            again.wait(15)
+    finally:
+        d.cleanup()
+    assert not is_mounted(d.mnt)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import logging
 import logging.handlers
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 from typing import Optional
@@ -239,6 +241,28 @@ class Daemon:
         log.event("exit", unmounted=True)
 
 
+def _raise_nofile(want: int) -> None:
+    """nydusd's `--rlimit-nofile` (0: leave it): many images and blobs mean many fds."""
+    import resource
+
+    if want <= 0:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    except (ValueError, OSError) as e:
+        log.event("rlimit_nofile", level=logging.WARNING, wanted=want, error=str(e))
+
+
+def _usable_mountpoint(path: str) -> bool:
+    """A directory, or a dead FUSE mount (ENOTCONN/ECONNABORTED) that crash detection will look at."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as e:
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def setup_logging(a) -> None:
     handler = None
     if a.log_file:
@@ -262,9 +286,10 @@ def main(argv=None) -> int:
     if a.shared_dir:
         print("nydusd: error: --shared-dir (passthrough) is not supported: nydus-hybrid serves RAFS only", file=sys.stderr)
         return 1
-    if not os.path.isdir(a.mountpoint):
+    if not _usable_mountpoint(a.mountpoint):
         print(f"nydusd: error: mountpoint {a.mountpoint} is not a directory", file=sys.stderr)
         return 1
+    _raise_nofile(a.rlimit_nofile)
     d = Daemon(a)
     crashed = predecessor_crashed(os.path.realpath(a.mountpoint), a.apisock)
     try:

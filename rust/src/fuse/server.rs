@@ -32,7 +32,7 @@ fn session_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// it (lazily, so open files elsewhere do not block us) so the path can be mounted again.
 pub fn clear_dead_mount(path: &Path) -> Result<bool> {
     match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)) => {
             let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::invalid("mountpoint has a NUL byte"))?;
             // SAFETY: umount2 with a valid C string.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
