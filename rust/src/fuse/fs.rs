@@ -55,6 +55,16 @@ fn errno(e: Error) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
+/// xattr replies: the needed size when asked with size 0, ERANGE when the caller's buffer
+/// is too small, else the bytes.
+fn sized_reply<T>(bytes: Vec<u8>, size: u32, count: fn(u32) -> T, value: fn(Vec<u8>) -> T) -> io::Result<T> {
+    match size {
+        0 => Ok(count(bytes.len() as u32)),
+        n if (n as usize) < bytes.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+        _ => Ok(value(bytes)),
+    }
+}
+
 fn nid_of(ino: u64) -> io::Result<u64> {
     ino.checked_sub(1).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
@@ -251,11 +261,7 @@ impl FileSystem for RafsFs {
                     .find(|(k, _)| k.as_slice() == name.to_bytes())
                     .map(|(_, v)| v)
                     .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))?;
-                match size {
-                    0 => Ok(GetxattrReply::Count(value.len() as u32)),
-                    n if (n as usize) < value.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
-                    _ => Ok(GetxattrReply::Value(value)),
-                }
+                sized_reply(value, size, GetxattrReply::Count, GetxattrReply::Value)
             },
             |_| 0,
         )
@@ -273,11 +279,7 @@ impl FileSystem for RafsFs {
                     names.extend_from_slice(&k);
                     names.push(0);
                 }
-                match size {
-                    0 => Ok(ListxattrReply::Count(names.len() as u32)),
-                    n if (n as usize) < names.len() => Err(io::Error::from_raw_os_error(libc::ERANGE)),
-                    _ => Ok(ListxattrReply::Names(names)),
-                }
+                sized_reply(names, size, ListxattrReply::Count, ListxattrReply::Names)
             },
             |_| 0,
         )

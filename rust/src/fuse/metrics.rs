@@ -3,6 +3,7 @@
 //! library's request hook sees neither reply status nor size, so it cannot count errors
 //! or bytes).
 
+use crate::storage::metrics::size_bucket;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -41,12 +42,6 @@ const BUCKETS: usize = 8;
 fn latency_bucket(us: u64) -> usize {
     const BOUNDS: [u64; 7] = [200, 1_000, 20_000, 50_000, 500_000, 1_000_000, 2_000_000];
     BOUNDS.iter().position(|&b| us <= b).unwrap_or(BUCKETS - 1)
-}
-
-/// Request-size bucket: <1K, 1K–4K, 4K–16K, 16K–64K, 64K–128K, 128K–512K, 512K–1M, ≥1M.
-fn size_bucket(bytes: u64) -> usize {
-    const BOUNDS: [u64; 7] = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20];
-    BOUNDS.iter().position(|&b| bytes < b).unwrap_or(BUCKETS - 1)
 }
 
 #[derive(Default)]

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 const BUCKETS: usize = 8;
 
-/// Request-size bucket: <1K, 1K–4K, 4K–16K, 16K–64K, 64K–128K, 128K–512K, 512K–1M, ≥1M.
-fn size_bucket(bytes: u64) -> usize {
+/// Request-size bucket: <1K, 1K–4K, 4K–16K, 16K–64K, 64K–128K, 128K–512K, 512K–1M, ≥1M
+/// (the same buckets for backend reads, §8.4, and FUSE reads, §8.1).
+pub fn size_bucket(bytes: u64) -> usize {
     const BOUNDS: [u64; 7] = [1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20];
     BOUNDS.iter().position(|&b| bytes < b).unwrap_or(BUCKETS - 1)
 }
