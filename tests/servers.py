@@ -86,6 +86,22 @@ def _tail(path: Path, lines: int = 30) -> str:
 _ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
 
 
+def _wait_until_answers(proc, log_path: Path, name: str, probe, timeout: float) -> None:
+    """Poll `probe` until it stops raising OSError; a server that exits or stays silent past
+    `timeout` is an error carrying the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited ({proc.returncode}):\n{_tail(log_path)}")
+        try:
+            probe()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready:\n{_tail(log_path)}")
+            time.sleep(0.05)
+
+
 def _parse_access_log(path: Path) -> list[tuple[str, str, int]]:
     text = path.read_text(errors="replace") if path.exists() else ""
     return [(m[1], m[2], int(m[3])) for m in _ACCESS_LINE.finditer(text)]
@@ -518,17 +534,7 @@ class Registry:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Until ``GET /v2/`` answers at all (401 counts: auth is up too)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited ({self._proc.returncode}):\n{_tail(self.log_path)}")
-            try:
-                self.request("GET", "/v2/")
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"docker-registry not ready:\n{_tail(self.log_path)}")
-                time.sleep(0.05)
+        _wait_until_answers(self._proc, self.log_path, "docker-registry", lambda: self.request("GET", "/v2/"), timeout)
 
     # -- HTTP helpers (plain http.client, so they do not depend on the code under test)
 
@@ -642,17 +648,7 @@ class S3Server:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"moto exited ({self._proc.returncode}):\n{_tail(self.log_path)}")
-            try:
-                self._moto_api("GET", "/moto-api/")
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"moto not ready:\n{_tail(self.log_path)}")
-                time.sleep(0.1)
+        _wait_until_answers(self._proc, self.log_path, "moto", lambda: self._moto_api("GET", "/moto-api/"), timeout)
 
     def _moto_api(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=10)

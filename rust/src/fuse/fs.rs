@@ -120,6 +120,12 @@ impl RafsFs {
         })
     }
 
+    fn xattrs(&self, inode: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let nid = nid_of(inode)?;
+        let ino = self.rafs.inode(nid).map_err(errno)?;
+        self.rafs.boot.xattrs(nid, &ino).map_err(errno)
+    }
+
     fn dir_entries(&self, ino: u64, handle: u64) -> io::Result<Arc<Vec<crate::reader::DirEntry>>> {
         if let Some(d) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&handle) {
             return Ok(d.clone());
@@ -253,10 +259,8 @@ impl FileSystem for RafsFs {
             Fop::Getxattr,
             inode,
             || {
-                let nid = nid_of(inode)?;
-                let ino = self.rafs.inode(nid).map_err(errno)?;
-                let xattrs = self.rafs.boot.xattrs(nid, &ino).map_err(errno)?;
-                let value = xattrs
+                let value = self
+                    .xattrs(inode)?
                     .into_iter()
                     .find(|(k, _)| k.as_slice() == name.to_bytes())
                     .map(|(_, v)| v)
@@ -272,10 +276,8 @@ impl FileSystem for RafsFs {
             Fop::Listxattr,
             inode,
             || {
-                let nid = nid_of(inode)?;
-                let ino = self.rafs.inode(nid).map_err(errno)?;
                 let mut names = Vec::new();
-                for (k, _) in self.rafs.boot.xattrs(nid, &ino).map_err(errno)? {
+                for (k, _) in self.xattrs(inode)? {
                     names.extend_from_slice(&k);
                     names.push(0);
                 }
