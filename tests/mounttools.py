@@ -41,3 +41,21 @@ def read_concurrently(root: str, expected: Dict[str, str], readers: int, rounds:
     for t in threads:
         t.join()
     return problems
+
+
+def blobs_with_damaged_chunk(built, out_dir, path: str, offset: int):
+    """A copy of `built`'s blob directory in which the stored chunk holding `path` at
+    `offset` has one flipped byte. The file must be incompressible (stored raw), so its
+    bytes can be found in the blob."""
+    import shutil
+    from pathlib import Path
+
+    blobs = Path(out_dir) / "blobs"
+    shutil.copytree(built.blob_dir, blobs)
+    blob = blobs / built.report.blob_id
+    data = bytearray(blob.read_bytes())
+    off = bytes(data).find(built.open().read(path, offset, 4096))
+    assert off > 0, f"could not locate {path}@{offset} in the blob"
+    data[off + 10] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    return blobs

@@ -694,11 +694,6 @@ class S3Server:
         response, so poll briefly when counting right after a request)."""
         return _parse_access_log(self.log_path)
 
-    def signal(self, sig: int) -> None:
-        """Send a signal to the registry process (SIGSTOP freezes it with sockets open)."""
-        assert self._proc is not None and self._proc.poll() is None, "registry is not running"
-        self._proc.send_signal(sig)
-
     def stop(self) -> None:
         _stop_process(self._proc)
 

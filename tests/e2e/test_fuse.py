@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from nydus_hybrid import treecmp
 from nydus_hybrid.mount import Mount
 
 from conftest import build_into
-from mounttools import is_mounted, read_concurrently, sha256_file
+from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -113,17 +112,9 @@ def test_eight_readers_three_times(source_tree, served):
 
 
 def test_corrupted_chunk_is_eio_for_that_file_only(built, tmp_path):
-    blobs = tmp_path / "blobs"
-    shutil.copytree(built.blob_dir, blobs)
-    blob = blobs / built.report.blob_id
-    data = bytearray(blob.read_bytes())
     image = built.open()
     victim = "/files/multi_random"
-    # incompressible data is stored raw: find the file's second chunk by its bytes
-    off = bytes(data).find(image.read(victim, 1 << 20, 4096))
-    assert off > 0, "could not locate the file's second chunk in the blob"
-    data[off + 10] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    blobs = blobs_with_damaged_chunk(built, tmp_path, victim, 1 << 20)  # its second chunk
     m = CliMount(tmp_path / "mnt", "-B", built.bootstrap, "-D", blobs)
     try:
         with open(os.path.join(m.mnt, victim.lstrip("/")), "rb") as f:

@@ -17,7 +17,7 @@ import pytest
 
 from nydus_hybrid import treecmp
 
-from mounttools import is_mounted, read_concurrently, sha256_file
+from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -252,17 +252,9 @@ def test_read_only_and_errors(served, image):
 
 
 def test_corrupted_chunk_is_eio_for_that_file_only(built, tmp_path):
-    blobs = tmp_path / "blobs"
-    shutil.copytree(built.blob_dir, blobs)
-    blob = blobs / built.report.blob_id
-    data = bytearray(blob.read_bytes())
     image = built.open()
     victim = "/files/multi_random"
-    # incompressible data is stored raw: find the file's second chunk by its bytes
-    off = bytes(data).find(image.read(victim, MiB, 4096))
-    assert off > 0, "could not locate the file's second chunk in the blob"
-    data[off + 10] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    blobs = blobs_with_damaged_chunk(built, tmp_path, victim, MiB)  # its second chunk
     m = ShimMount(tmp_path / "mnt", built.bootstrap, blobs)
     try:
         with open(m.path(victim), "rb", buffering=0) as f:

@@ -3,6 +3,7 @@ with IAM authentication on, so every request our SigV4 signer makes is checked."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -47,14 +48,16 @@ def test_s3_lazy_read_then_cached_across_processes(uploaded, image, tmp_path):  
         assert im.read(p) == data
     del im
     code = (
-        "import sys, json, nydus_hybrid\n"
+        "import sys, json, hashlib, nydus_hybrid\n"
         "im = nydus_hybrid.Image.open(sys.argv[1], config=sys.argv[2])\n"
-        "ok = all(len(im.read(p)) >= 0 for p in sys.argv[3:])\n"
-        "print(json.dumps(im.metrics()['backend']))\n"
+        "sums = {p: hashlib.sha256(im.read(p)).hexdigest() for p in sys.argv[3:]}\n"
+        "print(json.dumps({'sums': sums, 'backend': im.metrics()['backend']}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(root / "boot"), json.dumps(cfg), *files],
                          capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(out.stdout)["requests_total"] == 0
+    doc = json.loads(out.stdout)
+    assert doc["backend"]["requests_total"] == 0
+    assert doc["sums"] == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
 
 
 def test_s3_wrong_secret_is_an_auth_error(uploaded, image, tmp_path):  # noqa: F811

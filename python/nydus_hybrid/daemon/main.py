@@ -113,7 +113,7 @@ class Daemon:
         self.events = Events()
         self.runtime_config = RuntimeConfig()
         self.machine = st.StateMachine(st.INIT, on_change=self._changed)
-        self.service = FuseService(a.mountpoint, a.threads, upgrade=a.upgrade)
+        self.service = FuseService(a.mountpoint, a.threads)
         self.stopping: Optional[asyncio.Event] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.unmount_on_exit = True

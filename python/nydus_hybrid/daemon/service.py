@@ -56,13 +56,12 @@ def check_virtual_mountpoint(path: Optional[str]) -> str:
 
 
 class FuseService:
-    def __init__(self, mountpoint: str, threads: int, *, upgrade: bool = False):
+    def __init__(self, mountpoint: str, threads: int):
         self.mountpoint = os.path.realpath(mountpoint)
         self.threads = threads
         self.mount: Optional[Mount] = None
         self.instances: Dict[str, Instance] = {}
         self._lock = threading.RLock()
-        self.upgrade = upgrade
 
     # --- the kernel mount and its workers -------------------------------------------------
 
@@ -116,7 +115,7 @@ class FuseService:
             if mountpoint in self.instances:
                 raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
             cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
-            index = self._need_mount().attach(mountpoint, image, **_cache_opts(cfg))
+            index = self._need_mount().attach(mountpoint, image, **CACHE_OPTS)
             inst = Instance(mountpoint, source, config_text, cfg, image, index)
             self.instances[mountpoint] = inst
             return inst
@@ -124,7 +123,7 @@ class FuseService:
     def restore(self, mountpoint: str, source: str, config_text: str, index: int) -> Instance:
         """Put an instance back at the index it had in a previous daemon (takeover)."""
         cfg, image = self._open(source, config_text, mountpoint=mountpoint)
-        self._need_mount().attach(mountpoint, image, index=index, **_cache_opts(cfg))
+        self._need_mount().attach(mountpoint, image, index=index, **CACHE_OPTS)
         inst = Instance(mountpoint, source, config_text, cfg, image, index)
         self.instances[mountpoint] = inst
         return inst
@@ -146,7 +145,7 @@ class FuseService:
             cfg, image = self._open(source, config_text, mountpoint=mountpoint)
             m = self._need_mount()
             m.detach(mountpoint)
-            index = m.attach(mountpoint, image, **_cache_opts(cfg))
+            index = m.attach(mountpoint, image, **CACHE_OPTS)
             inst = Instance(mountpoint, source, config_text, cfg, image, index)
             self.instances[mountpoint] = inst
             return inst
@@ -206,10 +205,9 @@ def _exists(image: Image, path: str) -> bool:
         return False
 
 
-def _cache_opts(cfg: dict) -> dict:
-    # nydusd's FUSE timeouts come from the RAFS instance; an image never changes under a
-    # mount, so long timeouts and a kept page cache are safe.
-    return {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
+# nydusd's FUSE timeouts come from the RAFS instance; an image never changes under a
+# mount, so long timeouts and a kept page cache are safe.
+CACHE_OPTS = {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
 
 
 def config_from_localfs_dir(blob_dir: str) -> str:

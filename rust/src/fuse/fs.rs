@@ -151,12 +151,7 @@ impl FileSystem for RafsFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(capable
-            & (FsOptions::ASYNC_READ
-                | FsOptions::PARALLEL_DIROPS
-                | FsOptions::DO_READDIRPLUS
-                | FsOptions::CACHE_SYMLINKS
-                | FsOptions::MAX_PAGES))
+        Ok(capable & (FsOptions::ASYNC_READ | FsOptions::PARALLEL_DIROPS | FsOptions::DO_READDIRPLUS | FsOptions::CACHE_SYMLINKS | FsOptions::MAX_PAGES))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {

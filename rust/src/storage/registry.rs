@@ -123,13 +123,9 @@ impl Registry {
     }
 
     /// The credentials in force: a runtime override for this backend, else the configured ones.
-    fn creds(&self) -> Option<String> {
-        let id = self.backend_id.as_ref()?;
-        AUTH_OVERRIDES.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
-    }
-
     fn current_creds(&self) -> Option<String> {
-        self.creds().or_else(|| self.creds.clone())
+        let overridden = self.backend_id.as_ref().and_then(|id| AUTH_OVERRIDES.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned());
+        overridden.or_else(|| self.creds.clone())
     }
 
     fn base(&self) -> String {
