@@ -4,8 +4,9 @@ down. (``nydus_hybrid.fuse`` is the slower, scriptable fusepy-style path.)"""
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 from nydus_hybrid import _core
 from nydus_hybrid.image import Image, PathArg
@@ -37,10 +38,12 @@ class Mount:
         return os.fspath(self._inner.mountpoint)
 
     def attach(self, path: str, image: Image, *, entry_timeout: float = 60.0, attr_timeout: float = 60.0,
-               keep_cache: bool = True, index: Optional[int] = None) -> int:
+               keep_cache: bool = True, index: Optional[int] = None,
+               accounting: Tuple[bool, bool, bool] = (False, False, False)) -> int:
         """Serve ``image`` at ``path``; returns its index (it fixes the inode numbers the
-        kernel sees; pass it back as ``index`` to restore an image after a handover)."""
-        args = (entry_timeout, attr_timeout, keep_cache)
+        kernel sees; pass it back as ``index`` to restore an image after a handover).
+        ``accounting`` switches on nydusd's (iostats_files, access_pattern, latest_read_files)."""
+        args = (entry_timeout, attr_timeout, keep_cache, tuple(bool(a) for a in accounting))
         if index is None:
             index = self._inner.attach(path, image._inner, *args)
         else:
@@ -60,14 +63,21 @@ class Mount:
     def fs_metrics(self, path: str) -> dict:
         """FUSE operation counters of the image at ``path``, in the shape of nydusd's
         ``/api/v1/metrics`` (FsIoStats): per-op hits, errors and latency, bytes read."""
-        import json
-
         return json.loads(self._inner.fs_metrics_json(path))
+
+    def files_metrics(self, path: str, latest: bool = False):
+        """nydusd's ``/metrics/files``: counters by inode of the files opened (needs
+        ``iostats_files``); with ``latest``, the inodes read since the last such call, as
+        ``[first, last]`` or ``[ino]`` ranges (needs ``latest_read_files``)."""
+        return json.loads(self._inner.files_metrics_json(path, latest))
+
+    def access_pattern(self, path: str) -> list:
+        """nydusd's ``/metrics/pattern``: each file read, with its read count and first
+        access time (needs ``access_pattern``)."""
+        return json.loads(self._inner.pattern_json(path))
 
     def inflight(self, path: str) -> list:
         """Operations the image at ``path`` is serving right now (nydusd's ``/metrics/inflight``)."""
-        import json
-
         return json.loads(self._inner.inflight_json(path))
 
     def start(self, threads: int = 4) -> None:

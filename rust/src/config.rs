@@ -316,6 +316,8 @@ fn parse_v1(root: &Obj) -> Result<Config> {
         Some(c) => {
             let kind = parse_cache_kind(&c.str_or("type", "")?, &c.path("type"))?;
             let work_dir = c.obj("config")?.map(|f| f.str_or("work_dir", ".")).transpose()?.unwrap_or_else(|| ".".into());
+            // Without a cache the work dir means nothing; normalise it as the v2 parser does.
+            let work_dir = if kind == CacheKind::None { ".".into() } else { work_dir };
             (kind, work_dir, c.bool_or("compressed", false)?, c.bool_or("validate", false)?)
         }
         None => (CacheKind::None, ".".into(), false, false),

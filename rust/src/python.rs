@@ -263,6 +263,11 @@ struct FuseMount {
 }
 
 #[cfg(feature = "fuse")]
+#[cfg(feature = "fuse")]
+fn accounting_of((files, pattern, latest): (bool, bool, bool)) -> crate::fuse::Accounting {
+    crate::fuse::Accounting { files, pattern, latest }
+}
+
 fn cache_opts(entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<crate::fuse::CacheOptions> {
     let secs = |v: f64, what: &str| {
         if v.is_finite() && (0.0..=86400.0 * 365.0).contains(&v) {
@@ -272,6 +277,13 @@ fn cache_opts(entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<crat
         }
     };
     Ok(crate::fuse::CacheOptions { entry_timeout: secs(entry_timeout, "entry_timeout")?, attr_timeout: secs(attr_timeout, "attr_timeout")?, keep_cache })
+}
+
+#[cfg(feature = "fuse")]
+impl FuseMount {
+    fn stats(&self, path: &str) -> R<Arc<crate::fuse::metrics::FsIoStats>> {
+        self.server.fs_stats(path).ok_or_else(|| to_py(Error::NotFound(format!("no image mounted at {path}"))))
+    }
 }
 
 #[cfg(feature = "fuse")]
@@ -300,14 +312,16 @@ impl FuseMount {
         Ok(FuseMount { server })
     }
 
-    #[pyo3(signature = (path, image, entry_timeout=60.0, attr_timeout=60.0, keep_cache=true))]
-    fn attach(&self, path: &str, image: &Image, entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<u8> {
-        self.server.attach(path, image.rafs.clone(), cache_opts(entry_timeout, attr_timeout, keep_cache)?).map_err(to_py)
+    /// Place `image` at `path`; `accounting` is (iostats_files, access_pattern, latest_read_files).
+    #[pyo3(signature = (path, image, entry_timeout=60.0, attr_timeout=60.0, keep_cache=true, accounting=(false, false, false)))]
+    fn attach(&self, path: &str, image: &Image, entry_timeout: f64, attr_timeout: f64, keep_cache: bool, accounting: (bool, bool, bool)) -> R<u8> {
+        self.server.attach(path, image.rafs.clone(), cache_opts(entry_timeout, attr_timeout, keep_cache)?, accounting_of(accounting)).map_err(to_py)
     }
 
-    #[pyo3(signature = (path, index, image, entry_timeout=60.0, attr_timeout=60.0, keep_cache=true))]
-    fn reattach(&self, path: &str, index: u8, image: &Image, entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<()> {
-        self.server.reattach(path, index, image.rafs.clone(), cache_opts(entry_timeout, attr_timeout, keep_cache)?).map_err(to_py)
+    #[pyo3(signature = (path, index, image, entry_timeout=60.0, attr_timeout=60.0, keep_cache=true, accounting=(false, false, false)))]
+    #[allow(clippy::too_many_arguments)]
+    fn reattach(&self, path: &str, index: u8, image: &Image, entry_timeout: f64, attr_timeout: f64, keep_cache: bool, accounting: (bool, bool, bool)) -> R<()> {
+        self.server.reattach(path, index, image.rafs.clone(), cache_opts(entry_timeout, attr_timeout, keep_cache)?, accounting_of(accounting)).map_err(to_py)
     }
 
     fn detach(&self, py: Python<'_>, path: &str) -> R<()> {
@@ -333,16 +347,26 @@ impl FuseMount {
     }
 
     /// FsIoStats (spec §8.1) of the image at `path`, as JSON; `id` is the name it reports.
-    #[pyo3(signature = (path, id=None, files_account=false, access_pattern=false, latest_read_files=false))]
-    fn fs_metrics_json(&self, path: &str, id: Option<&str>, files_account: bool, access_pattern: bool, latest_read_files: bool) -> R<String> {
-        let stats = self.server.fs_stats(path).ok_or_else(|| to_py(Error::NotFound(format!("no image mounted at {path}"))))?;
-        Ok(stats.to_json(id.unwrap_or(path), files_account, access_pattern, latest_read_files).to_string())
+    #[pyo3(signature = (path, id=None))]
+    fn fs_metrics_json(&self, path: &str, id: Option<&str>) -> R<String> {
+        Ok(self.stats(path)?.to_json(id.unwrap_or(path)).to_string())
+    }
+
+    /// Per-file counters (spec §8.2) of the image at `path`; with `latest`, the inodes read
+    /// since the last such call, as ranges.
+    #[pyo3(signature = (path, latest=false))]
+    fn files_metrics_json(&self, path: &str, latest: bool) -> R<String> {
+        Ok(self.stats(path)?.files_json(latest).to_string())
+    }
+
+    /// The access pattern (spec §8.3) of the image at `path`, as JSON.
+    fn pattern_json(&self, path: &str) -> R<String> {
+        Ok(self.stats(path)?.pattern_json().to_string())
     }
 
     /// Operations being served now for the image at `path` (spec §8.8), as JSON.
     fn inflight_json(&self, path: &str) -> R<String> {
-        let stats = self.server.fs_stats(path).ok_or_else(|| to_py(Error::NotFound(format!("no image mounted at {path}"))))?;
-        Ok(serde_json::Value::from(stats.inflight_json()).to_string())
+        Ok(serde_json::Value::from(self.stats(path)?.inflight_json()).to_string())
     }
 
     fn save_state<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {

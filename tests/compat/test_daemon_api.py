@@ -91,8 +91,10 @@ def test_dedicated_daemon_like_the_snapshotter(dedicated, image):
         assert c.get("http://unix/api/v1/metrics/pattern").body == []
         assert c.get("http://unix/api/v1/metrics?id=%2Fnope").status == 404
         assert c.get("http://unix/api/v1/metrics/blobcache?id=%2Fnope").status == 404
-        meta = c.get("http://unix/api/v1/daemon/backend?mountpoint=%2F")
-        assert meta.status == 200 and isinstance(meta.body, dict)
+        meta = c.get("http://unix/api/v1/daemon/backend?mountpoint=%2F").body
+        assert meta["magic"] == 0xE0F5E1E2 and meta["version"] == 0x600
+        assert meta["inodes_count"] >= len(image.files) and meta["flags"]["bits"] > 0
+        assert meta["attr_timeout"] == {"secs": 60, "nanos": 0} and meta["blobs"]
         prom = c.get("http://unix/api/v1/metrics/prometheus")
         assert prom.status == 200 and prom.headers["Content-Type"].startswith("text/plain")
         assert 'nydus_fop_hits_total{mountpoint="/",op="read"}' in prom.body
@@ -260,6 +262,52 @@ def test_shared_daemon_mounts_by_snapshot_id(shared, image, image_b, tmp_path):
         assert c.get("http://unix/api/v1/metrics?id=%2Fsnap2").body["id"] == "/snap2"
 
         assert c.conn.connects == 1
+    finally:
+        c.close()
+
+
+def test_per_file_metrics(shared, image, tmp_path):
+    """iostats_files, access_pattern and latest_read_files (spec §8.2–8.3), switched on in
+    one instance's v1 config; its neighbour, with them off, reports nothing per file."""
+    c = shared.client()
+    try:
+        on = dict(v1_config("/on", image.blobs, tmp_path / "cache-on"), iostats_files=True, access_pattern=True,
+                  latest_read_files=True)
+        assert c.post("http://unix/api/v1/mount?mountpoint=%2Fon", mount_cmd(image.boot, on)).status == 204
+        off = v1_config("/off", image.blobs, tmp_path / "cache-off")
+        assert c.post("http://unix/api/v1/mount?mountpoint=%2Foff", mount_cmd(image.boot, off)).status == 204
+        fs = c.get("http://unix/api/v1/metrics?id=%2Fon").body
+        assert (fs["files_account_enabled"], fs["access_pattern_enabled"], fs["record_latest_read_files_enabled"]) == (True,) * 3
+        assert c.get("http://unix/api/v1/metrics/files?id=%2Fon&latest=true").body == []
+
+        read = sorted(image.files)[:3]
+        before = time.time()
+        for rel in read:
+            assert_files(shared.mnt / "on", {rel: image.files[rel]})
+            assert_files(shared.mnt / "off", {rel: image.files[rel]})
+        # The counters use the instance's own inode numbers; the kernel sees them with the
+        # instance's index in the top 8 bits.
+        inos = {rel: os.stat(shared.mnt / "on" / rel).st_ino & ((1 << 56) - 1) for rel in read}
+
+        files = c.get("http://unix/api/v1/metrics/files?id=%2Fon").body
+        for rel, ino in inos.items():
+            f = files[str(ino)]
+            assert f["data_read"] == len(image.files[rel]), rel
+            assert f["fop_hits"][2] >= 1 and f["fop_hits"][4] >= (1 if image.files[rel] else 0)  # open, read
+        pattern = c.get("http://unix/api/v1/metrics/pattern?id=%2Fon").body
+        seen = {p["ino"]: p for p in pattern}
+        for rel, ino in inos.items():
+            if image.files[rel]:
+                assert seen[ino]["nr_read"] >= 1
+                assert seen[ino]["first_access_time_secs"] >= int(before) - 1
+        latest = c.get("http://unix/api/v1/metrics/files?id=%2Fon&latest=true").body
+        listed = {i for r in latest for i in range(r[0], r[-1] + 1)}
+        assert {ino for rel, ino in inos.items() if image.files[rel]} <= listed
+        assert c.get("http://unix/api/v1/metrics/files?id=%2Fon&latest=true").body == [], "cleared on read"
+
+        assert c.get("http://unix/api/v1/metrics/files?id=%2Foff").body == {}
+        assert c.get("http://unix/api/v1/metrics/pattern?id=%2Foff").body == []
+        assert c.get("http://unix/api/v1/metrics/files?id=%2Fnope").status == 404
     finally:
         c.close()
 

@@ -295,8 +295,13 @@ def _raw_exchange(sock_path: str, data: bytes, timeout: float = 5.0) -> bytes:
                          ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header"])
 def test_protocol_garbage(ctx, data):
     reply = _raw_exchange(ctx.daemon.sock, data)
-    # the HTTP parser's own refusal (plain text: below the API's JSON layer); never silence
+    # the HTTP parser's refusal, still in the API's JSON error shape; never silence
     assert reply.startswith(b"HTTP/1.") and reply.split()[1] == b"400", reply[:200]
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower(), head
+    doc = json.loads(body)
+    assert doc["code"] == "UNDEFINED" and doc["message"], doc
+    assert send(ctx, "GET", "/api/v1/daemon").body["state"] == "RUNNING"
 
 
 @pytest.mark.parametrize("request_line, host", [

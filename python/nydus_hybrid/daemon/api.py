@@ -214,13 +214,11 @@ class Api:
         return ok(self.d.service.fs_metrics(request.query.get("id")))
 
     async def metrics_files(self, request):
-        self.d.service.fs_metrics(request.query.get("id"))  # 404 for an unknown id
-        # Per-file accounting (`iostats_files`) is not collected: empty, as nydusd with it off.
-        return ok([] if request.query.get("latest") == "true" else {})
+        latest = request.query.get("latest") == "true"
+        return ok(self.d.service.files_metrics(request.query.get("id"), latest))
 
     async def metrics_pattern(self, request):
-        self.d.service.fs_metrics(request.query.get("id"))
-        return ok([])
+        return ok(self.d.service.access_pattern(request.query.get("id")))
 
     async def metrics_backend(self, request):
         return ok(self.d.service.backend_metrics(request.query.get("id")))
@@ -249,9 +247,32 @@ class Api:
         raise Unsupported("Unsupported(\"the blob API serves fscache daemons (singleton); this is a fuse daemon\")")
 
 
+class JsonErrorHandler(web.RequestHandler):
+    """aiohttp answers a request it cannot parse (a garbled request line, a bad header) on
+    its own, in plain text, before any middleware runs. This gives those answers the API's
+    JSON error body too; the status and the closed connection stay aiohttp's."""
+
+    def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and refuses once bytes went out
+        resp = error(plain.status, message or (str(exc) if exc else "") or plain.reason or "BadRequest")
+        resp.force_close()
+        return resp
+
+
+class ApiSite(web.UnixSite):
+    """A unix-socket site whose connections use `JsonErrorHandler`."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        self._server = await loop.create_unix_server(
+            lambda: JsonErrorHandler(server, loop=loop, keepalive_timeout=NEVER, access_log=None), self._path)
+
+
 async def serve(api: Api, sock_path: str) -> web.AppRunner:
     runner = web.AppRunner(api.app(), keepalive_timeout=NEVER, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.UnixSite(runner, sock_path)
+    site = ApiSite(runner, sock_path)
     await site.start()
     return runner

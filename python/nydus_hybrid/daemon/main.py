@@ -27,7 +27,7 @@ from nydus_hybrid.daemon import args as dargs
 from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.api import Api, serve
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError
-from nydus_hybrid.daemon.service import FuseService, check_virtual_mountpoint, config_from_localfs_dir
+from nydus_hybrid.daemon.service import CACHE_OPTS, FuseService, check_virtual_mountpoint, config_from_localfs_dir
 
 LOG = logging.getLogger("nydus_hybrid.daemon")
 LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -180,7 +180,7 @@ class Daemon:
         inst = self.service.instances.get(mountpoint)
         if inst is None:
             raise DaemonError(f"Rafs(NotFound(\"no RAFS instance at {mountpoint}\"))")
-        return inst.image.inspect()
+        return super_meta(inst.image.inspect(), CACHE_OPTS)
 
     def mounts_changed(self) -> None:
         """Hook for the supervisor state push of the upgrade milestone."""
@@ -310,3 +310,44 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         os._exit(rc)
     return rc
+
+
+def super_meta(info: dict, cache: dict) -> dict:
+    """nydusd's RafsSuperMeta dump (spec §8.7) from our ``inspect`` facts: its field names
+    for the superblock and tables, plus the blob list. Diagnostic only."""
+    sb = info["superblock"]
+
+    def timeout(secs: float) -> dict:
+        return {"secs": int(secs), "nanos": int(round((secs - int(secs)) * 1e9))}
+
+    return {
+        "magic": EROFS_SUPER_MAGIC,
+        "version": RAFS_V6_VERSION,
+        "sb_size": info["bootstrap_size"],
+        "root_nid": sb["root_nid"],
+        "root_inode": sb["root_nid"],
+        "flags": {"bits": int(sb["flags"], 16)},
+        "inodes_count": sb["inodes"],
+        "inode_table_entries": sb["inodes"],
+        "blob_table_offset": sb["blob_table"][0],
+        "blob_table_size": sb["blob_table"][1],
+        "chunk_table_offset": sb["chunk_table"][0],
+        "chunk_table_size": sb["chunk_table"][1],
+        "prefetch_table_offset": sb["prefetch_table"][0],
+        "prefetch_table_entries": sb["prefetch_table"][1] // 4,  # u32 nids
+        "blob_device_table_count": sb["extra_devices"],
+        "meta_blkaddr": sb["meta_blkaddr"],
+        "chunk_size": sb["chunk_size"],
+        "block_size": sb["block_size"],
+        "compressor": sb["compressor"],
+        "digester": sb["digester"],
+        "is_chunk_dict": False,
+        "attr_timeout": timeout(cache["attr_timeout"]),
+        "entry_timeout": timeout(cache["entry_timeout"]),
+        "blobs": info["blobs"],
+    }
+
+
+EROFS_SUPER_MAGIC = 0xE0F5E1E2
+RAFS_V6_VERSION = 0x600
+

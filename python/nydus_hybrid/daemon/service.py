@@ -115,15 +115,20 @@ class FuseService:
             if mountpoint in self.instances:
                 raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
             cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
-            index = self._need_mount().attach(mountpoint, image, **CACHE_OPTS)
+            index = self._attach(mountpoint, image, cfg)
             inst = Instance(mountpoint, source, config_text, cfg, image, index)
             self.instances[mountpoint] = inst
             return inst
 
+    def _attach(self, mountpoint: str, image: Image, cfg: dict, index: Optional[int] = None) -> int:
+        rafs = cfg["rafs"]
+        accounting = (rafs["iostats_files"], rafs["access_pattern"], rafs["latest_read_files"])
+        return self._need_mount().attach(mountpoint, image, index=index, accounting=accounting, **CACHE_OPTS)
+
     def restore(self, mountpoint: str, source: str, config_text: str, index: int) -> Instance:
         """Put an instance back at the index it had in a previous daemon (takeover)."""
         cfg, image = self._open(source, config_text, mountpoint=mountpoint)
-        self._need_mount().attach(mountpoint, image, index=index, **CACHE_OPTS)
+        self._attach(mountpoint, image, cfg, index)
         inst = Instance(mountpoint, source, config_text, cfg, image, index)
         self.instances[mountpoint] = inst
         return inst
@@ -143,9 +148,8 @@ class FuseService:
             if mountpoint not in self.instances:
                 raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
             cfg, image = self._open(source, config_text, mountpoint=mountpoint)
-            m = self._need_mount()
-            m.detach(mountpoint)
-            index = m.attach(mountpoint, image, **CACHE_OPTS)
+            self._need_mount().detach(mountpoint)
+            index = self._attach(mountpoint, image, cfg)
             inst = Instance(mountpoint, source, config_text, cfg, image, index)
             self.instances[mountpoint] = inst
             return inst
@@ -164,12 +168,13 @@ class FuseService:
         raise MetricsNotFound(f"no metrics for id {id_!r}")
 
     def fs_metrics(self, id_: Optional[str]) -> dict:
-        inst = self._pick(id_, lambda i: i.mountpoint)
-        rafs = inst.config["rafs"]
-        m = self._need_mount().fs_metrics(inst.mountpoint)
-        m.update(files_account_enabled=rafs["iostats_files"], access_pattern_enabled=rafs["access_pattern"],
-                 record_latest_read_files_enabled=rafs["latest_read_files"])
-        return m
+        return self._need_mount().fs_metrics(self._pick(id_, lambda i: i.mountpoint).mountpoint)
+
+    def files_metrics(self, id_: Optional[str], latest: bool):
+        return self._need_mount().files_metrics(self._pick(id_, lambda i: i.mountpoint).mountpoint, latest)
+
+    def access_pattern(self, id_: Optional[str]) -> list:
+        return self._need_mount().access_pattern(self._pick(id_, lambda i: i.mountpoint).mountpoint)
 
     def backend_metrics(self, id_: Optional[str]) -> dict:
         return self._pick(id_, lambda i: i.mountpoint).image.metrics()["backend"]

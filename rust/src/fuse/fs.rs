@@ -3,7 +3,7 @@
 //! Inode numbers are nids + 1 (0 is not a valid FUSE inode); they never change, so hard
 //! links share one, and nothing needs lookup counting.
 
-use super::metrics::{Fop, FsIoStats};
+use super::metrics::{Accounting, Fop, FsIoStats};
 use crate::error::Error;
 use crate::layout::{file_type, mode};
 use crate::reader::{Rafs, Stat};
@@ -104,8 +104,8 @@ fn dt_of(ft: u8) -> u32 {
 }
 
 impl RafsFs {
-    pub fn new(rafs: Arc<Rafs>, opts: CacheOptions) -> Self {
-        RafsFs { rafs, stats: Arc::default(), opts, dirs: Mutex::new(HashMap::new()), next_handle: AtomicU64::new(1) }
+    pub fn new(rafs: Arc<Rafs>, opts: CacheOptions, accounting: Accounting) -> Self {
+        RafsFs { rafs, stats: Arc::new(FsIoStats::new(accounting)), opts, dirs: Mutex::new(HashMap::new()), next_handle: AtomicU64::new(1) }
     }
 
     fn entry(&self, nid: u64) -> io::Result<Entry> {

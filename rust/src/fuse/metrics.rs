@@ -5,7 +5,7 @@
 
 use crate::storage::metrics::size_bucket;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -44,8 +44,64 @@ fn latency_bucket(us: u64) -> usize {
     BOUNDS.iter().position(|&b| us <= b).unwrap_or(BUCKETS - 1)
 }
 
+/// The per-file switches of nydusd's FS config (`iostats_files`, `access_pattern`,
+/// `latest_read_files`). Off by default: each one takes a lock on every operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accounting {
+    pub files: bool,
+    pub pattern: bool,
+    pub latest: bool,
+}
+
+/// Counters of one opened file (`/metrics/files`, spec §8.2).
+#[derive(Default)]
+struct FileStats {
+    total_fops: u64,
+    data_read: u64,
+    block_count_read: [u64; BUCKETS],
+    fop_hits: [u64; FOPS],
+    fop_errors: [u64; FOPS],
+}
+
+/// First read and read count of one file (`/metrics/pattern`, spec §8.3).
+struct Access {
+    nr_read: u64,
+    first: std::time::Duration,
+}
+
+fn since_epoch() -> std::time::Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Inode numbers as nydusd's `latest=true` lists them: runs of consecutive numbers become
+/// `[first, last]`, a lone number `[ino]`.
+fn collapse_ranges(inos: impl IntoIterator<Item = u64>) -> Vec<Vec<u64>> {
+    let mut out: Vec<Vec<u64>> = Vec::new();
+    for ino in inos {
+        match out.last_mut() {
+            Some(r) if r.last().is_some_and(|&l| l.checked_add(1) == Some(ino)) => {
+                if r.len() == 2 {
+                    r[1] = ino;
+                } else {
+                    r.push(ino);
+                }
+            }
+            _ => out.push(vec![ino]),
+        }
+    }
+    out
+}
+
 #[derive(Default)]
 pub struct FsIoStats {
+    accounting: Accounting,
+    files: Mutex<HashMap<u64, FileStats>>,
+    pattern: Mutex<HashMap<u64, Access>>,
+    latest: Mutex<BTreeSet<u64>>,
     nr_opens: AtomicI64,
     data_read: AtomicU64,
     block_count_read: [AtomicU64; BUCKETS],
@@ -59,17 +115,29 @@ pub struct FsIoStats {
 }
 
 impl FsIoStats {
+    pub fn new(accounting: Accounting) -> Self {
+        FsIoStats { accounting, ..Default::default() }
+    }
+
+    pub fn accounting(&self) -> Accounting {
+        self.accounting
+    }
+
     /// Run one operation, counting it (hit or error), its latency and, for reads, bytes.
     pub fn op<T>(&self, fop: Fop, inode: u64, f: impl FnOnce() -> std::io::Result<T>, bytes: impl Fn(&T) -> u64) -> std::io::Result<T> {
         let start = Instant::now();
         let seq = self.next_seq.fetch_add(1, Relaxed);
-        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, (inode, fop.opcode(), epoch));
+        lock(&self.inflight).insert(seq, (inode, fop.opcode(), since_epoch().as_secs()));
         let res = f();
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+        lock(&self.inflight).remove(&seq);
         let i = fop as usize;
+        let read_bytes = match (&res, fop) {
+            (Ok(v), Fop::Read) => Some(bytes(v)),
+            _ => None,
+        };
+        self.account_file(fop, inode, res.is_ok(), read_bytes);
         match &res {
-            Ok(v) => {
+            Ok(_) => {
                 self.fop_hits[i].fetch_add(1, Relaxed);
                 match fop {
                     Fop::Open => {
@@ -79,7 +147,7 @@ impl FsIoStats {
                         self.nr_opens.fetch_sub(1, Relaxed);
                     }
                     Fop::Read => {
-                        let n = bytes(v);
+                        let n = read_bytes.unwrap_or(0);
                         self.data_read.fetch_add(n, Relaxed);
                         self.block_count_read[size_bucket(n)].fetch_add(1, Relaxed);
                     }
@@ -96,20 +164,84 @@ impl FsIoStats {
         res
     }
 
+    /// Per-file bookkeeping for the switches that are on. A file gets counters when it is
+    /// opened (as in nydusd), so a lookup storm does not grow the table.
+    fn account_file(&self, fop: Fop, inode: u64, ok: bool, read_bytes: Option<u64>) {
+        let a = self.accounting;
+        if a.files {
+            let mut files = lock(&self.files);
+            if ok && matches!(fop, Fop::Open) {
+                files.entry(inode).or_default();
+            }
+            if let Some(f) = files.get_mut(&inode) {
+                f.total_fops += 1;
+                if ok {
+                    f.fop_hits[fop as usize] += 1;
+                } else {
+                    f.fop_errors[fop as usize] += 1;
+                }
+                if let Some(n) = read_bytes {
+                    f.data_read += n;
+                    f.block_count_read[size_bucket(n)] += 1;
+                }
+            }
+        }
+        if read_bytes.is_some() {
+            if a.pattern {
+                lock(&self.pattern).entry(inode).or_insert_with(|| Access { nr_read: 0, first: since_epoch() }).nr_read += 1;
+            }
+            if a.latest {
+                lock(&self.latest).insert(inode);
+            }
+        }
+    }
+
+    /// `/metrics/files` (spec §8.2): counters by inode, or with `latest` the inodes read since
+    /// the last such call, as ranges (the set is cleared).
+    pub fn files_json(&self, latest: bool) -> Value {
+        if latest {
+            let set = std::mem::take(&mut *lock(&self.latest));
+            return json!(collapse_ranges(set));
+        }
+        let files = lock(&self.files);
+        let map: serde_json::Map<String, Value> = files
+            .iter()
+            .map(|(ino, f)| {
+                let v = json!({"total_fops": f.total_fops, "data_read": f.data_read, "block_count_read": f.block_count_read,
+                               "fop_hits": f.fop_hits, "fop_errors": f.fop_errors});
+                (ino.to_string(), v)
+            })
+            .collect();
+        Value::Object(map)
+    }
+
+    /// `/metrics/pattern` (spec §8.3): every file read so far, oldest first access first.
+    pub fn pattern_json(&self) -> Value {
+        let pattern = lock(&self.pattern);
+        let mut v: Vec<_> = pattern.iter().collect();
+        v.sort_by_key(|(ino, a)| (a.first, **ino));
+        json!(v
+            .into_iter()
+            .map(|(ino, a)| json!({"ino": ino, "nr_read": a.nr_read, "first_access_time_secs": a.first.as_secs(),
+                                   "first_access_time_nanos": a.first.subsec_nanos()}))
+            .collect::<Vec<_>>())
+    }
+
     /// `/metrics/inflight` entries (spec §8.8) of this instance.
     pub fn inflight_json(&self) -> Vec<Value> {
-        let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.inflight);
         let mut v: Vec<_> = map.iter().map(|(seq, (ino, op, t))| json!({"inode": ino, "opcode": op, "unique": seq, "timestamp_secs": t})).collect();
         v.sort_by_key(|e| e["unique"].as_u64());
         v
     }
 
-    pub fn to_json(&self, id: &str, files_account: bool, access_pattern: bool, latest_read_files: bool) -> Value {
+    pub fn to_json(&self, id: &str) -> Value {
         let arr = |a: &[AtomicU64]| a.iter().map(|x| x.load(Relaxed)).collect::<Vec<_>>();
+        let a = self.accounting;
         json!({
-            "files_account_enabled": files_account,
-            "access_pattern_enabled": access_pattern,
-            "record_latest_read_files_enabled": latest_read_files,
+            "files_account_enabled": a.files,
+            "access_pattern_enabled": a.pattern,
+            "record_latest_read_files_enabled": a.latest,
             "measure_latency": true,
             "id": id,
             "nr_opens": self.nr_opens.load(Relaxed).max(0),
@@ -145,12 +277,48 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert_eq!((seen[0]["inode"].as_u64(), seen[0]["opcode"].as_u64()), (Some(9), Some(3)));
         assert!(s.inflight_json().is_empty());
-        let j = s.to_json("/", false, false, false);
+        let j = s.to_json("/");
         assert_eq!(j["data_read"], 4096);
         assert_eq!(j["block_count_read"][2], 1);
         assert_eq!(j["fop_hits"][4], 1);
         assert_eq!(j["fop_errors"][9], 1);
         assert_eq!(j["nr_opens"], 1);
         assert_eq!(j["read_latency_dist"][0], 4);
+        // All switches off: nothing per file.
+        assert_eq!(s.files_json(false), json!({}));
+        assert_eq!(s.files_json(true), json!([]));
+        assert_eq!(s.pattern_json(), json!([]));
+    }
+
+    #[test]
+    fn per_file_accounting() {
+        let s = FsIoStats::new(Accounting { files: true, pattern: true, latest: true });
+        s.op(Fop::Getattr, 5, || Ok(()), |_| 0).unwrap(); // not opened yet: no counters
+        s.op(Fop::Open, 5, || Ok(()), |_| 0).unwrap();
+        s.op(Fop::Read, 5, || Ok(4096u64), |n| *n).unwrap();
+        s.op(Fop::Read, 5, || Ok(100u64), |n| *n).unwrap();
+        let _ = s.op(Fop::Read, 5, || Err::<u64, _>(std::io::Error::from_raw_os_error(5)), |n| *n);
+        for ino in [6, 7, 9] {
+            s.op(Fop::Read, ino, || Ok(1u64), |n| *n).unwrap();
+        }
+        let f = s.files_json(false);
+        assert_eq!(f.as_object().unwrap().len(), 1);
+        let f5 = &f["5"];
+        assert_eq!((f5["total_fops"].as_u64(), f5["data_read"].as_u64()), (Some(4), Some(4196)));
+        assert_eq!((f5["fop_hits"][4].as_u64(), f5["fop_errors"][4].as_u64()), (Some(2), Some(1)));
+        assert_eq!(f5["block_count_read"][2], 1);
+        assert_eq!(s.files_json(true), json!([[5, 7], [9]]));
+        assert_eq!(s.files_json(true), json!([]), "the latest set is cleared on read");
+        let p = s.pattern_json();
+        assert_eq!(p.as_array().unwrap().len(), 4);
+        let p5 = p.as_array().unwrap().iter().find(|e| e["ino"] == 5).unwrap();
+        assert_eq!(p5["nr_read"], 2);
+        assert!(p5["first_access_time_secs"].as_u64().unwrap() > 1_600_000_000);
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(collapse_ranges([1, 2, 3, 5, 7, 8, u64::MAX - 1, u64::MAX]), vec![vec![1, 3], vec![5], vec![7, 8], vec![u64::MAX - 1, u64::MAX]]);
+        assert!(collapse_ranges([]).is_empty());
     }
 }

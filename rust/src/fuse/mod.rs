@@ -7,4 +7,5 @@ pub mod metrics;
 pub mod server;
 
 pub use fs::CacheOptions;
+pub use metrics::Accounting;
 pub use server::FuseServer;

@@ -4,7 +4,7 @@
 //! session fd plus `Vfs` state that a successor process needs to resume serving.
 
 use super::fs::{CacheOptions, RafsFs};
-use super::metrics::FsIoStats;
+use super::metrics::{Accounting, FsIoStats};
 use crate::error::{Error, Result};
 use crate::reader::Rafs;
 use fuse_backend_rs::api::server::Server;
@@ -115,15 +115,15 @@ impl FuseServer {
 
     /// Put an image at `path` (`/` for dedicated mode, `/<id>` for shared mode). Returns its
     /// index, which fixes the kernel-visible inode numbers of its files.
-    pub fn attach(&self, path: &str, rafs: Arc<Rafs>, opts: CacheOptions) -> Result<u8> {
-        let fs = Box::new(RafsFs::new(rafs, opts));
+    pub fn attach(&self, path: &str, rafs: Arc<Rafs>, opts: CacheOptions, accounting: Accounting) -> Result<u8> {
+        let fs = Box::new(RafsFs::new(rafs, opts, accounting));
         self.vfs.mount(fs, path).map_err(|e| session_err(&format!("attach {path}"), format!("{e:?}")))
     }
 
     /// Put an image back at the index it had before an upgrade, so inode numbers the kernel
     /// already holds stay valid.
-    pub fn reattach(&self, path: &str, index: u8, rafs: Arc<Rafs>, opts: CacheOptions) -> Result<()> {
-        let fs = Box::new(RafsFs::new(rafs, opts));
+    pub fn reattach(&self, path: &str, index: u8, rafs: Arc<Rafs>, opts: CacheOptions, accounting: Accounting) -> Result<()> {
+        let fs = Box::new(RafsFs::new(rafs, opts, accounting));
         self.vfs.restore_mount(fs, index, path).map_err(|e| session_err(&format!("reattach {path}"), e))
     }
 
