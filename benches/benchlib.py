@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -983,3 +984,520 @@ def partial_fetch(reg, img: PushedImage, picks: Sequence[Tuple[str, int]], cache
 
 def mib(n: float) -> str:
     return f"{n / MiB:,.1f}"
+
+
+# --------------------------------------------------------------------------- daemon
+#
+# `python -m nydus_hybrid.daemon` (nydusd-compatible CLI, HTTP API on a unix socket),
+# started and spoken to with the compat tests' helpers (tests/compat/daemontools.py):
+# start-up time (exec -> API socket accepts -> GET /api/v1/daemon says RUNNING) against
+# bare interpreter starts, and API latency under FUSE read load against the idle mount.
+
+COMPAT_DIR = os.path.join(TESTS_DIR, "compat")
+DAEMON_STARTUP_GOAL_MS = 300
+DAEMON_TREE_VERSION = 1
+DEDICATED = "daemon: dedicated, bootstrap mounted (FUSE)"
+SHARED = "daemon: shared, no bootstrap"
+# (row name, `python -c` code): the floor, then what the daemon imports, biggest last.
+STARTUP_BASELINES = (
+    ("python -c pass (floor)", "pass"),
+    ("python -c 'import nydus_hybrid._core'", "import nydus_hybrid._core"),
+    ("python -c 'import aiohttp.web'", "import aiohttp.web"),
+    ("python -c 'import nydus_hybrid.daemon.main'", "import nydus_hybrid.daemon.main"),
+)
+FLOOR = STARTUP_BASELINES[0][0]
+API_CONCURRENCY = 100  # GET /api/v1/metrics in flight at once, one connection each
+API_SEQUENTIAL = 25  # then this many one after another on one keep-alive connection
+API_READERS = 4
+
+
+def daemontools():
+    """tests/compat/daemontools.py (imported the way the compat tests import it)."""
+    if COMPAT_DIR not in sys.path:
+        sys.path.insert(0, COMPAT_DIR)
+    import daemontools as dt
+
+    return dt
+
+
+def daemon_missing() -> Optional[str]:
+    """Why the daemon benchmarks cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (the daemon mounts FUSE; drop_caches)"
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse"
+    try:
+        import aiohttp  # noqa: F401
+        import jsonschema  # noqa: F401  (daemontools)
+        import yaml  # noqa: F401
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def daemon_rounds() -> int:
+    """Start-ups per row (NYDUS_BENCH_DAEMON_ROUNDS; default 20, 10 with CI)."""
+    return max(1, int(os.environ.get("NYDUS_BENCH_DAEMON_ROUNDS", "10" if IN_CI else "20")))
+
+
+def daemon_api_rounds() -> int:
+    """Bursts per state (idle / loaded) for the API latency (NYDUS_BENCH_DAEMON_API_ROUNDS)."""
+    return max(1, int(os.environ.get("NYDUS_BENCH_DAEMON_API_ROUNDS", "10" if IN_CI else "20")))
+
+
+def daemon_mb() -> int:
+    """Size of the tree the reader processes read through the daemon (NYDUS_BENCH_DAEMON_MB)."""
+    return int(os.environ.get("NYDUS_BENCH_DAEMON_MB", "32" if IN_CI else "64"))
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of xs, nearest rank (as fusebench.pct)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def proc_cpu_s(pid: int) -> Optional[float]:
+    """user + sys CPU seconds of a live process, all threads (10 ms resolution)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# ---- start-up
+
+
+@dataclass
+class Startup:
+    socket_s: Optional[float]  # exec -> connect() to the API socket succeeds (None: baselines)
+    running_s: float  # exec -> GET /api/v1/daemon says RUNNING; baselines: exec -> the code ran
+    cpu_s: Optional[float] = None  # daemon CPU (all threads) when RUNNING was seen
+    stop_s: Optional[float] = None  # SIGTERM -> exit (unmounts)
+    mounted: Optional[bool] = None  # the mountpoint was a mount when RUNNING was seen
+    exit_s: Optional[float] = None  # baselines: exec -> exit (adds the interpreter's teardown)
+
+
+def time_python(code: str) -> Startup:
+    """`python -c code`, spawned exactly like the daemon: exec -> the code has run (it then
+    writes one byte to a pipe, the counterpart of the daemon answering RUNNING), and
+    exec -> exit."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-c", code + "\nimport os; os.write(1, b'.')"], stdout=subprocess.PIPE)
+    ready = p.stdout.read(1)
+    t_ready = time.perf_counter()
+    p.stdout.close()
+    if p.wait() != 0 or ready != b".":
+        raise RuntimeError(f"python -c {code!r}: exit {p.returncode}")
+    return Startup(None, t_ready - t0, exit_s=time.perf_counter() - t0)
+
+
+class DaemonStart:
+    """One timed start of `python -m nydus_hybrid.daemon fuse` with the flags the compat
+    tests (and nydus-snapshotter) use: dedicated with `image` (a daemontools.BuiltImage,
+    localfs + blobcache v1 config, `--bootstrap`) or shared without. `start()` returns once
+    RUNNING was seen, polling every `poll` s; `stop()` SIGTERMs it (it unmounts)."""
+
+    def __init__(self, workdir: str, image=None, poll: float = 0.001):
+        self.dt = daemontools()
+        self.workdir = fresh_dir(workdir)
+        self.mnt = os.path.join(self.workdir, "mnt")
+        os.makedirs(self.mnt)
+        self.sock = os.path.join(self.workdir, "api.sock")
+        self.log = os.path.join(self.workdir, "daemon.log")
+        self.poll = poll
+        argv = self.dt.DAEMON + ["fuse", "--thread-num", "4"]
+        if image is not None:
+            cfg = os.path.join(self.workdir, "config.json")
+            with open(cfg, "w") as f:
+                json.dump(self.dt.v1_config("/", image.blobs, os.path.join(self.workdir, "cache")), f)
+            argv += ["--config", cfg, "--bootstrap", str(image.boot)]
+        self.argv = argv + ["--mountpoint", self.mnt, "--apisock", self.sock, "--log-level", "info",
+                            "--failover-policy", "resend"]
+        self.proc: Optional[subprocess.Popen] = None
+        self.result: Optional[Startup] = None
+
+    def _log_text(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = 20.0) -> Startup:
+        import socket
+
+        logf = open(self.log, "wb")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        t_sock = None
+        conn = None
+        try:
+            while True:
+                if time.perf_counter() - t0 > timeout:
+                    raise RuntimeError(f"daemon not RUNNING after {timeout} s: {self._log_text()}")
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self._log_text()}")
+                if conn is None:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    try:
+                        s.connect(self.sock)
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        s.close()
+                        time.sleep(self.poll)
+                        continue
+                    t_sock = time.perf_counter()
+                    s.settimeout(timeout)
+                    conn = self.dt.UnixHTTPConnection(self.sock, timeout)
+                    conn.sock = s
+                conn.request("GET", "/api/v1/daemon", headers={"Accept": "application/json"})
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status == 200 and json.loads(body).get("state") == "RUNNING":
+                    t_run = time.perf_counter()
+                    break
+                time.sleep(self.poll)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            if conn is not None:
+                conn.close()
+        self.result = Startup(t_sock - t0, t_run - t0, proc_cpu_s(self.proc.pid), None, self.dt.is_mounted(self.mnt))
+        return self.result
+
+    def stop(self) -> Optional[float]:
+        """SIGTERM -> exit seconds (None if it was not running); always leaves nothing mounted."""
+        if self.proc is None:
+            return None
+        took = None
+        try:
+            if self.proc.poll() is None:
+                t = time.perf_counter()
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(15)
+                    took = time.perf_counter() - t
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(15)
+        finally:
+            self.dt.lazy_umount(self.mnt)
+            self.proc = None
+        if self.result is not None:
+            self.result.stop_s = took
+        return took
+
+
+def time_daemon(workdir: str, image=None) -> Startup:
+    """Start a daemon, time it to RUNNING, stop it (timed too)."""
+    d = DaemonStart(workdir, image)
+    try:
+        d.start()
+    finally:
+        d.stop()
+    return d.result
+
+
+def daemon_image(workdir: str):
+    """The compat tests' small image (daemontools.BuiltImage: 3 files, 2.5 MB)."""
+    from pathlib import Path
+
+    return daemontools().BuiltImage(Path(fresh_dir(workdir)), tag="bench")
+
+
+def startup_rows(image) -> List[Tuple[str, Callable[[str], Startup]]]:
+    """(row name, fn(workdir) -> Startup), the floor first."""
+    rows: List[Tuple[str, Callable[[str], Startup]]] = [
+        (name, lambda w, code=code: time_python(code)) for name, code in STARTUP_BASELINES]
+    rows.append((DEDICATED, lambda w: time_daemon(w, image)))
+    rows.append((SHARED, lambda w: time_daemon(w, None)))
+    return rows
+
+
+def import_profile(module: str, runs: int = 5) -> Tuple[Dict[str, Tuple[float, float]], Dict[str, int], List[str]]:
+    """`python -X importtime -c 'import module'`, `runs` times: per imported module the
+    median (self ms, cumulative ms), its depth, and the names in the order printed."""
+    samples: Dict[str, List[Tuple[int, int]]] = {}
+    depth: Dict[str, int] = {}
+    order: List[str] = []
+    for _ in range(runs):
+        err = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                             capture_output=True, text=True, check=True).stderr
+        for line in err.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            self_us, cum_us, name = line[len("import time:"):].split("|", 2)
+            self_us, cum_us = int(self_us), int(cum_us)
+            key = name.strip()
+            if key not in depth:
+                depth[key] = (len(name) - len(name.lstrip()) - 1) // 2
+                order.append(key)
+            samples.setdefault(key, []).append((self_us, cum_us))
+    med = {k: (statistics.median(s for s, _ in v) / 1000, statistics.median(c for _, c in v) / 1000)
+           for k, v in samples.items()}
+    return med, depth, order
+
+
+def import_children(module: str, med, depth, order) -> List[Tuple[str, float]]:
+    """The direct imports of `module` (as importtime attributes them) with their
+    cumulative ms, biggest first."""
+    at = order.index(module)
+    d = depth[module]
+    kids = []
+    for name in reversed(order[:at]):
+        if depth[name] <= d:
+            break
+        if depth[name] == d + 1:
+            kids.append((name, med[name][1]))
+    return sorted(kids, key=lambda x: -x[1])
+
+
+# ---- API latency under FUSE read load
+
+READER_SCRIPT = r"""
+import mmap, os, struct, sys, time
+ctl, slot, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+f = open(ctl, "r+b")
+m = mmap.mmap(f.fileno(), 4096)
+buf = bytearray(1 << 20)
+total, i = 0, slot * len(paths) // 4
+while m[0] != 2:
+    if m[0] == 1:
+        time.sleep(0.001)
+        continue
+    fd = os.open(paths[i % len(paths)], os.O_RDONLY)
+    i += 1
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        while m[0] == 0:
+            n = os.readv(fd, [buf])
+            if not n:
+                break
+            total += n
+            struct.pack_into("<Q", m, 8 * (slot + 1), total)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+"""
+
+
+def ensure_daemon_tree(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
+    """Files of 4 MiB (4 chunks each), alternately text-like (zstd) and incompressible (raw)."""
+    mb = daemon_mb() if mb is None else mb
+    root = os.path.join(bench_dir(), f"daemon-{mb}mib-v{DAEMON_TREE_VERSION}")
+    marker = root + ".done"
+    if not os.path.exists(marker):
+        shutil.rmtree(root, ignore_errors=True)
+        log(f"generating {mb} MiB of 4 MiB files in {root} ...")
+        rng = random.Random(0xDAE + mb)
+        pool = _text_pool(rng, 8 * MiB)
+        for i in range(max(1, mb // 4)):
+            data = _text_bytes(rng, pool, 4 * MiB) if i % 2 == 0 else rng.randbytes(4 * MiB)
+            _write(os.path.join(root, f"f{i:03d}.{'txt' if i % 2 == 0 else 'bin'}"), data, 1_700_000_000)
+        with open(marker, "w") as f:
+            json.dump({"mb": mb, "version": DAEMON_TREE_VERSION}, f)
+    files = scan_files(root)
+    return Corpus(root, files, sum(s for _, s in files))
+
+
+class DaemonLoad:
+    """A dedicated daemon (daemontools.Daemon: `--thread-num 4`, localfs + blobcache v1
+    config) with the tree mounted, API_READERS reader processes reading its files through
+    the FUSE mount in a loop (1 MiB `readv`s; each file's page cache dropped with
+    posix_fadvise DONTNEED before and after, so every read reaches the daemon), and an
+    aiohttp client on the API socket (UnixConnector, up to API_CONCURRENCY connections).
+
+    The readers start paused; `readers(True/False)` runs / pauses them (a byte in a shared
+    mmap, checked before every 1 MiB read). `read_bytes()` is their running total."""
+
+    def __init__(self, tree: Corpus, workdir: str, log: Callable[[str], None] = lambda s: None):
+        import asyncio
+        from pathlib import Path
+
+        import aiohttp
+        import nydus_hybrid
+
+        self.dt = daemontools()
+        self.tree = tree
+        self.workdir = fresh_dir(workdir)
+        img = os.path.join(self.workdir, "image")
+        self.boot, self.blobs = os.path.join(img, "image.boot"), os.path.join(img, "blobs")
+        nydus_hybrid.build(tree.root, self.boot, self.blobs, compressor="zstd", progress=False)
+        warm_page_cache(self.blobs, extra=[self.boot])
+        self.daemon = None
+        self.procs: List[subprocess.Popen] = []
+        self.loop = asyncio.new_event_loop()
+        self.session = None
+        try:
+            run = Path(self.workdir) / "daemon"
+            run.mkdir()
+            self.daemon = self.dt.Daemon(run, config=self.dt.v1_config("/", self.blobs, run / "cache"),
+                                         bootstrap=self.boot)
+            self.mnt = str(self.daemon.mnt)
+            self.ctl_path = os.path.join(self.workdir, "readers.ctl")
+            with open(self.ctl_path, "wb") as f:
+                f.write(b"\1" + bytes(4095))
+            import mmap
+
+            self._ctlf = open(self.ctl_path, "r+b")
+            self.ctl = mmap.mmap(self._ctlf.fileno(), 4096)
+            paths = [os.path.join(self.mnt, rel) for rel, _ in tree.files]
+            for k in range(API_READERS):
+                self.procs.append(subprocess.Popen([sys.executable, "-c", READER_SCRIPT, self.ctl_path, str(k), *paths]))
+
+            async def mk():
+                return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.daemon.sock, limit=API_CONCURRENCY))
+
+            self.session = self.loop.run_until_complete(mk())
+            log(f"daemon: {tree.mib:.0f} MiB mounted at {self.mnt}, {API_READERS} readers (paused)")
+        except BaseException:
+            self.close()
+            raise
+
+    # -- readers
+
+    def readers(self, run: bool) -> None:
+        self.ctl[0] = 0 if run else 1
+        if not run:
+            time.sleep(0.05)  # in-flight 1 MiB reads finish
+
+    def read_bytes(self) -> int:
+        import struct
+
+        self.check()
+        return sum(struct.unpack_from("<Q", self.ctl, 8 * (k + 1))[0] for k in range(API_READERS))
+
+    def check(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a reader exited with {p.returncode}")
+        if not self.daemon.alive():
+            raise RuntimeError(f"daemon died: {self.daemon.log_text()}")
+
+    def daemon_cpu_s(self) -> Optional[float]:
+        return proc_cpu_s(self.daemon.proc.pid)
+
+    def data_read(self) -> int:
+        """The daemon's own count of bytes read through FUSE (GET /api/v1/metrics)."""
+        c = self.daemon.client()
+        try:
+            return c.get("/api/v1/metrics").body["data_read"]
+        finally:
+            c.close()
+
+    # -- API requests
+
+    async def _one(self) -> float:
+        t = time.perf_counter_ns()
+        async with self.session.get("http://unix/api/v1/metrics") as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"GET /api/v1/metrics: {r.status} {body[:200]!r}")
+        return (time.perf_counter_ns() - t) / 1000
+
+    async def _burst(self, n: int) -> List[float]:
+        import asyncio
+
+        return list(await asyncio.gather(*(self._one() for _ in range(n))))
+
+    async def _sequential(self, n: int) -> List[float]:
+        return [await self._one() for _ in range(n)]
+
+    def burst(self, n: int = API_CONCURRENCY) -> List[float]:
+        """`n` GET /api/v1/metrics at once (one connection each); µs per request."""
+        return self.loop.run_until_complete(self._burst(n))
+
+    def sequential(self, n: int = API_SEQUENTIAL) -> List[float]:
+        """`n` GET /api/v1/metrics one after another; µs per request."""
+        return self.loop.run_until_complete(self._sequential(n))
+
+    def close(self) -> None:
+        if getattr(self, "ctl", None) is not None:
+            self.ctl[0] = 2
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        self.procs = []
+        if self.session is not None:
+            self.loop.run_until_complete(self.session.close())
+            self.session = None
+        if not self.loop.is_closed():
+            self.loop.close()
+        if self.daemon is not None:
+            self.daemon.cleanup()
+            self.daemon = None
+        if getattr(self, "ctl", None) is not None:
+            self.ctl.close()
+            self._ctlf.close()
+            self.ctl = None
+
+
+@dataclass
+class ApiLatency:
+    """Per state ("idle", "loaded"): µs of every concurrent request, every sequential one;
+    reader bytes and seconds while the loaded bursts ran, and in windows with no API
+    requests; daemon CPU seconds and requests over the idle bursts."""
+    burst: Dict[str, List[float]] = field(default_factory=lambda: {"idle": [], "loaded": []})
+    seq: Dict[str, List[float]] = field(default_factory=lambda: {"idle": [], "loaded": []})
+    burst_wall: Dict[str, List[float]] = field(default_factory=lambda: {"idle": [], "loaded": []})
+    read_during: List[Tuple[int, float]] = field(default_factory=list)  # (bytes, s) while requests ran
+    read_alone: List[Tuple[int, float]] = field(default_factory=list)  # (bytes, s) readers only
+    idle_cpu: List[float] = field(default_factory=list)  # daemon CPU s per idle round
+    data_read: int = 0  # daemon's data_read over the whole run
+    reader_bytes: int = 0  # readers' bytes over the whole run
+
+    @staticmethod
+    def rate(pairs: Sequence[Tuple[int, float]]) -> float:
+        return sum(b for b, _ in pairs) / MiB / max(1e-9, sum(s for _, s in pairs))
+
+
+def api_latency_rounds(load: DaemonLoad, rounds: int, alone_s: float = 0.25,
+                       log: Callable[[str], None] = lambda s: None) -> ApiLatency:
+    """Interleaved: each round, with the readers paused, a burst of API_CONCURRENCY
+    concurrent requests and API_SEQUENTIAL sequential ones; then the readers run alone for
+    `alone_s` (their throughput without API load); then the same burst and sequence with
+    them running. One untimed warm-up round of each first (opens the connections)."""
+    res = ApiLatency()
+    load.readers(False)
+    load.burst()
+    load.sequential()
+    load.readers(True)
+    # Warm-up: the readers go through the whole tree twice, so the blob cache is filled and
+    # what follows is the steady state of a daemon serving a hot image.
+    deadline, b0 = time.monotonic() + 20, load.read_bytes()
+    while load.read_bytes() - b0 < 2 * load.tree.total_bytes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    load.burst()
+    dr0, rb0 = load.data_read(), load.read_bytes()
+    for r in range(rounds):
+        load.readers(False)
+        c0 = load.daemon_cpu_s()
+        t = time.perf_counter()
+        res.burst["idle"].append(load.burst())
+        res.burst_wall["idle"].append(time.perf_counter() - t)
+        res.seq["idle"].extend(load.sequential())
+        c1 = load.daemon_cpu_s()
+        if c0 is not None and c1 is not None:
+            res.idle_cpu.append(c1 - c0)
+        load.readers(True)
+        t_a, b_a = time.perf_counter(), load.read_bytes()
+        time.sleep(alone_s)
+        t_b, b_b = time.perf_counter(), load.read_bytes()
+        res.read_alone.append((b_b - b_a, t_b - t_a))
+        res.burst["loaded"].append(load.burst())
+        res.burst_wall["loaded"].append(time.perf_counter() - t_b)
+        res.seq["loaded"].extend(load.sequential())
+        t_c, b_c = time.perf_counter(), load.read_bytes()
+        res.read_during.append((b_c - b_b, t_c - t_b))
+        log(f"  round {r + 1}/{rounds}: burst p50 idle {pct(res.burst['idle'][-1], .5) / 1000:6.1f} ms, "
+            f"loaded {pct(res.burst['loaded'][-1], .5) / 1000:6.1f} ms; readers "
+            f"{(b_c - b_b) / MiB / (t_c - t_b):7.1f} MiB/s (alone {(b_b - b_a) / MiB / (t_b - t_a):7.1f})")
+    load.readers(False)
+    res.data_read, res.reader_bytes = load.data_read() - dr0, load.read_bytes() - rb0
+    return res

@@ -91,6 +91,16 @@ class Mount:
     def fuse_fd(self) -> Optional[int]:
         return self._inner.fuse_fd()
 
+    def abandon(self) -> None:
+        """Let go of a resumed session without unmounting: the mount stays with whoever
+        serves it (a takeover that failed half-way)."""
+        self._inner.abandon()
+
+    @property
+    def initialized(self) -> bool:
+        """The kernel's FUSE INIT has been answered (a handover state exists only after it)."""
+        return self._inner.initialized
+
     def save_state(self) -> bytes:
         return bytes(self._inner.save_state())
 

@@ -342,6 +342,16 @@ impl FuseMount {
         py.allow_threads(|| self.server.stop(umount)).map_err(to_py)
     }
 
+    /// Let go of a resumed session without unmounting (a failed takeover).
+    fn abandon(&self) -> R<()> {
+        self.server.abandon().map_err(to_py)
+    }
+
+    #[getter]
+    fn initialized(&self) -> bool {
+        self.server.initialized()
+    }
+
     fn fuse_fd(&self) -> Option<i32> {
         self.server.fuse_fd()
     }

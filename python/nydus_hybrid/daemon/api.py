@@ -170,11 +170,13 @@ class Api:
 
     async def sendfd(self, request):
         await no_body(request)
-        raise Unsupported("Upgrade(Unsupported(\"sendfd: hot upgrade is not available in this release\"))")
+        await self.run(self.d.sendfd)
+        return ok()
 
     async def takeover(self, request):
         await no_body(request)
-        raise Unsupported("Upgrade(Unsupported(\"takeover: hot upgrade is not available in this release\"))")
+        await self.run(self.d.takeover)
+        return ok()
 
     # --- mounts ---------------------------------------------------------------------------
 
@@ -193,19 +195,19 @@ class Api:
     async def mount(self, request):
         source, config, prefetch = await self._mount_cmd(request)
         await self.run(self.d.service.add, request.query.get("mountpoint"), source, config, prefetch)
-        self.d.mounts_changed()
+        await self.run(self.d.mounts_changed)
         return ok()
 
     async def remount(self, request):
         source, config, _ = await self._mount_cmd(request)
         await self.run(self.d.service.remount, request.query.get("mountpoint"), source, config)
-        self.d.mounts_changed()
+        await self.run(self.d.mounts_changed)
         return ok()
 
     async def umount(self, request):
         await no_body(request)
         await self.run(self.d.service.remove, request.query.get("mountpoint"))
-        self.d.mounts_changed()
+        await self.run(self.d.mounts_changed)
         return ok()
 
     # --- metrics --------------------------------------------------------------------------

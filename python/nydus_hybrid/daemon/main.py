@@ -9,6 +9,7 @@ SIGINT stop the workers, unmount and exit 0; ``PUT /daemon/exit`` stops without 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import errno
 import json
@@ -20,13 +21,15 @@ import socket
 import stat
 import sys
 import threading
+import time
 from typing import Optional
 
-from nydus_hybrid import _core, log
+from nydus_hybrid import _core, log, supervisor
 from nydus_hybrid.daemon import args as dargs
+from nydus_hybrid.daemon import handover
 from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.api import Api, serve
-from nydus_hybrid.daemon.errors import BadRequest, DaemonError
+from nydus_hybrid.daemon.errors import BadRequest, DaemonError, NotReady, Unsupported
 from nydus_hybrid.daemon.service import CACHE_OPTS, FuseService, check_virtual_mountpoint, config_from_localfs_dir
 
 LOG = logging.getLogger("nydus_hybrid.daemon")
@@ -82,6 +85,12 @@ class RuntimeConfig:
             if key == "registry_auth":
                 _core.set_registry_auth(id_, value)
 
+    def restore(self, values: dict) -> None:
+        """Adopt a predecessor's values (takeover); credentials reach the backends again."""
+        for key, value in values.items():
+            id_, _, name = key.rpartition(":")
+            self.put(id_, {name: value})
+
     def get(self, id_: Optional[str]) -> dict:
         if id_ is None:
             return dict(self.values)
@@ -117,6 +126,7 @@ class Daemon:
         self.stopping: Optional[asyncio.Event] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.unmount_on_exit = True
+        self.conn_id: Optional[int] = None  # /sys/fs/fuse/connections/<id>, for failover policies
 
     def _changed(self, event: str, before: str, after: str) -> None:
         log.event("state", input=event, before=before, after=after)
@@ -125,6 +135,7 @@ class Daemon:
 
     def normal_start(self) -> None:
         self.service.mount_fuse()
+        self.conn_id = handover.fuse_conn_id(self.service.mountpoint)
         if self.a.bootstrap:
             config = open(self.a.config).read() if self.a.config else config_from_localfs_dir(self.a.localfs_dir)
             prefetch = None
@@ -133,6 +144,96 @@ class Daemon:
             self.service.add(self.a.virtual_mountpoint, self.a.bootstrap, config, prefetch)
         self.service.start_workers()
         self.machine.force(st.RUNNING)
+        self._push_when_initialized()
+
+    def _push_when_initialized(self) -> None:
+        """With a supervisor, hand it our state as soon as the kernel's INIT is answered, so
+        a crash right after start can already fail over."""
+        if not self.a.supervisor:
+            return
+
+        def wait_and_push():
+            m = self.service.mount
+            for _ in range(100):
+                if m is not None and m.initialized:
+                    self.push_state_quietly()
+                    return
+                time.sleep(0.02)
+
+        threading.Thread(target=wait_and_push, name="state-push", daemon=True).start()
+
+    # --- handover (spec §4) ---------------------------------------------------------------
+
+    def state_doc(self) -> dict:
+        m = self.service.mount
+        return {
+            "daemon": {"id": self.a.id, "mountpoint": self.service.mountpoint, "threads": self.service.threads,
+                       "failover_policy": self.a.failover_policy, "writer_version": _core.__version__,
+                       "writer_pid": os.getpid()},
+            "fuse": {"vfs_state": base64.b64encode(m.save_state()).decode(), "conn_id": self.conn_id},
+            "mounts": self.service.saved_mounts(),
+            "runtime_config": dict(self.runtime_config.values),
+            "blob_caches": self.service.saved_caches(),
+        }
+
+    def sendfd(self) -> None:
+        """PUT /daemon/fuse/sendfd: hand the FUSE fd and our state to the supervisor."""
+        if not self.a.supervisor:
+            raise Unsupported("Upgrade(MissingSupervisorPath): the daemon was started without --supervisor")
+        m = self.service.mount
+        if m is None or not m.initialized or m.fuse_fd() is None:
+            raise NotReady("Upgrade(NotReady): the FUSE session is not initialized yet")
+        data = handover.encode(self.state_doc())
+        try:
+            supervisor.push_state(self.a.supervisor, data, m.fuse_fd())
+        except supervisor.SupervisorError as e:
+            raise DaemonError(f"Upgrade(SendFd({str(e)!r}))") from e
+        log.event("state_sent", supervisor=self.a.supervisor, bytes=len(data), mounts=len(self.service.instances))
+
+    def push_state_quietly(self) -> None:
+        """After a mount change: refresh the supervisor's copy if one is listening."""
+        if not self.a.supervisor:
+            return
+        try:
+            self.sendfd()
+        except DaemonError as e:
+            log.event("state_push_skipped", level=logging.DEBUG, reason=e.message)
+
+    def takeover(self) -> None:
+        """PUT /daemon/fuse/takeover: INIT -> READY once every instance is back."""
+        if not self.a.supervisor:
+            raise DaemonError("Upgrade(MissingSupervisorPath): takeover needs --supervisor")
+        self.machine.fire("takeover", self._restore)
+
+    def _restore(self) -> None:
+        started = time.monotonic()
+        try:
+            data, fd = supervisor.fetch_state(self.a.supervisor)
+        except supervisor.SupervisorError as e:
+            raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
+        try:
+            doc = handover.decode(data)
+            if doc["daemon"]["mountpoint"] != self.service.mountpoint:
+                raise handover.StateError(f"Upgrade(Restore(\"the state is for {doc['daemon']['mountpoint']}, "
+                                          f"this daemon serves {self.service.mountpoint}\"))")
+            self.service.resume_fuse(fd, handover.vfs_state(doc))
+            try:
+                for m in sorted(doc["mounts"], key=lambda m: m["index"]):
+                    self.service.restore(m["mountpoint"], m["source"], m["config"], m["index"], m.get("prefetch_files"))
+                self.runtime_config.restore(doc["runtime_config"])
+            except Exception:
+                self.service.abandon_fuse()  # the mount stays with the daemon serving it
+                raise
+            self.conn_id = doc["fuse"]["conn_id"]
+            drained = handover.apply_failover_policy(self.a.failover_policy, fd, self.conn_id)
+        except DaemonError:
+            raise
+        except Exception as e:  # a corrupt state must never take the daemon down
+            raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
+        finally:
+            os.close(fd)
+        log.event("takeover", mounts=len(doc["mounts"]), policy=drained,
+                  from_pid=doc["daemon"].get("writer_pid"), ms=round((time.monotonic() - started) * 1000, 1))
 
     # --- API actions ----------------------------------------------------------------------
 
@@ -156,6 +257,7 @@ class Daemon:
 
     def start(self) -> None:
         self.machine.fire("start", self.service.start_workers)
+        self._push_when_initialized()
 
     def exit(self) -> None:
         """Stop serving and exit without unmounting (hot upgrade keeps the mount)."""
@@ -183,7 +285,8 @@ class Daemon:
         return super_meta(inst.image.inspect(), CACHE_OPTS)
 
     def mounts_changed(self) -> None:
-        """Hook for the supervisor state push of the upgrade milestone."""
+        """Every mount and umount refreshes the supervisor's copy of our state."""
+        self.push_state_quietly()
 
     def prometheus(self) -> str:
         """The counters of every instance in Prometheus' text format."""

@@ -29,6 +29,7 @@ class Instance:
     config: dict  # normalised v2 form, secrets removed
     image: Image
     index: int
+    prefetch_files: Optional[list] = None
     mounted_at: float = field(default_factory=time.time)
 
     @property
@@ -67,6 +68,17 @@ class FuseService:
 
     def mount_fuse(self) -> None:
         self.mount = Mount.create(self.mountpoint)
+
+    def resume_fuse(self, fuse_fd: int, vfs_state: bytes) -> None:
+        """Serve the live mount a predecessor handed over (its fd and Vfs state)."""
+        self.mount = Mount.resume(self.mountpoint, fuse_fd, vfs_state)
+
+    def abandon_fuse(self) -> None:
+        """Undo ``resume_fuse`` and any instances restored since, leaving the mount to its owner."""
+        if self.mount is not None:
+            self.mount.abandon()
+        self.mount = None
+        self.instances.clear()
 
     def start_workers(self) -> None:
         self._need_mount().start(self.threads)
@@ -116,7 +128,7 @@ class FuseService:
                 raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
             cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
             index = self._attach(mountpoint, image, cfg)
-            inst = Instance(mountpoint, source, config_text, cfg, image, index)
+            inst = Instance(mountpoint, source, config_text, cfg, image, index, prefetch_files)
             self.instances[mountpoint] = inst
             return inst
 
@@ -125,11 +137,12 @@ class FuseService:
         accounting = (rafs["iostats_files"], rafs["access_pattern"], rafs["latest_read_files"])
         return self._need_mount().attach(mountpoint, image, index=index, accounting=accounting, **CACHE_OPTS)
 
-    def restore(self, mountpoint: str, source: str, config_text: str, index: int) -> Instance:
+    def restore(self, mountpoint: str, source: str, config_text: str, index: int, prefetch_files=None) -> Instance:
         """Put an instance back at the index it had in a previous daemon (takeover)."""
-        cfg, image = self._open(source, config_text, mountpoint=mountpoint)
+        mountpoint = check_virtual_mountpoint(mountpoint)
+        cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
         self._attach(mountpoint, image, cfg, index)
-        inst = Instance(mountpoint, source, config_text, cfg, image, index)
+        inst = Instance(mountpoint, source, config_text, cfg, image, index, prefetch_files)
         self.instances[mountpoint] = inst
         return inst
 
@@ -198,8 +211,18 @@ class FuseService:
     def saved_mounts(self) -> list:
         """What a successor needs to rebuild every instance (for the upgrade state)."""
         with self._lock:
-            return [{"mountpoint": i.mountpoint, "source": i.source, "config": i.config_text, "index": i.index}
-                    for i in self.instances.values()]
+            return [{"mountpoint": i.mountpoint, "source": i.source, "config": i.config_text, "index": i.index,
+                     "prefetch_files": i.prefetch_files} for i in self.instances.values()]
+
+    def saved_caches(self) -> list:
+        """Where each instance's blob cache lives (it persists on disk; the successor reopens
+        it through the same config), for the handover state."""
+        with self._lock:
+            out = []
+            for i in self.instances.values():
+                bc = i.image.metrics()["blobcache"]
+                out.append({"mountpoint": i.mountpoint, "work_dir": bc["store_path"], "files": bc["underlying_files"]})
+            return out
 
 
 def _exists(image: Image, path: str) -> bool:

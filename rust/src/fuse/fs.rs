@@ -41,7 +41,7 @@ pub struct RafsFs {
     opts: CacheOptions,
     /// Entries of each open directory, so a large directory is decoded once per opendir
     /// rather than once per readdir call.
-    dirs: Mutex<HashMap<u64, Arc<Vec<crate::reader::DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, (u64, Arc<Vec<crate::reader::DirEntry>>)>>,
     next_handle: AtomicU64,
 }
 
@@ -127,10 +127,14 @@ impl RafsFs {
     }
 
     fn dir_entries(&self, ino: u64, handle: u64) -> io::Result<Arc<Vec<crate::reader::DirEntry>>> {
-        if let Some(d) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&handle) {
-            return Ok(d.clone());
+        if let Some((owner, d)) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&handle) {
+            // A handle opened by a previous daemon (before a takeover) may equal one of
+            // ours for another directory: only trust it for the directory it was opened on.
+            if *owner == ino {
+                return Ok(d.clone());
+            }
         }
-        // No handle (zero-message opendir): decode for this call only.
+        // No handle (zero-message opendir), or one we did not open: decode for this call.
         Ok(Arc::new(self.rafs.boot.readdir(nid_of(ino)?).map_err(errno)?))
     }
 
@@ -289,7 +293,7 @@ impl FileSystem for RafsFs {
             || {
                 let ents = self.rafs.boot.readdir(nid_of(inode)?).map_err(errno)?;
                 let h = self.next_handle.fetch_add(1, Relaxed);
-                self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(h, Arc::new(ents));
+                self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(h, (inode, Arc::new(ents)));
                 let opts = if self.opts.keep_cache { OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE } else { OpenOptions::empty() };
                 Ok((Some(h), opts))
             },
@@ -336,8 +340,11 @@ impl FileSystem for RafsFs {
         )
     }
 
-    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle);
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if dirs.get(&handle).is_some_and(|(owner, _)| *owner == inode) {
+            dirs.remove(&handle);
+        }
         Ok(())
     }
 

@@ -191,6 +191,27 @@ impl FuseServer {
         Ok(())
     }
 
+    /// Let go of the session without unmounting (a takeover that failed half-way: the
+    /// mount belongs to the daemon still serving it). Our duplicate of the fd is closed.
+    pub fn abandon(&self) -> Result<()> {
+        let fresh = FuseSession::new(&self.mountpoint, "rafs", "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *session, fresh);
+        if let Some(f) = old.get_fuse_file() {
+            // SAFETY: closing the fd the forgotten session owned; nothing else uses it.
+            unsafe { libc::close(f.as_raw_fd()) };
+        }
+        // Dropping the session would unmount: forget it instead (a few bytes leak).
+        std::mem::forget(old);
+        Ok(())
+    }
+
+    /// Whether the kernel's FUSE INIT has been answered (only then is there a state worth
+    /// handing over: the negotiated options are part of it).
+    pub fn initialized(&self) -> bool {
+        self.vfs.initialized()
+    }
+
     /// The `/dev/fuse` descriptor of this session, to hand to a successor.
     pub fn fuse_fd(&self) -> Option<RawFd> {
         self.session.lock().unwrap_or_else(|p| p.into_inner()).get_fuse_file().map(|f| f.as_raw_fd())
