@@ -17,7 +17,9 @@ import tempfile
 from typing import Optional, Sequence
 
 from nydus_hybrid import log
+from nydus_hybrid.daemon.client import DaemonApiError
 from nydus_hybrid.errors import NydusError
+from nydus_hybrid.upgrade import UpgradeError, standalone_upgrade
 from nydus_hybrid.image import Image, build
 
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KkMmGg]i?[Bb]?)?$")
@@ -186,6 +188,17 @@ def _cmd_mount(a) -> int:
     return 0
 
 
+def _cmd_upgrade(a) -> int:
+    r = standalone_upgrade(a.apisock, a.supervisor, a.daemon_command or None, a.new_apisock, a.log_file)
+    if a.json:
+        print(json.dumps({"apisock": r.apisock, "pid": r.process.pid, "takeover_ms": round(r.takeover_ms, 1),
+                          "total_ms": round(r.total_ms, 1)}))
+    else:
+        print(f"upgraded: new daemon pid {r.process.pid} on {r.apisock} (takeover {r.takeover_ms:.0f} ms, "
+              f"{r.total_ms:.0f} ms in all)")
+    return 0
+
+
 def _cmd_cache_gc(a) -> int:
     from nydus_hybrid.storage import cache_gc
 
@@ -303,6 +316,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", required=True)
     p.add_argument("--max-size", type=parse_size, default=None, help="e.g. 10G")
     p.add_argument("--max-age", type=parse_age, default=None, help="drop blobs unused for this long, e.g. 7d")
+    p = sub.add_parser("upgrade", help="hot-upgrade a running daemon: a successor takes over its FUSE session, no read fails")
+    p.add_argument("--apisock", required=True, help="the running daemon's API socket")
+    p.add_argument("--supervisor", help="its supervisor path (default: the one it reports)")
+    p.add_argument("--new-apisock", help="the successor's API socket (default: the next apiN.sock)")
+    p.add_argument("--log-file", help="where the successor's stderr goes")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("daemon_command", nargs="*", help="after --: the successor's command line (default: the running one's)")
     p = sub.add_parser("demo", help="the main job: build, check and kernel-mount an image of the Python standard library")
     p.add_argument("--source", help="directory to build (default: this Python's standard library)")
     p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
@@ -322,6 +342,7 @@ COMMANDS = {
     "prefetch": _cmd_prefetch,
     "cache-gc": _cmd_cache_gc,
     "mount": _cmd_mount,
+    "upgrade": _cmd_upgrade,
 }
 
 
@@ -342,10 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return run_demo(a.source, a.workdir, a.keep, serve=not a.no_serve)
         return COMMANDS[a.command](a)
-    except NydusError as e:
-        print(f"nydus-hybrid: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (NydusError, OSError, UpgradeError, DaemonApiError) as e:
         print(f"nydus-hybrid: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -108,7 +108,7 @@ def _take_over(argv: List[str], apisock: str, sup: Supervisor, log_path: Optiona
         _wait_state(new, proc, "INIT", START_TIMEOUT)
         t0 = time.monotonic()
         new.put("/api/v1/daemon/fuse/takeover")
-        if not armed.is_set():
+        if not armed.wait(5):
             raise UpgradeError("takeover answered but the supervisor served no state")
         _wait_state(new, proc, "READY", START_TIMEOUT)
         return proc, new, (time.monotonic() - t0) * 1000
@@ -159,7 +159,7 @@ def failover(argv: Sequence[str], apisock: str, sup: Supervisor, log_path: Optio
     """Sequence C: the daemon died; start it again with the same arguments (it finds the
     stale socket, sees the crash and waits in INIT), take over, start."""
     started = time.monotonic()
-    argv = [a for a in argv if a != "--upgrade"]
+    argv = with_apisock(argv, apisock, upgrade=False)
     proc, new, takeover_ms = _take_over(argv, apisock, sup, log_path)
     try:
         new.put("/api/v1/daemon/start")
