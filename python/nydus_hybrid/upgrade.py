@@ -32,6 +32,9 @@ class Replacement:
     process: subprocess.Popen
     takeover_ms: float
     total_ms: float
+    # Upgrade: from asking the old daemon to stop to the new one serving. Failover: from
+    # the start of the successor to it serving (the crash itself comes before).
+    gap_ms: float = 0.0
 
 
 def daemon_pid(apisock: str) -> int:
@@ -141,8 +144,10 @@ def hot_upgrade(apisock: str, sup: Supervisor, argv: Optional[Sequence[str]] = N
             raise UpgradeError("the supervisor received no state from the running daemon")
         proc, new, takeover_ms = _take_over(with_apisock(argv, new_apisock, upgrade=True), new_apisock, sup, log_path)
         try:
+            t_exit = time.monotonic()
             old.put("/api/v1/daemon/exit")  # 204 once its workers have stopped
             new.put("/api/v1/daemon/start")
+            gap_ms = (time.monotonic() - t_exit) * 1000  # nobody reads /dev/fuse in this window
             _wait_state(new, proc, "RUNNING", START_TIMEOUT)
         finally:
             new.close()
@@ -151,8 +156,8 @@ def hot_upgrade(apisock: str, sup: Supervisor, argv: Optional[Sequence[str]] = N
     _wait_gone(old_pid, 10.0)
     total = (time.monotonic() - started) * 1000
     log.event("hot_upgrade", old_pid=old_pid, new_pid=proc.pid, apisock=new_apisock, takeover_ms=round(takeover_ms, 1),
-              total_ms=round(total, 1))
-    return Replacement(new_apisock, proc, takeover_ms, total)
+              gap_ms=round(gap_ms, 1), total_ms=round(total, 1))
+    return Replacement(new_apisock, proc, takeover_ms, total, gap_ms)
 
 
 def failover(argv: Sequence[str], apisock: str, sup: Supervisor, log_path: Optional[str] = None) -> Replacement:

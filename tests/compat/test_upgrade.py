@@ -307,14 +307,15 @@ def _wait_for(cond, timeout: float = 15.0) -> None:
 
 def test_takeover_and_sendfd_refusals(image, tmp_path):
     """sendfd without a supervisor: 501 (nydusd panics here); takeover on a RUNNING daemon:
-    400 and nothing changes; start before takeover: 400."""
+    400 and nothing changes; in INIT, start is 400 and sendfd 503 (nothing to hand over); a
+    takeover in INIT without --supervisor: 500."""
     d = Daemon(tmp_path / "d", config=v1_config("/", image.blobs, tmp_path / "cache"), bootstrap=image.boot)
     try:
         c = d.client()
         r = c.put("/api/v1/daemon/fuse/sendfd")
         assert r.status == 501 and "MissingSupervisorPath" in r.body["message"]
         r = c.put("/api/v1/daemon/fuse/takeover")
-        assert r.status == 500 and "supervisor" in r.body["message"]
+        assert r.status == 400 and "UnexpectedEvent" in r.body["message"]
         assert c.get("/api/v1/daemon").body["state"] == "RUNNING"
         c.close()
     finally:
@@ -339,6 +340,24 @@ def test_takeover_and_sendfd_refusals(image, tmp_path):
             finally:
                 new.kill()
                 new.wait()
+            # --upgrade without --supervisor: INIT, and a takeover has nowhere to turn
+            lone_sock = str(tmp_path / "e" / "lone.sock")
+            lone_argv = upgrade.with_apisock(fleet.argv, lone_sock, upgrade=True)
+            i = lone_argv.index("--supervisor")
+            del lone_argv[i:i + 2]
+            j = lone_argv.index("--id")
+            del lone_argv[j:j + 2]
+            lone = subprocess.Popen(lone_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                _wait_for(lambda: os.path.exists(lone_sock))
+                n = ApiClient(lone_sock)
+                r = n.put("/api/v1/daemon/fuse/takeover")
+                assert r.status == 500 and "MissingSupervisorPath" in r.body["message"], r
+                assert n.get("/api/v1/daemon").body["state"] == "INIT"
+                n.close()
+            finally:
+                lone.kill()
+                lone.wait()
         finally:
             fleet.cleanup()
 

@@ -201,11 +201,11 @@ class Daemon:
 
     def takeover(self) -> None:
         """PUT /daemon/fuse/takeover: INIT -> READY once every instance is back."""
-        if not self.a.supervisor:
-            raise DaemonError("Upgrade(MissingSupervisorPath): takeover needs --supervisor")
-        self.machine.fire("takeover", self._restore)
+        self.machine.fire("takeover", self._restore)  # the state is checked first, as nydusd does
 
     def _restore(self) -> None:
+        if not self.a.supervisor:
+            raise DaemonError("Upgrade(MissingSupervisorPath): takeover needs --supervisor")
         started = time.monotonic()
         try:
             data, fd = supervisor.fetch_state(self.a.supervisor)
