@@ -52,10 +52,16 @@ class ReadLoad:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop and join every thread; one still blocked (a request the kernel never got
+        answered) is recorded as an error."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(60)
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            self._fail(",".join(stuck), f"still blocked {timeout:.0f}s after stop: a request was never answered")
 
     def _fail(self, path: str, what: str) -> None:
         with self._lock:
