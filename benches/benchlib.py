@@ -1066,6 +1066,30 @@ def proc_cpu_s(pid: int) -> Optional[float]:
         return None
 
 
+def proc_runq_wait_s(pid: int) -> Optional[float]:
+    """Seconds the threads of a live process spent runnable but waiting for a CPU
+    (/proc/PID/task/*/schedstat, field 2): CPU contention, as opposed to sleeping or I/O."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / 1e9
+
+
+def proc_disk_read_bytes(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 # ---- start-up
 
 
@@ -1077,6 +1101,8 @@ class Startup:
     stop_s: Optional[float] = None  # SIGTERM -> exit (unmounts)
     mounted: Optional[bool] = None  # the mountpoint was a mount when RUNNING was seen
     exit_s: Optional[float] = None  # baselines: exec -> exit (adds the interpreter's teardown)
+    runq_wait_s: Optional[float] = None  # daemon: time its threads waited for a CPU (schedstat)
+    disk_read_bytes: Optional[int] = None  # daemon: bytes it read from disk (/proc/PID/io)
 
 
 def time_python(code: str) -> Startup:
@@ -1165,7 +1191,9 @@ class DaemonStart:
         finally:
             if conn is not None:
                 conn.close()
-        self.result = Startup(t_sock - t0, t_run - t0, proc_cpu_s(self.proc.pid), None, self.dt.is_mounted(self.mnt))
+        pid = self.proc.pid
+        self.result = Startup(t_sock - t0, t_run - t0, proc_cpu_s(pid), None, self.dt.is_mounted(self.mnt),
+                              runq_wait_s=proc_runq_wait_s(pid), disk_read_bytes=proc_disk_read_bytes(pid))
         return self.result
 
     def stop(self) -> Optional[float]:
@@ -1303,18 +1331,38 @@ def ensure_daemon_tree(mb: Optional[int] = None, log: Callable[[str], None] = la
     return Corpus(root, files, sum(s for _, s in files))
 
 
+CONTROL_SERVER_SCRIPT = r"""
+import sys
+from aiohttp import web
+body = open(sys.argv[2], "rb").read()
+async def metrics(request):
+    return web.Response(body=body, content_type="application/json", headers={"Server": "Nydus API"})
+app = web.Application()
+app.router.add_get("/api/v1/metrics", metrics)
+web.run_app(app, path=sys.argv[1], print=None, keepalive_timeout=10.0 ** 9, handle_signals=True)
+"""
+CONTROL = "control: bare aiohttp server, same reply"
+DAEMON = "daemon"
+
+
 class DaemonLoad:
     """A dedicated daemon (daemontools.Daemon: `--thread-num 4`, localfs + blobcache v1
     config) with the tree mounted, API_READERS reader processes reading its files through
     the FUSE mount in a loop (1 MiB `readv`s; each file's page cache dropped with
     posix_fadvise DONTNEED before and after, so every read reaches the daemon), and an
-    aiohttp client on the API socket (UnixConnector, up to API_CONCURRENCY connections).
+    aiohttp client (UnixConnector, up to API_CONCURRENCY connections) on its API socket.
+
+    Also a control: a bare aiohttp server in its own process on another unix socket,
+    answering GET /api/v1/metrics with the bytes the daemon answered (no FUSE, no state),
+    so a loaded / idle ratio can be told apart from what the load does to any small
+    Python server on this machine.
 
     The readers start paused; `readers(True/False)` runs / pauses them (a byte in a shared
     mmap, checked before every 1 MiB read). `read_bytes()` is their running total."""
 
     def __init__(self, tree: Corpus, workdir: str, log: Callable[[str], None] = lambda s: None):
         import asyncio
+        import mmap
         from pathlib import Path
 
         import aiohttp
@@ -1328,31 +1376,49 @@ class DaemonLoad:
         nydus_hybrid.build(tree.root, self.boot, self.blobs, compressor="zstd", progress=False)
         warm_page_cache(self.blobs, extra=[self.boot])
         self.daemon = None
+        self.control = None
         self.procs: List[subprocess.Popen] = []
+        self.ctl = None
         self.loop = asyncio.new_event_loop()
-        self.session = None
+        self.sessions: Dict[str, object] = {}
         try:
             run = Path(self.workdir) / "daemon"
             run.mkdir()
             self.daemon = self.dt.Daemon(run, config=self.dt.v1_config("/", self.blobs, run / "cache"),
                                          bootstrap=self.boot)
             self.mnt = str(self.daemon.mnt)
+
+            reply = os.path.join(self.workdir, "metrics.json")
+            c = self.daemon.client()
+            try:
+                with open(reply, "wb") as f:
+                    f.write(c.get("/api/v1/metrics").raw)
+            finally:
+                c.close()
+            self.control_sock = os.path.join(self.workdir, "control.sock")
+            self.control = subprocess.Popen([sys.executable, "-c", CONTROL_SERVER_SCRIPT, self.control_sock, reply])
+
             self.ctl_path = os.path.join(self.workdir, "readers.ctl")
             with open(self.ctl_path, "wb") as f:
                 f.write(b"\1" + bytes(4095))
-            import mmap
-
             self._ctlf = open(self.ctl_path, "r+b")
             self.ctl = mmap.mmap(self._ctlf.fileno(), 4096)
             paths = [os.path.join(self.mnt, rel) for rel, _ in tree.files]
             for k in range(API_READERS):
                 self.procs.append(subprocess.Popen([sys.executable, "-c", READER_SCRIPT, self.ctl_path, str(k), *paths]))
 
-            async def mk():
-                return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.daemon.sock, limit=API_CONCURRENCY))
+            deadline = time.monotonic() + 20
+            while not os.path.exists(self.control_sock):
+                if self.control.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the control server did not start")
+                time.sleep(0.01)
 
-            self.session = self.loop.run_until_complete(mk())
-            log(f"daemon: {tree.mib:.0f} MiB mounted at {self.mnt}, {API_READERS} readers (paused)")
+            async def mk(sock):
+                return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock, limit=API_CONCURRENCY))
+
+            self.sessions[DAEMON] = self.loop.run_until_complete(mk(self.daemon.sock))
+            self.sessions[CONTROL] = self.loop.run_until_complete(mk(self.control_sock))
+            log(f"daemon: {tree.mib:.0f} MiB mounted at {self.mnt}, {API_READERS} readers (paused), control server up")
         except BaseException:
             self.close()
             raise
@@ -1390,32 +1456,32 @@ class DaemonLoad:
 
     # -- API requests
 
-    async def _one(self) -> float:
+    async def _one(self, session) -> float:
         t = time.perf_counter_ns()
-        async with self.session.get("http://unix/api/v1/metrics") as r:
+        async with session.get("http://unix/api/v1/metrics") as r:
             body = await r.read()
             if r.status != 200:
                 raise RuntimeError(f"GET /api/v1/metrics: {r.status} {body[:200]!r}")
         return (time.perf_counter_ns() - t) / 1000
 
-    async def _burst(self, n: int) -> List[float]:
+    async def _burst(self, session, n: int) -> List[float]:
         import asyncio
 
-        return list(await asyncio.gather(*(self._one() for _ in range(n))))
+        return list(await asyncio.gather(*(self._one(session) for _ in range(n))))
 
-    async def _sequential(self, n: int) -> List[float]:
-        return [await self._one() for _ in range(n)]
+    async def _sequential(self, session, n: int) -> List[float]:
+        return [await self._one(session) for _ in range(n)]
 
-    def burst(self, n: int = API_CONCURRENCY) -> List[float]:
+    def burst(self, target: str = DAEMON, n: int = API_CONCURRENCY) -> List[float]:
         """`n` GET /api/v1/metrics at once (one connection each); µs per request."""
-        return self.loop.run_until_complete(self._burst(n))
+        return self.loop.run_until_complete(self._burst(self.sessions[target], n))
 
-    def sequential(self, n: int = API_SEQUENTIAL) -> List[float]:
+    def sequential(self, target: str = DAEMON, n: int = API_SEQUENTIAL) -> List[float]:
         """`n` GET /api/v1/metrics one after another; µs per request."""
-        return self.loop.run_until_complete(self._sequential(n))
+        return self.loop.run_until_complete(self._sequential(self.sessions[target], n))
 
     def close(self) -> None:
-        if getattr(self, "ctl", None) is not None:
+        if self.ctl is not None:
             self.ctl[0] = 2
         for p in self.procs:
             try:
@@ -1424,33 +1490,51 @@ class DaemonLoad:
                 p.kill()
                 p.wait(10)
         self.procs = []
-        if self.session is not None:
-            self.loop.run_until_complete(self.session.close())
-            self.session = None
+        for sess in self.sessions.values():
+            self.loop.run_until_complete(sess.close())
+        self.sessions = {}
         if not self.loop.is_closed():
             self.loop.close()
+        if self.control is not None:
+            self.control.terminate()
+            try:
+                self.control.wait(10)
+            except subprocess.TimeoutExpired:
+                self.control.kill()
+                self.control.wait(10)
+            self.control = None
         if self.daemon is not None:
             self.daemon.cleanup()
             self.daemon = None
-        if getattr(self, "ctl", None) is not None:
+        if self.ctl is not None:
             self.ctl.close()
             self._ctlf.close()
             self.ctl = None
 
 
+API_TARGETS = (DAEMON, CONTROL)
+API_STATES = ("idle", "loaded")
+
+
 @dataclass
 class ApiLatency:
-    """Per state ("idle", "loaded"): µs of every concurrent request, every sequential one;
-    reader bytes and seconds while the loaded bursts ran, and in windows with no API
-    requests; daemon CPU seconds and requests over the idle bursts."""
-    burst: Dict[str, List[float]] = field(default_factory=lambda: {"idle": [], "loaded": []})
-    seq: Dict[str, List[float]] = field(default_factory=lambda: {"idle": [], "loaded": []})
-    burst_wall: Dict[str, List[float]] = field(default_factory=lambda: {"idle": [], "loaded": []})
-    read_during: List[Tuple[int, float]] = field(default_factory=list)  # (bytes, s) while requests ran
-    read_alone: List[Tuple[int, float]] = field(default_factory=list)  # (bytes, s) readers only
-    idle_cpu: List[float] = field(default_factory=list)  # daemon CPU s per idle round
-    data_read: int = 0  # daemon's data_read over the whole run
-    reader_bytes: int = 0  # readers' bytes over the whole run
+    """Per (target, state): µs of every concurrent request (one list per burst), of every
+    sequential one, and the wall seconds of each burst. Reader bytes and seconds while the
+    loaded requests ran, and in windows with no requests; daemon CPU seconds over the idle
+    requests to it (and to the control); the daemon's data_read and the readers' bytes over the whole run."""
+    burst: Dict[Tuple[str, str], List[List[float]]] = field(default_factory=dict)
+    seq: Dict[Tuple[str, str], List[float]] = field(default_factory=dict)
+    burst_wall: Dict[Tuple[str, str], List[float]] = field(default_factory=dict)
+    read_during: List[Tuple[int, float]] = field(default_factory=list)
+    read_alone: List[Tuple[int, float]] = field(default_factory=list)
+    idle_cpu: List[float] = field(default_factory=list)
+    control_idle_cpu: List[float] = field(default_factory=list)
+    idle_requests: int = 0
+    data_read: int = 0
+    reader_bytes: int = 0
+
+    def concurrent(self, target: str, state: str) -> List[float]:
+        return [x for b in self.burst.get((target, state), []) for x in b]
 
     @staticmethod
     def rate(pairs: Sequence[Tuple[int, float]]) -> float:
@@ -1459,45 +1543,63 @@ class ApiLatency:
 
 def api_latency_rounds(load: DaemonLoad, rounds: int, alone_s: float = 0.25,
                        log: Callable[[str], None] = lambda s: None) -> ApiLatency:
-    """Interleaved: each round, with the readers paused, a burst of API_CONCURRENCY
-    concurrent requests and API_SEQUENTIAL sequential ones; then the readers run alone for
-    `alone_s` (their throughput without API load); then the same burst and sequence with
-    them running. One untimed warm-up round of each first (opens the connections)."""
+    """Interleaved rounds. Each: with the readers paused, a burst of API_CONCURRENCY
+    concurrent requests then API_SEQUENTIAL sequential ones, to the daemon and then to the
+    control server; the readers run alone for `alone_s` (their throughput without
+    requests); then the same requests with the readers running. Before the rounds: one
+    untimed pass of everything, and the readers read the whole tree twice (the blob cache
+    is filled: steady state of a daemon serving a hot image)."""
     res = ApiLatency()
+
+    def requests(state: str) -> None:
+        for target in API_TARGETS:
+            t = time.perf_counter()
+            res.burst.setdefault((target, state), []).append(load.burst(target))
+            res.burst_wall.setdefault((target, state), []).append(time.perf_counter() - t)
+            res.seq.setdefault((target, state), []).extend(load.sequential(target))
+
     load.readers(False)
-    load.burst()
-    load.sequential()
+    for target in API_TARGETS:
+        load.burst(target)
+        load.sequential(target)
     load.readers(True)
-    # Warm-up: the readers go through the whole tree twice, so the blob cache is filled and
-    # what follows is the steady state of a daemon serving a hot image.
     deadline, b0 = time.monotonic() + 20, load.read_bytes()
     while load.read_bytes() - b0 < 2 * load.tree.total_bytes and time.monotonic() < deadline:
         time.sleep(0.05)
-    load.burst()
+    for target in API_TARGETS:
+        load.burst(target)
     dr0, rb0 = load.data_read(), load.read_bytes()
     for r in range(rounds):
         load.readers(False)
         c0 = load.daemon_cpu_s()
         t = time.perf_counter()
-        res.burst["idle"].append(load.burst())
-        res.burst_wall["idle"].append(time.perf_counter() - t)
-        res.seq["idle"].extend(load.sequential())
+        res.burst.setdefault((DAEMON, "idle"), []).append(load.burst(DAEMON))
+        res.burst_wall.setdefault((DAEMON, "idle"), []).append(time.perf_counter() - t)
+        res.seq.setdefault((DAEMON, "idle"), []).extend(load.sequential(DAEMON))
         c1 = load.daemon_cpu_s()
         if c0 is not None and c1 is not None:
             res.idle_cpu.append(c1 - c0)
+            res.idle_requests += API_CONCURRENCY + API_SEQUENTIAL
+        c0 = proc_cpu_s(load.control.pid)
+        t = time.perf_counter()
+        res.burst.setdefault((CONTROL, "idle"), []).append(load.burst(CONTROL))
+        res.burst_wall.setdefault((CONTROL, "idle"), []).append(time.perf_counter() - t)
+        res.seq.setdefault((CONTROL, "idle"), []).extend(load.sequential(CONTROL))
+        c1 = proc_cpu_s(load.control.pid)
+        if c0 is not None and c1 is not None:
+            res.control_idle_cpu.append(c1 - c0)
         load.readers(True)
         t_a, b_a = time.perf_counter(), load.read_bytes()
         time.sleep(alone_s)
         t_b, b_b = time.perf_counter(), load.read_bytes()
         res.read_alone.append((b_b - b_a, t_b - t_a))
-        res.burst["loaded"].append(load.burst())
-        res.burst_wall["loaded"].append(time.perf_counter() - t_b)
-        res.seq["loaded"].extend(load.sequential())
+        requests("loaded")
         t_c, b_c = time.perf_counter(), load.read_bytes()
         res.read_during.append((b_c - b_b, t_c - t_b))
-        log(f"  round {r + 1}/{rounds}: burst p50 idle {pct(res.burst['idle'][-1], .5) / 1000:6.1f} ms, "
-            f"loaded {pct(res.burst['loaded'][-1], .5) / 1000:6.1f} ms; readers "
-            f"{(b_c - b_b) / MiB / (t_c - t_b):7.1f} MiB/s (alone {(b_b - b_a) / MiB / (t_b - t_a):7.1f})")
+        log(f"  round {r + 1}/{rounds}: daemon burst p50 idle {pct(res.burst[(DAEMON, 'idle')][-1], .5) / 1000:5.1f} ms, "
+            f"loaded {pct(res.burst[(DAEMON, 'loaded')][-1], .5) / 1000:5.1f} ms (control "
+            f"{pct(res.burst[(CONTROL, 'idle')][-1], .5) / 1000:5.1f} / {pct(res.burst[(CONTROL, 'loaded')][-1], .5) / 1000:5.1f}); "
+            f"readers {(b_c - b_b) / MiB / (t_c - t_b):6.0f} MiB/s (alone {(b_b - b_a) / MiB / (t_b - t_a):6.0f})")
     load.readers(False)
     res.data_read, res.reader_bytes = load.data_read() - dr0, load.read_bytes() - rb0
     return res

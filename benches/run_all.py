@@ -13,7 +13,8 @@ NYDUS_BENCH_STORAGE_MB / NYDUS_BENCH_PARTIAL_MB.
 Sections: build (corpus builds), bigfile, read (Image.read vs plain reads), breakdown (where
 the time goes; also skipped by --no-extras), storage (registry backend vs curl, cache hits,
 requests for a partial read), fuse (our FUSE server vs kernel EROFS and the mfusepy shim;
-needs root). The goals table needs build and bigfile.
+needs root), daemon (`python -m nydus_hybrid.daemon` start-up vs bare interpreter starts,
+API latency idle vs under FUSE read load; needs root). The goals table needs build and bigfile.
 """
 
 from __future__ import annotations
@@ -243,6 +244,131 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
         reg.close()
 
 
+def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
+    """The daemon (`python -m nydus_hybrid.daemon`): exec -> API socket -> RUNNING against
+    bare interpreter starts, where the import time goes, and API latency with the FUSE
+    mount idle vs under read load."""
+    pct = bl.pct
+    rounds = a.daemon_rounds
+    image = bl.daemon_image(os.path.join(work, "daemon-startup-image"))
+    rows = bl.startup_rows(image)
+    run = os.path.join(work, "daemon-startup")
+    log(f"daemon: start-up, {rounds} interleaved rounds of {len(rows)} rows")
+    for _, fn in rows:  # warm-up: page cache, .pyc files
+        fn(run)
+    runs: Dict[str, List[bl.Startup]] = {name: [] for name, _ in rows}
+    for r in range(rounds):
+        for name, fn in rows:
+            runs[name].append(fn(run))
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{runs[n][-1].running_s * 1000:.0f}" for n, _ in rows) + " ms")
+    floor = pct([x.running_s for x in runs[bl.FLOOR]], .5)
+    ms = lambda v: f"{v * 1000:,.1f}"  # noqa: E731
+    md.append(f"### Daemon: start-up, exec -> API socket accepts -> GET /api/v1/daemon says RUNNING "
+              f"({rounds} interleaved rounds)\n")
+    md.append("| what | socket p50 ms | RUNNING p50 ms | p90 ms | max ms | p50 ratio vs floor | "
+              "CPU s at RUNNING | waiting for a CPU ms (p50 / max) | SIGTERM -> exit ms |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    doc["daemon_startup"] = {"rounds": rounds, "rows": {}}
+    for name, _ in rows:
+        xs = runs[name]
+        ready = [x.running_s for x in xs]
+        is_daemon = xs[0].socket_s is not None
+        sock = ms(pct([x.socket_s for x in xs], .5)) if is_daemon else ""
+        cpu = f"{statistics.median(x.cpu_s for x in xs):.2f}" if is_daemon else ""
+        waits = [x.runq_wait_s for x in xs if x.runq_wait_s is not None]
+        wait = f"{ms(statistics.median(waits))} / {ms(max(waits))}" if waits else ""
+        stop = ms(statistics.median(x.stop_s for x in xs)) if is_daemon else ""
+        label = name if is_daemon else f"{name}: exec -> code ran"
+        md.append(f"| {label} | {sock} | {ms(pct(ready, .5))} | {ms(pct(ready, .9))} | {ms(max(ready))} | "
+                  f"{pct(ready, .5) / floor:.2f} | {cpu} | {wait} | {stop} |")
+        doc["daemon_startup"]["rows"][name] = {
+            "running_s": ready, "socket_s": [x.socket_s for x in xs], "exit_s": [x.exit_s for x in xs],
+            "cpu_s": [x.cpu_s for x in xs], "runq_wait_s": [x.runq_wait_s for x in xs],
+            "stop_s": [x.stop_s for x in xs], "disk_read_bytes": [x.disk_read_bytes for x in xs],
+            "mounted": [x.mounted for x in xs]}
+    goal = bl.DAEMON_STARTUP_GOAL_MS / 1000
+    worst = {n: pct([x.running_s for x in runs[n]], .9) for n in (bl.DEDICATED, bl.SHARED)}
+    md.append(f"\nBaselines are `python -c CODE` spawned like the daemon, timed until CODE has run (it then "
+              f"writes a byte to a pipe; exit adds ~{ms(pct([x.exit_s - x.running_s for x in runs[bl.FLOOR]], .5))}-"
+              f"{ms(pct([x.exit_s - x.running_s for x in runs[STARTUP_LAST]], .5))} ms of interpreter "
+              "teardown, not counted). The daemon is polled every 1 ms (connect(), then GET on that connection). "
+              "CPU s = the daemon's user + sys (all threads) when RUNNING was seen; waiting for a CPU = "
+              "its threads' run-queue time (`/proc/PID/task/*/schedstat`).\n")
+    doc["daemon_startup"]["goal_met_p90"] = {n: v < goal for n, v in worst.items()}
+
+    log("daemon: import profile ...")
+    med, depth, order = bl.import_profile("nydus_hybrid.daemon.main", runs=5)
+    main_mod = "nydus_hybrid.daemon.main"
+    md.append(f"Where the import time goes: `python -X importtime -c 'import {main_mod}'` (median of 5; "
+              "importtime's own overhead inflates the figures a little):\n")
+    md.append("| module | cumulative ms | self ms |")
+    md.append("|---|---:|---:|")
+    shown = [("site", "site (interpreter start-up, .pth files)")]
+    shown += [(main_mod, main_mod)]
+    shown += [(n, f"&nbsp;&nbsp;{n}") for n, c in bl.import_children(main_mod, med, depth, order) if c >= 1.0]
+    for n in ("aiohttp", "aiohttp.connector", "nydus_hybrid", "nydus_hybrid._core"):
+        if n in med:
+            shown.append((n, f"&nbsp;&nbsp;&nbsp;&nbsp;of which {n}"))
+    for n, label in shown:
+        md.append(f"| {label} | {med[n][1]:,.1f} | {med[n][0]:,.1f} |")
+    top_self = sorted(med.items(), key=lambda kv: -kv[1][0])[:5]
+    md.append("\nLargest self times: " + ", ".join(f"`{n}` {v[0]:.1f} ms" for n, v in top_self) + ".\n")
+    doc["daemon_import_ms"] = {n: {"self": v[0], "cumulative": v[1]} for n, v in med.items() if v[1] >= 1.0}
+
+    tree = bl.ensure_daemon_tree(a.daemon_mb, log=log)
+    log(f"daemon: API latency, {a.daemon_api_rounds} rounds ...")
+    load = bl.DaemonLoad(tree, os.path.join(work, "daemon-load"), log=log)
+    try:
+        res = bl.api_latency_rounds(load, a.daemon_api_rounds, log=log)
+    finally:
+        load.close()
+    md.append(f"### Daemon: GET /api/v1/metrics latency, mount idle vs {bl.API_READERS} processes reading "
+              f"through it ({a.daemon_api_rounds} interleaved rounds)\n")
+    md.append("| server | requests | idle p50 µs | idle p99 µs | under read load p50 µs | p99 µs | "
+              "p50 ratio | p99 ratio |")
+    md.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    doc["daemon_api"] = {"rounds": a.daemon_api_rounds, "tree_mib": tree.mib, "latency_us": {}}
+    for target in bl.API_TARGETS:
+        for kind, label in (("concurrent", f"{bl.API_CONCURRENCY} at once"),
+                            ("sequential", f"{bl.API_SEQUENTIAL} one after another")):
+            if kind == "concurrent":
+                i, l_ = res.concurrent(target, "idle"), res.concurrent(target, "loaded")
+            else:
+                i, l_ = res.seq[(target, "idle")], res.seq[(target, "loaded")]
+            i50, i99, l50, l99 = pct(i, .5), pct(i, .99), pct(l_, .5), pct(l_, .99)
+            md.append(f"| {target} | {label} | {i50:,.0f} | {i99:,.0f} | {l50:,.0f} | {l99:,.0f} | "
+                      f"{l50 / i50:.1f} | {l99 / i99:.1f} |")
+            doc["daemon_api"]["latency_us"][f"{target} | {kind}"] = {"idle": i, "loaded": l_}
+    alone, during = res.rate(res.read_alone), res.rate(res.read_during)
+    walls = {k: statistics.median(v) * 1000 for k, v in res.burst_wall.items()}
+    md.append(f"\nA burst of {bl.API_CONCURRENCY} to the daemon took {walls[(bl.DAEMON, 'idle')]:.1f} ms idle and "
+              f"{walls[(bl.DAEMON, 'loaded')]:.1f} ms under load (median; control "
+              f"{walls[(bl.CONTROL, 'idle')]:.1f} / {walls[(bl.CONTROL, 'loaded')]:.1f} ms). "
+              f"Server CPU per request, idle: daemon {sum(res.idle_cpu) / max(1, res.idle_requests) * 1e6:.0f} µs, "
+              f"control {sum(res.control_idle_cpu) / max(1, res.idle_requests) * 1e6:.0f} µs. "
+              f"Readers ({bl.API_READERS} processes, 1 MiB reads of {len(tree.files)} files of 4 MiB, "
+              f"{tree.mib:.0f} MiB): {fmt(during)} MiB/s while the requests ran, {fmt(alone)} MiB/s with no "
+              f"requests ({during / alone:.2f}); the daemon's `data_read` / bytes the readers got = "
+              f"{res.data_read / max(1, res.reader_bytes):.2f}, so the reads did reach the daemon.\n")
+    doc["daemon_api"].update({"readers_mib_s_during": during, "readers_mib_s_alone": alone,
+                              "burst_wall_ms": {f"{k[0]} | {k[1]}": v for k, v in walls.items()},
+                              "idle_cpu_s": res.idle_cpu, "control_idle_cpu_s": res.control_idle_cpu,
+                              "idle_requests": res.idle_requests,
+                              "data_read": res.data_read, "reader_bytes": res.reader_bytes})
+
+    imp = pct([x.running_s for x in runs[STARTUP_LAST]], .5)
+    md.append("### Daemon goal\n")
+    md.append("| goal | measured | met |")
+    md.append("|---|---|---|")
+    for n in (bl.DEDICATED, bl.SHARED):
+        ready = [x.running_s for x in runs[n]]
+        md.append(f"| {n}: RUNNING within {bl.DAEMON_STARTUP_GOAL_MS} ms of exec | p50 {ms(pct(ready, .5))} ms, "
+                  f"p90 {ms(pct(ready, .9))} ms, max {ms(max(ready))} ms; of the p50, {ms(floor)} ms is the bare "
+                  f"interpreter and {ms(imp - floor)} ms importing `{main_mod}` (its p50 start: "
+                  f"{ms(imp)} ms) | {'yes' if worst[n] < goal else 'no'} (p90) |")
+    md.append("")
+
+
 def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
     """Our FUSE server against the kernel's EROFS mount of the same image's block export
     (ceiling) and the mfusepy shim (floor); see fusebench.py."""
@@ -403,7 +529,8 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
                             "kernel_cached_stat_us": kcached, "stat_met": cached <= 2 * rt}
 
 
-SECTIONS = ("build", "bigfile", "read", "breakdown", "storage", "fuse")
+SECTIONS = ("build", "bigfile", "read", "breakdown", "storage", "fuse", "daemon")
+STARTUP_LAST = bl.STARTUP_BASELINES[-1][0]
 
 
 def main(argv=None) -> int:
@@ -424,6 +551,12 @@ def main(argv=None) -> int:
                     help="big file of the FUSE image, MiB (NYDUS_BENCH_FUSE_MB)")
     ap.add_argument("--fuse-files", type=int, default=fb.fuse_tree_files(),
                     help="small files of the FUSE image (NYDUS_BENCH_FUSE_FILES)")
+    ap.add_argument("--daemon-rounds", type=int, default=bl.daemon_rounds(),
+                    help="daemon start-ups per row (NYDUS_BENCH_DAEMON_ROUNDS)")
+    ap.add_argument("--daemon-api-rounds", type=int, default=bl.daemon_api_rounds(),
+                    help="bursts of API requests per state (NYDUS_BENCH_DAEMON_API_ROUNDS)")
+    ap.add_argument("--daemon-mb", type=int, default=bl.daemon_mb(),
+                    help="tree read through the daemon during the API test, MiB (NYDUS_BENCH_DAEMON_MB)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the machine to be idle (other jobs skew timings)")
     ap.add_argument("--json", help="also write every figure as JSON here")
@@ -439,6 +572,8 @@ def main(argv=None) -> int:
         ap.error(f"storage section: {bl.storage_missing()}")
     if "fuse" in only and fb.fuse_missing():
         ap.error(f"fuse section: {fb.fuse_missing()}")
+    if "daemon" in only and bl.daemon_missing():
+        ap.error(f"daemon section: {bl.daemon_missing()}")
 
     t_start = time.perf_counter()
     work = bl.fresh_dir(os.path.join(bl.bench_dir(), f"run-{os.getpid()}"))
@@ -653,6 +788,10 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- 6. fuse
     if "fuse" in only:
         fuse_section(a, work, md, doc)
+
+    # ---------------------------------------------------------------- 7. daemon
+    if "daemon" in only:
+        daemon_section(a, work, md, doc)
 
     # ---------------------------------------------------------------- goals
     if "build" in only and "bigfile" in only:

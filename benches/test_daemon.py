@@ -10,8 +10,9 @@ started and spoken to with the compat tests' helpers (tests/compat/daemontools.p
 * API latency: 100 concurrent GET /api/v1/metrics (aiohttp, one unix connection each) and
   25 sequential ones, with the mount idle and while 4 reader processes read the mounted
   files in a loop (page cache dropped per file with posix_fadvise DONTNEED, so the reads
-  reach the daemon); p50 / p99 and the loaded / idle ratio; the readers' MiB/s while the
-  requests run and with no requests.
+  reach the daemon); p50 / p99 and the loaded / idle ratio; the same requests to a bare
+  aiohttp server in another process (the control: what the load does to any small Python
+  server here); the readers' MiB/s while the requests run and with no requests.
 
 Figures go to each benchmark's extra_info; nothing about speed is asserted.
 """
@@ -46,11 +47,29 @@ def startup_image(workdir):
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_daemon_startup(benchmark, startup_image, workdir, results, row):
     benchmark.group = "daemon: exec -> RUNNING (baselines: exec -> the code has run)"
-    fn = dict(benchlib.startup_rows(startup_image))[row]
     run = os.path.join(workdir, "daemon-startup")
-    runs = []
-    # the timed call is the start (or the baseline's run); stop() comes after the timing
-    benchmark.pedantic(lambda: runs.append(fn(run)), rounds=benchlib.daemon_rounds(), iterations=1, warmup_rounds=1)
+    runs, live = [], []
+
+    def stop_previous():
+        while live:
+            live.pop().stop()
+
+    if row in (benchlib.DEDICATED, benchlib.SHARED):
+        image = startup_image if row == benchlib.DEDICATED else None
+
+        def start():  # timed: exec -> RUNNING; the stop happens in the next round's setup
+            live.append(benchlib.DaemonStart(run, image))
+            runs.append(live[-1].start())
+    else:
+        code = dict(benchlib.STARTUP_BASELINES)[row]
+
+        def start():
+            runs.append(benchlib.time_python(code))
+    try:
+        benchmark.pedantic(start, setup=stop_previous, rounds=benchlib.daemon_rounds(), iterations=1,
+                           warmup_rounds=1)
+    finally:
+        stop_previous()
     runs = runs[1:]
     ready = [r.running_s for r in runs]
     results[("startup", row)] = pct(ready, .5)
@@ -64,6 +83,11 @@ def test_daemon_startup(benchmark, startup_image, workdir, results, row):
         info["cpu_s_at_running_p50"] = statistics.median(r.cpu_s for r in runs if r.cpu_s is not None)
         info["stop_ms_p50"] = round(statistics.median(r.stop_s for r in runs if r.stop_s is not None) * 1000, 1)
         info["mounted"] = all(r.mounted for r in runs)
+        waits = [r.runq_wait_s for r in runs if r.runq_wait_s is not None]
+        if waits:
+            info["runq_wait_ms_p50"] = round(statistics.median(waits) * 1000, 1)
+            info["runq_wait_ms_max"] = round(max(waits) * 1000, 1)
+        info["disk_read_bytes_max"] = max((r.disk_read_bytes or 0) for r in runs)
         info["goal_300ms_p90_met"] = pct(ready, .9) * 1000 < benchlib.DAEMON_STARTUP_GOAL_MS
     else:
         info["exit_p50_ms"] = round(pct([r.exit_s for r in runs], .5) * 1000, 1)
@@ -91,21 +115,22 @@ def test_daemon_api_latency(benchmark, daemon_load, results):
     r: benchlib.ApiLatency = holder["r"]
     info = benchmark.extra_info
     info["rounds"] = rounds
-    for state in ("idle", "loaded"):
-        lat = [x for b in r.burst[state] for x in b]
-        info[f"{state}_concurrent_p50_us"] = round(pct(lat, .5), 1)
-        info[f"{state}_concurrent_p99_us"] = round(pct(lat, .99), 1)
-        info[f"{state}_burst_wall_ms_p50"] = round(statistics.median(r.burst_wall[state]) * 1000, 2)
-        info[f"{state}_sequential_p50_us"] = round(pct(r.seq[state], .5), 1)
-        info[f"{state}_sequential_p99_us"] = round(pct(r.seq[state], .99), 1)
-    for k in ("concurrent_p50", "concurrent_p99", "sequential_p50", "sequential_p99"):
-        info[f"{k}_loaded_over_idle"] = round(info[f"loaded_{k}_us"] / info[f"idle_{k}_us"], 2)
+    for target, tag in ((benchlib.DAEMON, "daemon"), (benchlib.CONTROL, "control")):
+        for state in benchlib.API_STATES:
+            lat = r.concurrent(target, state)
+            info[f"{tag}_{state}_concurrent_p50_us"] = round(pct(lat, .5), 1)
+            info[f"{tag}_{state}_concurrent_p99_us"] = round(pct(lat, .99), 1)
+            info[f"{tag}_{state}_burst_wall_ms_p50"] = round(statistics.median(r.burst_wall[(target, state)]) * 1000, 2)
+            info[f"{tag}_{state}_sequential_p50_us"] = round(pct(r.seq[(target, state)], .5), 1)
+            info[f"{tag}_{state}_sequential_p99_us"] = round(pct(r.seq[(target, state)], .99), 1)
+        for k in ("concurrent_p50", "concurrent_p99", "sequential_p50", "sequential_p99"):
+            info[f"{tag}_{k}_loaded_over_idle"] = round(info[f"{tag}_loaded_{k}_us"] / info[f"{tag}_idle_{k}_us"], 2)
     info["readers_mib_s_during_requests"] = round(r.rate(r.read_during), 1)
     info["readers_mib_s_alone"] = round(r.rate(r.read_alone), 1)
     info["readers_during_over_alone"] = round(r.rate(r.read_during) / r.rate(r.read_alone), 3)
     info["daemon_data_read_over_reader_bytes"] = round(r.data_read / max(1, r.reader_bytes), 3)
-    n_idle = sum(len(b) for b in r.burst["idle"]) + len(r.seq["idle"])
-    info["idle_daemon_cpu_us_per_request"] = round(sum(r.idle_cpu) / n_idle * 1e6, 1)
+    info["idle_daemon_cpu_us_per_request"] = round(sum(r.idle_cpu) / max(1, r.idle_requests) * 1e6, 1)
+    info["idle_control_cpu_us_per_request"] = round(sum(r.control_idle_cpu) / max(1, r.idle_requests) * 1e6, 1)
     info["tree_mib"] = round(daemon_load.tree.total_bytes / MiB, 1)
     # the readers' bytes went through the daemon, not the page cache
     assert r.data_read >= r.reader_bytes * 0.9, (r.data_read, r.reader_bytes)

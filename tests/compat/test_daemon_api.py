@@ -242,9 +242,15 @@ def test_shared_daemon_mounts_by_snapshot_id(shared, image, image_b, tmp_path):
         assert c.get("http://unix/api/v1/config?id=%2Fsnap1").body == {"registry_auth": "YTpi"}
         assert c.get("http://unix/api/v1/config?id=%2Fsnap2").body == {}
 
+        # the same instance again is a no-op (the snapshotter re-mounts after an upgrade);
+        # another image at a taken path is refused
+        same = c.post("http://unix/api/v1/mount?mountpoint=%2Fsnap1",
+                      mount_cmd(image.boot, v1_config("/snap1", image.blobs, tmp_path / "cache-snap1")))
+        assert same.status == 204
         dup = c.post("http://unix/api/v1/mount?mountpoint=%2Fsnap1",
-                     mount_cmd(image.boot, v1_config("/snap1", image.blobs, tmp_path / "cache-snap1")))
+                     mount_cmd(image_b.boot, v1_config("/snap1", image_b.blobs, tmp_path / "cache-snap1")))
         assert dup.status == 500 and "already exists" in dup.body["message"]
+        assert_files(shared.mnt / "snap1", image.files)
 
         assert c.delete("http://unix/api/v1/mount?mountpoint=%2Fsnap2").status == 204
         assert sorted(os.listdir(shared.mnt)) == ["snap1", "snap3"]

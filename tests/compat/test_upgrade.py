@@ -182,6 +182,13 @@ def test_shared_daemon_three_instances_upgrades_and_failovers(image, tmp_path):
             c = fleet.client()
             info = c.get("http://unix/api/v1/daemon").body
             assert sorted(info["backend_collection"]) == ["/s1", "/s2", "/s3"]
+            # the snapshotter's RecoverRafsInstances re-issues each mount: identical is fine,
+            # a different source for a taken path is not
+            same = mount_cmd(image.boot, v1_config("/s1", image.blobs, tmp_path / "cache-s1"))
+            assert c.post("http://unix/api/v1/mount?mountpoint=%2Fs1", same).status == 204
+            other = mount_cmd(image.boot, v1_config("/s1", image.blobs, tmp_path / "elsewhere"))
+            r = c.post("http://unix/api/v1/mount?mountpoint=%2Fs1", other)
+            assert r.status == 500 and "already exists" in r.body["message"]
             # the restored daemon manages its instances as before: umount one, and it is gone
             gen = sup.generation
             assert c.delete("http://unix/api/v1/mount?mountpoint=%2Fs2").status == 204

@@ -124,7 +124,12 @@ class FuseService:
     def add(self, mountpoint: str, source: str, config_text: str, prefetch_files=None) -> Instance:
         mountpoint = check_virtual_mountpoint(mountpoint)
         with self._lock:
-            if mountpoint in self.instances:
+            old = self.instances.get(mountpoint)
+            if old is not None:
+                # The snapshotter re-issues every mount after an upgrade (spec §4.6 B.6, quirk
+                # 10.2): the same instance again is a no-op; anything else is refused.
+                if old.source == source and old.config_text == config_text:
+                    return old
                 raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
             cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
             index = self._attach(mountpoint, image, cfg)
