@@ -28,6 +28,7 @@ from typing import Optional
 
 from nydus_hybrid import log
 from nydus_hybrid.daemon.errors import DaemonError
+from nydus_hybrid.daemon.service import mount_entry
 
 MAGIC = b"NYHSTATE"
 STATE_VERSION = 1
@@ -94,12 +95,10 @@ def vfs_state(doc: dict) -> bytes:
 def fuse_conn_id(mountpoint: str) -> Optional[int]:
     """The ``/sys/fs/fuse/connections/<id>`` number of the FUSE mount at ``mountpoint``: the
     minor of its device, read from mountinfo (a stat would be a FUSE request)."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == mountpoint and " - fuse" in line:
-                return int(fields[2].split(":")[1])
-    return None
+    line = mount_entry(mountpoint)
+    if line is None or " - fuse" not in line:
+        return None
+    return int(line.split()[2].split(":")[1])
 
 
 def apply_failover_policy(policy: str, fuse_fd: int, conn_id: Optional[int]) -> str:

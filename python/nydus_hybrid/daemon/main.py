@@ -30,7 +30,8 @@ from nydus_hybrid.daemon import handover
 from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.api import Api, serve
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, NotReady, Unsupported
-from nydus_hybrid.daemon.service import CACHE_OPTS, FuseService, check_virtual_mountpoint, config_from_localfs_dir
+from nydus_hybrid.daemon.service import (CACHE_OPTS, FuseService, check_virtual_mountpoint, config_from_localfs_dir,
+                                         is_mountpoint, mountpoint_path)
 
 LOG = logging.getLogger("nydus_hybrid.daemon")
 LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
@@ -100,11 +101,7 @@ class RuntimeConfig:
 
 def predecessor_crashed(mountpoint: str, apisock: Optional[str]) -> bool:
     """Spec §3.4: the mountpoint is still mounted and the old socket file refuses connections."""
-    if not apisock or not os.path.exists(apisock):
-        return False
-    with open("/proc/self/mounts") as f:
-        mounted = any(line.split()[1] == mountpoint for line in f)
-    if not mounted:
+    if not apisock or not os.path.exists(apisock) or not is_mountpoint(mountpoint):
         return False
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -359,7 +356,10 @@ def _raise_nofile(want: int) -> None:
 
 
 def _usable_mountpoint(path: str) -> bool:
-    """A directory, or a dead FUSE mount (ENOTCONN/ECONNABORTED) that crash detection will look at."""
+    """A directory, or a mount already there (a predecessor's, to take over: never stat it,
+    that is a FUSE request nobody may be serving), or a dead FUSE mount (ENOTCONN)."""
+    if is_mountpoint(mountpoint_path(path)):
+        return True
     try:
         return stat.S_ISDIR(os.stat(path).st_mode)
     except OSError as e:
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         return 1
     _raise_nofile(a.rlimit_nofile)
     d = Daemon(a)
-    crashed = predecessor_crashed(os.path.realpath(a.mountpoint), a.apisock)
+    crashed = predecessor_crashed(mountpoint_path(a.mountpoint), a.apisock)
     try:
         if a.apisock and (a.upgrade or crashed):
             log.event("waiting_for_takeover", upgrade=a.upgrade, crashed=crashed)

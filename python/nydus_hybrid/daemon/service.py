@@ -46,6 +46,34 @@ class Instance:
         return {"backend_type": "Rafs", "mountpoint": self.mountpoint, "mounted_time": self.mounted_time(), "config": self.config}
 
 
+def mountpoint_path(path: str) -> str:
+    """The canonical path of a mountpoint without looking at the mountpoint itself: its
+    parent is resolved, its own name kept. A stat of a live FUSE mount is a request to its
+    daemon, which during a takeover nobody serves yet."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)) if path != "/" else path
+
+
+def mount_entry(path: str) -> Optional[str]:
+    """The last /proc/self/mountinfo line whose mount point is ``path`` (canonical): mountinfo,
+    not a stat, so no FUSE request is made."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if _unescape(line.split()[4]) == path:
+                found = line
+    return found
+
+
+def is_mountpoint(path: str) -> bool:
+    return mount_entry(path) is not None
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
 def check_virtual_mountpoint(path: Optional[str]) -> str:
     """A pseudo-fs location: absolute, no `..`, no empty or `.` components (but `/` is fine)."""
     if not path:
@@ -58,7 +86,7 @@ def check_virtual_mountpoint(path: Optional[str]) -> str:
 
 class FuseService:
     def __init__(self, mountpoint: str, threads: int):
-        self.mountpoint = os.path.realpath(mountpoint)
+        self.mountpoint = mountpoint_path(mountpoint)
         self.threads = threads
         self.mount: Optional[Mount] = None
         self.instances: Dict[str, Instance] = {}

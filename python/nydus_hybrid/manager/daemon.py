@@ -1,0 +1,300 @@
+"""One daemon as the manager sees it (spec A5.1, A6, A7.2): its persisted record, the command
+line that starts it, the API client with the snapshotter's waiting budgets, and the
+operations on it (start, wait for a state, shared mount and umount, state push to the
+supervisor, takeover, terminate, clear vestige)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+from nydus_hybrid import upgrade
+from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
+from nydus_hybrid.manager.errors import DaemonStartError, ManagerError
+from nydus_hybrid.supervisor import Supervisor
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+DIED, UNKNOWN = "DIED", "UNKNOWN"
+
+
+@dataclass
+class DaemonRecord:
+    """What the store keeps for a daemon (nydus-snapshotter's ConfigState)."""
+
+    id: str
+    daemon_mode: str  # "shared" or "dedicated"
+    fs_driver: str  # "fusedev" (fscache: not on this kernel)
+    api_socket: str
+    mountpoint: str
+    config_dir: str
+    log_dir: str
+    log_level: str = "info"
+    log_rotation_size: int = 0
+    thread_num: int = 4
+    failover_policy: str = "resend"
+    supervisor_path: str = ""
+    bootstrap: str = ""  # dedicated: the image it serves
+    config_path: str = ""  # dedicated: its config file
+    pid: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DaemonRecord":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def nydusd_argv(nydusd: List[str], r: DaemonRecord, upgrade_flag: bool = False) -> List[str]:
+    """The daemon's command line, as the snapshotter builds it (spec A6.1)."""
+    argv = list(nydusd) + ["fuse"]
+    if upgrade_flag:
+        argv.append("--upgrade")
+    argv += ["--thread-num", str(r.thread_num)]
+    if r.supervisor_path:
+        argv += ["--id", r.id]
+    if r.config_path:
+        argv += ["--config", r.config_path]
+    if r.bootstrap:
+        argv += ["--bootstrap", r.bootstrap]
+    argv += ["--mountpoint", r.mountpoint, "--apisock", r.api_socket, "--log-level", r.log_level]
+    if r.log_rotation_size > 0:
+        argv += ["--log-rotation-size", str(r.log_rotation_size)]
+    if r.supervisor_path:
+        argv += ["--supervisor", r.supervisor_path]
+    argv += ["--log-file", os.path.join(r.log_dir, "nydusd.log"), "--failover-policy", r.failover_policy]
+    return argv
+
+
+class Daemon:
+    def __init__(self, record: DaemonRecord, nydusd: List[str]):
+        self.record = record
+        self.nydusd = nydusd
+        self.refs = 0
+        self.state = UNKNOWN  # the last state seen
+        self.proc: Optional[subprocess.Popen] = None
+        self.supervisor: Optional[Supervisor] = None
+        self._client: Optional[DaemonClient] = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def argv(self, upgrade_flag: bool = False) -> List[str]:
+        return nydusd_argv(self.nydusd, self.record, upgrade_flag)
+
+    def check_paths(self) -> None:
+        for what, path in (("API socket", self.record.api_socket), ("supervisor socket", self.record.supervisor_path)):
+            if len(os.fsencode(path)) > SUN_PATH_MAX:
+                raise DaemonStartError(f"daemon {self.id}: {what} path is too long ({len(os.fsencode(path))} bytes, "
+                                       f"the limit is {SUN_PATH_MAX}): {path}")
+
+    # --- process --------------------------------------------------------------------------
+
+    def spawn(self, upgrade_flag: bool = False) -> int:
+        """Start the process (its own session: it outlives the manager); returns its pid."""
+        self.check_paths()
+        for d in (self.record.log_dir, self.record.config_dir, os.path.dirname(self.record.api_socket),
+                  self.record.mountpoint):
+            os.makedirs(d, exist_ok=True)
+        argv = self.argv(upgrade_flag)
+        exe = argv[0]
+        if os.sep in exe and not os.access(exe, os.X_OK) or os.sep not in exe and not _which(exe):
+            raise DaemonStartError(f"daemon {self.id}: cannot run {exe!r}: no such executable")
+        err = open(os.path.join(self.record.log_dir, "stderr.log"), "ab")
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+        except OSError as e:
+            raise DaemonStartError(f"daemon {self.id}: cannot run {exe!r}: {e.strerror or e}") from e
+        finally:
+            err.close()
+        self.record.pid = self.proc.pid
+        self.reset_client()
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        pid = self.record.pid
+        if pid <= 0:
+            return False
+        if self.proc is not None and self.proc.pid == pid:
+            return self.proc.poll() is None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not _is_zombie(pid)
+
+    def reap(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the daemon unmounts and exits), then wait; SIGKILL if it hangs."""
+        if not self.alive():
+            return
+        os.kill(self.record.pid, signal.SIGTERM)
+        if not self.wait(timeout):
+            os.kill(self.record.pid, signal.SIGKILL)
+            self.wait(5)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.pid == self.record.pid:
+                try:
+                    self.proc.wait(max(0.01, deadline - time.monotonic()))
+                    return True
+                except subprocess.TimeoutExpired:
+                    return False
+            if not self.alive():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def clear_vestige(self) -> None:
+        """Before restarting a dead daemon: detach its dead mount and remove its stale socket
+        (a stale socket next to a live mount means "take over", spec §3.4)."""
+        mp = os.path.realpath(self.record.mountpoint)
+        if _mounted(mp):
+            subprocess.run(["umount", "-l", mp], capture_output=True)
+        for name in os.listdir(os.path.dirname(self.record.api_socket)) if os.path.isdir(os.path.dirname(self.record.api_socket)) else []:
+            if name.endswith(".sock"):
+                os.unlink(os.path.join(os.path.dirname(self.record.api_socket), name))
+        self.reset_client()
+
+    # --- API ------------------------------------------------------------------------------
+
+    def reset_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+
+    def client(self) -> DaemonClient:
+        if self._client is None:
+            self._client = DaemonClient(self.record.api_socket, timeout=30.0)
+        return self._client
+
+    def wait_socket(self, attempts: int = 100) -> None:
+        """The snapshotter's wait for the API socket: 100 x 100 ms, giving up if the process died."""
+        for _ in range(attempts):
+            if os.path.exists(self.record.api_socket):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise DaemonStartError(f"daemon {self.id} exited with {self.proc.returncode} before its API socket "
+                                       f"appeared; see {self.record.log_dir}")
+            time.sleep(0.1)
+        raise DaemonStartError(f"daemon {self.id}: no API socket after {attempts * 0.1:.0f}s")
+
+    def get_state(self) -> str:
+        try:
+            self.state = self.client().get("/api/v1/daemon")["state"]
+        except (OSError, http.client.HTTPException, DaemonApiError, ValueError, KeyError):
+            self.reset_client()
+            self.state = DIED
+        return self.state
+
+    def info(self) -> Optional[dict]:
+        try:
+            return self.client().get("/api/v1/daemon")
+        except (OSError, http.client.HTTPException, DaemonApiError, ValueError):
+            self.reset_client()
+            return None
+
+    def wait_until_state(self, want: str, attempts: int = 20) -> None:
+        """20 x 100 ms, as the snapshotter waits (spec §4.6 A.3)."""
+        for _ in range(attempts):
+            if self.get_state() == want:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise DaemonStartError(f"daemon {self.id} exited with {self.proc.returncode} before {want}")
+            time.sleep(0.1)
+        raise DaemonStartError(f"daemon {self.id} is {self.state}, not {want}, after {attempts * 0.1:.0f}s")
+
+    def shared_mount(self, key: str, bootstrap: str, config_text: str) -> None:
+        body = {"fs_type": "rafs", "source": bootstrap, "config": config_text}
+        self._call("POST", f"/api/v1/mount?mountpoint=%2F{key}", body)
+
+    def shared_umount(self, key: str) -> None:
+        self._call("DELETE", f"/api/v1/mount?mountpoint=%2F{key}")
+
+    def mounted_keys(self) -> List[str]:
+        info = self.client().get("/api/v1/daemon")
+        return [mp.lstrip("/") for mp in (info.get("backend_collection") or {})]
+
+    def send_states(self) -> None:
+        """Have the daemon push its state and fd to our supervisor (spec §4.6 A.4)."""
+        if self.supervisor is None:
+            return
+        gen = self.supervisor.generation
+        self._call("PUT", "/api/v1/daemon/fuse/sendfd")
+        if not self.supervisor.wait_for_state(gen):
+            raise ManagerError(f"daemon {self.id}: the supervisor received no state")
+
+    def take_over(self) -> None:
+        self._call("PUT", "/api/v1/daemon/fuse/takeover")
+
+    def start_serving(self) -> None:
+        self._call("PUT", "/api/v1/daemon/start")
+
+    def exit(self) -> None:
+        self._call("PUT", "/api/v1/daemon/exit")
+
+    def _call(self, method: str, path: str, body: Optional[dict] = None) -> None:
+        try:
+            self.client().request(method, path, body)
+        except (OSError, http.client.HTTPException) as e:
+            self.reset_client()
+            raise ManagerError(f"daemon {self.id}: {method} {path}: {e}") from e
+        except DaemonApiError as e:
+            raise ManagerError(f"daemon {self.id}: {method} {path}: {e.message}") from e
+
+    # --- hot upgrade ----------------------------------------------------------------------
+
+    def hot_upgrade(self, nydusd: Optional[List[str]] = None) -> None:
+        """Sequence B through our supervisor; the record then names the new socket and pid."""
+        if self.supervisor is None:
+            raise ManagerError(f"daemon {self.id} has no supervisor (recover policy is not failover)")
+        if nydusd:
+            self.nydusd = list(nydusd)
+        new_sock = upgrade.next_apisock(self.record.api_socket)
+        new = DaemonRecord.from_dict(dict(self.record.to_dict(), api_socket=new_sock))
+        self.check_paths()
+        r = upgrade.hot_upgrade(self.record.api_socket, self.supervisor, nydusd_argv(self.nydusd, new, True), new_sock,
+                                log_path=os.path.join(self.record.log_dir, "stderr.log"))
+        self.record.api_socket = new_sock
+        self.record.pid = r.process.pid
+        self.proc = r.process
+        self.reset_client()
+
+    def describe(self) -> dict:
+        d = self.record.to_dict()
+        d.update(refs=self.refs, state=self.state)
+        return d
+
+
+def _which(exe: str) -> bool:
+    return any(os.access(os.path.join(p, exe), os.X_OK) for p in os.environ.get("PATH", "").split(os.pathsep))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
