@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 from nydus_hybrid import log
 from nydus_hybrid.daemon.client import DaemonApiError
 from nydus_hybrid.errors import NydusError
+from nydus_hybrid.manager import cli as mcli
+from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.upgrade import UpgradeError, standalone_upgrade
 from nydus_hybrid.image import Image, build
 
@@ -199,6 +201,23 @@ def _cmd_upgrade(a) -> int:
     return 0
 
 
+def _cmd_daemons(a) -> int:
+    if a.action == "list":
+        print(mcli.daemons_list(a.root, a.json))
+    elif not a.daemon_id and a.action == "show":
+        return _usage("daemons show needs a daemon id")
+    elif a.action == "show":
+        print(mcli.daemons_show(a.root, a.daemon_id, a.json))
+    else:
+        print(mcli.daemons_upgrade(a.root, a.daemon_id, a.nydusd, a.json))
+    return 0
+
+
+def _cmd_instances(a) -> int:
+    print(mcli.instances_list(a.root, a.json))
+    return 0
+
+
 def _cmd_cache_gc(a) -> int:
     from nydus_hybrid.storage import cache_gc
 
@@ -323,6 +342,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="where the successor's stderr goes")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("daemon_command", nargs="*", help="after --: the successor's command line (default: the running one's)")
+    p = sub.add_parser("daemons", help="daemons the manager keeps: list, show ID, upgrade [ID]")
+    p.add_argument("action", choices=("list", "show", "upgrade"))
+    p.add_argument("daemon_id", nargs="?")
+    p.add_argument("--root", default="/var/lib/nydus-hybrid", help="the manager's state directory")
+    p.add_argument("--nydusd", help="upgrade: the new daemon command (default: the current one)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("instances", help="RAFS instances the manager keeps: list")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--root", default="/var/lib/nydus-hybrid", help="the manager's state directory")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("demo", help="the main job: build, check and kernel-mount an image of the Python standard library")
     p.add_argument("--source", help="directory to build (default: this Python's standard library)")
     p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
@@ -343,6 +372,8 @@ COMMANDS = {
     "cache-gc": _cmd_cache_gc,
     "mount": _cmd_mount,
     "upgrade": _cmd_upgrade,
+    "daemons": _cmd_daemons,
+    "instances": _cmd_instances,
 }
 
 
@@ -363,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return run_demo(a.source, a.workdir, a.keep, serve=not a.no_serve)
         return COMMANDS[a.command](a)
-    except (NydusError, OSError, UpgradeError, DaemonApiError) as e:
+    except (NydusError, OSError, UpgradeError, DaemonApiError, ManagerError) as e:
         print(f"nydus-hybrid: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

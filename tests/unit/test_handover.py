@@ -174,11 +174,13 @@ def test_snapshotter_style_one_shot_listener(tmp_path):
     path = str(tmp_path / "one.sock")
     r, w = os.pipe()
     got = {}
+    listening = threading.Event()
 
     def one_exchange_receive():
         ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ls.bind(path)
         ls.listen(1)
+        listening.set()
         conn, _ = ls.accept()
         got["state"] = nsup._receive(conn, nsup.RECV_CHUNK)
         conn.close()
@@ -187,8 +189,7 @@ def test_snapshotter_style_one_shot_listener(tmp_path):
 
     t = threading.Thread(target=one_exchange_receive)
     t.start()
-    while not os.path.exists(path):
-        pass
+    assert listening.wait(5)
     nsup.push_state(path, b"hello", w)
     t.join(5)
     data, fd = got["state"]

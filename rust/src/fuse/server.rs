@@ -22,6 +22,8 @@ pub struct FuseServer {
     session: Mutex<FuseSession>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     pub mountpoint: PathBuf,
+    /// Serving a mount handed over by a predecessor (see `detached_session`).
+    resumed: bool,
 }
 
 fn session_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -84,6 +86,7 @@ impl FuseServer {
             session: Mutex::new(session),
             workers: Mutex::new(Vec::new()),
             mountpoint: mountpoint.to_path_buf(),
+            resumed: false,
         }
     }
 
@@ -100,9 +103,10 @@ impl FuseServer {
     /// Resume a mount from a FUSE fd handed over by a previous daemon, with the `Vfs` state
     /// it saved (`vfs_state`), so no new INIT is expected from the kernel.
     pub fn resume(mountpoint: &Path, fuse_fd: File, vfs_state: &[u8]) -> Result<Self> {
-        let mut session = FuseSession::new(mountpoint, "rafs", "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
+        let mut session = detached_session(mountpoint)?;
         session.set_fuse_file(fuse_fd);
-        let s = Self::with_session(mountpoint, session);
+        let mut s = Self::with_session(mountpoint, session);
+        s.resumed = true;
         let mut buf = vfs_state.to_vec();
         s.vfs.restore_from_bytes(&mut buf).map_err(|e| Error::corrupt(format!("saved FUSE state: {e:?}")))?;
         Ok(s)
@@ -194,14 +198,15 @@ impl FuseServer {
     /// Let go of the session without unmounting (a takeover that failed half-way: the
     /// mount belongs to the daemon still serving it). Our duplicate of the fd is closed.
     pub fn abandon(&self) -> Result<()> {
-        let fresh = FuseSession::new(&self.mountpoint, "rafs", "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
+        let fresh = detached_session(&self.mountpoint)?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut *session, fresh);
         if let Some(f) = old.get_fuse_file() {
             // SAFETY: closing the fd the forgotten session owned; nothing else uses it.
             unsafe { libc::close(f.as_raw_fd()) };
         }
-        // Dropping the session would unmount: forget it instead (a few bytes leak).
+        // Dropping it would unmount its path, which for a resumed session is not ours to
+        // unmount: forget it instead (a few bytes leak).
         std::mem::forget(old);
         Ok(())
     }
@@ -225,9 +230,35 @@ impl FuseServer {
         for w in self.workers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             let _ = w.join();
         }
-        if umount {
+        if umount && self.resumed {
+            drop(session);
+            self.abandon()?; // close our fd first: a synchronous umount could wait on us
+            let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).map_err(|_| Error::invalid("mountpoint has a NUL byte"))?;
+            // SAFETY: umount2 with a valid C string.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(Error::io(format!("umount {}", self.mountpoint.display()), std::io::Error::last_os_error()));
+            }
+        } else if umount {
             session.umount().map_err(|e| session_err(&format!("umount {}", self.mountpoint.display()), e))?;
         }
         Ok(())
+    }
+}
+
+/// A session for a mount that already exists (a takeover). `FuseSession::new` stats its
+/// path, and a stat of the mount itself is a FUSE request nobody can answer while we take
+/// over (a deadlock once the root's attributes leave the kernel's cache), so the session is
+/// made on the parent directory; `FuseServer` never lets it unmount that path.
+fn detached_session(mountpoint: &Path) -> Result<FuseSession> {
+    let parent = mountpoint.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+    FuseSession::new(parent, "rafs", "nydus-hybrid", true).map_err(|e| session_err("session", e))
+}
+
+impl Drop for FuseServer {
+    fn drop(&mut self) {
+        // A resumed session's own Drop would unmount the parent directory it was made on.
+        if self.resumed {
+            let _ = self.abandon();
+        }
     }
 }
