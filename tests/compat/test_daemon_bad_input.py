@@ -404,3 +404,32 @@ def test_cli_singleton_is_refused_clearly(tmp_path):
     line = one_line(p.stderr)
     assert "singleton" in line and "not" in line
     assert not os.path.exists(tmp_path / "api.sock")
+
+
+# --- found by the OpenAPI fuzz (test_daemon_openapi_fuzz.py); pinned here -------------------
+
+
+def test_nested_instances_are_refused(ctx):
+    """An instance inside another would vanish with its parent while still listed."""
+    assert send(ctx, "POST", "/api/v1/mount?mountpoint=%2Fnest", ctx.cmd("/nest")).status == 204
+    try:
+        expect_error(send(ctx, "POST", "/api/v1/mount?mountpoint=%2Fnest%2Fchild", ctx.cmd("/nest/child")), 400,
+                     contains="would nest")
+        expect_error(send(ctx, "POST", "/api/v1/mount?mountpoint=%2F", ctx.cmd("/")), 400, contains="would nest")
+        assert sorted(send(ctx, "GET", "/api/v1/daemon").body["backend_collection"]) == [BASE, "/nest"]
+    finally:
+        assert send(ctx, "DELETE", "/api/v1/mount?mountpoint=%2Fnest").status == 204
+    assert send(ctx, "GET", "/api/v1/metrics/inflight").status in (200, 204)
+
+
+@pytest.mark.parametrize("url, body, contains", [
+    ("/api/v1/mount", {"source": "", "config": ""}, "mountpoint"),  # the query is checked first
+    ("/api/v1/mount?mountpoint=rel", {"source": "", "config": "", "fs_type": "ext4"}, "must be absolute"),
+    ("/api/v1/mount?mountpoint=%2Fx", {"source": "b", "config": "c", "fs_type": None}, "fs_type"),
+    ("/api/v1/mount?mountpoint=%2Fx", {"source": "b", "config": "c", "fs_type": "rafs", "prefetch_files": [True]},
+     "prefetch_files"),
+    ("/api/v1/config", {"bogus": 5}, "strings"),  # types before keys, as nydusd parses a string map
+])
+def test_checked_in_nydusds_order(ctx, url, body, contains):
+    method = "PUT" if url == "/api/v1/config" else "POST"
+    expect_error(send(ctx, method, url, body), 400, contains=contains)

@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, Unsupported
+from nydus_hybrid.daemon.service import check_virtual_mountpoint
 
 # Large enough for any real request; a bigger body gets 413 before it is read.
 MAX_BODY = 1 << 20
@@ -181,26 +182,33 @@ class Api:
     # --- mounts ---------------------------------------------------------------------------
 
     async def _mount_cmd(self, request) -> tuple:
+        """(mountpoint, source, config, prefetch_files), checked in nydusd's order: the
+        query, then the body's types, then the values."""
+        mountpoint = check_virtual_mountpoint(request.query.get("mountpoint"))
         doc = await json_body(request)
+        if "fs_type" in doc and not isinstance(doc["fs_type"], str):
+            raise BadRequest("ParseBody(Error(\"invalid type for field `fs_type`\"))")
         fs_type = field(doc, "fs_type", required=False) or ""
         source = field(doc, "source")
         config = field(doc, "config")
         prefetch = field(doc, "prefetch_files", list, required=False)
+        if prefetch is not None and not all(isinstance(p, str) for p in prefetch):
+            raise BadRequest("ParseBody(Error(\"invalid type for field `prefetch_files`: expected strings\"))")
         if fs_type != "rafs":
             if fs_type in ("passthrough", "passthroughfs", "passthrough_fs"):
                 raise Unsupported(f"Mount(Unsupported(\"fs_type {fs_type}\"))")
             raise DaemonError(f"Mount(InvalidArguments(\"fs_type {fs_type!r}\"))")
-        return source, config, prefetch
+        return mountpoint, source, config, prefetch
 
     async def mount(self, request):
-        source, config, prefetch = await self._mount_cmd(request)
-        await self.run(self.d.service.add, request.query.get("mountpoint"), source, config, prefetch)
+        mountpoint, source, config, prefetch = await self._mount_cmd(request)
+        await self.run(self.d.service.add, mountpoint, source, config, prefetch)
         await self.run(self.d.mounts_changed)
         return ok()
 
     async def remount(self, request):
-        source, config, _ = await self._mount_cmd(request)
-        await self.run(self.d.service.remount, request.query.get("mountpoint"), source, config)
+        mountpoint, source, config, _ = await self._mount_cmd(request)
+        await self.run(self.d.service.remount, mountpoint, source, config)
         await self.run(self.d.mounts_changed)
         return ok()
 

@@ -76,11 +76,12 @@ class RuntimeConfig:
         self.values: dict = {}
 
     def put(self, id_: str, doc: dict) -> None:
+        # nydusd parses the body as a string -> string map before it looks at the keys
+        if not all(isinstance(v, str) for v in doc.values()):
+            raise BadRequest("ParseBody(Error(\"values must be strings\"))")
         bad = [k for k in doc if k not in RUNTIME_KEYS]
         if bad:
             raise DaemonError(f"Configure(ResponsePayloadType) unknown key {bad[0]!r}; allowed: {', '.join(RUNTIME_KEYS)}")
-        if not all(isinstance(v, str) for v in doc.values()):
-            raise BadRequest("ParseBody(Error(\"values must be strings\"))")
         for key, value in doc.items():
             self.values[f"{id_}:{key}"] = value
             if key == "registry_auth":

@@ -153,6 +153,11 @@ class FuseService:
         mountpoint = check_virtual_mountpoint(mountpoint)
         with self._lock:
             old = self.instances.get(mountpoint)
+            nested = [p for p in self.instances if p != mountpoint and _nested(p, mountpoint)]
+            if nested:
+                # An instance inside another would be dropped with it by the Vfs, and its
+                # record would outlive it: refused.
+                raise BadRequest(f"Mount(InvalidArguments(\"{mountpoint} would nest with instance {nested[0]}\"))")
             if old is not None:
                 # The snapshotter re-issues every mount after an upgrade (spec §4.6 B.6, quirk
                 # 10.2): the same instance again is a no-op; anything else is refused.
@@ -256,6 +261,11 @@ class FuseService:
                 bc = i.image.metrics()["blobcache"]
                 out.append({"mountpoint": i.mountpoint, "work_dir": bc["store_path"], "files": bc["underlying_files"]})
             return out
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether one pseudo-fs path is inside the other (``/`` holds everything)."""
+    return a == "/" or b == "/" or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def _exists(image: Image, path: str) -> bool:
