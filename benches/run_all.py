@@ -14,7 +14,9 @@ Sections: build (corpus builds), bigfile, read (Image.read vs plain reads), brea
 the time goes; also skipped by --no-extras), storage (registry backend vs curl, cache hits,
 requests for a partial read), fuse (our FUSE server vs kernel EROFS and the mfusepy shim;
 needs root), daemon (`python -m nydus_hybrid.daemon` start-up vs bare interpreter starts,
-API latency idle vs under FUSE read load; needs root). The goals table needs build and bigfile.
+API latency idle vs under FUSE read load; needs root), upgrade (the longest read stall per hot
+upgrade and per kill -9 + failover under read load, vs quiet windows; needs root; the
+machinery is in test_upgrade.py). The goals table needs build and bigfile.
 """
 
 from __future__ import annotations
@@ -529,7 +531,74 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
                             "kernel_cached_stat_us": kcached, "stat_met": cached <= 2 * rt}
 
 
-SECTIONS = ("build", "bigfile", "read", "breakdown", "storage", "fuse", "daemon")
+def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
+    """Hot upgrades, then kill -9 + failovers, of a dedicated daemon under read load: the
+    longest read stall per operation against quiet windows of the same length (see
+    test_upgrade.py, whose machinery this uses)."""
+    import test_upgrade as ub
+
+    pct = bl.pct
+    rounds = a.upgrade_rounds
+    log(f"upgrade: {rounds} hot upgrades, then {rounds} failovers, under read load")
+    bench = ub.UpgradeBench(os.path.join(work, "upgrade"), log=log)
+    try:
+        ops = {kind: bench.measure(kind, rounds) for kind in ub.KINDS}
+    finally:
+        bench.close()
+    errors = bench.errors
+    if errors:
+        raise RuntimeError(f"upgrade: {len(errors)} failed reads, first: {errors[:5]}")
+    if bench.dt.is_mounted(bench.mnt):
+        raise RuntimeError("upgrade: the mount outlived the last daemon's SIGTERM")
+    figs = {kind: ub.figures(v) for kind, v in ops.items()}
+    all_probe = list(bench.probe.lats)
+    doc["upgrade"] = {"rounds": rounds, "probes": len(all_probe), "reads": len(bench.load.reads),
+                      "listings": bench.load.listings, "errors": len(errors),
+                      "ops": {k: [vars(o) for o in v] for k, v in ops.items()},
+                      "figures_ms": figs}
+    md.append(f"### Upgrade and failover: longest read stall under load ({rounds} hot upgrades, then {rounds} "
+              "kill -9 + failovers, of one dedicated daemon)\n")
+    titles = {"upgrade": "Hot upgrade (`nydus_hybrid.upgrade.hot_upgrade`)",
+              "failover": "Failover (SIGKILL, reap, `nydus_hybrid.upgrade.failover`)"}
+    for kind in ub.KINDS:
+        f = figs[kind]
+        md.append(f"{titles[kind]}, {rounds} rounds:\n")
+        md.append("| figure | p50 ms | p99 ms | max ms |")
+        md.append("|---|---:|---:|---:|")
+        for name, label in ub.LABELS.items():
+            if name in f:
+                v = f[name]
+                md.append(f"| {label} | {v['p50']:,.1f} | {v['p99']:,.1f} | {v['max']:,.1f} |")
+        md.append("")
+    rank = round(.99 * (rounds - 1))  # the index pct() picks
+    md.append(f"Probes: {len(all_probe):,} in the whole run (one 4 KiB `pread` of `{ub.PROBE_FILE}` after "
+              f"`posix_fadvise(DONTNEED)`, one FUSE READ each), p50 {pct(all_probe, .5) * 1e6:,.0f} µs, p99 "
+              f"{pct(all_probe, .99) * 1e3:,.2f} ms, max {max(all_probe) * 1e3:,.1f} ms; the load "
+              f"({len(bench.load.reads):,} reads and `ls -R` runs: 4 reader threads checksumming the image's "
+              f"3 files, page cache dropped per read, and one `ls -R` loop) and the probe saw **{len(errors)} "
+              f"failed or wrong reads**. Quiet window: {ub.SETTLE_S:.1f} s after the operation, as long as its "
+              f"window, nothing happening. p50 / p99 are nearest-rank over the {rounds} operations (p99 = the "
+              f"{'largest' if rank == rounds - 1 else f'{rounds - rank}-th largest'}).\n")
+    md.append("### Upgrade and failover goals\n")
+    md.append("| goal | measured | met |")
+    md.append("|---|---|---|")
+    for kind, what in (("upgrade", "hot upgrade"), ("failover", "failover")):
+        f = figs[kind]
+        s, q, ld = f["probe_stall"], f["quiet_probe"], f["load_stall"]
+        gp = f.get("gap_probe")
+        extra = (f"gap p50 {f['gap']['p50']:.1f} / max {f['gap']['max']:.1f} ms"
+                 + (f", longest probe over the gap max {gp['max']:.1f} ms" if gp else "") if kind == "upgrade" else
+                 f"SIGKILL -> RUNNING p50 {f['kill_to_running']['p50']:.0f} / max {f['kill_to_running']['max']:.0f} ms")
+        goal = ub.goal_ms(kind)
+        md.append(f"| {what}: max stall under {goal:,.0f} ms | probe stall p50 {s['p50']:.1f}, p99 {s['p99']:.1f}, "
+                  f"max {s['max']:.1f} ms (quiet windows: p50 {q['p50']:.1f}, max {q['max']:.1f} ms; p50 ratio "
+                  f"{s['p50'] / max(1e-3, q['p50']):.1f}); {extra}; the load's longest read max {ld['max']:.1f} ms | "
+                  f"{'yes' if s['max'] < goal else 'no'} |")
+        doc["upgrade"][f"{kind}_goal_met"] = s["max"] < goal
+    md.append("")
+
+
+SECTIONS = ("build", "bigfile", "read", "breakdown", "storage", "fuse", "daemon", "upgrade")
 STARTUP_LAST = bl.STARTUP_BASELINES[-1][0]
 
 
@@ -557,6 +626,8 @@ def main(argv=None) -> int:
                     help="bursts of API requests per state (NYDUS_BENCH_DAEMON_API_ROUNDS)")
     ap.add_argument("--daemon-mb", type=int, default=bl.daemon_mb(),
                     help="tree read through the daemon during the API test, MiB (NYDUS_BENCH_DAEMON_MB)")
+    ap.add_argument("--upgrade-rounds", type=int, default=None,
+                    help="hot upgrades, then as many failovers (NYDUS_BENCH_UPGRADE_ROUNDS; default 20, 10 with CI)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the machine to be idle (other jobs skew timings)")
     ap.add_argument("--json", help="also write every figure as JSON here")
@@ -574,6 +645,12 @@ def main(argv=None) -> int:
         ap.error(f"fuse section: {fb.fuse_missing()}")
     if "daemon" in only and bl.daemon_missing():
         ap.error(f"daemon section: {bl.daemon_missing()}")
+    if "upgrade" in only and bl.daemon_missing():
+        ap.error(f"upgrade section: {bl.daemon_missing()}")
+    if a.upgrade_rounds is None:
+        import test_upgrade
+
+        a.upgrade_rounds = test_upgrade.upgrade_rounds()
 
     t_start = time.perf_counter()
     work = bl.fresh_dir(os.path.join(bl.bench_dir(), f"run-{os.getpid()}"))
@@ -792,6 +869,10 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- 7. daemon
     if "daemon" in only:
         daemon_section(a, work, md, doc)
+
+    # ---------------------------------------------------------------- 8. upgrade
+    if "upgrade" in only:
+        upgrade_section(a, work, md, doc)
 
     # ---------------------------------------------------------------- goals
     if "build" in only and "bigfile" in only:
