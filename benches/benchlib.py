@@ -1056,6 +1056,16 @@ def pct(xs: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
 
 
+def reap(procs) -> None:
+    """Wait for child processes that were told to stop; kill one that hangs."""
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 def proc_cpu_s(pid: int) -> Optional[float]:
     """user + sys CPU seconds of a live process, all threads (10 ms resolution)."""
     try:
@@ -1483,12 +1493,7 @@ class DaemonLoad:
     def close(self) -> None:
         if self.ctl is not None:
             self.ctl[0] = 2
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        reap(self.procs)
         self.procs = []
         for sess in self.sessions.values():
             self.loop.run_until_complete(sess.close())

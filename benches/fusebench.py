@@ -197,15 +197,6 @@ def is_mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
-def _proc_cpu_s(pid: int) -> Optional[float]:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            v = f.read().rsplit(")", 1)[1].split()
-        return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _die_with_parent() -> None:
     """In the server child: SIGTERM it (it unmounts) if the benchmark process dies."""
     import ctypes
@@ -235,7 +226,7 @@ class BenchMount:
         return os.path.join(self.mnt, rel)
 
     def server_cpu_s(self) -> Optional[float]:
-        return _proc_cpu_s(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None
+        return benchlib.proc_cpu_s(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None
 
     def _unmount(self) -> None:
         raise NotImplementedError

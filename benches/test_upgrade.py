@@ -385,12 +385,7 @@ class UpgradeBench:
                 while self.dt.is_mounted(self.mnt) and time.monotonic() < deadline:
                     time.sleep(0.01)
         finally:
-            for p in self.procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+            benchlib.reap(self.procs)
             self.sup.close()
             if self.daemon is not None:
                 self.daemon.cleanup()  # also lazy-unmounts if anything is left

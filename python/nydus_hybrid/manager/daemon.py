@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from nydus_hybrid import upgrade
 from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
+from nydus_hybrid.daemon.service import is_mountpoint, mountpoint_path
 from nydus_hybrid.manager.errors import DaemonStartError, ManagerError
 from nydus_hybrid.supervisor import Supervisor
 
@@ -165,12 +166,13 @@ class Daemon:
     def clear_vestige(self) -> None:
         """Before restarting a dead daemon: detach its dead mount and remove its stale socket
         (a stale socket next to a live mount means "take over", spec §3.4)."""
-        mp = os.path.realpath(self.record.mountpoint)
-        if _mounted(mp):
+        mp = mountpoint_path(self.record.mountpoint)
+        if is_mountpoint(mp):
             subprocess.run(["umount", "-l", mp], capture_output=True)
-        for name in os.listdir(os.path.dirname(self.record.api_socket)) if os.path.isdir(os.path.dirname(self.record.api_socket)) else []:
-            if name.endswith(".sock"):
-                os.unlink(os.path.join(os.path.dirname(self.record.api_socket), name))
+        sock_dir = os.path.dirname(self.record.api_socket)
+        for name in os.listdir(sock_dir) if os.path.isdir(sock_dir) else []:
+            if name.endswith(".sock"):  # api.sock and the apiN.sock of upgrades
+                os.unlink(os.path.join(sock_dir, name))
         self.reset_client()
 
     # --- API ------------------------------------------------------------------------------
@@ -293,8 +295,3 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
-
-
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
