@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod fscache;
 #[cfg(feature = "fuse")]
 pub mod fuse;
 pub mod inspect;

@@ -489,10 +489,113 @@ fn build(
     Ok(serde_json::to_string(&r).unwrap_or_default())
 }
 
+/// The fscache on-demand server of a `singleton` daemon: the device, the registered blob
+/// entries and the workers. Python drives its lifecycle; every message is served in Rust.
+#[pyclass(module = "nydus_hybrid._core", frozen)]
+struct FscacheService {
+    server: Arc<crate::fscache::FscacheServer>,
+}
+
+fn dup_fd(fd: i32) -> R<std::os::fd::OwnedFd> {
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(to_py(Error::io(format!("dup fd {fd}"), std::io::Error::last_os_error())));
+    }
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+}
+
+#[pymethods]
+impl FscacheService {
+    /// Open the device (`/dev/cachefiles` or `sim:<socket>`) and bind it fresh:
+    /// `dir`, optionally `tag`, then `bind ondemand`.
+    #[staticmethod]
+    #[pyo3(signature = (device, cache_dir, tag=None))]
+    fn bind(py: Python<'_>, device: &str, cache_dir: &str, tag: Option<&str>) -> R<Self> {
+        let server = py
+            .allow_threads(|| -> crate::Result<_> {
+                let dev = crate::fscache::device::open(device)?;
+                let server = crate::fscache::FscacheServer::new(dev, Default::default());
+                server.command(&format!("dir {cache_dir}"))?;
+                if let Some(t) = tag {
+                    server.command(&format!("tag {t}"))?;
+                }
+                server.command("bind ondemand")?;
+                Ok(server)
+            })
+            .map_err(to_py)?;
+        Ok(FscacheService { server })
+    }
+
+    /// Adopt a device fd received from the supervisor (this object keeps a duplicate) and
+    /// send `restore`: the cache is already bound, and the kernel re-sends what is pending.
+    #[staticmethod]
+    fn restore(py: Python<'_>, device: &str, fd: i32) -> R<Self> {
+        let owned = dup_fd(fd)?;
+        let server = py
+            .allow_threads(|| -> crate::Result<_> {
+                let server = crate::fscache::FscacheServer::new(crate::fscache::device::adopt(device, owned), Default::default());
+                server.command("restore")?;
+                Ok(server)
+            })
+            .map_err(to_py)?;
+        Ok(FscacheService { server })
+    }
+
+    /// Register a bootstrap (opened as `image`) and its data blobs; returns the blob ids.
+    fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, image: &Image, entry_json: String) -> R<Vec<String>> {
+        self.server.registry.add_bootstrap(domain, id, bootstrap, image.rafs.clone(), entry_json).map_err(to_py)
+    }
+
+    fn remove(&self, domain: &str, blob_id: &str) -> R<()> {
+        self.server.registry.remove(domain, blob_id).map_err(to_py)
+    }
+
+    fn remove_domain(&self, domain: &str) {
+        self.server.registry.remove_domain(domain)
+    }
+
+    /// `[(key, entry JSON)]` of the bootstraps whose key starts with `prefix`.
+    #[pyo3(signature = (prefix=""))]
+    fn entries(&self, prefix: &str) -> Vec<(String, String)> {
+        self.server.registry.entries(prefix)
+    }
+
+    fn data_refs(&self) -> Vec<(String, u32)> {
+        self.server.registry.data_refs()
+    }
+
+    fn start(&self, threads: usize) -> R<()> {
+        self.server.start(threads).map_err(to_py)
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        py.allow_threads(|| self.server.stop())
+    }
+
+    fn running(&self) -> bool {
+        self.server.running()
+    }
+
+    /// One command to the device (`inuse`, `cull`).
+    fn command(&self, py: Python<'_>, cmd: &str) -> R<()> {
+        py.allow_threads(|| self.server.command(cmd)).map_err(to_py)
+    }
+
+    /// The device fd, for the supervisor (the caller sends it; this object keeps it open).
+    fn device_fd(&self) -> i32 {
+        self.server.device_fd()
+    }
+
+    fn metrics_json(&self) -> String {
+        self.server.metrics_json().to_string()
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Image>()?;
     m.add_class::<PrefetchJob>()?;
+    m.add_class::<FscacheService>()?;
     #[cfg(feature = "fuse")]
     m.add_class::<FuseMount>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;

@@ -38,8 +38,8 @@ def images(tmp_path_factory):
 class ManagerProc:
     """`python -m nydus_hybrid.manager` and a client for its system.sock."""
 
-    def __init__(self, root: Path, mode: str, policy: str, nydusd=None):
-        self.root, self.mode, self.policy, self.nydusd = root, mode, policy, nydusd
+    def __init__(self, root: Path, mode: str, policy: str, nydusd=None, extra=()):
+        self.root, self.mode, self.policy, self.nydusd, self.extra = root, mode, policy, nydusd, list(extra)
         self.proc = None
 
     def start(self, wait: bool = True) -> "ManagerProc":
@@ -47,6 +47,7 @@ class ManagerProc:
                 "--recover-policy", self.policy, "--log-level", "info"]
         if self.nydusd:
             argv += ["--nydusd", self.nydusd]
+        argv += self.extra
         self.log = open(self.root.parent / f"{self.root.name}-manager.log", "ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
         if wait:

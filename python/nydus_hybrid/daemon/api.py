@@ -254,7 +254,25 @@ class Api:
         return ok()
 
     async def blobs(self, request):
-        raise Unsupported("Unsupported(\"the blob API serves fscache daemons (singleton); this is a fuse daemon\")")
+        """/api/v2/blobs (spec §2.2): DELETE picks removal (``domain_id``) or cull
+        (``blob_id`` alone) from its query."""
+        q = request.query
+        if request.method == "PUT":
+            doc = await json_body(request)
+            await self.run(self.d.blob_add, doc)
+        elif request.method == "DELETE":
+            await no_body(request)
+            if "domain_id" in q:
+                await self.run(self.d.blob_remove, q["domain_id"], q.get("blob_id", ""))
+            elif "blob_id" in q:
+                await self.run(self.d.blob_cull, q["blob_id"])
+            else:
+                raise BadRequest("BadRequest: domain_id or blob_id is required")
+        else:
+            if "domain_id" not in q:
+                raise BadRequest("BadRequest: domain_id is required")
+            return ok(await self.run(self.d.blob_entries, q["domain_id"], q.get("blob_id", "")))
+        return ok()
 
 
 class JsonErrorHandler(web.RequestHandler):

@@ -75,6 +75,9 @@ def decode(data: bytes) -> dict:
 def _check(doc: dict) -> None:
     """Field presence and types, so a restore never fails half-way on a bad field."""
     d = doc["daemon"]
+    if d.get("mode") == "singleton":
+        _check_singleton(doc)
+        return
     if not isinstance(d["mountpoint"], str) or not isinstance(d["threads"], int) or d["failover_policy"] not in POLICIES:
         raise ValueError("daemon section malformed")
     base64.b64decode(doc["fuse"]["vfs_state"], validate=True)
@@ -84,6 +87,19 @@ def _check(doc: dict) -> None:
         if not (isinstance(m["mountpoint"], str) and isinstance(m["source"], str) and isinstance(m["config"], str)
                 and isinstance(m["index"], int) and 0 <= m["index"] < 256):
             raise ValueError(f"mount entry malformed: {sorted(m)}")
+    if not isinstance(doc["runtime_config"], dict):
+        raise ValueError("runtime_config must be an object")
+
+
+def _check_singleton(doc: dict) -> None:
+    """A singleton's state: threads, the fscache dir, and the blob entries to re-add."""
+    d = doc["daemon"]
+    if not isinstance(d["threads"], int) or not 1 <= d["threads"] <= 1024 or not isinstance(d["fscache_dir"], (str, type(None))):
+        raise ValueError("daemon section malformed")
+    for e in doc["fscache"]["blob_entries"]:
+        if not (isinstance(e, dict) and isinstance(e.get("id"), str) and isinstance(e.get("domain_id"), str)
+                and isinstance(e.get("config_v2"), dict)):
+            raise ValueError("fscache blob entry malformed")
     if not isinstance(doc["runtime_config"], dict):
         raise ValueError("runtime_config must be an object")
 

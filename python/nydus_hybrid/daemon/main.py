@@ -120,11 +120,14 @@ class Daemon:
         self.events = Events()
         self.runtime_config = RuntimeConfig()
         self.machine = st.StateMachine(st.INIT, on_change=self._changed)
-        self.service = FuseService(a.mountpoint, a.threads)
+        self.service = self.make_service()
         self.stopping: Optional[asyncio.Event] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.unmount_on_exit = True
         self.conn_id: Optional[int] = None  # /sys/fs/fuse/connections/<id>, for failover policies
+
+    def make_service(self):
+        return FuseService(self.a.mountpoint, self.a.threads)
 
     def _changed(self, event: str, before: str, after: str) -> None:
         log.event("state", input=event, before=before, after=after)
@@ -211,6 +214,8 @@ class Daemon:
             raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
         try:
             doc = handover.decode(data)
+            if doc["daemon"].get("mode") == "singleton":
+                raise handover.StateError("Upgrade(Restore(\"the state is a singleton daemon's, this is a fuse daemon\"))")
             if doc["daemon"]["mountpoint"] != self.service.mountpoint:
                 raise handover.StateError(f"Upgrade(Restore(\"the state is for {doc['daemon']['mountpoint']}, "
                                           f"this daemon serves {self.service.mountpoint}\"))")
@@ -281,6 +286,16 @@ class Daemon:
         if inst is None:
             raise DaemonError(f"Rafs(NotFound(\"no RAFS instance at {mountpoint}\"))")
         return super_meta(inst.image.inspect(), CACHE_OPTS)
+
+    # --- /api/v2/blobs: fscache only; a fuse daemon refuses, and culls nothing -------------
+
+    def _blob_api(self, *_args):
+        raise Unsupported("Unsupported(\"the blob API serves fscache daemons (singleton); this is a fuse daemon\")")
+
+    blob_add = blob_remove = blob_entries = _blob_api
+
+    def blob_cull(self, blob_id: str) -> None:
+        pass
 
     def mounts_changed(self) -> None:
         """Every mount and umount refreshes the supervisor's copy of our state."""
@@ -385,8 +400,10 @@ def main(argv=None) -> int:
         return 0
     setup_logging(a)
     if a.mode == "singleton":
-        print("nydusd: error: singleton (fscache) mode is not available in this release", file=sys.stderr)
-        return 1
+        from nydus_hybrid.daemon import singleton
+
+        _raise_nofile(a.rlimit_nofile)
+        return singleton.run(a)
     if a.shared_dir:
         print("nydusd: error: --shared-dir (passthrough) is not supported: nydus-hybrid serves RAFS only", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import sys
 from nydus_hybrid import log
 from nydus_hybrid.manager.controller import serve
 from nydus_hybrid.manager.errors import ManagerError
-from nydus_hybrid.manager.manager import MODES, POLICIES, Manager, default_nydusd
+from nydus_hybrid.manager.manager import FS_DRIVERS, MODES, POLICIES, Manager, default_nydusd
 
 
 def main(argv=None) -> int:
@@ -21,6 +21,10 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="/var/lib/nydus-hybrid", help="state directory (nydus.db, sockets, mounts)")
     p.add_argument("--daemon-mode", choices=MODES, default="shared")
     p.add_argument("--recover-policy", choices=POLICIES, default="failover")
+    p.add_argument("--fs-driver", choices=FS_DRIVERS, default="fusedev",
+                   help="fscache: one singleton daemon, EROFS mounts over /dev/cachefiles (or the simulator "
+                        "named by NYDUS_HYBRID_CACHEFILES=sim:<socket>)")
+    p.add_argument("--fscache-domain", default="", help="a shared fscache domain id (default: one per instance)")
     p.add_argument("--nydusd", help="the daemon command (default: this Python's nydus_hybrid.daemon)")
     p.add_argument("--thread-num", type=int, default=4)
     p.add_argument("--log-level", default="info")
@@ -29,9 +33,9 @@ def main(argv=None) -> int:
     try:
         m = Manager(a.root, daemon_mode=a.daemon_mode, recover_policy=a.recover_policy,
                     nydusd=shlex.split(a.nydusd) if a.nydusd else default_nydusd(), thread_num=a.thread_num,
-                    log_level=a.log_level)
+                    log_level=a.log_level, fs_driver=a.fs_driver, fscache_domain=a.fscache_domain)
         m.recover()
-        if a.daemon_mode == "shared":
+        if m.daemon_mode == "shared":
             m.shared_daemon()
     except ManagerError as e:
         print(f"nydus-hybrid manager: error: {e}", file=sys.stderr)

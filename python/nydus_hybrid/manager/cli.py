@@ -5,12 +5,12 @@ through the running manager (it holds the supervisors)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from typing import List, Sequence
 
 from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
+from nydus_hybrid.manager.client import DIED, NydusdClient
 from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.store import Store
 
@@ -23,14 +23,13 @@ def _store(root: str) -> Store:
 
 
 def _live(api_socket: str) -> dict:
+    c = NydusdClient(api_socket, timeout=2.0)
     try:
-        c = DaemonClient(api_socket, timeout=2.0)
-        try:
-            return c.get("/api/v1/daemon")
-        finally:
-            c.close()
-    except (OSError, http.client.HTTPException, DaemonApiError, ValueError):
-        return {"state": "DIED"}
+        return c.get_daemon_info()
+    except ManagerError:
+        return {"state": DIED}
+    finally:
+        c.close()
 
 
 def table(rows: List[Sequence], header: Sequence[str]) -> str:
@@ -51,8 +50,9 @@ def daemons_list(root: str, as_json: bool) -> str:
         out.append(dict(d, state=_live(d["api_socket"])["state"], instances=n))
     if as_json:
         return json.dumps(out, indent=2)
-    return table([(d["id"], d["daemon_mode"], d["pid"], d["state"], d["instances"], d["mountpoint"]) for d in out],
-                 ("ID", "MODE", "PID", "STATE", "INSTANCES", "MOUNTPOINT"))
+    return table([(d["id"], d["daemon_mode"], d["pid"], d["state"], d["instances"], d.get("fs_driver", "fusedev"),
+                    d["mountpoint"] or "-") for d in out],
+                 ("ID", "MODE", "PID", "STATE", "INSTANCES", "DRIVER", "MOUNTPOINT"))
 
 
 def daemons_show(root: str, daemon_id: str, as_json: bool) -> str:

@@ -5,22 +5,21 @@ supervisor, takeover, terminate, clear vestige)."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from nydus_hybrid import upgrade
-from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
 from nydus_hybrid.daemon.service import is_mountpoint, mountpoint_path
+from nydus_hybrid.manager import fscache
+from nydus_hybrid.manager.client import SOCKET_ATTEMPTS, STATE_ATTEMPTS, UNKNOWN, NydusdClient, NydusdUnreachable
 from nydus_hybrid.manager.errors import DaemonStartError, ManagerError
 from nydus_hybrid.supervisor import Supervisor
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
-DIED, UNKNOWN = "DIED", "UNKNOWN"
 
 
 @dataclass
@@ -29,7 +28,7 @@ class DaemonRecord:
 
     id: str
     daemon_mode: str  # "shared" or "dedicated"
-    fs_driver: str  # "fusedev" (fscache: not on this kernel)
+    fs_driver: str  # "fusedev" or "fscache"
     api_socket: str
     mountpoint: str
     config_dir: str
@@ -41,6 +40,8 @@ class DaemonRecord:
     supervisor_path: str = ""
     bootstrap: str = ""  # dedicated: the image it serves
     config_path: str = ""  # dedicated: its config file
+    fscache_dir: str = ""  # fscache: the cachefiles working dir
+    fscache_threads: int = 0
     pid: int = 0
 
     @classmethod
@@ -53,23 +54,33 @@ class DaemonRecord:
 
 
 def nydusd_argv(nydusd: List[str], r: DaemonRecord, upgrade_flag: bool = False) -> List[str]:
-    """The daemon's command line, as the snapshotter builds it (spec A6.1)."""
-    argv = list(nydusd) + ["fuse"]
+    """The daemon's command line, in the snapshotter's fixed order (spec A6.1)."""
+    fscache = r.fs_driver == "fscache"
+    argv = list(nydusd) + ["singleton" if fscache else "fuse"]
+    if fscache:
+        argv += ["--fscache", r.fscache_dir]
+        if r.fscache_threads > 0:
+            argv += ["--fscache-threads", str(r.fscache_threads)]
     if upgrade_flag:
         argv.append("--upgrade")
-    argv += ["--thread-num", str(r.thread_num)]
+    if not fscache:
+        argv += ["--thread-num", str(r.thread_num)]
     if r.supervisor_path:
         argv += ["--id", r.id]
     if r.config_path:
         argv += ["--config", r.config_path]
     if r.bootstrap:
         argv += ["--bootstrap", r.bootstrap]
-    argv += ["--mountpoint", r.mountpoint, "--apisock", r.api_socket, "--log-level", r.log_level]
+    if r.mountpoint:
+        argv += ["--mountpoint", r.mountpoint]
+    argv += ["--apisock", r.api_socket, "--log-level", r.log_level]
     if r.log_rotation_size > 0:
         argv += ["--log-rotation-size", str(r.log_rotation_size)]
     if r.supervisor_path:
         argv += ["--supervisor", r.supervisor_path]
-    argv += ["--log-file", os.path.join(r.log_dir, "nydusd.log"), "--failover-policy", r.failover_policy]
+    argv += ["--log-file", os.path.join(r.log_dir, "nydusd.log")]
+    if not fscache:
+        argv += ["--failover-policy", r.failover_policy]
     return argv
 
 
@@ -81,7 +92,7 @@ class Daemon:
         self.state = UNKNOWN  # the last state seen
         self.proc: Optional[subprocess.Popen] = None
         self.supervisor: Optional[Supervisor] = None
-        self._client: Optional[DaemonClient] = None
+        self._client: Optional[NydusdClient] = None
 
     @property
     def id(self) -> str:
@@ -102,8 +113,9 @@ class Daemon:
         """Start the process (its own session: it outlives the manager); returns its pid."""
         self.check_paths()
         for d in (self.record.log_dir, self.record.config_dir, os.path.dirname(self.record.api_socket),
-                  self.record.mountpoint):
-            os.makedirs(d, exist_ok=True)
+                  self.record.mountpoint, self.record.fscache_dir):
+            if d:
+                os.makedirs(d, exist_ok=True)
         argv = self.argv(upgrade_flag)
         exe = argv[0]
         if os.sep in exe and not os.access(exe, os.X_OK) or os.sep not in exe and not _which(exe):
@@ -163,103 +175,109 @@ class Daemon:
             time.sleep(0.02)
         return False
 
-    def clear_vestige(self) -> None:
-        """Before restarting a dead daemon: detach its dead mount and remove its stale socket
-        (a stale socket next to a live mount means "take over", spec §3.4)."""
-        mp = mountpoint_path(self.record.mountpoint)
-        if is_mountpoint(mp):
-            subprocess.run(["umount", "-l", mp], capture_output=True)
+    def clear_vestige(self, instances: List[dict] = ()) -> None:
+        """Before restarting a dead daemon: detach its dead mounts (the FUSE mountpoint, or
+        each instance's EROFS mount for fscache) and remove its stale sockets (a stale socket
+        next to a live mount means "take over", spec §3.4)."""
+        mounts = [r["mountpoint"] for r in instances] if self.record.fs_driver == "fscache" else [self.record.mountpoint]
+        for mp in map(mountpoint_path, mounts):
+            if is_mountpoint(mp):
+                subprocess.run(["umount", "-l", mp], capture_output=True)
         sock_dir = os.path.dirname(self.record.api_socket)
         for name in os.listdir(sock_dir) if os.path.isdir(sock_dir) else []:
             if name.endswith(".sock"):  # api.sock and the apiN.sock of upgrades
                 os.unlink(os.path.join(sock_dir, name))
         self.reset_client()
 
-    # --- API ------------------------------------------------------------------------------
+    # --- API (through NydusdClient) -----------------------------------------------------
 
     def reset_client(self) -> None:
         if self._client is not None:
             self._client.close()
         self._client = None
 
-    def client(self) -> DaemonClient:
+    def client(self) -> NydusdClient:
         if self._client is None:
-            self._client = DaemonClient(self.record.api_socket, timeout=30.0)
+            self._client = NydusdClient(self.record.api_socket, alive=self._process_alive)
         return self._client
 
-    def wait_socket(self, attempts: int = 100) -> None:
-        """The snapshotter's wait for the API socket: 100 x 100 ms, giving up if the process died."""
-        for _ in range(attempts):
-            if os.path.exists(self.record.api_socket):
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonStartError(f"daemon {self.id} exited with {self.proc.returncode} before its API socket "
-                                       f"appeared; see {self.record.log_dir}")
-            time.sleep(0.1)
-        raise DaemonStartError(f"daemon {self.id}: no API socket after {attempts * 0.1:.0f}s")
+    def _process_alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def wait_socket(self, attempts: int = SOCKET_ATTEMPTS) -> None:
+        try:
+            self.client().wait_socket(attempts)
+        except NydusdUnreachable as e:
+            raise DaemonStartError(f"daemon {self.id}: {e}; see {self.record.log_dir}") from e
 
     def get_state(self) -> str:
-        try:
-            self.state = self.client().get("/api/v1/daemon")["state"]
-        except (OSError, http.client.HTTPException, DaemonApiError, ValueError, KeyError):
-            self.reset_client()
-            self.state = DIED
+        self.state = self.client().get_state()
         return self.state
 
     def info(self) -> Optional[dict]:
         try:
-            return self.client().get("/api/v1/daemon")
-        except (OSError, http.client.HTTPException, DaemonApiError, ValueError):
-            self.reset_client()
+            return self.client().get_daemon_info()
+        except ManagerError:
             return None
 
-    def wait_until_state(self, want: str, attempts: int = 20) -> None:
-        """20 x 100 ms, as the snapshotter waits (spec §4.6 A.3)."""
-        for _ in range(attempts):
-            if self.get_state() == want:
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonStartError(f"daemon {self.id} exited with {self.proc.returncode} before {want}")
-            time.sleep(0.1)
-        raise DaemonStartError(f"daemon {self.id} is {self.state}, not {want}, after {attempts * 0.1:.0f}s")
+    def wait_until_state(self, want: str, attempts: int = STATE_ATTEMPTS) -> None:
+        try:
+            self.state = self.client().wait_until_state(want, attempts)
+        except NydusdUnreachable as e:
+            raise DaemonStartError(f"daemon {self.id}: {e}") from e
 
-    def shared_mount(self, key: str, bootstrap: str, config_text: str) -> None:
-        body = {"fs_type": "rafs", "source": bootstrap, "config": config_text}
-        self._call("POST", f"/api/v1/mount?mountpoint=%2F{key}", body)
+    def shared_mount(self, rafs: dict) -> None:
+        """Attach one instance: an API mount at /<key> (fusedev), or bind its bootstrap blob
+        and mount EROFS over fscache (spec §5.7 snapshotter order)."""
+        if self.record.fs_driver == "fscache":
+            fscache.mount_instance(self, rafs)
+        else:
+            with open(rafs["config_path"]) as f:
+                self.client().mount("/" + rafs["snapshot_id"], rafs["bootstrap"], f.read())
 
-    def shared_umount(self, key: str) -> None:
-        self._call("DELETE", f"/api/v1/mount?mountpoint=%2F{key}")
+    def shared_umount(self, rafs: dict) -> None:
+        if self.record.fs_driver == "fscache":
+            fscache.umount_instance(self, rafs)
+        else:
+            self.client().umount("/" + rafs["snapshot_id"])
 
-    def mounted_keys(self) -> List[str]:
-        info = self.client().get("/api/v1/daemon")
-        return [mp.lstrip("/") for mp in (info.get("backend_collection") or {})]
+    def mounted_keys(self, instances: List[dict]) -> List[str]:
+        """The instance keys the daemon serves now (``instances``: the ones recorded for it)."""
+        if self.record.fs_driver == "fscache":
+            return fscache.mounted_keys(self, instances)
+        return [mp.lstrip("/") for mp in self.client().mountpoints()]
+
+    def recover_rafs_instances(self, instances: List[dict]) -> List[Tuple[dict, Optional[ManagerError]]]:
+        """Re-attach instances after a restart, in seq order (the order they were first
+        mounted); one failure does not stop the rest. Returns (instance, error or None)."""
+        results = []
+        for rafs in sorted(instances, key=lambda r: r["seq"]):
+            try:
+                self.shared_mount(rafs)
+                results.append((rafs, None))
+            except ManagerError as e:
+                results.append((rafs, e))
+            except OSError as e:
+                results.append((rafs, ManagerError(f"instance {rafs['snapshot_id']}: {e}")))
+        return results
 
     def send_states(self) -> None:
         """Have the daemon push its state and fd to our supervisor (spec §4.6 A.4)."""
         if self.supervisor is None:
             return
         gen = self.supervisor.generation
-        self._call("PUT", "/api/v1/daemon/fuse/sendfd")
+        self.client().send_fd()
         if not self.supervisor.wait_for_state(gen):
             raise ManagerError(f"daemon {self.id}: the supervisor received no state")
 
     def take_over(self) -> None:
-        self._call("PUT", "/api/v1/daemon/fuse/takeover")
+        self.client().take_over()
 
     def start_serving(self) -> None:
-        self._call("PUT", "/api/v1/daemon/start")
+        self.client().start()
 
     def exit(self) -> None:
-        self._call("PUT", "/api/v1/daemon/exit")
-
-    def _call(self, method: str, path: str, body: Optional[dict] = None) -> None:
-        try:
-            self.client().request(method, path, body)
-        except (OSError, http.client.HTTPException) as e:
-            self.reset_client()
-            raise ManagerError(f"daemon {self.id}: {method} {path}: {e}") from e
-        except DaemonApiError as e:
-            raise ManagerError(f"daemon {self.id}: {method} {path}: {e.message}") from e
+        self.client().exit()
 
     # --- hot upgrade ----------------------------------------------------------------------
 

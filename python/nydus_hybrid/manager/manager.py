@@ -21,13 +21,16 @@ from typing import Dict, List, Optional
 
 from nydus_hybrid import log
 from nydus_hybrid import upgrade as nupgrade
-from nydus_hybrid.manager.daemon import DIED, Daemon, DaemonRecord
+from nydus_hybrid.manager import fscache
+from nydus_hybrid.manager.client import DIED
+from nydus_hybrid.manager.daemon import Daemon, DaemonRecord
 from nydus_hybrid.manager.errors import DaemonStartError, ManagerError
 from nydus_hybrid.manager.monitor import LivenessMonitor
 from nydus_hybrid.manager.store import Store
 from nydus_hybrid.supervisor import Supervisor, SupervisorError
 
 MODES = ("shared", "dedicated")
+FS_DRIVERS = ("fusedev", "fscache")
 POLICIES = ("none", "restart", "failover")
 MOUNTING, MOUNTED, REMOVING = "mounting", "mounted", "removing"
 
@@ -49,7 +52,11 @@ def _write_atomic(path: str, text: str) -> None:
 class Manager:
     def __init__(self, root: str, *, daemon_mode: str = "shared", recover_policy: str = "failover",
                  nydusd: Optional[List[str]] = None, thread_num: int = 4, log_level: str = "info",
-                 failover_policy: str = "resend"):
+                 failover_policy: str = "resend", fs_driver: str = "fusedev", fscache_domain: str = ""):
+        if fs_driver not in FS_DRIVERS:
+            raise ManagerError(f"fs driver {fs_driver!r}: expected one of {', '.join(FS_DRIVERS)}")
+        if fs_driver == "fscache":
+            daemon_mode = "shared"  # one singleton daemon serves every fscache instance
         if daemon_mode not in MODES:
             raise ManagerError(f"daemon mode {daemon_mode!r}: expected one of {', '.join(MODES)}")
         if recover_policy not in POLICIES:
@@ -58,6 +65,7 @@ class Manager:
         os.makedirs(self.root, exist_ok=True)
         self.store = Store(os.path.join(self.root, "nydus.db"))
         self.daemon_mode = daemon_mode
+        self.fs_driver, self.fscache_domain = fs_driver, fscache_domain
         self.recover_policy = recover_policy
         self.nydusd = list(nydusd or default_nydusd())
         self.thread_num, self.log_level, self.failover_policy = thread_num, log_level, failover_policy
@@ -73,8 +81,10 @@ class Manager:
     def _new_record(self, mode: str, mountpoint: str, bootstrap: str = "") -> DaemonRecord:
         did = secrets.token_hex(10)  # 20 characters, like the snapshotter's xids
         config_dir = os.path.join(self.root, "config", did)
+        fscache = self.fs_driver == "fscache"
         return DaemonRecord(
-            id=did, daemon_mode=mode, fs_driver="fusedev", mountpoint=mountpoint, config_dir=config_dir,
+            id=did, daemon_mode=mode, fs_driver=self.fs_driver, mountpoint="" if fscache else mountpoint,
+            fscache_dir=os.path.join(self.root, "cache") if fscache else "", config_dir=config_dir,
             api_socket=os.path.join(self.root, "socket", did, "api.sock"), log_dir=os.path.join(self.root, "logs", did),
             log_level=self.log_level, thread_num=self.thread_num, failover_policy=self.failover_policy,
             supervisor_path=os.path.join(self.root, "supervisor", f"{did}.sock") if self.recover_policy == "failover" else "",
@@ -152,24 +162,41 @@ class Manager:
             if not os.path.isfile(bootstrap):
                 raise ManagerError(f"instance {key}: bootstrap {bootstrap} does not exist")
             if self.daemon_mode == "shared":
+                if self.fs_driver == "fscache" and not isinstance(config, dict):
+                    try:
+                        json.loads(config_text)
+                    except ValueError as e:
+                        raise ManagerError(f"instance {key}: the config is not JSON: {e}") from e
                 return self._mount_shared(key, image_id, bootstrap, config_text)
             return self._mount_dedicated(key, image_id, bootstrap, config_text)
 
-    def _instance_record(self, key, image_id, d: Daemon, mountpoint, bootstrap, config_path) -> dict:
-        return {"snapshot_id": key, "image_id": image_id, "daemon_id": d.id, "fs_driver": "fusedev",
+    def _instance_record(self, key, image_id, d: Daemon, mountpoint, bootstrap, config_path, annotations=None) -> dict:
+        return {"snapshot_id": key, "image_id": image_id, "daemon_id": d.id, "fs_driver": d.record.fs_driver,
                 "snapshot_dir": os.path.join(self.root, "snapshots", key), "mountpoint": mountpoint,
-                "bootstrap": bootstrap, "config_path": config_path, "annotations": {}, "state": MOUNTING}
+                "bootstrap": bootstrap, "config_path": config_path, "annotations": annotations or {}, "state": MOUNTING}
 
     def _mount_shared(self, key, image_id, bootstrap, config_text) -> dict:
         d = self.shared_daemon()
         config_path = os.path.join(d.record.config_dir, key, "config.json")
+        snapdir = os.path.join(self.root, "snapshots", key)
+        annotations = None
+        if d.record.fs_driver == "fscache":
+            # The instance's config is its BlobCacheEntry; the EROFS mount is <snapdir>/mnt
+            # and its fscache work dir <snapdir>/fs (spec A4).
+            fid = fscache.fscache_id(key)
+            annotations = {fscache.ID_KEY: fid, fscache.DOMAIN_KEY: self.fscache_domain or fid}
+            entry = fscache.blob_entry(fid, annotations[fscache.DOMAIN_KEY], bootstrap, json.loads(config_text),
+                                       os.path.join(snapdir, "fs"))
+            config_text, mountpoint = json.dumps(entry), os.path.join(snapdir, "mnt")
+        else:
+            mountpoint = os.path.join(d.record.mountpoint, key)
         _write_atomic(config_path, config_text)
-        rec = self.store.add_instance(self._instance_record(key, image_id, d, os.path.join(d.record.mountpoint, key),
-                                                            bootstrap, config_path))
+        rec = self.store.add_instance(self._instance_record(key, image_id, d, mountpoint, bootstrap, config_path,
+                                                            annotations))
         self.instances[key] = rec
         d.refs += 1
         try:
-            d.shared_mount(key, bootstrap, config_text)
+            d.shared_mount(rec)
         except ManagerError:
             self.store.delete_instance(key)
             self.instances.pop(key, None)
@@ -224,7 +251,7 @@ class Manager:
         d = self.daemons.get(rec["daemon_id"])
         if d is not None and d.record.daemon_mode == "shared":
             if key in self._mounted_keys(d):
-                d.shared_umount(key)
+                d.shared_umount(rec)
             self.store.delete_instance(key)
             self.instances.pop(key, None)
             d.refs = max(0, d.refs - 1)  # only once per instance: it was present
@@ -240,7 +267,7 @@ class Manager:
 
     def _mounted_keys(self, d: Daemon) -> List[str]:
         try:
-            return d.mounted_keys()
+            return d.mounted_keys(self._instances_of(d))
         except Exception as e:  # noqa: BLE001 - any failure to ask means: unknown, so try the umount
             log.event("mount_list_failed", level=logging.WARNING, daemon=d.id, error=str(e))
             return [k for k, r in self.instances.items() if r["daemon_id"] == d.id]
@@ -278,24 +305,21 @@ class Manager:
 
     def _restart(self, d: Daemon) -> None:
         """Sequence D: clear the vestige, start afresh, re-mount shared instances in seq order."""
-        d.clear_vestige()
+        d.clear_vestige(self._instances_of(d))
         self._start(d)
         if d.record.daemon_mode == "shared":
-            for rec in sorted(self._instances_of(d), key=lambda r: r["seq"]):
-                self._remount(d, rec)
+            self._recover_instances(d, self._instances_of(d))
         log.event("daemon_restarted", daemon=d.id, pid=d.record.pid)
 
-    def _remount(self, d: Daemon, rec: dict) -> None:
-        if rec["state"] == REMOVING:
+    def _recover_instances(self, d: Daemon, recs: List[dict]) -> None:
+        """Finish the umounts that were under way, re-attach the rest in seq order."""
+        for rec in [r for r in recs if r["state"] == REMOVING]:
             self._umount(rec)
-            return
-        try:
-            with open(rec["config_path"]) as f:
-                config_text = f.read()
-            d.shared_mount(rec["snapshot_id"], rec["bootstrap"], config_text)
-            self._set_state(rec, MOUNTED)
-        except (ManagerError, OSError) as e:
-            log.event("remount_failed", level=logging.ERROR, key=rec["snapshot_id"], error=str(e))
+        for rec, err in d.recover_rafs_instances([r for r in recs if r["state"] != REMOVING]):
+            if err is None:
+                self._set_state(rec, MOUNTED)
+            else:
+                log.event("remount_failed", level=logging.ERROR, key=rec["snapshot_id"], error=str(err))
 
     def _instances_of(self, d: Daemon) -> List[dict]:
         return [r for r in self.instances.values() if r["daemon_id"] == d.id]
@@ -347,10 +371,10 @@ class Manager:
             summary["live"].append(d.id)
             if d.record.daemon_mode == "shared":
                 present = set(self._mounted_keys(d))
+                # Finish umounts, complete mounts the daemon never got; confirm the rest.
+                self._recover_instances(d, [r for r in mine if r["state"] == REMOVING or r["snapshot_id"] not in present])
                 for rec in mine:
-                    if rec["state"] == REMOVING or rec["snapshot_id"] not in present:
-                        self._remount(d, rec)  # finishes a umount, or completes a mount
-                    elif rec["state"] == MOUNTING:
+                    if rec["state"] == MOUNTING and rec["snapshot_id"] in present:
                         self._set_state(rec, MOUNTED)
                 known = {r["snapshot_id"] for r in mine}
                 for extra in sorted(present - known):

@@ -1,0 +1,284 @@
+//! The on-demand loop (spec §5.5, §5.6, §5.9): workers share the device, answer every OPEN
+//! with `copen`, fill READ ranges through the object's anon fd, and drop objects on CLOSE.
+//! A READ is always completed, even when the fetch failed: the kernel then finds the data
+//! missing and fails only that read with EIO.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use serde_json::json;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fscache::blobs::{BlobRegistry, Target};
+use crate::fscache::device::Device;
+use crate::fscache::proto::{self, Message, Request};
+
+/// How long a worker waits on the device before checking whether it should stop.
+const POLL_MS: i32 = 200;
+/// Bootstrap bytes copied per pwrite.
+const COPY_STEP: u64 = 1 << 20;
+
+struct Object {
+    anon: OwnedFd,
+    target: Target,
+    /// Data blobs: `(uncompressed offset, size, chunk index)` sorted by offset, built on the
+    /// first READ (loading the blob meta may need the backend).
+    chunks: OnceLock<Vec<(u64, u32, u32)>>,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub opens: AtomicU64,
+    pub open_errors: AtomicU64,
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub closes: AtomicU64,
+    pub bad_messages: AtomicU64,
+}
+
+pub struct FscacheServer {
+    dev: Box<dyn Device>,
+    pub registry: Arc<BlobRegistry>,
+    objects: Mutex<HashMap<u32, Arc<Object>>>,
+    stop: AtomicBool,
+    device_lost: AtomicBool,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    pub counters: Counters,
+}
+
+fn event(name: &str, fields: serde_json::Value) {
+    let mut doc = json!({"event": name, "component": "fscache"});
+    if let (Some(d), Some(f)) = (doc.as_object_mut(), fields.as_object()) {
+        d.extend(f.clone());
+    }
+    eprintln!("{doc}");
+}
+
+impl FscacheServer {
+    pub fn new(dev: Box<dyn Device>, registry: Arc<BlobRegistry>) -> Arc<Self> {
+        Arc::new(FscacheServer {
+            dev,
+            registry,
+            objects: Default::default(),
+            stop: AtomicBool::new(false),
+            device_lost: AtomicBool::new(false),
+            workers: Default::default(),
+            counters: Default::default(),
+        })
+    }
+
+    pub fn device_fd(&self) -> RawFd {
+        self.dev.raw_fd()
+    }
+
+    pub fn command(&self, cmd: &str) -> Result<()> {
+        self.dev.command(cmd).ctx(|| format!("cachefiles command {:?}", cmd.split(' ').next().unwrap_or("")))
+    }
+
+    /// Spawn `threads` workers on the device.
+    pub fn start(self: &Arc<Self>, threads: usize) -> Result<()> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if !workers.is_empty() {
+            return Ok(());
+        }
+        self.stop.store(false, Relaxed);
+        for i in 0..threads.max(1) {
+            let me = self.clone();
+            let h = std::thread::Builder::new().name(format!("fscache-{i}")).spawn(move || me.work()).ctx(|| "spawn an fscache worker".into())?;
+            workers.push(h);
+        }
+        Ok(())
+    }
+
+    /// Stop the workers and wait for them (each notices within one poll interval).
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+        let handles: Vec<_> = self.workers.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        !self.workers.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && !self.stop.load(Relaxed)
+    }
+
+    pub fn device_lost(&self) -> bool {
+        self.device_lost.load(Relaxed)
+    }
+
+    fn work(&self) {
+        let mut buf = vec![0u8; proto::MSG_MAX];
+        while !self.stop.load(Relaxed) && !self.device_lost.load(Relaxed) {
+            match self.dev.recv(&mut buf, POLL_MS) {
+                Ok(None) => {}
+                Ok(Some(r)) => self.handle(&buf[..r.len], r.anon_fd),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    event("fscache_device_lost", json!({"error": e.to_string()}));
+                    self.device_lost.store(true, Relaxed);
+                }
+                Err(e) => {
+                    event("fscache_recv_failed", json!({"error": e.to_string()}));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Serve one message as read from the device.
+    pub fn handle(&self, bytes: &[u8], anon_fd: Option<OwnedFd>) {
+        let msg = match proto::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.bad_messages.fetch_add(1, Relaxed);
+                event("fscache_bad_message", json!({"error": e.to_string()}));
+                if let (Some(id), Some(proto::OP_OPEN)) = (e.msg_id, e.opcode) {
+                    self.reply_open(id, -(libc::EINVAL as i64)); // the fd, if any, closes on drop
+                }
+                return;
+            }
+        };
+        match &msg.request {
+            Request::Open { domain, cookie, .. } => self.serve_open(&msg, domain, cookie, anon_fd),
+            Request::Read { off, len } => self.serve_read(&msg, *off, *len),
+            Request::Close => {
+                self.counters.closes.fetch_add(1, Relaxed);
+                self.lock_objects().remove(&msg.object_id);
+            }
+        }
+    }
+
+    fn lock_objects(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Object>>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reply_open(&self, msg_id: u32, size_or_errno: i64) {
+        if size_or_errno < 0 {
+            self.counters.open_errors.fetch_add(1, Relaxed);
+        }
+        if let Err(e) = self.dev.command(&proto::copen(msg_id, size_or_errno)) {
+            event("fscache_copen_failed", json!({"msg_id": msg_id, "error": e.to_string()}));
+        }
+    }
+
+    fn serve_open(&self, msg: &Message, domain: &str, cookie: &str, anon_fd: Option<OwnedFd>) {
+        self.counters.opens.fetch_add(1, Relaxed);
+        let Some(anon) = anon_fd else {
+            event("fscache_open_without_fd", json!({"msg_id": msg.msg_id}));
+            return self.reply_open(msg.msg_id, -(libc::EBADF as i64));
+        };
+        let Some(target) = self.registry.lookup(domain, cookie) else {
+            event("fscache_open_unknown", json!({"domain": domain, "cookie": cookie}));
+            return self.reply_open(msg.msg_id, -(libc::ENOENT as i64));
+        };
+        let size = target.size();
+        {
+            let mut objects = self.lock_objects();
+            if objects.contains_key(&msg.object_id) {
+                drop(objects);
+                return self.reply_open(msg.msg_id, -(libc::EALREADY as i64));
+            }
+            objects.insert(msg.object_id, Arc::new(Object { anon, target, chunks: OnceLock::new() }));
+        }
+        self.reply_open(msg.msg_id, size as i64);
+    }
+
+    fn serve_read(&self, msg: &Message, off: u64, len: u64) {
+        self.counters.reads.fetch_add(1, Relaxed);
+        let Some(obj) = self.lock_objects().get(&msg.object_id).cloned() else {
+            // nydusd leaves this unanswered; the kernel caller would wait forever. There is
+            // no fd to complete it on, so all we can do is say so.
+            self.counters.read_errors.fetch_add(1, Relaxed);
+            event("fscache_read_unknown_object", json!({"object_id": msg.object_id, "msg_id": msg.msg_id}));
+            return;
+        };
+        match fill(&obj, off, len) {
+            Ok(n) => {
+                self.counters.read_bytes.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                self.counters.read_errors.fetch_add(1, Relaxed);
+                event("fscache_read_failed", json!({"object_id": msg.object_id, "off": off, "len": len, "error": e.to_string()}));
+            }
+        }
+        if let Err(e) = self.dev.read_complete(obj.anon.as_raw_fd(), msg.msg_id) {
+            event("fscache_complete_failed", json!({"msg_id": msg.msg_id, "error": e.to_string()}));
+        }
+    }
+
+    pub fn metrics_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        json!({
+            "opens": c.opens.load(Relaxed), "open_errors": c.open_errors.load(Relaxed),
+            "reads": c.reads.load(Relaxed), "read_bytes": c.read_bytes.load(Relaxed),
+            "read_errors": c.read_errors.load(Relaxed), "closes": c.closes.load(Relaxed),
+            "bad_messages": c.bad_messages.load(Relaxed), "objects": self.lock_objects().len(),
+            "device_lost": self.device_lost(),
+        })
+    }
+}
+
+/// Make `[off, off+len)` of the object present through its anon fd; returns bytes written.
+fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
+    let end = off.saturating_add(len).min(obj.target.size());
+    if off >= end {
+        return Ok(0);
+    }
+    let anon = obj.anon.as_raw_fd();
+    match &obj.target {
+        Target::Bootstrap { path, .. } => {
+            let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+            let mut buf = vec![0u8; COPY_STEP.min(end - off) as usize];
+            let mut at = off;
+            while at < end {
+                let n = (end - at).min(COPY_STEP) as usize;
+                f.read_exact_at(&mut buf[..n], at).ctx(|| format!("read {} at {at}", path.display()))?;
+                pwrite_all(anon, &buf[..n], at)?;
+                at += n as u64;
+            }
+            Ok(end - off)
+        }
+        Target::Data { rafs, index, .. } => {
+            let blob = rafs.blob(*index)?;
+            let chunks = obj.chunks.get_or_init(|| {
+                let mut v: Vec<_> = blob.chunks.iter().enumerate().map(|(i, c)| (c.uncompressed_offset, c.uncompressed_size, i as u32)).collect();
+                v.sort_unstable();
+                v
+            });
+            // The first chunk that ends after `off`; chunks do not overlap.
+            let first = chunks.partition_point(|&(o, s, _)| o + s as u64 <= off);
+            let mut written = 0;
+            for &(o, _, ci) in chunks[first..].iter().take_while(|&&(o, _, _)| o < end) {
+                let (data, _hit) = rafs.read_blob_chunk(&blob, *index as u32, ci)?;
+                pwrite_all(anon, &data, o)?;
+                written += data.len() as u64;
+            }
+            Ok(written)
+        }
+    }
+}
+
+fn pwrite_all(fd: RawFd, mut data: &[u8], mut at: u64) -> Result<()> {
+    while !data.is_empty() {
+        let n = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), at as libc::off_t) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::io(format!("write the cache object at {at}"), e));
+        }
+        if n == 0 {
+            return Err(Error::io("write the cache object", std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
+        data = &data[n as usize..];
+        at += n as u64;
+    }
+    Ok(())
+}

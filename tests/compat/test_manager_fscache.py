@@ -1,0 +1,203 @@
+"""The daemon manager with the fscache driver (spec A13 scenarios 10-12, and the kill
+scenarios of the fuse driver): one real ``singleton`` daemon, real EROFS mounts, the real
+SQLite store, and the cachefiles **simulator** in place of the kernel's /dev/cachefiles,
+which this kernel lacks (docs/fscache-simulator.md). The daemons reach the simulator
+through NYDUS_HYBRID_CACHEFILES, inherited from the manager."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemontools import BuiltImage, is_mounted
+from loadtools import ReadLoad
+from nydus_hybrid import kmount
+from nydus_hybrid.daemon.client import DaemonClient
+from test_manager import KEYS, ManagerProc, _wait, assert_readable, daemon_pids, mountpoints, teardown
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
+                                reason="fscache instances are EROFS mounts: needs root and file-backed EROFS")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fscache-images")
+    return {k: BuiltImage(base / k, tag=k) for k in KEYS}
+
+
+class Simulator:
+    def __init__(self, base: Path):
+        self.sock = base / "cf.sock"
+        self.log = open(base / "sim.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", str(self.sock)],
+                                     stdout=self.log, stderr=self.log)
+        _wait(lambda: os.path.exists(str(self.sock) + ".ctl"))
+
+    def status(self) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.sock) + ".ctl")
+            s.sendall(b'{"op": "status"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch):
+    s = Simulator(tmp_path)
+    monkeypatch.setenv("NYDUS_HYBRID_CACHEFILES", f"sim:{s.sock}")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def root(tmp_path, sim):
+    r = tmp_path / "root"
+    yield r
+    teardown(r)
+
+
+def start(root: Path, policy: str = "failover") -> ManagerProc:
+    return ManagerProc(root, "shared", policy, extra=["--fs-driver", "fscache"]).start()
+
+
+def entries(doc: dict) -> list:
+    d = doc["daemons"][0]
+    c = DaemonClient(d["api_socket"], timeout=30)
+    try:
+        return c.get("/api/v2/blobs?domain_id=")
+    finally:
+        c.close()
+
+
+def test_three_images_on_one_singleton_daemon(images, root, sim):
+    m = start(root)
+    try:
+        for k in KEYS:
+            rec = m.mount(k, images[k])
+            assert rec["state"] == "mounted"
+            fid = hashlib.sha256(f"nydus-snapshot-{k}".encode()).hexdigest()
+            assert rec["annotations"] == {"fscache.id": fid, "fscache.domainid": fid}
+            assert rec["mountpoint"] == str(root / "snapshots" / k / "mnt")
+        assert m.mount("img1", images["img1"])["state"] == "mounted"  # idempotent
+        doc = m.describe()
+        assert len(doc["daemons"]) == 1 and doc["daemons"][0]["fs_driver"] == "fscache"
+        assert doc["daemons"][0]["mountpoint"] == ""
+        assert sorted(e["id"] for e in entries(doc)) == sorted(i["annotations"]["fscache.id"] for i in doc["instances"])
+        for k, mp in mountpoints(doc).items():
+            assert is_mounted(mp)
+            assert_readable(mp, images[k])
+        st = sim.status()
+        assert st["bound"] and st["counters"]["protocol_errors"] == 0
+        assert st["counters"]["reads"] > 0, "data came through on-demand READs"
+        # umount one: its EROFS mount and entry are gone, the others untouched
+        gone = mountpoints(doc)["img2"]
+        m.umount("img2")
+        doc = m.describe()
+        assert sorted(mountpoints(doc)) == ["img1", "img3"] and not is_mounted(gone)
+        assert len(entries(doc)) == 2
+        assert_readable(mountpoints(doc)["img3"], images["img3"])
+        assert sim.status()["counters"]["protocol_errors"] == 0
+    finally:
+        m.stop()
+
+
+def test_kill_only_the_manager(images, root, sim):
+    m = start(root)
+    for k in KEYS:
+        m.mount(k, images[k])
+    before = m.describe()
+    mps = mountpoints(before)
+    with ReadLoad([mps["img1"]], images["img1"].files, readers=2, listers=1) as load:
+        m.kill()
+        m2 = start(root)
+        after = m2.describe()
+        assert daemon_pids(after) == daemon_pids(before), "the same singleton daemon, reconnected"
+        assert mountpoints(after) == mps and not after["unexplained"]
+        load.wait_reads(10)
+    assert not load.errors, load.errors[:5]
+    m2.stop()
+
+
+def test_failover_policy_kill_the_daemon_twice_under_reads(images, root, sim):
+    m = start(root, "failover")
+    try:
+        for k in KEYS:
+            m.mount(k, images[k])
+        mps = mountpoints(m.describe())
+        with ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister, \
+                ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load:
+            load.wait_reads(20)
+            for _ in range(2):
+                pids = daemon_pids(m.describe())
+                for pid in pids.values():
+                    os.kill(pid, signal.SIGKILL)
+                _wait(lambda: all(p not in pids.values() for p in daemon_pids(m.describe()).values()))
+                load.wait_reads(20)
+        assert not load.errors, load.errors[:5]
+        assert not lister.errors, lister.errors[:5]
+        assert sim.status()["counters"]["restores"] == 2
+        for k, mp in mps.items():
+            assert_readable(mp, images[k])
+    finally:
+        m.stop()
+
+
+def test_restart_policy_remounts_every_instance(images, root, sim):
+    m = start(root, "restart")
+    try:
+        for k in KEYS:
+            m.mount(k, images[k])
+        before = m.describe()
+        victim = before["daemons"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        _wait(lambda: daemon_pids(m.describe())[victim["id"]] != victim["pid"])
+        _wait(lambda: all(i["state"] == "mounted" for i in m.describe()["instances"]))
+        _wait(lambda: len(entries(m.describe())) == 3)
+        for k, mp in mountpoints(m.describe()).items():
+            assert_readable(mp, images[k])
+    finally:
+        m.stop()
+
+
+def test_kill_daemon_and_manager_together(images, root, sim):
+    m = start(root)
+    for k in KEYS:
+        m.mount(k, images[k])
+    before = m.describe()
+    for d in before["daemons"]:
+        os.kill(d["pid"], signal.SIGKILL)
+    m.kill()
+    time.sleep(0.3)
+    m2 = start(root)
+    try:
+        after = m2.describe()
+        assert set(daemon_pids(after)) == set(daemon_pids(before))
+        assert not set(daemon_pids(after).values()) & set(daemon_pids(before).values()), "a new process"
+        assert all(i["state"] == "mounted" for i in after["instances"])
+        for k, mp in mountpoints(after).items():
+            assert_readable(mp, images[k])
+    finally:
+        m2.stop()

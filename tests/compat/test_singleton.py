@@ -1,0 +1,228 @@
+"""The ``singleton`` daemon (fscache, spec §5, §2.2 and §3.4) over the cachefiles simulator
+(this kernel has no cachefiles on-demand): the blob API with good and bad entries, the
+snapshotter's mount and unmount order, FUSE endpoints refused with 501, crash detection on
+a busy device, and a hot upgrade with reads going on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemontools import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached
+from loadtools import ReadLoad
+from nydus_hybrid import fscache_mount, kmount, upgrade
+from nydus_hybrid.supervisor import Supervisor
+from test_manager_fscache import Simulator
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
+                                reason="fscache instances are EROFS mounts: needs root and file-backed EROFS")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    return BuiltImage(tmp_path_factory.mktemp("singleton-image"), tag="s")
+
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch):
+    s = Simulator(tmp_path)
+    monkeypatch.setenv("NYDUS_HYBRID_CACHEFILES", f"sim:{s.sock}")
+    yield s
+    s.stop()
+
+
+class Singleton:
+    def __init__(self, workdir: Path, extra=(), sock: str = "api.sock", wait: str = "RUNNING"):
+        self.workdir = workdir
+        (workdir / "cache").mkdir(parents=True, exist_ok=True)
+        self.sock = str(workdir / sock)
+        self.argv = DAEMON + ["singleton", "--fscache", str(workdir / "cache"), "--fscache-threads", "2",
+                              "--apisock", self.sock, "--log-level", "info", *extra]
+        self.logf = open(workdir / f"{sock}.log", "wb")
+        self.proc = subprocess.Popen(self.argv, stdout=self.logf, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_state(wait)
+
+    def wait_state(self, want: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.workdir / "api.sock.log").read_text(errors="replace")[-3000:]
+            if os.path.exists(self.sock):
+                try:
+                    if self.client().get("/api/v1/daemon", check=False).body["state"] == want:
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"singleton not {want}")
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.sock)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.logf.close()
+
+
+def entry(image: BuiltImage, fid: str, work_dir: Path, domain: str = "") -> dict:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return {"type": "bootstrap", "id": fid, "domain_id": domain or fid,
+            "config": {"id": fid, "backend_type": "localfs", "backend_config": {"dir": str(image.blobs)},
+                       "cache_type": "fscache", "cache_config": {"work_dir": str(work_dir)},
+                       "metadata_path": str(image.boot)}}
+
+
+@pytest.fixture
+def daemon(tmp_path, sim):
+    d = Singleton(tmp_path / "d")
+    yield d
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if line.split()[4].startswith(str(tmp_path)):
+                subprocess.run(["umount", "-l", line.split()[4]], capture_output=True)
+    d.stop()
+
+
+def assert_image(mnt: Path, image: BuiltImage) -> None:
+    for rel, data in image.files.items():
+        r = read_uncached(mnt / rel)
+        assert r.returncode == 0 and r.stdout == data, (rel, r.stderr[-300:])
+
+
+def test_bind_mount_read_unbind(daemon, image, tmp_path, sim):
+    c = daemon.client()
+    info = c.get("/api/v1/daemon").body
+    assert info["state"] == "RUNNING" and info["backend_collection"] is None
+    c.put("/api/v2/blobs", entry(image, "f1", tmp_path / "w1"))
+    listed = c.get("/api/v2/blobs?domain_id=f1").body
+    assert [e["id"] for e in listed] == ["f1"] and listed[0]["config_v2"]["backend"]["type"] == "localfs"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+    try:
+        assert_image(mnt, image)
+        m = c.get("/api/v1/metrics/blobcache").body["fscache"]
+        assert m["reads"] > 0 and m["read_errors"] == 0 and m["opens"] >= 2  # bootstrap + blob
+    finally:
+        fscache_mount.umount_erofs_fscache(str(mnt))
+    assert not is_mounted(mnt)
+    assert c.delete("/api/v2/blobs?domain_id=f1").status == 204
+    assert c.get("/api/v2/blobs?domain_id=f1").body == []
+    r = c.delete("/api/v2/blobs?domain_id=f1&blob_id=f1", check=False)
+    assert r.status == 500 and "No such file or directory" in r.body["message"]
+    assert sim.status()["counters"]["protocol_errors"] == 0
+
+
+def test_mount_of_an_unregistered_id_fails_cleanly(daemon, tmp_path, sim):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with pytest.raises(OSError) as e:
+        fscache_mount.mount_erofs_fscache(str(mnt), "nobody")
+    assert e.value.errno and not is_mounted(mnt)
+    assert daemon.client().get("/api/v1/daemon").body["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("mutate,status,needle", [
+    (lambda e: e.pop("config"), 400, "config_v2"),
+    (lambda e: e["config"].pop("backend_type"), 400, "backend_type"),
+    (lambda e: e["config"].update(prefetch_config={"enable": True}), 400, "prefetch_config"),
+    (lambda e: e.update(type="datablob"), 500, "bootstrap"),
+    (lambda e: e.update(id="a/b"), 500, "'/'"),
+    (lambda e: e["config"].update(metadata_path="/nonexistent"), 500, "regular file"),
+    (lambda e: e["config"].update(cache_type="blobcache"), 500, "cache type"),
+    (lambda e: e["config"]["cache_config"].update(work_dir="/nonexistent"), 500, "work_dir"),
+])
+def test_bad_entries_are_refused(daemon, image, tmp_path, mutate, status, needle):
+    e = entry(image, "bad", tmp_path / "w")
+    mutate(e)
+    r = daemon.client().put("/api/v2/blobs", e, check=False)
+    assert r.status == status and needle in r.body["message"], r.body
+    assert daemon.client().get("/api/v2/blobs?domain_id=").body == []
+
+
+def test_corrupt_bootstrap_and_duplicates(daemon, image, tmp_path):
+    c = daemon.client()
+    bad = tmp_path / "corrupt.boot"
+    raw = bytearray(image.boot.read_bytes())
+    raw[1024:1028] = b"\0\0\0\0"  # the EROFS magic
+    bad.write_bytes(bytes(raw))
+    e = entry(image, "c1", tmp_path / "w")
+    e["config"]["metadata_path"] = str(bad)
+    r = c.put("/api/v2/blobs", e, check=False)
+    assert r.status == 500 and "blob_cache" in r.body["message"]
+    c.put("/api/v2/blobs", entry(image, "ok", tmp_path / "w"))
+    r = c.put("/api/v2/blobs", entry(image, "ok", tmp_path / "w"), check=False)
+    assert r.status == 500 and "already exists" in r.body["message"]
+    r = c.request("PUT", "/api/v2/blobs", raw=b"{not json", check=False)
+    assert r.status == 400
+    assert c.delete("/api/v2/blobs", check=False).status == 400
+
+
+def test_fuse_endpoints_are_501_on_a_singleton(daemon):
+    c = daemon.client()
+    body = {"fs_type": "rafs", "source": "/x", "config": "{}"}
+    assert c.post("/api/v1/mount?mountpoint=/a", body, check=False).status == 501
+    assert c.get("/api/v1/metrics/inflight", check=False).status == 501
+    assert c.get("/api/v1/daemon/backend?mountpoint=/a", check=False).status == 501
+
+
+def test_blob_api_on_a_fuse_daemon(tmp_path, image):
+    from daemontools import Daemon, v1_config
+
+    d = Daemon(tmp_path / "fuse", config=v1_config("/", image.blobs, tmp_path / "c"), bootstrap=image.boot)
+    try:
+        c = d.client()
+        assert c.put("/api/v2/blobs", entry(image, "x", tmp_path / "w"), check=False).status == 501
+        assert c.delete("/api/v2/blobs?blob_id=x", check=False).status == 204  # cull: a no-op there
+    finally:
+        d.cleanup()
+
+
+def test_second_daemon_on_a_busy_device_exits(daemon, tmp_path):
+    other = tmp_path / "other"
+    (other / "cache").mkdir(parents=True)
+    r = subprocess.run(DAEMON + ["singleton", "--fscache", str(other / "cache"), "--apisock", str(other / "api.sock")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "another daemon is running" in r.stderr
+
+
+def test_hot_upgrade_under_reads(tmp_path, image, sim):
+    sup = Supervisor(str(tmp_path / "sup.sock")).start()
+    d = Singleton(tmp_path / "d", extra=["--id", "s1", "--supervisor", sup.path])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    new = None
+    try:
+        d.client().put("/api/v2/blobs", entry(image, "u1", tmp_path / "w"))
+        fscache_mount.mount_erofs_fscache(str(mnt), "u1")
+        with ReadLoad([str(mnt)], image.files, readers=2, listers=1) as load:
+            load.wait_reads(5)
+            new_sock = upgrade.next_apisock(d.sock)
+            new = upgrade.hot_upgrade(d.sock, sup, new_apisock=new_sock, log_path=str(tmp_path / "new.log")).process
+            load.wait_reads(10)
+        assert not load.errors, load.errors[:5]
+        assert d.proc.wait(10) == 0
+        c = ApiClient(new_sock)
+        assert c.get("/api/v1/daemon").body["state"] == "RUNNING"
+        assert [e["id"] for e in c.get("/api/v2/blobs?domain_id=u1").body] == ["u1"]
+        assert sim.status()["counters"]["restores"] == 1
+        assert_image(mnt, image)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        if new is not None:
+            new.terminate()
+            new.wait(10)
+        d.stop()
+        sup.close()
