@@ -226,3 +226,28 @@ def test_hot_upgrade_under_reads(tmp_path, image, sim):
             new.wait(10)
         d.stop()
         sup.close()
+
+
+def test_a_shared_domain_counts_its_data_blobs(daemon, image, tmp_path):
+    """Two bootstraps of one domain share their data blob (one entry, two references); the
+    blob goes when the last bootstrap does (spec §5.7)."""
+    c = daemon.client()
+    c.put("/api/v2/blobs", entry(image, "b1", tmp_path / "w1", domain="shared"))
+    c.put("/api/v2/blobs", entry(image, "b2", tmp_path / "w2", domain="shared"))
+
+    def refs():
+        return c.get("/api/v1/metrics/blobcache").body["fscache"]["data_blobs"]
+
+    assert list(refs().values()) == [2] and all(k.startswith("shared/") for k in refs())
+    assert sorted(e["id"] for e in c.get("/api/v2/blobs?domain_id=shared").body) == ["b1", "b2"]
+    c.delete("/api/v2/blobs?domain_id=shared&blob_id=b1")
+    assert list(refs().values()) == [1]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fscache_mount.mount_erofs_fscache(str(mnt), "b2", "shared")
+    try:
+        assert_image(mnt, image)
+    finally:
+        fscache_mount.umount_erofs_fscache(str(mnt))
+    c.delete("/api/v2/blobs?domain_id=shared")
+    assert refs() == {} and c.get("/api/v2/blobs?domain_id=shared").body == []

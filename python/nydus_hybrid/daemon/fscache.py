@@ -80,7 +80,8 @@ def check_entry(entry: dict) -> dict:
     ctype = cache.get("type")
     if ctype not in ("fscache", "filecache"):
         raise DaemonError(f"Invalid argument (os error 22): cache type {ctype!r}; fscache or filecache is required")
-    work_dir = (cache.get(ctype) or {}).get("work_dir", ".")
+    sub = cache.get(ctype) or {}
+    work_dir = sub.get("work_dir", ".") if isinstance(sub, dict) else None
     if not isinstance(work_dir, str) or not os.path.isdir(work_dir):
         raise DaemonError(f"Invalid argument (os error 22): cache work_dir {work_dir!r} does not exist")
     return dict(entry, domain_id=domain, config_v2=dict(v2, metadata_path=meta))
