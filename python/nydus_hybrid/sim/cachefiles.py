@@ -44,7 +44,7 @@ FILL_STEP = 1 << 20
 MAX_DEVICES = 1024
 SLOT_SIZE = 128
 
-FAN_CLASS_PRE_CONTENT, FAN_CLOEXEC, FAN_MARK_ADD = 0x8, 0x1, 0x1
+FAN_CLASS_PRE_CONTENT, FAN_CLOEXEC, FAN_MARK_ADD, FAN_MARK_REMOVE = 0x8, 0x1, 0x1, 0x2
 FAN_PRE_ACCESS = 0x00100000
 FAN_ALLOW, FAN_DENY = 0x1, 0x2
 FAN_EVENT_INFO_TYPE_RANGE = 6
@@ -442,13 +442,25 @@ class Fanotify:
         threading.Thread(target=self._loop, daemon=True).start()
 
     def watch(self, path: str) -> None:
-        if path in self.marked:
-            return
-        rc = _libc.fanotify_mark(self.fd, FAN_MARK_ADD, ctypes.c_uint64(FAN_PRE_ACCESS), -100, os.fsencode(path))
+        """Watch a cache file with holes; a complete one needs no events (they would only
+        cost a round trip through this process per read)."""
+        with self.reply_lock:
+            if path in self.marked or present(path, 0, os.path.getsize(path)):
+                return
+            self._mark(FAN_MARK_ADD, path)
+            self.marked.add(path)
+
+    def unwatch_if_complete(self, path: str) -> None:
+        with self.reply_lock:
+            if path in self.marked and present(path, 0, os.path.getsize(path)):
+                self._mark(FAN_MARK_REMOVE, path)
+                self.marked.discard(path)
+
+    def _mark(self, op: int, path: str) -> None:
+        rc = _libc.fanotify_mark(self.fd, op, ctypes.c_uint64(FAN_PRE_ACCESS), -100, os.fsencode(path))
         if rc != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_mark(FAN_PRE_ACCESS, {path}): {os.strerror(err)}")
-        self.marked.add(path)
 
     def _loop(self) -> None:
         while True:
@@ -484,7 +496,10 @@ class Fanotify:
             obj = self.cache.by_ino.get(st.st_ino)
         if obj is None or not self.cache.bound:
             return False
-        return self.cache.fill(obj, start, stop - start)
+        ok = self.cache.fill(obj, start, stop - start)
+        if ok:
+            self.unwatch_if_complete(obj.path)
+        return ok
 
     def _reply(self, efd: int, ok: bool) -> None:
         if not ok:
