@@ -159,7 +159,7 @@ def test_fscache_cold(benchmark, image, singleton, results, corpus_bytes):
         fscache_mount.mount_erofs_fscache(target, fid)
 
     measure(benchmark, results, "fscache-cold", image, mount, fscache_mount.umount_erofs_fscache, corpus_bytes)
-    c = fscache_mount._sim_call(os.environ["NYDUS_HYBRID_CACHEFILES"][4:], {"op": "status"})["counters"]
+    c = fscache_mount.sim_request(os.environ["NYDUS_HYBRID_CACHEFILES"][4:], {"op": "status"})["counters"]
     benchmark.extra_info.update(sim_reads_per_round=c["reads"] // ROUNDS, sim_opens_per_round=c["opens"] // ROUNDS)
     print(json.dumps({"cold_counters": c}), file=sys.stderr)
 

@@ -45,7 +45,7 @@ def mount_erofs_fscache(target: str, fsid: str, domain_id: str = "") -> None:
     """``mount -t erofs none <target> -o [domain_id=D,]fsid=F``."""
     sim = _sim_socket()
     if sim:
-        _sim_call(sim, {"op": "mount", "target": target, "fsid": fsid, "domain_id": domain_id})
+        sim_request(sim, {"op": "mount", "target": target, "fsid": fsid, "domain_id": domain_id})
         return
     opts = mount_options(fsid, domain_id).encode()
     if _libc.mount(b"none", os.fsencode(target), b"erofs", 0, opts) != 0:
@@ -56,14 +56,26 @@ def mount_erofs_fscache(target: str, fsid: str, domain_id: str = "") -> None:
 def umount_erofs_fscache(target: str) -> None:
     sim = _sim_socket()
     if sim:
-        _sim_call(sim, {"op": "umount", "target": target})
+        sim_request(sim, {"op": "umount", "target": target})
         return
     if _libc.umount2(os.fsencode(target), 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"umount {target}: {os.strerror(err)}")
 
 
-def _sim_call(sock_path: str, request: dict, timeout: float = 120.0) -> dict:
+def recv_line(s: socket.socket) -> bytes:
+    """One newline-terminated message of the simulator's control protocol (b"" on EOF)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
+
+
+def sim_request(sock_path: str, request: dict, timeout: float = 120.0) -> dict:
+    """One request on the simulator's control socket; a refusal is an OSError."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -72,12 +84,7 @@ def _sim_call(sock_path: str, request: dict, timeout: float = 120.0) -> dict:
         except OSError as e:
             raise OSError(e.errno or errno.ENODEV, f"the cachefiles simulator at {sock_path} is not running: {e}") from e
         s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = recv_line(s)
     finally:
         s.close()
     try:

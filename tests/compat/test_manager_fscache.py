@@ -7,10 +7,8 @@ through NYDUS_HYBRID_CACHEFILES, inherited from the manager."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ import pytest
 
 from daemontools import BuiltImage, is_mounted
 from loadtools import ReadLoad
-from nydus_hybrid import kmount
+from nydus_hybrid import fscache_mount, kmount
 from nydus_hybrid.daemon.client import DaemonClient
 from test_manager import (KEYS, KILL_ROUNDS, ManagerProc, _wait, assert_readable, daemon_pids, kill_at_random_points,
                           mountpoints, teardown)
@@ -44,17 +42,7 @@ class Simulator:
         _wait(lambda: os.path.exists(str(self.sock) + ".ctl"))
 
     def status(self) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(self.sock) + ".ctl")
-            s.sendall(b'{"op": "status"}\n')
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return json.loads(buf)
+        return fscache_mount.sim_request(str(self.sock), {"op": "status"})
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -117,7 +117,7 @@ def image(tmp_path_factory):
 
 
 def status(sock: str) -> dict:
-    return fscache_mount._sim_call(sock, {"op": "status"})
+    return fscache_mount.sim_request(sock, {"op": "status"})
 
 
 def peer_for(sim, tmp_path, image, **kw) -> Peer:

@@ -204,14 +204,18 @@ class Daemon:
         """PUT /daemon/fuse/takeover: INIT -> READY once every instance is back."""
         self.machine.fire("takeover", self._restore)  # the state is checked first, as nydusd does
 
-    def _restore(self) -> None:
+    def fetch_state(self) -> tuple:
+        """(state bytes, fd) from our supervisor, for a takeover."""
         if not self.a.supervisor:
             raise DaemonError("Upgrade(MissingSupervisorPath): takeover needs --supervisor")
-        started = time.monotonic()
         try:
-            data, fd = supervisor.fetch_state(self.a.supervisor)
+            return supervisor.fetch_state(self.a.supervisor)
         except supervisor.SupervisorError as e:
             raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
+
+    def _restore(self) -> None:
+        started = time.monotonic()
+        data, fd = self.fetch_state()
         try:
             doc = handover.decode(data)
             if doc["daemon"].get("mode") == "singleton":

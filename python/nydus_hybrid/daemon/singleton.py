@@ -108,13 +108,8 @@ class SingletonDaemon(Daemon):
         log.event("state_sent", supervisor=self.a.supervisor, bytes=len(data))
 
     def _restore(self) -> None:
-        if not self.a.supervisor:
-            raise DaemonError("Upgrade(MissingSupervisorPath): takeover needs --supervisor")
         started = time.monotonic()
-        try:
-            data, fd = supervisor.fetch_state(self.a.supervisor)
-        except supervisor.SupervisorError as e:
-            raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
+        data, fd = self.fetch_state()
         try:
             doc = handover.decode(data)
             if doc["daemon"].get("mode") != "singleton":

@@ -532,12 +532,9 @@ def serve_control(cache: Cache, path: str) -> None:
 
     def one(conn: socket.socket) -> None:
         with conn:
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
+            buf = fscache_mount.recv_line(conn)
+            if not buf.endswith(b"\n"):
+                return
             try:
                 req = json.loads(buf)
                 op = req.get("op")
