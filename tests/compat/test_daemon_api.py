@@ -118,7 +118,8 @@ def test_dedicated_daemon_like_the_snapshotter(dedicated, image):
 
         # no --supervisor: sendfd has nowhere to go (501, where nydusd panics); no blob API on fuse
         assert c.put("http://unix/api/v1/daemon/fuse/sendfd").status == 501
-        assert c.get("http://unix/api/v2/blobs").status == 501
+        assert c.get("http://unix/api/v2/blobs").status == 400  # domain_id is required
+        assert c.get("http://unix/api/v2/blobs?domain_id=d").status == 501  # and this is no fscache daemon
 
         # one connection served everything: keep-alive held throughout
         assert c.conn.connects == 1

@@ -107,7 +107,7 @@ BODY_ROUTES = [
     ("POST", "/api/v1/mount?mountpoint=%2Fnew", 400),
     ("PUT", "/api/v1/mount?mountpoint=%2Fbase", 400),
     ("PUT", "/api/v1/config?id=%2Fbase", 400),
-    ("PUT", "/api/v2/blobs", 501),  # the blob API belongs to fscache daemons
+    ("PUT", "/api/v2/blobs", 400),  # parsed before nydusd finds this is no fscache daemon (then 501)
 ]
 MALFORMED = [b"", b"{", b"not json", b'{"log_level": ', b"\xff\xfe\x00", b"[1, 2]", b"null", b"42", b'"text"',
              b"{'single': 'quotes'}"]
@@ -398,11 +398,13 @@ def test_cli_usage_errors_exit_2(argv, needle, tmp_path):
     assert p.stdout == ""
 
 
-def test_cli_singleton_is_refused_clearly(tmp_path):
+def test_cli_singleton_without_a_cachefiles_device_fails_clearly(tmp_path, monkeypatch):
+    """This kernel has no /dev/cachefiles: one line that names it, exit 1, no socket."""
+    monkeypatch.delenv("NYDUS_HYBRID_CACHEFILES", raising=False)
     p = run_cli("singleton", "--fscache", str(tmp_path), "--apisock", str(tmp_path / "api.sock"))
     assert p.returncode == 1, (p.returncode, p.stderr)
     line = one_line(p.stderr)
-    assert "singleton" in line and "not" in line
+    assert "/dev/cachefiles" in line and "CACHEFILES_ONDEMAND" in line
     assert not os.path.exists(tmp_path / "api.sock")
 
 
