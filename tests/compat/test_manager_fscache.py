@@ -229,3 +229,23 @@ def test_upgrade_through_the_manager(images, root, sim):
         assert sim.status()["counters"]["restores"] == 1
     finally:
         m.stop()
+
+
+def test_a_shared_domain(images, root, sim):
+    """--fscache-domain: every instance in one domain (mounted with domain_id=D,fsid=F);
+    unmounting one leaves the others and their entries alone."""
+    m = ManagerProc(root, "shared", "failover", extra=["--fs-driver", "fscache", "--fscache-domain", "shared"]).start()
+    try:
+        for k in KEYS[:2]:
+            rec = m.mount(k, images[k])
+            assert rec["annotations"]["fscache.domainid"] == "shared"
+            assert rec["annotations"]["fscache.id"] == hashlib.sha256(f"nydus-snapshot-{k}".encode()).hexdigest()
+        doc = m.describe()
+        assert {e["domain_id"] for e in entries(doc)} == {"shared"} and len(entries(doc)) == 2
+        assert {o["volume"] for o in sim.status()["objects"]} == {"erofs,shared"}
+        m.umount("img1")
+        doc = m.describe()
+        assert [e["id"] for e in entries(doc)] == [doc["instances"][0]["annotations"]["fscache.id"]]
+        assert_readable(mountpoints(doc)["img2"], images["img2"])
+    finally:
+        m.stop()

@@ -273,7 +273,8 @@ class Daemon:
     def take_over(self) -> None:
         self.client().take_over()
 
-    def start_serving(self) -> None:
+    def start(self) -> None:
+        """PUT /api/v1/daemon/start (READY -> RUNNING); the process is started by `spawn`."""
         self.client().start()
 
     def exit(self) -> None:
