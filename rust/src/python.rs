@@ -542,8 +542,9 @@ impl FscacheService {
     }
 
     /// Register a bootstrap (opened as `image`) and its data blobs; returns the blob ids.
-    fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, image: &Image, entry_json: String) -> R<Vec<String>> {
-        self.server.registry.add_bootstrap(domain, id, bootstrap, image.rafs.clone(), entry_json).map_err(to_py)
+    /// With `prefetch`, each data blob is filled in the background once it is opened.
+    fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, image: &Image, prefetch: bool, entry_json: String) -> R<Vec<String>> {
+        self.server.registry.add_bootstrap(domain, id, bootstrap, image.rafs.clone(), prefetch, entry_json).map_err(to_py)
     }
 
     fn remove(&self, domain: &str, blob_id: &str) -> R<()> {

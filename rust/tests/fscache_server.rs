@@ -45,6 +45,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(false)
+}
+
+fn setup_with(prefetch: bool) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -59,7 +63,7 @@ fn setup() -> Setup {
     let rafs = Arc::new(Rafs::open(&boot, Some(&blobs)).unwrap());
     let blob_id = rafs.boot.blobs[0].blob_id.clone();
     let registry = Arc::new(BlobRegistry::default());
-    assert_eq!(registry.add_bootstrap("d", "f1", boot.clone(), rafs.clone(), "{}".into()).unwrap(), vec![blob_id.clone()]);
+    assert_eq!(registry.add_bootstrap("d", "f1", boot.clone(), rafs.clone(), prefetch, "{}".into()).unwrap(), vec![blob_id.clone()]);
     let (ours, kernel) = seqpacket_pair();
     let server = FscacheServer::new(device::adopt("sim:", ours), registry);
     Setup {
@@ -163,4 +167,20 @@ fn a_failing_backend_still_completes_the_read() {
     assert_eq!(command(&s.kernel), "cread 2");
     assert_eq!(s.server.metrics_json()["read_errors"].as_u64(), Some(1));
     assert_eq!(std::fs::metadata(&s.cache).unwrap().len(), 0, "nothing written: the kernel sees a hole (EIO)");
+}
+
+#[test]
+fn prefetch_fills_the_whole_object_without_reads() {
+    let s = setup_with(true);
+    s.server.handle(&encode_open(1, 7, "d", &s.blob_id, 0), Some(anon(&s.cache)));
+    assert_eq!(command(&s.kernel), format!("copen 1,{}", s.flat.len()));
+    std::fs::OpenOptions::new().write(true).open(&s.cache).unwrap().set_len(s.flat.len() as u64).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.server.metrics_json()["prefetch_bytes"].as_u64() < Some(3 * 1024 * 1024 + 777) {
+        assert!(std::time::Instant::now() < deadline, "prefetch did not finish: {}", s.server.metrics_json());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(first_difference(&std::fs::read(&s.cache).unwrap(), &s.flat), None);
+    let m = s.server.metrics_json();
+    assert_eq!((m["reads"].as_u64(), m["prefetch_errors"].as_u64()), (Some(0), Some(0)));
 }

@@ -303,3 +303,26 @@ def test_blob_api_fuzz(daemon, image, tmp_path, sim):
         assert_image(mnt, image)
     finally:
         fscache_mount.umount_erofs_fscache(str(mnt))
+
+
+def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, sim):
+    """The snapshotter's entries say prefetch_config.enable: once the kernel opens a data
+    blob, the daemon fills it in the background, and reads then send no READ at all."""
+    c = daemon.client()
+    e = entry(image, "p1", tmp_path / "w")
+    e["config"]["prefetch_config"] = {"enable": True, "threads_count": 2, "merging_size": 1 << 20, "bandwidth_rate": 0}
+    c.put("/api/v2/blobs", e)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fscache_mount.mount_erofs_fscache(str(mnt), "p1")
+    try:
+        total = sum(len(d) for d in image.files.values())
+        deadline = time.monotonic() + 20
+        while c.get("/api/v1/metrics/blobcache").body["fscache"]["prefetch_bytes"] < total:
+            assert time.monotonic() < deadline, c.get("/api/v1/metrics/blobcache").body["fscache"]
+            time.sleep(0.05)
+        reads = sim.status()["counters"]["reads"]
+        assert_image(mnt, image)
+        assert sim.status()["counters"]["reads"] == reads, "everything was there already"
+    finally:
+        fscache_mount.umount_erofs_fscache(str(mnt))

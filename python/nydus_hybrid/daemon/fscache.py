@@ -149,7 +149,9 @@ class FscacheService:
         try:
             nconfig.parse(reader_cfg)
             image = Image.open(meta, config=reader_cfg)  # only RAFS v6 opens
-            return server.add_bootstrap(entry["domain_id"], entry["id"], meta, image._inner, json.dumps(entry))
+            prefetch = v2["cache"].get("prefetch") or {}
+            enabled = bool(prefetch.get("enable")) if isinstance(prefetch, dict) else False
+            return server.add_bootstrap(entry["domain_id"], entry["id"], meta, image._inner, enabled, json.dumps(entry))
         except NydusError as e:
             raise DaemonError(f"blob_cache: {e}") from e
 

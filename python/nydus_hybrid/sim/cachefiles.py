@@ -491,6 +491,7 @@ class Fanotify:
         start, stop = off & ~(PAGE - 1), min((end + PAGE - 1) & ~(PAGE - 1), st.st_size)
         path = os.readlink(f"/proc/self/fd/{efd}")
         if present(path, start, stop - start):
+            self.unwatch_if_complete(path)  # e.g. filled by the daemon's prefetch
             return True
         with self.cache.lock:
             obj = self.cache.by_ino.get(st.st_ino)

@@ -15,8 +15,9 @@ use crate::reader::Rafs;
 pub enum Target {
     /// The bootstrap file itself: the kernel reads it as EROFS metadata, byte for byte.
     Bootstrap { path: PathBuf, size: u64 },
-    /// A data blob, served as its uncompressed address space.
-    Data { rafs: Arc<Rafs>, index: usize, size: u64 },
+    /// A data blob, served as its uncompressed address space. With `prefetch`, the whole
+    /// blob is filled in the background once the kernel opens it (`cache.prefetch.enable`).
+    Data { rafs: Arc<Rafs>, index: usize, size: u64, prefetch: bool },
 }
 
 impl Target {
@@ -71,7 +72,7 @@ impl BlobRegistry {
     }
 
     /// Register a bootstrap and every data blob it names; returns the data blob ids.
-    pub fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, rafs: Arc<Rafs>, entry_json: String) -> Result<Vec<String>> {
+    pub fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, rafs: Arc<Rafs>, prefetch: bool, entry_json: String) -> Result<Vec<String>> {
         check_id("id", id)?;
         check_id("domain_id", domain)?;
         if id.is_empty() {
@@ -94,7 +95,8 @@ impl BlobRegistry {
         }
         for (index, k) in blob_keys.iter().enumerate() {
             let size = rafs.boot.blobs[index].uncompressed_size;
-            inner.datas.entry(k.clone()).or_insert_with(|| Data { target: Target::Data { rafs: rafs.clone(), index, size }, refs: 0 }).refs += 1;
+            let target = || Target::Data { rafs: rafs.clone(), index, size, prefetch };
+            inner.datas.entry(k.clone()).or_insert_with(|| Data { target: target(), refs: 0 }).refs += 1;
         }
         let ids = rafs.boot.blobs.iter().map(|b| b.blob_id.clone()).collect();
         inner.metas.insert(meta_key, Meta { target: Target::Bootstrap { path: bootstrap, size }, blob_keys, entry_json });

@@ -26,6 +26,8 @@ const COPY_STEP: u64 = 1 << 20;
 struct Object {
     anon: OwnedFd,
     target: Target,
+    /// Set on CLOSE: a background prefetch of this object stops.
+    closed: AtomicBool,
     /// Data blobs: `(uncompressed offset, size, chunk index)` sorted by offset, built on the
     /// first READ (loading the blob meta may need the backend).
     chunks: OnceLock<Vec<(u64, u32, u32)>>,
@@ -40,6 +42,8 @@ pub struct Counters {
     pub read_errors: AtomicU64,
     pub closes: AtomicU64,
     pub bad_messages: AtomicU64,
+    pub prefetch_bytes: AtomicU64,
+    pub prefetch_errors: AtomicU64,
 }
 
 pub struct FscacheServer {
@@ -113,7 +117,7 @@ impl FscacheServer {
         self.device_lost.load(Relaxed)
     }
 
-    fn work(&self) {
+    fn work(self: &Arc<Self>) {
         let mut buf = vec![0u8; proto::MSG_MAX];
         while !self.stop.load(Relaxed) && !self.device_lost.load(Relaxed) {
             match self.dev.recv(&mut buf, POLL_MS) {
@@ -132,7 +136,7 @@ impl FscacheServer {
     }
 
     /// Serve one message as read from the device.
-    pub fn handle(&self, bytes: &[u8], anon_fd: Option<OwnedFd>) {
+    pub fn handle(self: &Arc<Self>, bytes: &[u8], anon_fd: Option<OwnedFd>) {
         let msg = match proto::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -149,7 +153,9 @@ impl FscacheServer {
             Request::Read { off, len } => self.serve_read(&msg, *off, *len),
             Request::Close => {
                 self.counters.closes.fetch_add(1, Relaxed);
-                self.lock_objects().remove(&msg.object_id);
+                if let Some(obj) = self.lock_objects().remove(&msg.object_id) {
+                    obj.closed.store(true, Relaxed);
+                }
             }
         }
     }
@@ -167,7 +173,7 @@ impl FscacheServer {
         }
     }
 
-    fn serve_open(&self, msg: &Message, domain: &str, cookie: &str, anon_fd: Option<OwnedFd>) {
+    fn serve_open(self: &Arc<Self>, msg: &Message, domain: &str, cookie: &str, anon_fd: Option<OwnedFd>) {
         self.counters.opens.fetch_add(1, Relaxed);
         let Some(anon) = anon_fd else {
             event("fscache_open_without_fd", json!({"msg_id": msg.msg_id}));
@@ -178,15 +184,52 @@ impl FscacheServer {
             return self.reply_open(msg.msg_id, -(libc::ENOENT as i64));
         };
         let size = target.size();
+        let prefetch = matches!(target, Target::Data { prefetch: true, .. });
+        let obj = Arc::new(Object { anon, target, closed: AtomicBool::new(false), chunks: OnceLock::new() });
         {
             let mut objects = self.lock_objects();
             if objects.contains_key(&msg.object_id) {
                 drop(objects);
                 return self.reply_open(msg.msg_id, -(libc::EALREADY as i64));
             }
-            objects.insert(msg.object_id, Arc::new(Object { anon, target, chunks: OnceLock::new() }));
+            objects.insert(msg.object_id, obj.clone());
         }
         self.reply_open(msg.msg_id, size as i64);
+        if prefetch {
+            let me = self.clone();
+            let spawned = std::thread::Builder::new().name("fscache-prefetch".into()).spawn(move || me.prefetch(&obj));
+            if let Err(e) = spawned {
+                event("fscache_prefetch_failed", json!({"error": e.to_string()}));
+            }
+        }
+    }
+
+    /// Fill every chunk of a data object that is not in the cache file yet (a restarted
+    /// daemon finds what an earlier one wrote by its holes), until it is closed.
+    fn prefetch(&self, obj: &Object) {
+        let result = (|| -> Result<()> {
+            let (rafs, index) = match &obj.target {
+                Target::Data { rafs, index, .. } => (rafs, *index),
+                Target::Bootstrap { .. } => return Ok(()),
+            };
+            let blob = rafs.blob(index)?;
+            for &(off, size, ci) in chunk_index(obj, &blob) {
+                if obj.closed.load(Relaxed) || self.stop.load(Relaxed) {
+                    break;
+                }
+                if has_data(obj.anon.as_raw_fd(), off, size as u64) {
+                    continue;
+                }
+                let (data, _) = rafs.read_blob_chunk(&blob, index as u32, ci)?;
+                pwrite_all(obj.anon.as_raw_fd(), &data, off)?;
+                self.counters.prefetch_bytes.fetch_add(data.len() as u64, Relaxed);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.counters.prefetch_errors.fetch_add(1, Relaxed);
+            event("fscache_prefetch_failed", json!({"error": e.to_string()}));
+        }
     }
 
     fn serve_read(&self, msg: &Message, off: u64, len: u64) {
@@ -219,6 +262,7 @@ impl FscacheServer {
             "reads": c.reads.load(Relaxed), "read_bytes": c.read_bytes.load(Relaxed),
             "read_errors": c.read_errors.load(Relaxed), "closes": c.closes.load(Relaxed),
             "bad_messages": c.bad_messages.load(Relaxed), "objects": self.lock_objects().len(),
+            "prefetch_bytes": c.prefetch_bytes.load(Relaxed), "prefetch_errors": c.prefetch_errors.load(Relaxed),
             "device_lost": self.device_lost(),
         })
     }
@@ -246,11 +290,7 @@ fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
         }
         Target::Data { rafs, index, .. } => {
             let blob = rafs.blob(*index)?;
-            let chunks = obj.chunks.get_or_init(|| {
-                let mut v: Vec<_> = blob.chunks.iter().enumerate().map(|(i, c)| (c.uncompressed_offset, c.uncompressed_size, i as u32)).collect();
-                v.sort_unstable();
-                v
-            });
+            let chunks = chunk_index(obj, &blob);
             // The first chunk that ends after `off`; chunks do not overlap.
             let first = chunks.partition_point(|&(o, s, _)| o + s as u64 <= off);
             let mut written = 0;
@@ -262,6 +302,21 @@ fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
             Ok(written)
         }
     }
+}
+
+/// `(uncompressed offset, size, chunk index)` of the object's blob, sorted by offset.
+fn chunk_index<'a>(obj: &'a Object, blob: &crate::reader::blob::BlobReader) -> &'a [(u64, u32, u32)] {
+    obj.chunks.get_or_init(|| {
+        let mut v: Vec<_> = blob.chunks.iter().enumerate().map(|(i, c)| (c.uncompressed_offset, c.uncompressed_size, i as u32)).collect();
+        v.sort_unstable();
+        v
+    })
+}
+
+/// Whether `[off, off+len)` of the cache file holds data (no hole in it).
+fn has_data(fd: RawFd, off: u64, len: u64) -> bool {
+    let hole = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_HOLE) };
+    hole >= 0 && hole as u64 >= off + len
 }
 
 fn pwrite_all(fd: RawFd, mut data: &[u8], mut at: u64) -> Result<()> {
