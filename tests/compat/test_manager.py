@@ -239,24 +239,30 @@ def test_kill_daemons_and_manager_together(images, root, mode):
 # --- recover policies -----------------------------------------------------------------------
 
 
+def kill_daemons_twice_under_reads(m: ManagerProc, images) -> None:
+    """Three images mounted; 4 readers on one and a lister on all while every daemon is
+    killed -9, twice: no read and no listing may fail."""
+    for k in KEYS:
+        m.mount(k, images[k])
+    mps = mountpoints(m.describe())
+    with ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister, \
+            ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load:
+        load.wait_reads(20)
+        for _ in range(2):
+            pids = daemon_pids(m.describe())
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+            _wait(lambda: all(p not in pids.values() for p in daemon_pids(m.describe()).values()))
+            load.wait_reads(20)
+    assert not load.errors, load.errors[:5]
+    assert not lister.errors, lister.errors[:5]
+
+
 @pytest.mark.parametrize("mode", ["dedicated", "shared"])
 def test_failover_policy_kill_daemons_twice_under_reads(images, root, mode):
     m = ManagerProc(root, mode, "failover").start()
     try:
-        for k in KEYS:
-            m.mount(k, images[k])
-        mps = mountpoints(m.describe())
-        with ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister, \
-                ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load:
-            load.wait_reads(20)
-            for _ in range(2):
-                pids = daemon_pids(m.describe())
-                for pid in pids.values():
-                    os.kill(pid, signal.SIGKILL)
-                _wait(lambda: all(p not in pids.values() for p in daemon_pids(m.describe()).values()))
-                load.wait_reads(20)
-        assert not load.errors, load.errors[:5]
-        assert not lister.errors, lister.errors[:5]
+        kill_daemons_twice_under_reads(m, images)
     finally:
         m.stop()
 

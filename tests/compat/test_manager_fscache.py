@@ -21,7 +21,7 @@ from loadtools import ReadLoad
 from nydus_hybrid import fscache_mount, kmount
 from nydus_hybrid.daemon.client import DaemonClient
 from test_manager import (KEYS, KILL_ROUNDS, ManagerProc, _wait, assert_readable, daemon_pids, kill_at_random_points,
-                          mountpoints, teardown)
+                          kill_daemons_twice_under_reads, mountpoints, teardown)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
                                 reason="fscache instances are EROFS mounts: needs root and file-backed EROFS")
@@ -133,22 +133,9 @@ def test_kill_only_the_manager(images, root, sim):
 def test_failover_policy_kill_the_daemon_twice_under_reads(images, root, sim):
     m = start(root, "failover")
     try:
-        for k in KEYS:
-            m.mount(k, images[k])
-        mps = mountpoints(m.describe())
-        with ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister, \
-                ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load:
-            load.wait_reads(20)
-            for _ in range(2):
-                pids = daemon_pids(m.describe())
-                for pid in pids.values():
-                    os.kill(pid, signal.SIGKILL)
-                _wait(lambda: all(p not in pids.values() for p in daemon_pids(m.describe()).values()))
-                load.wait_reads(20)
-        assert not load.errors, load.errors[:5]
-        assert not lister.errors, lister.errors[:5]
+        kill_daemons_twice_under_reads(m, images)
         assert sim.status()["counters"]["restores"] == 2
-        for k, mp in mps.items():
+        for k, mp in mountpoints(m.describe()).items():
             assert_readable(mp, images[k])
     finally:
         m.stop()

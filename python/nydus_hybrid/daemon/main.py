@@ -100,9 +100,9 @@ class RuntimeConfig:
         return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
 
 
-def predecessor_crashed(mountpoint: str, apisock: Optional[str]) -> bool:
-    """Spec §3.4: the mountpoint is still mounted and the old socket file refuses connections."""
-    if not apisock or not os.path.exists(apisock) or not is_mountpoint(mountpoint):
+def stale_socket(apisock: Optional[str]) -> bool:
+    """The API socket file is there but nobody accepts on it: its daemon died."""
+    if not apisock or not os.path.exists(apisock):
         return False
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -112,6 +112,11 @@ def predecessor_crashed(mountpoint: str, apisock: Optional[str]) -> bool:
         return True
     finally:
         s.close()
+
+
+def predecessor_crashed(mountpoint: str, apisock: Optional[str]) -> bool:
+    """Spec §3.4: the mountpoint is still mounted and the old socket file refuses connections."""
+    return is_mountpoint(mountpoint) and stale_socket(apisock)
 
 
 class Daemon:

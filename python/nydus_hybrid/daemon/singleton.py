@@ -21,27 +21,12 @@ from nydus_hybrid.daemon import handover
 from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.errors import DaemonError, Unsupported
 from nydus_hybrid.daemon.fscache import FscacheService
-from nydus_hybrid.daemon.main import Daemon
+from nydus_hybrid.daemon.main import Daemon, stale_socket
 from nydus_hybrid.errors import NydusError
 
 
 class AnotherDaemon(Exception):
     pass
-
-
-def stale_socket(apisock) -> bool:
-    import socket
-
-    if not apisock or not os.path.exists(apisock):
-        return False
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(apisock)
-        return False
-    except OSError:
-        return True
-    finally:
-        s.close()
 
 
 def config_entries(path) -> List[dict]:
