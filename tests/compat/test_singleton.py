@@ -197,33 +197,46 @@ def test_second_daemon_on_a_busy_device_exits(daemon, tmp_path):
     assert r.returncode == 1 and "another daemon is running" in r.stderr
 
 
-def test_hot_upgrade_under_reads(tmp_path, image, sim):
+UPGRADE_ROUNDS = int(os.environ.get("NYDUS_UPGRADE_ROUNDS", "3"))
+
+
+def test_hot_upgrades_under_reads(tmp_path, image, sim):
+    """Hot upgrades one after another while readers go through five cold mounts, so READs
+    and reopens are under way when a successor restores and its predecessor exits."""
     sup = Supervisor(str(tmp_path / "sup.sock")).start()
     d = Singleton(tmp_path / "d", extra=["--id", "s1", "--supervisor", sup.path])
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    new = None
+    mnts = [tmp_path / f"mnt{i}" for i in range(5)]
+    procs, sock = [d.proc], d.sock
     try:
-        d.client().put("/api/v2/blobs", entry(image, "u1", tmp_path / "w"))
-        fscache_mount.mount_erofs_fscache(str(mnt), "u1")
-        with ReadLoad([str(mnt)], image.files, readers=2, listers=1) as load:
-            load.wait_reads(5)
-            new_sock = upgrade.next_apisock(d.sock)
-            new = upgrade.hot_upgrade(d.sock, sup, new_apisock=new_sock, log_path=str(tmp_path / "new.log")).process
-            load.wait_reads(10)
+        for i, mnt in enumerate(mnts):
+            d.client().put("/api/v2/blobs", entry(image, f"u{i}", tmp_path / f"w{i}"))
+            mnt.mkdir()
+            fscache_mount.mount_erofs_fscache(str(mnt), f"u{i}")
+        with ReadLoad([str(m) for m in mnts], image.files, readers=3, listers=1) as load:
+            load.wait_reads(3)
+            for _ in range(UPGRADE_ROUNDS):
+                new_sock = upgrade.next_apisock(sock)
+                procs.append(upgrade.hot_upgrade(sock, sup, new_apisock=new_sock,
+                                                 log_path=str(tmp_path / "new.log")).process)
+                sock = new_sock
+                load.wait_reads(5)
         assert not load.errors, load.errors[:5]
-        assert d.proc.wait(10) == 0
-        c = ApiClient(new_sock)
+        assert all(p.wait(10) == 0 for p in procs[:-1]), "each predecessor exited cleanly"
+        c = ApiClient(sock)
         assert c.get("/api/v1/daemon").body["state"] == "RUNNING"
-        assert [e["id"] for e in c.get("/api/v2/blobs?domain_id=u1").body] == ["u1"]
-        assert sim.status()["counters"]["restores"] == 1
-        assert_image(mnt, image)
+        assert sorted(e["id"] for e in c.get("/api/v2/blobs?domain_id=").body) == [f"u{i}" for i in range(5)]
+        st = sim.status()["counters"]
+        assert st["restores"] == UPGRADE_ROUNDS and st["eio"] == 0 and st["protocol_errors"] == 0, st
+        for mnt in mnts:
+            assert_image(mnt, image)
     finally:
-        if is_mounted(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-        if new is not None:
-            new.terminate()
-            new.wait(10)
+        for mnt in mnts:
+            if is_mounted(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        for p in procs[1:]:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
         d.stop()
         sup.close()
 

@@ -31,7 +31,8 @@ class Peer:
     """A minimal daemon on the seam: answers OPEN from ``sizes`` and READ from ``sources``
     (cookie -> file with the object's bytes). ``answer_reads=False`` leaves READs hanging."""
 
-    def __init__(self, sock: str, cache_dir: str, sizes: dict, sources: dict, answer_reads: bool = True):
+    def __init__(self, sock: str, cache_dir: str, sizes: dict, sources: dict, answer_reads: bool = True,
+                 start: bool = True):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.s.connect(sock)
         self.hello = self.s.recv(16)
@@ -40,11 +41,15 @@ class Peer:
         if self.hello == b"ok":
             self.s.send(f"dir {cache_dir}".encode())
             self.s.send(b"bind ondemand")
-            self.thread = threading.Thread(target=self.loop, daemon=True)
-            self.thread.start()
+            if start:
+                self.start()
 
-    def loop(self) -> None:
-        while True:
+    def start(self) -> None:
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self, messages: int = -1) -> None:
+        while messages != 0:
+            messages -= 1
             try:
                 data, anc, _, _ = self.s.recvmsg(1024, socket.CMSG_SPACE(4))
             except OSError:
@@ -118,6 +123,32 @@ def image(tmp_path_factory):
 
 def status(sock: str) -> dict:
     return fscache_mount.sim_request(sock, {"op": "status"})
+
+
+@needs_erofs
+def test_an_object_whose_daemon_died_is_reopened(sim, tmp_path, image):
+    """A child process answers the mount's OPENs and exits: its anon fds die with it, so the
+    next READ of the blob first reopens the object, answered by the daemon left (us)."""
+    sim_env(sim)
+    peer = peer_for(sim, tmp_path, image, start=False)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    pid = os.fork()
+    if pid == 0:  # the first daemon: OPEN bootstrap, READ bootstrap, OPEN blob; then gone
+        try:
+            peer.loop(messages=3)
+        finally:
+            os._exit(0)
+    try:
+        fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+        os.waitpid(pid, 0)
+        peer.start()
+        assert (mnt / "big").read_bytes() == (image["src"] / "big").read_bytes()
+        assert ("OPEN", image["blob_id"]) in peer.seen, "the blob object was reopened here"
+        assert status(sim)["counters"]["eio"] == 0
+    finally:
+        umount_all(tmp_path)
+        peer.close()
 
 
 def peer_for(sim, tmp_path, image, **kw) -> Peer:

@@ -32,6 +32,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -62,6 +63,7 @@ class Obj:
     size: int = 0
     state: str = "closed"  # closed | open | stale (its daemon went away: reopen before a READ)
     refs: int = 0
+    owner: int = 0  # pid that answered the OPEN: its anon fd dies with it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -72,6 +74,7 @@ class Pending:
     packet: bytes
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None  # copen size, "ok", "eio" or "retry"
+    sender: int = 0  # pid that answered
 
 
 class Cache:
@@ -109,24 +112,28 @@ class Cache:
                 conn.close()
                 return
             self.conn = conn
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # each command says who sent it
         conn.send(b"ok")
         threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        creds = struct.Struct("iII")
         while True:
             try:
-                data = conn.recv(PAGE)
+                data, anc, _, _ = conn.recvmsg(PAGE, socket.CMSG_SPACE(creds.size))
             except OSError:
-                data = b""
+                data, anc = b"", []
             if not data:
                 self._teardown(conn)
                 return
+            pid = next((creds.unpack_from(d)[0] for lvl, t, d in anc
+                        if lvl == socket.SOL_SOCKET and t == socket.SCM_CREDENTIALS and len(d) >= creds.size), 0)
             try:
-                self._command(data.decode("ascii").split("\n", 1)[0])
+                self._command(data.decode("ascii").split("\n", 1)[0], pid)
             except (UnicodeDecodeError, ValueError) as e:
                 self.violation(f"bad command {data[:60]!r}: {e}")
 
-    def _command(self, cmd: str) -> None:
+    def _command(self, cmd: str, pid: int = 0) -> None:
         word, _, arg = cmd.partition(" ")
         if word == "dir":
             if self.bound or not os.path.isabs(arg) or not os.path.isdir(arg):
@@ -148,6 +155,7 @@ class Cache:
             if p is None or p.kind != (OPEN if word == "copen" else READ):
                 return self.violation(f"{word} for unknown msg_id {msg_id}")
             p.result = int(size) if word == "copen" else "ok"
+            p.sender = pid
             p.done.set()
         elif word == "restore":
             self._restore()
@@ -164,7 +172,10 @@ class Cache:
         with self.send_lock:
             conn.sendmsg([packet], fds)
 
-    def _request(self, kind: int, obj: Obj, payload: bytes, fd: Optional[int] = None) -> object:
+    def _request(self, kind: int, obj: Obj, payload: bytes, fd: Optional[int] = None) -> Pending:
+        """Send one request and wait for its answer. A READ whose object's owner dies
+        meanwhile comes back as "retry": its anon fd is gone, so nobody can complete it
+        (the kernel closes such an object and reopens it on the next read)."""
         with self.lock:
             msg_id = self.next_msg
             self.next_msg += 1
@@ -172,9 +183,17 @@ class Cache:
             p = self.pending[msg_id] = Pending(kind, obj, packet)
         try:
             self._send(packet, fd)
-            if not p.done.wait(self.timeout):
-                return "timeout"
-            return p.result
+            deadline = time.monotonic() + self.timeout
+            while not p.done.wait(0.1):
+                if kind == READ and obj.owner and not alive(obj.owner):
+                    with self.lock:
+                        self.retired.add(msg_id)
+                    p.result = "retry"
+                    break
+                if time.monotonic() > deadline:
+                    p.result = "timeout"
+                    break
+            return p
         finally:
             with self.lock:
                 self.pending.pop(msg_id, None)
@@ -194,15 +213,16 @@ class Cache:
         """OPEN (or reopen) with a fresh anonymous fd; the daemon's copen gives the size."""
         anon = os.dup(self._writer(obj.path))
         try:
-            result = self._request(OPEN, obj, self._open_payload(obj), anon)
+            p = self._request(OPEN, obj, self._open_payload(obj), anon)
         finally:
             os.close(anon)
+        result = p.result
         self.count("opens")
         if not isinstance(result, int):
             raise OSError(errno.ETIMEDOUT if result == "timeout" else errno.EIO, f"OPEN {obj.cookie}: no copen ({result})")
         if result < 0:
             raise OSError(-result, f"OPEN {obj.cookie}: the daemon answered {os.strerror(-result)}")
-        obj.size = result
+        obj.size, obj.owner = result, p.sender
         if os.fstat(self._writer(obj.path)).st_size < result:
             os.ftruncate(self._writer(obj.path), result)
         obj.state = "open"
@@ -230,10 +250,12 @@ class Cache:
             with obj.lock:
                 if not self.bound:
                     return False
+                if obj.state == "open" and obj.owner and not alive(obj.owner):
+                    obj.state = "stale"  # its daemon exited: the anon fd closed with it
                 if obj.state != "open":
                     self._open_object(obj)
             self.count("reads")
-            result = self._request(READ, obj, struct.pack("<QQ", off, length))
+            result = self._request(READ, obj, struct.pack("<QQ", off, length)).result
             if result == "retry":
                 continue
             ok = result == "ok" and present(obj.path, off, length)
@@ -420,6 +442,15 @@ def device_tags(bootstrap: str) -> List[str]:
             raise OSError(errno.EINVAL, f"device slot {i}: empty, unsafe or repeated tag {tag!r}")
         tags.append(tag)
     return tags
+
+
+def alive(pid: int) -> bool:
+    """A running process (a zombie's fds are closed already)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def is_mounted(path: str) -> bool:
