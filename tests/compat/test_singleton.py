@@ -339,3 +339,26 @@ def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, s
         assert sim.status()["counters"]["reads"] == reads, "everything was there already"
     finally:
         fscache_mount.umount_erofs_fscache(str(mnt))
+
+
+def test_config_lists_entries_to_register_at_start(tmp_path, image, sim):
+    """`--config {"blobs": [...]}`: its config_v2 entries are registered before RUNNING; a
+    legacy-only entry is skipped (nydusd does not convert those there); a bad file is one
+    line and exit 1."""
+    legacy = entry(image, "legacy", tmp_path / "wl")
+    v2 = {"type": "bootstrap", "id": "v2", "domain_id": "v2",
+          "config_v2": {"version": 2, "id": "v2", "metadata_path": str(image.boot),
+                        "backend": {"type": "localfs", "localfs": {"dir": str(image.blobs)}},
+                        "cache": {"type": "fscache", "fscache": {"work_dir": str(tmp_path)}}}}
+    cfg = tmp_path / "blobs.json"
+    cfg.write_text(json.dumps({"blobs": [legacy, v2]}))
+    d = Singleton(tmp_path / "d", extra=["--config", str(cfg)])
+    try:
+        assert [e["id"] for e in d.client().get("/api/v2/blobs?domain_id=").body] == ["v2"]
+    finally:
+        d.stop()
+    cfg.write_text("{not json")
+    (tmp_path / "e" / "cache").mkdir(parents=True)
+    r = subprocess.run(DAEMON + ["singleton", "--fscache", str(tmp_path / "e" / "cache"), "--config", str(cfg),
+                                 "--apisock", str(tmp_path / "e" / "api.sock")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and str(cfg) in r.stderr, r.stderr

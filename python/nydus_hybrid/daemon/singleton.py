@@ -33,8 +33,11 @@ def config_entries(path) -> List[dict]:
     """``--config {"blobs": [...]}``: only ``config_v2`` entries count (spec §6.1)."""
     if not path:
         return []
-    with open(path) as f:
-        doc = json.load(f)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DaemonError(f"--config {path}: {e}") from e
     blobs = doc.get("blobs", []) if isinstance(doc, dict) else None
     if not isinstance(blobs, list):
         raise DaemonError(f"{path}: expected {{\"blobs\": [...]}}")
