@@ -75,6 +75,13 @@ class Singleton:
         self.logf.close()
 
 
+def _wait_for(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def entry(image: BuiltImage, fid: str, work_dir: Path, domain: str = "") -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     return {"type": "bootstrap", "id": fid, "domain_id": domain or fid,
@@ -327,6 +334,7 @@ def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, s
     c.put("/api/v2/blobs", e)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    assert c.get("/api/v1/metrics/blobcache").body["data_all_ready"] is False  # nothing opened yet
     fscache_mount.mount_erofs_fscache(str(mnt), "p1")
     try:
         total = sum(len(d) for d in image.files.values())
@@ -334,6 +342,7 @@ def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, s
         while c.get("/api/v1/metrics/blobcache").body["fscache"]["prefetch_bytes"] < total:
             assert time.monotonic() < deadline, c.get("/api/v1/metrics/blobcache").body["fscache"]
             time.sleep(0.05)
+        _wait_for(lambda: c.get("/api/v1/metrics/blobcache").body["data_all_ready"])
         reads = sim.status()["counters"]["reads"]
         assert_image(mnt, image)
         assert sim.status()["counters"]["reads"] == reads, "everything was there already"

@@ -234,7 +234,7 @@ class FscacheService:
                 "prefetch_end_time_millis", "buffered_backend_size")
         out = {k: 0 for k in zero}
         out.update(underlying_files=sorted(doc["data_blobs"]), store_path=self.dir or "", total=doc["reads"],
-                   entries_count=len(keys), data_all_ready=False, fscache=doc)
+                   entries_count=len(keys), data_all_ready=doc["data_all_ready"], fscache=doc)
         return out
 
     # --- metrics --------------------------------------------------------------------------

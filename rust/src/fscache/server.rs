@@ -255,6 +255,14 @@ impl FscacheServer {
         }
     }
 
+    /// Whether at least one data object is open and every open one is complete in its
+    /// cache file (`data_all_ready` of the blob-cache metrics).
+    pub fn data_all_ready(&self) -> bool {
+        let objects = self.lock_objects();
+        let mut data = objects.values().filter(|o| matches!(o.target, Target::Data { .. })).peekable();
+        data.peek().is_some() && data.all(|o| has_data(o.anon.as_raw_fd(), 0, o.target.size()))
+    }
+
     pub fn metrics_json(&self) -> serde_json::Value {
         let c = &self.counters;
         json!({
@@ -263,7 +271,7 @@ impl FscacheServer {
             "read_errors": c.read_errors.load(Relaxed), "closes": c.closes.load(Relaxed),
             "bad_messages": c.bad_messages.load(Relaxed), "objects": self.lock_objects().len(),
             "prefetch_bytes": c.prefetch_bytes.load(Relaxed), "prefetch_errors": c.prefetch_errors.load(Relaxed),
-            "device_lost": self.device_lost(),
+            "device_lost": self.device_lost(), "data_all_ready": self.data_all_ready(),
         })
     }
 }
