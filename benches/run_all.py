@@ -539,7 +539,7 @@ def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
 
     pct = bl.pct
     rounds = a.upgrade_rounds
-    log(f"upgrade: {rounds} hot upgrades, then {rounds} failovers, under read load")
+    log(f"upgrade: {rounds} hot upgrades, then {rounds} failovers, then {rounds} failovers to a standby, under read load")
     bench = ub.UpgradeBench(os.path.join(work, "upgrade"), log=log)
     try:
         ops = {kind: bench.measure(kind, rounds) for kind in ub.KINDS}
@@ -557,9 +557,11 @@ def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
                       "ops": {k: [vars(o) for o in v] for k, v in ops.items()},
                       "figures_ms": figs}
     md.append(f"### Upgrade and failover: longest read stall under load ({rounds} hot upgrades, then {rounds} "
-              "kill -9 + failovers, of one dedicated daemon)\n")
+              f"kill -9 + failovers, then {rounds} to a warm standby, of one dedicated daemon)\n")
     titles = {"upgrade": "Hot upgrade (`nydus_hybrid.upgrade.hot_upgrade`)",
-              "failover": "Failover (SIGKILL, reap, `nydus_hybrid.upgrade.failover`)"}
+              "failover": "Failover (SIGKILL, reap, `nydus_hybrid.upgrade.failover`)",
+              "standby-failover": "Failover to a warm standby (started before the SIGKILL; "
+                                  "`nydus_hybrid.upgrade.failover_to_standby`)"}
     for kind in ub.KINDS:
         f = figs[kind]
         md.append(f"{titles[kind]}, {rounds} rounds:\n")
@@ -582,7 +584,7 @@ def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
     md.append("### Upgrade and failover goals\n")
     md.append("| goal | measured | met |")
     md.append("|---|---|---|")
-    for kind, what in (("upgrade", "hot upgrade"), ("failover", "failover")):
+    for kind, what in (("upgrade", "hot upgrade"), ("failover", "failover"), ("standby-failover", "failover to a standby")):
         f = figs[kind]
         s, q, ld = f["probe_stall"], f["quiet_probe"], f["load_stall"]
         gp = f.get("gap_probe")

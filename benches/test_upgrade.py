@@ -63,7 +63,7 @@ from benchlib import pct
 
 UPGRADE_GOAL_MS = 100.0
 FAILOVER_GOAL_MS = 1000.0
-KINDS = ("upgrade", "failover")
+KINDS = ("upgrade", "failover", "standby-failover")
 PROBE_FILE = "hello.txt"
 SETTLE_S = 0.2  # after an operation, before its quiet window
 GAP_SLACK_S = 0.003  # either side of an upgrade's gap located from the log (1 ms timestamps)
@@ -351,8 +351,30 @@ class UpgradeBench:
                             kill_to_running_ms=(t_running - t0) * 1000, log_path=log_path,
                             wall_reaped=wall_reaped, wall_running=wall_running)
 
+    def standby_failover(self) -> Op:
+        """Like `failover`, with the successor started before the kill (`spawn_standby`,
+        untimed; the manager's --failover-standby): the failover is takeover + start."""
+        from nydus_hybrid import upgrade
+
+        self.seq += 1
+        log_path = str(self.logs / f"{self.seq:03d}-standby.log")
+        standby = upgrade.spawn_standby(self.argv, upgrade.next_apisock(self.apisock), log_path=log_path)
+        self.procs.append(standby.process)
+        time.sleep(SETTLE_S)  # its start-up is not part of the measurement
+        pid = upgrade.daemon_pid(self.apisock)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        self.current.wait(10)
+        t_dead, wall_reaped = time.monotonic(), time.time()
+        r = upgrade.failover_to_standby(standby, self.sup)
+        t_running, wall_running = time.monotonic(), time.time()
+        self.apisock, self.current = r.apisock, r.process
+        return self._finish("standby-failover", t0, t_running, r, kill_to_reaped_ms=(t_dead - t0) * 1000,
+                            kill_to_running_ms=(t_running - t0) * 1000, log_path=log_path,
+                            wall_reaped=wall_reaped, wall_running=wall_running)
+
     def measure(self, kind: str, rounds: int) -> List[Op]:
-        do = self.upgrade if kind == "upgrade" else self.failover
+        do = {"upgrade": self.upgrade, "failover": self.failover, "standby-failover": self.standby_failover}[kind]
         ops = []
         for i in range(rounds):
             op = do()
@@ -482,8 +504,9 @@ def test_upgrade_stall(benchmark, upgrade_bench, kind):
     """N operations of one kind under the read load (the upgrades first, then the failovers,
     on the same mount); the timed value is the whole run, the figures are in extra_info."""
     rounds = upgrade_rounds()
-    benchmark.group = (f"upgrade: longest read stall per {'hot upgrade' if kind == 'upgrade' else 'kill -9 + failover'}, "
-                       f"vs a quiet window of the same length")
+    what = {"upgrade": "hot upgrade", "failover": "kill -9 + failover",
+            "standby-failover": "kill -9 + failover to a warm standby"}[kind]
+    benchmark.group = f"upgrade: longest read stall per {what}, vs a quiet window of the same length"
     holder = {}
     benchmark.pedantic(lambda: holder.update(ops=upgrade_bench.measure(kind, rounds)),
                        rounds=1, iterations=1, warmup_rounds=0)

@@ -102,6 +102,16 @@ def _wait_state(client: DaemonClient, proc: subprocess.Popen, want: str, timeout
                 raise UpgradeError(f"the new daemon did not reach {want} in {timeout:.0f}s: {e}") from e
 
 
+def _restore_into(new: DaemonClient, proc: subprocess.Popen, armed) -> float:
+    """PUT takeover on a successor waiting in INIT; returns ms until it is READY."""
+    t0 = time.monotonic()
+    new.put("/api/v1/daemon/fuse/takeover")
+    if not armed.wait(5):
+        raise UpgradeError("takeover answered but the supervisor served no state")
+    _wait_state(new, proc, "READY", START_TIMEOUT)
+    return (time.monotonic() - t0) * 1000
+
+
 def _take_over(argv: List[str], apisock: str, sup: Supervisor, log_path: Optional[str]) -> tuple:
     """Start a successor, let it take the supervisor's state; returns it READY."""
     armed = sup.arm_restore()
@@ -109,12 +119,7 @@ def _take_over(argv: List[str], apisock: str, sup: Supervisor, log_path: Optiona
     new = DaemonClient(apisock, timeout=TAKEOVER_TIMEOUT)
     try:
         _wait_state(new, proc, "INIT", START_TIMEOUT)
-        t0 = time.monotonic()
-        new.put("/api/v1/daemon/fuse/takeover")
-        if not armed.wait(5):
-            raise UpgradeError("takeover answered but the supervisor served no state")
-        _wait_state(new, proc, "READY", START_TIMEOUT)
-        return proc, new, (time.monotonic() - t0) * 1000
+        return proc, new, _restore_into(new, proc, armed)
     except (DaemonApiError, OSError, UpgradeError) as e:
         new.close()
         # It never served a request: killing it loses nothing, and the mount stays with
@@ -122,6 +127,58 @@ def _take_over(argv: List[str], apisock: str, sup: Supervisor, log_path: Optiona
         proc.kill()
         proc.wait()
         raise UpgradeError(f"takeover failed: {e}") from e
+
+
+@dataclass
+class Standby:
+    """A successor started ahead of need (``--upgrade``, its own API socket), waiting in INIT:
+    a failover then costs a takeover, not a process start-up."""
+
+    apisock: str
+    process: subprocess.Popen
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+
+
+def spawn_standby(argv: Sequence[str], apisock: str, log_path: Optional[str] = None) -> Standby:
+    """Start ``argv`` as a standby on ``apisock`` and wait until it is in INIT."""
+    proc = _spawn(with_apisock(argv, apisock, upgrade=True), log_path)
+    client = DaemonClient(apisock, timeout=5)
+    try:
+        _wait_state(client, proc, "INIT", START_TIMEOUT)
+    except (UpgradeError, OSError) as e:
+        proc.kill()
+        proc.wait()
+        raise UpgradeError(f"standby did not start: {e}") from e
+    finally:
+        client.close()
+    return Standby(apisock, proc)
+
+
+def failover_to_standby(standby: Standby, sup: Supervisor) -> Replacement:
+    """Sequence C with the successor already running: take over, start."""
+    started = time.monotonic()
+    armed = sup.arm_restore()
+    new = DaemonClient(standby.apisock, timeout=TAKEOVER_TIMEOUT)
+    try:
+        takeover_ms = _restore_into(new, standby.process, armed)
+        new.put("/api/v1/daemon/start")
+        _wait_state(new, standby.process, "RUNNING", START_TIMEOUT)
+    except (DaemonApiError, OSError, UpgradeError) as e:
+        standby.stop()
+        raise UpgradeError(f"failover to the standby failed: {e}") from e
+    finally:
+        new.close()
+    total = (time.monotonic() - started) * 1000
+    log.event("failover", new_pid=standby.process.pid, apisock=standby.apisock, standby=True,
+              takeover_ms=round(takeover_ms, 1), total_ms=round(total, 1))
+    return Replacement(standby.apisock, standby.process, takeover_ms, total)
 
 
 def hot_upgrade(apisock: str, sup: Supervisor, argv: Optional[Sequence[str]] = None,

@@ -114,10 +114,12 @@ def teardown(root: Path) -> None:
             records = []  # the corrupt-DB test's file
         con.close()
         for r in records:
-            try:
-                os.kill(r["pid"], signal.SIGTERM)
-            except (ProcessLookupError, OSError):
-                pass
+            for pid in (r["pid"], r.get("standby_pid", 0)):
+                try:
+                    if pid:
+                        os.kill(pid, signal.SIGTERM)
+                except (ProcessLookupError, OSError):
+                    pass
     time.sleep(0.5)
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -267,6 +269,83 @@ def test_failover_policy_kill_daemons_twice_under_reads(images, root, mode):
         m.stop()
 
 
+@pytest.mark.parametrize("mode", ["dedicated", "shared"])
+def test_failover_to_a_warm_standby(images, root, mode):
+    """--failover-standby: each daemon has a successor waiting in INIT; a kill -9 makes that
+    successor the daemon (its pid, its socket) and a new standby appears. Reads never fail;
+    the longest read stall is printed next to the plain failover's for comparison."""
+    stalls = {}
+    for standby in (False, True):
+        r = root.parent / ("r1" if standby else "r0")  # short: <root>/supervisor/<id>.sock must fit sun_path
+        m = ManagerProc(r, mode, "failover", extra=["--failover-standby"] if standby else []).start()
+        try:
+            for k in KEYS:
+                m.mount(k, images[k])
+            mps = mountpoints(m.describe())
+            with ReadLoad([mps["img1"]], images["img1"].files, readers=2, listers=0) as load:
+                load.wait_reads(10)
+                for _ in range(2):
+                    before = m.describe()["daemons"]
+                    victim = next(d for d in before if mps["img1"].startswith(d["mountpoint"]))
+                    if standby:
+                        assert victim["standby_pid"] > 0 and os.path.exists(victim["standby_socket"])
+                    t0 = time.monotonic()
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    _wait(lambda: daemon_pids(m.describe())[victim["id"]] != victim["pid"])
+                    load.wait_reads(10)
+                    stalls.setdefault(standby, []).append(load.longest_stall(since=t0))
+                    now = next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])
+                    if standby:
+                        assert now["pid"] == victim["standby_pid"] and now["api_socket"] == victim["standby_socket"]
+                        _wait(lambda: next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])["standby_pid"] > 0)
+            assert not load.errors, load.errors[:5]
+            for k, mp in mps.items():
+                assert_readable(mp, images[k])
+        finally:
+            m.stop()
+            teardown(r)
+    print(f"longest read stall per failover, {mode}: plain {[round(s * 1000) for s in stalls[False]]} ms, "
+          f"standby {[round(s * 1000) for s in stalls[True]]} ms")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_standbys_across_manager_restart_upgrade_and_umount(images, root):
+    """A restarted manager replaces the standbys its predecessor left (they are not its
+    children); an upgrade replaces a standby (it runs the old code); a umount stops the
+    dedicated daemon's standby with it. No standby process is ever left behind."""
+    extra = ["--failover-standby"]
+    m = ManagerProc(root, "dedicated", "failover", extra=extra).start()
+    for k in KEYS[:2]:
+        m.mount(k, images[k])
+    old = {d["id"]: d["standby_pid"] for d in m.describe()["daemons"]}
+    assert all(pid > 0 and _pid_alive(pid) for pid in old.values())
+    m.kill()
+    m = ManagerProc(root, "dedicated", "failover", extra=extra).start()
+    try:
+        _wait(lambda: all(not _pid_alive(pid) for pid in old.values()))
+        now = {d["id"]: d["standby_pid"] for d in m.describe()["daemons"]}
+        assert set(now) == set(old) and all(_pid_alive(p) and p not in old.values() for p in now.values())
+        out = subprocess.run([sys.executable, "-m", "nydus_hybrid", "daemons", "upgrade", "--root", str(root)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        after = {d["id"]: d["standby_pid"] for d in m.describe()["daemons"]}
+        assert all(not _pid_alive(p) for p in now.values()) and all(_pid_alive(p) for p in after.values())
+        victim = next(d for d in m.describe()["daemons"] if d["mountpoint"].endswith("/img1/mnt"))
+        m.umount("img1")
+        _wait(lambda: not _pid_alive(victim["standby_pid"]))
+        for k, mp in mountpoints(m.describe()).items():
+            assert_readable(mp, images[k])
+    finally:
+        m.stop()
+
+
 def test_restart_policy_brings_instances_back(images, root):
     m = ManagerProc(root, "shared", "restart").start()
     try:
@@ -383,9 +462,10 @@ def test_missing_daemon_binary_loses_nothing(images, root):
         bad.stop()
 
 
-def test_socket_path_too_long_loses_nothing(images, tmp_path):
+@pytest.mark.parametrize("policy", ["none", "failover"])  # failover: a supervisor socket too
+def test_socket_path_too_long_loses_nothing(images, tmp_path, policy):
     root = tmp_path / ("r" * 30)  # <root>/system.sock fits in sun_path; <root>/socket/<id>/api.sock does not
-    m = ManagerProc(root, "dedicated", "none")
+    m = ManagerProc(root, "dedicated", policy)
     root.mkdir(parents=True)
     try:
         # the manager's own socket fits; a daemon's socket under <root>/socket/<id>/ does not
@@ -394,6 +474,7 @@ def test_socket_path_too_long_loses_nothing(images, tmp_path):
             m.mount("img1", images["img1"])
         assert "too long" in e.value.message
         assert m.describe() == {"daemons": [], "instances": [], "unexplained": []}
+        assert not list((root / "config").glob("*")) if (root / "config").exists() else True, "nothing written"
     finally:
         m.stop()
         teardown(root)

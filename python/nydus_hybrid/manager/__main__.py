@@ -25,6 +25,8 @@ def main(argv=None) -> int:
                    help="fscache: one singleton daemon, EROFS mounts over /dev/cachefiles (or the simulator "
                         "named by NYDUS_HYBRID_CACHEFILES=sim:<socket>)")
     p.add_argument("--fscache-domain", default="", help="a shared fscache domain id (default: one per instance)")
+    p.add_argument("--failover-standby", action="store_true",
+                   help="keep a successor of each daemon waiting in INIT, so a failover is a takeover, not a start-up")
     p.add_argument("--nydusd", help="the daemon command (default: this Python's nydus_hybrid.daemon)")
     p.add_argument("--thread-num", type=int, default=4)
     p.add_argument("--log-level", default="info")
@@ -33,7 +35,8 @@ def main(argv=None) -> int:
     try:
         m = Manager(a.root, daemon_mode=a.daemon_mode, recover_policy=a.recover_policy,
                     nydusd=shlex.split(a.nydusd) if a.nydusd else default_nydusd(), thread_num=a.thread_num,
-                    log_level=a.log_level, fs_driver=a.fs_driver, fscache_domain=a.fscache_domain)
+                    log_level=a.log_level, fs_driver=a.fs_driver, fscache_domain=a.fscache_domain,
+                    standby=a.failover_standby)
         m.recover()
         if m.daemon_mode == "shared":
             m.shared_daemon()

@@ -43,6 +43,8 @@ class DaemonRecord:
     fscache_dir: str = ""  # fscache: the cachefiles working dir
     fscache_threads: int = 0
     pid: int = 0
+    standby_pid: int = 0  # a warm successor waiting in INIT (--failover-standby)
+    standby_socket: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> "DaemonRecord":
@@ -92,6 +94,7 @@ class Daemon:
         self.state = UNKNOWN  # the last state seen
         self.proc: Optional[subprocess.Popen] = None
         self.supervisor: Optional[Supervisor] = None
+        self.standby: Optional[upgrade.Standby] = None
         self._client: Optional[NydusdClient] = None
 
     @property
