@@ -10,7 +10,6 @@ import http.client
 import importlib.resources
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -285,15 +284,20 @@ class Daemon:
         return self.proc.wait(timeout)
 
     def cleanup(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self._logf.close()
         lazy_umount(self.mnt)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM (a daemon unmounts on it), SIGKILL if it hangs; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def read_uncached(path, timeout: float = 20.0) -> subprocess.CompletedProcess:

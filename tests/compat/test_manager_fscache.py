@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemontools import BuiltImage, is_mounted
+from daemontools import BuiltImage, is_mounted, stop_process
 from loadtools import ReadLoad
 from nydus_hybrid import fscache_mount, kmount
 from nydus_hybrid.daemon.client import DaemonClient
@@ -45,11 +45,7 @@ class Simulator:
         return fscache_mount.sim_request(str(self.sock), {"op": "status"})
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -103,9 +99,12 @@ def test_three_images_on_one_singleton_daemon(images, root, sim):
         assert st["counters"]["reads"] > 0, "data came through on-demand READs"
         # umount one: its EROFS mount and entry are gone, the others untouched
         gone = mountpoints(doc)["img2"]
+        gone_id = next(i["annotations"]["fscache.id"] for i in doc["instances"] if i["snapshot_id"] == "img2")
+        assert list(fscache_mount.cache_files(str(root / "cache"), gone_id))
         m.umount("img2")
         doc = m.describe()
         assert sorted(mountpoints(doc)) == ["img1", "img3"] and not is_mounted(gone)
+        assert not list(fscache_mount.cache_files(str(root / "cache"), gone_id)), "its bootstrap's cache file is culled"
         assert len(entries(doc)) == 2
         assert_readable(mountpoints(doc)["img3"], images["img3"])
         assert sim.status()["counters"]["protocol_errors"] == 0

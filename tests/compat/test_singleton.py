@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from daemontools import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached
+from daemontools import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
 from loadtools import ReadLoad
 from nydus_hybrid import fscache_mount, kmount, upgrade
 from nydus_hybrid.supervisor import Supervisor
@@ -66,12 +65,7 @@ class Singleton:
         return ApiClient(self.sock)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.logf.close()
 
 

@@ -186,23 +186,17 @@ class FscacheService:
         if refused:
             raise DaemonError(f"Device or resource busy (os error 16): {blob_id} is in use")
 
-    def _cull_one(self, server, path: str) -> bool:
+    @staticmethod
+    def _cull_one(server, path: str) -> bool:
+        """``inuse`` then ``cull``, by name from the file's directory, as the kernel wants."""
         name = os.path.basename(path)
-        if self.device.startswith("sim:"):
-            arg = path  # the simulator cannot see our cwd: the seam carries absolute paths
-            try:
-                server.command(f"inuse {arg}")
-                server.command(f"cull {arg}")
-            except NydusError:
-                return False
-            return True
         cwd = os.getcwd()
         try:
             os.chdir(os.path.dirname(path))
             try:
                 server.command(f"inuse {name}")
             except NydusError as e:
-                if getattr(e, "errno", None) == 16:
+                if getattr(e, "errno", None) == 16:  # EBUSY: in use
                     return False
                 raise
             server.command(f"cull {name}")

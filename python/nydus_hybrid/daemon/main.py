@@ -22,6 +22,7 @@ import stat
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 from nydus_hybrid import _core, log, supervisor
@@ -98,6 +99,20 @@ class RuntimeConfig:
             return dict(self.values)
         prefix = f"{id_}:"
         return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+
+@contextmanager
+def restoring(fd: int):
+    """A takeover's restore: any failure in it is a DaemonError (a corrupt state must never
+    take the daemon down), and the received fd is closed either way."""
+    try:
+        yield
+    except DaemonError:
+        raise
+    except Exception as e:
+        raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
+    finally:
+        os.close(fd)
 
 
 def stale_socket(apisock: Optional[str]) -> bool:
@@ -221,7 +236,7 @@ class Daemon:
     def _restore(self) -> None:
         started = time.monotonic()
         data, fd = self.fetch_state()
-        try:
+        with restoring(fd):
             doc = handover.decode(data)
             if doc["daemon"].get("mode") == "singleton":
                 raise handover.StateError("Upgrade(Restore(\"the state is a singleton daemon's, this is a fuse daemon\"))")
@@ -238,12 +253,6 @@ class Daemon:
                 raise
             self.conn_id = doc["fuse"]["conn_id"]
             drained = handover.apply_failover_policy(self.a.failover_policy, fd, self.conn_id)
-        except DaemonError:
-            raise
-        except Exception as e:  # a corrupt state must never take the daemon down
-            raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
-        finally:
-            os.close(fd)
         log.event("takeover", mounts=len(doc["mounts"]), policy=drained,
                   from_pid=doc["daemon"].get("writer_pid"), ms=round((time.monotonic() - started) * 1000, 1))
 

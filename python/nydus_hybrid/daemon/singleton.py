@@ -21,7 +21,7 @@ from nydus_hybrid.daemon import handover
 from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.errors import DaemonError, Unsupported
 from nydus_hybrid.daemon.fscache import FscacheService
-from nydus_hybrid.daemon.main import Daemon, stale_socket
+from nydus_hybrid.daemon.main import Daemon, restoring, stale_socket
 from nydus_hybrid.errors import NydusError
 
 
@@ -98,19 +98,13 @@ class SingletonDaemon(Daemon):
     def _restore(self) -> None:
         started = time.monotonic()
         data, fd = self.fetch_state()
-        try:
+        with restoring(fd):
             doc = handover.decode(data)
             if doc["daemon"].get("mode") != "singleton":
                 raise handover.StateError("Upgrade(Restore(\"the state is a fuse daemon's, this is a singleton\"))")
             self.service.threads = doc["daemon"]["threads"]
             self.service.restore(fd, doc["fscache"]["blob_entries"])
             self.runtime_config.restore(doc["runtime_config"])
-        except DaemonError:
-            raise
-        except Exception as e:  # a corrupt state must never take the daemon down
-            raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
-        finally:
-            os.close(fd)
         log.event("takeover", mode="singleton", entries=len(doc["fscache"]["blob_entries"]),
                   from_pid=doc["daemon"].get("writer_pid"), ms=round((time.monotonic() - started) * 1000, 1))
 

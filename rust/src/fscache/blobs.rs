@@ -14,7 +14,7 @@ use crate::reader::Rafs;
 #[derive(Clone)]
 pub enum Target {
     /// The bootstrap file itself: the kernel reads it as EROFS metadata, byte for byte.
-    Bootstrap { path: PathBuf, size: u64 },
+    Bootstrap { path: PathBuf, file: Arc<std::fs::File>, size: u64 },
     /// A data blob, served as its uncompressed address space. With `prefetch`, the whole
     /// blob is filled in the background once the kernel opens it (`cache.prefetch.enable`).
     Data { rafs: Arc<Rafs>, index: usize, size: u64, prefetch: bool },
@@ -78,7 +78,8 @@ impl BlobRegistry {
         if id.is_empty() {
             return Err(Error::invalid("id: must not be empty"));
         }
-        let size = std::fs::metadata(&bootstrap).map_err(|e| Error::io(format!("stat {}", bootstrap.display()), e))?.len();
+        let file = std::fs::File::open(&bootstrap).map_err(|e| Error::io(format!("open {}", bootstrap.display()), e))?;
+        let size = file.metadata().map_err(|e| Error::io(format!("stat {}", bootstrap.display()), e))?.len();
         let mut inner = self.lock();
         let meta_key = key(domain, id);
         if inner.metas.contains_key(&meta_key) {
@@ -99,7 +100,7 @@ impl BlobRegistry {
             inner.datas.entry(k.clone()).or_insert_with(|| Data { target: target(), refs: 0 }).refs += 1;
         }
         let ids = rafs.boot.blobs.iter().map(|b| b.blob_id.clone()).collect();
-        inner.metas.insert(meta_key, Meta { target: Target::Bootstrap { path: bootstrap, size }, blob_keys, entry_json });
+        inner.metas.insert(meta_key, Meta { target: Target::Bootstrap { path: bootstrap, file: Arc::new(file), size }, blob_keys, entry_json });
         Ok(ids)
     }
 

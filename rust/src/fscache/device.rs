@@ -1,9 +1,9 @@
 //! The device seam. `Cachefiles` drives the kernel's `/dev/cachefiles`; `Simulated` speaks
 //! the same messages and commands over a unix SOCK_SEQPACKET socket to the simulator
 //! (`python -m nydus_hybrid.sim.cachefiles`, docs/fscache-simulator.md), for kernels
-//! without cachefiles on-demand. Two differences, both forced by the transport: the anon
-//! fd of an OPEN arrives by SCM_RIGHTS, and the READ_COMPLETE ioctl is sent as
-//! `cread <msg_id>`.
+//! without cachefiles on-demand. Three differences, all forced by the transport: the anon
+//! fd of an OPEN arrives by SCM_RIGHTS, the READ_COMPLETE ioctl is sent as
+//! `cread <msg_id>`, and `inuse`/`cull` names go resolved against our cwd.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -228,6 +228,16 @@ impl Device for Simulated {
     }
 
     fn command(&self, cmd: &str) -> io::Result<()> {
+        // The kernel resolves `inuse`/`cull` names against the caller's cwd, which the
+        // simulator cannot see: send the path resolved here instead.
+        let resolved;
+        let cmd = match cmd.split_once(' ') {
+            Some((word @ ("inuse" | "cull"), name)) if !name.starts_with('/') => {
+                resolved = format!("{word} {}", std::env::current_dir()?.join(name).display());
+                resolved.as_str()
+            }
+            _ => cmd,
+        };
         let n = unsafe { libc::send(self.fd.as_raw_fd(), cmd.as_ptr().cast(), cmd.len(), libc::MSG_NOSIGNAL) };
         if n < 0 {
             return Err(io::Error::last_os_error());

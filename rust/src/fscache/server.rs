@@ -4,7 +4,6 @@
 //! missing and fails only that read with EIO.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -284,8 +283,7 @@ fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
     }
     let anon = obj.anon.as_raw_fd();
     match &obj.target {
-        Target::Bootstrap { path, .. } => {
-            let f = File::open(path).ctx(|| format!("open {}", path.display()))?;
+        Target::Bootstrap { path, file: f, .. } => {
             let mut buf = vec![0u8; COPY_STEP.min(end - off) as usize];
             let mut at = off;
             while at < end {
