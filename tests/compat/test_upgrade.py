@@ -383,10 +383,12 @@ def test_supervisor_restart_loses_nothing(image, tmp_path):
             sup.close()  # the supervisor goes away with its copy of the state and fd
             sup = Supervisor(path).start()
             assert sup.state() is None
+            gen = sup.generation
             c = fleet.client()
             assert c.put("/api/v1/daemon/fuse/sendfd").status == 204  # what a restarted snapshotter does
             c.close()
-            assert sup.state() is not None
+            # the 204 comes once the daemon has sent; the supervisor stores it on its own thread
+            assert sup.wait_for_state(gen) and sup.state() is not None
             kill_and_fail_over(fleet, sup, tmp_path / "failover.log")
             load.wait_reads(10)
         assert_clean(load, "after a supervisor restart")
