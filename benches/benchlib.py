@@ -774,7 +774,7 @@ class PushedImage:
 def build_and_push(tree: Corpus, out: str, reg) -> PushedImage:
     """Build `tree` (1 MiB chunks) into `out` and push its blob with our upload code."""
     import nydus_hybrid
-    from nydus_hybrid.storage import push_blob
+    from nydus_hybrid.blobs import push_blob
 
     fresh_dir(out)
     boot = os.path.join(out, "image.boot")

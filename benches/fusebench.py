@@ -3,10 +3,10 @@
 Three readers of ONE image built from one source tree:
 
 * **kernel EROFS** (the ceiling): `Image.export_block` of the image, mounted file-backed by
-  the kernel's EROFS (`nydus_hybrid.kmount`);
+  the kernel's EROFS (`nydus_hybrid.mounts.erofs`);
 * **nydus-hybrid mount** (ours): the Rust FUSE server, `python -m nydus_hybrid mount -B -D`
   in a subprocess (local blobs, `--threads N`);
-* **mfusepy shim** (the floor): `nydus_hybrid.fuse.mount` (libfuse high-level API, one
+* **mfusepy shim** (the floor): `nydus_hybrid.mounts.fuse_shim.mount` (libfuse high-level API, one
   Python call per request) in a subprocess.
 
 The source tree (generated once, cached under NYDUS_BENCH_DIR like benchlib's inputs):
@@ -63,7 +63,7 @@ def fuse_missing() -> Optional[str]:
         return "needs root (mount(2), drop_caches)"
     if not os.path.exists("/dev/fuse"):
         return "needs /dev/fuse"
-    from nydus_hybrid import kmount
+    from nydus_hybrid.mounts import erofs as kmount
 
     if not kmount.erofs_available():
         return "needs a kernel that mounts EROFS from a regular file (6.12+)"
@@ -73,7 +73,7 @@ def fuse_missing() -> Optional[str]:
 def shim_missing() -> Optional[str]:
     """Why the mfusepy shim column cannot be measured, or None."""
     try:
-        import nydus_hybrid.fuse  # noqa: F401
+        import nydus_hybrid.mounts.fuse_shim  # noqa: F401
     except ImportError as e:
         return str(e)
     return None
@@ -258,7 +258,7 @@ class KernelMount(BenchMount):
     kind = "kernel"
 
     def __init__(self, img: FuseImage, mnt: str, label: str = "kernel EROFS"):
-        from nydus_hybrid import kmount
+        from nydus_hybrid.mounts import erofs as kmount
 
         super().__init__(mnt, label)
         try:
@@ -268,7 +268,7 @@ class KernelMount(BenchMount):
             raise
 
     def _unmount(self) -> None:
-        from nydus_hybrid import kmount
+        from nydus_hybrid.mounts import erofs as kmount
 
         if not is_mounted(self.mnt):
             return
@@ -327,13 +327,13 @@ class OurMount(BenchMount):
 SHIM_SCRIPT = """
 import sys
 from nydus_hybrid import Image
-from nydus_hybrid.fuse import mount
+from nydus_hybrid.mounts.fuse_shim import mount
 mount(Image.open(sys.argv[1], sys.argv[2]), sys.argv[3])
 """
 
 
 class ShimMount(BenchMount):
-    """`nydus_hybrid.fuse.mount` (mfusepy, libfuse high-level API) in a subprocess, up once
+    """`nydus_hybrid.mounts.fuse_shim.mount` (mfusepy, libfuse high-level API) in a subprocess, up once
     the mount table shows it and the root answers."""
 
     kind = "shim"
@@ -356,7 +356,7 @@ class ShimMount(BenchMount):
             raise
 
     def _unmount(self) -> None:
-        from nydus_hybrid import kmount
+        from nydus_hybrid.mounts import erofs as kmount
 
         try:
             if is_mounted(self.mnt):

@@ -558,10 +558,10 @@ def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
                       "figures_ms": figs}
     md.append(f"### Upgrade and failover: longest read stall under load ({rounds} hot upgrades, then {rounds} "
               f"kill -9 + failovers, then {rounds} to a warm standby, of one dedicated daemon)\n")
-    titles = {"upgrade": "Hot upgrade (`nydus_hybrid.upgrade.hot_upgrade`)",
-              "failover": "Failover (SIGKILL, reap, `nydus_hybrid.upgrade.failover`)",
+    titles = {"upgrade": "Hot upgrade (`nydus_hybrid.lifecycle.upgrade.hot_upgrade`)",
+              "failover": "Failover (SIGKILL, reap, `nydus_hybrid.lifecycle.failover.failover`)",
               "standby-failover": "Failover to a warm standby (started before the SIGKILL; "
-                                  "`nydus_hybrid.upgrade.failover_to_standby`)"}
+                                  "`nydus_hybrid.lifecycle.failover.failover_to_standby`)"}
     for kind in ub.KINDS:
         f = figs[kind]
         md.append(f"{titles[kind]}, {rounds} rounds:\n")

@@ -26,7 +26,8 @@ import time
 import pytest
 
 import benchlib
-from nydus_hybrid import fscache_mount, kmount
+from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import fscache as fscache_mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
                                 reason="needs root and file-backed EROFS mounts")
@@ -94,7 +95,7 @@ def singleton(image):
 
 
 def bind(api: str, image, fid: str) -> None:
-    from nydus_hybrid.daemon.client import DaemonClient
+    from nydus_hybrid.client import DaemonClient
 
     (image / "work" / fid).mkdir(parents=True, exist_ok=True)
     entry = {"type": "bootstrap", "id": fid, "domain_id": fid,

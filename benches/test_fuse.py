@@ -1,5 +1,5 @@
 """FUSE: our Rust server (`nydus-hybrid mount`) against the kernel's EROFS mount of the same
-image's `export --block` (the ceiling) and the mfusepy shim `nydus_hybrid.fuse` (the
+image's `export --block` (the ceiling) and the mfusepy shim `nydus_hybrid.mounts.fuse_shim` (the
 floor), all reading one image built from one source tree (fusebench.py):
 
 * sequential 1 MiB reads of the big file, 1 stream and 4 readers (each its own quarter):

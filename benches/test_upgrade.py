@@ -15,14 +15,14 @@ blobcache config, `--id d1 --supervisor S`). While it serves:
   progress at any time between its start and the end of the first probe started after it
   finished** (the daemon serves again). The load's longest read over the same window is a
   secondary figure: it includes sha256 and CPU contention on this 2-vCPU machine.
-* **hot upgrade** (`nydus_hybrid.upgrade.hot_upgrade`): window = the call (sendfd, spawn of
+* **hot upgrade** (`nydus_hybrid.lifecycle.upgrade.hot_upgrade`): window = the call (sendfd, spawn of
   the successor with `--upgrade`, takeover, exit of the old one, start of the new one, the old
   one gone) + the first probe after it. Also its `gap_ms` (nobody reads /dev/fuse: from
   asking the old daemon to exit until the new one's start answered), `takeover_ms`,
   `total_ms`; from the two daemons' logs, the time from the old one's workers stopping to
   the new one's starting (the real no-reader window, inside `gap_ms`), and the stall split
   into the longest probe overlapping the gap and the longest one elsewhere in the upgrade.
-* **failover**: SIGKILL the daemon, reap it, `nydus_hybrid.upgrade.failover(argv, ...)`
+* **failover**: SIGKILL the daemon, reap it, `nydus_hybrid.lifecycle.failover.failover(argv, ...)`
   with the daemon's argv; window = from the kill until RUNNING + the first probe after it.
   Also the parts: kill -> reaped, the successor's exec -> RUNNING (`total_ms`, of which
   `takeover_ms`; a bare daemon start-up is ~200 ms here, see the Daemon section of
@@ -237,7 +237,7 @@ class UpgradeBench:
     load and the probe, all running until `close()` (which always leaves nothing mounted)."""
 
     def __init__(self, workdir: str, log: Callable[[str], None] = lambda s: None, readers: int = 4):
-        from nydus_hybrid.supervisor import Supervisor
+        from nydus_hybrid.lifecycle.supervisor import Supervisor
 
         self.dt = benchlib.daemontools()
         lt = loadtools()
@@ -320,7 +320,7 @@ class UpgradeBench:
         return op
 
     def upgrade(self) -> Op:
-        from nydus_hybrid import upgrade
+        from nydus_hybrid.lifecycle import upgrade
 
         self.seq += 1
         log_path = str(self.logs / f"{self.seq:03d}-upgrade.log")
@@ -332,7 +332,7 @@ class UpgradeBench:
         return self._finish("upgrade", t0, t_running, r, gap_ms=r.gap_ms, log_path=log_path, wall_running=wall_running)
 
     def failover(self) -> Op:
-        from nydus_hybrid import upgrade
+        from nydus_hybrid.lifecycle import failover, upgrade
 
         self.seq += 1
         log_path = str(self.logs / f"{self.seq:03d}-failover.log")
@@ -343,7 +343,7 @@ class UpgradeBench:
         os.kill(pid, signal.SIGKILL)
         self.current.wait(10)
         t_dead, wall_reaped = time.monotonic(), time.time()
-        r = upgrade.failover(self.argv, self.apisock, self.sup, log_path=log_path)
+        r = failover.failover(self.argv, self.apisock, self.sup, log_path=log_path)
         t_running, wall_running = time.monotonic(), time.time()
         self.current = r.process
         self.procs.append(r.process)
@@ -354,11 +354,11 @@ class UpgradeBench:
     def standby_failover(self) -> Op:
         """Like `failover`, with the successor started before the kill (`spawn_standby`,
         untimed; the manager's --failover-standby): the failover is takeover + start."""
-        from nydus_hybrid import upgrade
+        from nydus_hybrid.lifecycle import failover, upgrade
 
         self.seq += 1
         log_path = str(self.logs / f"{self.seq:03d}-standby.log")
-        standby = upgrade.spawn_standby(self.argv, upgrade.next_apisock(self.apisock), log_path=log_path)
+        standby = failover.spawn_standby(self.argv, upgrade.next_apisock(self.apisock), log_path=log_path)
         self.procs.append(standby.process)
         time.sleep(SETTLE_S)  # its start-up is not part of the measurement
         pid = upgrade.daemon_pid(self.apisock)
@@ -366,7 +366,7 @@ class UpgradeBench:
         os.kill(pid, signal.SIGKILL)
         self.current.wait(10)
         t_dead, wall_reaped = time.monotonic(), time.time()
-        r = upgrade.failover_to_standby(standby, self.sup)
+        r = failover.failover_to_standby(standby, self.sup)
         t_running, wall_running = time.monotonic(), time.time()
         self.apisock, self.current = r.apisock, r.process
         return self._finish("standby-failover", t0, t_running, r, kill_to_reaped_ms=(t_dead - t0) * 1000,
@@ -390,7 +390,7 @@ class UpgradeBench:
 
     def close(self) -> None:
         """Stop the load, SIGTERM the last daemon (it unmounts), reap every successor."""
-        from nydus_hybrid import upgrade
+        from nydus_hybrid.lifecycle import upgrade
 
         try:
             if self.probe is not None:

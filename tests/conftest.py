@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import nydus_hybrid
-from nydus_hybrid import kmount
+from nydus_hybrid.mounts import erofs as kmount
 
 import treegen
 

@@ -192,8 +192,8 @@ def main():
             print(f"rep {rep} {name}: " + " ".join(
                 f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), file=sys.stderr, flush=True)
     med = lambda rs, k: statistics.median(r[k] for r in rs)
-    print(f"| server | (1) seq cold MiB/s | (1) seq warm MiB/s | (2) 4 readers cold MiB/s | (3) 4 KiB rand p50 µs | (3) p99 µs "
-          f"| (4) scandir+stat files/s | (4) find\\|xargs stat files/s | (1') seq cold, ra 1 MiB, MiB/s | FUSE_READ KiB (ra 128K / 1M) | scan requests |")
+    print("| server | (1) seq cold MiB/s | (1) seq warm MiB/s | (2) 4 readers cold MiB/s | (3) 4 KiB rand p50 µs | (3) p99 µs "
+          "| (4) scandir+stat files/s | (4) find\\|xargs stat files/s | (1') seq cold, ra 1 MiB, MiB/s | FUSE_READ KiB (ra 128K / 1M) | scan requests |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rs in res.items():
         q = rs[-1]["scan_req"]

@@ -16,13 +16,14 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from nydus_hybrid import log
-from nydus_hybrid.daemon.client import DaemonApiError
+from nydus_hybrid import log, version
+from nydus_hybrid.client import DaemonApiError
 from nydus_hybrid.errors import NydusError
+from nydus_hybrid.image import Image, build
+from nydus_hybrid.lifecycle.errors import LifecycleError
+from nydus_hybrid.lifecycle.upgrade import standalone_upgrade
 from nydus_hybrid.manager import cli as mcli
 from nydus_hybrid.manager.errors import ManagerError
-from nydus_hybrid.upgrade import UpgradeError, standalone_upgrade
-from nydus_hybrid.image import Image, build
 
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KkMmGg]i?[Bb]?)?$")
 _AGE = re.compile(r"^(\d+)([smhd]?)$")
@@ -138,7 +139,7 @@ def _read_config(path: str) -> str:
 
 
 def _cmd_push_blob(a) -> int:
-    from nydus_hybrid.storage import push_blob
+    from nydus_hybrid.blobs import push_blob
 
     digest, sent = push_blob(_read_config(a.config), a.blob_file, chunk_size=a.chunk_size)
     print(json.dumps({"digest": digest, "uploaded": sent}))
@@ -169,7 +170,7 @@ def _cmd_prefetch(a) -> int:
 def _cmd_mount(a) -> int:
     import signal
 
-    from nydus_hybrid.mount import Mount
+    from nydus_hybrid.mounts.fuse import Mount
 
     image = _open(a)
     m = Mount.create(a.mountpoint)
@@ -219,7 +220,7 @@ def _cmd_instances(a) -> int:
 
 
 def _cmd_cache_gc(a) -> int:
-    from nydus_hybrid.storage import cache_gc
+    from nydus_hybrid.blobs import cache_gc
 
     print(json.dumps(cache_gc(a.work_dir, max_bytes=a.max_size, max_age_secs=a.max_age)))
     return 0
@@ -381,9 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser()
     a = parser.parse_args(argv)
     if a.version:
-        from nydus_hybrid import _core
-
-        print(f"nydus-hybrid {_core.__version__}\nGit Commit: {_core.GIT_COMMIT}")
+        print(f"nydus-hybrid {version.__version__}\nGit Commit: {version.GIT_COMMIT}")
         return 0
     if not a.command:
         return _usage("a command is required: " + ", ".join([*COMMANDS, "demo"]) + " (see --help)")
@@ -394,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return run_demo(a.source, a.workdir, a.keep, serve=not a.no_serve)
         return COMMANDS[a.command](a)
-    except (NydusError, OSError, UpgradeError, DaemonApiError, ManagerError) as e:
+    except (NydusError, OSError, LifecycleError, DaemonApiError, ManagerError) as e:
         print(f"nydus-hybrid: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

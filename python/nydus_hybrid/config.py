@@ -4,15 +4,16 @@ with the same rules the daemon applies. Errors raise ``ConfigError`` naming the 
 from __future__ import annotations
 
 import json
-from typing import Union
+from typing import Any, Dict, Union
 
 from nydus_hybrid import _core
+from nydus_hybrid.types import NormalizedConfig
 
 
-def parse(doc: Union[str, bytes, dict]) -> dict:
+def parse(doc: Union[str, bytes, Dict[str, Any]]) -> NormalizedConfig:
     """Validate a document and return its normalised v2 form (secrets left out)."""
     if isinstance(doc, dict):
         doc = json.dumps(doc)
     elif isinstance(doc, bytes):
         doc = doc.decode()
-    return json.loads(_core.parse_config(doc))
+    return _core.parse_config(doc)

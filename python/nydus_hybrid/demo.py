@@ -17,7 +17,8 @@ import tempfile
 import time
 from typing import Optional
 
-from nydus_hybrid import kmount, log, treecmp
+from nydus_hybrid import log, treecmp
+from nydus_hybrid.mounts import erofs
 from nydus_hybrid.image import Image, build
 
 
@@ -30,7 +31,7 @@ def _human(n: float) -> str:
 
 
 def _start_daemon(work: str, boot: str, blobs: str) -> tuple:
-    from nydus_hybrid.daemon.client import DaemonClient
+    from nydus_hybrid.client import DaemonClient
 
     mnt, sock, cfg = os.path.join(work, "fuse"), os.path.join(work, "api.sock"), os.path.join(work, "config.json")
     os.makedirs(mnt, exist_ok=True)
@@ -111,10 +112,10 @@ def run_demo(source: Optional[str], workdir: Optional[str], keep: bool, serve: b
         summary["blob_cache_chunks"] = cache["fills"]
         summary["mountpoint"] = mnt
         summary["apisock"] = client.conn.path
-        if kmount.erofs_available():
+        if erofs.erofs_available():
             disk = os.path.join(work, "image.erofs")
             image.export_block(disk)
-            with kmount.erofs_mounted(disk, os.path.join(work, "mnt")) as kmnt:
+            with erofs.erofs_mounted(disk, os.path.join(work, "mnt")) as kmnt:
                 kdiff = treecmp.compare(source, kmnt, ignore=exclude)
             summary["kernel_mount"] = "identical" if kdiff.ok else f"{len(kdiff.differences)} differences"
         else:

@@ -1,4 +1,7 @@
-"""Exception classes raised by the Rust core, one per ``Error`` variant.
+"""Exception classes raised by the Rust core, one per variant of its ``Error`` enum
+(``rust/src/error.rs``). ``BY_KIND`` is the mapping: the core reads it when it is imported
+and refuses to load if any variant has no class, so the two cannot drift apart
+(``tests/unit/test_errors.py`` raises every variant and checks its class).
 
 Each class also derives from the closest built-in exception, so ``except FileNotFoundError``
 and friends keep working, and carries ``errno`` for callers that map errors to syscalls
@@ -7,9 +10,13 @@ and friends keep working, and carries ``errno`` for callers that map errors to s
 
 from __future__ import annotations
 
+from typing import Dict, Type
+
 
 class NydusError(Exception):
     """Base class of every nydus-hybrid error."""
+
+    errno: int
 
     def __init__(self, errno: int, message: str):
         super().__init__(message)
@@ -106,6 +113,34 @@ class NydusIOError(NydusError, OSError):
         NydusError.__init__(self, errno, message)
 
 
-# The core looks classes up by these names.
-NotADirectoryError = NotADirectoryError_  # noqa: A001
-IsADirectoryError = IsADirectoryError_  # noqa: A001
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a long operation (a build); its partial outputs were removed. A
+    ``KeyboardInterrupt``, so it ends a program the way Ctrl-C does."""
+
+    def __init__(self, errno: int, message: str):
+        super().__init__(message)
+        self.errno = errno
+        self.message = message
+
+
+#: ``Error`` variant name (``ErrorKind`` in Rust) -> the class raised for it.
+BY_KIND: Dict[str, Type[BaseException]] = {
+    "Corrupt": CorruptImageError,
+    "DigestMismatch": DigestMismatchError,
+    "Decompress": DecompressError,
+    "NotFound": NotFoundError,
+    "NotADirectory": NotADirectoryError_,
+    "IsADirectory": IsADirectoryError_,
+    "NotASymlink": NotASymlinkError,
+    "NoAttribute": NoAttributeError,
+    "InvalidArgument": InvalidArgumentError,
+    "UnsafeInput": UnsafeInputError,
+    "Unsupported": UnsupportedError,
+    "BlobMissing": BlobMissingError,
+    "Config": ConfigError,
+    "Backend": BackendError,
+    "Auth": AuthError,
+    "Timeout": BackendTimeoutError,
+    "Cancelled": Interrupted,
+    "Io": NydusIOError,
+}

@@ -11,10 +11,11 @@ import json
 import os
 import stat as stat_mod
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from nydus_hybrid import _core
 from nydus_hybrid.errors import CorruptImageError, InvalidArgumentError
+from nydus_hybrid.types import CheckReport, ImageMetrics, InspectReport, UnpackReport
 
 PathArg = Union[str, bytes, "os.PathLike[str]"]
 
@@ -89,10 +90,10 @@ def build(
     explicit_uid_gid: bool = True,
     whiteout_spec: str = "oci",
     progress: bool = True,
-    exclude: tuple = (),
+    exclude: Sequence[Union[str, bytes]] = (),
 ) -> BuildReport:
     """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball."""
-    raw = _core.build(
+    report = _core.build(
         os.fspath(source),
         os.fspath(bootstrap),
         os.fspath(blob_dir),
@@ -104,14 +105,20 @@ def build(
         progress=progress,
         exclude=[os.fsencode(e) for e in exclude],
     )
-    return BuildReport(**json.loads(raw))
+    return BuildReport(**report)
 
 
 class Image:
     """An opened image: a bootstrap plus the blobs it names."""
 
-    def __init__(self, inner: "_core.Image"):
+    def __init__(self, inner: _core.Image):
         self._inner = inner
+
+    @property
+    def handle(self) -> _core.Image:
+        """The ``_core.Image`` this wraps: what the core's other bindings (FUSE mounts, the
+        fscache server) take."""
+        return self._inner
 
     @classmethod
     def open(
@@ -143,20 +150,20 @@ class Image:
             )
         )
 
-    def metrics(self) -> dict:
+    def metrics(self) -> ImageMetrics:
         """``{"backend": ..., "blobcache": ...}`` in nydusd's shapes (``/api/v1/metrics/backend``
         and ``/api/v1/metrics/blobcache``), plus chunk-level cache counters."""
-        return json.loads(self._inner.metrics_json())
+        return self._inner.metrics()
 
     def prefetch(
         self,
-        paths: Optional[list] = None,
+        paths: Optional[Sequence[Union[str, bytes]]] = None,
         *,
         all: bool = False,
         threads: int = 8,
         batch_size: int = 1 << 20,
         bandwidth_limit: int = 0,
-    ) -> "_core.PrefetchJob":
+    ) -> _core.PrefetchJob:
         """Fill the blob cache in background threads with ``paths`` (files or directories),
         the whole image (``all``) or, with neither, the image's own prefetch table. Returns a
         job with ``wait()`` (the errors met), ``cancel()`` and ``done``."""
@@ -173,7 +180,7 @@ class Image:
         return self._inner.root_ino
 
     @property
-    def blob_ids(self) -> list:
+    def blob_ids(self) -> List[str]:
         return self._inner.blob_ids()
 
     def lookup(self, path: Union[str, bytes]) -> int:
@@ -182,19 +189,24 @@ class Image:
     def stat(self, path: Union[str, bytes]) -> StatResult:
         return StatResult(**self._inner.stat(_image_path(path)))
 
-    def listdir(self, path: Union[str, bytes] = "/") -> list:
+    def listdir(self, path: Union[str, bytes] = "/") -> Union[List[str], List[bytes]]:
         names = self._inner.listdir(_image_path(path))
         return names if isinstance(path, bytes) else [os.fsdecode(n) for n in names]
 
-    def readdir(self, path: Union[str, bytes] = "/") -> list:
+    def readdir(self, path: Union[str, bytes] = "/") -> List[Tuple[bytes, int, int]]:
+        """``(name, nid, dirent type)`` of every entry, ``.`` and ``..`` included."""
         return self._inner.readdir(_image_path(path))
 
     def readlink(self, path: Union[str, bytes]) -> Union[str, bytes]:
         target = self._inner.readlink(_image_path(path))
         return target if isinstance(path, bytes) else os.fsdecode(target)
 
-    def listxattr(self, path: Union[str, bytes]) -> list:
+    def listxattr(self, path: Union[str, bytes]) -> List[str]:
         return [os.fsdecode(n) for n in self._inner.listxattr(_image_path(path))]
+
+    def listxattr_raw(self, path: Union[str, bytes]) -> List[bytes]:
+        """Attribute names as the image stores them (not decoded)."""
+        return self._inner.listxattr(_image_path(path))
 
     def getxattr(self, path: Union[str, bytes], name: Union[str, bytes]) -> bytes:
         return self._inner.getxattr(_image_path(path), os.fsencode(name))
@@ -206,7 +218,7 @@ class Image:
             size = max(self._inner.stat(_image_path(path))["st_size"] - offset, 0)
         return self._inner.read(_image_path(path), offset, size)
 
-    def walk(self, top: str = "/"):
+    def walk(self, top: str = "/") -> Iterator[Tuple[str, List[str], List[str]]]:
         """Yield (dirpath, dirnames, filenames) like ``os.walk``, top-down. Entry types come
         from the directory itself (no stat per entry). A directory reachable twice (a
         corrupt image) raises CorruptImageError instead of looping."""
@@ -217,7 +229,9 @@ class Image:
             if nid in seen:
                 raise CorruptImageError(errno.EIO, f"directory {d} (inode {nid}) is reachable twice")
             seen.add(nid)
-            dirs, files, subdirs = [], [], []
+            dirs: List[str] = []
+            files: List[str] = []
+            subdirs: List[Tuple[str, int]] = []
             for raw, child, ftype in self._inner.readdir(os.fsencode(d)):
                 if raw in (b".", b".."):
                     continue
@@ -230,17 +244,17 @@ class Image:
             yield d, dirs, files
             stack.extend(reversed(subdirs))
 
-    def inspect(self) -> dict:
-        return json.loads(self._inner.inspect_json())
+    def inspect(self) -> InspectReport:
+        return self._inner.inspect()
 
-    def check(self, *, blobs: bool = True) -> dict:
-        return json.loads(self._inner.check_json(blobs))
+    def check(self, *, blobs: bool = True) -> CheckReport:
+        return self._inner.check(blobs)
 
-    def unpack_tar(self, output: PathArg) -> dict:
-        return json.loads(self._inner.unpack_tar(os.fspath(output)))
+    def unpack_tar(self, output: PathArg) -> UnpackReport:
+        return self._inner.unpack_tar(os.fspath(output))
 
-    def unpack_dir(self, output: PathArg) -> dict:
-        return json.loads(self._inner.unpack_dir(os.fspath(output)))
+    def unpack_dir(self, output: PathArg) -> UnpackReport:
+        return self._inner.unpack_dir(os.fspath(output))
 
     def export_block(self, output: PathArg) -> int:
         return self._inner.export_block(os.fspath(output))

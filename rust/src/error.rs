@@ -63,6 +63,36 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// One kind per `Error` variant, without its data: what a binding maps to its own exception
+/// class (`nydus_hybrid.errors.BY_KIND` is keyed by these names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+pub enum ErrorKind {
+    Corrupt,
+    DigestMismatch,
+    Decompress,
+    NotFound,
+    NotADirectory,
+    IsADirectory,
+    NotASymlink,
+    NoAttribute,
+    InvalidArgument,
+    UnsafeInput,
+    Unsupported,
+    BlobMissing,
+    Config,
+    Backend,
+    Auth,
+    Timeout,
+    Cancelled,
+    Io,
+}
+
+impl ErrorKind {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
 impl Error {
     pub fn corrupt(msg: impl Into<String>) -> Self {
         Error::Corrupt(msg.into())
@@ -107,6 +137,67 @@ impl Error {
 
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io { context: context.into(), source }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::DigestMismatch(_) => ErrorKind::DigestMismatch,
+            Error::Decompress(_) => ErrorKind::Decompress,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::NotADirectory(_) => ErrorKind::NotADirectory,
+            Error::IsADirectory(_) => ErrorKind::IsADirectory,
+            Error::NotASymlink(_) => ErrorKind::NotASymlink,
+            Error::NoAttribute(_) => ErrorKind::NoAttribute,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::UnsafeInput(_) => ErrorKind::UnsafeInput,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::BlobMissing(..) => ErrorKind::BlobMissing,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Backend(_) => ErrorKind::Backend,
+            Error::Auth(_) => ErrorKind::Auth,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// One error of `kind`, for tests that every kind reaches its own exception class.
+    pub fn example(kind: ErrorKind) -> Self {
+        let m = || format!("example {} error", kind.name());
+        match kind {
+            ErrorKind::Corrupt => Error::Corrupt(m()),
+            ErrorKind::DigestMismatch => Error::DigestMismatch(m()),
+            ErrorKind::Decompress => Error::Decompress(m()),
+            ErrorKind::NotFound => Error::NotFound(m()),
+            ErrorKind::NotADirectory => Error::NotADirectory(m()),
+            ErrorKind::IsADirectory => Error::IsADirectory(m()),
+            ErrorKind::NotASymlink => Error::NotASymlink(m()),
+            ErrorKind::NoAttribute => Error::NoAttribute(m()),
+            ErrorKind::InvalidArgument => Error::InvalidArgument(m()),
+            ErrorKind::UnsafeInput => Error::UnsafeInput(m()),
+            ErrorKind::Unsupported => Error::Unsupported(m()),
+            ErrorKind::BlobMissing => Error::BlobMissing(m(), PathBuf::from("/example")),
+            ErrorKind::Config => Error::Config(m()),
+            ErrorKind::Backend => Error::Backend(m()),
+            ErrorKind::Auth => Error::Auth(m()),
+            ErrorKind::Timeout => Error::Timeout(m()),
+            ErrorKind::Cancelled => Error::Cancelled,
+            ErrorKind::Io => Error::io(m(), io::Error::from_raw_os_error(libc::EPERM)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::IntoEnumIterator;
+
+    #[test]
+    fn every_kind_round_trips_through_its_example() {
+        for kind in ErrorKind::iter() {
+            assert_eq!(Error::example(kind).kind(), kind);
+        }
     }
 }
 

@@ -1,55 +1,63 @@
 //! PyO3 bindings: `nydus_hybrid._core`. Thin: every call converts arguments, releases the GIL
-//! and runs the Rust code; errors become the exception classes of `nydus_hybrid.errors`.
+//! and runs the Rust code. Results are Python objects (reports and metrics as dicts, typed in
+//! `nydus_hybrid.types` and `_core.pyi`); errors become the exception class that
+//! `nydus_hybrid.errors.BY_KIND` names for their kind.
 
 use crate::builder::{self, BuildOptions, WhiteoutSpec};
 use crate::config::{BackendConfig, Config, PrefetchConfig};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::layout::{Compressor, Digester};
 use crate::prefetch::{Prefetch, Target};
 use crate::reader::{stat_of, Rafs};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyImportError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBytes, PyDict};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use strum::IntoEnumIterator;
 
-/// Raise the `nydus_hybrid.errors` class for this error.
+/// The exception class of each `ErrorKind`, in declaration order, read from
+/// `nydus_hybrid.errors.BY_KIND` when the module is imported.
+static ERROR_CLASSES: GILOnceCell<Vec<Py<PyAny>>> = GILOnceCell::new();
+
+fn error_classes(py: Python<'_>) -> PyResult<&Vec<Py<PyAny>>> {
+    ERROR_CLASSES.get_or_try_init(py, || {
+        let by_kind = py.import("nydus_hybrid.errors")?.getattr("BY_KIND")?;
+        ErrorKind::iter()
+            .map(|kind| {
+                by_kind.get_item(kind.name()).map(Bound::unbind).map_err(|_| {
+                    PyImportError::new_err(format!("nydus_hybrid.errors.BY_KIND has no class for the core's {} error", kind.name()))
+                })
+            })
+            .collect()
+    })
+}
+
+/// Raise the class `nydus_hybrid.errors.BY_KIND` names for this error's kind.
 fn to_py(e: Error) -> PyErr {
-    if let Error::Cancelled = e {
-        return pyo3::exceptions::PyKeyboardInterrupt::new_err("cancelled");
-    }
-    let class = match &e {
-        Error::Cancelled => unreachable!(),
-        Error::Corrupt(_) => "CorruptImageError",
-        Error::DigestMismatch(_) => "DigestMismatchError",
-        Error::Decompress(_) => "DecompressError",
-        Error::NotFound(_) => "NotFoundError",
-        Error::NotADirectory(_) => "NotADirectoryError",
-        Error::IsADirectory(_) => "IsADirectoryError",
-        Error::NotASymlink(_) => "NotASymlinkError",
-        Error::NoAttribute(_) => "NoAttributeError",
-        Error::InvalidArgument(_) => "InvalidArgumentError",
-        Error::UnsafeInput(_) => "UnsafeInputError",
-        Error::Unsupported(_) => "UnsupportedError",
-        Error::BlobMissing(..) => "BlobMissingError",
-        Error::Config(_) => "ConfigError",
-        Error::Backend(_) => "BackendError",
-        Error::Auth(_) => "AuthError",
-        Error::Timeout(_) => "BackendTimeoutError",
-        Error::Io { .. } => "NydusIOError",
-    };
-    let errno = e.errno();
-    let msg = e.to_string();
+    let (kind, errno, msg) = (e.kind(), e.errno(), e.to_string());
     Python::with_gil(|py| {
-        let made = py.import("nydus_hybrid.errors").and_then(|m| m.getattr(class)).and_then(|cls| cls.call1((errno, msg.clone())));
+        let made = error_classes(py).and_then(|classes| classes[kind as usize].bind(py).call1((errno, msg)));
         match made {
             Ok(exc) => PyErr::from_value(exc),
-            Err(_) => PyRuntimeError::new_err(msg),
+            Err(err) => err,
         }
     })
 }
 
 type R<T> = Result<T, PyErr>;
+
+/// A report or metrics document as Python objects (dicts, lists, ints, strings).
+fn to_object<'py, T: serde::Serialize + ?Sized>(py: Python<'py>, value: &T) -> R<Bound<'py, PyAny>> {
+    pythonize::pythonize(py, value).map_err(PyErr::from)
+}
+
+/// An entry kept as JSON text by the core, back as Python objects.
+fn json_object<'py>(py: Python<'py>, text: &str) -> R<Bound<'py, PyAny>> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("stored entry is not JSON: {e}")))?;
+    to_object(py, &value)
+}
 
 fn stat_dict<'py>(py: Python<'py>, s: &crate::reader::Stat) -> R<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -182,20 +190,20 @@ impl Image {
         Ok(PyBytes::new(py, &data))
     }
 
-    /// Superblock, blob table and counts, as a JSON string.
-    fn inspect_json(&self, py: Python<'_>) -> R<String> {
+    /// Superblock, blob table and counts.
+    fn inspect<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
         let v = py.allow_threads(|| crate::inspect::inspect(&self.rafs.boot)).map_err(to_py)?;
-        Ok(v.to_string())
+        to_object(py, &v)
     }
 
-    /// Validate every invariant; with `blobs`, decode and verify every chunk. JSON report.
+    /// Validate every invariant; with `blobs`, decode and verify every chunk.
     #[pyo3(signature = (blobs=true))]
-    fn check_json(&self, py: Python<'_>, blobs: bool) -> R<String> {
+    fn check<'py>(&self, py: Python<'py>, blobs: bool) -> R<Bound<'py, PyAny>> {
         let r = py.allow_threads(|| crate::check::check(&self.rafs, blobs)).map_err(to_py)?;
-        Ok(serde_json::to_string(&r).unwrap_or_default())
+        to_object(py, &r)
     }
 
-    fn unpack_tar(&self, py: Python<'_>, output: PathBuf) -> R<String> {
+    fn unpack_tar<'py>(&self, py: Python<'py>, output: PathBuf) -> R<Bound<'py, PyAny>> {
         let r = py
             .allow_threads(|| -> crate::Result<_> {
                 let f = std::fs::File::create(&output).map_err(|e| Error::io(format!("create {}", output.display()), e))?;
@@ -205,12 +213,12 @@ impl Image {
                 Ok(r)
             })
             .map_err(to_py)?;
-        Ok(serde_json::to_string(&r).unwrap_or_default())
+        to_object(py, &r)
     }
 
-    fn unpack_dir(&self, py: Python<'_>, output: PathBuf) -> R<String> {
+    fn unpack_dir<'py>(&self, py: Python<'py>, output: PathBuf) -> R<Bound<'py, PyAny>> {
         let r = py.allow_threads(|| crate::unpack::unpack_dir(&self.rafs, &output)).map_err(to_py)?;
-        Ok(serde_json::to_string(&r).unwrap_or_default())
+        to_object(py, &r)
     }
 
     fn export_block(&self, py: Python<'_>, output: PathBuf) -> R<u64> {
@@ -221,9 +229,9 @@ impl Image {
         py.allow_threads(|| crate::export::export_flat_blob(&self.rafs, index, &output)).map_err(to_py)
     }
 
-    /// Backend and blob-cache counters as JSON: `{"backend": §8.4, "blobcache": §8.5}`.
-    fn metrics_json(&self) -> String {
-        self.rafs.metrics_json().to_string()
+    /// Backend and blob-cache counters: `{"backend": §8.4, "blobcache": §8.5}`.
+    fn metrics<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
+        to_object(py, &self.rafs.metrics_json())
     }
 
     /// Start prefetching `paths` (files or directories), the whole image (`all`), or, with
@@ -263,11 +271,11 @@ struct FuseMount {
 }
 
 #[cfg(feature = "fuse")]
-#[cfg(feature = "fuse")]
 fn accounting_of((files, pattern, latest): (bool, bool, bool)) -> crate::fuse::Accounting {
     crate::fuse::Accounting { files, pattern, latest }
 }
 
+#[cfg(feature = "fuse")]
 fn cache_opts(entry_timeout: f64, attr_timeout: f64, keep_cache: bool) -> R<crate::fuse::CacheOptions> {
     let secs = |v: f64, what: &str| {
         if v.is_finite() && (0.0..=86400.0 * 365.0).contains(&v) {
@@ -356,27 +364,27 @@ impl FuseMount {
         self.server.fuse_fd()
     }
 
-    /// FsIoStats (spec §8.1) of the image at `path`, as JSON; `id` is the name it reports.
+    /// FsIoStats (spec §8.1) of the image at `path`; `id` is the name it reports.
     #[pyo3(signature = (path, id=None))]
-    fn fs_metrics_json(&self, path: &str, id: Option<&str>) -> R<String> {
-        Ok(self.stats(path)?.to_json(id.unwrap_or(path)).to_string())
+    fn fs_metrics<'py>(&self, py: Python<'py>, path: &str, id: Option<&str>) -> R<Bound<'py, PyAny>> {
+        to_object(py, &self.stats(path)?.to_json(id.unwrap_or(path)))
     }
 
     /// Per-file counters (spec §8.2) of the image at `path`; with `latest`, the inodes read
     /// since the last such call, as ranges.
     #[pyo3(signature = (path, latest=false))]
-    fn files_metrics_json(&self, path: &str, latest: bool) -> R<String> {
-        Ok(self.stats(path)?.files_json(latest).to_string())
+    fn files_metrics<'py>(&self, py: Python<'py>, path: &str, latest: bool) -> R<Bound<'py, PyAny>> {
+        to_object(py, &self.stats(path)?.files_json(latest))
     }
 
-    /// The access pattern (spec §8.3) of the image at `path`, as JSON.
-    fn pattern_json(&self, path: &str) -> R<String> {
-        Ok(self.stats(path)?.pattern_json().to_string())
+    /// The access pattern (spec §8.3) of the image at `path`.
+    fn access_pattern<'py>(&self, py: Python<'py>, path: &str) -> R<Bound<'py, PyAny>> {
+        to_object(py, &self.stats(path)?.pattern_json())
     }
 
-    /// Operations being served now for the image at `path` (spec §8.8), as JSON.
-    fn inflight_json(&self, path: &str) -> R<String> {
-        Ok(serde_json::Value::from(self.stats(path)?.inflight_json()).to_string())
+    /// Operations being served now for the image at `path` (spec §8.8).
+    fn inflight<'py>(&self, py: Python<'py>, path: &str) -> R<Bound<'py, PyAny>> {
+        to_object(py, &serde_json::Value::from(self.stats(path)?.inflight_json()))
     }
 
     fn save_state<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyBytes>> {
@@ -425,19 +433,19 @@ fn set_registry_auth(backend_id: &str, auth: &str) {
     crate::storage::registry::set_registry_auth(backend_id, auth);
 }
 
-/// Validate a nydusd configuration document; returns its normalised v2 form as JSON.
+/// Validate a nydusd configuration document; returns its normalised v2 form.
 #[pyfunction]
-fn parse_config(text: &str) -> R<String> {
-    Ok(Config::parse(text).map_err(to_py)?.to_v2_json().to_string())
+fn parse_config<'py>(py: Python<'py>, text: &str) -> R<Bound<'py, PyAny>> {
+    to_object(py, &Config::parse(text).map_err(to_py)?.to_v2_json())
 }
 
 /// Remove cached blobs unused for `max_age_secs`, then least recently used ones until the
-/// cache fits `max_bytes`; blobs open anywhere are kept. Returns the report as JSON.
+/// cache fits `max_bytes`; blobs open anywhere are kept.
 #[pyfunction]
 #[pyo3(signature = (work_dir, max_bytes=None, max_age_secs=None))]
-fn cache_gc(py: Python<'_>, work_dir: PathBuf, max_bytes: Option<u64>, max_age_secs: Option<u64>) -> R<String> {
+fn cache_gc<'py>(py: Python<'py>, work_dir: PathBuf, max_bytes: Option<u64>, max_age_secs: Option<u64>) -> R<Bound<'py, PyAny>> {
     let r = py.allow_threads(|| crate::cache::gc::gc(&work_dir, max_bytes, max_age_secs.map(std::time::Duration::from_secs))).map_err(to_py)?;
-    Ok(serde_json::json!({"removed": r.removed, "freed_bytes": r.freed_bytes, "in_use": r.in_use, "kept_bytes": r.kept_bytes}).to_string())
+    to_object(py, &serde_json::json!({"removed": r.removed, "freed_bytes": r.freed_bytes, "in_use": r.in_use, "kept_bytes": r.kept_bytes}))
 }
 
 /// Upload a blob file to the registry a configuration names; monolithic, or in pieces of
@@ -456,12 +464,12 @@ fn push_blob(py: Python<'_>, config: &str, path: PathBuf, chunk_size: usize) -> 
     .map_err(to_py)
 }
 
-/// Build a RAFS v6 image; returns the build report as JSON.
+/// Build a RAFS v6 image; returns the build report.
 #[pyfunction]
 #[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
-fn build(
-    py: Python<'_>,
+fn build<'py>(
+    py: Python<'py>,
     source: PathBuf,
     bootstrap: PathBuf,
     blob_dir: PathBuf,
@@ -472,7 +480,7 @@ fn build(
     whiteout_spec: &str,
     progress: bool,
     exclude: Vec<Vec<u8>>,
-) -> R<String> {
+) -> R<Bound<'py, PyAny>> {
     let bad = |what: &str, v: &str| to_py(Error::invalid(format!("unknown {what} {v:?}")));
     let opts = BuildOptions {
         chunk_size,
@@ -486,7 +494,7 @@ fn build(
         cancel: Some(std::sync::Arc::new(|| Python::with_gil(|py| py.check_signals().is_err()))),
     };
     let r = py.allow_threads(|| builder::build(&source, &bootstrap, &blob_dir, &opts)).map_err(to_py)?;
-    Ok(serde_json::to_string(&r).unwrap_or_default())
+    to_object(py, &r)
 }
 
 /// The fscache on-demand server of a `singleton` daemon: the device, the registered blob
@@ -543,8 +551,11 @@ impl FscacheService {
 
     /// Register a bootstrap (opened as `image`) and its data blobs; returns the blob ids.
     /// With `prefetch`, each data blob is filled in the background once it is opened.
-    fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, image: &Image, prefetch: bool, entry_json: String) -> R<Vec<String>> {
-        self.server.registry.add_bootstrap(domain, id, bootstrap, image.rafs.clone(), prefetch, entry_json).map_err(to_py)
+    /// `entry` (the BlobCacheEntry) is kept and listed back by `entries`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_bootstrap(&self, domain: &str, id: &str, bootstrap: PathBuf, image: &Image, prefetch: bool, entry: &Bound<'_, PyAny>) -> R<Vec<String>> {
+        let value: serde_json::Value = pythonize::depythonize(entry).map_err(PyErr::from)?;
+        self.server.registry.add_bootstrap(domain, id, bootstrap, image.rafs.clone(), prefetch, value.to_string()).map_err(to_py)
     }
 
     fn remove(&self, domain: &str, blob_id: &str) -> R<()> {
@@ -555,10 +566,10 @@ impl FscacheService {
         self.server.registry.remove_domain(domain)
     }
 
-    /// `[(key, entry JSON)]` of the bootstraps whose key starts with `prefix`.
+    /// `[(key, entry)]` of the bootstraps whose key starts with `prefix`.
     #[pyo3(signature = (prefix=""))]
-    fn entries(&self, prefix: &str) -> Vec<(String, String)> {
-        self.server.registry.entries(prefix)
+    fn entries<'py>(&self, py: Python<'py>, prefix: &str) -> R<Vec<(String, Bound<'py, PyAny>)>> {
+        self.server.registry.entries(prefix).into_iter().map(|(key, text)| Ok((key, json_object(py, &text)?))).collect()
     }
 
     fn data_refs(&self) -> Vec<(String, u32)> {
@@ -587,13 +598,30 @@ impl FscacheService {
         self.server.device_fd()
     }
 
-    fn metrics_json(&self) -> String {
-        self.server.metrics_json().to_string()
+    fn metrics<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyAny>> {
+        to_object(py, &self.server.metrics_json())
+    }
+}
+
+/// The name of every error kind the core raises (the keys of `nydus_hybrid.errors.BY_KIND`).
+#[pyfunction]
+fn error_kinds() -> Vec<&'static str> {
+    ErrorKind::iter().map(ErrorKind::name).collect()
+}
+
+/// Raise an example error of `kind`, as the core raises it (tests of the error mapping).
+#[pyfunction]
+fn raise_error_example(kind: &str) -> R<()> {
+    match ErrorKind::iter().find(|k| k.name() == kind) {
+        Some(k) => Err(to_py(Error::example(k))),
+        None => Err(PyValueError::new_err(format!("unknown error kind {kind:?}"))),
     }
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Every error kind must have its class before anything can raise one.
+    error_classes(m.py())?;
     m.add_class::<Image>()?;
     m.add_class::<PrefetchJob>()?;
     m.add_class::<FscacheService>()?;
@@ -604,7 +632,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;
     m.add_function(wrap_pyfunction!(push_blob, m)?)?;
+    m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(raise_error_example, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("GIT_COMMIT", env!("NYDUS_HYBRID_GIT_COMMIT"))?;
+    m.add("BUILD_TIME", env!("NYDUS_HYBRID_BUILD_TIME"))?;
+    m.add("PROFILE", env!("NYDUS_HYBRID_PROFILE"))?;
+    m.add("RUSTC", env!("NYDUS_HYBRID_RUSTC"))?;
     Ok(())
 }

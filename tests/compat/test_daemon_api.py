@@ -5,7 +5,6 @@ idle connection, and shut down by `exit` (mount kept) and SIGTERM (mount removed
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal

@@ -20,7 +20,7 @@ import pytest
 
 from daemontools import BuiltImage, is_mounted, lazy_umount, read_uncached, v1_config
 from loadtools import ReadLoad
-from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
+from nydus_hybrid.client import DaemonApiError, DaemonClient
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
                                 reason="daemons mount FUSE: needs root and /dev/fuse")

@@ -18,8 +18,9 @@ import pytest
 
 from daemontools import BuiltImage, is_mounted, stop_process
 from loadtools import ReadLoad
-from nydus_hybrid import fscache_mount, kmount
-from nydus_hybrid.daemon.client import DaemonClient
+from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import fscache as fscache_mount
+from nydus_hybrid.client import DaemonClient
 from test_manager import (KEYS, KILL_ROUNDS, ManagerProc, _wait, assert_readable, daemon_pids, kill_at_random_points,
                           kill_daemons_twice_under_reads, mountpoints, teardown)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nydus_hybrid import kmount, treecmp
+from nydus_hybrid import treecmp
+from nydus_hybrid.mounts import erofs as kmount
 
 from conftest import build_into
 

@@ -15,8 +15,10 @@ import pytest
 
 from daemontools import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
 from loadtools import ReadLoad
-from nydus_hybrid import fscache_mount, kmount, upgrade
-from nydus_hybrid.supervisor import Supervisor
+from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import fscache as fscache_mount
+from nydus_hybrid.lifecycle import failover, upgrade
+from nydus_hybrid.lifecycle.supervisor import Supervisor
 from test_manager_fscache import Simulator
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),

@@ -22,10 +22,10 @@ import pytest
 
 from daemontools import ApiClient, BuiltImage, Daemon, is_mounted, lazy_umount, mount_cmd, v1_config
 from loadtools import ReadLoad
-from nydus_hybrid import supervisor as nsup
-from nydus_hybrid import upgrade
-from nydus_hybrid.daemon import handover
-from nydus_hybrid.supervisor import Supervisor
+from nydus_hybrid.lifecycle import supervisor as nsup
+from nydus_hybrid.lifecycle import failover, successor, upgrade
+from nydus_hybrid.lifecycle import handover
+from nydus_hybrid.lifecycle.supervisor import Supervisor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
                                 reason="the daemon mounts FUSE: needs root and /dev/fuse")
@@ -82,7 +82,7 @@ def kill_and_fail_over(fleet: Fleet, sup: Supervisor, log: Path) -> upgrade.Repl
     pid = fleet.pid()
     os.kill(pid, signal.SIGKILL)
     _wait_dead(pid)
-    r = upgrade.failover(fleet.argv, fleet.apisock, sup, log_path=str(log))
+    r = failover.failover(fleet.argv, fleet.apisock, sup, log_path=str(log))
     fleet.adopt(r)
     return r
 
@@ -275,7 +275,7 @@ def test_failed_takeover_leaves_the_old_daemon_serving(image, tmp_path, case):
             else:
                 expect = "fake.sock"
             apisock = str(tmp_path / "d" / "api1.sock")
-            argv = upgrade.with_apisock(fleet.argv, apisock, upgrade=True)
+            argv = successor.with_apisock(fleet.argv, apisock, upgrade=True)
             argv[argv.index("--supervisor") + 1] = fake_path
             log = open(tmp_path / "new.log", "wb")
             new = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -335,7 +335,7 @@ def test_takeover_and_sendfd_refusals(image, tmp_path):
             assert r.status == 400 and "UnexpectedEvent" in r.body["message"]
             c.close()
             apisock = str(tmp_path / "e" / "api1.sock")
-            new = subprocess.Popen(upgrade.with_apisock(fleet.argv, apisock, upgrade=True), stdout=subprocess.DEVNULL,
+            new = subprocess.Popen(successor.with_apisock(fleet.argv, apisock, upgrade=True), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
             try:
                 _wait_for(lambda: os.path.exists(apisock))
@@ -349,7 +349,7 @@ def test_takeover_and_sendfd_refusals(image, tmp_path):
                 new.wait()
             # --upgrade without --supervisor: INIT, and a takeover has nowhere to turn
             lone_sock = str(tmp_path / "e" / "lone.sock")
-            lone_argv = upgrade.with_apisock(fleet.argv, lone_sock, upgrade=True)
+            lone_argv = successor.with_apisock(fleet.argv, lone_sock, upgrade=True)
             i = lone_argv.index("--supervisor")
             del lone_argv[i:i + 2]
             j = lone_argv.index("--id")

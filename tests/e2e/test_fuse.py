@@ -1,4 +1,4 @@
-"""The Rust FUSE server (`nydus-hybrid mount`, `nydus_hybrid.mount`): the round-trip tree
+"""The Rust FUSE server (`nydus-hybrid mount`, `nydus_hybrid.mounts.fuse`): the round-trip tree
 through a real /dev/fuse mount, concurrent readers, a corrupted chunk, shared mode with
 images added and removed at runtime, SIGTERM and kill -9, and handing the live session to
 another process without remounting."""
@@ -18,7 +18,7 @@ import pytest
 
 import nydus_hybrid
 from nydus_hybrid import treecmp
-from nydus_hybrid.mount import Mount
+from nydus_hybrid.mounts.fuse import Mount
 
 from conftest import build_into
 from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
@@ -212,7 +212,7 @@ def test_shared_mode_add_remove_while_reading(three_images, tmp_path):
 HANDOVER = """
 import json, os, signal, sys
 from nydus_hybrid import Image
-from nydus_hybrid.mount import Mount
+from nydus_hybrid.mounts.fuse import Mount
 mnt, fd, state_file, boot, blobs, index = sys.argv[1:7]
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # taken by sigwait below
 m = Mount.resume(mnt, int(fd), open(state_file, "rb").read())

@@ -1,4 +1,4 @@
-"""The Python FUSE shim (`nydus_hybrid.fuse`, mfusepy over libfuse): the round-trip tree
+"""The Python FUSE shim (`nydus_hybrid.mounts.fuse_shim`, mfusepy over libfuse): the round-trip tree
 mounted by a `python -c` subprocess and compared with its source (content, stat data,
 symlinks, xattrs of every namespace, hard links), read-only behaviour, and a corrupted chunk
 that fails only its own file with EIO."""
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() 
 
 mfusepy = pytest.importorskip("mfusepy", reason="the shim needs mfusepy (and libfuse)")
 
-from nydus_hybrid import fuse as shim  # noqa: E402
+from nydus_hybrid.mounts import fuse_shim as shim  # noqa: E402
 
 MiB = 1 << 20
 
@@ -31,13 +31,13 @@ MiB = 1 << 20
 MOUNT_SCRIPT = """
 import sys
 from nydus_hybrid import Image
-from nydus_hybrid.fuse import mount
+from nydus_hybrid.mounts.fuse_shim import mount
 mount(Image.open(sys.argv[1], sys.argv[2]), sys.argv[3])
 """
 
 
 class ShimMount:
-    """`nydus_hybrid.fuse.mount` in a subprocess; up once the mount table shows it."""
+    """`nydus_hybrid.mounts.fuse_shim.mount` in a subprocess; up once the mount table shows it."""
 
     def __init__(self, mnt, bootstrap, blob_dir, timeout=15.0):
         os.makedirs(mnt, exist_ok=True)
@@ -310,7 +310,7 @@ def test_operations_map_errors(image):
 
 
 def test_import_without_mfusepy_is_a_clear_error():
-    code = "import sys; sys.modules['mfusepy'] = None; import nydus_hybrid.fuse"
+    code = "import sys; sys.modules['mfusepy'] = None; import nydus_hybrid.mounts.fuse_shim"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0
-    assert "ImportError: nydus_hybrid.fuse needs the 'mfusepy' package" in r.stderr
+    assert "ImportError: nydus_hybrid.mounts.fuse_shim needs the 'mfusepy' package" in r.stderr

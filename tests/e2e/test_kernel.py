@@ -10,7 +10,8 @@ import stat
 import pytest
 
 import nydus_hybrid
-from nydus_hybrid import kmount, treecmp
+from nydus_hybrid import treecmp
+from nydus_hybrid.mounts import erofs as kmount
 
 from conftest import FIXTURE_BLOB_ID, build_into
 

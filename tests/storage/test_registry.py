@@ -19,7 +19,7 @@ import pytest
 
 import nydus_hybrid
 from nydus_hybrid import errors
-from nydus_hybrid.storage import push_blob
+from nydus_hybrid.blobs import push_blob
 
 KiB = 1 << 10
 REPO = "nydus/lazy"

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nydus_hybrid
-from nydus_hybrid import fscache_mount, kmount
+from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import fscache as fscache_mount
 from nydus_hybrid.sim.cachefiles import HEADER, device_tags
 
 needs_erofs = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),

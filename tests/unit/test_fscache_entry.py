@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError
-from nydus_hybrid.daemon.fscache import check_entry, legacy_to_v2
+from nydus_hybrid.daemon.fscache_service import check_entry, legacy_to_v2
 
 
 def snapshotter_entry(tmp_path) -> dict:

@@ -1,5 +1,5 @@
-"""The handover state format (nydus_hybrid.daemon.handover) and the supervisor's wire
-protocol (nydus_hybrid.supervisor), without a daemon: real unix sockets, real fds."""
+"""The handover state format (nydus_hybrid.lifecycle.handover) and the supervisor's wire
+protocol (nydus_hybrid.lifecycle.supervisor), without a daemon: real unix sockets, real fds."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nydus_hybrid import supervisor as nsup
-from nydus_hybrid.daemon import handover
-from nydus_hybrid.supervisor import Supervisor, SupervisorError
+from nydus_hybrid.lifecycle import supervisor as nsup
+from nydus_hybrid.lifecycle import handover
+from nydus_hybrid.lifecycle.supervisor import Supervisor, SupervisorError
 
 
 def doc(n_mounts: int = 2) -> dict:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import nydus_hybrid
 from nydus_hybrid import config as nconfig
 from nydus_hybrid import errors
-from nydus_hybrid.storage import cache_gc
+from nydus_hybrid.blobs import cache_gc
 
 KiB = 1 << 10
 MiB = 1 << 20

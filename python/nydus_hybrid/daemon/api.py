@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, Unsupported
-from nydus_hybrid.daemon.service import check_virtual_mountpoint
+from nydus_hybrid.daemon.fuse_service import check_virtual_mountpoint
 
 # Large enough for any real request; a bigger body gets 413 before it is read.
 MAX_BODY = 1 << 20

@@ -1,287 +1,36 @@
-"""The FUSE service of the daemon: one kernel mount (the Rust server in
-``nydus_hybrid.mount``) and the RAFS instances attached under it, at ``/`` (dedicated) or
-``/<id>`` (shared). It turns API requests into attach/detach calls and answers the metrics
-lookups of spec §8. Everything here is control; no file data passes through Python."""
+"""The interface between a daemon's API and what it serves. ``fuse_service.FuseService``
+(RAFS instances on one FUSE mount) and ``fscache_service.FscacheService`` (blob entries on
+the cachefiles device) both implement it; a call that makes no sense for one answers with
+``Unsupported`` (501), as nydusd does."""
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Dict, Optional
-
-from nydus_hybrid import config as nconfig
-from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound
-from nydus_hybrid.errors import NydusError
-from nydus_hybrid.image import Image
-from nydus_hybrid.mount import Mount
+from typing import Any, Dict, List, Optional, Protocol
 
 
-@dataclass
-class Instance:
-    """One RAFS instance: where it is, what it was mounted from, and its reader."""
+class Service(Protocol):
+    threads: int
 
-    mountpoint: str
-    source: str
-    config_text: str
-    config: dict  # normalised v2 form, secrets removed
-    image: Image
-    index: int
-    prefetch_files: Optional[list] = None
-    mounted_at: float = field(default_factory=time.time)
+    def start_workers(self) -> None: ...
 
-    @property
-    def config_id(self) -> str:
-        return self.config.get("id") or ""
+    def stop_workers(self) -> None: ...
 
-    def mounted_time(self) -> str:
-        """The `time` crate's human-readable form nydusd reports: `YYYY-MM-DD HH:MM:SS.nnnnnnnnn +00:00:00`."""
-        secs = int(self.mounted_at)
-        nanos = int((self.mounted_at - secs) * 1e9)
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + f".{nanos:09d} +00:00:00"
+    def add(self, mountpoint: str, source: str, config_text: str, prefetch_files: Optional[List[str]] = None) -> Any: ...
 
-    def info(self) -> dict:
-        return {"backend_type": "Rafs", "mountpoint": self.mountpoint, "mounted_time": self.mounted_time(), "config": self.config}
+    def remount(self, mountpoint: str, source: str, config_text: str) -> Any: ...
 
+    def remove(self, mountpoint: str) -> None: ...
 
-def mountpoint_path(path: str) -> str:
-    """The canonical path of a mountpoint without looking at the mountpoint itself: its
-    parent is resolved, its own name kept. A stat of a live FUSE mount is a request to its
-    daemon, which during a takeover nobody serves yet."""
-    path = os.path.abspath(path)
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)) if path != "/" else path
+    def backend_collection(self) -> Optional[Dict[str, Any]]: ...
 
+    def fs_metrics(self, id_: Optional[str]) -> Dict[str, Any]: ...
 
-def mount_entry(path: str) -> Optional[str]:
-    """The last /proc/self/mountinfo line whose mount point is ``path`` (canonical): mountinfo,
-    not a stat, so no FUSE request is made."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if _unescape(line.split()[4]) == path:
-                found = line
-    return found
+    def files_metrics(self, id_: Optional[str], latest: bool) -> Any: ...
 
+    def access_pattern(self, id_: Optional[str]) -> List[Dict[str, Any]]: ...
 
-def is_mountpoint(path: str) -> bool:
-    return mount_entry(path) is not None
+    def backend_metrics(self, id_: Optional[str]) -> Dict[str, Any]: ...
 
+    def blobcache_metrics(self, id_: Optional[str]) -> Dict[str, Any]: ...
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def check_virtual_mountpoint(path: Optional[str]) -> str:
-    """A pseudo-fs location: absolute, no `..`, no empty or `.` components (but `/` is fine)."""
-    if not path:
-        raise BadRequest("QueryString(\"'mountpoint' should be specified in query string\")")
-    parts = path.split("/")
-    if not path.startswith("/") or any(p in (".", "..") for p in parts) or "\0" in path:
-        raise BadRequest(f"invalid mountpoint {path!r}: must be absolute, without '.' or '..'")
-    return "/" + "/".join(p for p in parts if p)
-
-
-class FuseService:
-    def __init__(self, mountpoint: str, threads: int):
-        self.mountpoint = mountpoint_path(mountpoint)
-        self.threads = threads
-        self.mount: Optional[Mount] = None
-        self.instances: Dict[str, Instance] = {}
-        self._lock = threading.RLock()
-
-    # --- the kernel mount and its workers -------------------------------------------------
-
-    def mount_fuse(self) -> None:
-        self.mount = Mount.create(self.mountpoint)
-
-    def resume_fuse(self, fuse_fd: int, vfs_state: bytes) -> None:
-        """Serve the live mount a predecessor handed over (its fd and Vfs state)."""
-        self.mount = Mount.resume(self.mountpoint, fuse_fd, vfs_state)
-
-    def abandon_fuse(self) -> None:
-        """Undo ``resume_fuse`` and any instances restored since, leaving the mount to its owner."""
-        if self.mount is not None:
-            self.mount.abandon()
-        self.mount = None
-        self.instances.clear()
-
-    def start_workers(self) -> None:
-        self._need_mount().start(self.threads)
-
-    def stop_workers(self) -> None:
-        self._need_mount().stop(umount=False)
-
-    def umount(self) -> None:
-        if self.mount is not None:
-            self.mount.stop(umount=True)
-
-    def _need_mount(self) -> Mount:
-        if self.mount is None:
-            raise DaemonError("the FUSE session is not set up (waiting for a takeover?)")
-        return self.mount
-
-    # --- instances ------------------------------------------------------------------------
-
-    def _open(self, source: str, config_text: str, prefetch_files=None, mountpoint: Optional[str] = None) -> tuple:
-        if not os.path.isfile(source):
-            raise DaemonError(f"Mount(MountFilesystem(Other(\"bootstrap {source} does not exist\")))")
-        try:
-            cfg = nconfig.parse(config_text)
-            image = Image.open(source, config=config_text, backend_id=mountpoint)
-            image.stat("/")  # the bootstrap is read and validated now, not on first use
-        except NydusError as e:
-            raise DaemonError(f"Mount(MountFilesystem(Other({str(e)!r})))") from e
-        if prefetch_files:
-            self._prefetch(image, cfg, prefetch_files)
-        return cfg, image
-
-    def _prefetch(self, image: Image, cfg: dict, files) -> None:
-        bad = [f for f in files if not isinstance(f, str) or not f.startswith("/")]
-        if bad:
-            raise BadRequest(f"prefetch_files must be absolute paths: {bad[:3]}")
-        if cfg["cache"]["type"] not in ("blobcache", "filecache"):
-            return  # nothing to fill without a cache; nydusd also ignores it then
-        existing = [f for f in files if _exists(image, f)]
-        if existing:
-            p = cfg["rafs"]["prefetch"] if cfg["rafs"]["prefetch"]["enable"] else cfg["cache"]["prefetch"]
-            image.prefetch(existing, threads=max(1, p["threads"]), batch_size=p["batch_size"], bandwidth_limit=p["bandwidth_limit"])
-
-    def add(self, mountpoint: str, source: str, config_text: str, prefetch_files=None) -> Instance:
-        mountpoint = check_virtual_mountpoint(mountpoint)
-        with self._lock:
-            old = self.instances.get(mountpoint)
-            nested = [p for p in self.instances if p != mountpoint and _nested(p, mountpoint)]
-            if nested:
-                # An instance inside another would be dropped with it by the Vfs, and its
-                # record would outlive it: refused.
-                raise BadRequest(f"Mount(InvalidArguments(\"{mountpoint} would nest with instance {nested[0]}\"))")
-            if old is not None:
-                # The snapshotter re-issues every mount after an upgrade (spec §4.6 B.6, quirk
-                # 10.2): the same instance again is a no-op; anything else is refused.
-                if old.source == source and old.config_text == config_text:
-                    return old
-                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
-            cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
-            index = self._attach(mountpoint, image, cfg)
-            inst = Instance(mountpoint, source, config_text, cfg, image, index, prefetch_files)
-            self.instances[mountpoint] = inst
-            return inst
-
-    def _attach(self, mountpoint: str, image: Image, cfg: dict, index: Optional[int] = None) -> int:
-        rafs = cfg["rafs"]
-        accounting = (rafs["iostats_files"], rafs["access_pattern"], rafs["latest_read_files"])
-        return self._need_mount().attach(mountpoint, image, index=index, accounting=accounting, **CACHE_OPTS)
-
-    def restore(self, mountpoint: str, source: str, config_text: str, index: int, prefetch_files=None) -> Instance:
-        """Put an instance back at the index it had in a previous daemon (takeover)."""
-        mountpoint = check_virtual_mountpoint(mountpoint)
-        cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
-        self._attach(mountpoint, image, cfg, index)
-        inst = Instance(mountpoint, source, config_text, cfg, image, index, prefetch_files)
-        self.instances[mountpoint] = inst
-        return inst
-
-    def remove(self, mountpoint: str) -> None:
-        mountpoint = check_virtual_mountpoint(mountpoint)
-        with self._lock:
-            if mountpoint not in self.instances:
-                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
-            self._need_mount().detach(mountpoint)
-            del self.instances[mountpoint]
-
-    def remount(self, mountpoint: str, source: str, config_text: str) -> Instance:
-        """Reload an instance's bootstrap and config in place (same path, new reader)."""
-        mountpoint = check_virtual_mountpoint(mountpoint)
-        with self._lock:
-            if mountpoint not in self.instances:
-                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
-            cfg, image = self._open(source, config_text, mountpoint=mountpoint)
-            self._need_mount().detach(mountpoint)
-            index = self._attach(mountpoint, image, cfg)
-            inst = Instance(mountpoint, source, config_text, cfg, image, index)
-            self.instances[mountpoint] = inst
-            return inst
-
-    # --- metrics (spec §8) ----------------------------------------------------------------
-
-    def _pick(self, id_: Optional[str], key) -> Instance:
-        with self._lock:
-            if id_ is None:
-                if len(self.instances) == 1:
-                    return next(iter(self.instances.values()))
-                raise MetricsNotFound(f"no metrics: {len(self.instances)} instances and no id")
-            for inst in self.instances.values():
-                if key(inst) == id_:
-                    return inst
-        raise MetricsNotFound(f"no metrics for id {id_!r}")
-
-    def fs_metrics(self, id_: Optional[str]) -> dict:
-        return self._need_mount().fs_metrics(self._pick(id_, lambda i: i.mountpoint).mountpoint)
-
-    def files_metrics(self, id_: Optional[str], latest: bool):
-        return self._need_mount().files_metrics(self._pick(id_, lambda i: i.mountpoint).mountpoint, latest)
-
-    def access_pattern(self, id_: Optional[str]) -> list:
-        return self._need_mount().access_pattern(self._pick(id_, lambda i: i.mountpoint).mountpoint)
-
-    def backend_metrics(self, id_: Optional[str]) -> dict:
-        return self._pick(id_, lambda i: i.mountpoint).image.metrics()["backend"]
-
-    def blobcache_metrics(self, id_: Optional[str]) -> dict:
-        # Keyed by the config id (the snapshotter's v1 `device.id`, `/<snapshotID>`).
-        return self._pick(id_, lambda i: i.config_id).image.metrics()["blobcache"]
-
-    def inflight(self) -> list:
-        """Every operation being served now, over all instances (spec §8.8)."""
-        with self._lock:
-            paths = list(self.instances)
-        if self.mount is None:
-            return []
-        return [op for p in paths for op in self.mount.inflight(p)]
-
-    def backend_collection(self) -> dict:
-        with self._lock:
-            return {mp: inst.info() for mp, inst in self.instances.items()}
-
-    def saved_mounts(self) -> list:
-        """What a successor needs to rebuild every instance (for the upgrade state)."""
-        with self._lock:
-            return [{"mountpoint": i.mountpoint, "source": i.source, "config": i.config_text, "index": i.index,
-                     "prefetch_files": i.prefetch_files} for i in self.instances.values()]
-
-    def saved_caches(self) -> list:
-        """Where each instance's blob cache lives (it persists on disk; the successor reopens
-        it through the same config), for the handover state."""
-        with self._lock:
-            out = []
-            for i in self.instances.values():
-                bc = i.image.metrics()["blobcache"]
-                out.append({"mountpoint": i.mountpoint, "work_dir": bc["store_path"], "files": bc["underlying_files"]})
-            return out
-
-
-def _nested(a: str, b: str) -> bool:
-    """Whether one pseudo-fs path is inside the other (``/`` holds everything)."""
-    return a == "/" or b == "/" or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def _exists(image: Image, path: str) -> bool:
-    try:
-        image.lookup(path)
-        return True
-    except NydusError:
-        return False
-
-
-# nydusd's FUSE timeouts come from the RAFS instance; an image never changes under a
-# mount, so long timeouts and a kept page cache are safe.
-CACHE_OPTS = {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
-
-
-def config_from_localfs_dir(blob_dir: str) -> str:
-    """nydusd's `--localfs-dir`: a localfs backend plus a blob cache beside it."""
-    return json.dumps({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": blob_dir}},
-                       "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(blob_dir, "cache")}}})
+    def inflight(self) -> List[Dict[str, Any]]: ...

@@ -16,13 +16,14 @@ import sys
 import time
 from typing import List
 
-from nydus_hybrid import log, supervisor
-from nydus_hybrid.daemon import handover
+from nydus_hybrid import log
 from nydus_hybrid.daemon import state as st
+from nydus_hybrid.daemon.base import BaseDaemon, restoring, stale_socket
 from nydus_hybrid.daemon.errors import DaemonError, Unsupported
-from nydus_hybrid.daemon.fscache import FscacheService
-from nydus_hybrid.daemon.main import Daemon, restoring, stale_socket
+from nydus_hybrid.daemon.fscache_service import FscacheService
 from nydus_hybrid.errors import NydusError
+from nydus_hybrid.lifecycle import handover
+from nydus_hybrid.lifecycle.errors import StateError
 
 
 class AnotherDaemon(Exception):
@@ -44,7 +45,9 @@ def config_entries(path) -> List[dict]:
     return [b for b in blobs if isinstance(b, dict) and "config_v2" in b]
 
 
-class SingletonDaemon(Daemon):
+class SingletonDaemon(BaseDaemon):
+    service: FscacheService
+
     def make_service(self):
         return FscacheService(self.a.fscache, self.a.fscache_threads, self.a.fscache_tag)
 
@@ -88,12 +91,8 @@ class SingletonDaemon(Daemon):
         fd = self.service.device_fd()
         if fd is None:
             raise Unsupported("Upgrade(Unsupported): no fscache device to hand over (started without --fscache)")
-        data = handover.encode(self.state_doc())
-        try:
-            supervisor.push_state(self.a.supervisor, data, fd)
-        except supervisor.SupervisorError as e:
-            raise DaemonError(f"Upgrade(SendFd({str(e)!r}))") from e
-        log.event("state_sent", supervisor=self.a.supervisor, bytes=len(data))
+        sent = self.push_state(fd)
+        log.event("state_sent", supervisor=self.a.supervisor, bytes=sent)
 
     def _restore(self) -> None:
         started = time.monotonic()
@@ -101,7 +100,7 @@ class SingletonDaemon(Daemon):
         with restoring(fd):
             doc = handover.decode(data)
             if doc["daemon"].get("mode") != "singleton":
-                raise handover.StateError("Upgrade(Restore(\"the state is a fuse daemon's, this is a singleton\"))")
+                raise StateError("Upgrade(Restore(\"the state is a fuse daemon's, this is a singleton\"))")
             self.service.threads = doc["daemon"]["threads"]
             self.service.restore(fd, doc["fscache"]["blob_entries"])
             self.runtime_config.restore(doc["runtime_config"])

@@ -9,7 +9,7 @@ import json
 import os
 from typing import List, Sequence
 
-from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
+from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.manager.client import DIED, NydusdClient
 from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.store import Store

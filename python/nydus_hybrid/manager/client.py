@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from typing import Callable, List, Optional
 
-from nydus_hybrid.daemon.client import DaemonApiError, DaemonClient
+from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.manager.errors import ManagerError
 
 REQUEST_TIMEOUT_S = 30.0

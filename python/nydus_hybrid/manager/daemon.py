@@ -9,15 +9,15 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from nydus_hybrid import upgrade
-from nydus_hybrid.daemon.service import is_mountpoint, mountpoint_path
-from nydus_hybrid.manager import fscache
+from nydus_hybrid.lifecycle import failover, upgrade
+from nydus_hybrid.lifecycle.supervisor import Supervisor
 from nydus_hybrid.manager.client import SOCKET_ATTEMPTS, STATE_ATTEMPTS, UNKNOWN, NydusdClient, NydusdUnreachable
+from nydus_hybrid.manager.drivers.base import FsDriver
 from nydus_hybrid.manager.errors import DaemonStartError, ManagerError
-from nydus_hybrid.supervisor import Supervisor
+from nydus_hybrid.mounts.mountinfo import is_mountpoint, mountpoint_path
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
 
@@ -28,7 +28,7 @@ class DaemonRecord:
 
     id: str
     daemon_mode: str  # "shared" or "dedicated"
-    fs_driver: str  # "fusedev" or "fscache"
+    fs_driver: str  # a name in manager.drivers.NAMES
     api_socket: str
     mountpoint: str
     config_dir: str
@@ -40,33 +40,32 @@ class DaemonRecord:
     supervisor_path: str = ""
     bootstrap: str = ""  # dedicated: the image it serves
     config_path: str = ""  # dedicated: its config file
-    fscache_dir: str = ""  # fscache: the cachefiles working dir
-    fscache_threads: int = 0
+    driver_options: Dict[str, Any] = field(default_factory=dict)  # what only its fs driver needs
     pid: int = 0
     standby_pid: int = 0  # a warm successor waiting in INIT (--failover-standby)
     standby_socket: str = ""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DaemonRecord":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: Dict[str, Any]) -> "DaemonRecord":
+        known = set(cls.__dataclass_fields__)
+        fields = {k: v for k, v in d.items() if k in known}
+        # Records written before driver_options kept the fscache fields at the top level.
+        legacy = {k: d[k] for k in ("fscache_dir", "fscache_threads") if d.get(k)}
+        if legacy and "driver_options" not in d:
+            fields["driver_options"] = legacy
+        return cls(**fields)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
-def nydusd_argv(nydusd: List[str], r: DaemonRecord, upgrade_flag: bool = False) -> List[str]:
+def nydusd_argv(nydusd: Sequence[str], r: DaemonRecord, driver: FsDriver, upgrade_flag: bool = False) -> List[str]:
     """The daemon's command line, in the snapshotter's fixed order (spec A6.1)."""
-    fscache = r.fs_driver == "fscache"
-    argv = list(nydusd) + ["singleton" if fscache else "fuse"]
-    if fscache:
-        argv += ["--fscache", r.fscache_dir]
-        if r.fscache_threads > 0:
-            argv += ["--fscache-threads", str(r.fscache_threads)]
+    head, middle, tail = driver.daemon_argv(r)
+    argv = list(nydusd) + head
     if upgrade_flag:
         argv.append("--upgrade")
-    if not fscache:
-        argv += ["--thread-num", str(r.thread_num)]
+    argv += middle
     if r.supervisor_path:
         argv += ["--id", r.id]
     if r.config_path:
@@ -81,20 +80,19 @@ def nydusd_argv(nydusd: List[str], r: DaemonRecord, upgrade_flag: bool = False) 
     if r.supervisor_path:
         argv += ["--supervisor", r.supervisor_path]
     argv += ["--log-file", os.path.join(r.log_dir, "nydusd.log")]
-    if not fscache:
-        argv += ["--failover-policy", r.failover_policy]
-    return argv
+    return argv + tail
 
 
 class Daemon:
-    def __init__(self, record: DaemonRecord, nydusd: List[str]):
+    def __init__(self, record: DaemonRecord, nydusd: List[str], driver: FsDriver):
         self.record = record
         self.nydusd = nydusd
+        self.driver = driver
         self.refs = 0
         self.state = UNKNOWN  # the last state seen
         self.proc: Optional[subprocess.Popen] = None
         self.supervisor: Optional[Supervisor] = None
-        self.standby: Optional[upgrade.Standby] = None
+        self.standby: Optional[failover.Standby] = None
         self._client: Optional[NydusdClient] = None
 
     @property
@@ -102,7 +100,7 @@ class Daemon:
         return self.record.id
 
     def argv(self, upgrade_flag: bool = False) -> List[str]:
-        return nydusd_argv(self.nydusd, self.record, upgrade_flag)
+        return nydusd_argv(self.nydusd, self.record, self.driver, upgrade_flag)
 
     def check_paths(self) -> None:
         for what, path in (("API socket", self.record.api_socket), ("supervisor socket", self.record.supervisor_path)):
@@ -116,7 +114,7 @@ class Daemon:
         """Start the process (its own session: it outlives the manager); returns its pid."""
         self.check_paths()
         for d in (self.record.log_dir, self.record.config_dir, os.path.dirname(self.record.api_socket),
-                  self.record.mountpoint, self.record.fscache_dir):
+                  self.record.mountpoint, *self.driver.daemon_dirs(self.record)):
             if d:
                 os.makedirs(d, exist_ok=True)
         argv = self.argv(upgrade_flag)
@@ -178,12 +176,11 @@ class Daemon:
             time.sleep(0.02)
         return False
 
-    def clear_vestige(self, instances: List[dict] = ()) -> None:
+    def clear_vestige(self, instances: Sequence[Dict[str, Any]] = ()) -> None:
         """Before restarting a dead daemon: detach its dead mounts (the FUSE mountpoint, or
         each instance's EROFS mount for fscache) and remove its stale sockets (a stale socket
         next to a live mount means "take over", spec §3.4)."""
-        mounts = [r["mountpoint"] for r in instances] if self.record.fs_driver == "fscache" else [self.record.mountpoint]
-        for mp in map(mountpoint_path, mounts):
+        for mp in map(mountpoint_path, self.driver.vestige_mounts(self.record, instances)):
             if is_mountpoint(mp):
                 subprocess.run(["umount", "-l", mp], capture_output=True)
         sock_dir = os.path.dirname(self.record.api_socket)
@@ -229,31 +226,24 @@ class Daemon:
         except NydusdUnreachable as e:
             raise DaemonStartError(f"daemon {self.id}: {e}") from e
 
-    def shared_mount(self, rafs: dict) -> None:
-        """Attach one instance: an API mount at /<key> (fusedev), or bind its bootstrap blob
-        and mount EROFS over fscache (spec §5.7 snapshotter order)."""
-        if self.record.fs_driver == "fscache":
-            fscache.mount_instance(self, rafs)
-        else:
-            with open(rafs["config_path"]) as f:
-                self.client().mount("/" + rafs["snapshot_id"], rafs["bootstrap"], f.read())
+    def shared_mount(self, rafs: Dict[str, Any]) -> None:
+        """Attach one instance, the way its fs driver does (an API mount at /<key> for
+        fusedev; bind the bootstrap blob, then mount EROFS over fscache for fscache)."""
+        self.driver.mount(self, rafs)
 
-    def shared_umount(self, rafs: dict) -> None:
-        if self.record.fs_driver == "fscache":
-            fscache.umount_instance(self, rafs)
-        else:
-            self.client().umount("/" + rafs["snapshot_id"])
+    def shared_umount(self, rafs: Dict[str, Any]) -> None:
+        self.driver.umount(self, rafs)
 
-    def mounted_keys(self, instances: List[dict]) -> List[str]:
+    def mounted_keys(self, instances: Sequence[Dict[str, Any]]) -> List[str]:
         """The instance keys the daemon serves now (``instances``: the ones recorded for it)."""
-        if self.record.fs_driver == "fscache":
-            return fscache.mounted_keys(self, instances)
-        return [mp.lstrip("/") for mp in self.client().mountpoints()]
+        return self.driver.mounted_keys(self, instances)
 
-    def recover_rafs_instances(self, instances: List[dict]) -> List[Tuple[dict, Optional[ManagerError]]]:
+    def recover_rafs_instances(
+        self, instances: Sequence[Dict[str, Any]]
+    ) -> List[Tuple[Dict[str, Any], Optional[ManagerError]]]:
         """Re-attach instances after a restart, in seq order (the order they were first
         mounted); one failure does not stop the rest. Returns (instance, error or None)."""
-        results = []
+        results: List[Tuple[Dict[str, Any], Optional[ManagerError]]] = []
         for rafs in sorted(instances, key=lambda r: r["seq"]):
             try:
                 self.shared_mount(rafs)
@@ -294,7 +284,8 @@ class Daemon:
         new_sock = upgrade.next_apisock(self.record.api_socket)
         new = DaemonRecord.from_dict(dict(self.record.to_dict(), api_socket=new_sock))
         self.check_paths()
-        r = upgrade.hot_upgrade(self.record.api_socket, self.supervisor, nydusd_argv(self.nydusd, new, True), new_sock,
+        r = upgrade.hot_upgrade(self.record.api_socket, self.supervisor, nydusd_argv(self.nydusd, new, self.driver, True),
+                                new_sock,
                                 log_path=os.path.join(self.record.log_dir, "stderr.log"))
         self.record.api_socket = new_sock
         self.record.pid = r.process.pid

@@ -21,17 +21,19 @@ import threading
 from typing import Dict, List, Optional
 
 from nydus_hybrid import log
-from nydus_hybrid import upgrade as nupgrade
-from nydus_hybrid.manager import fscache
+from nydus_hybrid.lifecycle import failover as nfailover
+from nydus_hybrid.lifecycle import upgrade as nupgrade
+from nydus_hybrid.lifecycle.errors import SupervisorError, UpgradeError
+from nydus_hybrid.lifecycle.supervisor import Supervisor
+from nydus_hybrid.manager import drivers
 from nydus_hybrid.manager.client import DIED
 from nydus_hybrid.manager.daemon import Daemon, DaemonRecord
 from nydus_hybrid.manager.errors import DaemonStartError, ManagerError
 from nydus_hybrid.manager.monitor import LivenessMonitor
 from nydus_hybrid.manager.store import Store
-from nydus_hybrid.supervisor import Supervisor, SupervisorError
 
 MODES = ("shared", "dedicated")
-FS_DRIVERS = ("fusedev", "fscache")
+FS_DRIVERS = drivers.NAMES
 POLICIES = ("none", "restart", "failover")
 MOUNTING, MOUNTED, REMOVING = "mounting", "mounted", "removing"
 
@@ -64,19 +66,17 @@ class Manager:
                  nydusd: Optional[List[str]] = None, thread_num: int = 4, log_level: str = "info",
                  failover_policy: str = "resend", fs_driver: str = "fusedev", fscache_domain: str = "",
                  standby: bool = False):
-        if fs_driver not in FS_DRIVERS:
-            raise ManagerError(f"fs driver {fs_driver!r}: expected one of {', '.join(FS_DRIVERS)}")
-        if fs_driver == "fscache":
-            daemon_mode = "shared"  # one singleton daemon serves every fscache instance
+        self.root = os.path.abspath(root)
+        self.driver = drivers.get(fs_driver, self.root, {"domain": fscache_domain} if fscache_domain else None)
+        if self.driver.shared_only:
+            daemon_mode = "shared"
         if daemon_mode not in MODES:
             raise ManagerError(f"daemon mode {daemon_mode!r}: expected one of {', '.join(MODES)}")
         if recover_policy not in POLICIES:
             raise ManagerError(f"recover policy {recover_policy!r}: expected one of {', '.join(POLICIES)}")
-        self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
         self.store = Store(os.path.join(self.root, "nydus.db"))
         self.daemon_mode = daemon_mode
-        self.fs_driver, self.fscache_domain = fs_driver, fscache_domain
         self.standby = standby and recover_policy == "failover"
         self.recover_policy = recover_policy
         self.nydusd = list(nydusd or default_nydusd())
@@ -93,10 +93,10 @@ class Manager:
     def _new_record(self, mode: str, mountpoint: str, bootstrap: str = "") -> DaemonRecord:
         did = secrets.token_hex(10)  # 20 characters, like the snapshotter's xids
         config_dir = os.path.join(self.root, "config", did)
-        fscache = self.fs_driver == "fscache"
+        fuse_mountpoint, options = self.driver.record_fields(mountpoint)
         return DaemonRecord(
-            id=did, daemon_mode=mode, fs_driver=self.fs_driver, mountpoint="" if fscache else mountpoint,
-            fscache_dir=os.path.join(self.root, "cache") if fscache else "", config_dir=config_dir,
+            id=did, daemon_mode=mode, fs_driver=self.driver.name, mountpoint=fuse_mountpoint,
+            driver_options=options, config_dir=config_dir,
             api_socket=os.path.join(self.root, "socket", did, "api.sock"), log_dir=os.path.join(self.root, "logs", did),
             log_level=self.log_level, thread_num=self.thread_num, failover_policy=self.failover_policy,
             supervisor_path=os.path.join(self.root, "supervisor", f"{did}.sock") if self.recover_policy == "failover" else "",
@@ -105,12 +105,18 @@ class Manager:
     def _register(self, record: DaemonRecord) -> Daemon:
         """A new daemon: its socket paths checked first (a refusal writes nothing), then its
         record, then its supervisor."""
-        Daemon(record, self.nydusd).check_paths()
+        Daemon(record, self.nydusd, self.driver).check_paths()
         self.store.add_daemon(record.to_dict())
         return self._adopt(record)
 
+    def _driver_of(self, record: DaemonRecord) -> drivers.FsDriver:
+        """A daemon keeps the driver it was made with, even after a restart with another."""
+        if record.fs_driver == self.driver.name:
+            return self.driver
+        return drivers.get(record.fs_driver, self.root, self.driver.options)
+
     def _adopt(self, record: DaemonRecord) -> Daemon:
-        d = Daemon(record, self.nydusd)
+        d = Daemon(record, self.nydusd, self._driver_of(record))
         if record.supervisor_path:
             d.supervisor = Supervisor(record.supervisor_path).start()
         self.daemons[d.id] = d
@@ -142,8 +148,8 @@ class Manager:
             return
         sock = nupgrade.next_apisock(d.record.api_socket)
         try:
-            d.standby = nupgrade.spawn_standby(d.argv(), sock, log_path=os.path.join(d.record.log_dir, "stderr.log"))
-        except (nupgrade.UpgradeError, OSError) as e:
+            d.standby = nfailover.spawn_standby(d.argv(), sock, log_path=os.path.join(d.record.log_dir, "stderr.log"))
+        except (UpgradeError, OSError) as e:
             log.event("standby_failed", level=logging.WARNING, daemon=d.id, error=str(e))
             return
         d.record.standby_pid, d.record.standby_socket = d.standby.process.pid, sock
@@ -168,7 +174,7 @@ class Manager:
     def _activate_standby(self, d: Daemon) -> None:
         """Sequence C on the standby: take over from the supervisor, start serving."""
         dead_socket = d.record.api_socket
-        r = nupgrade.failover_to_standby(d.standby, d.supervisor)
+        r = nfailover.failover_to_standby(d.standby, d.supervisor)
         d.proc, d.record.pid, d.record.api_socket = r.process, r.process.pid, r.apisock
         d.standby, d.record.standby_pid, d.record.standby_socket = None, 0, ""
         if os.path.exists(dead_socket):
@@ -228,11 +234,7 @@ class Manager:
             if not os.path.isfile(bootstrap):
                 raise ManagerError(f"instance {key}: bootstrap {bootstrap} does not exist")
             if self.daemon_mode == "shared":
-                if self.fs_driver == "fscache" and not isinstance(config, dict):
-                    try:
-                        json.loads(config_text)
-                    except ValueError as e:
-                        raise ManagerError(f"instance {key}: the config is not JSON: {e}") from e
+                self.driver.check_config(key, config, config_text)
                 return self._mount_shared(key, image_id, bootstrap, config_text)
             return self._mount_dedicated(key, image_id, bootstrap, config_text)
 
@@ -244,21 +246,10 @@ class Manager:
     def _mount_shared(self, key, image_id, bootstrap, config_text) -> dict:
         d = self.shared_daemon()
         config_path = os.path.join(d.record.config_dir, key, "config.json")
-        snapdir = os.path.join(self.root, "snapshots", key)
-        annotations = None
-        if d.record.fs_driver == "fscache":
-            # The instance's config is its BlobCacheEntry; the EROFS mount is <snapdir>/mnt
-            # and its fscache work dir <snapdir>/fs (spec A4).
-            fid = fscache.fscache_id(key)
-            annotations = {fscache.ID_KEY: fid, fscache.DOMAIN_KEY: self.fscache_domain or fid}
-            entry = fscache.blob_entry(fid, annotations[fscache.DOMAIN_KEY], bootstrap, json.loads(config_text),
-                                       os.path.join(snapdir, "fs"))
-            config_text, mountpoint = json.dumps(entry), os.path.join(snapdir, "mnt")
-        else:
-            mountpoint = os.path.join(d.record.mountpoint, key)
-        _write_atomic(config_path, config_text)
-        rec = self.store.add_instance(self._instance_record(key, image_id, d, mountpoint, bootstrap, config_path,
-                                                            annotations))
+        plan = d.driver.plan_instance(key, d, bootstrap, config_text)
+        _write_atomic(config_path, plan.config_text)
+        rec = self.store.add_instance(self._instance_record(key, image_id, d, plan.mountpoint, bootstrap, config_path,
+                                                            plan.annotations))
         self.instances[key] = rec
         d.refs += 1
         try:
@@ -353,18 +344,18 @@ class Manager:
                     if d.standby is not None and d.standby.alive():
                         try:
                             return self._activate_standby(d)
-                        except nupgrade.UpgradeError as e:  # then the usual way: a new process
+                        except UpgradeError as e:  # then the usual way: a new process
                             log.event("standby_failover_failed", level=logging.WARNING, daemon=d.id, error=str(e))
                             self._drop_standby(d)
                     self._failover(d)
                 else:
                     self._restart(d)
-            except (ManagerError, nupgrade.UpgradeError, SupervisorError, OSError) as e:
+            except (ManagerError, UpgradeError, SupervisorError, OSError) as e:
                 log.event("recover_failed", level=logging.ERROR, daemon=daemon_id, error=str(e))
 
     def _failover(self, d: Daemon) -> None:
         """Sequence C: same arguments, take over from the supervisor, start."""
-        r = nupgrade.failover(d.argv(), d.record.api_socket, d.supervisor,
+        r = nfailover.failover(d.argv(), d.record.api_socket, d.supervisor,
                               log_path=os.path.join(d.record.log_dir, "stderr.log"))
         d.proc, d.record.pid = r.process, r.process.pid
         d.reset_client()
@@ -415,7 +406,7 @@ class Manager:
             for d in list(self.daemons.values()):
                 try:
                     self._recover_daemon(d, summary)
-                except (ManagerError, OSError, nupgrade.UpgradeError) as e:
+                except (ManagerError, OSError, UpgradeError) as e:
                     log.event("recover_failed", level=logging.ERROR, daemon=d.id, error=str(e))
             summary["unexplained"] = list(self.unexplained)
         log.event("recovered", **{k: len(v) for k, v in summary.items()})

@@ -1,7 +1,7 @@
 """The cachefiles on-demand **simulator**: it plays the kernel's ``/dev/cachefiles`` and
 EROFS over fscache for kernels without them (this machine's has neither). The daemon's
 device seam (``rust/src/fscache/device.rs``, ``Simulated``) speaks to it; the manager's
-mount seam (``nydus_hybrid.fscache_mount``) asks it to mount. docs/fscache-simulator.md
+mount seam (``nydus_hybrid.mounts.fscache``) asks it to mount. docs/fscache-simulator.md
 describes the wire format and where it differs from the kernel.
 
 What it does as the kernel does: one bound cache at a time (a second open gets EBUSY);
@@ -36,7 +36,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from nydus_hybrid import fscache_mount, kmount, log
+from nydus_hybrid import log
+from nydus_hybrid.mounts import erofs
+from nydus_hybrid.mounts import fscache, mountinfo
 
 OPEN, CLOSE, READ = 0, 1, 2
 HEADER = struct.Struct("<IIII")
@@ -234,7 +236,7 @@ class Cache:
             key = (volume, cookie)
             obj = self.objects.get(key)
             if obj is None:
-                obj = self.objects[key] = Obj(self.next_obj, volume, cookie, fscache_mount.cache_file(self.dir, volume, cookie))
+                obj = self.objects[key] = Obj(self.next_obj, volume, cookie, fscache.cache_file(self.dir, volume, cookie))
                 self.next_obj += 1
         with obj.lock:
             if obj.state != "open":
@@ -326,7 +328,7 @@ class Cache:
         target = os.path.realpath(target)
         with self.lock:
             if target in self.mounts:
-                if is_mounted(target):
+                if mountinfo.is_mountpoint(target):
                     raise OSError(errno.EBUSY, f"{target} is mounted already")
                 self._release(self.mounts.pop(target))  # unmounted behind our back
         volume = f"erofs,{domain_id or fsid}"
@@ -349,7 +351,7 @@ class Cache:
             # mount options would split on: name the devices through our own fds.
             fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in devices]
             try:
-                kmount.mount_erofs(boot.path, target, [f"/proc/self/fd/{fd}" for fd in fds])
+                erofs.mount_erofs(boot.path, target, [f"/proc/self/fd/{fd}" for fd in fds])
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -366,8 +368,8 @@ class Cache:
             taken = self.mounts.get(target)
         if taken is None:
             raise OSError(errno.EINVAL, f"{target} is not an EROFS-over-fscache mount")
-        if is_mounted(target):
-            kmount.umount(target)
+        if mountinfo.is_mountpoint(target):
+            erofs.umount(target)
         with self.lock:
             self.mounts.pop(target, None)
         self._release(taken)
@@ -451,11 +453,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
-
-
-def is_mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 class Fanotify:
@@ -564,7 +561,7 @@ def serve_control(cache: Cache, path: str) -> None:
 
     def one(conn: socket.socket) -> None:
         with conn:
-            buf = fscache_mount.recv_line(conn)
+            buf = fscache.recv_line(conn)
             if not buf.endswith(b"\n"):
                 return
             try:
@@ -611,7 +608,7 @@ def main(argv=None) -> int:
     def stop(*_):
         for target in list(cache.mounts):
             try:
-                kmount.umount(target, lazy=True)
+                erofs.umount(target, lazy=True)
             except OSError:
                 pass
         os._exit(0)

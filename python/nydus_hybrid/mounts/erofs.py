@@ -1,23 +1,17 @@
 """Kernel EROFS mounts through ``mount(2)`` with a regular file as the source.
 
 Linux 6.12+ mounts EROFS straight from a file (no loop device). ``device=`` options attach
-extra blob devices, each also a regular file. Used by the demo and the kernel tests.
+extra blob devices, each also a regular file. Used by the demo, the kernel tests and the cachefiles simulator.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-from contextlib import contextmanager
 import tempfile
+from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
-MS_RDONLY = 1
-MNT_DETACH = 2
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
+from nydus_hybrid.mounts import syscall
 
 _probe_result: Optional[bool] = None
 
@@ -58,17 +52,11 @@ def _probe() -> bool:
 
 
 def mount_erofs(source: str, target: str, devices: Sequence[str] = ()) -> None:
-    opts = ",".join(f"device={d}" for d in devices).encode()
-    rc = _libc.mount(os.fsencode(source), os.fsencode(target), b"erofs", MS_RDONLY, opts or None)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount -t erofs {source} {target}: {os.strerror(err)}")
+    """Read-only EROFS from a regular file; each ``devices`` entry is an extra blob device."""
+    syscall.mount(source, target, "erofs", syscall.MS_RDONLY, ",".join(f"device={d}" for d in devices))
 
 
-def umount(target: str, lazy: bool = False) -> None:
-    if _libc.umount2(os.fsencode(target), MNT_DETACH if lazy else 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+umount = syscall.umount
 
 
 @contextmanager

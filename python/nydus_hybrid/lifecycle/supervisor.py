@@ -6,7 +6,7 @@ session: the state bytes plus one file descriptor (a dup of ``/dev/fuse``) over 
 stream, with the fd in an SCM_RIGHTS message. There is no framing: the daemon closes the
 connection and EOF ends the state. The supervisor keeps only the latest (bytes, fd), and
 hands it to the next daemon that connects while a restore is armed. The bytes are opaque
-here; ``nydus_hybrid.daemon.handover`` defines them.
+here; ``nydus_hybrid.lifecycle.handover`` defines them.
 
 The daemon always connects; the supervisor always listens. nydus-snapshotter re-creates its
 listener for each exchange; ours listens for as long as it lives, so a daemon can also push
@@ -26,8 +26,9 @@ import time
 from typing import Optional, Tuple
 
 from nydus_hybrid import log
+from nydus_hybrid.lifecycle.errors import SupervisorError
 
-LOG = logging.getLogger("nydus_hybrid.supervisor")
+LOG = logging.getLogger("nydus_hybrid.lifecycle.supervisor")
 
 RECV_CHUNK = 256 * 1024  # the supervisor's read size
 RESTORE_BUF = 32 * 1024  # the daemon's first recvmsg on restore
@@ -35,10 +36,6 @@ MAX_FDS = 16
 # A state describes mounts and configs; anything near this is not a state.
 MAX_STATE = 64 << 20
 EXCHANGE_TIMEOUT = 10.0  # SendStatesTimeout of the snapshotter
-
-
-class SupervisorError(Exception):
-    """A failed exchange: nothing listening, no fd, a peer that went silent, too much data."""
 
 
 def _fds_of(ancdata) -> list:

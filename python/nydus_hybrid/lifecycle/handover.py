@@ -27,8 +27,7 @@ import struct
 from typing import Optional
 
 from nydus_hybrid import log
-from nydus_hybrid.daemon.errors import DaemonError
-from nydus_hybrid.daemon.service import mount_entry
+from nydus_hybrid.lifecycle.errors import StateError
 
 MAGIC = b"NYHSTATE"
 STATE_VERSION = 1
@@ -36,10 +35,6 @@ _HEADER = struct.Struct("<8sIQ")
 _DIGEST = 32
 POLICIES = ("none", "resend", "flush")
 FUSE_NOTIFY_RESEND = 7  # protocol 7.40, Linux 6.9 and later
-
-
-class StateError(DaemonError):
-    """A state that cannot be taken over: truncated, corrupt, or from a newer daemon."""
 
 
 def encode(doc: dict) -> bytes:
@@ -106,15 +101,6 @@ def _check_singleton(doc: dict) -> None:
 
 def vfs_state(doc: dict) -> bytes:
     return base64.b64decode(doc["fuse"]["vfs_state"])
-
-
-def fuse_conn_id(mountpoint: str) -> Optional[int]:
-    """The ``/sys/fs/fuse/connections/<id>`` number of the FUSE mount at ``mountpoint``: the
-    minor of its device, read from mountinfo (a stat would be a FUSE request)."""
-    line = mount_entry(mountpoint)
-    if line is None or " - fuse" not in line:
-        return None
-    return int(line.split()[2].split(":")[1])
 
 
 def apply_failover_policy(policy: str, fuse_fd: int, conn_id: Optional[int]) -> str:

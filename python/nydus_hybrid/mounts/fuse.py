@@ -1,25 +1,25 @@
 """FUSE mounts served by the Rust core: worker threads read ``/dev/fuse`` and answer from
 the RAFS reader without entering Python. This module only sets mounts up and tears them
-down. (``nydus_hybrid.fuse`` is the slower, scriptable fusepy-style path.)"""
+down. (``nydus_hybrid.mounts.fuse_shim`` is the slower, scriptable fusepy-style path.)"""
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from nydus_hybrid import _core
 from nydus_hybrid.image import Image, PathArg
+from nydus_hybrid.types import AccessPattern, FilesMetrics, FsMetrics, Inflight
 
 
 class Mount:
     """One FUSE mount. Images attach at ``/`` (dedicated mode, one image) or at ``/<id>``
     (shared mode, many, added and removed at runtime)."""
 
-    def __init__(self, inner: "_core.FuseMount"):
+    def __init__(self, inner: _core.FuseMount):
         self._inner = inner
-        self._images: dict = {}
-        self._indexes: dict = {}
+        self._images: Dict[str, Image] = {}
+        self._indexes: Dict[str, int] = {}
 
     @classmethod
     def create(cls, mountpoint: PathArg, *, fsname: str = "rafs") -> "Mount":
@@ -45,9 +45,9 @@ class Mount:
         ``accounting`` switches on nydusd's (iostats_files, access_pattern, latest_read_files)."""
         args = (entry_timeout, attr_timeout, keep_cache, tuple(bool(a) for a in accounting))
         if index is None:
-            index = self._inner.attach(path, image._inner, *args)
+            index = self._inner.attach(path, image.handle, *args)
         else:
-            self._inner.reattach(path, index, image._inner, *args)
+            self._inner.reattach(path, index, image.handle, *args)
         self._images[path] = image
         self._indexes[path] = index
         return index
@@ -60,25 +60,25 @@ class Mount:
     def image(self, path: str) -> Optional[Image]:
         return self._images.get(path)
 
-    def fs_metrics(self, path: str) -> dict:
+    def fs_metrics(self, path: str) -> FsMetrics:
         """FUSE operation counters of the image at ``path``, in the shape of nydusd's
         ``/api/v1/metrics`` (FsIoStats): per-op hits, errors and latency, bytes read."""
-        return json.loads(self._inner.fs_metrics_json(path))
+        return self._inner.fs_metrics(path)
 
-    def files_metrics(self, path: str, latest: bool = False):
+    def files_metrics(self, path: str, latest: bool = False) -> FilesMetrics:
         """nydusd's ``/metrics/files``: counters by inode of the files opened (needs
         ``iostats_files``); with ``latest``, the inodes read since the last such call, as
         ``[first, last]`` or ``[ino]`` ranges (needs ``latest_read_files``)."""
-        return json.loads(self._inner.files_metrics_json(path, latest))
+        return self._inner.files_metrics(path, latest)
 
-    def access_pattern(self, path: str) -> list:
+    def access_pattern(self, path: str) -> AccessPattern:
         """nydusd's ``/metrics/pattern``: each file read, with its read count and first
         access time (needs ``access_pattern``)."""
-        return json.loads(self._inner.pattern_json(path))
+        return self._inner.access_pattern(path)
 
-    def inflight(self, path: str) -> list:
+    def inflight(self, path: str) -> Inflight:
         """Operations the image at ``path`` is serving right now (nydusd's ``/metrics/inflight``)."""
-        return json.loads(self._inner.inflight_json(path))
+        return self._inner.inflight(path)
 
     def start(self, threads: int = 4) -> None:
         self._inner.start(threads)
@@ -110,15 +110,17 @@ def mount_image(
     bootstrap: PathArg,
     blob_dir: Optional[PathArg] = None,
     *,
-    config: Union[None, str, dict] = None,
+    config: Union[None, str, Dict[str, Any]] = None,
     threads: int = 4,
-    **cache,
+    entry_timeout: float = 60.0,
+    attr_timeout: float = 60.0,
+    keep_cache: bool = True,
 ) -> Mount:
     """Dedicated mode in one call: open an image and serve it at ``mountpoint``."""
     image = Image.open(bootstrap, blob_dir, config=config)
     m = Mount.create(mountpoint)
     try:
-        m.attach("/", image, **cache)
+        m.attach("/", image, entry_timeout=entry_timeout, attr_timeout=attr_timeout, keep_cache=keep_cache)
         m.start(threads)
     except BaseException:
         m.stop(umount=True)

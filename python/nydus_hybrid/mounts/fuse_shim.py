@@ -4,14 +4,14 @@ This is the **slow, scriptable path**: every FUSE request goes through libfuse's
 (path-based) API, ctypes and a Python method of :class:`RafsOperations`, so it is meant for
 users who want to extend or instrument the filesystem in Python (subclass
 ``RafsOperations`` and override a method). Chunk work still happens in Rust with the GIL
-released. For production mounts use the Rust server in :mod:`nydus_hybrid.mount`
+released. For production mounts use the Rust server in :mod:`nydus_hybrid.mounts.fuse`
 (``nydus-hybrid mount``), which answers ``/dev/fuse`` without entering Python.
 
-Needs the ``mfusepy`` package (the maintained fusepy fork; ``pip install mfusepy``) and
+Needs the ``mfusepy`` package (the maintained fusepy fork; ``pip install nydus-hybrid[fuse]``) and
 libfuse 3 (Debian: ``libfuse3-3``) or libfuse 2 (``libfuse2``) on the machine::
 
     from nydus_hybrid import Image
-    from nydus_hybrid.fuse import mount
+    from nydus_hybrid.mounts.fuse_shim import mount
 
     mount(Image.open("bootstrap", "blobs/"), "/mnt/image")   # blocks until unmounted
 
@@ -32,13 +32,13 @@ try:
     import mfusepy
 except ImportError as e:  # the package is missing
     raise ImportError(
-        "nydus_hybrid.fuse needs the 'mfusepy' package (pip install mfusepy, or "
-        "pip install 'nydus-hybrid[test]'); the Rust FUSE server in nydus_hybrid.mount "
+        "nydus_hybrid.mounts.fuse_shim needs the 'mfusepy' package (pip install mfusepy, or "
+        "pip install 'nydus-hybrid[fuse]'); the Rust FUSE server in nydus_hybrid.mounts.fuse "
         "needs nothing extra"
     ) from e
 except OSError as e:  # mfusepy raises OSError('Unable to find libfuse') at import
     raise ImportError(
-        f"nydus_hybrid.fuse needs libfuse 3 or 2 (Debian: apt-get install libfuse3-3): {e}"
+        f"nydus_hybrid.mounts.fuse_shim needs libfuse 3 or 2 (Debian: apt-get install libfuse3-3): {e}"
     ) from e
 
 from nydus_hybrid.errors import NydusError
@@ -143,7 +143,7 @@ class RafsOperations(mfusepy.Operations):
     @_errno_mapped
     def listxattr(self, path: str) -> list:
         # raw names (bytes) from the core, decoded the way mfusepy encodes them back
-        return [_s(n) for n in self.image._inner.listxattr(_b(path))]
+        return [_s(n) for n in self.image.listxattr_raw(_b(path))]
 
     @_errno_mapped
     def statfs(self, path: str) -> dict:

@@ -1,6 +1,6 @@
-"""The kernel side of EROFS over fscache, as the manager and the daemon see it: which
-cachefiles device to open, the EROFS ``fsid=`` mount, and where the kernel keeps a cookie's
-cache file (for culling).
+"""EROFS over fscache, as the manager and the daemon see it: which cachefiles device to open,
+the on-demand server that answers it (``FscacheServer``, in the Rust core), the EROFS
+``fsid=`` mount, and where the kernel keeps a cookie's cache file (for culling).
 
 ``NYDUS_HYBRID_CACHEFILES=sim:<socket>`` selects the cachefiles simulator (this kernel has
 no cachefiles on-demand and no EROFS-over-fscache): mounts then go to the simulator's
@@ -9,22 +9,23 @@ Unset, or a device path, means the real kernel interfaces."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import glob
 import json
 import os
 import socket
 import struct
-from typing import Iterator
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from nydus_hybrid import _core
+from nydus_hybrid.image import Image
+from nydus_hybrid.mounts import syscall
+from nydus_hybrid.types import BlobEntry, FscacheMetrics
 
 ENV = "NYDUS_HYBRID_CACHEFILES"
 REAL_DEVICE = "/dev/cachefiles"
 SIM_PREFIX = "sim:"
 MASK32 = 0xFFFFFFFF
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def cachefiles_device() -> str:
@@ -34,6 +35,65 @@ def cachefiles_device() -> str:
 def _sim_socket() -> str:
     dev = cachefiles_device()
     return dev[len(SIM_PREFIX):] if dev.startswith(SIM_PREFIX) else ""
+
+
+class FscacheServer:
+    """The on-demand server of one cachefiles device: registered bootstraps and their data
+    blobs, and worker threads that answer every OPEN and READ in Rust."""
+
+    def __init__(self, inner: _core.FscacheService):
+        self._inner = inner
+
+    @classmethod
+    def bind(cls, device: str, cache_dir: str, tag: Optional[str] = None) -> "FscacheServer":
+        """Open ``device`` and bind it fresh (``dir``, ``tag``, ``bind ondemand``)."""
+        return cls(_core.FscacheService.bind(device, cache_dir, tag))
+
+    @classmethod
+    def restore(cls, device: str, fd: int) -> "FscacheServer":
+        """Adopt a device fd a predecessor handed over (a duplicate is kept) and ``restore``."""
+        return cls(_core.FscacheService.restore(device, fd))
+
+    def add_bootstrap(self, domain: str, id_: str, bootstrap: str, image: Image, prefetch: bool,
+                      entry: BlobEntry) -> List[str]:
+        """Register a bootstrap and its data blobs (returns their ids); ``entry`` is kept as
+        given and listed back by ``entries``."""
+        return self._inner.add_bootstrap(domain, id_, bootstrap, image.handle, prefetch, entry)
+
+    def remove(self, domain: str, blob_id: str) -> None:
+        self._inner.remove(domain, blob_id)
+
+    def remove_domain(self, domain: str) -> None:
+        self._inner.remove_domain(domain)
+
+    def entries(self, prefix: str = "") -> List[Tuple[str, BlobEntry]]:
+        """``(domain/id, entry)`` of the bootstraps whose key starts with ``prefix``."""
+        return self._inner.entries(prefix)
+
+    def data_refs(self) -> Dict[str, int]:
+        """Each registered data blob and how many bootstraps use it."""
+        return dict(self._inner.data_refs())
+
+    def start(self, threads: int) -> None:
+        self._inner.start(threads)
+
+    def stop(self) -> None:
+        self._inner.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._inner.running()
+
+    def command(self, cmd: str) -> None:
+        """One command to the device (``inuse <name>``, ``cull <name>``)."""
+        self._inner.command(cmd)
+
+    def device_fd(self) -> int:
+        """The device fd, for the supervisor (this object keeps it open)."""
+        return self._inner.device_fd()
+
+    def metrics(self) -> FscacheMetrics:
+        return self._inner.metrics()
 
 
 def mount_options(fsid: str, domain_id: str = "") -> str:
@@ -47,10 +107,7 @@ def mount_erofs_fscache(target: str, fsid: str, domain_id: str = "") -> None:
     if sim:
         sim_request(sim, {"op": "mount", "target": target, "fsid": fsid, "domain_id": domain_id})
         return
-    opts = mount_options(fsid, domain_id).encode()
-    if _libc.mount(b"none", os.fsencode(target), b"erofs", 0, opts) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount -t erofs -o {opts.decode()} {target}: {os.strerror(err)}")
+    syscall.mount("none", target, "erofs", 0, mount_options(fsid, domain_id))
 
 
 def umount_erofs_fscache(target: str) -> None:
@@ -58,9 +115,7 @@ def umount_erofs_fscache(target: str) -> None:
     if sim:
         sim_request(sim, {"op": "umount", "target": target})
         return
-    if _libc.umount2(os.fsencode(target), 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+    syscall.umount(target)
 
 
 def recv_line(s: socket.socket) -> bytes:
@@ -74,7 +129,7 @@ def recv_line(s: socket.socket) -> bytes:
     return buf
 
 
-def sim_request(sock_path: str, request: dict, timeout: float = 120.0) -> dict:
+def sim_request(sock_path: str, request: Dict[str, Any], timeout: float = 120.0) -> Dict[str, Any]:
     """One request on the simulator's control socket; a refusal is an OSError."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)

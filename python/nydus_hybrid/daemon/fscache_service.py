@@ -8,17 +8,17 @@ The device is ``/dev/cachefiles``, or the simulator when ``NYDUS_HYBRID_CACHEFIL
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
 from typing import Dict, List, Optional
 
-from nydus_hybrid import _core, fscache_mount
 from nydus_hybrid import config as nconfig
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound, Unsupported
 from nydus_hybrid.errors import NotFoundError, NydusError
 from nydus_hybrid.image import Image
+from nydus_hybrid.mounts import fscache
+from nydus_hybrid.mounts.fscache import FscacheServer
 
 LEGACY_REQUIRED = ("backend_type", "backend_config", "cache_type", "cache_config")
 PREFETCH_REQUIRED = ("enable", "threads_count", "merging_size", "bandwidth_rate")
@@ -98,8 +98,8 @@ class FscacheService:
     def __init__(self, fscache_dir: Optional[str], threads: int, tag: Optional[str] = None):
         self.dir = os.path.abspath(fscache_dir) if fscache_dir else None
         self.threads, self.tag = threads, tag
-        self.device = fscache_mount.cachefiles_device()
-        self.server: Optional[_core.FscacheService] = None
+        self.device = fscache.cachefiles_device()
+        self.server: Optional[FscacheServer] = None
         self.lock = threading.Lock()  # culls chdir: the cwd is process-wide
 
     # --- device ---------------------------------------------------------------------------
@@ -109,16 +109,16 @@ class FscacheService:
             return  # without --fscache only the blob API's bookkeeping is available
         if not os.path.isdir(self.dir):
             raise DaemonError(f"the fscache dir {self.dir} does not exist")
-        self.server = _core.FscacheService.bind(self.device, self.dir, self.tag)
+        self.server = FscacheServer.bind(self.device, self.dir, self.tag)
 
     def restore(self, fd: int, entries: List[dict]) -> None:
         """Takeover: adopt the predecessor's device fd (``restore``), re-add its entries."""
-        server = _core.FscacheService.restore(self.device, fd)
+        server = FscacheServer.restore(self.device, fd)
         for entry in entries:
             self._register(server, entry)
         self.server = server
 
-    def _need(self) -> _core.FscacheService:
+    def _need(self) -> FscacheServer:
         if self.server is None:
             raise Unsupported("Unsupported(\"the daemon was started without --fscache\")")
         return self.server
@@ -151,7 +151,7 @@ class FscacheService:
             image = Image.open(meta, config=reader_cfg)  # only RAFS v6 opens
             prefetch = v2["cache"].get("prefetch") or {}
             enabled = bool(prefetch.get("enable")) if isinstance(prefetch, dict) else False
-            return server.add_bootstrap(entry["domain_id"], entry["id"], meta, image._inner, enabled, json.dumps(entry))
+            return server.add_bootstrap(entry["domain_id"], entry["id"], meta, image, enabled, entry)
         except NydusError as e:
             raise DaemonError(f"blob_cache: {e}") from e
 
@@ -167,10 +167,10 @@ class FscacheService:
     def entries(self, domain: str, blob_id: str = "") -> List[dict]:
         # An empty domain lists everything (nydusd has no listing; this is ours).
         prefix = f"{domain}/{blob_id}" if blob_id else (f"{domain}/" if domain else "")
-        return [json.loads(text) for key, text in self._need().entries(prefix) if not blob_id or key == prefix]
+        return [entry for key, entry in self._need().entries(prefix) if not blob_id or key == prefix]
 
     def saved_entries(self) -> List[dict]:
-        return [json.loads(text) for _, text in self._need().entries("")] if self.server is not None else []
+        return [entry for _, entry in self._need().entries("")] if self.server is not None else []
 
     def cull(self, blob_id: str) -> None:
         """DELETE ?blob_id=: cull the kernel's cache files of that cookie in every EROFS
@@ -180,7 +180,7 @@ class FscacheService:
             raise BadRequest("blob_id must be one path component")
         refused = []
         with self.lock:
-            for path in fscache_mount.cache_files(self.dir, blob_id):
+            for path in fscache.cache_files(self.dir, blob_id):
                 if not self._cull_one(server, path):
                     refused.append(path)
         if refused:
@@ -236,6 +236,6 @@ class FscacheService:
     def metrics(self) -> Dict:
         if self.server is None:
             raise MetricsNotFound("no fscache device is bound")
-        doc = json.loads(self.server.metrics_json())
-        doc["data_blobs"] = {k: refs for k, refs in self.server.data_refs()}
+        doc = self.server.metrics()
+        doc["data_blobs"] = self.server.data_refs()
         return doc
