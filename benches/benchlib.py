@@ -76,8 +76,34 @@ class Corpus:
 def _text_pool(rng: random.Random, size: int) -> bytes:
     """Log/prose-like text: Zipf-weighted pseudo-words, numbers, punctuation, lines."""
     letters = "etaoinshrdlcumwfgypbvkjxqz"
-    letter_w = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2,
-                2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.2, 0.2, 0.1, 0.1]
+    letter_w = [
+        12.7,
+        9.1,
+        8.2,
+        7.5,
+        7.0,
+        6.7,
+        6.3,
+        6.1,
+        6.0,
+        4.3,
+        4.0,
+        2.8,
+        2.8,
+        2.4,
+        2.4,
+        2.2,
+        2.0,
+        2.0,
+        1.9,
+        1.5,
+        1.0,
+        0.8,
+        0.2,
+        0.2,
+        0.1,
+        0.1,
+    ]
     vocab = []
     for _ in range(12000):
         n = min(14, max(1, int(rng.expovariate(1 / 5.0)) + 1))
@@ -113,7 +139,7 @@ def _text_bytes(rng: random.Random, pool: bytes, size: int) -> bytes:
     while len(out) < size:
         n = min(size - len(out), rng.randint(4096, 96 * 1024))
         at = rng.randrange(0, len(pool) - n)
-        out += pool[at:at + n]
+        out += pool[at : at + n]
     return bytes(out)
 
 
@@ -244,10 +270,10 @@ def ensure_bigfile(gb: Optional[float] = None, log: Callable[[str], None] = lamb
                 f.seek(i * MiB)
                 if kind == 4:
                     at = rng.randrange(0, len(text) - MiB)
-                    f.write(text[at:at + MiB])
+                    f.write(text[at : at + MiB])
                 else:
                     at = rng.randrange(0, 16 * MiB) & ~7
-                    f.write(noise[at:at + MiB])
+                    f.write(noise[at : at + MiB])
             f.truncate(size)
         log(f"  done in {time.perf_counter() - t:.1f} s")
         with open(marker, "w") as f:
@@ -344,8 +370,9 @@ def run_measured(pipeline: Sequence[Sequence[str]], *, sample_rss: bool = False,
     prev_stdout = subprocess.DEVNULL
     for i, argv in enumerate(pipeline):
         last = i == len(pipeline) - 1
-        p = subprocess.Popen(_wrap(argv, reports[i]), stdin=prev_stdout,
-                             stdout=out if last else subprocess.PIPE, stderr=errs[i], env=env)
+        p = subprocess.Popen(
+            _wrap(argv, reports[i]), stdin=prev_stdout, stdout=out if last else subprocess.PIPE, stderr=errs[i], env=env
+        )
         if i > 0:
             prev_stdout.close()
         prev_stdout = p.stdout
@@ -386,8 +413,9 @@ def run_measured(pipeline: Sequence[Sequence[str]], *, sample_rss: bool = False,
         os.unlink(reports[i])
         if p.returncode != 0 or not lines:
             errs[i].seek(0)
-            failures.append(f"{' '.join(pipeline[i])}: exit {p.returncode}: "
-                            f"{errs[i].read()[-2000:].decode(errors='replace')}")
+            failures.append(
+                f"{' '.join(pipeline[i])}: exit {p.returncode}: {errs[i].read()[-2000:].decode(errors='replace')}"
+            )
             continue
         kib, user, system = lines[-1].split()
         maxrss = max(maxrss, int(kib))
@@ -415,8 +443,24 @@ class Tool:
 
 
 def nydus_cmd(src: str, out: str, compressor: str = "zstd", digester: str = "blake3") -> List[List[str]]:
-    return [[sys.executable, "-m", "nydus_hybrid", "build", src, "-B", os.path.join(out, "image.boot"),
-             "-D", os.path.join(out, "blobs"), "-c", compressor, "-d", digester, "--no-progress"]]
+    return [
+        [
+            sys.executable,
+            "-m",
+            "nydus_hybrid",
+            "build",
+            src,
+            "-B",
+            os.path.join(out, "image.boot"),
+            "-D",
+            os.path.join(out, "blobs"),
+            "-c",
+            compressor,
+            "-d",
+            digester,
+            "--no-progress",
+        ]
+    ]
 
 
 def erofs_cmd(src: str, out: str) -> List[List[str]]:
@@ -424,8 +468,7 @@ def erofs_cmd(src: str, out: str) -> List[List[str]]:
 
 
 def tar_zstd_cmd(src: str, out: str) -> List[List[str]]:
-    return [["tar", "-C", src, "-cf", "-", "."],
-            ["zstd", "-T0", "-3", "-q", "-o", os.path.join(out, "out.tar.zst")]]
+    return [["tar", "-C", src, "-cf", "-", "."], ["zstd", "-T0", "-3", "-q", "-o", os.path.join(out, "out.tar.zst")]]
 
 
 TOOLS: Dict[str, Tool] = {
@@ -503,8 +546,15 @@ class Summary:
 
 
 def summarize(name: str, input_bytes: int, runs: Sequence[Tuple[Run, int]]) -> Summary:
-    return Summary(name, input_bytes, [r.wall for r, _ in runs], [r.maxrss_kib for r, _ in runs],
-                   [r.cpu for r, _ in runs], runs[-1][1], [r.sys_cpu for r, _ in runs])
+    return Summary(
+        name,
+        input_bytes,
+        [r.wall for r, _ in runs],
+        [r.maxrss_kib for r, _ in runs],
+        [r.cpu for r, _ in runs],
+        runs[-1][1],
+        [r.sys_cpu for r, _ in runs],
+    )
 
 
 # --------------------------------------------------------------------------- readers
@@ -531,7 +581,9 @@ def read_source_sequential(root: str, files: Sequence[Tuple[str, int]], block: i
     return n
 
 
-def random_reads(files: Sequence[Tuple[str, int]], count: int, block: int = 4096, seed: int = 4096) -> List[Tuple[str, int]]:
+def random_reads(
+    files: Sequence[Tuple[str, int]], count: int, block: int = 4096, seed: int = 4096
+) -> List[Tuple[str, int]]:
     """`count` (path, 4K-aligned offset) pairs, files picked with probability ~ size."""
     rng = random.Random(seed)
     big = [(rel, size) for rel, size in files if size > 0]
@@ -587,16 +639,25 @@ def build_identity() -> Dict[str, str]:
             ident["core_sha256"] = hashlib.sha256(f.read()).hexdigest()[:12]
         ident["core_mtime"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(spec.origin)))
         try:
-            ident["git_head"] = subprocess.run(["git", "-C", os.path.dirname(spec.origin), "rev-parse", "--short", "HEAD"],
-                                               capture_output=True, text=True).stdout.strip() or "?"
+            ident["git_head"] = (
+                subprocess.run(
+                    ["git", "-C", os.path.dirname(spec.origin), "rev-parse", "--short", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                or "?"
+            )
         except OSError:
             ident["git_head"] = "?"
     return ident
 
 
 def machine_info() -> Dict[str, str]:
-    info = {"nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
-            "kernel": os.uname().release, "python": sys.version.split()[0]}
+    info = {
+        "nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -750,11 +811,15 @@ def start_registry(tmpdir: Optional[str] = None):
 
 
 def registry_config(reg, cache_dir: str, batch_size: int = 0) -> dict:
-    return {"version": 2,
-            "backend": {"type": "registry",
-                        "registry": {"scheme": "http", "host": reg.host, "repo": REGISTRY_REPO, "timeout": 30}},
-            "cache": {"type": "blobcache", "filecache": {"work_dir": cache_dir}},
-            "rafs": {"batch_size": batch_size}}
+    return {
+        "version": 2,
+        "backend": {
+            "type": "registry",
+            "registry": {"scheme": "http", "host": reg.host, "repo": REGISTRY_REPO, "timeout": 30},
+        },
+        "cache": {"type": "blobcache", "filecache": {"work_dir": cache_dir}},
+        "rafs": {"batch_size": batch_size},
+    }
 
 
 @dataclass
@@ -808,8 +873,9 @@ def registry_blob_requests(reg, digest: str) -> Tuple[int, int]:
     return gets, heads
 
 
-def registry_requests_after(reg, digest: str, before: Tuple[int, int], expect_gets: int,
-                            timeout: float = 3.0) -> Tuple[int, int]:
+def registry_requests_after(
+    reg, digest: str, before: Tuple[int, int], expect_gets: int, timeout: float = 3.0
+) -> Tuple[int, int]:
     """The blob's GETs and HEADs since `before`; the log trails the replies, so poll until
     at least `expect_gets` GETs show up (or `timeout`)."""
     deadline = time.monotonic() + timeout
@@ -824,6 +890,7 @@ def registry_requests_after(reg, digest: str, before: Tuple[int, int], expect_ge
 class Fetch:
     """One timed fetch: wall s, bytes delivered to the caller, client CPU s, registry CPU s,
     HTTP requests sent, bytes the backend fetched."""
+
     wall: float
     nbytes: int
     cpu: float
@@ -851,13 +918,17 @@ def curl_fetch(reg, img: PushedImage, step: int = 0, parallel: int = 1) -> Fetch
     import resource
 
     fd, cfg = tempfile.mkstemp(prefix="nydus-bench-curl-", suffix=".cfg")
-    ranges = [(0, img.blob_size)] if not step else [(o, min(img.blob_size, o + step)) for o in range(0, img.blob_size, step)]
+    ranges = (
+        [(0, img.blob_size)] if not step else [(o, min(img.blob_size, o + step)) for o in range(0, img.blob_size, step)]
+    )
     with os.fdopen(fd, "w") as f:
         for i, (lo, hi) in enumerate(ranges):
             if i:
                 f.write("next\n")
-            f.write(f'url = "{img.url}"\noutput = "/dev/null"\nsilent\nshow-error\nfail\n'
-                    f'write-out = "%{{size_download}}\\n"\n')
+            f.write(
+                f'url = "{img.url}"\noutput = "/dev/null"\nsilent\nshow-error\nfail\n'
+                f'write-out = "%{{size_download}}\\n"\n'
+            )
             if step:
                 f.write(f'range = "{lo}-{hi - 1}"\n')
     argv = ["curl", "-K", cfg] + (["--parallel", "--parallel-max", str(parallel)] if parallel > 1 else [])
@@ -910,8 +981,15 @@ def read_files_readinto(root: str, files: Sequence[Tuple[str, int]], block: int 
     return n
 
 
-def image_fetch(reg, img: PushedImage, cache_dir: str, batch_size: int = 0, threads: int = 1,
-                files: Optional[Sequence[Tuple[str, int]]] = None, whole_files: bool = False) -> Fetch:
+def image_fetch(
+    reg,
+    img: PushedImage,
+    cache_dir: str,
+    batch_size: int = 0,
+    threads: int = 1,
+    files: Optional[Sequence[Tuple[str, int]]] = None,
+    whole_files: bool = False,
+) -> Fetch:
     """Cold read through the registry backend: a fresh (empty) cache dir, `Image.open`,
     then `files` (default: all) in 1 MiB reads (`whole_files`: one `im.read(path)` per
     file), on `threads` threads. Open and the blob-metadata fetch are inside the timing."""
@@ -936,8 +1014,9 @@ def image_fetch(reg, img: PushedImage, cache_dir: str, batch_size: int = 0, thre
     want = sum(s for _, s in files)
     assert n == want, f"read {n} of {want} bytes"
     b = m["backend"]
-    return Fetch(wall, n, cpu, None if c0 is None or c1 is None else c1 - c0, b["requests_total"],
-                 b["read_amount_total"], m)
+    return Fetch(
+        wall, n, cpu, None if c0 is None or c1 is None else c1 - c0, b["requests_total"], b["read_amount_total"], m
+    )
 
 
 @dataclass
@@ -973,7 +1052,9 @@ def cold_fetch(v: ColdVariant, reg, img: PushedImage, cache_dir: str) -> Fetch:
 PARTIAL_BATCHES = [0, MiB, 4 * MiB]
 
 
-def partial_fetch(reg, img: PushedImage, picks: Sequence[Tuple[str, int]], cache_dir: str, batch_size: int) -> Tuple[Fetch, int, int]:
+def partial_fetch(
+    reg, img: PushedImage, picks: Sequence[Tuple[str, int]], cache_dir: str, batch_size: int
+) -> Tuple[Fetch, int, int]:
     """Cold read of the picked files (whole, in the sample's random order); returns the
     fetch and the registry's count of blob GETs and HEADs it served for it."""
     before = registry_blob_requests(reg, img.digest)
@@ -1149,8 +1230,16 @@ class DaemonStart:
             with open(cfg, "w") as f:
                 json.dump(self.dt.v1_config("/", image.blobs, os.path.join(self.workdir, "cache")), f)
             argv += ["--config", cfg, "--bootstrap", str(image.boot)]
-        self.argv = argv + ["--mountpoint", self.mnt, "--apisock", self.sock, "--log-level", "info",
-                            "--failover-policy", "resend"]
+        self.argv = argv + [
+            "--mountpoint",
+            self.mnt,
+            "--apisock",
+            self.sock,
+            "--log-level",
+            "info",
+            "--failover-policy",
+            "resend",
+        ]
         self.proc: Optional[subprocess.Popen] = None
         self.result: Optional[Startup] = None
 
@@ -1202,8 +1291,15 @@ class DaemonStart:
             if conn is not None:
                 conn.close()
         pid = self.proc.pid
-        self.result = Startup(t_sock - t0, t_run - t0, proc_cpu_s(pid), None, self.dt.is_mounted(self.mnt),
-                              runq_wait_s=proc_runq_wait_s(pid), disk_read_bytes=proc_disk_read_bytes(pid))
+        self.result = Startup(
+            t_sock - t0,
+            t_run - t0,
+            proc_cpu_s(pid),
+            None,
+            self.dt.is_mounted(self.mnt),
+            runq_wait_s=proc_runq_wait_s(pid),
+            disk_read_bytes=proc_disk_read_bytes(pid),
+        )
         return self.result
 
     def stop(self) -> Optional[float]:
@@ -1249,7 +1345,8 @@ def daemon_image(workdir: str):
 def startup_rows(image) -> List[Tuple[str, Callable[[str], Startup]]]:
     """(row name, fn(workdir) -> Startup), the floor first."""
     rows: List[Tuple[str, Callable[[str], Startup]]] = [
-        (name, lambda w, code=code: time_python(code)) for name, code in STARTUP_BASELINES]
+        (name, lambda w, code=code: time_python(code)) for name, code in STARTUP_BASELINES
+    ]
     rows.append((DEDICATED, lambda w: time_daemon(w, image)))
     rows.append((SHARED, lambda w: time_daemon(w, None)))
     return rows
@@ -1262,20 +1359,23 @@ def import_profile(module: str, runs: int = 5) -> Tuple[Dict[str, Tuple[float, f
     depth: Dict[str, int] = {}
     order: List[str] = []
     for _ in range(runs):
-        err = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                             capture_output=True, text=True, check=True).stderr
+        err = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, check=True
+        ).stderr
         for line in err.splitlines():
             if not line.startswith("import time:") or "self [us]" in line:
                 continue
-            self_us, cum_us, name = line[len("import time:"):].split("|", 2)
+            self_us, cum_us, name = line[len("import time:") :].split("|", 2)
             self_us, cum_us = int(self_us), int(cum_us)
             key = name.strip()
             if key not in depth:
                 depth[key] = (len(name) - len(name.lstrip()) - 1) // 2
                 order.append(key)
             samples.setdefault(key, []).append((self_us, cum_us))
-    med = {k: (statistics.median(s for s, _ in v) / 1000, statistics.median(c for _, c in v) / 1000)
-           for k, v in samples.items()}
+    med = {
+        k: (statistics.median(s for s, _ in v) / 1000, statistics.median(c for _, c in v) / 1000)
+        for k, v in samples.items()
+    }
     return med, depth, order
 
 
@@ -1376,6 +1476,7 @@ class DaemonLoad:
         from pathlib import Path
 
         import aiohttp
+
         import nydus_hybrid
 
         self.dt = daemontools()
@@ -1394,8 +1495,9 @@ class DaemonLoad:
         try:
             run = Path(self.workdir) / "daemon"
             run.mkdir()
-            self.daemon = self.dt.Daemon(run, config=self.dt.v1_config("/", self.blobs, run / "cache"),
-                                         bootstrap=self.boot)
+            self.daemon = self.dt.Daemon(
+                run, config=self.dt.v1_config("/", self.blobs, run / "cache"), bootstrap=self.boot
+            )
             self.mnt = str(self.daemon.mnt)
 
             reply = os.path.join(self.workdir, "metrics.json")
@@ -1415,7 +1517,9 @@ class DaemonLoad:
             self.ctl = mmap.mmap(self._ctlf.fileno(), 4096)
             paths = [os.path.join(self.mnt, rel) for rel, _ in tree.files]
             for k in range(API_READERS):
-                self.procs.append(subprocess.Popen([sys.executable, "-c", READER_SCRIPT, self.ctl_path, str(k), *paths]))
+                self.procs.append(
+                    subprocess.Popen([sys.executable, "-c", READER_SCRIPT, self.ctl_path, str(k), *paths])
+                )
 
             deadline = time.monotonic() + 20
             while not os.path.exists(self.control_sock):
@@ -1527,6 +1631,7 @@ class ApiLatency:
     sequential one, and the wall seconds of each burst. Reader bytes and seconds while the
     loaded requests ran, and in windows with no requests; daemon CPU seconds over the idle
     requests to it (and to the control); the daemon's data_read and the readers' bytes over the whole run."""
+
     burst: Dict[Tuple[str, str], List[List[float]]] = field(default_factory=dict)
     seq: Dict[Tuple[str, str], List[float]] = field(default_factory=dict)
     burst_wall: Dict[Tuple[str, str], List[float]] = field(default_factory=dict)
@@ -1546,8 +1651,9 @@ class ApiLatency:
         return sum(b for b, _ in pairs) / MiB / max(1e-9, sum(s for _, s in pairs))
 
 
-def api_latency_rounds(load: DaemonLoad, rounds: int, alone_s: float = 0.25,
-                       log: Callable[[str], None] = lambda s: None) -> ApiLatency:
+def api_latency_rounds(
+    load: DaemonLoad, rounds: int, alone_s: float = 0.25, log: Callable[[str], None] = lambda s: None
+) -> ApiLatency:
     """Interleaved rounds. Each: with the readers paused, a burst of API_CONCURRENCY
     concurrent requests then API_SEQUENTIAL sequential ones, to the daemon and then to the
     control server; the readers run alone for `alone_s` (their throughput without
@@ -1601,10 +1707,12 @@ def api_latency_rounds(load: DaemonLoad, rounds: int, alone_s: float = 0.25,
         requests("loaded")
         t_c, b_c = time.perf_counter(), load.read_bytes()
         res.read_during.append((b_c - b_b, t_c - t_b))
-        log(f"  round {r + 1}/{rounds}: daemon burst p50 idle {pct(res.burst[(DAEMON, 'idle')][-1], .5) / 1000:5.1f} ms, "
-            f"loaded {pct(res.burst[(DAEMON, 'loaded')][-1], .5) / 1000:5.1f} ms (control "
-            f"{pct(res.burst[(CONTROL, 'idle')][-1], .5) / 1000:5.1f} / {pct(res.burst[(CONTROL, 'loaded')][-1], .5) / 1000:5.1f}); "
-            f"readers {(b_c - b_b) / MiB / (t_c - t_b):6.0f} MiB/s (alone {(b_b - b_a) / MiB / (t_b - t_a):6.0f})")
+        log(
+            f"  round {r + 1}/{rounds}: daemon burst p50 idle {pct(res.burst[(DAEMON, 'idle')][-1], 0.5) / 1000:5.1f} ms, "
+            f"loaded {pct(res.burst[(DAEMON, 'loaded')][-1], 0.5) / 1000:5.1f} ms (control "
+            f"{pct(res.burst[(CONTROL, 'idle')][-1], 0.5) / 1000:5.1f} / {pct(res.burst[(CONTROL, 'loaded')][-1], 0.5) / 1000:5.1f}); "
+            f"readers {(b_c - b_b) / MiB / (t_c - t_b):6.0f} MiB/s (alone {(b_b - b_a) / MiB / (t_b - t_a):6.0f})"
+        )
     load.readers(False)
     res.data_read, res.reader_bytes = load.data_read() - dr0, load.read_bytes() - rb0
     return res

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import benchlib  # noqa: E402
+import benchlib
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -23,10 +23,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_report_header(config):
     m = benchlib.machine_info()
     b = benchlib.build_identity()
-    return (f"nydus benches: corpus {benchlib.bench_mb()} MiB, big file {benchlib.bigfile_gb()} GiB, "
-            f"{benchlib.bench_rounds()} rounds; nproc {m['nproc']}, kernel {m['kernel']}; "
-            f"peak RSS via {benchlib.rss_method()}; nydus-hybrid git {b.get('git_head')}, "
-            f"_core sha256 {b.get('core_sha256')}")
+    return (
+        f"nydus benches: corpus {benchlib.bench_mb()} MiB, big file {benchlib.bigfile_gb()} GiB, "
+        f"{benchlib.bench_rounds()} rounds; nproc {m['nproc']}, kernel {m['kernel']}; "
+        f"peak RSS via {benchlib.rss_method()}; nydus-hybrid git {b.get('git_head')}, "
+        f"_core sha256 {b.get('core_sha256')}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -111,8 +111,9 @@ class FuseTree:
         return picks
 
 
-def ensure_fuse_tree(big_mb: Optional[int] = None, files: Optional[int] = None,
-                     log: Callable[[str], None] = lambda s: None) -> FuseTree:
+def ensure_fuse_tree(
+    big_mb: Optional[int] = None, files: Optional[int] = None, log: Callable[[str], None] = lambda s: None
+) -> FuseTree:
     big_mb = fuse_big_mb() if big_mb is None else big_mb
     files = fuse_tree_files() if files is None else files
     files = max(FILES_PER_DIR, files // FILES_PER_DIR * FILES_PER_DIR)
@@ -132,10 +133,10 @@ def ensure_fuse_tree(big_mb: Optional[int] = None, files: Optional[int] = None,
             for i in range(big_mb):
                 if i % 4 == 3:
                     at = rng.randrange(0, len(text) - MiB)
-                    f.write(text[at:at + MiB])
+                    f.write(text[at : at + MiB])
                 else:
                     at = rng.randrange(0, 16 * MiB) & ~7
-                    f.write(noise[at:at + MiB])
+                    f.write(noise[at : at + MiB])
         os.utime(os.path.join(root, FuseTree.big_rel), (mtime, mtime))
         rng = random.Random(0x5EED + files)
         for d in range(dirs):
@@ -183,8 +184,10 @@ def build_fuse_image(tree: FuseTree, out: str, log: Callable[[str], None] = lamb
     report = nydus_hybrid.build(tree.root, boot, blobs, compressor="zstd", progress=False)
     build_s = time.perf_counter() - t
     nydus_hybrid.Image.open(boot, blobs).export_block(block)
-    log(f"fuse: built {tree.entries} entries in {build_s:.1f} s; blob {report.blob_size / MiB:.1f} MiB, "
-        f"block image {os.path.getsize(block) / MiB:.1f} MiB")
+    log(
+        f"fuse: built {tree.entries} entries in {build_s:.1f} s; blob {report.blob_size / MiB:.1f} MiB, "
+        f"block image {os.path.getsize(block) / MiB:.1f} MiB"
+    )
     return FuseImage(tree, boot, blobs, block, report.blob_size, build_s)
 
 
@@ -204,7 +207,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-_LIVE: List["BenchMount"] = []
+_LIVE: List[BenchMount] = []
 _LIVE_LOCK = threading.Lock()
 
 
@@ -283,20 +286,38 @@ class OurMount(BenchMount):
 
     kind = "ours"
 
-    def __init__(self, img: FuseImage, mnt: str, threads: int = 4, entry_timeout: Optional[float] = None,
-                 attr_timeout: Optional[float] = None, label: Optional[str] = None,
-                 read_ahead_kb: Optional[int] = None):
+    def __init__(
+        self,
+        img: FuseImage,
+        mnt: str,
+        threads: int = 4,
+        entry_timeout: Optional[float] = None,
+        attr_timeout: Optional[float] = None,
+        label: Optional[str] = None,
+        read_ahead_kb: Optional[int] = None,
+    ):
         super().__init__(mnt, label or f"nydus-hybrid mount, {threads} threads")
         self.threads = threads
-        argv = [sys.executable, "-m", "nydus_hybrid", "mount", "-B", img.boot, "-D", img.blob_dir,
-                "--threads", str(threads)]
+        argv = [
+            sys.executable,
+            "-m",
+            "nydus_hybrid",
+            "mount",
+            "-B",
+            img.boot,
+            "-D",
+            img.blob_dir,
+            "--threads",
+            str(threads),
+        ]
         if entry_timeout is not None:
             argv += ["--entry-timeout", str(entry_timeout)]
         if attr_timeout is not None:
             argv += ["--attr-timeout", str(attr_timeout)]
         self.log = open(self.mnt + ".log", "w+")
-        self.proc = subprocess.Popen(argv + [self.mnt], stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            argv + [self.mnt], stdout=subprocess.PIPE, stderr=self.log, text=True, preexec_fn=_die_with_parent
+        )
         try:
             line = self.proc.stdout.readline()
             if not line:
@@ -341,8 +362,12 @@ class ShimMount(BenchMount):
     def __init__(self, img: FuseImage, mnt: str, label: str = "mfusepy shim", timeout: float = 30.0):
         super().__init__(mnt, label)
         self.log = open(self.mnt + ".log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-c", SHIM_SCRIPT, img.boot, img.blob_dir, self.mnt],
-                                     stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SHIM_SCRIPT, img.boot, img.blob_dir, self.mnt],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         try:
             deadline = time.monotonic() + timeout
             while not is_mounted(self.mnt):
@@ -415,6 +440,7 @@ if threading.current_thread() is threading.main_thread() and signal.getsignal(si
 class Reader:
     """How to mount one row of the tables. `main`: also measured page-cache-warm, from disk,
     for random reads, find + stat and first byte (the other rows are scaling variants)."""
+
     name: str
     kind: str
     make: Callable[[FuseImage, str], BenchMount]
@@ -433,18 +459,29 @@ def ours_name(threads: int, read_ahead_kb: Optional[int] = None) -> str:
 OURS_NAME = ours_name(4)
 
 
-def readers(threads: Sequence[int] = (4, 2, 1), read_ahead: Sequence[Tuple[int, int]] = ((4, 1024), (1, 1024)),
-            shim: bool = True) -> List[Reader]:
+def readers(
+    threads: Sequence[int] = (4, 2, 1),
+    read_ahead: Sequence[Tuple[int, int]] = ((4, 1024), (1, 1024)),
+    shim: bool = True,
+) -> List[Reader]:
     """The kernel baseline first, ours with 4 threads (the default), the scaling variants
     (other thread counts, a larger readahead window), then the shim."""
     out = [Reader(KERNEL_NAME, "kernel", lambda img, m: KernelMount(img, m))]
     for t in threads:
-        out.append(Reader(ours_name(t), "ours", lambda img, m, t=t: OurMount(img, m, threads=t, label=ours_name(t)),
-                          main=t == 4))
+        out.append(
+            Reader(
+                ours_name(t), "ours", lambda img, m, t=t: OurMount(img, m, threads=t, label=ours_name(t)), main=t == 4
+            )
+        )
     for t, kb in read_ahead:
-        out.append(Reader(ours_name(t, kb), "ours",
-                          lambda img, m, t=t, kb=kb: OurMount(img, m, threads=t, read_ahead_kb=kb, label=ours_name(t, kb)),
-                          main=False))
+        out.append(
+            Reader(
+                ours_name(t, kb),
+                "ours",
+                lambda img, m, t=t, kb=kb: OurMount(img, m, threads=t, read_ahead_kb=kb, label=ours_name(t, kb)),
+                main=False,
+            )
+        )
     if shim:
         out.append(Reader(SHIM_NAME, "shim", lambda img, m: ShimMount(img, m)))
     return out
@@ -498,7 +535,7 @@ def read_seq(path: str, start: int = 0, length: Optional[int] = None, block: int
         if start:
             f.seek(start)
         while length is None or n < length:
-            k = f.readinto(buf) if length is None or length - n >= block else f.readinto(memoryview(buf)[:length - n])
+            k = f.readinto(buf) if length is None or length - n >= block else f.readinto(memoryview(buf)[: length - n])
             if not k:
                 break
             n += k
@@ -666,7 +703,9 @@ def fuse_mount_info(m: BenchMount) -> Dict[str, str]:
 @dataclass
 class FuseResults:
     readers: List[Reader]
-    seq: Dict[Tuple[str, str, int], List[Timed]] = field(default_factory=dict)  # (reader, "warm"|"dropped"|"disk", streams)
+    seq: Dict[Tuple[str, str, int], List[Timed]] = field(
+        default_factory=dict
+    )  # (reader, "warm"|"dropped"|"disk", streams)
     rnd: Dict[str, List[List[float]]] = field(default_factory=dict)  # reader -> per round latencies (µs)
     walk: Dict[Tuple[str, str], List[float]] = field(default_factory=dict)  # (reader, "cold"|"cached") -> walls
     stat_pass: Dict[str, List[float]] = field(default_factory=dict)  # reader -> walls of an lstat-only pass
@@ -680,13 +719,23 @@ TIMEOUT0_NAME = "nydus-hybrid mount, 4 threads, timeouts 0"
 
 def ours_timeout0(threads: int = 4) -> Reader:
     name = TIMEOUT0_NAME.replace("4 threads", f"{threads} thread{'s' if threads > 1 else ''}")
-    return Reader(name, "ours", lambda img, m: OurMount(img, m, threads=threads, entry_timeout=0, attr_timeout=0,
-                                                        label=name), main=False)
+    return Reader(
+        name,
+        "ours",
+        lambda img, m: OurMount(img, m, threads=threads, entry_timeout=0, attr_timeout=0, label=name),
+        main=False,
+    )
 
 
-def run_section(img: FuseImage, work: str, rounds: int, rdrs: Optional[List[Reader]] = None,
-                random_count: Optional[int] = None, disk_cold: bool = True,
-                log: Callable[[str], None] = lambda s: None) -> FuseResults:
+def run_section(
+    img: FuseImage,
+    work: str,
+    rounds: int,
+    rdrs: Optional[List[Reader]] = None,
+    random_count: Optional[int] = None,
+    disk_cold: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> FuseResults:
     """Every FUSE figure of run_all.py; inside each round the readers run one after another
     (round-robin), so load from elsewhere hits them alike."""
     tree = img.tree
@@ -718,8 +767,11 @@ def run_section(img: FuseImage, work: str, rounds: int, rdrs: Optional[List[Read
             for r in rdrs:
                 m = mnts[r.name]
                 for streams in (1, 4):
-                    fn = (lambda p=big[r.name]: read_seq(p)) if streams == 1 else \
-                        (lambda p=big[r.name]: read_parallel(p, size, 4))
+                    fn = (
+                        (lambda p=big[r.name]: read_seq(p))
+                        if streams == 1
+                        else (lambda p=big[r.name]: read_parallel(p, size, 4))
+                    )
                     for state in ("dropped", "warm"):
                         if state == "warm" and not r.main:
                             continue
@@ -729,9 +781,15 @@ def run_section(img: FuseImage, work: str, rounds: int, rdrs: Optional[List[Read
                         assert t.nbytes == size, (r.name, t.nbytes)
                         res.seq.setdefault((r.name, state, streams), []).append(t)
                     evict(big[r.name])
-                log(f"  seq round {rnd + 1}/{rounds} {r.name:48s} " + "  ".join(
-                    f"{st}/{s}: {res.seq[(r.name, st, s)][-1].gib_s:5.2f}" for st in ("dropped", "warm") for s in (1, 4)
-                    if (r.name, st, s) in res.seq))
+                log(
+                    f"  seq round {rnd + 1}/{rounds} {r.name:48s} "
+                    + "  ".join(
+                        f"{st}/{s}: {res.seq[(r.name, st, s)][-1].gib_s:5.2f}"
+                        for st in ("dropped", "warm")
+                        for s in (1, 4)
+                        if (r.name, st, s) in res.seq
+                    )
+                )
             if disk_cold:  # everything dropped, backing files too: the disk is in the figure
                 for r in main:
                     drop_caches()
@@ -748,7 +806,9 @@ def run_section(img: FuseImage, work: str, rounds: int, rdrs: Optional[List[Read
                 lat = read_random(big[r.name], offsets)
                 res.rnd.setdefault(r.name, []).append(lat)
                 evict(big[r.name])
-                log(f"  random round {rnd + 1}/{rounds} {r.name:48s} p50 {pct(lat, .5):8.1f} µs  p99 {pct(lat, .99):8.1f} µs")
+                log(
+                    f"  random round {rnd + 1}/{rounds} {r.name:48s} p50 {pct(lat, 0.5):8.1f} µs  p99 {pct(lat, 0.99):8.1f} µs"
+                )
         for r in rdrs:
             if not r.main:
                 mnts.pop(r.name).close()
@@ -777,8 +837,10 @@ def run_section(img: FuseImage, work: str, rounds: int, rdrs: Optional[List[Read
                     res.stat_pass.setdefault(r.name, []).append(time.perf_counter() - t)
                 finally:
                     d.close()
-                log(f"  walk round {rnd + 1}/{rounds} {r.name:48s} cold {res.walk[(r.name, 'cold')][-1]:6.2f} s  "
-                    f"cached {res.walk[(r.name, 'cached')][-1]:6.3f} s  first byte p50 {pct(lat, .5):8.1f} µs")
+                log(
+                    f"  walk round {rnd + 1}/{rounds} {r.name:48s} cold {res.walk[(r.name, 'cold')][-1]:6.2f} s  "
+                    f"cached {res.walk[(r.name, 'cached')][-1]:6.3f} s  first byte p50 {pct(lat, 0.5):8.1f} µs"
+                )
             for threads, r in t0s.items():
                 # timeouts 0: every stat goes to the server
                 m = fresh(r)
@@ -798,10 +860,11 @@ def run_section(img: FuseImage, work: str, rounds: int, rdrs: Optional[List[Read
                     d.close()
                 res.roundtrip.setdefault(threads, []).extend(fstat_roundtrip(m.path(tree.big_rel), 5000))
                 mnts.pop(r.name).close()
-                log(f"  stat round {rnd + 1}/{rounds} {r.name:48s} stat pass {res.stat_pass[r.name][-1]:6.2f} s  "
-                    f"fstat round trip p50 {pct(res.roundtrip[threads][-5000:], .5):6.1f} µs")
+                log(
+                    f"  stat round {rnd + 1}/{rounds} {r.name:48s} stat pass {res.stat_pass[r.name][-1]:6.2f} s  "
+                    f"fstat round trip p50 {pct(res.roundtrip[threads][-5000:], 0.5):6.1f} µs"
+                )
     finally:
         for m in list(mnts.values()):
             m.close()
     return res
-

@@ -15,15 +15,25 @@ import warnings
 
 import pytest
 
-from benchlib import (BASELINE, RSS_GOAL_MIB, TOOLS, Summary, bench_rounds, fresh_dir,
-                      dir_bytes, python_baseline_rss_kib, rss_quartiles, run_measured, summarize)
+from benchlib import (
+    BASELINE,
+    RSS_GOAL_MIB,
+    TOOLS,
+    Summary,
+    bench_rounds,
+    dir_bytes,
+    fresh_dir,
+    python_baseline_rss_kib,
+    rss_quartiles,
+    run_measured,
+    summarize,
+)
 
 # The baseline first, so the ratios of the later (our) builds come from the same session.
 ORDER = [BASELINE, "tar | zstd -T0 -3", "nydus-hybrid zstd", "nydus-hybrid lz4_block"]
 
 
-def _measure(benchmark, tool_name: str, src: str, out: str, input_bytes: int, rounds: int,
-             sample_rss: bool = False):
+def _measure(benchmark, tool_name: str, src: str, out: str, input_bytes: int, rounds: int, sample_rss: bool = False):
     tool = TOOLS[tool_name]
     runs = []
 
@@ -81,8 +91,9 @@ def test_build_corpus(benchmark, corpus, workdir, results, tool_name):
         benchmark.extra_info["rss_goal_mib"] = RSS_GOAL_MIB
         benchmark.extra_info["rss_goal_met"] = s.peak_rss_mib <= RSS_GOAL_MIB
         if s.peak_rss_mib > RSS_GOAL_MIB:
-            warnings.warn(f"{tool_name}: peak RSS {s.peak_rss_mib:.0f} MiB on the corpus exceeds the "
-                          f"{RSS_GOAL_MIB} MiB goal")
+            warnings.warn(
+                f"{tool_name}: peak RSS {s.peak_rss_mib:.0f} MiB on the corpus exceeds the {RSS_GOAL_MIB} MiB goal"
+            )
 
 
 def test_build_bigfile_rss(benchmark, bigfile, workdir):

@@ -35,8 +35,11 @@ IDS = ["floor", "import-core", "import-aiohttp-web", "import-daemon-main", "dedi
 
 
 def _ms(xs):
-    return {"p50_ms": round(pct(xs, .5) * 1000, 1), "p90_ms": round(pct(xs, .9) * 1000, 1),
-            "max_ms": round(max(xs) * 1000, 1)}
+    return {
+        "p50_ms": round(pct(xs, 0.5) * 1000, 1),
+        "p90_ms": round(pct(xs, 0.9) * 1000, 1),
+        "max_ms": round(max(xs) * 1000, 1),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +68,19 @@ def test_daemon_startup(benchmark, startup_image, workdir, results, row):
 
         def start():
             runs.append(benchlib.time_python(code))
+
     try:
-        benchmark.pedantic(start, setup=stop_previous, rounds=benchlib.daemon_rounds(), iterations=1,
-                           warmup_rounds=1)
+        benchmark.pedantic(start, setup=stop_previous, rounds=benchlib.daemon_rounds(), iterations=1, warmup_rounds=1)
     finally:
         stop_previous()
     runs = runs[1:]
     ready = [r.running_s for r in runs]
-    results[("startup", row)] = pct(ready, .5)
+    results[("startup", row)] = pct(ready, 0.5)
     info = benchmark.extra_info
     info.update({"runs": len(runs), **_ms(ready)})
     floor = results.get(("startup", benchlib.FLOOR))
     if floor:
-        info["p50_ratio_vs_floor"] = round(pct(ready, .5) / floor, 2)
+        info["p50_ratio_vs_floor"] = round(pct(ready, 0.5) / floor, 2)
     if runs[0].socket_s is not None:
         info["socket"] = _ms([r.socket_s for r in runs])
         info["cpu_s_at_running_p50"] = statistics.median(r.cpu_s for r in runs if r.cpu_s is not None)
@@ -88,9 +91,9 @@ def test_daemon_startup(benchmark, startup_image, workdir, results, row):
             info["runq_wait_ms_p50"] = round(statistics.median(waits) * 1000, 1)
             info["runq_wait_ms_max"] = round(max(waits) * 1000, 1)
         info["disk_read_bytes_max"] = max((r.disk_read_bytes or 0) for r in runs)
-        info["goal_300ms_p90_met"] = pct(ready, .9) * 1000 < benchlib.DAEMON_STARTUP_GOAL_MS
+        info["goal_300ms_p90_met"] = pct(ready, 0.9) * 1000 < benchlib.DAEMON_STARTUP_GOAL_MS
     else:
-        info["exit_p50_ms"] = round(pct([r.exit_s for r in runs], .5) * 1000, 1)
+        info["exit_p50_ms"] = round(pct([r.exit_s for r in runs], 0.5) * 1000, 1)
 
 
 @pytest.fixture(scope="module")
@@ -107,22 +110,28 @@ def test_daemon_api_latency(benchmark, daemon_load, results):
     """One interleaved run (idle burst, readers alone, loaded burst, per round); the timed
     value is the whole run, the figures are in extra_info."""
     rounds = benchlib.daemon_api_rounds()
-    benchmark.group = (f"daemon: {benchlib.API_CONCURRENCY} concurrent GET /api/v1/metrics, idle vs "
-                       f"{benchlib.API_READERS} FUSE readers")
+    benchmark.group = (
+        f"daemon: {benchlib.API_CONCURRENCY} concurrent GET /api/v1/metrics, idle vs "
+        f"{benchlib.API_READERS} FUSE readers"
+    )
     holder = {}
-    benchmark.pedantic(lambda: holder.update(r=benchlib.api_latency_rounds(daemon_load, rounds)),
-                       rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        lambda: holder.update(r=benchlib.api_latency_rounds(daemon_load, rounds)),
+        rounds=1,
+        iterations=1,
+        warmup_rounds=0,
+    )
     r: benchlib.ApiLatency = holder["r"]
     info = benchmark.extra_info
     info["rounds"] = rounds
     for target, tag in ((benchlib.DAEMON, "daemon"), (benchlib.CONTROL, "control")):
         for state in benchlib.API_STATES:
             lat = r.concurrent(target, state)
-            info[f"{tag}_{state}_concurrent_p50_us"] = round(pct(lat, .5), 1)
-            info[f"{tag}_{state}_concurrent_p99_us"] = round(pct(lat, .99), 1)
+            info[f"{tag}_{state}_concurrent_p50_us"] = round(pct(lat, 0.5), 1)
+            info[f"{tag}_{state}_concurrent_p99_us"] = round(pct(lat, 0.99), 1)
             info[f"{tag}_{state}_burst_wall_ms_p50"] = round(statistics.median(r.burst_wall[(target, state)]) * 1000, 2)
-            info[f"{tag}_{state}_sequential_p50_us"] = round(pct(r.seq[(target, state)], .5), 1)
-            info[f"{tag}_{state}_sequential_p99_us"] = round(pct(r.seq[(target, state)], .99), 1)
+            info[f"{tag}_{state}_sequential_p50_us"] = round(pct(r.seq[(target, state)], 0.5), 1)
+            info[f"{tag}_{state}_sequential_p99_us"] = round(pct(r.seq[(target, state)], 0.99), 1)
         for k in ("concurrent_p50", "concurrent_p99", "sequential_p50", "sequential_p99"):
             info[f"{tag}_{k}_loaded_over_idle"] = round(info[f"{tag}_loaded_{k}_us"] / info[f"{tag}_idle_{k}_us"], 2)
     info["readers_mib_s_during_requests"] = round(r.rate(r.read_during), 1)

@@ -29,8 +29,9 @@ import benchlib
 from nydus_hybrid.mounts import erofs as kmount
 from nydus_hybrid.mounts import fscache as fscache_mount
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
-                                reason="needs root and file-backed EROFS mounts")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not kmount.erofs_available(), reason="needs root and file-backed EROFS mounts"
+)
 ROUNDS = int(os.environ.get("NYDUS_BENCH_FSCACHE_ROUNDS", "3"))
 DAEMON = [sys.executable, "-m", "nydus_hybrid.daemon"]
 
@@ -74,15 +75,33 @@ def singleton(image):
     """The simulator and one singleton daemon bound to it."""
     sock = str(image / "cf.sock")
     logs = open(image / "procs.log", "ab")
-    sim = subprocess.Popen([sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", sock, "--log-level", "warning"],
-                           stdout=logs, stderr=logs)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", sock, "--log-level", "warning"],
+        stdout=logs,
+        stderr=logs,
+    )
     while not os.path.exists(sock + ".ctl"):
         time.sleep(0.02)
     env = dict(os.environ, NYDUS_HYBRID_CACHEFILES=f"sim:{sock}")
     (image / "cache").mkdir(exist_ok=True)
     api = str(image / "api.sock")
-    d = subprocess.Popen(DAEMON + ["singleton", "--fscache", str(image / "cache"), "--fscache-threads", "4",
-                                   "--apisock", api, "--log-level", "warn"], stdout=logs, stderr=logs, env=env)
+    d = subprocess.Popen(
+        DAEMON
+        + [
+            "singleton",
+            "--fscache",
+            str(image / "cache"),
+            "--fscache-threads",
+            "4",
+            "--apisock",
+            api,
+            "--log-level",
+            "warn",
+        ],
+        stdout=logs,
+        stderr=logs,
+        env=env,
+    )
     while not os.path.exists(api):
         time.sleep(0.02)
     os.environ["NYDUS_HYBRID_CACHEFILES"] = f"sim:{sock}"
@@ -98,10 +117,19 @@ def bind(api: str, image, fid: str) -> None:
     from nydus_hybrid.client import DaemonClient
 
     (image / "work" / fid).mkdir(parents=True, exist_ok=True)
-    entry = {"type": "bootstrap", "id": fid, "domain_id": fid,
-             "config": {"id": fid, "backend_type": "localfs", "backend_config": {"dir": str(image / "blobs")},
-                        "cache_type": "fscache", "cache_config": {"work_dir": str(image / "work" / fid)},
-                        "metadata_path": str(image / "boot")}}
+    entry = {
+        "type": "bootstrap",
+        "id": fid,
+        "domain_id": fid,
+        "config": {
+            "id": fid,
+            "backend_type": "localfs",
+            "backend_config": {"dir": str(image / "blobs")},
+            "cache_type": "fscache",
+            "cache_config": {"work_dir": str(image / "work" / fid)},
+            "metadata_path": str(image / "boot"),
+        },
+    }
     c = DaemonClient(api)
     try:
         c.put("/api/v2/blobs", entry)
@@ -146,8 +174,15 @@ def corpus_bytes(corpus):
 
 def test_kernel_erofs(benchmark, image, results, corpus_bytes):
     benchmark.group = "fscache: whole-tree read, page cache dropped"
-    measure(benchmark, results, "kernel-erofs", image,
-            lambda t: kmount.mount_erofs(str(image / "boot"), t, [str(image / "flat")]), kmount.umount, corpus_bytes)
+    measure(
+        benchmark,
+        results,
+        "kernel-erofs",
+        image,
+        lambda t: kmount.mount_erofs(str(image / "boot"), t, [str(image / "flat")]),
+        kmount.umount,
+        corpus_bytes,
+    )
 
 
 def test_fscache_cold(benchmark, image, singleton, results, corpus_bytes):
@@ -173,5 +208,12 @@ def test_fscache_warm(benchmark, image, singleton, results, corpus_bytes):
     fscache_mount.mount_erofs_fscache(first, "warm")
     read_tree(first)  # fills the cache files
     fscache_mount.umount_erofs_fscache(first)
-    measure(benchmark, results, "fscache-warm", image, lambda t: fscache_mount.mount_erofs_fscache(t, "warm"),
-            fscache_mount.umount_erofs_fscache, corpus_bytes)
+    measure(
+        benchmark,
+        results,
+        "fscache-warm",
+        image,
+        lambda t: fscache_mount.mount_erofs_fscache(t, "warm"),
+        fscache_mount.umount_erofs_fscache,
+        corpus_bytes,
+    )

@@ -103,17 +103,31 @@ def _ratio(results, key, value):
 
 # ------------------------------------------------------------------ sequential
 
-SEQ = [(KERNEL, "warm", 1), (OURS, "warm", 1), (SHIM, "warm", 1),
-       (KERNEL, "dropped", 1), (OURS, "dropped", 1), (OURS1, "dropped", 1), (SHIM, "dropped", 1),
-       (KERNEL, "warm", 4), (OURS, "warm", 4), (SHIM, "warm", 4),
-       (KERNEL, "dropped", 4), (OURS, "dropped", 4), (OURS1, "dropped", 4), (SHIM, "dropped", 4)]
+SEQ = [
+    (KERNEL, "warm", 1),
+    (OURS, "warm", 1),
+    (SHIM, "warm", 1),
+    (KERNEL, "dropped", 1),
+    (OURS, "dropped", 1),
+    (OURS1, "dropped", 1),
+    (SHIM, "dropped", 1),
+    (KERNEL, "warm", 4),
+    (OURS, "warm", 4),
+    (SHIM, "warm", 4),
+    (KERNEL, "dropped", 4),
+    (OURS, "dropped", 4),
+    (OURS1, "dropped", 4),
+    (SHIM, "dropped", 4),
+]
 
 
 @pytest.mark.parametrize("reader,state,streams", SEQ, ids=[f"{fb.slug(r)}-{s}-{n}x" for r, s, n in SEQ])
 def test_fuse_sequential(benchmark, fuse_image, mounts, results, reader, state, streams):
     size = fuse_image.tree.big_size
-    benchmark.group = (f"fuse: sequential 1 MiB reads of {size // (1 << 20)} MiB, {streams} reader(s), "
-                       f"page cache {'warm' if state == 'warm' else 'dropped before each read'}")
+    benchmark.group = (
+        f"fuse: sequential 1 MiB reads of {size // (1 << 20)} MiB, {streams} reader(s), "
+        f"page cache {'warm' if state == 'warm' else 'dropped before each read'}"
+    )
     m = mounts(reader)
     path = m.path(fuse_image.tree.big_rel)
     runs = []
@@ -124,8 +138,9 @@ def test_fuse_sequential(benchmark, fuse_image, mounts, results, reader, state, 
         return t.nbytes
 
     setup = (lambda: fb.drop_and_rewarm(fuse_image)) if state == "dropped" else None
-    n = benchmark.pedantic(read, setup=setup, rounds=benchlib.bench_rounds(), iterations=1,
-                           warmup_rounds=2 if state == "warm" else 0)
+    n = benchmark.pedantic(
+        read, setup=setup, rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=2 if state == "warm" else 0
+    )
     fb.evict(path)
     assert n == size
     if state == "warm":
@@ -135,7 +150,9 @@ def test_fuse_sequential(benchmark, fuse_image, mounts, results, reader, state, 
     benchmark.extra_info["gib_s"] = round(gib_s, 3)
     benchmark.extra_info["client_cpu_s_per_gib"] = round(statistics.median(t.client_cpu for t in runs) * GiB / size, 3)
     if runs[0].server_cpu is not None:
-        benchmark.extra_info["server_cpu_s_per_gib"] = round(statistics.median(t.server_cpu for t in runs) * GiB / size, 3)
+        benchmark.extra_info["server_cpu_s_per_gib"] = round(
+            statistics.median(t.server_cpu for t in runs) * GiB / size, 3
+        )
     if reader != KERNEL:
         benchmark.extra_info["ratio_vs_kernel_erofs"] = _ratio(results, ("seq", KERNEL, state, streams), gib_s)
     if reader == OURS and state == "dropped" and streams == 1:
@@ -154,14 +171,25 @@ def test_fuse_random_4k(benchmark, fuse_image, mounts, results, reader):
     path = m.path(fuse_image.tree.big_rel)
     offsets = fb.random_offsets(fuse_image.tree.big_size, count)
     lats = []
-    benchmark.pedantic(lambda: lats.append(fb.read_random(path, offsets)), setup=lambda: fb.drop_and_rewarm(fuse_image),
-                       rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        lambda: lats.append(fb.read_random(path, offsets)),
+        setup=lambda: fb.drop_and_rewarm(fuse_image),
+        rounds=benchlib.bench_rounds(),
+        iterations=1,
+        warmup_rounds=0,
+    )
     fb.evict(path)
     p50 = statistics.median(fb.pct(x, 0.5) for x in lats)
     p99 = statistics.median(fb.pct(x, 0.99) for x in lats)
     results[("rnd", reader)] = (p50, p99)
-    benchmark.extra_info.update({"reads": count, "p50_us": round(p50, 1), "p99_us": round(p99, 1),
-                                 "mean_us": round(statistics.median(statistics.fmean(x) for x in lats), 1)})
+    benchmark.extra_info.update(
+        {
+            "reads": count,
+            "p50_us": round(p50, 1),
+            "p99_us": round(p99, 1),
+            "mean_us": round(statistics.median(statistics.fmean(x) for x in lats), 1),
+        }
+    )
     if reader != KERNEL and ("rnd", KERNEL) in results:
         k50, k99 = results[("rnd", KERNEL)]
         benchmark.extra_info["p50_ratio_vs_kernel_erofs"] = round(p50 / k50, 2)
@@ -170,8 +198,15 @@ def test_fuse_random_4k(benchmark, fuse_image, mounts, results, reader):
 
 # ------------------------------------------------------------------ find + stat
 
-WALK = [(KERNEL, "cold"), (OURS, "cold"), (OURS0, "cold"), (SHIM, "cold"),
-        (KERNEL, "cached"), (OURS, "cached"), (SHIM, "cached")]
+WALK = [
+    (KERNEL, "cold"),
+    (OURS, "cold"),
+    (OURS0, "cold"),
+    (SHIM, "cold"),
+    (KERNEL, "cached"),
+    (OURS, "cached"),
+    (SHIM, "cached"),
+]
 
 
 @pytest.mark.parametrize("reader,state", WALK, ids=[f"{fb.slug(r)}-{s}" for r, s in WALK])
@@ -236,12 +271,22 @@ def test_fuse_first_byte(benchmark, fuse_image, mounts, results, reader):
     def fresh():
         holder["m"] = mounts.fresh(reader)
 
-    benchmark.pedantic(lambda: lats.append(fb.first_bytes(holder["m"], files)), setup=fresh,
-                       rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        lambda: lats.append(fb.first_bytes(holder["m"], files)),
+        setup=fresh,
+        rounds=benchlib.bench_rounds(),
+        iterations=1,
+        warmup_rounds=0,
+    )
     p50 = statistics.median(statistics.median(x) for x in lats)
     results[("first", reader)] = p50
-    benchmark.extra_info.update({"files": len(files), "p50_us": round(p50, 1),
-                                 "p90_us": round(statistics.median(fb.pct(x, 0.9) for x in lats), 1),
-                                 "first_file_us": round(statistics.median(x[0] for x in lats), 1)})
+    benchmark.extra_info.update(
+        {
+            "files": len(files),
+            "p50_us": round(p50, 1),
+            "p90_us": round(statistics.median(fb.pct(x, 0.9) for x in lats), 1),
+            "first_file_us": round(statistics.median(x[0] for x in lats), 1),
+        }
+    )
     if reader != KERNEL:
         benchmark.extra_info["ratio_vs_kernel_erofs"] = _ratio(results, ("first", KERNEL), p50)

@@ -86,11 +86,18 @@ def test_registry_cold_read(benchmark, registry, cold_image, scratch, results, v
     benchmark.group = f"storage: cold read of {cold_image.tree.mib:.0f} MiB from docker-registry"
     cache = scratch("storage-cache")
     runs = []
-    benchmark.pedantic(lambda: runs.append(benchlib.cold_fetch(v, registry, cold_image, cache)),
-                       rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: runs.append(benchlib.cold_fetch(v, registry, cold_image, cache)),
+        rounds=benchlib.bench_rounds(),
+        iterations=1,
+        warmup_rounds=1,
+    )
     runs = runs[1:]  # without the warm-up round
-    rate = cold_image.blob_size / MiB / _median(benchmark) if v.kind == "curl" else \
-        cold_image.tree.total_bytes / MiB / _median(benchmark)
+    rate = (
+        cold_image.blob_size / MiB / _median(benchmark)
+        if v.kind == "curl"
+        else cold_image.tree.total_bytes / MiB / _median(benchmark)
+    )
     results[("cold", variant)] = rate
     benchmark.extra_info.update(_fetch_info(runs[-1]))
     benchmark.extra_info["throughput_mib_s"] = round(rate, 1)
@@ -108,9 +115,11 @@ def test_registry_cold_read(benchmark, registry, cold_image, scratch, results, v
     if v.kind == "image":
         if v.threads == 1:
             benchmark.extra_info["wall_share_in_backend_requests"] = round(
-                statistics.median(r.backend_share for r in runs), 3)
-        benchmark.extra_info["blobcache"] = {k: runs[-1].metrics["blobcache"][k]
-                                             for k in ("chunk_misses", "amplified_chunks", "fills")}
+                statistics.median(r.backend_share for r in runs), 3
+            )
+        benchmark.extra_info["blobcache"] = {
+            k: runs[-1].metrics["blobcache"][k] for k in ("chunk_misses", "amplified_chunks", "fills")
+        }
         # every chunk fetched (metadata aside)
         assert runs[-1].fetched >= cold_image.tree.total_bytes
 
@@ -160,26 +169,38 @@ def test_partial_read_requests(benchmark, registry, partial_image, scratch, batc
     frac = benchlib.partial_fraction()
     picks = benchlib.pick_fraction(partial_image.tree.files, frac)
     needed = sum(s for _, s in picks)
-    benchmark.group = (f"storage: {len(picks)} of {len(partial_image.tree.files)} files "
-                       f"({frac:.0%}) of a {partial_image.tree.mib:.0f} MiB image, cold")
+    benchmark.group = (
+        f"storage: {len(picks)} of {len(partial_image.tree.files)} files "
+        f"({frac:.0%}) of a {partial_image.tree.mib:.0f} MiB image, cold"
+    )
     cache = scratch("partial-cache")
     runs = []
-    benchmark.pedantic(lambda: runs.append(benchlib.partial_fetch(registry, partial_image, picks, cache, batch_size)),
-                       rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        lambda: runs.append(benchlib.partial_fetch(registry, partial_image, picks, cache, batch_size)),
+        rounds=benchlib.bench_rounds(),
+        iterations=1,
+        warmup_rounds=0,
+    )
     f, gets, heads = runs[-1]
     b = f.metrics["backend"]
-    benchmark.extra_info.update({
-        "files_read": len(picks), "files_in_image": len(partial_image.tree.files),
-        "bytes_needed": needed, "image_bytes": partial_image.tree.total_bytes,
-        "backend_read_count": b["read_count"], "backend_requests_total": b["requests_total"],
-        "backend_read_amount_total": b["read_amount_total"],
-        "registry_blob_gets": gets, "registry_blob_heads": heads,
-        "read_amplification": round(b["read_amount_total"] / needed, 3),
-        "blob_bytes": partial_image.blob_size,
-        "fetched_vs_whole_blob": round(b["read_amount_total"] / partial_image.blob_size, 4),
-        "amplified_chunks": f.metrics["blobcache"]["amplified_chunks"],
-        "chunk_misses": f.metrics["blobcache"]["chunk_misses"],
-        "wall_s_median": round(_median(benchmark), 3),
-    })
+    benchmark.extra_info.update(
+        {
+            "files_read": len(picks),
+            "files_in_image": len(partial_image.tree.files),
+            "bytes_needed": needed,
+            "image_bytes": partial_image.tree.total_bytes,
+            "backend_read_count": b["read_count"],
+            "backend_requests_total": b["requests_total"],
+            "backend_read_amount_total": b["read_amount_total"],
+            "registry_blob_gets": gets,
+            "registry_blob_heads": heads,
+            "read_amplification": round(b["read_amount_total"] / needed, 3),
+            "blob_bytes": partial_image.blob_size,
+            "fetched_vs_whole_blob": round(b["read_amount_total"] / partial_image.blob_size, 4),
+            "amplified_chunks": f.metrics["blobcache"]["amplified_chunks"],
+            "chunk_misses": f.metrics["blobcache"]["chunk_misses"],
+            "wall_s_median": round(_median(benchmark), 3),
+        }
+    )
     # the request counts of one cold pass do not depend on timing
     assert len({(r[0].metrics["backend"]["read_count"], r[0].fetched) for r in runs}) == 1

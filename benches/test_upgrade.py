@@ -100,7 +100,7 @@ class Probe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self._thread.start()
         return self
 
@@ -257,8 +257,9 @@ class UpgradeBench:
         try:
             run = self.workdir / "d"
             cfg = self.dt.v1_config("/", self.image.blobs, run / "cache")
-            self.daemon = self.dt.Daemon(run, config=cfg, bootstrap=self.image.boot,
-                                         extra=["--id", "d1", "--supervisor", self.sup.path])
+            self.daemon = self.dt.Daemon(
+                run, config=cfg, bootstrap=self.image.boot, extra=["--id", "d1", "--supervisor", self.sup.path]
+            )
             self.mnt = str(self.daemon.mnt)
             self.argv = list(self.daemon.argv)
             self.apisock = self.daemon.sock
@@ -312,10 +313,20 @@ class UpgradeBench:
             stopped = first_event(log_events(old_log), "state", input="stop").get("t")
             if stopped is not None:
                 extra["workers_gap_ms"] = (started - stopped) * 1000
-        op = Op(kind, window, self.probe.longest(t0, t_end), self.load.longest_stall(t0, t_end),
-                self.probe.longest(q0, q1), self.load.longest_stall(q0, q1), self.probe.count(t0, t_end),
-                r.total_ms, r.takeover_ms, running_to_probe_ms=(t_end - t_running) * 1000,
-                restore_ms=first_event(evs, "takeover").get("ms"), **extra)
+        op = Op(
+            kind,
+            window,
+            self.probe.longest(t0, t_end),
+            self.load.longest_stall(t0, t_end),
+            self.probe.longest(q0, q1),
+            self.load.longest_stall(q0, q1),
+            self.probe.count(t0, t_end),
+            r.total_ms,
+            r.takeover_ms,
+            running_to_probe_ms=(t_end - t_running) * 1000,
+            restore_ms=first_event(evs, "takeover").get("ms"),
+            **extra,
+        )
         self.ops.append(op)
         return op
 
@@ -347,9 +358,17 @@ class UpgradeBench:
         t_running, wall_running = time.monotonic(), time.time()
         self.current = r.process
         self.procs.append(r.process)
-        return self._finish("failover", t0, t_running, r, kill_to_reaped_ms=(t_dead - t0) * 1000,
-                            kill_to_running_ms=(t_running - t0) * 1000, log_path=log_path,
-                            wall_reaped=wall_reaped, wall_running=wall_running)
+        return self._finish(
+            "failover",
+            t0,
+            t_running,
+            r,
+            kill_to_reaped_ms=(t_dead - t0) * 1000,
+            kill_to_running_ms=(t_running - t0) * 1000,
+            log_path=log_path,
+            wall_reaped=wall_reaped,
+            wall_running=wall_running,
+        )
 
     def standby_failover(self) -> Op:
         """Like `failover`, with the successor started before the kill (`spawn_standby`,
@@ -369,9 +388,17 @@ class UpgradeBench:
         r = failover.failover_to_standby(standby, self.sup)
         t_running, wall_running = time.monotonic(), time.time()
         self.apisock, self.current = r.apisock, r.process
-        return self._finish("standby-failover", t0, t_running, r, kill_to_reaped_ms=(t_dead - t0) * 1000,
-                            kill_to_running_ms=(t_running - t0) * 1000, log_path=log_path,
-                            wall_reaped=wall_reaped, wall_running=wall_running)
+        return self._finish(
+            "standby-failover",
+            t0,
+            t_running,
+            r,
+            kill_to_reaped_ms=(t_dead - t0) * 1000,
+            kill_to_running_ms=(t_running - t0) * 1000,
+            log_path=log_path,
+            wall_reaped=wall_reaped,
+            wall_running=wall_running,
+        )
 
     def measure(self, kind: str, rounds: int) -> List[Op]:
         do = {"upgrade": self.upgrade, "failover": self.failover, "standby-failover": self.standby_failover}[kind]
@@ -379,11 +406,16 @@ class UpgradeBench:
         for i in range(rounds):
             op = do()
             ops.append(op)
-            self.log(f"  {kind} {i + 1}/{rounds}: probe stall {op.probe_stall_s * 1000:.1f} ms "
-                     f"(quiet {op.quiet_probe_s * 1000:.1f}), load {op.load_stall_s * 1000:.1f} ms "
-                     f"(quiet {op.quiet_load_s * 1000:.1f}), total {op.total_ms:.0f} ms"
-                     + (f", gap {op.gap_ms:.1f} ms" if kind == "upgrade" else
-                        f", kill -> RUNNING {op.kill_to_running_ms:.0f} ms"))
+            self.log(
+                f"  {kind} {i + 1}/{rounds}: probe stall {op.probe_stall_s * 1000:.1f} ms "
+                f"(quiet {op.quiet_probe_s * 1000:.1f}), load {op.load_stall_s * 1000:.1f} ms "
+                f"(quiet {op.quiet_load_s * 1000:.1f}), total {op.total_ms:.0f} ms"
+                + (
+                    f", gap {op.gap_ms:.1f} ms"
+                    if kind == "upgrade"
+                    else f", kill -> RUNNING {op.kill_to_running_ms:.0f} ms"
+                )
+            )
             if self.errors:
                 raise AssertionError(f"{kind} {i + 1}: {len(self.errors)} failed reads, first: {self.errors[:5]}")
         return ops
@@ -418,7 +450,7 @@ class UpgradeBench:
 
 def ms3(xs: Sequence[float]) -> Dict[str, float]:
     """p50 / p99 / max of values in ms (nearest rank: with 20 rounds p99 is the max)."""
-    return {"p50": pct(xs, .5), "p99": pct(xs, .99), "max": max(xs)}
+    return {"p50": pct(xs, 0.5), "p99": pct(xs, 0.99), "max": max(xs)}
 
 
 def figures(ops: Sequence[Op]) -> Dict[str, Dict[str, float]]:
@@ -504,19 +536,25 @@ def test_upgrade_stall(benchmark, upgrade_bench, kind):
     """N operations of one kind under the read load (the upgrades first, then the failovers,
     on the same mount); the timed value is the whole run, the figures are in extra_info."""
     rounds = upgrade_rounds()
-    what = {"upgrade": "hot upgrade", "failover": "kill -9 + failover",
-            "standby-failover": "kill -9 + failover to a warm standby"}[kind]
+    what = {
+        "upgrade": "hot upgrade",
+        "failover": "kill -9 + failover",
+        "standby-failover": "kill -9 + failover to a warm standby",
+    }[kind]
     benchmark.group = f"upgrade: longest read stall per {what}, vs a quiet window of the same length"
     holder = {}
-    benchmark.pedantic(lambda: holder.update(ops=upgrade_bench.measure(kind, rounds)),
-                       rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        lambda: holder.update(ops=upgrade_bench.measure(kind, rounds)), rounds=1, iterations=1, warmup_rounds=0
+    )
     ops: List[Op] = holder["ops"]
     info = benchmark.extra_info
     info["rounds"] = rounds
     for name, v in figures(ops).items():
         for q, x in v.items():
             info[f"{name}_{q}_ms"] = round(x, 2)
-    info["probe_stall_p50_over_quiet_p50"] = round(info["probe_stall_p50_ms"] / max(1e-3, info["quiet_probe_p50_ms"]), 1)
+    info["probe_stall_p50_over_quiet_p50"] = round(
+        info["probe_stall_p50_ms"] / max(1e-3, info["quiet_probe_p50_ms"]), 1
+    )
     info["load_stall_p50_over_quiet_p50"] = round(info["load_stall_p50_ms"] / max(1e-3, info["quiet_load_p50_ms"]), 2)
     info[f"goal_max_stall_under_{goal_ms(kind):.0f}ms_met"] = info["probe_stall_max_ms"] < goal_ms(kind)
     info["probes"] = len(upgrade_bench.probe)

@@ -21,7 +21,7 @@ FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().par
 
 def blob_entry(boot: bytes, index: int = 0) -> bytes:
     off = struct.unpack_from("<Q", boot, 1152 + 8)[0] + 256 * index
-    return boot[off:off + 256]
+    return boot[off : off + 256]
 
 
 def write_tar_seeds(out: Path) -> None:
@@ -32,12 +32,14 @@ def write_tar_seeds(out: Path) -> None:
     for fmt, tag in ((tarfile.GNU_FORMAT, "gnu"), (tarfile.PAX_FORMAT, "pax")):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+
             def add(name, kind=tarfile.REGTYPE, data=b"", link="", pax=None):
                 ti = tarfile.TarInfo(name)
                 ti.type, ti.size, ti.linkname, ti.mtime = kind, len(data), link, 1_700_000_000
                 if pax:
                     ti.pax_headers = pax
                 tf.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
             add("d/", tarfile.DIRTYPE)
             add("d/f", data=b"x" * 700, pax={"SCHILY.xattr.user.k": "v"} if tag == "pax" else None)
             add("d/" + "n" * 150, data=b"long")

@@ -26,12 +26,8 @@ fn main() {
         .or_else(|| own_checkout.then(|| git(top, &["show", "-s", "--format=%cI", "HEAD"])).flatten())
         .unwrap_or_else(|| "unknown".into());
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let rustc_version = Command::new(rustc)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let rustc_version =
+        Command::new(rustc).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=NYDUS_HYBRID_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=NYDUS_HYBRID_BUILD_TIME={build_time}");
     println!("cargo:rustc-env=NYDUS_HYBRID_PROFILE={}", std::env::var("PROFILE").unwrap_or_default());

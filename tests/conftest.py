@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import nydus_hybrid
-from nydus_hybrid.mounts import erofs as kmount
-
 import treegen
+from nydus_hybrid.mounts import erofs as kmount
 
 FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[2] / "shared/fixtures/nydus-v2.2")
 FIXTURE_BOOT = FIXTURES / "rafs-v6-2.2.boot"
@@ -25,8 +24,7 @@ FIXTURE_TAR = FIXTURES / "all-entry-type.tar"
 SMALL_FILES = int(os.environ.get("NYDUS_TEST_SMALL_FILES", "10000"))
 
 KERNEL_SKIP_REASON = (
-    "needs file-backed EROFS mounts: run as root on a kernel with erofs "
-    "(kmount.erofs_available() is False)"
+    "needs file-backed EROFS mounts: run as root on a kernel with erofs (kmount.erofs_available() is False)"
 )
 
 

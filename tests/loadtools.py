@@ -44,7 +44,7 @@ class ReadLoad:
         self._threads = [threading.Thread(target=self._reader, args=(i,), daemon=True) for i in range(readers)]
         self._threads += [threading.Thread(target=self._lister, daemon=True) for _ in range(listers)]
 
-    def __enter__(self) -> "ReadLoad":
+    def __enter__(self) -> ReadLoad:
         for t in self._threads:
             t.start()
         return self

@@ -172,9 +172,7 @@ def make_server_cert(ca_key, ca_cert, ip: str = LOOPBACK):
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
@@ -182,16 +180,22 @@ def make_server_cert(ca_key, ca_cert, ip: str = LOOPBACK):
 
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
-        crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
 def write_key(path: Path, key) -> Path:
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
     return path
 
@@ -260,12 +264,9 @@ class _ThreadedHTTP:
         server = _TrackingServer((LOOPBACK, self.port), self._handler, self._owner)
         if self._ssl is not None:
             # Handshake in the handler thread, so one stalled client cannot block accept().
-            server.socket = self._ssl.wrap_socket(server.socket, server_side=True,
-                                                  do_handshake_on_connect=False)
+            server.socket = self._ssl.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -285,7 +286,7 @@ class _ThreadedHTTP:
 class _QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         pass
 
     def _reply(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
@@ -331,9 +332,11 @@ class _TokenHandler(_QuietHandler):
         user = owner.check_basic(self.headers.get("Authorization", ""))
         if user is None:
             owner.count(rejected=True)
-            return self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
-                               {"WWW-Authenticate": 'Basic realm="nydus-test-token"',
-                                "Content-Type": "application/json"})
+            return self._reply(
+                401,
+                b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                {"WWW-Authenticate": 'Basic realm="nydus-test-token"', "Content-Type": "application/json"},
+            )
         query = parse_qs(url.query)
         service = query.get("service", [owner.service])[0]
         body = owner.issue(user, service, parse_scopes(query.get("scope", [])))
@@ -352,9 +355,16 @@ class TokenServer:
 
     REGISTRY_LEEWAY = 60
 
-    def __init__(self, tmpdir: Path, user: str, password: str, service: str,
-                 issuer: str = "nydus-test-issuer", expires_in: int = 300,
-                 ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        tmpdir: Path,
+        user: str,
+        password: str,
+        service: str,
+        issuer: str = "nydus-test-issuer",
+        expires_in: int = 300,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.user, self.password, self.service, self.issuer = user, password, service, issuer
         self.expires_in = expires_in
         self.token_requests = 0  # tokens issued
@@ -403,15 +413,26 @@ class TokenServer:
         now = time.time()
         # Whole seconds in the claims: round exp up so a token never dies early.
         iat, exp = int(now), math.ceil(now) + self.expires_in - self.REGISTRY_LEEWAY
-        token = self.sign({
-            "iss": self.issuer, "sub": user, "aud": service,
-            "exp": exp, "nbf": iat, "iat": iat,
-            "jti": uuid.uuid4().hex, "access": access,
-        })
+        token = self.sign(
+            {
+                "iss": self.issuer,
+                "sub": user,
+                "aud": service,
+                "exp": exp,
+                "nbf": iat,
+                "iat": iat,
+                "jti": uuid.uuid4().hex,
+                "access": access,
+            }
+        )
         self.count()
         issued_at = datetime.datetime.fromtimestamp(iat, datetime.timezone.utc)
-        return {"token": token, "access_token": token, "expires_in": self.expires_in,
-                "issued_at": issued_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return {
+            "token": token,
+            "access_token": token,
+            "expires_in": self.expires_in,
+            "issued_at": issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
 
 
 # ---------------------------------------------------------------- docker registry
@@ -426,8 +447,15 @@ class Registry:
 
     SERVICE = "nydus-test-registry"
 
-    def __init__(self, tmpdir=None, auth: str | None = None, tls: bool = False,
-                 user: str = "nydus", password: str = "s3cret-pass", token_expires_in: int = 300):
+    def __init__(
+        self,
+        tmpdir=None,
+        auth: str | None = None,
+        tls: bool = False,
+        user: str = "nydus",
+        password: str = "s3cret-pass",
+        token_expires_in: int = 300,
+    ):
         if auth not in (None, "htpasswd", "token"):
             raise ValueError(f"unknown auth mode {auth!r}")
         wait_for_file(REGISTRY_BIN)
@@ -445,8 +473,9 @@ class Registry:
         self._proc: subprocess.Popen | None = None
         server_ctx = self._make_tls() if tls else None
         if auth == "token":
-            self.token_server = TokenServer(self.dir, user, password, self.SERVICE,
-                                            expires_in=token_expires_in, ssl_context=server_ctx)
+            self.token_server = TokenServer(
+                self.dir, user, password, self.SERVICE, expires_in=token_expires_in, ssl_context=server_ctx
+            )
         self.config_path = self.dir / "config.yml"
         self.config_path.write_text(json.dumps(self._config(), indent=2))  # JSON is YAML
 
@@ -475,38 +504,48 @@ class Registry:
         config = {
             "version": 0.1,
             "log": {"level": "info", "accesslog": {"disabled": False}},
-            "storage": {"filesystem": {"rootdirectory": str(self.root)},
-                        "delete": {"enabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(self.root)}, "delete": {"enabled": True}},
             "http": http_cfg,
         }
         if self.auth == "htpasswd":
             config["auth"] = {"htpasswd": {"realm": "nydus-test", "path": str(self._write_htpasswd())}}
         elif self.auth == "token":
             ts = self.token_server
-            config["auth"] = {"token": {"realm": ts.realm, "service": self.SERVICE,
-                                        "issuer": ts.issuer, "rootcertbundle": str(ts.cert_path)}}
+            config["auth"] = {
+                "token": {
+                    "realm": ts.realm,
+                    "service": self.SERVICE,
+                    "issuer": ts.issuer,
+                    "rootcertbundle": str(ts.cert_path),
+                }
+            }
         return config
 
     def _write_htpasswd(self) -> Path:
         wait_for_file("/usr/bin/htpasswd")
-        line = subprocess.run(["htpasswd", "-Bbn", self.user, self.password],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        line = subprocess.run(
+            ["htpasswd", "-Bbn", self.user, self.password], check=True, capture_output=True, text=True
+        ).stdout.strip()
         path = self.dir / "htpasswd"
         path.write_text(line + "\n")
         return path
 
     # -- lifecycle
 
-    def start(self) -> "Registry":
+    def start(self) -> Registry:
         """Start (or restart after ``stop``) on the same port with the same storage."""
         if self.token_server:
             self.token_server.start()
         if self._proc is None or self._proc.poll() is not None:
             log = open(self.log_path, "ab")
             # REGISTRY_* variables would override the config file.
-            self._proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.config_path)],
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          env=_clean_env("REGISTRY_", "OTEL_"), cwd=self.dir)
+            self._proc = subprocess.Popen(
+                [REGISTRY_BIN, "serve", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_clean_env("REGISTRY_", "OTEL_"),
+                cwd=self.dir,
+            )
             log.close()
         self.wait_ready()
         return self
@@ -526,7 +565,7 @@ class Registry:
             self.token_server.stop()
         self._dir.cleanup()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return _start_or_close(self)
 
     def __exit__(self, *exc) -> None:
@@ -540,12 +579,14 @@ class Registry:
 
     def connection(self, timeout: float = 10) -> http.client.HTTPConnection:
         if self.tls:
-            return http.client.HTTPSConnection(LOOPBACK, self.port, timeout=timeout,
-                                               context=client_ssl_context(self.ca_cert_path))
+            return http.client.HTTPSConnection(
+                LOOPBACK, self.port, timeout=timeout, context=client_ssl_context(self.ca_cert_path)
+            )
         return http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, bytes]:
         """One request on a fresh connection: (status, headers, body)."""
         conn = self.connection()
         try:
@@ -622,8 +663,7 @@ class S3Server:
     (the runtime form of ``INITIAL_NO_AUTH_ACTION_COUNT=0``)."""
 
     region = "us-east-1"
-    ACCOUNT_POLICY = {"Version": "2012-10-17",
-                      "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    ACCOUNT_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
 
     def __init__(self, tmpdir=None, bucket: str = "nydus-test"):
         self._dir = _TempDir(tmpdir, "s3-")
@@ -635,13 +675,17 @@ class S3Server:
         self.access_key_id = self.secret_access_key = None
         self._proc: subprocess.Popen | None = None
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         log = open(self.log_path, "ab")
         # AWS_*/MOTO_* from the environment could redirect or reconfigure moto.
         env = _clean_env("AWS_", "MOTO_", "INITIAL_NO_AUTH")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.dir,
+        )
         log.close()
         self.wait_ready()
         self._provision()
@@ -664,8 +708,7 @@ class S3Server:
         iam = self._boto("iam", "provisioning", "provisioning")
         iam.create_user(UserName="nydus-test")
         key = iam.create_access_key(UserName="nydus-test")["AccessKey"]
-        iam.put_user_policy(UserName="nydus-test", PolicyName="s3-all",
-                            PolicyDocument=json.dumps(self.ACCOUNT_POLICY))
+        iam.put_user_policy(UserName="nydus-test", PolicyName="s3-all", PolicyDocument=json.dumps(self.ACCOUNT_POLICY))
         self.access_key_id, self.secret_access_key = key["AccessKeyId"], key["SecretAccessKey"]
         self._boto("s3", self.access_key_id, self.secret_access_key).create_bucket(Bucket=self.bucket)
         status, body = self._moto_api("POST", "/moto-api/reset-auth", b"0")
@@ -677,8 +720,11 @@ class S3Server:
         from botocore.config import Config
 
         return boto3.client(
-            service, endpoint_url=self.endpoint, region_name=self.region,
-            aws_access_key_id=key_id, aws_secret_access_key=secret,
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
 
@@ -701,7 +747,7 @@ class S3Server:
         self.stop()
         self._dir.cleanup()
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return _start_or_close(self)
 
     def __exit__(self, *exc) -> None:
@@ -711,8 +757,17 @@ class S3Server:
 # ---------------------------------------------------------------- forward proxy
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus proxy credentials.
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization",
-               "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
 # Expect: 100-continue was already answered by http.server and the body read.
 _NOT_FORWARDED = _HOP_BY_HOP | {"expect"}
 _CHUNK = 64 * 1024
@@ -816,7 +871,7 @@ class ForwardProxy:
         self.port = self._http.port
         self.url = f"http://{LOOPBACK}:{self.port}"
 
-    def start(self) -> "ForwardProxy":
+    def start(self) -> ForwardProxy:
         self._http.start()
         return self
 
@@ -829,7 +884,7 @@ class ForwardProxy:
     def running(self) -> bool:
         return self._http.running
 
-    def __enter__(self) -> "ForwardProxy":
+    def __enter__(self) -> ForwardProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -9,10 +9,10 @@ targeted checks without re-deriving it.
 from __future__ import annotations
 
 import os
-import struct
 import random
 import socket
 import stat
+import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -125,8 +125,14 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     info.sparse += ["/files/sparse", "/files/sparse_small", "/files/all_hole"]
 
     # modes
-    for name, mode in (("setuid", 0o4755), ("setgid", 0o2711), ("private", 0o600), ("nothing", 0o000),
-                       ("exec", 0o755), ("everything", 0o7777)):
+    for name, mode in (
+        ("setuid", 0o4755),
+        ("setgid", 0o2711),
+        ("private", 0o600),
+        ("nothing", 0o000),
+        ("exec", 0o755),
+        ("everything", 0o7777),
+    ):
         _write(P(f"files/mode_{name}"), name.encode() * 3)
         os.chmod(P(f"files/mode_{name}"), mode)
         info.modes[f"/files/mode_{name}"] = mode
@@ -137,7 +143,7 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     _write(P("dedup/a"), a)
     _write(P("dedup/a_copy"), a)  # whole-file duplicate
     # chunk-aligned overlap with different neighbours: chunk 0 of b == chunk 2 of a
-    _write(P("dedup/b"), a[2 * MiB:3 * MiB] + _mixed(22, MiB + 99))
+    _write(P("dedup/b"), a[2 * MiB : 3 * MiB] + _mixed(22, MiB + 99))
     # small identical files in different directories
     mkdir("dedup/sub")
     for i in range(5):
@@ -152,8 +158,9 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     mkdir("dirs/setgid", 0o2775)
     mkdir("dirs/private", 0o700)
     mkdir("dirs/no_access", 0o000)
-    info.modes.update({"/dirs/sticky": 0o1777, "/dirs/setgid": 0o2775, "/dirs/private": 0o700,
-                       "/dirs/no_access": 0o000})
+    info.modes.update(
+        {"/dirs/sticky": 0o1777, "/dirs/setgid": 0o2775, "/dirs/private": 0o700, "/dirs/no_access": 0o000}
+    )
     for i in range(3):
         mkdir(f"dirs/nested{i}")
         mkdir(f"dirs/nested{i}/inner")
@@ -213,8 +220,12 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     os.symlink("file", P("xattr/link"))
     _write(P("xattr/many"), b"many xattrs\n")
     xattrs = {
-        "/xattr/file": {"user.plain": b"value", "user.empty": b"", "trusted.bin": bytes(range(256)),
-                        "user.nonutf8": b"\xff\xfe\x00\x01"},
+        "/xattr/file": {
+            "user.plain": b"value",
+            "user.empty": b"",
+            "trusted.bin": bytes(range(256)),
+            "user.nonutf8": b"\xff\xfe\x00\x01",
+        },
         "/xattr/dir": {"user.dir_attr": b"on a directory", "trusted.overlay.opaque": b"y"},
         "/xattr/link": {"trusted.link_attr": b"on a symlink"},
         "/xattr/many": {f"user.k{i:03d}": b"v" * i for i in range(40)},
@@ -248,8 +259,20 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     mkdir("names/" + "d" * 255)
     _write(P("names/" + "d" * 255 + "/" + utf8_255), b"utf-8 name\n")
     os.symlink(ascii255, P("names/" + "s" * 255))
-    for odd in ("space name", "tab\tname", "newline\nname", "quote'\"", "back\\slash", "-dash",
-                "~tilde", "#hash", ".hidden", "..dotdot_prefix", "\u4e2d\u6587", "emoji\U0001F600"):
+    for odd in (
+        "space name",
+        "tab\tname",
+        "newline\nname",
+        "quote'\"",
+        "back\\slash",
+        "-dash",
+        "~tilde",
+        "#hash",
+        ".hidden",
+        "..dotdot_prefix",
+        "\u4e2d\u6587",
+        "emoji\U0001f600",
+    ):
         _write(P("names/" + odd), odd.encode("utf-8", "surrogateescape"))
     # a name that is not valid UTF-8
     with open(os.path.join(os.fsencode(P("names")), b"latin1_\xe9\xff"), "wb") as f:

@@ -6,7 +6,17 @@ Usage: python3 bench.py [--reps 3] [--threads 4] [--rand-n 4000]
 Each repetition mounts every variant afresh (interleaved), so the directory scan always
 starts with an empty dentry/inode cache for that superblock.
 """
-import argparse, os, random, re, signal, statistics, subprocess, sys, tempfile, time
+
+import argparse
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "target", "release")
@@ -117,8 +127,13 @@ def scan(dirpath):
 
 def find_stat(dirpath):
     t = time.perf_counter()
-    out = subprocess.run(f"find {dirpath} -type f -print0 | xargs -0 stat -c %s | wc -l", shell=True,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        f"find {dirpath} -type f -print0 | xargs -0 stat -c %s | wc -l",
+        shell=True,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert int(out) == 20000, out
     return 20000 / (time.perf_counter() - t)
 
@@ -131,11 +146,11 @@ def run_variant(name, binary, threads, rep, args, logdir):
     try:
         big, many = os.path.join(mnt, "big"), os.path.join(mnt, "many")
         st0 = s.stats()
-        r["scan"] = scan(many)                      # cold dentry cache: fresh superblock
+        r["scan"] = scan(many)  # cold dentry cache: fresh superblock
         st1 = s.stats()
         r["scan_req"] = delta(st0, st1)
         drop_caches()
-        r["find"] = find_stat(many)                 # after drop_caches: dentries/inodes gone again
+        r["find"] = find_stat(many)  # after drop_caches: dentries/inodes gone again
         st1b = s.stats()
         r["find_req"] = delta(st1, st1b)
         drop_caches()
@@ -189,21 +204,31 @@ def main():
         for name, binary, threads in variants:
             r = run_variant(name.split()[0] + binary + str(threads), binary, threads, rep, args, logdir)
             res[name].append(r)
-            print(f"rep {rep} {name}: " + " ".join(
-                f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()), file=sys.stderr, flush=True)
+            print(
+                f"rep {rep} {name}: "
+                + " ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()),
+                file=sys.stderr,
+                flush=True,
+            )
     med = lambda rs, k: statistics.median(r[k] for r in rs)
-    print("| server | (1) seq cold MiB/s | (1) seq warm MiB/s | (2) 4 readers cold MiB/s | (3) 4 KiB rand p50 µs | (3) p99 µs "
-          "| (4) scandir+stat files/s | (4) find\\|xargs stat files/s | (1') seq cold, ra 1 MiB, MiB/s | FUSE_READ KiB (ra 128K / 1M) | scan requests |")
+    print(
+        "| server | (1) seq cold MiB/s | (1) seq warm MiB/s | (2) 4 readers cold MiB/s | (3) 4 KiB rand p50 µs | (3) p99 µs "
+        "| (4) scandir+stat files/s | (4) find\\|xargs stat files/s | (1') seq cold, ra 1 MiB, MiB/s | FUSE_READ KiB (ra 128K / 1M) | scan requests |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rs in res.items():
         q = rs[-1]["scan_req"]
         f = rs[-1]["find_req"]
-        reqs = (f"{q['readdirplus']} rdplus, {q['readdir']} rd, {q['lookup']} lookup, {q['getattr']} getattr; "
-                f"find: {f['readdirplus']}/{f['readdir']}/{f['lookup']}/{f['getattr']}")
+        reqs = (
+            f"{q['readdirplus']} rdplus, {q['readdir']} rd, {q['lookup']} lookup, {q['getattr']} getattr; "
+            f"find: {f['readdirplus']}/{f['readdir']}/{f['lookup']}/{f['getattr']}"
+        )
         avg = statistics.median(r["cold_req"]["read_bytes"] / max(1, r["cold_req"]["read"]) for r in rs) / 1024
         avg1m = statistics.median(r["ra1m_req"]["read_bytes"] / max(1, r["ra1m_req"]["read"]) for r in rs) / 1024
-        print(f"| {name} | {med(rs,'cold'):.0f} | {med(rs,'warm'):.0f} | {med(rs,'par4'):.0f} | {med(rs,'rand_p50'):.1f} "
-              f"| {med(rs,'rand_p99'):.1f} | {med(rs,'scan'):.0f} | {med(rs,'find'):.0f} | {med(rs,'cold_ra1m'):.0f} | {avg:.0f} / {avg1m:.0f} | {reqs} |")
+        print(
+            f"| {name} | {med(rs, 'cold'):.0f} | {med(rs, 'warm'):.0f} | {med(rs, 'par4'):.0f} | {med(rs, 'rand_p50'):.1f} "
+            f"| {med(rs, 'rand_p99'):.1f} | {med(rs, 'scan'):.0f} | {med(rs, 'find'):.0f} | {med(rs, 'cold_ra1m'):.0f} | {avg:.0f} / {avg1m:.0f} | {reqs} |"
+        )
     print("\nper-run values:", file=sys.stderr)
     for name, rs in res.items():
         for k in ("cold", "warm", "par4", "rand_p50", "rand_p99", "scan", "find", "cold_ra1m"):

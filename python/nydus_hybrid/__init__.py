@@ -8,4 +8,4 @@ from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import BuildReport, Image, StatResult, build
 from nydus_hybrid.version import GIT_COMMIT, __version__
 
-__all__ = ["Image", "StatResult", "BuildReport", "build", "NydusError", "__version__", "GIT_COMMIT"]
+__all__ = ["GIT_COMMIT", "BuildReport", "Image", "NydusError", "StatResult", "__version__", "build"]

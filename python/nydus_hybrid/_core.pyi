@@ -26,7 +26,6 @@ _Path = Union[str, bytes]
 
 __all__ = [
     "BUILD_TIME",
-    "__version__",
     "GIT_COMMIT",
     "PROFILE",
     "RUSTC",
@@ -34,6 +33,7 @@ __all__ = [
     "FuseMount",
     "Image",
     "PrefetchJob",
+    "__version__",
     "build",
     "cache_gc",
     "error_kinds",
@@ -175,4 +175,3 @@ def cache_gc(work_dir: _Path, max_bytes: Optional[int] = None, max_age_secs: Opt
 def push_blob(config: str, path: _Path, chunk_size: int = 0) -> Tuple[str, bool]: ...
 def error_kinds() -> List[str]: ...
 def raise_error_example(kind: str) -> None: ...
-

@@ -56,7 +56,10 @@ def parse_chunk_size(text: str) -> int:
 
 
 def _add_build(sub) -> None:
-    for name, helptext in (("build", "build a RAFS v6 image"), ("create", "alias of build, with nydus-image create's flags")):
+    for name, helptext in (
+        ("build", "build a RAFS v6 image"),
+        ("create", "alias of build, with nydus-image create's flags"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("source", help="a directory, or an OCI layer tarball (.tar, .tar.gz, .tar.zst)")
         p.add_argument("-B", "--bootstrap", required=True, help="output bootstrap file")
@@ -65,16 +68,30 @@ def _add_build(sub) -> None:
         p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
         p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
         p.add_argument("-d", "--digester", default="blake3", choices=["blake3", "sha256"])
-        p.add_argument("-t", "--type", dest="source_type", default=None,
-                       choices=["dir-rafs", "tar-rafs", "directory"], help="source type (detected when omitted)")
+        p.add_argument(
+            "-t",
+            "--type",
+            dest="source_type",
+            default=None,
+            choices=["dir-rafs", "tar-rafs", "directory"],
+            help="source type (detected when omitted)",
+        )
         p.add_argument("-v", "--fs-version", default="6", choices=["6"], help="only RAFS v6 is written")
-        p.add_argument("--whiteout-spec", default="oci", choices=["oci", "overlayfs", "none"],
-                       help="oci: turn .wh.* entries into overlayfs whiteouts (default); none: keep them")
+        p.add_argument(
+            "--whiteout-spec",
+            default="oci",
+            choices=["oci", "overlayfs", "none"],
+            help="oci: turn .wh.* entries into overlayfs whiteouts (default); none: keep them",
+        )
         p.add_argument("-R", "--repeatable", action="store_true", help="do not store uid/gid")
         p.add_argument("--features", default="blob-toc", help="accepted for compatibility; blob-toc is always on")
         p.add_argument("-A", "--aligned-chunk", action="store_true", help="accepted; always on for v6")
-        p.add_argument("--prefetch-policy", default="none", choices=["none", "fs"],
-                       help="accepted for compatibility; no prefetch table is written yet (as if no pattern matched)")
+        p.add_argument(
+            "--prefetch-policy",
+            default="none",
+            choices=["none", "fs"],
+            help="accepted for compatibility; no prefetch table is written yet (as if no pattern matched)",
+        )
         p.add_argument("--blob-inline-meta", action="store_true", help="not supported yet (refused)")
         p.add_argument("--exclude", action="append", default=[], help="path in a directory source to leave out")
         p.add_argument("-J", "--output-json", help="also write the build report as JSON to this file")
@@ -109,11 +126,16 @@ def _cmd_build(a) -> int:
 
 def _build(a, blob_dir: str):
     report = build(
-        a.source, a.bootstrap, blob_dir,
-        chunk_size=a.chunk_size, compressor=a.compressor, digester=a.digester,
+        a.source,
+        a.bootstrap,
+        blob_dir,
+        chunk_size=a.chunk_size,
+        compressor=a.compressor,
+        digester=a.digester,
         explicit_uid_gid=not a.repeatable,
         whiteout_spec="none" if a.whiteout_spec == "overlayfs" else a.whiteout_spec,
-        progress=not a.no_progress, exclude=tuple(a.exclude),
+        progress=not a.no_progress,
+        exclude=tuple(a.exclude),
     )
     if a.blob and report.blob_path:
         # -b FILE: the blob keeps its content (and so its id); only its file name changes.
@@ -155,15 +177,31 @@ def _cmd_prefetch(a) -> int:
     while not job.done:
         if tty:
             m = image.metrics()["blobcache"]
-            print(f"\rprefetch: {m['prefetch_data_amount'] / (1 << 20):.1f} MiB in {m['prefetch_requests_count']} requests",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\rprefetch: {m['prefetch_data_amount'] / (1 << 20):.1f} MiB in {m['prefetch_requests_count']} requests",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         time.sleep(0.2)
     problems = job.wait()
     if tty:
         print(file=sys.stderr)
     m = image.metrics()["blobcache"]
-    print(json.dumps({k: m[k] for k in ("prefetch_data_amount", "prefetch_requests_count", "prefetch_unmerged_chunks",
-                                        "data_all_ready")} | {"errors": problems}))
+    print(
+        json.dumps(
+            {
+                k: m[k]
+                for k in (
+                    "prefetch_data_amount",
+                    "prefetch_requests_count",
+                    "prefetch_unmerged_chunks",
+                    "data_all_ready",
+                )
+            }
+            | {"errors": problems}
+        )
+    )
     return 1 if problems else 0
 
 
@@ -194,11 +232,21 @@ def _cmd_mount(a) -> int:
 def _cmd_upgrade(a) -> int:
     r = standalone_upgrade(a.apisock, a.supervisor, a.daemon_command or None, a.new_apisock, a.log_file)
     if a.json:
-        print(json.dumps({"apisock": r.apisock, "pid": r.process.pid, "takeover_ms": round(r.takeover_ms, 1),
-                          "total_ms": round(r.total_ms, 1)}))
+        print(
+            json.dumps(
+                {
+                    "apisock": r.apisock,
+                    "pid": r.process.pid,
+                    "takeover_ms": round(r.takeover_ms, 1),
+                    "total_ms": round(r.total_ms, 1),
+                }
+            )
+        )
     else:
-        print(f"upgraded: new daemon pid {r.process.pid} on {r.apisock} (takeover {r.takeover_ms:.0f} ms, "
-              f"{r.total_ms:.0f} ms in all)")
+        print(
+            f"upgraded: new daemon pid {r.process.pid} on {r.apisock} (takeover {r.takeover_ms:.0f} ms, "
+            f"{r.total_ms:.0f} ms in all)"
+        )
     return 0
 
 
@@ -238,8 +286,10 @@ def _cmd_check(a) -> int:
         with open(a.output_json, "w") as f:
             json.dump(report, f, indent=2)
     what = f"{report['chunks_verified']} chunks verified" if with_blobs else "bootstrap only"
-    print(f"ok: {report['inodes']} inodes, {report['directories']} directories, "
-          f"{report['regular_files']} files, {report['symlinks']} symlinks; {what}")
+    print(
+        f"ok: {report['inodes']} inodes, {report['directories']} directories, "
+        f"{report['regular_files']} files, {report['symlinks']} symlinks; {what}"
+    )
     return 0
 
 
@@ -312,11 +362,15 @@ def make_parser() -> argparse.ArgumentParser:
     _image_args(p)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--block", action="store_true", help="bootstrap + flattened blobs in one disk image")
-    mode.add_argument("--flat-blob", type=_blob_index, metavar="INDEX", help="blob INDEX uncompressed at its chunk offsets")
+    mode.add_argument(
+        "--flat-blob", type=_blob_index, metavar="INDEX", help="blob INDEX uncompressed at its chunk offsets"
+    )
     p.add_argument("-o", "--output", required=True)
     p = sub.add_parser("push-blob", help="upload a blob to the registry a nydusd config names")
     p.add_argument("-C", "--config", required=True, help="nydusd config with a registry backend")
-    p.add_argument("--chunk-size", type=parse_size, default=0, help="upload in PATCH pieces of this size (default: one PUT)")
+    p.add_argument(
+        "--chunk-size", type=parse_size, default=0, help="upload in PATCH pieces of this size (default: one PUT)"
+    )
     p.add_argument("blob_file")
     p = sub.add_parser("prefetch", help="fill the blob cache with files, directories or the whole image")
     _image_args(p)
@@ -336,13 +390,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", required=True)
     p.add_argument("--max-size", type=parse_size, default=None, help="e.g. 10G")
     p.add_argument("--max-age", type=parse_age, default=None, help="drop blobs unused for this long, e.g. 7d")
-    p = sub.add_parser("upgrade", help="hot-upgrade a running daemon: a successor takes over its FUSE session, no read fails")
+    p = sub.add_parser(
+        "upgrade", help="hot-upgrade a running daemon: a successor takes over its FUSE session, no read fails"
+    )
     p.add_argument("--apisock", required=True, help="the running daemon's API socket")
     p.add_argument("--supervisor", help="its supervisor path (default: the one it reports)")
     p.add_argument("--new-apisock", help="the successor's API socket (default: the next apiN.sock)")
     p.add_argument("--log-file", help="where the successor's stderr goes")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("daemon_command", nargs="*", help="after --: the successor's command line (default: the running one's)")
+    p.add_argument(
+        "daemon_command", nargs="*", help="after --: the successor's command line (default: the running one's)"
+    )
     p = sub.add_parser("daemons", help="daemons the manager keeps: list, show ID, upgrade [ID]")
     p.add_argument("action", choices=("list", "show", "upgrade"))
     p.add_argument("daemon_id", nargs="?")
@@ -353,7 +411,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list",))
     p.add_argument("--root", default="/var/lib/nydus-hybrid", help="the manager's state directory")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("demo", help="the main job: build, check and kernel-mount an image of the Python standard library")
+    p = sub.add_parser(
+        "demo", help="the main job: build, check and kernel-mount an image of the Python standard library"
+    )
     p.add_argument("--source", help="directory to build (default: this Python's standard library)")
     p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -34,10 +34,16 @@ class DaemonClient:
 
     def request(self, method: str, path: str, body: Optional[dict] = None):
         data = b"" if body is None else json.dumps(body).encode()
-        self.conn.request(method, path, body=data, headers={"Content-Length": str(len(data)), "Content-Type": "application/json"})
+        self.conn.request(
+            method, path, body=data, headers={"Content-Length": str(len(data)), "Content-Type": "application/json"}
+        )
         resp = self.conn.getresponse()
         raw = resp.read()
-        doc = json.loads(raw) if raw and resp.getheader("Content-Type", "").startswith("application/json") else raw.decode()
+        doc = (
+            json.loads(raw)
+            if raw and resp.getheader("Content-Type", "").startswith("application/json")
+            else raw.decode()
+        )
         if resp.status >= 400:
             raise DaemonApiError(resp.status, doc.get("message", "") if isinstance(doc, dict) else str(doc))
         return doc if resp.status != 204 else None

@@ -18,8 +18,8 @@ import time
 from typing import Optional
 
 from nydus_hybrid import log, treecmp
-from nydus_hybrid.mounts import erofs
 from nydus_hybrid.image import Image, build
+from nydus_hybrid.mounts import erofs
 
 
 def _human(n: float) -> str:
@@ -36,10 +36,35 @@ def _start_daemon(work: str, boot: str, blobs: str) -> tuple:
     mnt, sock, cfg = os.path.join(work, "fuse"), os.path.join(work, "api.sock"), os.path.join(work, "config.json")
     os.makedirs(mnt, exist_ok=True)
     with open(cfg, "w") as f:
-        json.dump({"version": 2, "id": "/", "backend": {"type": "localfs", "localfs": {"dir": blobs}},
-                   "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(work, "cache")}}}, f)
-    proc = subprocess.Popen([sys.executable, "-m", "nydus_hybrid.daemon", "fuse", "--thread-num", "4", "--config", cfg,
-                             "--bootstrap", boot, "--mountpoint", mnt, "--apisock", sock, "--log-level", "warn"])
+        json.dump(
+            {
+                "version": 2,
+                "id": "/",
+                "backend": {"type": "localfs", "localfs": {"dir": blobs}},
+                "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(work, "cache")}},
+            },
+            f,
+        )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nydus_hybrid.daemon",
+            "fuse",
+            "--thread-num",
+            "4",
+            "--config",
+            cfg,
+            "--bootstrap",
+            boot,
+            "--mountpoint",
+            mnt,
+            "--apisock",
+            sock,
+            "--log-level",
+            "warn",
+        ]
+    )
     client = DaemonClient(sock)
     try:
         client.wait_state("RUNNING")
@@ -122,7 +147,11 @@ def run_demo(source: Optional[str], workdir: Optional[str], keep: bool, serve: b
             summary["kernel_mount"] = "skipped (needs root and EROFS)"
         print(json.dumps(summary, indent=2), flush=True)
         if serve:
-            print(f"serving {source} at {mnt} (API {client.conn.path}); Ctrl-C to unmount and stop", file=sys.stderr, flush=True)
+            print(
+                f"serving {source} at {mnt} (API {client.conn.path}); Ctrl-C to unmount and stop",
+                file=sys.stderr,
+                flush=True,
+            )
             # Ctrl-C and SIGTERM become a request to stop, taken here rather than as an exception.
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
             signal.sigwait([signal.SIGINT, signal.SIGTERM])
@@ -131,6 +160,7 @@ def run_demo(source: Optional[str], workdir: Optional[str], keep: bool, serve: b
         _stop_daemon(proc)
     if not keep and workdir is None:
         shutil.rmtree(work, ignore_errors=True)
-    ok = summary["fuse_mount"] == "identical" and (summary["kernel_mount"] == "identical" or summary["kernel_mount"].startswith("skipped"))
+    ok = summary["fuse_mount"] == "identical" and (
+        summary["kernel_mount"] == "identical" or summary["kernel_mount"].startswith("skipped")
+    )
     return 0 if ok else 1
-

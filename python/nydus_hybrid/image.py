@@ -128,9 +128,9 @@ class Image:
         *,
         verify: bool = True,
         cache_dir: Optional[PathArg] = None,
-        config: Union[None, str, dict] = None,
+        config: Union[str, dict, None] = None,
         backend_id: Optional[str] = None,
-    ) -> "Image":
+    ) -> Image:
         """Open a bootstrap whose blobs are in ``blob_dir``, or wherever a nydusd ``config``
         (v1 or v2; a dict or JSON/TOML text) says: localfs, registry, S3 or http-proxy, with
         its blob cache. With a cache (``cache_dir`` or the config's ``work_dir``), decoded
@@ -171,7 +171,7 @@ class Image:
         return self._inner.prefetch(encoded, all, threads, batch_size, bandwidth_limit)
 
     @classmethod
-    def open_blob(cls, blob: PathArg, *, verify: bool = True) -> "Image":
+    def open_blob(cls, blob: PathArg, *, verify: bool = True) -> Image:
         """Open a data blob that carries its own bootstrap (nydus-snapshotter layer blobs)."""
         return cls(_core.Image.open_blob(os.fspath(blob), verify))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Optional
 import time
+from typing import Optional
 
 LOGGER_NAME = "nydus_hybrid"
 

@@ -14,6 +14,10 @@ GIT_COMMIT: str = _core.GIT_COMMIT
 
 def build_info() -> Dict[str, str]:
     """nydusd's ``BuildTimeInfo`` shape."""
-    return {"package_ver": __version__, "git_commit": GIT_COMMIT, "build_time": _core.BUILD_TIME,
-            "profile": _core.PROFILE, "rustc": _core.RUSTC}
-
+    return {
+        "package_ver": __version__,
+        "git_commit": GIT_COMMIT,
+        "build_time": _core.BUILD_TIME,
+        "profile": _core.PROFILE,
+        "rustc": _core.RUSTC,
+    }

@@ -1,5 +1,7 @@
 //! Build an image without Python: `cargo run --release --example build_image SRC BOOT BLOBDIR [zstd|lz4_block|none]`.
 //! Used to measure the core alone (peak RSS, throughput).
+// A command-line example: printing the report is its output.
+#![allow(clippy::print_stdout)]
 
 use nydus_hybrid_core::builder::{build, BuildOptions};
 use nydus_hybrid_core::layout::Compressor;

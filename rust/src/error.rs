@@ -188,19 +188,6 @@ impl Error {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use strum::IntoEnumIterator;
-
-    #[test]
-    fn every_kind_round_trips_through_its_example() {
-        for kind in ErrorKind::iter() {
-            assert_eq!(Error::example(kind).kind(), kind);
-        }
-    }
-}
-
 /// Attach a human context to an `io::Result`.
 pub trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
@@ -221,3 +208,16 @@ macro_rules! ensure {
     };
 }
 pub(crate) use ensure;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::IntoEnumIterator;
+
+    #[test]
+    fn every_kind_round_trips_through_its_example() {
+        for kind in ErrorKind::iter() {
+            assert_eq!(Error::example(kind).kind(), kind);
+        }
+    }
+}

@@ -26,9 +26,10 @@ fn error_classes(py: Python<'_>) -> PyResult<&Vec<Py<PyAny>>> {
         let by_kind = py.import("nydus_hybrid.errors")?.getattr("BY_KIND")?;
         ErrorKind::iter()
             .map(|kind| {
-                by_kind.get_item(kind.name()).map(Bound::unbind).map_err(|_| {
-                    PyImportError::new_err(format!("nydus_hybrid.errors.BY_KIND has no class for the core's {} error", kind.name()))
-                })
+                by_kind
+                    .get_item(kind.name())
+                    .map(Bound::unbind)
+                    .map_err(|_| PyImportError::new_err(format!("nydus_hybrid.errors.BY_KIND has no class for the core's {} error", kind.name())))
             })
             .collect()
     })

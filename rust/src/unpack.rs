@@ -22,6 +22,9 @@ pub struct UnpackReport {
     pub skipped_sockets: u64,
 }
 
+/// A directory's path, attributes and xattrs, applied after its contents are written.
+type DirMeta = (PathBuf, Stat, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// Streams a regular file chunk by chunk.
 struct FileReader<'a> {
     rafs: &'a Rafs,
@@ -215,7 +218,7 @@ pub fn unpack_dir(rafs: &Rafs, out: &Path) -> Result<UnpackReport> {
     }
     let mut rep = UnpackReport::default();
     let mut first_path: HashMap<u64, PathBuf> = HashMap::new();
-    let mut dirs: Vec<(PathBuf, Stat, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut dirs: Vec<DirMeta> = Vec::new();
     let boot = &rafs.boot;
     walk(boot, |v| {
         let mut path = out.to_path_buf();

@@ -124,8 +124,17 @@ class ApiClient:
     def __init__(self, sock_path: str, timeout: float = 30.0):
         self.conn = UnixHTTPConnection(sock_path, timeout)
 
-    def request(self, method: str, url: str, body=None, *, raw: Optional[bytes] = None, headers=None,
-                check: bool = True, keepalive: bool = True) -> Reply:
+    def request(
+        self,
+        method: str,
+        url: str,
+        body=None,
+        *,
+        raw: Optional[bytes] = None,
+        headers=None,
+        check: bool = True,
+        keepalive: bool = True,
+    ) -> Reply:
         """`body` is JSON-encoded, `raw` sent as is. Like Go's net/http: the request target is
         the path (Host: unix), bodyless PUT/POST carry `Content-Length: 0`, bodyless GET and
         DELETE no Content-Length at all."""
@@ -137,7 +146,7 @@ class ApiClient:
             hdrs["Content-Length"] = "0"
             data = None
         hdrs.update(headers or {})
-        target = url[len("http://unix"):] if url.startswith("http://unix") else url
+        target = url[len("http://unix") :] if url.startswith("http://unix") else url
         self.conn.request(method, target, body=data, headers=hdrs)
         resp = self.conn.getresponse()
         payload = resp.read()
@@ -152,7 +161,9 @@ class ApiClient:
         if resp.status >= 400:
             assert ctype.startswith("application/json"), (resp.status, ctype, payload[:200])
             err = json.loads(payload)
-            assert set(err) == {"code", "message"} and err["code"] == "UNDEFINED" and isinstance(err["message"], str), err
+            assert set(err) == {"code", "message"} and err["code"] == "UNDEFINED" and isinstance(err["message"], str), (
+                err
+            )
         assert resp.getheader("Server") == "Nydus API", (resp.status, resp.getheader("Server"))
         return Reply(resp.status, resp.headers, payload, doc)
 
@@ -201,9 +212,15 @@ class BuiltImage:
 def v1_config(device_id: str, blobs, cache_dir, **backend) -> dict:
     """The v1 config the snapshotter writes for fuse daemons (localfs unless `backend`)."""
     be = backend or {"type": "localfs", "config": {"dir": str(blobs)}}
-    return {"device": {"id": device_id, "backend": be,
-                       "cache": {"type": "blobcache", "config": {"work_dir": str(cache_dir)}}},
-            "mode": "direct", "digest_validate": False}
+    return {
+        "device": {
+            "id": device_id,
+            "backend": be,
+            "cache": {"type": "blobcache", "config": {"work_dir": str(cache_dir)}},
+        },
+        "mode": "direct",
+        "digest_validate": False,
+    }
 
 
 def mount_cmd(boot, config: dict) -> dict:
@@ -240,8 +257,17 @@ class Daemon:
             argv += ["--config", str(cfg)]
         if bootstrap is not None:
             argv += ["--bootstrap", str(bootstrap)]
-        argv += ["--mountpoint", str(self.mnt), "--apisock", self.sock, "--log-level", "info",
-                 "--failover-policy", "resend", *extra]
+        argv += [
+            "--mountpoint",
+            str(self.mnt),
+            "--apisock",
+            self.sock,
+            "--log-level",
+            "info",
+            "--failover-policy",
+            "resend",
+            *extra,
+        ]
         self.argv = argv
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT)
@@ -303,15 +329,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 def read_uncached(path, timeout: float = 20.0) -> subprocess.CompletedProcess:
     """Read a file in a child process (a hang cannot stall the test run) after dropping its
     page cache, so the bytes really come from the daemon."""
-    code = ("import os,sys\n"
-            "fd=os.open(sys.argv[1],os.O_RDONLY)\n"
-            "os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n"
-            "data=b''\n"
-            "while True:\n"
-            "    b=os.read(fd,1<<20)\n"
-            "    if not b: break\n"
-            "    data+=b\n"
-            "sys.stdout.buffer.write(data)\n")
+    code = (
+        "import os,sys\n"
+        "fd=os.open(sys.argv[1],os.O_RDONLY)\n"
+        "os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n"
+        "data=b''\n"
+        "while True:\n"
+        "    b=os.read(fd,1<<20)\n"
+        "    if not b: break\n"
+        "    data+=b\n"
+        "sys.stdout.buffer.write(data)\n"
+    )
     return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=timeout)
 
 

@@ -12,12 +12,20 @@ import socket
 import time
 
 import pytest
+from daemontools import (
+    BuiltImage,
+    Daemon,
+    daemon_version_commit,
+    is_mounted,
+    lazy_umount,
+    mount_cmd,
+    read_uncached,
+    v1_config,
+)
 
-from daemontools import (BuiltImage, Daemon, daemon_version_commit, is_mounted, lazy_umount, mount_cmd,
-                         read_uncached, v1_config)
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
-                                reason="the daemon mounts FUSE: needs root and /dev/fuse")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
+)
 
 
 @pytest.fixture(scope="module")
@@ -244,11 +252,15 @@ def test_shared_daemon_mounts_by_snapshot_id(shared, image, image_b, tmp_path):
 
         # the same instance again is a no-op (the snapshotter re-mounts after an upgrade);
         # another image at a taken path is refused
-        same = c.post("http://unix/api/v1/mount?mountpoint=%2Fsnap1",
-                      mount_cmd(image.boot, v1_config("/snap1", image.blobs, tmp_path / "cache-snap1")))
+        same = c.post(
+            "http://unix/api/v1/mount?mountpoint=%2Fsnap1",
+            mount_cmd(image.boot, v1_config("/snap1", image.blobs, tmp_path / "cache-snap1")),
+        )
         assert same.status == 204
-        dup = c.post("http://unix/api/v1/mount?mountpoint=%2Fsnap1",
-                     mount_cmd(image_b.boot, v1_config("/snap1", image_b.blobs, tmp_path / "cache-snap1")))
+        dup = c.post(
+            "http://unix/api/v1/mount?mountpoint=%2Fsnap1",
+            mount_cmd(image_b.boot, v1_config("/snap1", image_b.blobs, tmp_path / "cache-snap1")),
+        )
         assert dup.status == 500 and "already exists" in dup.body["message"]
         assert_files(shared.mnt / "snap1", image.files)
 
@@ -277,13 +289,19 @@ def test_per_file_metrics(shared, image, tmp_path):
     one instance's v1 config; its neighbour, with them off, reports nothing per file."""
     c = shared.client()
     try:
-        on = dict(v1_config("/on", image.blobs, tmp_path / "cache-on"), iostats_files=True, access_pattern=True,
-                  latest_read_files=True)
+        on = dict(
+            v1_config("/on", image.blobs, tmp_path / "cache-on"),
+            iostats_files=True,
+            access_pattern=True,
+            latest_read_files=True,
+        )
         assert c.post("http://unix/api/v1/mount?mountpoint=%2Fon", mount_cmd(image.boot, on)).status == 204
         off = v1_config("/off", image.blobs, tmp_path / "cache-off")
         assert c.post("http://unix/api/v1/mount?mountpoint=%2Foff", mount_cmd(image.boot, off)).status == 204
         fs = c.get("http://unix/api/v1/metrics?id=%2Fon").body
-        assert (fs["files_account_enabled"], fs["access_pattern_enabled"], fs["record_latest_read_files_enabled"]) == (True,) * 3
+        assert (fs["files_account_enabled"], fs["access_pattern_enabled"], fs["record_latest_read_files_enabled"]) == (
+            True,
+        ) * 3
         assert c.get("http://unix/api/v1/metrics/files?id=%2Fon&latest=true").body == []
 
         read = sorted(image.files)[:3]

@@ -15,11 +15,11 @@ import time
 import uuid
 
 import pytest
-
 from daemontools import DAEMON, ApiClient, BuiltImage, Daemon, mount_cmd, read_uncached, v1_config
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
-                                reason="the daemon mounts FUSE: needs root and /dev/fuse")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
+)
 
 BASE = "/base"
 
@@ -95,6 +95,7 @@ def send(ctx: Ctx, method: str, url: str, body=None, *, raw=None, client=None, *
     c = client or ctx.client
     path = url.split("?")[0]
     from daemontools import spec
+
     known = method.lower() in spec()["paths"].get(path, {})
     return c.request(method, "http://unix" + url, body, raw=raw, check=known, **kw)
 
@@ -109,8 +110,18 @@ BODY_ROUTES = [
     ("PUT", "/api/v1/config?id=%2Fbase", 400),
     ("PUT", "/api/v2/blobs", 400),  # parsed before nydusd finds this is no fscache daemon (then 501)
 ]
-MALFORMED = [b"", b"{", b"not json", b'{"log_level": ', b"\xff\xfe\x00", b"[1, 2]", b"null", b"42", b'"text"',
-             b"{'single': 'quotes'}"]
+MALFORMED = [
+    b"",
+    b"{",
+    b"not json",
+    b'{"log_level": ',
+    b"\xff\xfe\x00",
+    b"[1, 2]",
+    b"null",
+    b"42",
+    b'"text"',
+    b"{'single': 'quotes'}",
+]
 
 
 @pytest.mark.parametrize("method, url, status", BODY_ROUTES, ids=[f"{m} {u}" for m, u, _ in BODY_ROUTES])
@@ -119,16 +130,19 @@ def test_malformed_json(ctx, method, url, status, raw):
     expect_error(send(ctx, method, url, raw=raw), status)
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"log_level": 5}, 400),
-    ({"log_level": True}, 400),
-    ({"log_level": ["debug"]}, 400),
-    ({"log_level": None}, 400),
-    ({}, 400),
-    ({"level": "debug"}, 400),
-    ({"log_level": "loud"}, 500),
-    ({"log_level": ""}, 500),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"log_level": 5}, 400),
+        ({"log_level": True}, 400),
+        ({"log_level": ["debug"]}, 400),
+        ({"log_level": None}, 400),
+        ({}, 400),
+        ({"level": "debug"}, 400),
+        ({"log_level": "loud"}, 500),
+        ({"log_level": ""}, 500),
+    ],
+)
 def test_log_level_body(ctx, body, status):
     expect_error(send(ctx, "PUT", "/api/v1/daemon", body), status)
 
@@ -165,8 +179,12 @@ def test_mount_body(ctx, make, status, contains):
 @pytest.mark.parametrize("kind", ["random", "empty", "truncated", "flipped-superblock"])
 def test_corrupt_bootstrap(ctx, kind, tmp_path):
     good = ctx.image.boot.read_bytes()
-    data = {"random": os.urandom(64 << 10), "empty": b"", "truncated": good[:1500],
-            "flipped-superblock": good[:1024] + bytes(b ^ 0xFF for b in good[1024:1152]) + good[1152:]}[kind]
+    data = {
+        "random": os.urandom(64 << 10),
+        "empty": b"",
+        "truncated": good[:1500],
+        "flipped-superblock": good[:1024] + bytes(b ^ 0xFF for b in good[1024:1152]) + good[1152:],
+    }[kind]
     boot = tmp_path / "bootstrap"
     boot.write_bytes(data)
     r = send(ctx, "POST", "/api/v1/mount?mountpoint=%2Fbroken", ctx.cmd("/broken", source=str(boot)))
@@ -175,27 +193,42 @@ def test_corrupt_bootstrap(ctx, kind, tmp_path):
 
 
 def test_remount_and_umount_of_unknown_instance(ctx):
-    expect_error(send(ctx, "PUT", "/api/v1/mount?mountpoint=%2Fghost", ctx.cmd("/ghost")), 500, contains="doesn't exist")
+    expect_error(
+        send(ctx, "PUT", "/api/v1/mount?mountpoint=%2Fghost", ctx.cmd("/ghost")), 500, contains="doesn't exist"
+    )
     expect_error(send(ctx, "DELETE", "/api/v1/mount?mountpoint=%2Fghost"), 500, contains="doesn't exist")
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"registry_auth": 5}, 400),
-    ({"registry_auth": None}, 400),
-    ({"registry_auth": {"user": "a"}}, 400),
-    ({"unknown": "x"}, 500),
-    ({"registry_auth": "YTpi", "bogus": "x"}, 500),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"registry_auth": 5}, 400),
+        ({"registry_auth": None}, 400),
+        ({"registry_auth": {"user": "a"}}, 400),
+        ({"unknown": "x"}, 500),
+        ({"registry_auth": "YTpi", "bogus": "x"}, 500),
+    ],
+)
 def test_config_body(ctx, body, status):
     expect_error(send(ctx, "PUT", "/api/v1/config?id=%2Fbase", body), status)
 
 
 # --- paths, methods, queries -----------------------------------------------------------------
 
-UNKNOWN_PATHS = [("GET", "/"), ("GET", "/api"), ("GET", "/api/v1/nope"), ("GET", "/api/v3/daemon"),
-                 ("GET", "/api/v1/daemon/"), ("GET", "/API/V1/DAEMON"), ("GET", "/api/v1/metrics/nope"),
-                 ("PUT", "/api/v1/daemon/nope"), ("POST", "/api/v1/mount/base"), ("GET", "/api/v2/metrics"),
-                 ("DELETE", "/api/v1/daemon/fuse"), ("GET", "/api/v1/daemon%2Fevents")]
+UNKNOWN_PATHS = [
+    ("GET", "/"),
+    ("GET", "/api"),
+    ("GET", "/api/v1/nope"),
+    ("GET", "/api/v3/daemon"),
+    ("GET", "/api/v1/daemon/"),
+    ("GET", "/API/V1/DAEMON"),
+    ("GET", "/api/v1/metrics/nope"),
+    ("PUT", "/api/v1/daemon/nope"),
+    ("POST", "/api/v1/mount/base"),
+    ("GET", "/api/v2/metrics"),
+    ("DELETE", "/api/v1/daemon/fuse"),
+    ("GET", "/api/v1/daemon%2Fevents"),
+]
 
 
 @pytest.mark.parametrize("method, url", UNKNOWN_PATHS, ids=[f"{m} {u}" for m, u in UNKNOWN_PATHS])
@@ -203,11 +236,22 @@ def test_unknown_path(ctx, method, url):
     expect_error(send(ctx, method, url), 404, contains="NoRoute")
 
 
-WRONG_METHODS = [("POST", "/api/v1/daemon"), ("DELETE", "/api/v1/daemon"), ("GET", "/api/v1/daemon/start"),
-                 ("GET", "/api/v1/daemon/exit"), ("POST", "/api/v1/daemon/exit"), ("DELETE", "/api/v1/daemon/exit"),
-                 ("POST", "/api/v1/metrics"), ("PUT", "/api/v1/metrics/inflight"), ("DELETE", "/api/v1/config"),
-                 ("PATCH", "/api/v1/mount?mountpoint=%2Fbase"), ("GET", "/api/v1/mount?mountpoint=%2Fbase"),
-                 ("POST", "/api/v2/blobs"), ("POST", "/api/v2/daemon"), ("GET", "/api/v1/daemon/fuse/sendfd")]
+WRONG_METHODS = [
+    ("POST", "/api/v1/daemon"),
+    ("DELETE", "/api/v1/daemon"),
+    ("GET", "/api/v1/daemon/start"),
+    ("GET", "/api/v1/daemon/exit"),
+    ("POST", "/api/v1/daemon/exit"),
+    ("DELETE", "/api/v1/daemon/exit"),
+    ("POST", "/api/v1/metrics"),
+    ("PUT", "/api/v1/metrics/inflight"),
+    ("DELETE", "/api/v1/config"),
+    ("PATCH", "/api/v1/mount?mountpoint=%2Fbase"),
+    ("GET", "/api/v1/mount?mountpoint=%2Fbase"),
+    ("POST", "/api/v2/blobs"),
+    ("POST", "/api/v2/daemon"),
+    ("GET", "/api/v1/daemon/fuse/sendfd"),
+]
 
 
 @pytest.mark.parametrize("method, url", WRONG_METHODS, ids=[f"{m} {u}" for m, u in WRONG_METHODS])
@@ -215,9 +259,16 @@ def test_wrong_method(ctx, method, url):
     expect_error(send(ctx, method, url), 400)
 
 
-BODY_NOT_ALLOWED = [("PUT", "/api/v1/daemon/start"), ("PUT", "/api/v1/daemon/exit"), ("PUT", "/api/v1/daemon/fuse/sendfd"),
-                    ("PUT", "/api/v1/daemon/fuse/takeover"), ("DELETE", "/api/v1/mount?mountpoint=%2Fbase"),
-                    ("GET", "/api/v1/daemon"), ("GET", "/api/v1/metrics?id=%2Fbase"), ("GET", "/api/v1/config")]
+BODY_NOT_ALLOWED = [
+    ("PUT", "/api/v1/daemon/start"),
+    ("PUT", "/api/v1/daemon/exit"),
+    ("PUT", "/api/v1/daemon/fuse/sendfd"),
+    ("PUT", "/api/v1/daemon/fuse/takeover"),
+    ("DELETE", "/api/v1/mount?mountpoint=%2Fbase"),
+    ("GET", "/api/v1/daemon"),
+    ("GET", "/api/v1/metrics?id=%2Fbase"),
+    ("GET", "/api/v1/config"),
+]
 
 
 @pytest.mark.parametrize("method, url", BODY_NOT_ALLOWED, ids=[f"{m} {u}" for m, u in BODY_NOT_ALLOWED])
@@ -226,9 +277,16 @@ def test_body_where_none_belongs(ctx, method, url):
     expect_error(send(ctx, method, url, {"surprise": True}), 400)
 
 
-HUGE = [("PUT", "/api/v1/config?id=%2Fbase"), ("POST", "/api/v1/mount?mountpoint=%2Fhuge"), ("PUT", "/api/v1/daemon"),
-        ("PUT", "/api/v1/daemon/exit"), ("PUT", "/api/v1/daemon/start"), ("GET", "/api/v1/daemon"),
-        ("GET", "/api/v1/nope"), ("DELETE", "/api/v1/mount?mountpoint=%2Fbase")]
+HUGE = [
+    ("PUT", "/api/v1/config?id=%2Fbase"),
+    ("POST", "/api/v1/mount?mountpoint=%2Fhuge"),
+    ("PUT", "/api/v1/daemon"),
+    ("PUT", "/api/v1/daemon/exit"),
+    ("PUT", "/api/v1/daemon/start"),
+    ("GET", "/api/v1/daemon"),
+    ("GET", "/api/v1/nope"),
+    ("DELETE", "/api/v1/mount?mountpoint=%2Fbase"),
+]
 
 
 @pytest.mark.parametrize("method, url", HUGE, ids=[f"{m} {u}" for m, u in HUGE])
@@ -244,7 +302,18 @@ def test_ten_megabyte_body(ctx, method, url):
         c.close()
 
 
-MOUNTPOINTS = ["snap", "..%2Fx", "%2F..", "%2F..%2Fbase", "%2Fa%2F..%2Fb", "%2F.", "%2Fa%2F.%2Fb", "", "%00", "%2Fa%00b"]
+MOUNTPOINTS = [
+    "snap",
+    "..%2Fx",
+    "%2F..",
+    "%2F..%2Fbase",
+    "%2Fa%2F..%2Fb",
+    "%2F.",
+    "%2Fa%2F.%2Fb",
+    "",
+    "%00",
+    "%2Fa%00b",
+]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "GET"])
@@ -257,9 +326,18 @@ def test_bad_mountpoint(ctx, method, mp):
     assert sorted(send(ctx, "GET", "/api/v1/daemon").body["backend_collection"]) == [BASE]
 
 
-@pytest.mark.parametrize("url", ["/api/v1/metrics?id=nope", "/api/v1/metrics?id=", "/api/v1/metrics?id=base",
-                                 "/api/v1/metrics/backend?id=%2Fnope", "/api/v1/metrics/blobcache?id=%2Fnope",
-                                 "/api/v1/metrics/files?id=%2Fnope", "/api/v1/metrics/pattern?id=%2Fnope"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/metrics?id=nope",
+        "/api/v1/metrics?id=",
+        "/api/v1/metrics?id=base",
+        "/api/v1/metrics/backend?id=%2Fnope",
+        "/api/v1/metrics/blobcache?id=%2Fnope",
+        "/api/v1/metrics/files?id=%2Fnope",
+        "/api/v1/metrics/pattern?id=%2Fnope",
+    ],
+)
 def test_unknown_metrics_id(ctx, url):
     expect_error(send(ctx, "GET", url), 404)
 
@@ -289,10 +367,17 @@ def _raw_exchange(sock_path: str, data: bytes, timeout: float = 5.0) -> bytes:
         s.close()
 
 
-@pytest.mark.parametrize("data", [b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"\x00\x01\x02\x03\r\n\r\n",
-                                  b"PUT /api/v1/config HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
-                                  b"GET /api/v1/daemon HTTP/1.1\r\nHost: unix\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n"],
-                         ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+        b"PUT /api/v1/config HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"GET /api/v1/daemon HTTP/1.1\r\nHost: unix\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n",
+    ],
+    ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header"],
+)
 def test_protocol_garbage(ctx, data):
     reply = _raw_exchange(ctx.daemon.sock, data)
     # the HTTP parser's refusal, still in the API's JSON error shape; never silence
@@ -304,11 +389,14 @@ def test_protocol_garbage(ctx, data):
     assert send(ctx, "GET", "/api/v1/daemon").body["state"] == "RUNNING"
 
 
-@pytest.mark.parametrize("request_line, host", [
-    (b"GET http://unix/api/v1/daemon HTTP/1.1", b"unix"),  # absolute form
-    (b"GET /api/v1/daemon HTTP/1.1", b"localhost"),  # curl --unix-socket S http://localhost/...
-    (b"GET /api/v1/daemon?ignored=1 HTTP/1.1", b"whatever.example"),
-])
+@pytest.mark.parametrize(
+    "request_line, host",
+    [
+        (b"GET http://unix/api/v1/daemon HTTP/1.1", b"unix"),  # absolute form
+        (b"GET /api/v1/daemon HTTP/1.1", b"localhost"),  # curl --unix-socket S http://localhost/...
+        (b"GET /api/v1/daemon?ignored=1 HTTP/1.1", b"whatever.example"),
+    ],
+)
 def test_host_is_ignored(ctx, request_line, host):
     reply = _raw_exchange(ctx.daemon.sock, request_line + b"\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
@@ -322,8 +410,10 @@ def test_expect_100_continue(ctx):
     s.settimeout(5)
     try:
         s.connect(ctx.daemon.sock)
-        s.sendall(b"PUT /api/v1/config?id=%2Fbase HTTP/1.1\r\nHost: unix\r\nContent-Type: application/json\r\n"
-                  b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        s.sendall(
+            b"PUT /api/v1/config?id=%2Fbase HTTP/1.1\r\nHost: unix\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
         s.settimeout(1)
         try:
             first = s.recv(4096)
@@ -345,9 +435,18 @@ def test_expect_100_continue(ctx):
 
 
 def test_unreachable_registry_gives_eio_not_a_hang(ctx):
-    backend = {"type": "registry", "config": {"host": "127.0.0.1:9", "repo": "test/unreachable", "scheme": "http",
-                                              "timeout": 2, "connect_timeout": 2, "retry_limit": 0,
-                                              "proxy": {"fallback": False}}}
+    backend = {
+        "type": "registry",
+        "config": {
+            "host": "127.0.0.1:9",
+            "repo": "test/unreachable",
+            "scheme": "http",
+            "timeout": 2,
+            "connect_timeout": 2,
+            "retry_limit": 0,
+            "proxy": {"fallback": False},
+        },
+    }
     cfg = v1_config("/reg", ctx.image.blobs, ctx.workdir / "cache-reg", **backend)
     r = send(ctx, "POST", "/api/v1/mount?mountpoint=%2Freg", mount_cmd(ctx.image.boot, cfg))
     if r.status != 204:  # refusing at mount time is fine too, as a JSON error
@@ -382,15 +481,18 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["fuse", "--mountpoint", "/tmp", "--no-such-flag"], "--no-such-flag"),
-    (["fuse", "--mountpoint", "/tmp", "--bootstrap", "/tmp/boot"], "--bootstrap"),
-    (["fuse", "--mountpoint", "/tmp", "--id", "d1"], "--supervisor"),
-    (["fuse", "--mountpoint", "/tmp", "--supervisor", "/tmp/sup.sock"], "--id"),
-    (["fuse", "--mountpoint", "/tmp", "--thread-num", "0"], "thread"),
-    (["fuse"], "--mountpoint"),
-    (["fuse", "--mountpoint", "/tmp", "--log-level", "loud"], "log-level"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["fuse", "--mountpoint", "/tmp", "--no-such-flag"], "--no-such-flag"),
+        (["fuse", "--mountpoint", "/tmp", "--bootstrap", "/tmp/boot"], "--bootstrap"),
+        (["fuse", "--mountpoint", "/tmp", "--id", "d1"], "--supervisor"),
+        (["fuse", "--mountpoint", "/tmp", "--supervisor", "/tmp/sup.sock"], "--id"),
+        (["fuse", "--mountpoint", "/tmp", "--thread-num", "0"], "thread"),
+        (["fuse"], "--mountpoint"),
+        (["fuse", "--mountpoint", "/tmp", "--log-level", "loud"], "log-level"),
+    ],
+)
 def test_cli_usage_errors_exit_2(argv, needle, tmp_path):
     p = run_cli(*argv)
     assert p.returncode == 2, (p.returncode, p.stderr)
@@ -415,8 +517,11 @@ def test_nested_instances_are_refused(ctx):
     """An instance inside another would vanish with its parent while still listed."""
     assert send(ctx, "POST", "/api/v1/mount?mountpoint=%2Fnest", ctx.cmd("/nest")).status == 204
     try:
-        expect_error(send(ctx, "POST", "/api/v1/mount?mountpoint=%2Fnest%2Fchild", ctx.cmd("/nest/child")), 400,
-                     contains="would nest")
+        expect_error(
+            send(ctx, "POST", "/api/v1/mount?mountpoint=%2Fnest%2Fchild", ctx.cmd("/nest/child")),
+            400,
+            contains="would nest",
+        )
         expect_error(send(ctx, "POST", "/api/v1/mount?mountpoint=%2F", ctx.cmd("/")), 400, contains="would nest")
         assert sorted(send(ctx, "GET", "/api/v1/daemon").body["backend_collection"]) == [BASE, "/nest"]
     finally:
@@ -424,14 +529,20 @@ def test_nested_instances_are_refused(ctx):
     assert send(ctx, "GET", "/api/v1/metrics/inflight").status in (200, 204)
 
 
-@pytest.mark.parametrize("url, body, contains", [
-    ("/api/v1/mount", {"source": "", "config": ""}, "mountpoint"),  # the query is checked first
-    ("/api/v1/mount?mountpoint=rel", {"source": "", "config": "", "fs_type": "ext4"}, "must be absolute"),
-    ("/api/v1/mount?mountpoint=%2Fx", {"source": "b", "config": "c", "fs_type": None}, "fs_type"),
-    ("/api/v1/mount?mountpoint=%2Fx", {"source": "b", "config": "c", "fs_type": "rafs", "prefetch_files": [True]},
-     "prefetch_files"),
-    ("/api/v1/config", {"bogus": 5}, "strings"),  # types before keys, as nydusd parses a string map
-])
+@pytest.mark.parametrize(
+    "url, body, contains",
+    [
+        ("/api/v1/mount", {"source": "", "config": ""}, "mountpoint"),  # the query is checked first
+        ("/api/v1/mount?mountpoint=rel", {"source": "", "config": "", "fs_type": "ext4"}, "must be absolute"),
+        ("/api/v1/mount?mountpoint=%2Fx", {"source": "b", "config": "c", "fs_type": None}, "fs_type"),
+        (
+            "/api/v1/mount?mountpoint=%2Fx",
+            {"source": "b", "config": "c", "fs_type": "rafs", "prefetch_files": [True]},
+            "prefetch_files",
+        ),
+        ("/api/v1/config", {"bogus": 5}, "strings"),  # types before keys, as nydusd parses a string map
+    ],
+)
 def test_checked_in_nydusds_order(ctx, url, body, contains):
     method = "PUT" if url == "/api/v1/config" else "POST"
     expect_error(send(ctx, method, url, body), 400, contains=contains)

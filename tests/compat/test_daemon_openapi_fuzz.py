@@ -83,15 +83,14 @@ from typing import Callable, Optional
 
 import jsonschema
 import pytest
-
+from daemontools import ApiClient, spec, to_json_schema, validate
 from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
-
-from daemontools import ApiClient, spec, to_json_schema, validate
 from test_daemon_bad_input import BASE, Ctx, assert_healthy, ctx  # noqa: F401  (ctx: the shared fixture)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
-                                reason="the daemon mounts FUSE: needs root and /dev/fuse")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
+)
 
 EXAMPLES_ENV = os.environ.get("NYDUS_FUZZ_EXAMPLES")
 EXAMPLES = int(EXAMPLES_ENV or "30")
@@ -102,8 +101,12 @@ SETTINGS = settings(
     database=None,  # no .hypothesis/ in the work tree
     derandomize=EXAMPLES_ENV is None,  # CI: the same requests every run
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
-                           HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 
 # --- the operations --------------------------------------------------------------------------
@@ -270,23 +273,34 @@ class Quirk:
 
 
 def _unknown_runtime_key(op: Op, req: Req, doc) -> bool:
-    return (op.method == "PUT" and op.path == "/api/v1/config" and isinstance(doc, dict)
-            and all(isinstance(v, str) for v in doc.values()) and any(k not in RUNTIME_KEYS for k in doc))
+    return (
+        op.method == "PUT"
+        and op.path == "/api/v1/config"
+        and isinstance(doc, dict)
+        and all(isinstance(v, str) for v in doc.values())
+        and any(k not in RUNTIME_KEYS for k in doc)
+    )
 
 
 # Schema-violating requests that may answer a 5xx, on purpose, as nydusd does. Nothing else
 # that breaks the document may.
 QUIRKS = (
-    Quirk("config-unknown-key",
-          "spec §2.6 and §2.1 row 19; openapi RuntimeConfig: a string->string object with a key "
-          "other than registry_auth/proxy_url/dragonfly_scheduler_endpoint is parsed, then refused "
-          "with 500 Configure(ResponsePayloadType). (Non-string values fail the parse first: 400.)",
-          frozenset({500}), _unknown_runtime_key),
-    Quirk("blob-api-on-fuse-daemon",
-          "spec §1.2 (Unsupported: blob API on a fuse daemon) and §2.2; openapi /api/v2/blobs: this "
-          "is a fuse daemon, so every /api/v2/blobs request answers 501 whatever its input "
-          "(test_daemon_bad_input pins 501 even for malformed bodies).",
-          frozenset({501}), lambda op, req, doc: op.path == "/api/v2/blobs"),
+    Quirk(
+        "config-unknown-key",
+        "spec §2.6 and §2.1 row 19; openapi RuntimeConfig: a string->string object with a key "
+        "other than registry_auth/proxy_url/dragonfly_scheduler_endpoint is parsed, then refused "
+        "with 500 Configure(ResponsePayloadType). (Non-string values fail the parse first: 400.)",
+        frozenset({500}),
+        _unknown_runtime_key,
+    ),
+    Quirk(
+        "blob-api-on-fuse-daemon",
+        "spec §1.2 (Unsupported: blob API on a fuse daemon) and §2.2; openapi /api/v2/blobs: this "
+        "is a fuse daemon, so every /api/v2/blobs request answers 501 whatever its input "
+        "(test_daemon_bad_input pins 501 even for malformed bodies).",
+        frozenset({501}),
+        lambda op, req, doc: op.path == "/api/v2/blobs",
+    ),
     # Not a status exception but a reading of the body, applied in `normalize` above:
     # "prefetch-files-null": spec §2.4 (ApiMountCmd.prefetch_files is an Option), so
     # `"prefetch_files": null` is "absent" and such a mount command conforms.
@@ -294,15 +308,32 @@ QUIRKS = (
 
 # --- strategies --------------------------------------------------------------------------------
 
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70),
-                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-JSON_ANY = st.recursive(JSON_LEAF, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                          st.dictionaries(st.text(max_size=8), kids, max_size=4)),
-                        max_leaves=8)
+JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+JSON_ANY = st.recursive(
+    JSON_LEAF,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+    max_leaves=8,
+)
 
 # The keywords `from_schema` understands; anything else in a request schema is an error.
-SCHEMA_KEYWORDS = {"type", "properties", "required", "additionalProperties", "items", "enum", "minItems",
-                   "maxItems", "description", "default"}
+SCHEMA_KEYWORDS = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "minItems",
+    "maxItems",
+    "description",
+    "default",
+}
 
 
 def from_schema(schema: dict) -> st.SearchStrategy:
@@ -319,7 +350,7 @@ def from_schema(schema: dict) -> st.SearchStrategy:
     if kind == "string":
         return st.text(max_size=24)
     if kind == "integer":
-        return st.integers(-(2 ** 63), 2 ** 64 - 1)
+        return st.integers(-(2**63), 2**64 - 1)
     if kind == "number":
         return st.floats(allow_nan=False, allow_infinity=False)
     if kind == "boolean":
@@ -332,8 +363,10 @@ def from_schema(schema: dict) -> st.SearchStrategy:
     assert kind == "object", schema
     props = schema.get("properties", {})
     required = set(schema.get("required", []))
-    fixed = st.fixed_dictionaries({k: from_schema(v) for k, v in props.items() if k in required},
-                                  optional={k: from_schema(v) for k, v in props.items() if k not in required})
+    fixed = st.fixed_dictionaries(
+        {k: from_schema(v) for k, v in props.items() if k in required},
+        optional={k: from_schema(v) for k, v in props.items() if k not in required},
+    )
     more = schema.get("additionalProperties", True)
     if more is False:
         return fixed
@@ -344,20 +377,30 @@ def from_schema(schema: dict) -> st.SearchStrategy:
 
 SAFE_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="/\0")
 
-CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain", "application/octet-stream",
-                 "", "application/json; charset=utf-8", "multipart/form-data; boundary=xyz", "json",
-                 "application/json;;;charset", "*/*"]
+CONTENT_TYPES = [
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "text/plain",
+    "application/octet-stream",
+    "",
+    "application/json; charset=utf-8",
+    "multipart/form-data; boundary=xyz",
+    "json",
+    "application/json;;;charset",
+    "*/*",
+]
 
 
 def encode_pairs(pairs) -> st.SearchStrategy:
     """Percent-encode (Go's `/` -> `%2F`, or curl's literal `/`) and join."""
     return st.sampled_from(["", "/"]).map(
-        lambda safe: "&".join(f"{urllib.parse.quote(k, safe='')}={urllib.parse.quote(v, safe=safe)}"
-                              for k, v in pairs))
+        lambda safe: "&".join(f"{urllib.parse.quote(k, safe='')}={urllib.parse.quote(v, safe=safe)}" for k, v in pairs)
+    )
 
 
-QUERY_NOISE = st.sampled_from(["bogus=1", "&&", "=", "x=%zz", "%zz=1", "y=%ff", "z=%c3%28", "+=+", "a", "id2=%2F",
-                               "latest=", "verbose=true"])
+QUERY_NOISE = st.sampled_from(
+    ["bogus=1", "&&", "=", "x=%zz", "%zz=1", "y=%ff", "z=%c3%28", "+=+", "a", "id2=%2F", "latest=", "verbose=true"]
+)
 
 
 def mount_mountpoints(valid: bool) -> st.SearchStrategy:
@@ -369,11 +412,29 @@ def mount_mountpoints(valid: bool) -> st.SearchStrategy:
             st.sampled_from(POOL).map(lambda p: "/" + p),  # //fz-0: normalized to /fz-0
             st.sampled_from(POOL).map(lambda p: p + "/"),
             st.text(SAFE_CHARS, min_size=1, max_size=12).map(lambda s: "/fz-" + s),
-            st.tuples(st.sampled_from(POOL), st.text(SAFE_CHARS, min_size=1, max_size=6)).map(lambda t: f"{t[0]}/{t[1]}"),
+            st.tuples(st.sampled_from(POOL), st.text(SAFE_CHARS, min_size=1, max_size=6)).map(
+                lambda t: f"{t[0]}/{t[1]}"
+            ),
         )
     return st.one_of(
-        st.sampled_from(["", ".", "..", "/.", "/..", "fz-0", "fz-rel/x", "/fz-0/..", "/fz-0/../fz-1", "/fz-0/./x",
-                         "/./fz-0", "/fz-\0", "\0/fz-0", "./fz-0"]),
+        st.sampled_from(
+            [
+                "",
+                ".",
+                "..",
+                "/.",
+                "/..",
+                "fz-0",
+                "fz-rel/x",
+                "/fz-0/..",
+                "/fz-0/../fz-1",
+                "/fz-0/./x",
+                "/./fz-0",
+                "/fz-\0",
+                "\0/fz-0",
+                "./fz-0",
+            ]
+        ),
         st.text(SAFE_CHARS, min_size=1, max_size=10).map(lambda s: "fz-" + s),  # relative
     )
 
@@ -429,19 +490,32 @@ def realistic_mount_cmd(shared: Ctx) -> st.SearchStrategy:
     good = json.dumps(shared.config("/fz"))
     configs = st.one_of(
         st.just(good),
-        st.sampled_from([json.dumps(dict(shared.config("/fz"), digest_validate=True)),
-                         json.dumps(dict(shared.config("/fz"), mode="cached")),
-                         json.dumps({"device": {}, "mode": "direct"}), "{}", "", "{nope", "[]", "null",
-                         'version = 2\nid = "x"\n']),
+        st.sampled_from(
+            [
+                json.dumps(dict(shared.config("/fz"), digest_validate=True)),
+                json.dumps(dict(shared.config("/fz"), mode="cached")),
+                json.dumps({"device": {}, "mode": "direct"}),
+                "{}",
+                "",
+                "{nope",
+                "[]",
+                "null",
+                'version = 2\nid = "x"\n',
+            ]
+        ),
         st.text(max_size=40),
     )
-    prefetch = st.lists(st.sampled_from(["/hello.txt", "/dir/big.bin", "/dir", "/", "/nope", "hello.txt", "",
-                                         "/dir/../hello.txt"]), max_size=3)
+    prefetch = st.lists(
+        st.sampled_from(["/hello.txt", "/dir/big.bin", "/dir", "/", "/nope", "hello.txt", "", "/dir/../hello.txt"]),
+        max_size=3,
+    )
 
     @st.composite
     def cmd(draw):
-        doc = {"source": draw(st.one_of(st.just(boot), st.sampled_from([str(shared.workdir), "/nonexistent", ""]))),
-               "config": draw(configs)}
+        doc = {
+            "source": draw(st.one_of(st.just(boot), st.sampled_from([str(shared.workdir), "/nonexistent", ""]))),
+            "config": draw(configs),
+        }
         fs_type = draw(st.one_of(st.just("rafs"), st.sampled_from([None, "", "RAFS", "passthrough", "ext4"])))
         if fs_type is not None:
             doc["fs_type"] = fs_type
@@ -470,8 +544,9 @@ def _invalid_for(schema: dict) -> st.SearchStrategy:
     numbers inside a string list...), then anything."""
     v = jsonschema.Draft7Validator(schema)
     usual = [None, True, 0, -1, 1.5, "", "x", [], ["x"], [None], [1, 2], [True, "x"], [{}], {}, {"k": "v"}]
-    return st.one_of(st.sampled_from([x for x in usual if not v.is_valid(x)]),
-                     JSON_ANY.filter(lambda x: not v.is_valid(x)))
+    return st.one_of(
+        st.sampled_from([x for x in usual if not v.is_valid(x)]), JSON_ANY.filter(lambda x: not v.is_valid(x))
+    )
 
 
 @st.composite
@@ -514,15 +589,18 @@ def bodies(draw, op: Op, shared: Ctx, violate: bool) -> tuple:
         doc[name] = draw(_invalid_for(props[name]))
         intent = f"{name} of the wrong type"
     elif kind == "extra-field":
-        extra = draw(st.dictionaries(st.text(min_size=1, max_size=10).filter(lambda k: k not in props),
-                                     JSON_ANY, min_size=1, max_size=3))
+        extra = draw(
+            st.dictionaries(
+                st.text(min_size=1, max_size=10).filter(lambda k: k not in props), JSON_ANY, min_size=1, max_size=3
+            )
+        )
         doc.update(extra)
         intent = "unknown extra fields"
     raw = json.dumps(doc, ensure_ascii=draw(st.booleans())).encode()
     if kind == "malformed":
         how = draw(st.sampled_from(["truncate", "insert", "single-quotes", "trailing"]))
         if how == "truncate":
-            raw = raw[:draw(st.integers(1, len(raw) - 1))]
+            raw = raw[: draw(st.integers(1, len(raw) - 1))]
         elif how == "insert":
             at = draw(st.integers(1, len(raw) - 1))
             raw = raw[:at] + draw(st.sampled_from([b"{", b"}", b",", b'"', b"\xff", b"\x00", b":", b"]"])) + raw[at:]
@@ -577,7 +655,7 @@ class Fuzz:
         r = self.client.post(f"{MOUNT_PATH}?mountpoint={urllib.parse.quote(mountpoint, safe='')}", cmd)
         # 500: already there; 400: it would nest with an instance (refused by design: the Vfs
         # drops a nested instance with its parent)
-        assert r.status in (204, 500) or r.status == 400 and "would nest" in r.body["message"], r
+        assert r.status in (204, 500) or (r.status == 400 and "would nest" in r.body["message"]), r
 
     def detach_fuzz_instances(self, prefix: str = "/fz") -> None:
         """Detach the fuzz's instances; one that cannot be is reported once, then left."""
@@ -643,14 +721,18 @@ def check(fuzz: Fuzz, op: Op, req: Req, violating: bool) -> None:
             allowed |= q.statuses
         note(f"quirks that apply: {[q.name for q in quirks]}")
         assert reply.status < 500 or reply.status in allowed, (
-            f"schema-violating request answered {reply.status} (no documented quirk): {req!r} -> {reply.raw[:400]!r}")
+            f"schema-violating request answered {reply.status} (no documented quirk): {req!r} -> {reply.raw[:400]!r}"
+        )
         assert reply.status in allowed, (
-            f"schema-violating request was accepted ({reply.status}): {req!r} violations={broken}")
+            f"schema-violating request was accepted ({reply.status}): {req!r} violations={broken}"
+        )
     elif not op.params and op.body_schema is None and op.path != "/api/v2/blobs":
         # nothing to get wrong: a conforming request to an input-free operation succeeds
         assert 200 <= reply.status < 300, f"input-free operation failed: {req!r} -> {reply!r}" + (
             f" (the daemon still lists instances an earlier test could not detach: {sorted(fuzz.stuck)})"
-            if fuzz.stuck else "")
+            if fuzz.stuck
+            else ""
+        )
 
 
 @pytest.mark.parametrize("kind", ["conforming", "violating"])
@@ -673,8 +755,12 @@ def test_operation(ctx, fuzz, op, kind):
         premount = "nothing"
         if mp is not None and mountpoint_problem(mp) is None:
             # the target (for PUT/DELETE), and maybe an instance nested under it, exist first
-            premount = data.draw(st.sampled_from(["nothing", "target", "target and a child"] if op.method != "POST"
-                                                 else ["nothing", "a child"]), label="mounted first")
+            premount = data.draw(
+                st.sampled_from(
+                    ["nothing", "target", "target and a child"] if op.method != "POST" else ["nothing", "a child"]
+                ),
+                label="mounted first",
+            )
         assume(bool(violations(op, req)[0]) == violating)
         inflight_was_ok = fuzz.inflight_ok()
         if "target" in premount:

@@ -13,9 +13,8 @@ import tarfile
 import pytest
 
 import nydus_hybrid
-from nydus_hybrid import errors, treecmp
-
 from conftest import FIXTURE_BLOB_ID, FIXTURE_INLINE_ID, build_into
+from nydus_hybrid import errors, treecmp
 
 INLINE_SIZES = {"error.rs": 2816, "lib.rs": 678, "logger.rs": 3115}
 
@@ -52,7 +51,7 @@ def test_fixture_contents(fixture_image):
         _looks_like_rust(data)
         # partial reads agree with the whole
         for off in (0, 1, 4095, 4096, 12345, size - 1):
-            assert fixture_image.read(path, off, 777) == data[off:off + 777]
+            assert fixture_image.read(path, off, 777) == data[off : off + 777]
 
 
 def test_fixture_check_verifies_every_chunk(fixture_image):
@@ -67,7 +66,7 @@ def test_fixture_chunk_table_digests_match_data(fixtures_dir, fixture_image):
     """The bootstrap's chunk table (spec 1.7, 80-byte entries at 16384) holds blake3 digests of
     the uncompressed chunks; the blob's blob.digest section holds the same 2 digests."""
     boot = (fixtures_dir / "rafs-v6-2.2.boot").read_bytes()
-    entries = [boot[16384 + 80 * i:16384 + 80 * (i + 1)] for i in range(2)]
+    entries = [boot[16384 + 80 * i : 16384 + 80 * (i + 1)] for i in range(2)]
     parsed = []
     for e in entries:
         digest = e[:32]
@@ -125,7 +124,7 @@ def _flip_each(path, positions, masks, probe):
                         if what.startswith("WRONG"):
                             wrong.append((pos, mask, what))
                 finally:
-                    os.pwrite(fd, raw[pos:pos + 1], pos)
+                    os.pwrite(fd, raw[pos : pos + 1], pos)
     finally:
         os.close(fd)
     assert path.read_bytes() == raw
@@ -227,7 +226,7 @@ def test_unverified_reads_are_opt_in(fixture_copy, fixture_image):
                 with pytest.raises(errors.DigestMismatchError):
                     nydus_hybrid.Image.open(boot, fixture_copy).check()
                 return
-            os.pwrite(fd, raw[pos:pos + 1], pos)
+            os.pwrite(fd, raw[pos : pos + 1], pos)
     finally:
         os.close(fd)
     pytest.fail("no flip decoded to different bytes")
@@ -274,7 +273,11 @@ def test_build_all_entry_type_tar(fixtures_dir, tmp_path):
             assert im.read(path) == im.read(target)
     for m in dangling:
         target = m.linkname
-        resolved = os.path.normpath(os.path.join(os.path.dirname(norm(m.name)), target)) if not target.startswith("/") else target
+        resolved = (
+            os.path.normpath(os.path.join(os.path.dirname(norm(m.name)), target))
+            if not target.startswith("/")
+            else target
+        )
         with pytest.raises(FileNotFoundError):
             im.stat(resolved)
     # every path in the image came from the tar (plus implicit parents)

@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemontools import BuiltImage, is_mounted, lazy_umount, read_uncached, v1_config
+
 from loadtools import ReadLoad
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
-                                reason="daemons mount FUSE: needs root and /dev/fuse")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="daemons mount FUSE: needs root and /dev/fuse"
+)
 
 KILL_ROUNDS = int(os.environ.get("NYDUS_MANAGER_KILL_ROUNDS", "20"))
 KEYS = ("img1", "img2", "img3")
@@ -42,9 +43,20 @@ class ManagerProc:
         self.root, self.mode, self.policy, self.nydusd, self.extra = root, mode, policy, nydusd, list(extra)
         self.proc = None
 
-    def start(self, wait: bool = True) -> "ManagerProc":
-        argv = [sys.executable, "-m", "nydus_hybrid.manager", "--root", str(self.root), "--daemon-mode", self.mode,
-                "--recover-policy", self.policy, "--log-level", "info"]
+    def start(self, wait: bool = True) -> ManagerProc:
+        argv = [
+            sys.executable,
+            "-m",
+            "nydus_hybrid.manager",
+            "--root",
+            str(self.root),
+            "--daemon-mode",
+            self.mode,
+            "--recover-policy",
+            self.policy,
+            "--log-level",
+            "info",
+        ]
         if self.nydusd:
             argv += ["--nydusd", self.nydusd]
         argv += self.extra
@@ -78,8 +90,11 @@ class ManagerProc:
 
     def mount(self, key: str, img: BuiltImage):
         cfg = v1_config(f"/{key}", img.blobs, self.root.parent / f"cache-{key}")
-        return self.request("POST", "/api/v1/instances",
-                            {"snapshot_id": key, "image_id": key, "bootstrap": str(img.boot), "config": cfg})
+        return self.request(
+            "POST",
+            "/api/v1/instances",
+            {"snapshot_id": key, "image_id": key, "bootstrap": str(img.boot), "config": cfg},
+        )
 
     def umount(self, key: str):
         return self.request("DELETE", f"/api/v1/instances/{key}")
@@ -163,15 +178,39 @@ def test_three_images_mounted_and_read(images, root, mode):
         for k, mp in mountpoints(doc).items():
             assert_readable(mp, images[k])
         # the CLI reads the same store: tables and JSON
-        out = subprocess.run([sys.executable, "-m", "nydus_hybrid", "daemons", "list", "--root", str(root)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "nydus_hybrid", "daemons", "list", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0 and out.stdout.splitlines()[0].split()[:4] == ["ID", "MODE", "PID", "STATE"]
         assert out.stdout.count("RUNNING") == len(doc["daemons"])
-        js = json.loads(subprocess.run([sys.executable, "-m", "nydus_hybrid", "instances", "list", "--root", str(root),
-                                        "--json"], capture_output=True, text=True, timeout=60).stdout)
+        js = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "nydus_hybrid", "instances", "list", "--root", str(root), "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        )
         assert [i["snapshot_id"] for i in js] == list(KEYS)
-        show = subprocess.run([sys.executable, "-m", "nydus_hybrid", "daemons", "show", doc["daemons"][0]["id"],
-                               "--root", str(root), "--json"], capture_output=True, text=True, timeout=60)
+        show = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nydus_hybrid",
+                "daemons",
+                "show",
+                doc["daemons"][0]["id"],
+                "--root",
+                str(root),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert json.loads(show.stdout)["live"]["state"] == "RUNNING"
         # umount one: gone from the store, its mount gone, the others untouched
         m.umount("img2")
@@ -247,8 +286,10 @@ def kill_daemons_twice_under_reads(m: ManagerProc, images) -> None:
     for k in KEYS:
         m.mount(k, images[k])
     mps = mountpoints(m.describe())
-    with ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister, \
-            ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load:
+    with (
+        ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister,
+        ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load,
+    ):
         load.wait_reads(20)
         for _ in range(2):
             pids = daemon_pids(m.describe())
@@ -297,15 +338,21 @@ def test_failover_to_a_warm_standby(images, root, mode):
                     now = next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])
                     if standby:
                         assert now["pid"] == victim["standby_pid"] and now["api_socket"] == victim["standby_socket"]
-                        _wait(lambda: next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])["standby_pid"] > 0)
+                        _wait(
+                            lambda: (
+                                next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])["standby_pid"] > 0
+                            )
+                        )
             assert not load.errors, load.errors[:5]
             for k, mp in mps.items():
                 assert_readable(mp, images[k])
         finally:
             m.stop()
             teardown(r)
-    print(f"longest read stall per failover, {mode}: plain {[round(s * 1000) for s in stalls[False]]} ms, "
-          f"standby {[round(s * 1000) for s in stalls[True]]} ms")
+    print(
+        f"longest read stall per failover, {mode}: plain {[round(s * 1000) for s in stalls[False]]} ms, "
+        f"standby {[round(s * 1000) for s in stalls[True]]} ms"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -332,8 +379,12 @@ def test_standbys_across_manager_restart_upgrade_and_umount(images, root):
         _wait(lambda: all(not _pid_alive(pid) for pid in old.values()))
         now = {d["id"]: d["standby_pid"] for d in m.describe()["daemons"]}
         assert set(now) == set(old) and all(_pid_alive(p) and p not in old.values() for p in now.values())
-        out = subprocess.run([sys.executable, "-m", "nydus_hybrid", "daemons", "upgrade", "--root", str(root)],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "nydus_hybrid", "daemons", "upgrade", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         after = {d["id"]: d["standby_pid"] for d in m.describe()["daemons"]}
         assert all(not _pid_alive(p) for p in now.values()) and all(_pid_alive(p) for p in after.values())
@@ -434,12 +485,17 @@ def test_corrupt_db_is_refused_and_left_alone(root):
     db = root / "nydus.db"
     junk = b"this is not a database" * 100
     db.write_bytes(junk)
-    r = subprocess.run([sys.executable, "-m", "nydus_hybrid.manager", "--root", str(root)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid.manager", "--root", str(root)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1 and "nydus.db" in r.stderr and "left untouched" in r.stderr, r.stderr
     assert db.read_bytes() == junk
-    r = subprocess.run([sys.executable, "-m", "nydus_hybrid", "daemons", "list", "--root", str(root)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid", "daemons", "list", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nydus.db" in r.stderr
 
 

@@ -15,17 +15,29 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemontools import BuiltImage, is_mounted, stop_process
+from test_manager import (
+    KEYS,
+    KILL_ROUNDS,
+    ManagerProc,
+    _wait,
+    assert_readable,
+    daemon_pids,
+    kill_at_random_points,
+    kill_daemons_twice_under_reads,
+    mountpoints,
+    teardown,
+)
+
 from loadtools import ReadLoad
+from nydus_hybrid.client import DaemonClient
 from nydus_hybrid.mounts import erofs as kmount
 from nydus_hybrid.mounts import fscache as fscache_mount
-from nydus_hybrid.client import DaemonClient
-from test_manager import (KEYS, KILL_ROUNDS, ManagerProc, _wait, assert_readable, daemon_pids, kill_at_random_points,
-                          kill_daemons_twice_under_reads, mountpoints, teardown)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
-                                reason="fscache instances are EROFS mounts: needs root and file-backed EROFS")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not kmount.erofs_available(),
+    reason="fscache instances are EROFS mounts: needs root and file-backed EROFS",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +50,11 @@ class Simulator:
     def __init__(self, base: Path):
         self.sock = base / "cf.sock"
         self.log = open(base / "sim.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", str(self.sock)],
-                                     stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", str(self.sock)],
+            stdout=self.log,
+            stderr=self.log,
+        )
         _wait(lambda: os.path.exists(str(self.sock) + ".ctl"))
 
     def status(self) -> dict:
@@ -182,14 +197,19 @@ def test_kill_daemon_and_manager_together(images, root, sim):
 def fscache_served(doc: dict) -> list:
     """The instances whose entry the daemon has and whose EROFS mount is there."""
     ids = {e["id"] for e in entries(doc)}
-    return sorted(i["snapshot_id"] for i in doc["instances"]
-                  if i["annotations"]["fscache.id"] in ids and is_mounted(i["mountpoint"]))
+    return sorted(
+        i["snapshot_id"]
+        for i in doc["instances"]
+        if i["annotations"]["fscache.id"] in ids and is_mounted(i["mountpoint"])
+    )
 
 
 def test_kill_the_manager_at_random_points(images, root, sim):
     """Half the fuse driver's rounds: each fscache mount is two steps (bind, then mount), so
     a kill between them is among the cases."""
-    kill_at_random_points(images, root, max(1, KILL_ROUNDS // 2), extra=["--fs-driver", "fscache"], served=fscache_served)
+    kill_at_random_points(
+        images, root, max(1, KILL_ROUNDS // 2), extra=["--fs-driver", "fscache"], served=fscache_served
+    )
     st = sim.status()
     assert st["counters"]["protocol_errors"] == 0 and st["counters"]["eio"] == 0
 
@@ -203,14 +223,20 @@ def test_upgrade_through_the_manager(images, root, sim):
         mps = mountpoints(before)
         with ReadLoad([mps["img1"]], images["img1"].files, readers=2, listers=1) as load:
             load.wait_reads(5)
-            out = subprocess.run([sys.executable, "-m", "nydus_hybrid", "daemons", "upgrade", "--root", str(root)],
-                                 capture_output=True, text=True, timeout=120)
+            out = subprocess.run(
+                [sys.executable, "-m", "nydus_hybrid", "daemons", "upgrade", "--root", str(root)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert out.returncode == 0 and before["daemons"][0]["id"] in out.stdout, out.stderr
             load.wait_reads(10)
         assert not load.errors, load.errors[:5]
         after = m.describe()
         assert daemon_pids(after) != daemon_pids(before) and after["daemons"][0]["api_socket"].endswith("api1.sock")
-        assert sorted(e["id"] for e in entries(after)) == sorted(i["annotations"]["fscache.id"] for i in after["instances"])
+        assert sorted(e["id"] for e in entries(after)) == sorted(
+            i["annotations"]["fscache.id"] for i in after["instances"]
+        )
         for k, mp in mps.items():
             assert_readable(mp, images[k])
         assert sim.status()["counters"]["restores"] == 1

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import build_into
 from nydus_hybrid import treecmp
 from nydus_hybrid.mounts import erofs as kmount
-
-from conftest import build_into
 
 REF_BIN = Path(os.environ.get("NYDUS_REF_ROOT", Path.home() / ".cache/nydus-hybrid/nydus-ref")) / "bin"
 INSTALL_HINT = "run scripts/install-nydus-reference.sh"
@@ -51,7 +50,9 @@ def small_tree(tmp_path_factory):
 @pytest.mark.parametrize("compressor, digester", [("zstd", "blake3"), ("lz4_block", "sha256"), ("none", "blake3")])
 def test_nydus_image_check_accepts_our_bootstrap(small_tree, tmp_path, compressor, digester):
     b = build_into(small_tree.root, tmp_path / "img", compressor=compressor, digester=digester)
-    p = subprocess.run([_tool("nydus-image"), "check", "-B", str(b.bootstrap)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [_tool("nydus-image"), "check", "-B", str(b.bootstrap)], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "RAFS filesystem metadata is valid" in p.stdout, p.stdout
     assert b.report.blob_id in p.stdout
@@ -87,10 +88,25 @@ def test_nydusd_serves_our_image(small_tree, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     log = open(tmp_path / "nydusd.log", "w")
     proc = subprocess.Popen(
-        [nydusd, "fuse", "--config", str(tmp_path / "config.json"), "--bootstrap", str(b.bootstrap),
-         "--mountpoint", str(mnt), "--apisock", str(tmp_path / "api.sock"), "--log-level", "warn",
-         "--rlimit-nofile", "0"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            nydusd,
+            "fuse",
+            "--config",
+            str(tmp_path / "config.json"),
+            "--bootstrap",
+            str(b.bootstrap),
+            "--mountpoint",
+            str(mnt),
+            "--apisock",
+            str(tmp_path / "api.sock"),
+            "--log-level",
+            "warn",
+            "--rlimit-nofile",
+            "0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):

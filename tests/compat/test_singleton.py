@@ -12,17 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemontools import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
-from loadtools import ReadLoad
-from nydus_hybrid.mounts import erofs as kmount
-from nydus_hybrid.mounts import fscache as fscache_mount
-from nydus_hybrid.lifecycle import failover, upgrade
-from nydus_hybrid.lifecycle.supervisor import Supervisor
 from test_manager_fscache import Simulator
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
-                                reason="fscache instances are EROFS mounts: needs root and file-backed EROFS")
+from loadtools import ReadLoad
+from nydus_hybrid.lifecycle import upgrade
+from nydus_hybrid.lifecycle.supervisor import Supervisor
+from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import fscache as fscache_mount
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not kmount.erofs_available(),
+    reason="fscache instances are EROFS mounts: needs root and file-backed EROFS",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,18 @@ class Singleton:
         self.workdir = workdir
         (workdir / "cache").mkdir(parents=True, exist_ok=True)
         self.sock = str(workdir / sock)
-        self.argv = DAEMON + ["singleton", "--fscache", str(workdir / "cache"), "--fscache-threads", "2",
-                              "--apisock", self.sock, "--log-level", "info", *extra]
+        self.argv = DAEMON + [
+            "singleton",
+            "--fscache",
+            str(workdir / "cache"),
+            "--fscache-threads",
+            "2",
+            "--apisock",
+            self.sock,
+            "--log-level",
+            "info",
+            *extra,
+        ]
         self.logf = open(workdir / f"{sock}.log", "wb")
         self.proc = subprocess.Popen(self.argv, stdout=self.logf, stderr=subprocess.STDOUT)
         if wait:
@@ -80,10 +92,19 @@ def _wait_for(cond, timeout: float = 20.0) -> None:
 
 def entry(image: BuiltImage, fid: str, work_dir: Path, domain: str = "") -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
-    return {"type": "bootstrap", "id": fid, "domain_id": domain or fid,
-            "config": {"id": fid, "backend_type": "localfs", "backend_config": {"dir": str(image.blobs)},
-                       "cache_type": "fscache", "cache_config": {"work_dir": str(work_dir)},
-                       "metadata_path": str(image.boot)}}
+    return {
+        "type": "bootstrap",
+        "id": fid,
+        "domain_id": domain or fid,
+        "config": {
+            "id": fid,
+            "backend_type": "localfs",
+            "backend_config": {"dir": str(image.blobs)},
+            "cache_type": "fscache",
+            "cache_config": {"work_dir": str(work_dir)},
+            "metadata_path": str(image.boot),
+        },
+    }
 
 
 @pytest.fixture
@@ -136,16 +157,19 @@ def test_mount_of_an_unregistered_id_fails_cleanly(daemon, tmp_path, sim):
     assert daemon.client().get("/api/v1/daemon").body["state"] == "RUNNING"
 
 
-@pytest.mark.parametrize("mutate,status,needle", [
-    (lambda e: e.pop("config"), 400, "config_v2"),
-    (lambda e: e["config"].pop("backend_type"), 400, "backend_type"),
-    (lambda e: e["config"].update(prefetch_config={"enable": True}), 400, "prefetch_config"),
-    (lambda e: e.update(type="datablob"), 500, "bootstrap"),
-    (lambda e: e.update(id="a/b"), 500, "'/'"),
-    (lambda e: e["config"].update(metadata_path="/nonexistent"), 500, "regular file"),
-    (lambda e: e["config"].update(cache_type="blobcache"), 500, "cache type"),
-    (lambda e: e["config"]["cache_config"].update(work_dir="/nonexistent"), 500, "work_dir"),
-])
+@pytest.mark.parametrize(
+    "mutate,status,needle",
+    [
+        (lambda e: e.pop("config"), 400, "config_v2"),
+        (lambda e: e["config"].pop("backend_type"), 400, "backend_type"),
+        (lambda e: e["config"].update(prefetch_config={"enable": True}), 400, "prefetch_config"),
+        (lambda e: e.update(type="datablob"), 500, "bootstrap"),
+        (lambda e: e.update(id="a/b"), 500, "'/'"),
+        (lambda e: e["config"].update(metadata_path="/nonexistent"), 500, "regular file"),
+        (lambda e: e["config"].update(cache_type="blobcache"), 500, "cache type"),
+        (lambda e: e["config"]["cache_config"].update(work_dir="/nonexistent"), 500, "work_dir"),
+    ],
+)
 def test_bad_entries_are_refused(daemon, image, tmp_path, mutate, status, needle):
     e = entry(image, "bad", tmp_path / "w")
     mutate(e)
@@ -195,8 +219,12 @@ def test_blob_api_on_a_fuse_daemon(tmp_path, image):
 def test_second_daemon_on_a_busy_device_exits(daemon, tmp_path):
     other = tmp_path / "other"
     (other / "cache").mkdir(parents=True)
-    r = subprocess.run(DAEMON + ["singleton", "--fscache", str(other / "cache"), "--apisock", str(other / "api.sock")],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        DAEMON + ["singleton", "--fscache", str(other / "cache"), "--apisock", str(other / "api.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and "another daemon is running" in r.stderr
 
 
@@ -219,8 +247,9 @@ def test_hot_upgrades_under_reads(tmp_path, image, sim):
             load.wait_reads(3)
             for _ in range(UPGRADE_ROUNDS):
                 new_sock = upgrade.next_apisock(sock)
-                procs.append(upgrade.hot_upgrade(sock, sup, new_apisock=new_sock,
-                                                 log_path=str(tmp_path / "new.log")).process)
+                procs.append(
+                    upgrade.hot_upgrade(sock, sup, new_apisock=new_sock, log_path=str(tmp_path / "new.log")).process
+                )
                 sock = new_sock
                 load.wait_reads(5)
         assert not load.errors, load.errors[:5]
@@ -286,11 +315,20 @@ def test_blob_api_fuzz(daemon, image, tmp_path, sim):
     fscache_mount.mount_erofs_fscache(str(mnt), "keep")
     names = st.text(st.sampled_from("ab/.%\x00é-"), max_size=6).filter(lambda n: n != "keep")
     leaves = st.none() | st.booleans() | st.integers() | names
-    values = st.recursive(leaves, lambda k: st.lists(k, max_size=3) | st.dictionaries(names, k, max_size=3), max_leaves=8)
-    good = st.builds(lambda i, d, t: dict(entry(image, i or "x", tmp_path / "wf"), domain_id=d, type=t),
-                     names, names, st.sampled_from(["bootstrap", "datablob", "other"]))
-    bodies = st.one_of(good, values, st.dictionaries(st.sampled_from(["type", "id", "domain_id", "config", "config_v2"]),
-                                                      values, max_size=5))
+    values = st.recursive(
+        leaves, lambda k: st.lists(k, max_size=3) | st.dictionaries(names, k, max_size=3), max_leaves=8
+    )
+    good = st.builds(
+        lambda i, d, t: dict(entry(image, i or "x", tmp_path / "wf"), domain_id=d, type=t),
+        names,
+        names,
+        st.sampled_from(["bootstrap", "datablob", "other"]),
+    )
+    bodies = st.one_of(
+        good,
+        values,
+        st.dictionaries(st.sampled_from(["type", "id", "domain_id", "config", "config_v2"]), values, max_size=5),
+    )
     queries = st.lists(st.tuples(st.sampled_from(["domain_id", "blob_id", "x"]), names), max_size=3)
 
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -351,10 +389,18 @@ def test_config_lists_entries_to_register_at_start(tmp_path, image, sim):
     legacy-only entry is skipped (nydusd does not convert those there); a bad file is one
     line and exit 1."""
     legacy = entry(image, "legacy", tmp_path / "wl")
-    v2 = {"type": "bootstrap", "id": "v2", "domain_id": "v2",
-          "config_v2": {"version": 2, "id": "v2", "metadata_path": str(image.boot),
-                        "backend": {"type": "localfs", "localfs": {"dir": str(image.blobs)}},
-                        "cache": {"type": "fscache", "fscache": {"work_dir": str(tmp_path)}}}}
+    v2 = {
+        "type": "bootstrap",
+        "id": "v2",
+        "domain_id": "v2",
+        "config_v2": {
+            "version": 2,
+            "id": "v2",
+            "metadata_path": str(image.boot),
+            "backend": {"type": "localfs", "localfs": {"dir": str(image.blobs)}},
+            "cache": {"type": "fscache", "fscache": {"work_dir": str(tmp_path)}},
+        },
+    }
     cfg = tmp_path / "blobs.json"
     cfg.write_text(json.dumps({"blobs": [legacy, v2]}))
     d = Singleton(tmp_path / "d", extra=["--config", str(cfg)])
@@ -364,6 +410,19 @@ def test_config_lists_entries_to_register_at_start(tmp_path, image, sim):
         d.stop()
     cfg.write_text("{not json")
     (tmp_path / "e" / "cache").mkdir(parents=True)
-    r = subprocess.run(DAEMON + ["singleton", "--fscache", str(tmp_path / "e" / "cache"), "--config", str(cfg),
-                                 "--apisock", str(tmp_path / "e" / "api.sock")], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        DAEMON
+        + [
+            "singleton",
+            "--fscache",
+            str(tmp_path / "e" / "cache"),
+            "--config",
+            str(cfg),
+            "--apisock",
+            str(tmp_path / "e" / "api.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and str(cfg) in r.stderr, r.stderr

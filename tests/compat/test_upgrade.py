@@ -19,16 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemontools import ApiClient, BuiltImage, Daemon, is_mounted, lazy_umount, mount_cmd, v1_config
+
 from loadtools import ReadLoad
+from nydus_hybrid.lifecycle import failover, handover, successor, upgrade
 from nydus_hybrid.lifecycle import supervisor as nsup
-from nydus_hybrid.lifecycle import failover, successor, upgrade
-from nydus_hybrid.lifecycle import handover
 from nydus_hybrid.lifecycle.supervisor import Supervisor
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
-                                reason="the daemon mounts FUSE: needs root and /dev/fuse")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
+)
 
 ROUNDS = int(os.environ.get("NYDUS_UPGRADE_ROUNDS", "20"))
 SHARED_ROUNDS = int(os.environ.get("NYDUS_SHARED_ROUNDS", "5"))
@@ -139,9 +139,11 @@ def test_upgrades_then_failovers_under_load(image, tmp_path):
                     assert_clean(load, f"failover {i}")
             assert_clean(load, "the whole run")
             assert load.listings > 0
-            print(f"\nlongest stall: upgrade {max(upgrade_stalls) * 1000:.0f} ms, "
-                  f"failover {max(failover_stalls) * 1000:.0f} ms over {ROUNDS}+{ROUNDS} rounds, "
-                  f"{len(load.reads)} reads")
+            print(
+                f"\nlongest stall: upgrade {max(upgrade_stalls) * 1000:.0f} ms, "
+                f"failover {max(failover_stalls) * 1000:.0f} ms over {ROUNDS}+{ROUNDS} rounds, "
+                f"{len(load.reads)} reads"
+            )
             # metrics still come from the Rust core after all the handovers
             fs = fleet.client().get("/api/v1/metrics").body
             assert fs["data_read"] > 0
@@ -257,8 +259,21 @@ def _corruptions(good: bytes):
     }
 
 
-@pytest.mark.parametrize("case", ["truncated", "empty", "header-only", "garbage", "bit-flip", "newer-version", "other-mountpoint",
-                                  "missing-bootstrap", "no-fd", "no-supervisor"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated",
+        "empty",
+        "header-only",
+        "garbage",
+        "bit-flip",
+        "newer-version",
+        "other-mountpoint",
+        "missing-bootstrap",
+        "no-fd",
+        "no-supervisor",
+    ],
+)
 def test_failed_takeover_leaves_the_old_daemon_serving(image, tmp_path, case):
     with Supervisor(str(tmp_path / "sup.sock")) as sup:
         fleet = start(tmp_path / "d", sup, config=v1_config("/", image.blobs, tmp_path / "cache"), bootstrap=image.boot)
@@ -328,15 +343,20 @@ def test_takeover_and_sendfd_refusals(image, tmp_path):
     finally:
         d.cleanup()
     with Supervisor(str(tmp_path / "sup.sock")) as sup:
-        fleet = start(tmp_path / "e", sup, config=v1_config("/", image.blobs, tmp_path / "cache2"), bootstrap=image.boot)
+        fleet = start(
+            tmp_path / "e", sup, config=v1_config("/", image.blobs, tmp_path / "cache2"), bootstrap=image.boot
+        )
         try:
             c = fleet.client()
             r = c.put("/api/v1/daemon/fuse/takeover")
             assert r.status == 400 and "UnexpectedEvent" in r.body["message"]
             c.close()
             apisock = str(tmp_path / "e" / "api1.sock")
-            new = subprocess.Popen(successor.with_apisock(fleet.argv, apisock, upgrade=True), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+            new = subprocess.Popen(
+                successor.with_apisock(fleet.argv, apisock, upgrade=True),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 _wait_for(lambda: os.path.exists(apisock))
                 n = ApiClient(apisock)
@@ -351,9 +371,9 @@ def test_takeover_and_sendfd_refusals(image, tmp_path):
             lone_sock = str(tmp_path / "e" / "lone.sock")
             lone_argv = successor.with_apisock(fleet.argv, lone_sock, upgrade=True)
             i = lone_argv.index("--supervisor")
-            del lone_argv[i:i + 2]
+            del lone_argv[i : i + 2]
             j = lone_argv.index("--id")
-            del lone_argv[j:j + 2]
+            del lone_argv[j : j + 2]
             lone = subprocess.Popen(lone_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_for(lambda: os.path.exists(lone_sock))
@@ -401,14 +421,32 @@ def test_cli_upgrade(image, tmp_path):
     """`nydus-hybrid upgrade --apisock`: for a daemon whose supervisor path nobody listens on,
     the command supervises the handover itself."""
     sup_path = str(tmp_path / "sup.sock")
-    d = Daemon(tmp_path / "d", config=v1_config("/", image.blobs, tmp_path / "cache"), bootstrap=image.boot,
-               extra=["--id", "d1", "--supervisor", sup_path])
+    d = Daemon(
+        tmp_path / "d",
+        config=v1_config("/", image.blobs, tmp_path / "cache"),
+        bootstrap=image.boot,
+        extra=["--id", "d1", "--supervisor", sup_path],
+    )
     new_pid = None
     try:
         with ReadLoad([d.mnt], image.files, readers=2) as load:
             load.wait_reads(10)
-            r = subprocess.run([sys.executable, "-m", "nydus_hybrid", "upgrade", "--apisock", d.sock, "--json",
-                                "--log-file", str(tmp_path / "new.log")], capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "nydus_hybrid",
+                    "upgrade",
+                    "--apisock",
+                    d.sock,
+                    "--json",
+                    "--log-file",
+                    str(tmp_path / "new.log"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert r.returncode == 0, r.stderr
             out = json.loads(r.stdout)
             new_pid = out["pid"]
@@ -420,8 +458,12 @@ def test_cli_upgrade(image, tmp_path):
         assert c.get("/api/v1/daemon").body["state"] == "RUNNING"
         c.close()
         # a daemon without --supervisor cannot be upgraded: one line, exit 1
-        bad = subprocess.run([sys.executable, "-m", "nydus_hybrid", "upgrade", "--apisock", str(tmp_path / "nope.sock")],
-                             capture_output=True, text=True, timeout=60)
+        bad = subprocess.run(
+            [sys.executable, "-m", "nydus_hybrid", "upgrade", "--apisock", str(tmp_path / "nope.sock")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
     finally:
         if new_pid:

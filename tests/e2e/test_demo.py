@@ -16,8 +16,23 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() 
 
 def test_demo_serves_the_image_through_the_daemon(source_tree, tmp_path):
     src = os.path.join(source_tree.root, "files")
-    p = subprocess.run([sys.executable, "-m", "nydus_hybrid", "demo", "--source", src, "--workdir", str(tmp_path / "w"),
-                        "--keep", "--no-serve"], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nydus_hybrid",
+            "demo",
+            "--source",
+            src,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--keep",
+            "--no-serve",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads(p.stdout)
     assert summary["fuse_mount"] == "identical"

@@ -17,11 +17,10 @@ import time
 import pytest
 
 import nydus_hybrid
-from nydus_hybrid import treecmp
-from nydus_hybrid.mounts.fuse import Mount
-
 from conftest import build_into
 from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
+from nydus_hybrid import treecmp
+from nydus_hybrid.mounts.fuse import Mount
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -35,8 +34,12 @@ class CliMount:
         except OSError:  # a dead mount (ENOTCONN) is there: the server must cope with it
             pass
         self.mnt = str(mnt)
-        self.proc = subprocess.Popen([sys.executable, "-m", "nydus_hybrid", "mount", *map(str, args), self.mnt],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nydus_hybrid", "mount", *map(str, args), self.mnt],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         assert line, f"mount failed: {self.proc.stderr.read()}"
         assert json.loads(line)["mounted"] == os.path.abspath(self.mnt)
@@ -72,12 +75,15 @@ def test_tree_matches_the_source(source_tree, served):
     # xattrs as a program sees them, through the kernel's FUSE getxattr/listxattr
     src_cap = os.path.join(source_tree.root, "files/hello.txt")
     for name in os.listxattr(src_cap, follow_symlinks=False):
-        assert os.getxattr(os.path.join(served.mnt, "files/hello.txt"), name, follow_symlinks=False) == \
-            os.getxattr(src_cap, name, follow_symlinks=False)
+        assert os.getxattr(os.path.join(served.mnt, "files/hello.txt"), name, follow_symlinks=False) == os.getxattr(
+            src_cap, name, follow_symlinks=False
+        )
 
 
 def test_hard_links_share_stable_inode_numbers(served):
-    first = {p: os.lstat(os.path.join(served.mnt, "hard", p)).st_ino for p in os.listdir(os.path.join(served.mnt, "hard"))}
+    first = {
+        p: os.lstat(os.path.join(served.mnt, "hard", p)).st_ino for p in os.listdir(os.path.join(served.mnt, "hard"))
+    }
     again = {p: os.lstat(os.path.join(served.mnt, "hard", p)).st_ino for p in first}
     assert first == again
     trio = {first[p] for p in first if p.startswith("trio_")}
@@ -238,8 +244,22 @@ def test_session_fd_handed_to_a_new_process(built, tmp_path):
         state = tmp_path / "state"
         state.write_bytes(m.save_state())
         fd = m.fuse_fd()
-        child = subprocess.Popen([sys.executable, "-c", HANDOVER, str(mnt), str(fd), str(state), str(built.bootstrap),
-                                  str(built.blob_dir), str(index)], pass_fds=[fd], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                HANDOVER,
+                str(mnt),
+                str(fd),
+                str(state),
+                str(built.bootstrap),
+                str(built.blob_dir),
+                str(index),
+            ],
+            pass_fds=[fd],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert child.stdout.readline().strip() == "ready"
         m.stop(umount=False)  # the old server is gone; the mount is not
         assert is_mounted(mnt)
@@ -266,9 +286,14 @@ def test_inflight_shows_a_read_waiting_on_a_stalled_backend(built, tmp_path):
     listener.listen(16)
     accepted = []
     threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(16)], daemon=True).start()
-    cfg = {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {
-        "addr": f"http://127.0.0.1:{listener.getsockname()[1]}", "timeout": 3, "connect_timeout": 2}},
-        "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}}}
+    cfg = {
+        "version": 2,
+        "backend": {
+            "type": "http-proxy",
+            "http-proxy": {"addr": f"http://127.0.0.1:{listener.getsockname()[1]}", "timeout": 3, "connect_timeout": 2},
+        },
+        "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}},
+    }
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     m = Mount.create(mnt)

@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from nydus_hybrid import treecmp
-
 from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
+from nydus_hybrid import treecmp
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -45,7 +44,9 @@ class ShimMount:
         self.log = open(os.path.join(os.path.dirname(self.mnt), os.path.basename(self.mnt) + ".log"), "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", MOUNT_SCRIPT, os.path.abspath(bootstrap), os.path.abspath(blob_dir), self.mnt],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         try:
             while not is_mounted(self.mnt):
@@ -68,8 +69,13 @@ class ShimMount:
 
     def unmount(self) -> int:
         """Unmount as a user would; the server must then exit by itself, with status 0."""
-        tool = ["fusermount3", "-u"] if shutil.which("fusermount3") else \
-            ["fusermount", "-u"] if shutil.which("fusermount") else ["umount"]
+        tool = (
+            ["fusermount3", "-u"]
+            if shutil.which("fusermount3")
+            else ["fusermount", "-u"]
+            if shutil.which("fusermount")
+            else ["umount"]
+        )
         subprocess.run(tool + [self.mnt], check=True)
         return self.proc.wait(timeout=15)
 
@@ -134,9 +140,19 @@ def test_xattr_namespaces_visible(source_tree, served):
 
 
 def test_stat_data_and_inode_numbers(source_tree, served, image):
-    for rel in ("/", "/files/hello.txt", "/files/mode_everything", "/dirs/sticky", "/links/rel",
-                "/special/big_minor", "/special/blk_big", "/special/fifo", "/special/sock",
-                "/xattr/link", source_tree.deep_file):
+    for rel in (
+        "/",
+        "/files/hello.txt",
+        "/files/mode_everything",
+        "/dirs/sticky",
+        "/links/rel",
+        "/special/big_minor",
+        "/special/blk_big",
+        "/special/fifo",
+        "/special/sock",
+        "/xattr/link",
+        source_tree.deep_file,
+    ):
         st, src, im = os.lstat(served.path(rel)), os.lstat(source_tree.root + rel), image.stat(rel)
         where = rel + ": "
         assert st.st_ino == im.st_ino, where + "inode number is the image's"
@@ -188,8 +204,12 @@ def test_symlinks_and_readdir(source_tree, served):
 
 def test_concurrent_readers(source_tree, served):
     """The shim serves requests from several libfuse threads at once."""
-    rels = [f"/{d}/{n}" for d in ("files", "dedup", "hard") for n in sorted(os.listdir(source_tree.root + "/" + d))
-            if os.path.isfile(source_tree.root + f"/{d}/{n}")]
+    rels = [
+        f"/{d}/{n}"
+        for d in ("files", "dedup", "hard")
+        for n in sorted(os.listdir(source_tree.root + "/" + d))
+        if os.path.isfile(source_tree.root + f"/{d}/{n}")
+    ]
     expected = {rel: sha256_file(source_tree.root + rel) for rel in rels}
     errors_seen = read_concurrently(served.mnt, expected, readers=6)
     assert not errors_seen, errors_seen[:5]

@@ -10,10 +10,9 @@ import stat
 import pytest
 
 import nydus_hybrid
+from conftest import FIXTURE_BLOB_ID, build_into
 from nydus_hybrid import treecmp
 from nydus_hybrid.mounts import erofs as kmount
-
-from conftest import FIXTURE_BLOB_ID, build_into
 
 pytestmark = pytest.mark.kernel
 
@@ -51,8 +50,10 @@ def test_mount_block_image(source_tree, exported, tmp_path):
         assert diff.entries == source_tree.entries
         assert os.lstat(mnt).st_mtime_ns == 0
         # spot checks through the kernel's page cache at odd offsets
-        with open(os.path.join(mnt, "files/multi_random"), "rb") as f, \
-                open(os.path.join(source_tree.root, "files/multi_random"), "rb") as g:
+        with (
+            open(os.path.join(mnt, "files/multi_random"), "rb") as f,
+            open(os.path.join(source_tree.root, "files/multi_random"), "rb") as g,
+        ):
             for off in ((1 << 20) - 3, 3 * (1 << 20) + 12000, 5):
                 f.seek(off)
                 g.seek(off)
@@ -69,7 +70,9 @@ def test_mount_bootstrap_with_flat_blob_device(source_tree, built, image, export
             assert os.lstat(mnt + rel).st_ino == image.stat(rel).st_ino, rel
 
 
-@pytest.mark.parametrize("compressor,digester,chunk_size", [("lz4_block", "sha256", 0x1000), ("none", "blake3", 0x1000000)])
+@pytest.mark.parametrize(
+    "compressor,digester,chunk_size", [("lz4_block", "sha256", 0x1000), ("none", "blake3", 0x1000000)]
+)
 def test_mount_other_build_options(source_tree, tmp_path, compressor, digester, chunk_size):
     """Chunk size and codec change the blob layout; the kernel must still see the same tree."""
     src = os.path.join(source_tree.root, "files")

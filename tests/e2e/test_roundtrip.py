@@ -15,9 +15,8 @@ import tarfile
 import pytest
 
 import nydus_hybrid
-from nydus_hybrid import errors, treecmp
-
 from conftest import build_into
+from nydus_hybrid import errors, treecmp
 
 MiB = 1 << 20
 COMBOS = [(c, d) for c in ("zstd", "lz4_block", "none") for d in ("blake3", "sha256")]
@@ -111,7 +110,7 @@ def _member_path(m: tarfile.TarInfo) -> str:
 
 def _pax_xattrs(m: tarfile.TarInfo) -> dict:
     pre = "SCHILY.xattr."
-    return {k[len(pre):]: v.encode("utf-8", "surrogateescape") for k, v in m.pax_headers.items() if k.startswith(pre)}
+    return {k[len(pre) :]: v.encode("utf-8", "surrogateescape") for k, v in m.pax_headers.items() if k.startswith(pre)}
 
 
 @pytest.fixture(scope="module")
@@ -190,16 +189,18 @@ def test_unpack_tar_extracts_to_source(source_tree, unpacked_tar, tmp_path):
         tf.extractall(out, numeric_owner=True, filter="fully_trusted")
     diff = treecmp.compare(source_tree.root, str(out), ignore=source_tree.sockets, check_xattrs=False)
     # tarfile does not set the times of symlinks; their header mtimes are checked above.
-    symlinks = set(source_tree.symlinks) | {p for p, st in _source_entries(source_tree.root).items()
-                                             if stat.S_ISLNK(st.st_mode)}
+    symlinks = set(source_tree.symlinks) | {
+        p for p, st in _source_entries(source_tree.root).items() if stat.S_ISLNK(st.st_mode)
+    }
 
     def float_rounding(d: str) -> bool:
         """tarfile applies PAX times through a float, which is exact only to ~0.2 µs."""
         m = re.fullmatch(r".*: mtime (-?\d+) != (-?\d+)", d, re.DOTALL)
         return bool(m) and abs(int(m.group(1)) - int(m.group(2))) < 1000
 
-    real = [d for d in diff.differences
-            if not (d.split(": ")[0] in symlinks and ": mtime " in d) and not float_rounding(d)]
+    real = [
+        d for d in diff.differences if not (d.split(": ")[0] in symlinks and ": mtime " in d) and not float_rounding(d)
+    ]
     assert diff.entries == source_tree.entries - len(source_tree.sockets)
     assert not real, _summary(real)
 
@@ -401,14 +402,38 @@ def _read_src(tree, rel, offset, size):
         return f.read(size)
 
 
-@pytest.mark.parametrize("rel", ["/files/multi_random", "/files/multi_mixed", "/files/chunk_plus_one",
-                                 "/files/sparse", "/files/all_hole", "/hard/trio_2", "/dedup/b"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "/files/multi_random",
+        "/files/multi_mixed",
+        "/files/chunk_plus_one",
+        "/files/sparse",
+        "/files/all_hole",
+        "/hard/trio_2",
+        "/dedup/b",
+    ],
+)
 def test_read_odd_offsets(source_tree, image, rel):
     size = os.path.getsize(_src(source_tree, rel))
     assert image.stat(rel).st_size == size
-    cases = [(0, 1), (1, 4095), (4095, 2), (MiB - 1, 2), (MiB - 4097, 8195), (MiB, MiB),
-             (MiB - 3, 2 * MiB + 6), (2 * MiB - 7, MiB + 14), (size - 1, 1), (size - 5, 100),
-             (size, 10), (size + 12345, 10), (7, size), (0, size), (3 * MiB + 1, 999_999)]
+    cases = [
+        (0, 1),
+        (1, 4095),
+        (4095, 2),
+        (MiB - 1, 2),
+        (MiB - 4097, 8195),
+        (MiB, MiB),
+        (MiB - 3, 2 * MiB + 6),
+        (2 * MiB - 7, MiB + 14),
+        (size - 1, 1),
+        (size - 5, 100),
+        (size, 10),
+        (size + 12345, 10),
+        (7, size),
+        (0, size),
+        (3 * MiB + 1, 999_999),
+    ]
     for off, n in cases:
         assert image.read(rel, off, n) == _read_src(source_tree, rel, off, n), (rel, off, n)
     assert image.read(rel) == _read_src(source_tree, rel, 0, size)
@@ -421,17 +446,25 @@ def _last_small_file(tree) -> str:
 
 
 def test_read_small_and_sparse(source_tree, image):
-    for rel in ("/files/empty", "/files/one_byte", "/files/hello.txt", "/files/block_exact",
-                "/files/block_plus_one", "/files/chunk_exact", "/files/sparse_small",
-                "/small/d000/f00001", _last_small_file(source_tree)):
+    for rel in (
+        "/files/empty",
+        "/files/one_byte",
+        "/files/hello.txt",
+        "/files/block_exact",
+        "/files/block_plus_one",
+        "/files/chunk_exact",
+        "/files/sparse_small",
+        "/small/d000/f00001",
+        _last_small_file(source_tree),
+    ):
         data = _read_src(source_tree, rel, 0, 1 << 30)
         assert image.read(rel) == data, rel
         for off in (0, 1, 3, len(data) // 2, max(len(data) - 1, 0)):
-            assert image.read(rel, off, 5) == data[off:off + 5], (rel, off)
+            assert image.read(rel, off, 5) == data[off : off + 5], (rel, off)
     assert image.read("/files/all_hole") == bytes(MiB + 5000)
     sparse = image.read("/files/sparse")
-    assert sparse[:2 * MiB + 100] == bytes(2 * MiB + 100)
-    assert sparse[-(5 * MiB + 3 - 2 * MiB - 100 - 70000):] == bytes(5 * MiB + 3 - 2 * MiB - 100 - 70000)
+    assert sparse[: 2 * MiB + 100] == bytes(2 * MiB + 100)
+    assert sparse[-(5 * MiB + 3 - 2 * MiB - 100 - 70000) :] == bytes(5 * MiB + 3 - 2 * MiB - 100 - 70000)
 
 
 def test_reader_errors(image):
@@ -479,8 +512,9 @@ def test_tar_source_roundtrip(source_tree, tmp_path):
     b = build_into(tar_path, tmp_path / "img")
     out = tmp_path / "out"
     b.open().unpack_dir(out)
-    _assert_same_tree(source_tree.root, str(out), ignore=source_tree.sockets,
-                      mtime_resolution_ns=10**9, check_xattrs=False)
+    _assert_same_tree(
+        source_tree.root, str(out), ignore=source_tree.sockets, mtime_resolution_ns=10**9, check_xattrs=False
+    )
 
 
 def test_own_tar_output_builds_back(source_tree, unpacked_tar, tmp_path):
@@ -588,7 +622,7 @@ def _chunk_table(bootstrap, image):
         raw = f.read(size)
     out = []
     for i in range(0, size, 80):
-        e = raw[i:i + 80]
+        e = raw[i : i + 80]
         bi, flags, csize, usize, coff, uoff, _foff, index, crc = struct.unpack("<IIIIQQQII", e[32:])
         out.append((e[:32], bi, flags, csize, usize, coff, uoff, index, crc))
     return out
@@ -626,7 +660,7 @@ def test_chunk_digests_recomputed(tmp_path):
     for digest, bi, flags, csize, usize, coff, uoff, index, crc in table:
         assert bi == 0
         assert uoff % 4096 == 0 and 0 < usize <= 0x4000
-        chunk = data[uoff:uoff + usize]
+        chunk = data[uoff : uoff + usize]
         assert hashlib.sha256(chunk).digest() == digest, index
         assert flags & 0x10, "HAS_CRC32 expected on every chunk"
         assert _crc32c(chunk) == crc, index

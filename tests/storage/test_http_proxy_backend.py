@@ -9,11 +9,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from test_registry import image  # noqa: F401  (the shared image fixture)
 
 import nydus_hybrid
 from nydus_hybrid import errors
-
-from test_registry import image  # noqa: F401  (the shared image fixture)
 
 
 class _BlobFiles(BaseHTTPRequestHandler):
@@ -36,7 +35,7 @@ class _BlobFiles(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         if rng:
             lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
-            body = data[lo:hi + 1]
+            body = data[lo : hi + 1]
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
         else:
@@ -61,8 +60,12 @@ def _start(server, root, prefix):
 
 
 def _config(addr, path, cache):
-    return {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {"addr": addr, "path": path, "timeout": 5}},
-            "cache": {"type": "blobcache", "filecache": {"work_dir": str(cache)}}, "rafs": {"batch_size": 0}}
+    return {
+        "version": 2,
+        "backend": {"type": "http-proxy", "http-proxy": {"addr": addr, "path": path, "timeout": 5}},
+        "cache": {"type": "blobcache", "filecache": {"work_dir": str(cache)}},
+        "rafs": {"batch_size": 0},
+    }
 
 
 def test_http_proxy_backend_over_tcp(image, tmp_path):  # noqa: F811

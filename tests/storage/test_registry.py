@@ -111,8 +111,13 @@ def assert_lazy_then_cached(image, reg, digest, cfg):
         "sums = {p: hashlib.sha256(im.read(p)).hexdigest() for p in sys.argv[3:]}\n"
         "print(json.dumps({'sums': sums, 'metrics': im.metrics()}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(root / "boot"), json.dumps(cfg), *files],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(root / "boot"), json.dumps(cfg), *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     doc = json.loads(out.stdout)
     assert doc["metrics"]["backend"]["read_count"] == 0
     assert doc["metrics"]["backend"]["requests_total"] == 0
@@ -140,8 +145,9 @@ def test_basic_auth_lazy_read_and_idempotent_push(registry_htpasswd, image, tmp_
 def test_bearer_token_flow_with_chunked_upload(make_registry, image, tmp_path):
     reg = make_registry(auth="token", token_expires_in=4)
     root, report, files = image
-    digest, sent = push_blob(config(registry_backend(reg), "/unused"), root / "blobs" / report.blob_id,
-                             chunk_size=700 * KiB)
+    digest, sent = push_blob(
+        config(registry_backend(reg), "/unused"), root / "blobs" / report.blob_id, chunk_size=700 * KiB
+    )
     assert sent and digest == f"sha256:{report.blob_id}"
     patches = [p for m, p, s in reg.request_log() if m == "PATCH" and s == 202]
     assert len(patches) >= 2, "the chunked upload did not send PATCH requests"
@@ -252,7 +258,9 @@ def test_docker_config_json_credentials(registry_htpasswd, image, tmp_path, monk
     push(reg, image)
     _, _, files = image
     (tmp_path / "docker").mkdir()
-    (tmp_path / "docker" / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": b64auth(reg.user, reg.password)}}}))
+    (tmp_path / "docker" / "config.json").write_text(
+        json.dumps({"auths": {reg.host: {"auth": b64auth(reg.user, reg.password)}}})
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
     im = open_image(image, config(registry_backend(reg, auth=False), tmp_path / "cache"))
     assert im.read("/small") == files["/small"]
@@ -329,7 +337,7 @@ class _Storage(BaseHTTPRequestHandler):
         if rng:
             lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
             self.send_response(206)
-            body = data[lo:hi + 1]
+            body = data[lo : hi + 1]
             self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
         else:
             self.send_response(200)
@@ -355,8 +363,13 @@ def test_redirect_is_followed_without_the_registry_credentials(image, tmp_path):
     front = _serve(_RedirectingRegistry)
     front.auth, front.storage_port = b64auth("u", "p"), storage.server_address[1]
     try:
-        backend = {"scheme": "http", "host": f"127.0.0.1:{front.server_address[1]}", "repo": REPO,
-                   "auth": front.auth, "timeout": 5}
+        backend = {
+            "scheme": "http",
+            "host": f"127.0.0.1:{front.server_address[1]}",
+            "repo": REPO,
+            "auth": front.auth,
+            "timeout": 5,
+        }
         im = open_image(image, config(backend, tmp_path / "cache"))
         assert im.read("/dir/big2") == files["/dir/big2"]
         assert storage.seen, "the redirect was not followed"
@@ -400,8 +413,12 @@ def test_cli_push_blob_then_check_through_the_registry(registry_htpasswd, image,
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(config(registry_backend(reg), tmp_path / "cache")))
     run = [sys.executable, "-m", "nydus_hybrid"]
-    out = subprocess.run([*run, "push-blob", "-C", cfg, "--chunk-size", "1M", root / "blobs" / report.blob_id],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*run, "push-blob", "-C", cfg, "--chunk-size", "1M", root / "blobs" / report.blob_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"digest": f"sha256:{report.blob_id}", "uploaded": True}
     out = subprocess.run([*run, "check", "-B", root / "boot", "-C", cfg], capture_output=True, text=True, timeout=120)
@@ -414,9 +431,14 @@ def test_mirror_sees_origin_credentials_only_with_auth_through(image, tmp_path, 
     mirror = _serve(_Storage)  # answers any blob path with the blob's bytes, recording headers
     mirror.blob, mirror.seen = (root / "blobs" / report.blob_id).read_bytes(), []
     try:
-        backend = {"scheme": "http", "host": "127.0.0.1:9", "repo": REPO, "registry_token": "origin-secret",
-                   "timeout": 5, "mirrors": [{"host": f"http://127.0.0.1:{mirror.server_address[1]}",
-                                              "auth_through": auth_through}]}
+        backend = {
+            "scheme": "http",
+            "host": "127.0.0.1:9",
+            "repo": REPO,
+            "registry_token": "origin-secret",
+            "timeout": 5,
+            "mirrors": [{"host": f"http://127.0.0.1:{mirror.server_address[1]}", "auth_through": auth_through}],
+        }
         im = open_image(image, config(backend, tmp_path / "cache"))
         assert im.read("/dir/big0") == files["/dir/big0"]
         sent = [h.get("authorization") for h in mirror.seen]

@@ -9,21 +9,29 @@ import subprocess
 import sys
 
 import pytest
+from test_registry import image  # noqa: F401  (the shared image fixture)
 
 import nydus_hybrid
 from nydus_hybrid import errors
-
-from test_registry import image  # noqa: F401  (the shared image fixture)
 
 
 def s3_config(s3, cache, *, secret=None, prefix="layers/", amplify=0) -> dict:
     host = s3.endpoint.split("://", 1)[1]
     return {
         "version": 2,
-        "backend": {"type": "s3", "s3": {
-            "scheme": "http", "endpoint": host, "region": s3.region, "bucket_name": s3.bucket,
-            "object_prefix": prefix, "access_key_id": s3.access_key_id,
-            "access_key_secret": s3.secret_access_key if secret is None else secret, "timeout": 5}},
+        "backend": {
+            "type": "s3",
+            "s3": {
+                "scheme": "http",
+                "endpoint": host,
+                "region": s3.region,
+                "bucket_name": s3.bucket,
+                "object_prefix": prefix,
+                "access_key_id": s3.access_key_id,
+                "access_key_secret": s3.secret_access_key if secret is None else secret,
+                "timeout": 5,
+            },
+        },
         "cache": {"type": "blobcache", "filecache": {"work_dir": str(cache)}},
         "rafs": {"batch_size": amplify},
     }
@@ -53,8 +61,13 @@ def test_s3_lazy_read_then_cached_across_processes(uploaded, image, tmp_path):  
         "sums = {p: hashlib.sha256(im.read(p)).hexdigest() for p in sys.argv[3:]}\n"
         "print(json.dumps({'sums': sums, 'backend': im.metrics()['backend']}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(root / "boot"), json.dumps(cfg), *files],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(root / "boot"), json.dumps(cfg), *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     doc = json.loads(out.stdout)
     assert doc["backend"]["requests_total"] == 0
     assert doc["sums"] == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}

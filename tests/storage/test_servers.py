@@ -52,8 +52,9 @@ def push(op, base: str, repo: str, data: bytes, headers: dict) -> str:
 
 
 def assert_range_get(op, base: str, repo: str, digest: str, headers: dict) -> None:
-    status, hdrs, body = call(op, "GET", f"{base}/v2/{repo}/blobs/{digest}",
-                              headers={**headers, "Range": "bytes=100-299"})
+    status, hdrs, body = call(
+        op, "GET", f"{base}/v2/{repo}/blobs/{digest}", headers={**headers, "Range": "bytes=100-299"}
+    )
     assert status == 206
     assert hdrs["Content-Range"] == f"bytes 100-299/{len(DATA)}"
     assert body == DATA[100:300]
@@ -278,8 +279,9 @@ def test_proxy_stop_and_start(registry, proxy, no_proxy_env):
 
 
 def test_proxy_connect_tunnel(registry_tls, proxy):
-    conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, timeout=10,
-                                       context=servers.client_ssl_context(registry_tls.ca_cert_path))
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", proxy.port, timeout=10, context=servers.client_ssl_context(registry_tls.ca_cert_path)
+    )
     conn.set_tunnel(registry_tls.host)
     conn.request("GET", "/v2/")
     assert conn.getresponse().status == 200

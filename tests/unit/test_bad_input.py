@@ -75,7 +75,7 @@ def apply_ops(data: bytes, ops) -> bytes:
     for op in ops:
         kind = op[0]
         if kind == "trunc":
-            del b[op[1]:]
+            del b[op[1] :]
         elif kind == "extend":
             b.extend(b"\0" * op[1])
         elif kind == "flip":
@@ -86,7 +86,7 @@ def apply_ops(data: bytes, ops) -> bytes:
             off, raw = op[1], bytes.fromhex(op[2])
             if off < len(b):
                 raw = raw[: len(b) - off]
-                b[off:off + len(raw)] = raw
+                b[off : off + len(raw)] = raw
         else:  # pragma: no cover - a bug in this file
             raise ValueError(op)
     return bytes(b)
@@ -125,7 +125,7 @@ class Prober:
             if not isinstance(e.errno, int) or not str(e):
                 self.problems.append(f"{what}: {type(e).__name__} without errno or message")
             return False, e
-        except BaseException as e:  # noqa: BLE001 - PanicException derives from BaseException
+        except BaseException as e:
             self.problems.append(f"{what}: raised {type(e).__module__}.{type(e).__name__}: {e!s:.300}")
             return False, e
         self.successes += 1
@@ -137,7 +137,7 @@ class Prober:
         if same and not self.metadata_damaged:
             # Only blob bytes were damaged: whatever comes back must be exactly the original.
             orig = self.data[path]
-            want = orig if whole else orig[offset:offset + len(data)]
+            want = orig if whole else orig[offset : offset + len(data)]
             if data != want:
                 self.problems.append(
                     f"wrong bytes: read({path!r}, {offset}) returned {len(data)} bytes "
@@ -151,7 +151,7 @@ class Prober:
         # but every chunk that comes back must be a genuine, digest-verified chunk.
         cs = self.chunk_size
         for k in range(0, len(data), cs):
-            piece = data[k:k + cs]
+            piece = data[k : k + cs]
             if sha(piece) not in self.chunks:
                 self.problems.append(
                     f"wrong bytes: read({path!r}) via nid {nid} returned {len(data)} bytes whose "
@@ -207,7 +207,9 @@ class Prober:
                 break
             count += 1 + len(item[1]) + len(item[2])
             if count > WALK_LIMIT:
-                self.problems.append(f"walk() yielded more than {WALK_LIMIT} entries: a directory cycle is not detected")
+                self.problems.append(
+                    f"walk() yielded more than {WALK_LIMIT} entries: a directory cycle is not detected"
+                )
                 break
 
         # 2. Our own traversal that keeps going past errors, so damaged subtrees do not hide
@@ -363,14 +365,24 @@ class Worker:
             ready, _, _ = select.select([fd], [], [], timeout)
             if not ready:
                 self.stop()
-                return {"name": case["name"], "outcome": "hang", "problems": [f"hang: no answer within {timeout:.0f} s"], "errors": []}
+                return {
+                    "name": case["name"],
+                    "outcome": "hang",
+                    "problems": [f"hang: no answer within {timeout:.0f} s"],
+                    "errors": [],
+                }
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 rc = self.proc.wait()
                 tail = self.stderr_tail()
                 self.stop()
                 how = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
-                return {"name": case["name"], "outcome": "crash", "problems": [f"crash: worker died ({how}): {tail}"], "errors": []}
+                return {
+                    "name": case["name"],
+                    "outcome": "crash",
+                    "problems": [f"crash: worker died ({how}): {tail}"],
+                    "errors": [],
+                }
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
@@ -480,7 +492,7 @@ def read_expected(boot: str, blob_dir, inline: bool = False) -> dict:
     files["/"] = {"kind": "dir", "nid": img.root_ino, "size": img.stat("/").st_size}
     contents = sorted({e["sha"] for e in files.values() if e["kind"] == "reg"})
     cs = img.inspect()["superblock"]["chunk_size"]
-    chunks = sorted({sha(bytes.fromhex(h)[k:k + cs]) for h in data.values() for k in range(0, len(h) // 2, cs)})
+    chunks = sorted({sha(bytes.fromhex(h)[k : k + cs]) for h in data.values() for k in range(0, len(h) // 2, cs)})
     return {"files": files, "contents": contents, "data": data, "check": report, "chunk_size": cs, "chunks": chunks}
 
 
@@ -533,7 +545,7 @@ def parse_layout(boot: bytes, blob: bytes, expected: dict) -> dict:
     toc_start = len(blob) - lay["toc_size"]
     toc = []
     for o in range(toc_start, len(blob) - 512, 128):
-        name = blob[o + 8:o + 24].rstrip(b"\0").decode()
+        name = blob[o + 8 : o + 24].rstrip(b"\0").decode()
         toc.append({"at": o, "name": name, "offset": u64(blob, o + 56), "size": u64(blob, o + 64)})
     lay["toc"] = toc
     return lay
@@ -543,11 +555,42 @@ def parse_layout(boot: bytes, blob: bytes, expected: dict) -> dict:
 # The corpus
 # --------------------------------------------------------------------------------------
 
-SB_FIELDS = [(0, 4), (4, 4), (8, 4), (12, 1), (13, 1), (14, 2), (16, 8), (36, 4), (40, 4),
-             (44, 4), (80, 4), (84, 2), (86, 2), (88, 2)]
+SB_FIELDS = [
+    (0, 4),
+    (4, 4),
+    (8, 4),
+    (12, 1),
+    (13, 1),
+    (14, 2),
+    (16, 8),
+    (36, 4),
+    (40, 4),
+    (44, 4),
+    (80, 4),
+    (84, 2),
+    (86, 2),
+    (88, 2),
+]
 EXT_FIELDS = [(0, 8), (8, 8), (16, 4), (20, 4), (24, 8), (32, 8), (40, 8), (48, 4)]
-BLOB_FIELDS = [(64, 4), (68, 4), (72, 4), (76, 4), (80, 4), (84, 4), (88, 8), (96, 8), (104, 4),
-               (108, 4), (112, 8), (120, 8), (128, 8), (136, 32), (168, 32), (200, 8), (216, 4)]
+BLOB_FIELDS = [
+    (64, 4),
+    (68, 4),
+    (72, 4),
+    (76, 4),
+    (80, 4),
+    (84, 4),
+    (88, 8),
+    (96, 8),
+    (104, 4),
+    (108, 4),
+    (112, 8),
+    (120, 8),
+    (128, 8),
+    (136, 32),
+    (168, 32),
+    (200, 8),
+    (216, 4),
+]
 CT_FIELDS = [(0, 32), (32, 4), (36, 4), (40, 4), (44, 4), (48, 8), (56, 8), (64, 8), (72, 4), (76, 4)]
 
 
@@ -575,9 +618,35 @@ def field_cases(prefix: str, base: int, fields, rng: random.Random, extremes: bo
 def corpus_truncate(g) -> list:
     lay = g["layout"]
     n = lay["len"]
-    lengths = sorted({0, 1, 512, 1023, 1024, 1100, 1151, 1152, 1300, 1407, 1408, 2048, 4095, 4096,
-                      4097, 8191, 8192, 8300, lay["meta_base"] + 128 * 32 + 40, lay["ct_off"],
-                      lay["ct_off"] + 40, n - 4096, n - 4095, n - 81, n - 1})
+    lengths = sorted(
+        {
+            0,
+            1,
+            512,
+            1023,
+            1024,
+            1100,
+            1151,
+            1152,
+            1300,
+            1407,
+            1408,
+            2048,
+            4095,
+            4096,
+            4097,
+            8191,
+            8192,
+            8300,
+            lay["meta_base"] + 128 * 32 + 40,
+            lay["ct_off"],
+            lay["ct_off"] + 40,
+            n - 4096,
+            n - 4095,
+            n - 81,
+            n - 1,
+        }
+    )
     out = [{"name": f"boot-truncate-{k}", "boot_ops": [["trunc", k]]} for k in lengths if k < n]
     out += [{"name": f"boot-extend-{k}", "boot_ops": [["extend", k]]} for k in (1, 511, 4096, 65536)]
     return out
@@ -615,20 +684,56 @@ def corpus_devslot_and_blob_table(g) -> list:
     out += field_cases("devslot", 1408, [(64, 4), (68, 4)], rng)
     out += field_cases("blob", lay["bt_off"], BLOB_FIELDS, rng)
     for bit in range(32):
-        out.append({"name": f"blob-features-bit{bit}", "boot_ops": [["flip", lay["bt_off"] + 84 + bit // 8, 1 << (bit % 8)]]})
+        out.append(
+            {"name": f"blob-features-bit{bit}", "boot_ops": [["flip", lay["bt_off"] + 84 + bit // 8, 1 << (bit % 8)]]}
+        )
     return out
 
 
 def corpus_inodes(g) -> list:
     rng = random.Random("inodes")
     out = []
-    for path in ("/", "/d", "/d/e", "/many", "/a.txt", "/big", "/big-link", "/empty", "/link",
-                 "/d/fifo", "/d/long-link", "/d/g"):
+    for path in (
+        "/",
+        "/d",
+        "/d/e",
+        "/many",
+        "/a.txt",
+        "/big",
+        "/big-link",
+        "/empty",
+        "/link",
+        "/d/fifo",
+        "/d/long-link",
+        "/d/g",
+    ):
         ino = g["layout"]["inodes"][path]
         o = ino["off"]
-        flips = [(0, 0x01), (0, 0x02), (0, 0x04), (0, 0x08), (0, 0x10), (1, 0x80), (2, 0x01), (2, 0x02),
-                 (5, 0x10), (5, 0x40), (5, 0x80), (4, 0x01), (8, 0x01), (8, 0x08), (9, 0x10), (9, 0x40),
-                 (10, 0x10), (13, 0x01), (15, 0x80), (16, 0x01), (18, 0x10), (44, 0x01), (44, 0x02)]
+        flips = [
+            (0, 0x01),
+            (0, 0x02),
+            (0, 0x04),
+            (0, 0x08),
+            (0, 0x10),
+            (1, 0x80),
+            (2, 0x01),
+            (2, 0x02),
+            (5, 0x10),
+            (5, 0x40),
+            (5, 0x80),
+            (4, 0x01),
+            (8, 0x01),
+            (8, 0x08),
+            (9, 0x10),
+            (9, 0x40),
+            (10, 0x10),
+            (13, 0x01),
+            (15, 0x80),
+            (16, 0x01),
+            (18, 0x10),
+            (44, 0x01),
+            (44, 0x02),
+        ]
         for at, mask in flips:
             out.append({"name": f"inode{path}+{at}^{mask:#x}", "boot_ops": [["flip", o + at, mask]]})
         for _ in range(3):
@@ -636,9 +741,14 @@ def corpus_inodes(g) -> list:
             out.append({"name": f"inode{path}+{at}:rand", "boot_ops": [["put", o + at, f"{rng.randrange(256):02x}"]]})
         # out-of-range values
         for label, at, size, v in (
-            ("size-2^40", 8, 8, 1 << 40), ("size-max", 8, 8, (1 << 64) - 256), ("size-2^32", 8, 8, 1 << 32),
-            ("size-0", 8, 8, 0), ("icount-max", 2, 2, 0xFFFF), ("i_u-max", 16, 4, 0xFFFFFFFF),
-            ("nlink-0", 44, 4, 0), ("format-compact", 0, 2, ino["layout"] << 1),
+            ("size-2^40", 8, 8, 1 << 40),
+            ("size-max", 8, 8, (1 << 64) - 256),
+            ("size-2^32", 8, 8, 1 << 32),
+            ("size-0", 8, 8, 0),
+            ("icount-max", 2, 2, 0xFFFF),
+            ("i_u-max", 16, 4, 0xFFFFFFFF),
+            ("nlink-0", 44, 4, 0),
+            ("format-compact", 0, 2, ino["layout"] << 1),
         ):
             out.append({"name": f"inode{path}:{label}", "boot_ops": [["put", o + at, le(v, size)]]})
     return out
@@ -689,8 +799,18 @@ def corpus_dirents(g) -> list:
         for k in range(u16(boot, blk + 8) // 12):
             d = blk + 12 * k
             if u64(boot, d) == files["/d/e/f"]["nid"]:
-                out.append({"name": "dirent-cycle-to-parent", "boot_ops": [["put", d, le(files["/d"]["nid"], 8)], ["put", d + 10, "02"]]})
-                out.append({"name": "dirent-cycle-to-root", "boot_ops": [["put", d, le(files["/"]["nid"], 8)], ["put", d + 10, "02"]]})
+                out.append(
+                    {
+                        "name": "dirent-cycle-to-parent",
+                        "boot_ops": [["put", d, le(files["/d"]["nid"], 8)], ["put", d + 10, "02"]],
+                    }
+                )
+                out.append(
+                    {
+                        "name": "dirent-cycle-to-root",
+                        "boot_ops": [["put", d, le(files["/"]["nid"], 8)], ["put", d + 10, "02"]],
+                    }
+                )
                 out.append({"name": "dirent-nid-huge", "boot_ops": [["put", d, le(1 << 62, 8)]]})
                 out.append({"name": "dirent-nid-max", "boot_ops": [["put", d, "ff" * 8]]})
     return out
@@ -705,7 +825,18 @@ def corpus_chunk_index(g) -> list:
         for k in range(n):
             c = ino["chunk_idx_off"] + 8 * k
             tag = f"chunkidx{path}#{k}"
-            for at, mask in ((0, 0x01), (0, 0x04), (1, 0x80), (2, 0x01), (2, 0x02), (2, 0x80), (3, 0x01), (4, 0x01), (4, 0x04), (7, 0x80)):
+            for at, mask in (
+                (0, 0x01),
+                (0, 0x04),
+                (1, 0x80),
+                (2, 0x01),
+                (2, 0x02),
+                (2, 0x80),
+                (3, 0x01),
+                (4, 0x01),
+                (4, 0x04),
+                (7, 0x80),
+            ):
                 out.append({"name": f"{tag}+{at}^{mask:#x}", "boot_ops": [["flip", c + at, mask]]})
             out.append({"name": f"{tag}:hole", "boot_ops": [["put", c + 4, "ffffffff"]]})
             out.append({"name": f"{tag}:device0", "boot_ops": [["put", c + 2, "00"]]})
@@ -713,7 +844,12 @@ def corpus_chunk_index(g) -> list:
     # swap the first two chunk indexes of /big: every address stays valid, the order is wrong
     c = lay["inodes"]["/big"]["chunk_idx_off"]
     boot = Path(g["boot"]).read_bytes()
-    out.append({"name": "chunkidx/big:swap01", "boot_ops": [["put", c, boot[c + 8:c + 16].hex()], ["put", c + 8, boot[c:c + 8].hex()]]})
+    out.append(
+        {
+            "name": "chunkidx/big:swap01",
+            "boot_ops": [["put", c, boot[c + 8 : c + 16].hex()], ["put", c + 8, boot[c : c + 8].hex()]],
+        }
+    )
     return out
 
 
@@ -783,7 +919,10 @@ def corpus_values(g) -> list:
         "blob-compressor-lz4": [[bt + 76, le(1, 4)]],
         "blob-digester-sha256": [[bt + 80, le(1, 4)]],
         "blob-ci_compressor-none": [[bt + 108, le(0, 4)]],
-        "blob-features-v2": [[bt + 84, le(u32(Path(g["boot"]).read_bytes(), bt + 84) | 0x4, 4)], [bt + 128, le(24 * u32(Path(g["boot"]).read_bytes(), bt + 72), 8)]],
+        "blob-features-v2": [
+            [bt + 84, le(u32(Path(g["boot"]).read_bytes(), bt + 84) | 0x4, 4)],
+            [bt + 128, le(24 * u32(Path(g["boot"]).read_bytes(), bt + 72), 8)],
+        ],
         "blob-features-no-toc": [[bt + 84, le(0x10000021, 4)]],
         "blob-features-no-digest": [[bt + 84, le(0x70000001, 4)]],
         "blob-features-minimal": [[bt + 84, le(0x1, 4)]],
@@ -836,7 +975,17 @@ def corpus_blob(g, image: str) -> list:
     add("ci-header-entries-max", [["put", hdr + 12, "ffffffff"]])
     for t in lay["toc"]:
         o = t["at"]
-        for at, mask in ((0, 0x01), (0, 0x08), (8, 0x01), (24, 0x01), (56, 0x01), (63, 0x80), (64, 0x01), (72, 0x01), (79, 0x80)):
+        for at, mask in (
+            (0, 0x01),
+            (0, 0x08),
+            (8, 0x01),
+            (24, 0x01),
+            (56, 0x01),
+            (63, 0x80),
+            (64, 0x01),
+            (72, 0x01),
+            (79, 0x80),
+        ):
             add(f"toc[{t['name']}]+{at}^{mask:#x}", [["flip", o + at, mask]])
         if t["name"] == "blob.digest":
             for k in range(0, t["size"], 32):
@@ -865,13 +1014,13 @@ def corpus_inline(g) -> list:
     for k in (0, 100, 512, L // 2, L - 1024, L - 513, L - 512, L - 1):
         add(f"truncate-{k}", [["trunc", k]])
     # ToC entries and headers (from the end)
-    hname, hsize = blob[L - 512:L - 412].rstrip(b"\0"), int(blob[L - 512 + 124:L - 512 + 135], 8)
+    hname, hsize = blob[L - 512 : L - 412].rstrip(b"\0"), int(blob[L - 512 + 124 : L - 512 + 135], 8)
     assert hname == b"rafs.blob.toc"
     start = L - 512 - hsize
     for o in range(start, L - 512, 128):
         for at, mask in ((0, 0x01), (8, 0x01), (24, 0x01), (56, 0x01), (64, 0x01), (66, 0x10), (72, 0x01), (76, 0x01)):
             add(f"toc{(o - start) // 128}+{at}", [["flip", o + at, mask]])
-        name = blob[o + 8:o + 24].rstrip(b"\0")
+        name = blob[o + 8 : o + 24].rstrip(b"\0")
         if name == b"image.boot":
             off, size = u64(blob, o + 56), u64(blob, o + 64)
             for _ in range(12):
@@ -911,23 +1060,42 @@ if __name__ != "__main__":
         images, layouts = {}, {}
         for key, comp, dig in (("main", "zstd", "blake3"), ("none", "none", "sha256"), ("lz4", "lz4_block", "blake3")):
             boot, blobs = root / f"{key}.boot", root / f"{key}-blobs"
-            rep = nydus_hybrid.build(src, boot, blobs, chunk_size=CHUNK_SIZE, compressor=comp, digester=dig, progress=False)
+            rep = nydus_hybrid.build(
+                src, boot, blobs, chunk_size=CHUNK_SIZE, compressor=comp, digester=dig, progress=False
+            )
             expected = read_expected(str(boot), str(blobs))
             for path, data in originals.items():  # the golden image itself must be right
                 assert bytes.fromhex(expected["data"][path]) == data, path
             images[key] = {"boot": str(boot), "blob_dir": str(blobs), "blob": rep.blob_path, "expected": expected}
             layouts[key] = parse_layout(boot.read_bytes(), Path(rep.blob_path).read_bytes(), expected)
         ref_boot = FIXTURES / "rafs-v6-2.2.boot"
-        images["ref"] = {"boot": str(ref_boot), "blob_dir": str(FIXTURES), "expected": read_expected(str(ref_boot), str(FIXTURES))}
+        images["ref"] = {
+            "boot": str(ref_boot),
+            "blob_dir": str(FIXTURES),
+            "expected": read_expected(str(ref_boot), str(FIXTURES)),
+        }
         layouts["ref"] = {"len": ref_boot.stat().st_size, "meta_base": u32(ref_boot.read_bytes(), 1024 + 40) * 4096}
-        images["inline"] = {"boot": str(INLINE_BLOB), "blob": str(INLINE_BLOB), "inline": True,
-                            "expected": read_expected(str(INLINE_BLOB), None, inline=True)}
+        images["inline"] = {
+            "boot": str(INLINE_BLOB),
+            "blob": str(INLINE_BLOB),
+            "inline": True,
+            "expected": read_expected(str(INLINE_BLOB), None, inline=True),
+        }
         path = root / "golden.json"
         path.write_text(json.dumps({"images": images}))
         logs = root / "logs"
         logs.mkdir()
-        g = Golden({"json": str(path), "logs": logs, "boot": images["main"]["boot"], "layout": layouts["main"],
-             "layouts": layouts, "expected": images["main"]["expected"], "root": root})
+        g = Golden(
+            {
+                "json": str(path),
+                "logs": logs,
+                "boot": images["main"]["boot"],
+                "layout": layouts["main"],
+                "layouts": layouts,
+                "expected": images["main"]["expected"],
+                "root": root,
+            }
+        )
         return g
 
     FAMILIES = {
@@ -1011,8 +1179,11 @@ if __name__ != "__main__":
         refused before anything that size is allocated or read."""
         lay = golden["layout"]
         meta = [t for t in lay["toc"] if t["name"] == "blob.meta"][0]
-        case = {"name": "toc-4GiB", "boot_ops": [["put", lay["bt_off"] + 136, "00" * 32]],
-                "blob_ops": [["put", meta["at"] + 64, le(0xFFFF_FFFF, 8)], ["put", meta["at"] + 72, le(0xFFFF_FFFF, 8)]]}
+        case = {
+            "name": "toc-4GiB",
+            "boot_ops": [["put", lay["bt_off"] + 136, "00" * 32]],
+            "blob_ops": [["put", meta["at"] + 64, le(0xFFFF_FFFF, 8)], ["put", meta["at"] + 72, le(0xFFFF_FFFF, 8)]],
+        }
         r = _one(golden, case)
         assert not r["problems"], r["problems"]
 
@@ -1052,15 +1223,22 @@ if __name__ != "__main__":
             hot += [c["off"] + o for c in lay["chunks"] for o, _ in CT_FIELDS]
             return sorted(set(hot))
 
-        @settings(max_examples=400, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @settings(
+            max_examples=400,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
         @given(data=st.data())
         def test_random_bootstrap_edits(golden, hyp_worker, data):
             """Flip or overwrite 1-6 spots of the bootstrap, anywhere or at a field start."""
             n = golden["layout"]["len"]
             hot = golden.setdefault("hot", hot_offsets(golden))
             where = st.one_of(st.sampled_from(hot), st.integers(0, n - 1))
-            edit = st.tuples(st.sampled_from(["flip", "put"]), where, st.integers(1, 255), st.sampled_from([1, 2, 4, 8]))
+            edit = st.tuples(
+                st.sampled_from(["flip", "put"]), where, st.integers(1, 255), st.sampled_from([1, 2, 4, 8])
+            )
             ops = []
             for kind, at, value, width in data.draw(st.lists(edit, min_size=1, max_size=6), label="edits"):
                 if kind == "flip":

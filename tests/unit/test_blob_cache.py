@@ -41,8 +41,6 @@ def _open(root, cache):
     return nydus_hybrid.Image.open(root / "boot", root / "blobs", cache_dir=cache)
 
 
-
-
 def test_reads_fetch_only_needed_chunks_then_hit_the_cache(image, tmp_path):
     root, report, files = image
     im = _open(root, tmp_path / "cache")
@@ -50,7 +48,7 @@ def test_reads_fetch_only_needed_chunks_then_hit_the_cache(image, tmp_path):
     m = im.metrics()
     opened = m["backend"]["read_count"]  # blob meta, then the one chunk
     assert (m["blobcache"]["chunk_misses"], m["blobcache"]["fills"]) == (1, 1), m
-    assert im.read("/f2", MiB + 5, 10) == files["/f2"][MiB + 5:MiB + 15]
+    assert im.read("/f2", MiB + 5, 10) == files["/f2"][MiB + 5 : MiB + 15]
     m = im.metrics()
     assert m["backend"]["read_count"] == opened + 1
     assert m["backend"]["read_amount_total"] > MiB  # a random (incompressible) chunk
@@ -80,8 +78,13 @@ def test_restarted_reader_makes_zero_backend_requests(image, tmp_path):
         "print(json.dumps({'digests': {p: hashlib.sha256(im.read(p)).hexdigest() for p in sys.argv[4:]},"
         " 'metrics': im.metrics()}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(root / "boot"), str(root / "blobs"), str(tmp_path / "cache"),
-                          *files], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(root / "boot"), str(root / "blobs"), str(tmp_path / "cache"), *files],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     import json
 
     doc = json.loads(out.stdout)
@@ -137,7 +140,9 @@ def test_kill_9_during_fills_never_serves_wrong_bytes(image, tmp_path):
                 f.unlink()
         order = list(files)
         rnd.shuffle(order)
-        proc = subprocess.Popen([sys.executable, "-c", filler, str(root / "boot"), str(root / "blobs"), str(cache), *order])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", filler, str(root / "boot"), str(root / "blobs"), str(cache), *order]
+        )
         time.sleep(rnd.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

@@ -24,16 +24,18 @@ from nydus_hybrid.mounts import erofs as kmount
 from nydus_hybrid.mounts import fscache as fscache_mount
 from nydus_hybrid.sim.cachefiles import HEADER, device_tags
 
-needs_erofs = pytest.mark.skipif(os.geteuid() != 0 or not kmount.erofs_available(),
-                                 reason="the simulator mounts file-backed EROFS: needs root")
+needs_erofs = pytest.mark.skipif(
+    os.geteuid() != 0 or not kmount.erofs_available(), reason="the simulator mounts file-backed EROFS: needs root"
+)
 
 
 class Peer:
     """A minimal daemon on the seam: answers OPEN from ``sizes`` and READ from ``sources``
     (cookie -> file with the object's bytes). ``answer_reads=False`` leaves READs hanging."""
 
-    def __init__(self, sock: str, cache_dir: str, sizes: dict, sources: dict, answer_reads: bool = True,
-                 start: bool = True):
+    def __init__(
+        self, sock: str, cache_dir: str, sizes: dict, sources: dict, answer_reads: bool = True, start: bool = True
+    ):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.s.connect(sock)
         self.hello = self.s.recv(16)
@@ -61,7 +63,7 @@ class Peer:
             fds = [array.array("i", d[:4])[0] for lvl, t, d in anc if t == socket.SCM_RIGHTS]
             if op == 0:
                 vsize, csize = struct.unpack_from("<II", data, 16)
-                cookie = data[32 + vsize:32 + vsize + csize].decode()
+                cookie = data[32 + vsize : 32 + vsize + csize].decode()
                 self.seen.append(("OPEN", cookie))
                 size = self.sizes.get(cookie, -errno.ENOENT)
                 if size >= 0:
@@ -97,8 +99,11 @@ class Peer:
 def sim(tmp_path):
     sock = str(tmp_path / "cf.sock")
     log = open(tmp_path / "sim.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", sock, "--timeout", "2"],
-                         stdout=log, stderr=log)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", sock, "--timeout", "2"],
+        stdout=log,
+        stderr=log,
+    )
     deadline = time.monotonic() + 20
     while not os.path.exists(sock + ".ctl"):
         assert p.poll() is None and time.monotonic() < deadline, (tmp_path / "sim.log").read_text()
@@ -188,7 +193,7 @@ def test_reads_fill_only_what_is_read(sim, tmp_path, image):
         assert (mnt / "small.txt").read_text() == "hello\n"
         with open(mnt / "big", "rb") as f:
             f.seek(2 << 20)
-            assert f.read(4096) == (image["src"] / "big").read_bytes()[2 << 20:(2 << 20) + 4096]
+            assert f.read(4096) == (image["src"] / "big").read_bytes()[2 << 20 : (2 << 20) + 4096]
         reads = [r for r in peer.seen if r[0] == "READ"]
         blob_reads = sum(r[2] for r in reads) - os.path.getsize(image["boot"])
         assert 0 < blob_reads < os.path.getsize(image["flat"]), "on demand: not the whole blob"
@@ -277,7 +282,7 @@ def test_restore_reopens_objects_and_resends_reads(sim, tmp_path, image):
         peer.objects.clear()  # a successor has none of the old anon fds
         peer.send("restore")
         t.join(10)
-        assert result["data"] == (image["src"] / "big").read_bytes()[1 << 20:(1 << 20) + 4096]
+        assert result["data"] == (image["src"] / "big").read_bytes()[1 << 20 : (1 << 20) + 4096]
         assert sum(1 for r in peer.seen if r[0] == "OPEN") == opens + 1, "the object was reopened"
         assert status(sim)["counters"]["restores"] == 1
     finally:
@@ -317,8 +322,10 @@ def test_cookie_dir_is_a_byte_of_a_salted_hash():
     dirs = {fscache_mount.cookie_dir("erofs,abc", f"c{i}") for i in range(200)}
     assert len(dirs) > 16, "cookies spread over directories (the kernel's low byte is a weak spreader)"
     # the volume's hash salts the cookie's: another volume files the same cookie elsewhere
-    assert any(fscache_mount.cookie_dir("erofs,abc", f"c{i}") != fscache_mount.cookie_dir("erofs,xyz", f"c{i}")
-               for i in range(20))
+    assert any(
+        fscache_mount.cookie_dir("erofs,abc", f"c{i}") != fscache_mount.cookie_dir("erofs,xyz", f"c{i}")
+        for i in range(20)
+    )
 
 
 @settings(max_examples=300, deadline=None)

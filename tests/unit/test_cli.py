@@ -23,8 +23,9 @@ B_SIZE = 2_300_000
 
 
 def cli(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "nydus_hybrid", *map(str, args)],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
     if check is not None:
         assert p.returncode == check, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
     return p
@@ -88,8 +89,20 @@ def test_build_report(built_cli, small_src):
     printed = json.loads(p.stdout)
     written = json.loads(report_path.read_text())
     assert printed == written
-    for key in ("blob_id", "blob_path", "blob_size", "bootstrap_size", "inodes", "files", "bytes_in",
-                "chunks", "deduped_chunks", "uncompressed_size", "dedup_ratio", "bootstrap"):
+    for key in (
+        "blob_id",
+        "blob_path",
+        "blob_size",
+        "bootstrap_size",
+        "inodes",
+        "files",
+        "bytes_in",
+        "chunks",
+        "deduped_chunks",
+        "uncompressed_size",
+        "dedup_ratio",
+        "bootstrap",
+    ):
         assert key in written, key
     blob = blobs / written["blob_id"]
     assert blob.is_file()
@@ -105,8 +118,22 @@ def test_build_report(built_cli, small_src):
 
 def test_create_alias_same_image(built_cli, small_src, tmp_path):
     boot, blobs, _, p_build = built_cli
-    p = cli("create", small_src, "-B", tmp_path / "boot", "-D", tmp_path / "blobs", "--no-progress",
-            "-t", "dir-rafs", "-v", "6", "--features", "blob-toc", check=0)
+    p = cli(
+        "create",
+        small_src,
+        "-B",
+        tmp_path / "boot",
+        "-D",
+        tmp_path / "blobs",
+        "--no-progress",
+        "-t",
+        "dir-rafs",
+        "-v",
+        "6",
+        "--features",
+        "blob-toc",
+        check=0,
+    )
     assert json.loads(p.stdout)["blob_id"] == json.loads(p_build.stdout)["blob_id"]
     assert (tmp_path / "boot").read_bytes() == boot.read_bytes()
 
@@ -293,7 +320,9 @@ def test_build_blob_file_option(small_src, tmp_path):
     and no temporary directory is left next to it."""
     blob = tmp_path / "out" / "layer.blob"
     blob.parent.mkdir()
-    p = cli("build", small_src, "-B", tmp_path / "boot", "-b", blob, "--prefetch-policy", "fs", "--no-progress", check=0)
+    p = cli(
+        "build", small_src, "-B", tmp_path / "boot", "-b", blob, "--prefetch-policy", "fs", "--no-progress", check=0
+    )
     report = json.loads(p.stdout)
     assert report["blob_path"] == str(blob)
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == report["blob_id"]
@@ -304,11 +333,14 @@ def test_build_blob_file_option(small_src, tmp_path):
     cli("check", "-B", tmp_path / "boot", "-D", blobs, check=0)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    ((), "--blob-dir"),
-    (("-D", "blobs", "--blob-inline-meta"), "--blob-inline-meta"),
-    (("-D", "blobs", "--prefetch-policy", "blob"), "prefetch-policy"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ((), "--blob-dir"),
+        (("-D", "blobs", "--blob-inline-meta"), "--blob-inline-meta"),
+        (("-D", "blobs", "--prefetch-policy", "blob"), "prefetch-policy"),
+    ],
+)
 def test_build_usage_errors_are_one_line(small_src, tmp_path, args, fragment):
     p = cli("build", small_src, "-B", tmp_path / "boot", *args)
     assert p.returncode == 2, p.stderr
@@ -328,8 +360,23 @@ def test_ctrl_c_cancels_a_build_cleanly(tmp_path):
     for i in range(24):  # 96 MiB of incompressible data: about a second of work
         (src / f"f{i}").write_bytes(os.urandom(4 << 20))
     blobs = tmp_path / "blobs"
-    proc = subprocess.Popen([sys.executable, "-m", "nydus_hybrid", "build", str(src), "-B", str(tmp_path / "boot"),
-                             "-D", str(blobs), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nydus_hybrid",
+            "build",
+            str(src),
+            "-B",
+            str(tmp_path / "boot"),
+            "-D",
+            str(blobs),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not (blobs.exists() and os.listdir(blobs)) and time.monotonic() < deadline:
         time.sleep(0.01)  # the temporary blob exists once the build is under way

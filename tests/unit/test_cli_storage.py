@@ -9,8 +9,11 @@ from test_cli import assert_one_line_error, built_cli, cli, small_src  # noqa: F
 
 
 def _config(tmp_path, blobs, **cache) -> str:
-    doc = {"version": 2, "backend": {"type": "localfs", "localfs": {"dir": str(blobs)}},
-           "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}, **cache}}
+    doc = {
+        "version": 2,
+        "backend": {"type": "localfs", "localfs": {"dir": str(blobs)}},
+        "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}, **cache},
+    }
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(doc))
     return str(path)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nydus_hybrid.lifecycle import supervisor as nsup
 from nydus_hybrid.lifecycle import handover
+from nydus_hybrid.lifecycle import supervisor as nsup
 from nydus_hybrid.lifecycle.supervisor import Supervisor, SupervisorError
 
 
@@ -20,8 +20,10 @@ def doc(n_mounts: int = 2) -> dict:
     return {
         "daemon": {"id": "d1", "mountpoint": "/mnt/x", "threads": 4, "failover_policy": "resend"},
         "fuse": {"vfs_state": "AAEC", "conn_id": 42},
-        "mounts": [{"mountpoint": f"/s{i}", "source": "/boot", "config": "{}", "index": i + 1, "prefetch_files": None}
-                   for i in range(n_mounts)],
+        "mounts": [
+            {"mountpoint": f"/s{i}", "source": "/boot", "config": "{}", "index": i + 1, "prefetch_files": None}
+            for i in range(n_mounts)
+        ],
         "runtime_config": {"/s0:registry_auth": "YTpi"},
         "blob_caches": [],
     }
@@ -32,27 +34,33 @@ def test_round_trip():
     assert handover.decode(handover.encode(d)) == d
 
 
-@pytest.mark.parametrize("mutate, expect", [
-    (lambda b: b[:-1], "truncated or padded"),
-    (lambda b: b + b"x", "truncated or padded"),
-    (lambda b: b[:10], "shorter than its header"),
-    (lambda b: b"XXXXXXXX" + b[8:], "bad magic"),
-    (lambda b: b[:8] + (2).to_bytes(4, "little") + b[12:], "newer than this daemon"),
-    (lambda b: b[:8] + (0).to_bytes(4, "little") + b[12:], "not valid"),
-    (lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:], "checksum"),
-])
+@pytest.mark.parametrize(
+    "mutate, expect",
+    [
+        (lambda b: b[:-1], "truncated or padded"),
+        (lambda b: b + b"x", "truncated or padded"),
+        (lambda b: b[:10], "shorter than its header"),
+        (lambda b: b"XXXXXXXX" + b[8:], "bad magic"),
+        (lambda b: b[:8] + (2).to_bytes(4, "little") + b[12:], "newer than this daemon"),
+        (lambda b: b[:8] + (0).to_bytes(4, "little") + b[12:], "not valid"),
+        (lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:], "checksum"),
+    ],
+)
 def test_damaged_states_are_refused_clearly(mutate, expect):
     with pytest.raises(handover.StateError, match=expect):
         handover.decode(mutate(handover.encode(doc())))
 
 
-@pytest.mark.parametrize("field, value", [
-    (("daemon", "failover_policy"), "sometimes"),
-    (("daemon", "threads"), "4"),
-    (("fuse", "vfs_state"), "not base64!"),
-    (("fuse", "conn_id"), "42"),
-    (("runtime_config",), []),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        (("daemon", "failover_policy"), "sometimes"),
+        (("daemon", "threads"), "4"),
+        (("fuse", "vfs_state"), "not base64!"),
+        (("fuse", "conn_id"), "42"),
+        (("runtime_config",), []),
+    ],
+)
 def test_well_formed_but_wrong_fields_are_refused(field, value):
     d = doc()
     node = d

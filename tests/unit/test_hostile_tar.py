@@ -107,7 +107,7 @@ def header_offsets(raw: bytes):
     """(offset, name) of every 512-byte header that carries a plain name."""
     out, off = [], 0
     while off + 512 <= len(raw):
-        h = raw[off:off + 512]
+        h = raw[off : off + 512]
         if h == b"\0" * 512:
             break
         name = h[:100].rstrip(b"\0").decode(errors="replace")
@@ -131,13 +131,13 @@ def patch_size(raw: bytes, name: str, size: int) -> bytes:
     b = bytearray(raw)
     for off, n, typ in header_offsets(raw):
         if n == name and typ in (b"0", b"\0"):
-            h = bytearray(b[off:off + 512])
-            if size < 8 ** 11:
+            h = bytearray(b[off : off + 512])
+            if size < 8**11:
                 h[124:136] = b"%011o\0" % size
             else:
                 h[124:136] = b"\x80" + size.to_bytes(11, "big")
             fix_checksum(h)
-            b[off:off + 512] = h
+            b[off : off + 512] = h
             return bytes(b)
     raise AssertionError(f"no header for {name}")
 
@@ -230,12 +230,14 @@ class Sandbox:
             # deterministically); they are not counted here so that the race does not make
             # every other rejected-input test flaky.
             leftovers = sorted(
-                p for p in after
+                p
+                for p in after
                 if p.startswith(f"{blobs}/") and p not in before and not p.startswith(f"{blobs}/.blob-")
             )
             assert not leftovers, f"a failed build left files in the blob dir: {leftovers}"
             outs = sorted(
-                p for p in after
+                p
+                for p in after
                 if p.startswith(f"{out}/") and p not in before and p != blobs and not p.startswith(f"{blobs}/.blob-")
             )
             assert not outs, f"a failed build left files next to the bootstrap: {outs}"
@@ -304,7 +306,9 @@ def test_dotdot_in_gnu_long_name_is_refused(box):
 
 def test_absolute_paths_stay_inside_the_image(box):
     probe = str(box.host_probe)
-    res = box.build(make_tar([entry(probe, data=b"inside"), entry("/abs-dir/", "dir"), entry("//double/slash", data=b"ds")]))
+    res = box.build(
+        make_tar([entry(probe, data=b"inside"), entry("/abs-dir/", "dir"), entry("//double/slash", data=b"ds")])
+    )
     assert res["ok"], res
     t = tree(box.image())
     assert t[probe] == ("file", b"inside")
@@ -403,7 +407,7 @@ def test_size_over_the_limit_is_refused(box):
 def test_truncated_in_a_body(box):
     raw = make_tar([entry("a", data=b"a" * 100), entry("b", data=bytes(range(256)) * 40)])
     off = [o for o, n, _ in header_offsets(raw) if n == "b"][0]
-    res = box.build(raw[:off + 512 + 5000])
+    res = box.build(raw[: off + 512 + 5000])
     assert_rejected(res, None, "b")
 
 
@@ -411,7 +415,7 @@ def test_truncated_in_a_body(box):
 def test_truncated_in_a_header(box, cut):
     raw = make_tar([entry("a", data=b"a" * 100), entry("second", data=b"b" * 100)])
     off = [o for o, n, _ in header_offsets(raw) if n == "second"][0]
-    res = box.build(raw[:off + cut])
+    res = box.build(raw[: off + cut])
     assert_rejected(res)
 
 
@@ -459,9 +463,9 @@ def test_bad_octal_fields(box):
 
 
 def fix_checksum_at(raw: bytearray, off: int):
-    h = bytearray(raw[off:off + 512])
+    h = bytearray(raw[off : off + 512])
     fix_checksum(h)
-    raw[off:off + 512] = h
+    raw[off : off + 512] = h
 
 
 def test_empty_and_zero_streams(box):
@@ -533,13 +537,25 @@ def test_concatenated_gzip_members(box):
 
 
 def test_duplicates_last_wins(box):
-    res = box.build(make_tar([
-        entry("a", data=b"one"), entry("a", data=b"two"),
-        entry("d/", "dir"), entry("d/inner", data=b"gone"), entry("d", data=b"now a file"),
-        entry("f", data=b"was a file"), entry("f/", "dir"), entry("f/x", data=b"x"),
-        entry("s", "symlink", target="nowhere"), entry("s", data=b"file again"),
-        entry("m/", "dir", mode=0o700), entry("m/keep", data=b"k"), entry("m/", "dir", mode=0o751),
-    ]))
+    res = box.build(
+        make_tar(
+            [
+                entry("a", data=b"one"),
+                entry("a", data=b"two"),
+                entry("d/", "dir"),
+                entry("d/inner", data=b"gone"),
+                entry("d", data=b"now a file"),
+                entry("f", data=b"was a file"),
+                entry("f/", "dir"),
+                entry("f/x", data=b"x"),
+                entry("s", "symlink", target="nowhere"),
+                entry("s", data=b"file again"),
+                entry("m/", "dir", mode=0o700),
+                entry("m/keep", data=b"k"),
+                entry("m/", "dir", mode=0o751),
+            ]
+        )
+    )
     assert res["ok"], res
     img = box.image()
     assert tree(img) == {
@@ -576,11 +592,23 @@ def test_long_names_and_targets_round_trip(box, fmt):
 
 
 def test_pax_xattrs_round_trip(box):
-    res = box.build(make_tar([
-        entry("d/", "dir", pax={"SCHILY.xattr.user.dir": "on-a-dir"}),
-        entry("d/f", data=b"x", pax={"SCHILY.xattr.user.x": "hello", "SCHILY.xattr.trusted.t": "tv",
-                                     "SCHILY.xattr.security.s": "sv"}),
-    ], fmt=tarfile.PAX_FORMAT))
+    res = box.build(
+        make_tar(
+            [
+                entry("d/", "dir", pax={"SCHILY.xattr.user.dir": "on-a-dir"}),
+                entry(
+                    "d/f",
+                    data=b"x",
+                    pax={
+                        "SCHILY.xattr.user.x": "hello",
+                        "SCHILY.xattr.trusted.t": "tv",
+                        "SCHILY.xattr.security.s": "sv",
+                    },
+                ),
+            ],
+            fmt=tarfile.PAX_FORMAT,
+        )
+    )
     assert res["ok"], res
     img = box.image()
     assert img.getxattr("d/f", "user.x") == b"hello"
@@ -599,13 +627,17 @@ def test_pax_xattr_with_unstorable_prefix(box):
 
 
 def test_oci_whiteouts(box):
-    res = box.build(make_tar([
-        entry(".wh.foo", data=b""),
-        entry("d/", "dir"),
-        entry("d/.wh..wh..opq", data=b""),
-        entry("d/kept", data=b"k"),
-        entry("e/.wh.gone", data=b""),
-    ]))
+    res = box.build(
+        make_tar(
+            [
+                entry(".wh.foo", data=b""),
+                entry("d/", "dir"),
+                entry("d/.wh..wh..opq", data=b""),
+                entry("d/kept", data=b"k"),
+                entry("e/.wh.gone", data=b""),
+            ]
+        )
+    )
     assert res["ok"], res
     img = box.image()
     st = img.stat("foo")
@@ -636,7 +668,15 @@ def test_whiteouts_with_bad_targets(box, name):
 
 
 def test_device_and_fifo_entries(box):
-    res = box.build(make_tar([entry("dev/null", "char", devmajor=1, devminor=3), entry("dev/big", "char", devmajor=300, devminor=70000), entry("p", "fifo")]))
+    res = box.build(
+        make_tar(
+            [
+                entry("dev/null", "char", devmajor=1, devminor=3),
+                entry("dev/big", "char", devmajor=300, devminor=70000),
+                entry("p", "fifo"),
+            ]
+        )
+    )
     assert res["ok"], res
     img = box.image()
     assert (img.stat("dev/null").rdev_major, img.stat("dev/null").rdev_minor) == (1, 3)
@@ -697,7 +737,7 @@ def test_failed_build_removes_its_temporary_blob(tmp_path):
 def test_failed_first_build_leaves_no_bootstrap(box):
     raw = make_tar([entry("a", data=b"a" * 100), entry("b", data=b"b" * 10000)])
     off = [o for o, n, _ in header_offsets(raw) if n == "b"][0]
-    res = box.build(raw[:off + 512 + 1000])
+    res = box.build(raw[: off + 512 + 1000])
     assert_rejected(res)
     assert not box.boot.exists()
     assert not box.blobs.exists() or [n for n in os.listdir(box.blobs) if not n.startswith(".blob-")] == []
@@ -715,8 +755,16 @@ def test_dataclass_report_is_complete(box):
 
 def test_directory_replaced_by_symlink_is_not_followed(box):
     """`d/`, `d/x`, then `d -> /etc`, then `d/passwd`: the last entry must not land anywhere."""
-    res = box.build(make_tar([entry("d/", "dir"), entry("d/x", data=b"x"), entry("d", "symlink", target="/etc"),
-                              entry("d/passwd", data=b"root::0:0::/:/bin/sh\n")]))
+    res = box.build(
+        make_tar(
+            [
+                entry("d/", "dir"),
+                entry("d/x", data=b"x"),
+                entry("d", "symlink", target="/etc"),
+                entry("d/passwd", data=b"root::0:0::/:/bin/sh\n"),
+            ]
+        )
+    )
     assert_rejected(res, "UnsafeInputError", "d")
 
 
@@ -729,7 +777,7 @@ def _with_field(raw: bytes, name: str, lo: int, hi: int, value: bytes) -> bytes:
     b = bytearray(raw)
     for off, n, _ in header_offsets(raw):
         if n == name:
-            b[off + lo:off + hi] = value
+            b[off + lo : off + hi] = value
             fix_checksum_at(b, off)
             return bytes(b)
     raise AssertionError(name)
@@ -750,7 +798,9 @@ def test_owner_ids_beyond_32_bits_are_not_truncated(box, field, lo, hi):
         assert_rejected(res, None, "owned")
 
 
-@pytest.mark.parametrize("value", [b"\xff" * 12, b"\x80" + b"\xff" * 11, b"77777777777\x00", b"-1\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"])
+@pytest.mark.parametrize(
+    "value", [b"\xff" * 12, b"\x80" + b"\xff" * 11, b"77777777777\x00", b"-1\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"]
+)
 def test_absurd_size_fields(box, value):
     raw = _with_field(make_tar([entry("s", data=b"x" * 10), entry("t", data=b"y")]), "s", 124, 136, value)
     res = box.build(raw)

@@ -181,7 +181,7 @@ def test_amplified_run_stops_before_a_cached_chunk(small, tmp_path):
     assert m2["fills"] - m["fills"] == 5
     assert m2["amplified_chunks"] - m["amplified_chunks"] == 4
     assert be(im)["read_count"] - reads == 1
-    for p in small.order[k - 5:k]:
+    for p in small.order[k - 5 : k]:
         assert im.read(p) == small.files[p]
     assert bc(im)["chunk_misses"] == m2["chunk_misses"]  # all of them were cached by that one read
     for p in small.order:
@@ -195,9 +195,12 @@ def test_amplified_run_stops_before_a_cached_chunk(small, tmp_path):
 VALIDATE_FORMS = {
     "v2 cache.validate": lambda img, cache: img.cfg(cache, validate=True),
     "v1 device.cache.validate": lambda img, cache: {
-        "device": {"backend": {"type": "localfs", "config": {"dir": str(img.blobs)}},
-                   "cache": {"type": "blobcache", "validate": True, "config": {"work_dir": str(cache)}}},
-        "mode": "direct"},
+        "device": {
+            "backend": {"type": "localfs", "config": {"dir": str(img.blobs)}},
+            "cache": {"type": "blobcache", "validate": True, "config": {"work_dir": str(cache)}},
+        },
+        "mode": "direct",
+    },
 }
 
 
@@ -216,7 +219,7 @@ def _warm_and_corrupt(img: Img, cache: Path, path: str) -> tuple:
     for i in (10, 11, 500):
         raw[off + i] ^= 0x5A
     data_file.write_bytes(bytes(raw))
-    return off, bytes(raw[off:off + len(img.files[path])])
+    return off, bytes(raw[off : off + len(img.files[path])])
 
 
 @pytest.mark.parametrize("form", list(VALIDATE_FORMS))
@@ -232,7 +235,7 @@ def test_validate_refetches_a_corrupted_cached_chunk(small, tmp_path, form):
     assert m["backend"]["read_count"] == 1  # the refetch; blob meta came from the cache
     # the cache was repaired, and the other files were served from it after checking
     data = (cache / f"{small.blob_id}.blob.data").read_bytes()
-    assert data[off:off + len(small.files[path])] == small.files[path]
+    assert data[off : off + len(small.files[path])] == small.files[path]
     for p, d in small.files.items():
         assert im.read(p) == d
     assert bc(im)["validate_failures"] == 1
@@ -304,7 +307,8 @@ def test_prefetch_of_a_directory_fetches_nothing_outside_it(tree, tmp_path):
     cached_outside = sorted(p for p, n in not_cached.items() if n != tree.chunks_of(p))
     assert (m["fills"], m["prefetch_unmerged_chunks"], cached_outside) == (inside, inside, []), (
         f"prefetch of /a (its files have {inside} chunks) filled {m['fills']}, "
-        f"and these files outside /a were (partly) prefetched: {cached_outside}")
+        f"and these files outside /a were (partly) prefetched: {cached_outside}"
+    )
 
 
 def test_prefetch_of_single_files(tree, tmp_path):
@@ -401,7 +405,7 @@ def test_on_demand_reads_during_prefetch_are_correct_and_fetch_each_chunk_once(t
             for p in order:
                 if im.read(p) != tree.files[p]:
                     wrong.append(p)
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:
             failures.append(repr(e))
 
     threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
@@ -441,9 +445,28 @@ def test_prefetch_without_paths_uses_the_image_table(tree, tmp_path):
     """``--prefetch-policy fs`` is accepted but writes no prefetch table yet (cli help), so
     the image's own table is empty and prefetch() with no paths fetches nothing."""
     out = tmp_path / "img"
-    p = subprocess.run([sys.executable, "-m", "nydus_hybrid", "build", tree.root / "src", "-B", out / "boot",
-                        "-D", out / "blobs", "-S", "64K", "--prefetch-policy", "fs", "--no-progress"],
-                       input="/a\n/top0\n", capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nydus_hybrid",
+            "build",
+            tree.root / "src",
+            "-B",
+            out / "boot",
+            "-D",
+            out / "blobs",
+            "-S",
+            "64K",
+            "--prefetch-policy",
+            "fs",
+            "--no-progress",
+        ],
+        input="/a\n/top0\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     cfg = v2_config(out / "blobs", tmp_path / "cache")
     im = nydus_hybrid.Image.open(out / "boot", config=cfg)
@@ -506,8 +529,12 @@ def test_gc_never_removes_a_blob_open_in_another_process(small, tree, two_cached
         "print('ready', flush=True)\n"
         "sys.stdin.read()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(tree.bootstrap), json.dumps(tree.cfg(work)), tree.order[5]],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tree.bootstrap), json.dumps(tree.cfg(work)), tree.order[5]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline() == "ready\n"
         r = cache_gc(work, max_bytes=0)
@@ -601,9 +628,15 @@ def test_v1_document_opens_and_reads(small, tmp_path):
 
 
 def test_v1_blob_file_and_json_text(tree, tmp_path):
-    doc = json.dumps({"device": {"backend": {"type": "localfs", "config": {"blob_file": str(tree.report.blob_path)}},
-                                 "cache": {"type": "blobcache", "config": {"work_dir": str(tmp_path / "c")}}},
-                      "mode": "cached"})
+    doc = json.dumps(
+        {
+            "device": {
+                "backend": {"type": "localfs", "config": {"blob_file": str(tree.report.blob_path)}},
+                "cache": {"type": "blobcache", "config": {"work_dir": str(tmp_path / "c")}},
+            },
+            "mode": "cached",
+        }
+    )
     im = nydus_hybrid.Image.open(tree.bootstrap, config=doc)
     assert im.read("/c/exact") == tree.files["/c/exact"]
 
@@ -650,20 +683,43 @@ def test_toml_v2_document(small, tmp_path):
 
 
 def test_normalised_form_leaves_secrets_out():
-    doc = {"version": 2,
-           "backend": {"type": "registry", "registry": {"host": "r.example", "repo": "lib/x", "auth": "dXNlcjpzM2NyZXQ=",
-                                                         "registry_token": "tok-SECRET"}}}
+    doc = {
+        "version": 2,
+        "backend": {
+            "type": "registry",
+            "registry": {
+                "host": "r.example",
+                "repo": "lib/x",
+                "auth": "dXNlcjpzM2NyZXQ=",
+                "registry_token": "tok-SECRET",
+            },
+        },
+    }
     text = json.dumps(nconfig.parse(doc))
     assert "dXNlcjpzM2NyZXQ=" not in text and "tok-SECRET" not in text
-    s3 = {"version": 2, "backend": {"type": "s3", "s3": {"endpoint": "e", "region": "r", "bucket_name": "b",
-                                                          "access_key_id": "AKID-SECRET", "access_key_secret": "KEY-SECRET"}}}
+    s3 = {
+        "version": 2,
+        "backend": {
+            "type": "s3",
+            "s3": {
+                "endpoint": "e",
+                "region": "r",
+                "bucket_name": "b",
+                "access_key_id": "AKID-SECRET",
+                "access_key_secret": "KEY-SECRET",
+            },
+        },
+    }
     text = json.dumps(nconfig.parse(s3))
     assert "AKID-SECRET" not in text and "KEY-SECRET" not in text
 
 
 def test_v1_enabled_fs_prefetch_is_copied_into_cache_prefetch():
-    doc = {"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct",
-           "fs_prefetch": {"enable": True, "threads_count": 3, "merging_size": 4096, "bandwidth_rate": 77}}
+    doc = {
+        "device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}},
+        "mode": "direct",
+        "fs_prefetch": {"enable": True, "threads_count": 3, "merging_size": 4096, "bandwidth_rate": 77},
+    }
     n = nconfig.parse(doc)
     want = {"enable": True, "threads": 3, "batch_size": 4096, "bandwidth_limit": 77, "prefetch_all": True}
     assert n["rafs"]["prefetch"] == want
@@ -678,25 +734,70 @@ BAD_DOCUMENTS = [
     ({"version": 2, "backend": {"type": "registry", "registry": {"host": "h"}}}, "backend.registry.repo: required"),
     ({"version": 2, "backend": {"localfs": {"dir": "/b"}}}, "backend.type: required"),
     ({"version": 2, "backend": {"type": "s3"}}, "backend.s3: required"),
-    ({"version": 2, "backend": {"type": "s3", "s3": {"endpoint": "e", "bucket_name": "b"}}}, "backend.s3.region: required"),
-    ({"version": 2, "backend": {"type": "localfs", "localfs": {}}}, "backend.localfs: one of blob_file or dir is required"),
-    ({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": 5}}}, "backend.localfs.dir: expected a string, got a number"),
-    ({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": "/b", "alt_dirs": ["/c", 1]}}}, "backend.localfs.alt_dirs[1]"),
+    (
+        {"version": 2, "backend": {"type": "s3", "s3": {"endpoint": "e", "bucket_name": "b"}}},
+        "backend.s3.region: required",
+    ),
+    (
+        {"version": 2, "backend": {"type": "localfs", "localfs": {}}},
+        "backend.localfs: one of blob_file or dir is required",
+    ),
+    (
+        {"version": 2, "backend": {"type": "localfs", "localfs": {"dir": 5}}},
+        "backend.localfs.dir: expected a string, got a number",
+    ),
+    (
+        {"version": 2, "backend": {"type": "localfs", "localfs": {"dir": "/b", "alt_dirs": ["/c", 1]}}},
+        "backend.localfs.alt_dirs[1]",
+    ),
     ({"version": 2, "backend": {"type": "http-proxy", "http-proxy": {"addr": "tcp://x"}}}, "backend.http-proxy.addr"),
-    ({"version": 2, "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "timeout": 0}}}, "backend.registry.timeout"),
-    ({"version": 2, "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "auth": "%%%"}}}, "backend.registry.auth: not base64"),
-    ({"version": 2, "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "mirrors": [{"host": "ftp://m"}]}}},
-     "backend.registry.mirrors[0].host"),
-    ({"version": 2, "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "proxy": {"fallback": "no"}}}},
-     "backend.registry.proxy.fallback: expected a boolean, got a string"),
+    (
+        {"version": 2, "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "timeout": 0}}},
+        "backend.registry.timeout",
+    ),
+    (
+        {"version": 2, "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "auth": "%%%"}}},
+        "backend.registry.auth: not base64",
+    ),
+    (
+        {
+            "version": 2,
+            "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "mirrors": [{"host": "ftp://m"}]}},
+        },
+        "backend.registry.mirrors[0].host",
+    ),
+    (
+        {
+            "version": 2,
+            "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "proxy": {"fallback": "no"}}},
+        },
+        "backend.registry.proxy.fallback: expected a boolean, got a string",
+    ),
     ({"version": 2, "backend": LOCAL, "cache": {"type": "blobcache"}}, "cache.filecache: required"),
     ({"version": 2, "backend": LOCAL, "cache": {"type": "memcache"}}, "cache.type"),
-    ({"version": 2, "backend": LOCAL, "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "validate": "yes"}},
-     "cache.validate: expected a boolean, got a string"),
-    ({"version": 2, "backend": LOCAL, "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "prefetch": {"threads": 2}}},
-     "cache.prefetch.enable: required"),
-    ({"version": 2, "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "prefetch": {"enable": True, "threads": 0}}},
-     "cache.prefetch.threads"),
+    (
+        {
+            "version": 2,
+            "backend": LOCAL,
+            "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "validate": "yes"},
+        },
+        "cache.validate: expected a boolean, got a string",
+    ),
+    (
+        {
+            "version": 2,
+            "backend": LOCAL,
+            "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "prefetch": {"threads": 2}},
+        },
+        "cache.prefetch.enable: required",
+    ),
+    (
+        {
+            "version": 2,
+            "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "prefetch": {"enable": True, "threads": 0}},
+        },
+        "cache.prefetch.threads",
+    ),
     ({"version": 2, "rafs": {"batch_size": "big"}}, "rafs.batch_size: expected an unsigned integer, got a string"),
     ({"version": 2, "rafs": {"batch_size": -1}}, "rafs.batch_size: expected an unsigned integer, got a number"),
     ({"version": 2, "rafs": {"batch_size": 257 * MiB}}, "rafs.batch_size: 269484032 is above the limit"),
@@ -704,20 +805,41 @@ BAD_DOCUMENTS = [
     ({"version": 2, "rafs": "fast"}, "rafs: expected an object, got a string"),
     ({"device": {"backend": {"type": "localfs"}}, "mode": "direct"}, "device.backend.config: required"),
     ({"device": {"cache": {}}, "mode": "direct"}, "device.backend: required"),
-    ({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct", "amplify_io": "1M"},
-     "amplify_io: expected an unsigned integer, got a string"),
-    ({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct", "fs_prefetch": {"threads_count": 0}},
-     "fs_prefetch.threads_count"),
-    ({"device": {"backend": {"type": "http-proxy", "config": {"addr": "http://x"}}}, "mode": "direct"}, "device.backend.type"),
-    ({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}, "cache": {"type": "blobcache", "config": []}},
-      "mode": "direct"}, "device.cache.config: expected an object, got an array"),
+    (
+        {"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct", "amplify_io": "1M"},
+        "amplify_io: expected an unsigned integer, got a string",
+    ),
+    (
+        {
+            "device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}},
+            "mode": "direct",
+            "fs_prefetch": {"threads_count": 0},
+        },
+        "fs_prefetch.threads_count",
+    ),
+    (
+        {"device": {"backend": {"type": "http-proxy", "config": {"addr": "http://x"}}}, "mode": "direct"},
+        "device.backend.type",
+    ),
+    (
+        {
+            "device": {
+                "backend": {"type": "localfs", "config": {"dir": "/b"}},
+                "cache": {"type": "blobcache", "config": []},
+            },
+            "mode": "direct",
+        },
+        "device.cache.config: expected an object, got an array",
+    ),
     # an unknown backend type names the field by its path like every other error
     ({"version": 2, "backend": {"type": "ftp", "ftp": {}}}, "backend.type"),
     ({"device": {"backend": {"type": "ftp", "config": {}}}, "mode": "direct"}, "device.backend.type"),
 ]
 
 
-@pytest.mark.parametrize("doc,field", BAD_DOCUMENTS, ids=[f"{i:02d}-{f.split(':')[0]}" for i, (_, f) in enumerate(BAD_DOCUMENTS)])
+@pytest.mark.parametrize(
+    "doc,field", BAD_DOCUMENTS, ids=[f"{i:02d}-{f.split(':')[0]}" for i, (_, f) in enumerate(BAD_DOCUMENTS)]
+)
 def test_invalid_documents_name_the_field(doc, field):
     with pytest.raises(errors.ConfigError) as ei:
         nconfig.parse(doc)
@@ -741,45 +863,133 @@ def test_invalid_config_fails_open_with_the_same_error(small):
 # localdisk), nothing else.
 
 V2_BASE = {
-    "version": 2, "id": "x",
-    "backend": {"type": "registry", "registry": {"host": "h", "repo": "r", "scheme": "http", "proxy": {"fallback": False},
-                                                 "mirrors": [{"host": "http://m", "headers": {"a": "b"}}]}},
-    "cache": {"type": "blobcache", "filecache": {"work_dir": "/w"}, "validate": False,
-              "prefetch": {"enable": True, "threads": 2, "batch_size": 4096, "bandwidth_limit": 0}},
+    "version": 2,
+    "id": "x",
+    "backend": {
+        "type": "registry",
+        "registry": {
+            "host": "h",
+            "repo": "r",
+            "scheme": "http",
+            "proxy": {"fallback": False},
+            "mirrors": [{"host": "http://m", "headers": {"a": "b"}}],
+        },
+    },
+    "cache": {
+        "type": "blobcache",
+        "filecache": {"work_dir": "/w"},
+        "validate": False,
+        "prefetch": {"enable": True, "threads": 2, "batch_size": 4096, "bandwidth_limit": 0},
+    },
     "rafs": {"mode": "direct", "batch_size": 0, "validate": False, "prefetch": {"enable": False}},
 }
 V1_BASE = {
-    "device": {"id": "/s", "backend": {"type": "localfs", "config": {"dir": "/b", "alt_dirs": ["/c"]}},
-               "cache": {"type": "blobcache", "config": {"work_dir": "/w"}}},
-    "mode": "direct", "amplify_io": 1024, "digest_validate": False,
+    "device": {
+        "id": "/s",
+        "backend": {"type": "localfs", "config": {"dir": "/b", "alt_dirs": ["/c"]}},
+        "cache": {"type": "blobcache", "config": {"work_dir": "/w"}},
+    },
+    "mode": "direct",
+    "amplify_io": 1024,
+    "digest_validate": False,
     "fs_prefetch": {"enable": True, "threads_count": 4, "merging_size": 65536, "bandwidth_rate": 0},
 }
 V2_PATHS = [
-    ("version",), ("id",), ("backend",), ("backend", "type"), ("backend", "registry"), ("backend", "registry", "host"),
-    ("backend", "registry", "repo"), ("backend", "registry", "auth"), ("backend", "registry", "timeout"),
-    ("backend", "registry", "retry_limit"), ("backend", "registry", "proxy"), ("backend", "registry", "proxy", "url"),
-    ("backend", "registry", "proxy", "check_interval"), ("backend", "registry", "mirrors"),
-    ("backend", "registry", "ca_cert_files"), ("backend", "localfs"), ("backend", "localfs", "dir"),
-    ("backend", "s3"), ("backend", "s3", "region"), ("backend", "http-proxy"), ("backend", "http-proxy", "addr"),
-    ("cache",), ("cache", "type"), ("cache", "filecache"), ("cache", "filecache", "work_dir"), ("cache", "fscache"),
-    ("cache", "validate"), ("cache", "prefetch"), ("cache", "prefetch", "enable"), ("cache", "prefetch", "threads"),
-    ("cache", "prefetch", "batch_size"), ("cache", "prefetch", "bandwidth_limit"), ("rafs",), ("rafs", "mode"),
-    ("rafs", "batch_size"), ("rafs", "prefetch"), ("rafs", "prefetch", "enable"), ("rafs", "validate"),
+    ("version",),
+    ("id",),
+    ("backend",),
+    ("backend", "type"),
+    ("backend", "registry"),
+    ("backend", "registry", "host"),
+    ("backend", "registry", "repo"),
+    ("backend", "registry", "auth"),
+    ("backend", "registry", "timeout"),
+    ("backend", "registry", "retry_limit"),
+    ("backend", "registry", "proxy"),
+    ("backend", "registry", "proxy", "url"),
+    ("backend", "registry", "proxy", "check_interval"),
+    ("backend", "registry", "mirrors"),
+    ("backend", "registry", "ca_cert_files"),
+    ("backend", "localfs"),
+    ("backend", "localfs", "dir"),
+    ("backend", "s3"),
+    ("backend", "s3", "region"),
+    ("backend", "http-proxy"),
+    ("backend", "http-proxy", "addr"),
+    ("cache",),
+    ("cache", "type"),
+    ("cache", "filecache"),
+    ("cache", "filecache", "work_dir"),
+    ("cache", "fscache"),
+    ("cache", "validate"),
+    ("cache", "prefetch"),
+    ("cache", "prefetch", "enable"),
+    ("cache", "prefetch", "threads"),
+    ("cache", "prefetch", "batch_size"),
+    ("cache", "prefetch", "bandwidth_limit"),
+    ("rafs",),
+    ("rafs", "mode"),
+    ("rafs", "batch_size"),
+    ("rafs", "prefetch"),
+    ("rafs", "prefetch", "enable"),
+    ("rafs", "validate"),
 ]
 V1_PATHS = [
-    ("device",), ("device", "id"), ("device", "backend"), ("device", "backend", "type"), ("device", "backend", "config"),
-    ("device", "backend", "config", "dir"), ("device", "backend", "config", "blob_file"), ("device", "cache"),
-    ("device", "cache", "type"), ("device", "cache", "config"), ("device", "cache", "config", "work_dir"),
-    ("mode",), ("amplify_io",), ("digest_validate",), ("fs_prefetch",), ("fs_prefetch", "threads_count"),
-    ("fs_prefetch", "merging_size"), ("fs_prefetch", "bandwidth_rate"), ("fs_prefetch", "prefetch_all"),
+    ("device",),
+    ("device", "id"),
+    ("device", "backend"),
+    ("device", "backend", "type"),
+    ("device", "backend", "config"),
+    ("device", "backend", "config", "dir"),
+    ("device", "backend", "config", "blob_file"),
+    ("device", "cache"),
+    ("device", "cache", "type"),
+    ("device", "cache", "config"),
+    ("device", "cache", "config", "work_dir"),
+    ("mode",),
+    ("amplify_io",),
+    ("digest_validate",),
+    ("fs_prefetch",),
+    ("fs_prefetch", "threads_count"),
+    ("fs_prefetch", "merging_size"),
+    ("fs_prefetch", "bandwidth_rate"),
+    ("fs_prefetch", "prefetch_all"),
 ]
-WORDS = ["", "2", "localfs", "registry", "s3", "oss", "http-proxy", "localdisk", "blobcache", "filecache", "fscache",
-         "dummycache", "direct", "cached", "http", "https", "/tmp", "http://x", "https://m/", "dXNlcjpwYXNz", "x:y"]
+WORDS = [
+    "",
+    "2",
+    "localfs",
+    "registry",
+    "s3",
+    "oss",
+    "http-proxy",
+    "localdisk",
+    "blobcache",
+    "filecache",
+    "fscache",
+    "dummycache",
+    "direct",
+    "cached",
+    "http",
+    "https",
+    "/tmp",
+    "http://x",
+    "https://m/",
+    "dXNlcjpwYXNz",
+    "x:y",
+]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
     | st.sampled_from([0, 1, 2, 1024, 3600, 3601, 256 * MiB, 256 * MiB + 1, 2**64 - 1])
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12) | st.sampled_from(WORDS),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(WORDS[2:]) | st.text(max_size=6), inner, max_size=3),
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(WORDS),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(WORDS[2:]) | st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -799,7 +1009,10 @@ def test_random_values_at_config_paths_never_crash(data, v1):
     doc = json.loads(json.dumps(V1_BASE if v1 else V2_BASE))
     paths = V1_PATHS if v1 else V2_PATHS
     for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths) | st.tuples(st.sampled_from(paths), st.text(max_size=5)).map(lambda t: t[0] + (t[1],)))
+        path = data.draw(
+            st.sampled_from(paths)
+            | st.tuples(st.sampled_from(paths), st.text(max_size=5)).map(lambda t: t[0] + (t[1],))
+        )
         _put(doc, path, data.draw(json_values))
     try:
         out = nconfig.parse(doc)
@@ -822,13 +1035,34 @@ def test_random_text_documents_never_crash(text):
 
 # --------------------------------------------------------------------------- 6. metrics shapes
 
-BACKEND_U64 = ["read_count", "read_errors", "read_amount_total", "read_cumulative_latency_millis_total", "requests_total"]
+BACKEND_U64 = [
+    "read_count",
+    "read_errors",
+    "read_amount_total",
+    "read_cumulative_latency_millis_total",
+    "requests_total",
+]
 BACKEND_U64_8 = ["read_cumulative_latency_millis_dist", "read_count_block_size_dist"]
 CACHE_U64 = [
-    "partial_hits", "whole_hits", "total", "entries_count", "prefetch_data_amount", "prefetch_requests_count",
-    "prefetch_unmerged_chunks", "prefetch_cumulative_time_millis", "prefetch_workers", "prefetch_begin_time_secs",
-    "prefetch_begin_time_millis", "prefetch_end_time_secs", "prefetch_end_time_millis", "buffered_backend_size",
-    "chunk_hits", "chunk_misses", "fills", "amplified_chunks", "validate_failures",
+    "partial_hits",
+    "whole_hits",
+    "total",
+    "entries_count",
+    "prefetch_data_amount",
+    "prefetch_requests_count",
+    "prefetch_unmerged_chunks",
+    "prefetch_cumulative_time_millis",
+    "prefetch_workers",
+    "prefetch_begin_time_secs",
+    "prefetch_begin_time_millis",
+    "prefetch_end_time_secs",
+    "prefetch_end_time_millis",
+    "buffered_backend_size",
+    "chunk_hits",
+    "chunk_misses",
+    "fills",
+    "amplified_chunks",
+    "validate_failures",
 ]
 
 
@@ -878,7 +1112,9 @@ def test_metrics_shape_and_counts(tree, tmp_path):
     assert im.read("/c/exact", 0, 10) == data[:10]
     m1 = im.metrics()
     assert_metrics_shape(m1)
-    d = [x - y for x, y in zip(m1["backend"]["read_count_block_size_dist"], m0["backend"]["read_count_block_size_dist"])]
+    d = [
+        x - y for x, y in zip(m1["backend"]["read_count_block_size_dist"], m0["backend"]["read_count_block_size_dist"])
+    ]
     assert d == [0, 0, 0, 0, 1, 0, 0, 0]
     assert m1["backend"]["read_amount_total"] - m0["backend"]["read_amount_total"] >= SMALL_CHUNK
     # the rest of the file: chunk 0 is a hit, chunk 1 a miss -> a partial hit; then a whole hit

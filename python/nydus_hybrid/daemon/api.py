@@ -21,7 +21,7 @@ from nydus_hybrid.daemon.fuse_service import check_virtual_mountpoint
 # Large enough for any real request; a bigger body gets 413 before it is read.
 MAX_BODY = 1 << 20
 # aiohttp closes idle keep-alive connections after this; "never" is a very long time.
-NEVER = 10.0 ** 9
+NEVER = 10.0**9
 HEADERS = {"Server": "Nydus API"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,8 +34,12 @@ def ok(body=None, status: int = 200) -> web.Response:
 
 
 def error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=json.dumps({"code": "UNDEFINED", "message": message}),
-                        content_type="application/json", headers=HEADERS)
+    return web.Response(
+        status=status,
+        text=json.dumps({"code": "UNDEFINED", "message": message}),
+        content_type="application/json",
+        headers=HEADERS,
+    )
 
 
 def error_middleware(record: Callable[[str], None]):
@@ -46,8 +50,12 @@ def error_middleware(record: Callable[[str], None]):
     async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             # Spec §1.2: a GET with a body is a bad request, on every route.
-            if (request.method == "GET" and request.match_info.http_exception is None
-                    and request.body_exists and await request.read()):
+            if (
+                request.method == "GET"
+                and request.match_info.http_exception is None
+                and request.body_exists
+                and await request.read()
+            ):
                 raise BadRequest("BadRequest")
             return await handler(request)
         except DaemonError as e:
@@ -59,7 +67,7 @@ def error_middleware(record: Callable[[str], None]):
         except web.HTTPMethodNotAllowed:
             return error(400, "BadRequest")
         except web.HTTPRequestEntityTooLarge:
-            return error(413, f"PayloadTooLarge(\"request body above {MAX_BODY} bytes\")")
+            return error(413, f'PayloadTooLarge("request body above {MAX_BODY} bytes")')
         except web.HTTPException as e:
             return error(e.status, e.reason or "BadRequest")
         except Exception as e:  # an API bug must not take the daemon down
@@ -85,7 +93,7 @@ async def json_body(request: web.Request) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"ParseBody(Error({str(e)!r}))") from e
     if not isinstance(doc, dict):
-        raise BadRequest("ParseBody(Error(\"expected a JSON object\"))")
+        raise BadRequest('ParseBody(Error("expected a JSON object"))')
     return doc
 
 
@@ -93,10 +101,10 @@ def field(doc: dict, name: str, kind=str, required: bool = True):
     value = doc.get(name)
     if value is None:
         if required:
-            raise BadRequest(f"ParseBody(Error(\"missing field `{name}`\"))")
+            raise BadRequest(f'ParseBody(Error("missing field `{name}`"))')
         return None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise BadRequest(f"ParseBody(Error(\"invalid type for field `{name}`\"))")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadRequest(f'ParseBody(Error("invalid type for field `{name}`"))')
     return value
 
 
@@ -187,17 +195,17 @@ class Api:
         mountpoint = check_virtual_mountpoint(request.query.get("mountpoint"))
         doc = await json_body(request)
         if "fs_type" in doc and not isinstance(doc["fs_type"], str):
-            raise BadRequest("ParseBody(Error(\"invalid type for field `fs_type`\"))")
+            raise BadRequest('ParseBody(Error("invalid type for field `fs_type`"))')
         fs_type = field(doc, "fs_type", required=False) or ""
         source = field(doc, "source")
         config = field(doc, "config")
         prefetch = field(doc, "prefetch_files", list, required=False)
         if prefetch is not None and not all(isinstance(p, str) for p in prefetch):
-            raise BadRequest("ParseBody(Error(\"invalid type for field `prefetch_files`: expected strings\"))")
+            raise BadRequest('ParseBody(Error("invalid type for field `prefetch_files`: expected strings"))')
         if fs_type != "rafs":
             if fs_type in ("passthrough", "passthroughfs", "passthrough_fs"):
-                raise Unsupported(f"Mount(Unsupported(\"fs_type {fs_type}\"))")
-            raise DaemonError(f"Mount(InvalidArguments(\"fs_type {fs_type!r}\"))")
+                raise Unsupported(f'Mount(Unsupported("fs_type {fs_type}"))')
+            raise DaemonError(f'Mount(InvalidArguments("fs_type {fs_type!r}"))')
         return mountpoint, source, config, prefetch
 
     async def mount(self, request):
@@ -295,7 +303,8 @@ class ApiSite(web.UnixSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         self._server = await loop.create_unix_server(
-            lambda: JsonErrorHandler(server, loop=loop, keepalive_timeout=NEVER, access_log=None), self._path)
+            lambda: JsonErrorHandler(server, loop=loop, keepalive_timeout=NEVER, access_log=None), self._path
+        )
 
 
 async def serve(api: Api, sock_path: str) -> web.AppRunner:

@@ -31,13 +31,15 @@ def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nydusd", add_help=True, description="nydus-hybrid daemon, command-line compatible with nydusd")
     g = p.add_argument_group("global")
     g.add_argument("-A", "--apisock", help="HTTP API unix socket")
-    g.add_argument("-C", "--config", help="fuse: FS config (v1/v2); singleton: {\"blobs\": [...]}")
+    g.add_argument("-C", "--config", help='fuse: FS config (v1/v2); singleton: {"blobs": [...]}')
     g.add_argument("--id", help="daemon id (needs --supervisor)")
     g.add_argument("--supervisor", help="supervisor socket for failover and upgrade (needs --id)")
     g.add_argument("--upgrade", action="store_true", help="start in INIT and wait for a takeover")
     g.add_argument("-l", "--log-level", default="info", type=str.lower, choices=LOG_LEVELS)
     g.add_argument("-L", "--log-file", help="log to this file instead of stderr")
-    g.add_argument("--log-rotation-size", type=int, default=0, metavar="MB", help="rotate the log file at this size (0: off)")
+    g.add_argument(
+        "--log-rotation-size", type=int, default=0, metavar="MB", help="rotate the log file at this size (0: off)"
+    )
     g.add_argument("--rlimit-nofile", type=int, default=1000000)
     g.add_argument("-V", "--version", action="store_true")
     f = p.add_argument_group("fuse")
@@ -61,7 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _split_mode(argv: Sequence[str]) -> tuple:
     """Take the subcommand out of argv (it may come after global options)."""
-    takes_value = {a for act in make_parser()._actions for a in act.option_strings if act.nargs is None and not isinstance(act, (argparse._StoreTrueAction, argparse._HelpAction))}
+    takes_value = {
+        a
+        for act in make_parser()._actions
+        for a in act.option_strings
+        if act.nargs is None and not isinstance(act, (argparse._StoreTrueAction, argparse._HelpAction))
+    }
     rest: List[str] = []
     mode: Optional[str] = None
     skip = False
@@ -107,7 +114,11 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if not a.virtual_mountpoint.startswith("/") or ".." in a.virtual_mountpoint.split("/"):
             fail(f"--virtual-mountpoint {a.virtual_mountpoint!r} must be an absolute path without '..'")
     else:
-        for flag, value in (("--mountpoint", a.mountpoint), ("--bootstrap", a.bootstrap), ("--shared-dir", a.shared_dir)):
+        for flag, value in (
+            ("--mountpoint", a.mountpoint),
+            ("--bootstrap", a.bootstrap),
+            ("--shared-dir", a.shared_dir),
+        ):
             if value:
                 fail(f"{flag} is a fuse option, not valid with singleton")
         if a.fscache_tag and not a.fscache:

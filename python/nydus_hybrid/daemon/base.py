@@ -24,8 +24,15 @@ from nydus_hybrid.daemon.service import Service
 from nydus_hybrid.lifecycle import handover, supervisor
 from nydus_hybrid.lifecycle.errors import StateError
 
-LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-          "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "off": logging.CRITICAL + 10,
+}
 RUNTIME_KEYS = ("registry_auth", "proxy_url", "dragonfly_scheduler_endpoint")
 
 
@@ -49,8 +56,13 @@ class Events:
 
     def to_json(self) -> Dict[str, Any]:
         with self.lock:
-            return {"max_errors": self.MAX_ERRORS, "total_errors": self.total_errors, "max_size": self.MAX_SIZE,
-                    "total_size": sum(map(len, self.errors)), "errors": list(self.errors)}
+            return {
+                "max_errors": self.MAX_ERRORS,
+                "total_errors": self.total_errors,
+                "max_size": self.MAX_SIZE,
+                "total_size": sum(map(len, self.errors)),
+                "errors": list(self.errors),
+            }
 
 
 class RuntimeConfig:
@@ -63,10 +75,12 @@ class RuntimeConfig:
     def put(self, id_: str, doc: Dict[str, Any]) -> None:
         # nydusd parses the body as a string -> string map before it looks at the keys
         if not all(isinstance(v, str) for v in doc.values()):
-            raise BadRequest("ParseBody(Error(\"values must be strings\"))")
+            raise BadRequest('ParseBody(Error("values must be strings"))')
         bad = [k for k in doc if k not in RUNTIME_KEYS]
         if bad:
-            raise DaemonError(f"Configure(ResponsePayloadType) unknown key {bad[0]!r}; allowed: {', '.join(RUNTIME_KEYS)}")
+            raise DaemonError(
+                f"Configure(ResponsePayloadType) unknown key {bad[0]!r}; allowed: {', '.join(RUNTIME_KEYS)}"
+            )
         for key, value in doc.items():
             self.values[f"{id_}:{key}"] = value
             if key == "registry_auth":
@@ -82,7 +96,7 @@ class RuntimeConfig:
         if id_ is None:
             return dict(self.values)
         prefix = f"{id_}:"
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
 
 @contextmanager
@@ -224,7 +238,7 @@ class BaseDaemon:
     def set_log_level(self, level: str) -> None:
         name = level.lower()
         if name not in LEVELS:
-            raise DaemonError(f"Logger(\"unknown log level {level!r}\")")
+            raise DaemonError(f'Logger("unknown log level {level!r}")')
         logging.getLogger(log.LOGGER_NAME).setLevel(LEVELS[name])
         # not `level=`: that is log.event's own parameter (the record's level)
         log.event("log_level", log_level=name)

@@ -26,8 +26,8 @@ PREFETCH_REQUIRED = ("enable", "threads_count", "merging_size", "bandwidth_rate"
 
 def _field(doc: dict, name: str, kind, what: str = "BlobCacheEntry"):
     value = doc.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise BadRequest(f"ParseBody(Error(\"{what}: field `{name}` is missing or has the wrong type\"))")
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise BadRequest(f'ParseBody(Error("{what}: field `{name}` is missing or has the wrong type"))')
     return value
 
 
@@ -35,20 +35,30 @@ def legacy_to_v2(cfg: dict) -> dict:
     """The snapshotter's legacy ``config`` (spec §7.4) in the v2 form nydusd converts it to."""
     for name in LEGACY_REQUIRED:
         if name not in cfg:
-            raise BadRequest(f"ParseBody(Error(\"config: missing field `{name}`\"))")
+            raise BadRequest(f'ParseBody(Error("config: missing field `{name}`"))')
     backend_type, cache_type = _field(cfg, "backend_type", str, "config"), _field(cfg, "cache_type", str, "config")
     cache = {"type": cache_type, cache_type: _field(cfg, "cache_config", dict, "config")}
     prefetch = cfg.get("prefetch_config")
     if prefetch is not None:
         if not isinstance(prefetch, dict) or any(k not in prefetch for k in PREFETCH_REQUIRED):
-            raise BadRequest("ParseBody(Error(\"config.prefetch_config: enable, threads_count, merging_size and "
-                             "bandwidth_rate are all required\"))")
-        cache["prefetch"] = {"enable": bool(prefetch["enable"]), "threads": prefetch["threads_count"],
-                             "batch_size": prefetch["merging_size"], "bandwidth_limit": prefetch["bandwidth_rate"],
-                             "prefetch_all": True}
-    return {"version": 2, "id": cfg.get("id", ""), "metadata_path": cfg.get("metadata_path", ""),
-            "backend": {"type": backend_type, backend_type: _field(cfg, "backend_config", dict, "config")},
-            "cache": cache}
+            raise BadRequest(
+                'ParseBody(Error("config.prefetch_config: enable, threads_count, merging_size and '
+                'bandwidth_rate are all required"))'
+            )
+        cache["prefetch"] = {
+            "enable": bool(prefetch["enable"]),
+            "threads": prefetch["threads_count"],
+            "batch_size": prefetch["merging_size"],
+            "bandwidth_limit": prefetch["bandwidth_rate"],
+            "prefetch_all": True,
+        }
+    return {
+        "version": 2,
+        "id": cfg.get("id", ""),
+        "metadata_path": cfg.get("metadata_path", ""),
+        "backend": {"type": backend_type, backend_type: _field(cfg, "backend_config", dict, "config")},
+        "cache": cache,
+    }
 
 
 def check_entry(entry: dict) -> dict:
@@ -57,18 +67,18 @@ def check_entry(entry: dict) -> dict:
     id_ = _field(entry, "id", str)
     domain = entry.get("domain_id", "") or ""
     if not isinstance(domain, str):
-        raise BadRequest("ParseBody(Error(\"BlobCacheEntry: field `domain_id` must be a string\"))")
+        raise BadRequest('ParseBody(Error("BlobCacheEntry: field `domain_id` must be a string"))')
     if "config_v2" in entry:
         v2 = _field(entry, "config_v2", dict)
         if v2.get("version") != 2:
-            raise BadRequest("ParseBody(Error(\"config_v2: `version` must be 2\"))")
+            raise BadRequest('ParseBody(Error("config_v2: `version` must be 2"))')
     elif "config" in entry:
         v2 = legacy_to_v2(_field(entry, "config", dict))
     else:
-        raise BadRequest("ParseBody(Error(\"BlobCacheEntry: one of `config_v2` or `config` is required\"))")
+        raise BadRequest('ParseBody(Error("BlobCacheEntry: one of `config_v2` or `config` is required"))')
     for section in ("backend", "cache"):
         if not isinstance(v2.get(section), dict):
-            raise BadRequest(f"ParseBody(Error(\"config_v2: invalid `{section}` section\"))")
+            raise BadRequest(f'ParseBody(Error("config_v2: invalid `{section}` section"))')
     if kind != "bootstrap":
         raise DaemonError("Invalid argument (os error 22): only `bootstrap` entries can be added")
     if not id_ or "/" in id_ or "/" in domain:
@@ -120,7 +130,7 @@ class FscacheService:
 
     def _need(self) -> FscacheServer:
         if self.server is None:
-            raise Unsupported("Unsupported(\"the daemon was started without --fscache\")")
+            raise Unsupported('Unsupported("the daemon was started without --fscache")')
         return self.server
 
     def device_fd(self) -> Optional[int]:
@@ -207,7 +217,7 @@ class FscacheService:
     # --- the FUSE side of the API: not here ----------------------------------------------
 
     def _fuse_only(self, *_args, **_kwargs):
-        raise Unsupported("Unsupported(\"a singleton daemon serves fscache, not FUSE instances\")")
+        raise Unsupported('Unsupported("a singleton daemon serves fscache, not FUSE instances")')
 
     add = remount = remove = fs_metrics = files_metrics = access_pattern = backend_metrics = inflight = _fuse_only
 
@@ -222,13 +232,29 @@ class FscacheService:
         keys = [key for key, _ in self._need().entries("")]
         if id_ and not any(key == id_ or key.endswith("/" + id_) for key in keys):
             raise MetricsNotFound(f"no fscache entry {id_}")
-        zero = ("partial_hits", "whole_hits", "prefetch_data_amount", "prefetch_requests_count",
-                "prefetch_unmerged_chunks", "prefetch_cumulative_time_millis", "prefetch_workers",
-                "prefetch_begin_time_secs", "prefetch_begin_time_millis", "prefetch_end_time_secs",
-                "prefetch_end_time_millis", "buffered_backend_size")
+        zero = (
+            "partial_hits",
+            "whole_hits",
+            "prefetch_data_amount",
+            "prefetch_requests_count",
+            "prefetch_unmerged_chunks",
+            "prefetch_cumulative_time_millis",
+            "prefetch_workers",
+            "prefetch_begin_time_secs",
+            "prefetch_begin_time_millis",
+            "prefetch_end_time_secs",
+            "prefetch_end_time_millis",
+            "buffered_backend_size",
+        )
         out = {k: 0 for k in zero}
-        out.update(underlying_files=sorted(doc["data_blobs"]), store_path=self.dir or "", total=doc["reads"],
-                   entries_count=len(keys), data_all_ready=doc["data_all_ready"], fscache=doc)
+        out.update(
+            underlying_files=sorted(doc["data_blobs"]),
+            store_path=self.dir or "",
+            total=doc["reads"],
+            entries_count=len(keys),
+            data_all_ready=doc["data_all_ready"],
+            fscache=doc,
+        )
         return out
 
     # --- metrics --------------------------------------------------------------------------

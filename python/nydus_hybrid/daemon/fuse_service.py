@@ -44,7 +44,12 @@ class Instance:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + f".{nanos:09d} +00:00:00"
 
     def info(self) -> dict:
-        return {"backend_type": "Rafs", "mountpoint": self.mountpoint, "mounted_time": self.mounted_time(), "config": self.config}
+        return {
+            "backend_type": "Rafs",
+            "mountpoint": self.mountpoint,
+            "mounted_time": self.mounted_time(),
+            "config": self.config,
+        }
 
 
 def check_virtual_mountpoint(path: Optional[str]) -> str:
@@ -100,7 +105,7 @@ class FuseService:
 
     def _open(self, source: str, config_text: str, prefetch_files=None, mountpoint: Optional[str] = None) -> tuple:
         if not os.path.isfile(source):
-            raise DaemonError(f"Mount(MountFilesystem(Other(\"bootstrap {source} does not exist\")))")
+            raise DaemonError(f'Mount(MountFilesystem(Other("bootstrap {source} does not exist")))')
         try:
             cfg = nconfig.parse(config_text)
             image = Image.open(source, config=config_text, backend_id=mountpoint)
@@ -120,7 +125,9 @@ class FuseService:
         existing = [f for f in files if _exists(image, f)]
         if existing:
             p = cfg["rafs"]["prefetch"] if cfg["rafs"]["prefetch"]["enable"] else cfg["cache"]["prefetch"]
-            image.prefetch(existing, threads=max(1, p["threads"]), batch_size=p["batch_size"], bandwidth_limit=p["bandwidth_limit"])
+            image.prefetch(
+                existing, threads=max(1, p["threads"]), batch_size=p["batch_size"], bandwidth_limit=p["bandwidth_limit"]
+            )
 
     def add(self, mountpoint: str, source: str, config_text: str, prefetch_files=None) -> Instance:
         mountpoint = check_virtual_mountpoint(mountpoint)
@@ -130,13 +137,13 @@ class FuseService:
             if nested:
                 # An instance inside another would be dropped with it by the Vfs, and its
                 # record would outlive it: refused.
-                raise BadRequest(f"Mount(InvalidArguments(\"{mountpoint} would nest with instance {nested[0]}\"))")
+                raise BadRequest(f'Mount(InvalidArguments("{mountpoint} would nest with instance {nested[0]}"))')
             if old is not None:
                 # The snapshotter re-issues every mount after an upgrade (spec §4.6 B.6, quirk
                 # 10.2): the same instance again is a no-op; anything else is refused.
                 if old.source == source and old.config_text == config_text:
                     return old
-                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem already exists\")))")
+                raise DaemonError('Mount(MountFilesystem(Other("object or filesystem already exists")))')
             cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
             index = self._attach(mountpoint, image, cfg)
             inst = Instance(mountpoint, source, config_text, cfg, image, index, prefetch_files)
@@ -161,7 +168,7 @@ class FuseService:
         mountpoint = check_virtual_mountpoint(mountpoint)
         with self._lock:
             if mountpoint not in self.instances:
-                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
+                raise DaemonError('Mount(MountFilesystem(Other("object or filesystem doesn\'t exist")))')
             self.need_mount().detach(mountpoint)
             del self.instances[mountpoint]
 
@@ -170,7 +177,7 @@ class FuseService:
         mountpoint = check_virtual_mountpoint(mountpoint)
         with self._lock:
             if mountpoint not in self.instances:
-                raise DaemonError("Mount(MountFilesystem(Other(\"object or filesystem doesn't exist\")))")
+                raise DaemonError('Mount(MountFilesystem(Other("object or filesystem doesn\'t exist")))')
             cfg, image = self._open(source, config_text, mountpoint=mountpoint)
             self.need_mount().detach(mountpoint)
             index = self._attach(mountpoint, image, cfg)
@@ -222,8 +229,16 @@ class FuseService:
     def saved_mounts(self) -> list:
         """What a successor needs to rebuild every instance (for the upgrade state)."""
         with self._lock:
-            return [{"mountpoint": i.mountpoint, "source": i.source, "config": i.config_text, "index": i.index,
-                     "prefetch_files": i.prefetch_files} for i in self.instances.values()]
+            return [
+                {
+                    "mountpoint": i.mountpoint,
+                    "source": i.source,
+                    "config": i.config_text,
+                    "index": i.index,
+                    "prefetch_files": i.prefetch_files,
+                }
+                for i in self.instances.values()
+            ]
 
     def saved_caches(self) -> list:
         """Where each instance's blob cache lives (it persists on disk; the successor reopens
@@ -256,5 +271,10 @@ CACHE_OPTS = {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
 
 def config_from_localfs_dir(blob_dir: str) -> str:
     """nydusd's `--localfs-dir`: a localfs backend plus a blob cache beside it."""
-    return json.dumps({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": blob_dir}},
-                       "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(blob_dir, "cache")}}})
+    return json.dumps(
+        {
+            "version": 2,
+            "backend": {"type": "localfs", "localfs": {"dir": blob_dir}},
+            "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(blob_dir, "cache")}},
+        }
+    )

@@ -90,9 +90,14 @@ class FuseDaemon(BaseDaemon):
     def state_doc(self) -> Dict[str, Any]:
         m = self.service.need_mount()
         return {
-            "daemon": {"id": self.a.id, "mountpoint": self.service.mountpoint, "threads": self.service.threads,
-                       "failover_policy": self.a.failover_policy, "writer_version": version.__version__,
-                       "writer_pid": os.getpid()},
+            "daemon": {
+                "id": self.a.id,
+                "mountpoint": self.service.mountpoint,
+                "threads": self.service.threads,
+                "failover_policy": self.a.failover_policy,
+                "writer_version": version.__version__,
+                "writer_pid": os.getpid(),
+            },
             "fuse": {"vfs_state": base64.b64encode(m.save_state()).decode(), "conn_id": self.conn_id},
             "mounts": self.service.saved_mounts(),
             "runtime_config": dict(self.runtime_config.values),
@@ -116,10 +121,12 @@ class FuseDaemon(BaseDaemon):
         with restoring(fd):
             doc = handover.decode(data)
             if doc["daemon"].get("mode") == "singleton":
-                raise StateError("Upgrade(Restore(\"the state is a singleton daemon's, this is a fuse daemon\"))")
+                raise StateError('Upgrade(Restore("the state is a singleton daemon\'s, this is a fuse daemon"))')
             if doc["daemon"]["mountpoint"] != self.service.mountpoint:
-                raise StateError(f"Upgrade(Restore(\"the state is for {doc['daemon']['mountpoint']}, "
-                                 f"this daemon serves {self.service.mountpoint}\"))")
+                raise StateError(
+                    f'Upgrade(Restore("the state is for {doc["daemon"]["mountpoint"]}, '
+                    f'this daemon serves {self.service.mountpoint}"))'
+                )
             self.service.resume_fuse(fd, handover.vfs_state(doc))
             try:
                 for m in sorted(doc["mounts"], key=lambda m: m["index"]):
@@ -130,8 +137,13 @@ class FuseDaemon(BaseDaemon):
                 raise
             self.conn_id = doc["fuse"]["conn_id"]
             drained = handover.apply_failover_policy(self.a.failover_policy, fd, self.conn_id)
-        log.event("takeover", mounts=len(doc["mounts"]), policy=drained,
-                  from_pid=doc["daemon"].get("writer_pid"), ms=round((time.monotonic() - started) * 1000, 1))
+        log.event(
+            "takeover",
+            mounts=len(doc["mounts"]),
+            policy=drained,
+            from_pid=doc["daemon"].get("writer_pid"),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
     # --- API actions ----------------------------------------------------------------------
 
@@ -139,13 +151,13 @@ class FuseDaemon(BaseDaemon):
         mountpoint = check_virtual_mountpoint(mountpoint)
         inst = self.service.instances.get(mountpoint)
         if inst is None:
-            raise DaemonError(f"Rafs(NotFound(\"no RAFS instance at {mountpoint}\"))")
+            raise DaemonError(f'Rafs(NotFound("no RAFS instance at {mountpoint}"))')
         return super_meta(inst.image.inspect(), CACHE_OPTS)
 
     # /api/v2/blobs serves fscache daemons: a fuse daemon refuses, and culls nothing.
 
     def _blob_api(self) -> Unsupported:
-        return Unsupported("Unsupported(\"the blob API serves fscache daemons (singleton); this is a fuse daemon\")")
+        return Unsupported('Unsupported("the blob API serves fscache daemons (singleton); this is a fuse daemon")')
 
     def blob_add(self, doc: Dict[str, Any]) -> None:
         raise self._blob_api()
@@ -166,8 +178,23 @@ class FuseDaemon(BaseDaemon):
     def prometheus(self) -> str:
         """The counters of every instance in Prometheus' text format."""
         out = []
-        fops = ["getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr", "opendir",
-                "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget"]
+        fops = [
+            "getattr",
+            "readlink",
+            "open",
+            "release",
+            "read",
+            "statfs",
+            "getxattr",
+            "listxattr",
+            "opendir",
+            "lookup",
+            "readdir",
+            "readdirplus",
+            "access",
+            "forget",
+            "batch_forget",
+        ]
         out.append("# TYPE nydus_fop_hits_total counter")
         for mp in list(self.service.instances):
             try:
@@ -215,7 +242,9 @@ def _usable_mountpoint(path: str) -> bool:
 def run(a: argparse.Namespace) -> int:
     """``nydusd fuse``: mount and serve (or wait for a takeover), then the API until stopped."""
     if a.shared_dir:
-        print("nydusd: error: --shared-dir (passthrough) is not supported: nydus-hybrid serves RAFS only", file=sys.stderr)
+        print(
+            "nydusd: error: --shared-dir (passthrough) is not supported: nydus-hybrid serves RAFS only", file=sys.stderr
+        )
         return 1
     if not _usable_mountpoint(a.mountpoint):
         print(f"nydusd: error: mountpoint {a.mountpoint} is not a directory", file=sys.stderr)

@@ -17,9 +17,15 @@ from nydus_hybrid.daemon import fusedev, singleton
 def version_text() -> str:
     """nydusd's ``--version`` lines."""
     info = version.build_info()
-    return "\n".join([f"Version:\t{info['package_ver']}", f"Git Commit:\t{info['git_commit']}",
-                      f"Build Time:\t{info['build_time']}", f"Profile:\t{info['profile']}",
-                      f"Rustc:\t{info['rustc']}"])
+    return "\n".join(
+        [
+            f"Version:\t{info['package_ver']}",
+            f"Git Commit:\t{info['git_commit']}",
+            f"Build Time:\t{info['build_time']}",
+            f"Profile:\t{info['profile']}",
+            f"Rustc:\t{info['rustc']}",
+        ]
+    )
 
 
 def _raise_nofile(want: int) -> None:
@@ -38,11 +44,15 @@ def setup_logging(a: argparse.Namespace) -> None:
     handler: Optional[logging.Handler] = None
     if a.log_file:
         if a.log_rotation_size > 0:
-            handler = logging.handlers.RotatingFileHandler(a.log_file, maxBytes=a.log_rotation_size << 20, backupCount=5)
+            handler = logging.handlers.RotatingFileHandler(
+                a.log_file, maxBytes=a.log_rotation_size << 20, backupCount=5
+            )
         else:
             handler = logging.FileHandler(a.log_file)
-    log.setup("debug" if a.log_level == "trace" else {"warn": "warning", "off": "error"}.get(a.log_level, a.log_level),
-              handler=handler)
+    log.setup(
+        "debug" if a.log_level == "trace" else {"warn": "warning", "off": "error"}.get(a.log_level, a.log_level),
+        handler=handler,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -41,7 +41,7 @@ def config_entries(path) -> List[dict]:
         raise DaemonError(f"--config {path}: {e}") from e
     blobs = doc.get("blobs", []) if isinstance(doc, dict) else None
     if not isinstance(blobs, list):
-        raise DaemonError(f"{path}: expected {{\"blobs\": [...]}}")
+        raise DaemonError(f'{path}: expected {{"blobs": [...]}}')
     return [b for b in blobs if isinstance(b, dict) and "config_v2" in b]
 
 
@@ -79,8 +79,13 @@ class SingletonDaemon(BaseDaemon):
 
     def state_doc(self) -> dict:
         return {
-            "daemon": {"id": self.a.id, "mode": "singleton", "threads": self.service.threads,
-                       "fscache_dir": self.service.dir, "writer_pid": os.getpid()},
+            "daemon": {
+                "id": self.a.id,
+                "mode": "singleton",
+                "threads": self.service.threads,
+                "fscache_dir": self.service.dir,
+                "writer_pid": os.getpid(),
+            },
             "fscache": {"blob_entries": self.service.saved_entries()},
             "runtime_config": dict(self.runtime_config.values),
         }
@@ -100,12 +105,17 @@ class SingletonDaemon(BaseDaemon):
         with restoring(fd):
             doc = handover.decode(data)
             if doc["daemon"].get("mode") != "singleton":
-                raise StateError("Upgrade(Restore(\"the state is a fuse daemon's, this is a singleton\"))")
+                raise StateError('Upgrade(Restore("the state is a fuse daemon\'s, this is a singleton"))')
             self.service.threads = doc["daemon"]["threads"]
             self.service.restore(fd, doc["fscache"]["blob_entries"])
             self.runtime_config.restore(doc["runtime_config"])
-        log.event("takeover", mode="singleton", entries=len(doc["fscache"]["blob_entries"]),
-                  from_pid=doc["daemon"].get("writer_pid"), ms=round((time.monotonic() - started) * 1000, 1))
+        log.event(
+            "takeover",
+            mode="singleton",
+            entries=len(doc["fscache"]["blob_entries"]),
+            from_pid=doc["daemon"].get("writer_pid"),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
     # --- API actions ----------------------------------------------------------------------
 
@@ -129,7 +139,7 @@ class SingletonDaemon(BaseDaemon):
         self.service.cull(blob_id)
 
     def backend_meta(self, mountpoint):
-        raise Unsupported("Unsupported(\"a singleton daemon has no RAFS mountpoints\")")
+        raise Unsupported('Unsupported("a singleton daemon has no RAFS mountpoints")')
 
     def prometheus(self) -> str:
         m = self.service.metrics() if self.service.server is not None else {}

@@ -41,7 +41,7 @@ class StateMachine:
         with self._lock:
             target = TRANSITIONS.get(event, {}).get(self._state)
             if target is None:
-                raise UnexpectedEvent(f"UnexpectedEvent(\"{event}\") in state {self._state}")
+                raise UnexpectedEvent(f'UnexpectedEvent("{event}") in state {self._state}')
             if action is not None:
                 action()
             before, self._state = self._state, target

@@ -16,7 +16,7 @@ from nydus_hybrid.lifecycle.errors import UpgradeError
 from nydus_hybrid.lifecycle.successor import START_TIMEOUT, TAKEOVER_TIMEOUT, Replacement, with_apisock
 from nydus_hybrid.lifecycle.supervisor import Supervisor
 
-__all__ = ["Standby", "spawn_standby", "failover_to_standby", "failover"]
+__all__ = ["Standby", "failover", "failover_to_standby", "spawn_standby"]
 
 
 @dataclass
@@ -66,8 +66,14 @@ def failover_to_standby(standby: Standby, sup: Supervisor) -> Replacement:
     finally:
         new.close()
     total = (time.monotonic() - started) * 1000
-    log.event("failover", new_pid=standby.process.pid, apisock=standby.apisock, standby=True,
-              takeover_ms=round(takeover_ms, 1), total_ms=round(total, 1))
+    log.event(
+        "failover",
+        new_pid=standby.process.pid,
+        apisock=standby.apisock,
+        standby=True,
+        takeover_ms=round(takeover_ms, 1),
+        total_ms=round(total, 1),
+    )
     return Replacement(standby.apisock, standby.process, takeover_ms, total)
 
 
@@ -83,7 +89,7 @@ def failover(argv: Sequence[str], apisock: str, sup: Supervisor, log_path: Optio
     finally:
         new.close()
     total = (time.monotonic() - started) * 1000
-    log.event("failover", new_pid=proc.pid, apisock=apisock, takeover_ms=round(takeover_ms, 1), total_ms=round(total, 1))
+    log.event(
+        "failover", new_pid=proc.pid, apisock=apisock, takeover_ms=round(takeover_ms, 1), total_ms=round(total, 1)
+    )
     return Replacement(apisock, proc, takeover_ms, total)
-
-

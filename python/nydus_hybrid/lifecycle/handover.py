@@ -44,26 +44,28 @@ def encode(doc: dict) -> bytes:
 
 def decode(data: bytes) -> dict:
     if len(data) < _HEADER.size:
-        raise StateError(f"Upgrade(Restore(\"state truncated: {len(data)} bytes, shorter than its header\"))")
+        raise StateError(f'Upgrade(Restore("state truncated: {len(data)} bytes, shorter than its header"))')
     magic, version, length = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise StateError("Upgrade(Restore(\"not a nydus-hybrid daemon state (bad magic)\"))")
+        raise StateError('Upgrade(Restore("not a nydus-hybrid daemon state (bad magic)"))')
     if version > STATE_VERSION:
-        raise StateError(f"Upgrade(Restore(\"state format version {version} is newer than this daemon's "
-                         f"({STATE_VERSION}); take it over with a newer daemon\"))")
+        raise StateError(
+            f"Upgrade(Restore(\"state format version {version} is newer than this daemon's "
+            f'({STATE_VERSION}); take it over with a newer daemon"))'
+        )
     if version < 1:
-        raise StateError(f"Upgrade(Restore(\"state format version {version} is not valid\"))")
+        raise StateError(f'Upgrade(Restore("state format version {version} is not valid"))')
     end = _HEADER.size + length
     if len(data) != end + _DIGEST:
-        raise StateError(f"Upgrade(Restore(\"state truncated or padded: {len(data)} bytes, expected {end + _DIGEST}\"))")
-    payload = data[_HEADER.size:end]
+        raise StateError(f'Upgrade(Restore("state truncated or padded: {len(data)} bytes, expected {end + _DIGEST}"))')
+    payload = data[_HEADER.size : end]
     if hashlib.sha256(payload).digest() != data[end:]:
-        raise StateError("Upgrade(Restore(\"state corrupt: checksum mismatch\"))")
+        raise StateError('Upgrade(Restore("state corrupt: checksum mismatch"))')
     try:
         doc = json.loads(payload)
         _check(doc)
     except (ValueError, KeyError, TypeError) as e:
-        raise StateError(f"Upgrade(Restore(\"state corrupt: {e}\"))") from e
+        raise StateError(f'Upgrade(Restore("state corrupt: {e}"))') from e
     return doc
 
 
@@ -73,14 +75,23 @@ def _check(doc: dict) -> None:
     if d.get("mode") == "singleton":
         _check_singleton(doc)
         return
-    if not isinstance(d["mountpoint"], str) or not isinstance(d["threads"], int) or d["failover_policy"] not in POLICIES:
+    if (
+        not isinstance(d["mountpoint"], str)
+        or not isinstance(d["threads"], int)
+        or d["failover_policy"] not in POLICIES
+    ):
         raise ValueError("daemon section malformed")
     base64.b64decode(doc["fuse"]["vfs_state"], validate=True)
     if not isinstance(doc["fuse"]["conn_id"], (int, type(None))):
         raise ValueError("fuse.conn_id must be an integer")
     for m in doc["mounts"]:
-        if not (isinstance(m["mountpoint"], str) and isinstance(m["source"], str) and isinstance(m["config"], str)
-                and isinstance(m["index"], int) and 0 <= m["index"] < 256):
+        if not (
+            isinstance(m["mountpoint"], str)
+            and isinstance(m["source"], str)
+            and isinstance(m["config"], str)
+            and isinstance(m["index"], int)
+            and 0 <= m["index"] < 256
+        ):
             raise ValueError(f"mount entry malformed: {sorted(m)}")
     if not isinstance(doc["runtime_config"], dict):
         raise ValueError("runtime_config must be an object")
@@ -89,11 +100,19 @@ def _check(doc: dict) -> None:
 def _check_singleton(doc: dict) -> None:
     """A singleton's state: threads, the fscache dir, and the blob entries to re-add."""
     d = doc["daemon"]
-    if not isinstance(d["threads"], int) or not 1 <= d["threads"] <= 1024 or not isinstance(d["fscache_dir"], (str, type(None))):
+    if (
+        not isinstance(d["threads"], int)
+        or not 1 <= d["threads"] <= 1024
+        or not isinstance(d["fscache_dir"], (str, type(None)))
+    ):
         raise ValueError("daemon section malformed")
     for e in doc["fscache"]["blob_entries"]:
-        if not (isinstance(e, dict) and isinstance(e.get("id"), str) and isinstance(e.get("domain_id"), str)
-                and isinstance(e.get("config_v2"), dict)):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("id"), str)
+            and isinstance(e.get("domain_id"), str)
+            and isinstance(e.get("config_v2"), dict)
+        ):
             raise ValueError("fscache blob entry malformed")
     if not isinstance(doc["runtime_config"], dict):
         raise ValueError("runtime_config must be an object")
@@ -117,13 +136,21 @@ def apply_failover_policy(policy: str, fuse_fd: int, conn_id: Optional[int]) -> 
             fallback = _write_conn_knob(conn_id, "resend")
             if fallback:
                 return fallback
-            log.event("failover_policy_failed", level=logging.WARNING, policy=policy,
-                      error=f"FUSE_NOTIFY_RESEND: {errno.errorcode.get(e.errno, e.errno)} (kernel before 6.9?)")
+            log.event(
+                "failover_policy_failed",
+                level=logging.WARNING,
+                policy=policy,
+                error=f"FUSE_NOTIFY_RESEND: {errno.errorcode.get(e.errno, e.errno)} (kernel before 6.9?)",
+            )
             return "resend: unsupported"
     done = _write_conn_knob(conn_id, "flush")
     if not done:
-        log.event("failover_policy_failed", level=logging.WARNING, policy=policy,
-                  error="no connections/<id>/flush control file (a vendor-kernel feature)")
+        log.event(
+            "failover_policy_failed",
+            level=logging.WARNING,
+            policy=policy,
+            error="no connections/<id>/flush control file (a vendor-kernel feature)",
+        )
     return done or "flush: unsupported"
 
 

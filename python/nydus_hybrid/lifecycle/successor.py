@@ -138,5 +138,3 @@ def wait_gone(pid: int, timeout: float) -> None:
             pass
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)  # it stopped serving already (exit answered); don't leave it behind
-
-

@@ -144,7 +144,7 @@ class Supervisor:
         self._closed = False
         self._pushers: set = set()  # pids that have sent us a state
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         if os.path.lexists(self.path):
             os.unlink(self.path)
@@ -154,11 +154,13 @@ class Supervisor:
         s.listen(8)
         s.settimeout(0.2)  # to notice close()
         self._sock = s
-        self._thread = threading.Thread(target=self._serve, name=f"supervisor:{os.path.basename(self.path)}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"supervisor:{os.path.basename(self.path)}", daemon=True
+        )
         self._thread.start()
         return self
 
-    def __enter__(self) -> "Supervisor":
+    def __enter__(self) -> Supervisor:
         return self.start() if self._sock is None else self
 
     def __exit__(self, *exc) -> None:
@@ -177,7 +179,10 @@ class Supervisor:
     def wait_for_state(self, after: int, timeout: float = EXCHANGE_TIMEOUT) -> bool:
         """Wait until a state newer than generation ``after`` has arrived."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._generation > after or self._closed, timeout) and self._generation > after
+            return (
+                self._cond.wait_for(lambda: self._generation > after or self._closed, timeout)
+                and self._generation > after
+            )
 
     def arm_restore(self) -> threading.Event:
         """Serve the kept state to the next connection (one only); the event is set once it
@@ -239,8 +244,12 @@ class Supervisor:
             _send(conn, *state)
             conn.shutdown(socket.SHUT_WR)
             armed.set()
-            log.event("supervisor_state_served", path=self.path, bytes=len(state[0]),
-                      ms=round((time.monotonic() - started) * 1000, 2))
+            log.event(
+                "supervisor_state_served",
+                path=self.path,
+                bytes=len(state[0]),
+                ms=round((time.monotonic() - started) * 1000, 2),
+            )
             return
         pid = peer_pid(conn)
         data, fd = _receive(conn, RECV_CHUNK)

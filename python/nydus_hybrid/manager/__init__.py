@@ -11,4 +11,4 @@ connection), ``manager`` (modes, mounts, recover policies, recovery after a rest
 from nydus_hybrid.manager.errors import DaemonStartError, ManagerError, StoreError
 from nydus_hybrid.manager.manager import Manager
 
-__all__ = ["Manager", "ManagerError", "StoreError", "DaemonStartError"]
+__all__ = ["DaemonStartError", "Manager", "ManagerError", "StoreError"]

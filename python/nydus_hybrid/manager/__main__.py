@@ -21,22 +21,36 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="/var/lib/nydus-hybrid", help="state directory (nydus.db, sockets, mounts)")
     p.add_argument("--daemon-mode", choices=MODES, default="shared")
     p.add_argument("--recover-policy", choices=POLICIES, default="failover")
-    p.add_argument("--fs-driver", choices=FS_DRIVERS, default="fusedev",
-                   help="fscache: one singleton daemon, EROFS mounts over /dev/cachefiles (or the simulator "
-                        "named by NYDUS_HYBRID_CACHEFILES=sim:<socket>)")
+    p.add_argument(
+        "--fs-driver",
+        choices=FS_DRIVERS,
+        default="fusedev",
+        help="fscache: one singleton daemon, EROFS mounts over /dev/cachefiles (or the simulator "
+        "named by NYDUS_HYBRID_CACHEFILES=sim:<socket>)",
+    )
     p.add_argument("--fscache-domain", default="", help="a shared fscache domain id (default: one per instance)")
-    p.add_argument("--failover-standby", action="store_true",
-                   help="keep a successor of each daemon waiting in INIT, so a failover is a takeover, not a start-up")
+    p.add_argument(
+        "--failover-standby",
+        action="store_true",
+        help="keep a successor of each daemon waiting in INIT, so a failover is a takeover, not a start-up",
+    )
     p.add_argument("--nydusd", help="the daemon command (default: this Python's nydus_hybrid.daemon)")
     p.add_argument("--thread-num", type=int, default=4)
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     log.setup(a.log_level)
     try:
-        m = Manager(a.root, daemon_mode=a.daemon_mode, recover_policy=a.recover_policy,
-                    nydusd=shlex.split(a.nydusd) if a.nydusd else default_nydusd(), thread_num=a.thread_num,
-                    log_level=a.log_level, fs_driver=a.fs_driver, fscache_domain=a.fscache_domain,
-                    standby=a.failover_standby)
+        m = Manager(
+            a.root,
+            daemon_mode=a.daemon_mode,
+            recover_policy=a.recover_policy,
+            nydusd=shlex.split(a.nydusd) if a.nydusd else default_nydusd(),
+            thread_num=a.thread_num,
+            log_level=a.log_level,
+            fs_driver=a.fs_driver,
+            fscache_domain=a.fscache_domain,
+            standby=a.failover_standby,
+        )
         m.recover()
         if m.daemon_mode == "shared":
             m.shared_daemon()

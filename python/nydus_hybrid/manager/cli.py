@@ -50,9 +50,21 @@ def daemons_list(root: str, as_json: bool) -> str:
         out.append(dict(d, state=_live(d["api_socket"])["state"], instances=n))
     if as_json:
         return json.dumps(out, indent=2)
-    return table([(d["id"], d["daemon_mode"], d["pid"], d["state"], d["instances"], d.get("fs_driver", "fusedev"),
-                    d["mountpoint"] or "-") for d in out],
-                 ("ID", "MODE", "PID", "STATE", "INSTANCES", "DRIVER", "MOUNTPOINT"))
+    return table(
+        [
+            (
+                d["id"],
+                d["daemon_mode"],
+                d["pid"],
+                d["state"],
+                d["instances"],
+                d.get("fs_driver", "fusedev"),
+                d["mountpoint"] or "-",
+            )
+            for d in out
+        ],
+        ("ID", "MODE", "PID", "STATE", "INSTANCES", "DRIVER", "MOUNTPOINT"),
+    )
 
 
 def daemons_show(root: str, daemon_id: str, as_json: bool) -> str:
@@ -78,8 +90,13 @@ def daemons_show(root: str, daemon_id: str, as_json: bool) -> str:
 
 
 def instances_table(instances: List[dict]) -> str:
-    return table([(i["seq"], i["snapshot_id"], i["daemon_id"], i["state"], i["mountpoint"], i.get("image_id", ""))
-                  for i in instances], ("SEQ", "KEY", "DAEMON", "STATE", "MOUNTPOINT", "IMAGE"))
+    return table(
+        [
+            (i["seq"], i["snapshot_id"], i["daemon_id"], i["state"], i["mountpoint"], i.get("image_id", ""))
+            for i in instances
+        ],
+        ("SEQ", "KEY", "DAEMON", "STATE", "MOUNTPOINT", "IMAGE"),
+    )
 
 
 def instances_list(root: str, as_json: bool) -> str:

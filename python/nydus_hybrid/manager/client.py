@@ -38,8 +38,7 @@ def _q(value: str) -> str:
 
 
 class NydusdClient:
-    def __init__(self, api_socket: str, alive: Optional[Callable[[], bool]] = None,
-                 timeout: float = REQUEST_TIMEOUT_S):
+    def __init__(self, api_socket: str, alive: Optional[Callable[[], bool]] = None, timeout: float = REQUEST_TIMEOUT_S):
         self.api_socket, self.timeout = api_socket, timeout
         self._alive = alive or (lambda: True)
         self._conn: Optional[DaemonClient] = None
@@ -116,7 +115,7 @@ class NydusdClient:
         self.request("DELETE", f"/api/v1/mount?mountpoint={_q(mountpoint)}")
 
     def mountpoints(self) -> List[str]:
-        return list((self.get_daemon_info().get("backend_collection") or {}))
+        return list(self.get_daemon_info().get("backend_collection") or {})
 
     # --- fscache blobs --------------------------------------------------------------------
 

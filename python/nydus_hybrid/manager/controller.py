@@ -61,8 +61,9 @@ class Controller:
         doc = await request.json()
         if not isinstance(doc, dict):
             raise ValueError("the body must be a JSON object")
-        rec = await self._run(self.m.mount, str(doc["snapshot_id"]), str(doc.get("image_id", "")), str(doc["bootstrap"]),
-                              doc["config"])
+        rec = await self._run(
+            self.m.mount, str(doc["snapshot_id"]), str(doc.get("image_id", "")), str(doc["bootstrap"]), doc["config"]
+        )
         return _json(rec)
 
     async def umount(self, request):

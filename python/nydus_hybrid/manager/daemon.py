@@ -46,7 +46,7 @@ class DaemonRecord:
     standby_socket: str = ""
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "DaemonRecord":
+    def from_dict(cls, d: Dict[str, Any]) -> DaemonRecord:
         known = set(cls.__dataclass_fields__)
         fields = {k: v for k, v in d.items() if k in known}
         # Records written before driver_options kept the fscache fields at the top level.
@@ -105,21 +105,28 @@ class Daemon:
     def check_paths(self) -> None:
         for what, path in (("API socket", self.record.api_socket), ("supervisor socket", self.record.supervisor_path)):
             if len(os.fsencode(path)) > SUN_PATH_MAX:
-                raise DaemonStartError(f"daemon {self.id}: {what} path is too long ({len(os.fsencode(path))} bytes, "
-                                       f"the limit is {SUN_PATH_MAX}): {path}")
+                raise DaemonStartError(
+                    f"daemon {self.id}: {what} path is too long ({len(os.fsencode(path))} bytes, "
+                    f"the limit is {SUN_PATH_MAX}): {path}"
+                )
 
     # --- process --------------------------------------------------------------------------
 
     def spawn(self, upgrade_flag: bool = False) -> int:
         """Start the process (its own session: it outlives the manager); returns its pid."""
         self.check_paths()
-        for d in (self.record.log_dir, self.record.config_dir, os.path.dirname(self.record.api_socket),
-                  self.record.mountpoint, *self.driver.daemon_dirs(self.record)):
+        for d in (
+            self.record.log_dir,
+            self.record.config_dir,
+            os.path.dirname(self.record.api_socket),
+            self.record.mountpoint,
+            *self.driver.daemon_dirs(self.record),
+        ):
             if d:
                 os.makedirs(d, exist_ok=True)
         argv = self.argv(upgrade_flag)
         exe = argv[0]
-        if os.sep in exe and not os.access(exe, os.X_OK) or os.sep not in exe and not _which(exe):
+        if (os.sep in exe and not os.access(exe, os.X_OK)) or (os.sep not in exe and not _which(exe)):
             raise DaemonStartError(f"daemon {self.id}: cannot run {exe!r}: no such executable")
         err = open(os.path.join(self.record.log_dir, "stderr.log"), "ab")
         try:
@@ -284,9 +291,13 @@ class Daemon:
         new_sock = upgrade.next_apisock(self.record.api_socket)
         new = DaemonRecord.from_dict(dict(self.record.to_dict(), api_socket=new_sock))
         self.check_paths()
-        r = upgrade.hot_upgrade(self.record.api_socket, self.supervisor, nydusd_argv(self.nydusd, new, self.driver, True),
-                                new_sock,
-                                log_path=os.path.join(self.record.log_dir, "stderr.log"))
+        r = upgrade.hot_upgrade(
+            self.record.api_socket,
+            self.supervisor,
+            nydusd_argv(self.nydusd, new, self.driver, True),
+            new_sock,
+            log_path=os.path.join(self.record.log_dir, "stderr.log"),
+        )
         self.record.api_socket = new_sock
         self.record.pid = r.process.pid
         self.proc = r.process

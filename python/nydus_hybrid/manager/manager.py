@@ -62,10 +62,20 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 class Manager:
-    def __init__(self, root: str, *, daemon_mode: str = "shared", recover_policy: str = "failover",
-                 nydusd: Optional[List[str]] = None, thread_num: int = 4, log_level: str = "info",
-                 failover_policy: str = "resend", fs_driver: str = "fusedev", fscache_domain: str = "",
-                 standby: bool = False):
+    def __init__(
+        self,
+        root: str,
+        *,
+        daemon_mode: str = "shared",
+        recover_policy: str = "failover",
+        nydusd: Optional[List[str]] = None,
+        thread_num: int = 4,
+        log_level: str = "info",
+        failover_policy: str = "resend",
+        fs_driver: str = "fusedev",
+        fscache_domain: str = "",
+        standby: bool = False,
+    ):
         self.root = os.path.abspath(root)
         self.driver = drivers.get(fs_driver, self.root, {"domain": fscache_domain} if fscache_domain else None)
         if self.driver.shared_only:
@@ -95,12 +105,23 @@ class Manager:
         config_dir = os.path.join(self.root, "config", did)
         fuse_mountpoint, options = self.driver.record_fields(mountpoint)
         return DaemonRecord(
-            id=did, daemon_mode=mode, fs_driver=self.driver.name, mountpoint=fuse_mountpoint,
-            driver_options=options, config_dir=config_dir,
-            api_socket=os.path.join(self.root, "socket", did, "api.sock"), log_dir=os.path.join(self.root, "logs", did),
-            log_level=self.log_level, thread_num=self.thread_num, failover_policy=self.failover_policy,
-            supervisor_path=os.path.join(self.root, "supervisor", f"{did}.sock") if self.recover_policy == "failover" else "",
-            bootstrap=bootstrap, config_path=os.path.join(config_dir, "config.json") if bootstrap else "")
+            id=did,
+            daemon_mode=mode,
+            fs_driver=self.driver.name,
+            mountpoint=fuse_mountpoint,
+            driver_options=options,
+            config_dir=config_dir,
+            api_socket=os.path.join(self.root, "socket", did, "api.sock"),
+            log_dir=os.path.join(self.root, "logs", did),
+            log_level=self.log_level,
+            thread_num=self.thread_num,
+            failover_policy=self.failover_policy,
+            supervisor_path=os.path.join(self.root, "supervisor", f"{did}.sock")
+            if self.recover_policy == "failover"
+            else "",
+            bootstrap=bootstrap,
+            config_path=os.path.join(config_dir, "config.json") if bootstrap else "",
+        )
 
     def _register(self, record: DaemonRecord) -> Daemon:
         """A new daemon: its socket paths checked first (a refusal writes nothing), then its
@@ -161,7 +182,11 @@ class Manager:
         line, so a reused pid is never killed)."""
         if d.standby is not None:
             d.standby.stop()
-        elif d.record.standby_pid and d.record.standby_socket and _runs_with(d.record.standby_pid, d.record.standby_socket):
+        elif (
+            d.record.standby_pid
+            and d.record.standby_socket
+            and _runs_with(d.record.standby_pid, d.record.standby_socket)
+        ):
             os.kill(d.record.standby_pid, signal.SIGKILL)
         if d.record.standby_socket and os.path.exists(d.record.standby_socket):
             os.unlink(d.record.standby_socket)
@@ -239,17 +264,27 @@ class Manager:
             return self._mount_dedicated(key, image_id, bootstrap, config_text)
 
     def _instance_record(self, key, image_id, d: Daemon, mountpoint, bootstrap, config_path, annotations=None) -> dict:
-        return {"snapshot_id": key, "image_id": image_id, "daemon_id": d.id, "fs_driver": d.record.fs_driver,
-                "snapshot_dir": os.path.join(self.root, "snapshots", key), "mountpoint": mountpoint,
-                "bootstrap": bootstrap, "config_path": config_path, "annotations": annotations or {}, "state": MOUNTING}
+        return {
+            "snapshot_id": key,
+            "image_id": image_id,
+            "daemon_id": d.id,
+            "fs_driver": d.record.fs_driver,
+            "snapshot_dir": os.path.join(self.root, "snapshots", key),
+            "mountpoint": mountpoint,
+            "bootstrap": bootstrap,
+            "config_path": config_path,
+            "annotations": annotations or {},
+            "state": MOUNTING,
+        }
 
     def _mount_shared(self, key, image_id, bootstrap, config_text) -> dict:
         d = self.shared_daemon()
         config_path = os.path.join(d.record.config_dir, key, "config.json")
         plan = d.driver.plan_instance(key, d, bootstrap, config_text)
         _write_atomic(config_path, plan.config_text)
-        rec = self.store.add_instance(self._instance_record(key, image_id, d, plan.mountpoint, bootstrap, config_path,
-                                                            plan.annotations))
+        rec = self.store.add_instance(
+            self._instance_record(key, image_id, d, plan.mountpoint, bootstrap, config_path, plan.annotations)
+        )
         self.instances[key] = rec
         d.refs += 1
         try:
@@ -270,8 +305,9 @@ class Manager:
         d = self._register(record)
         try:
             _write_atomic(record.config_path, config_text)
-            rec = self.store.add_instance(self._instance_record(key, image_id, d, record.mountpoint, bootstrap,
-                                                                record.config_path))
+            rec = self.store.add_instance(
+                self._instance_record(key, image_id, d, record.mountpoint, bootstrap, record.config_path)
+            )
         except ManagerError:
             self._destroy(d)
             raise
@@ -323,7 +359,7 @@ class Manager:
     def _mounted_keys(self, d: Daemon) -> List[str]:
         try:
             return d.mounted_keys(self._instances_of(d))
-        except Exception as e:  # noqa: BLE001 - any failure to ask means: unknown, so try the umount
+        except Exception as e:
             log.event("mount_list_failed", level=logging.WARNING, daemon=d.id, error=str(e))
             return [k for k, r in self.instances.items() if r["daemon_id"] == d.id]
 
@@ -355,8 +391,9 @@ class Manager:
 
     def _failover(self, d: Daemon) -> None:
         """Sequence C: same arguments, take over from the supervisor, start."""
-        r = nfailover.failover(d.argv(), d.record.api_socket, d.supervisor,
-                              log_path=os.path.join(d.record.log_dir, "stderr.log"))
+        r = nfailover.failover(
+            d.argv(), d.record.api_socket, d.supervisor, log_path=os.path.join(d.record.log_dir, "stderr.log")
+        )
         d.proc, d.record.pid = r.process, r.process.pid
         d.reset_client()
         self.store.update_daemon(d.record.to_dict())
@@ -398,8 +435,9 @@ class Manager:
             for rec in self.store.instances():
                 d = self.daemons.get(rec["daemon_id"])
                 if d is None:
-                    self.unexplained.append(f"instance {rec['snapshot_id']} names daemon {rec['daemon_id']}, "
-                                            "which has no record")
+                    self.unexplained.append(
+                        f"instance {rec['snapshot_id']} names daemon {rec['daemon_id']}, which has no record"
+                    )
                     continue
                 self.instances[rec["snapshot_id"]] = rec
                 d.refs += 1
@@ -420,6 +458,17 @@ class Manager:
             if pid != d.record.pid:
                 d.record.pid = pid
                 self.store.update_daemon(d.record.to_dict())
+        if state == "READY":
+            # A successor that took over but was never started (its manager died between
+            # the two calls): it holds the session and the instances, so start it.
+            d.start()
+            state = d.get_state()
+        elif state == "INIT":
+            # A successor the previous manager started for a failover, waiting for a state
+            # that died with that manager's supervisor: it can never take over. Replace it.
+            log.event("orphan_successor_replaced", level=logging.WARNING, daemon=d.id, pid=d.record.pid)
+            d.terminate()
+            state = DIED
         if d.record.daemon_mode == "dedicated":
             if not mine or all(r["state"] == REMOVING for r in mine):
                 for r in mine:
@@ -437,13 +486,17 @@ class Manager:
             if d.record.daemon_mode == "shared":
                 present = set(self._mounted_keys(d))
                 # Finish umounts, complete mounts the daemon never got; confirm the rest.
-                self._recover_instances(d, [r for r in mine if r["state"] == REMOVING or r["snapshot_id"] not in present])
+                self._recover_instances(
+                    d, [r for r in mine if r["state"] == REMOVING or r["snapshot_id"] not in present]
+                )
                 for rec in mine:
                     if rec["state"] == MOUNTING and rec["snapshot_id"] in present:
                         self._set_state(rec, MOUNTED)
                 known = {r["snapshot_id"] for r in mine}
                 for extra in sorted(present - known):
-                    self.unexplained.append(f"daemon {d.id} serves /{extra}, which the store does not know; left mounted")
+                    self.unexplained.append(
+                        f"daemon {d.id} serves /{extra}, which the store does not know; left mounted"
+                    )
             else:
                 for rec in mine:
                     if rec["state"] == MOUNTING:
@@ -486,9 +539,11 @@ class Manager:
 
     def describe(self) -> dict:
         with self.lock:
-            return {"daemons": [d.describe() for d in self.daemons.values()],
-                    "instances": sorted(self.instances.values(), key=lambda r: r["seq"]),
-                    "unexplained": list(self.unexplained)}
+            return {
+                "daemons": [d.describe() for d in self.daemons.values()],
+                "instances": sorted(self.instances.values(), key=lambda r: r["seq"]),
+                "unexplained": list(self.unexplained),
+            }
 
     def close(self, stop_daemons: bool = False) -> None:
         """Stop watching; with ``stop_daemons``, umount every instance and stop every daemon.

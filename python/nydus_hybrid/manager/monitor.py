@@ -91,5 +91,6 @@ class LivenessMonitor:
                         self._sel.unregister(sub[0])
                         sub[0].close()
                 if sub is not None:
-                    threading.Thread(target=self._on_death, args=(daemon_id, sub[1]), name=f"death:{daemon_id}",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._on_death, args=(daemon_id, sub[1]), name=f"death:{daemon_id}", daemon=True
+                    ).start()

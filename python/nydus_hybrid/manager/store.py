@@ -101,14 +101,18 @@ class Store:
                 raise StoreError(f"instance {record['snapshot_id']} already exists")
             seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM instances").fetchone()[0]
             record = dict(record, seq=seq)
-            self.db.execute("INSERT INTO instances VALUES (?, ?, ?, ?)",
-                            (record["snapshot_id"], seq, record["daemon_id"], json.dumps(record)))
+            self.db.execute(
+                "INSERT INTO instances VALUES (?, ?, ?, ?)",
+                (record["snapshot_id"], seq, record["daemon_id"], json.dumps(record)),
+            )
             return record
 
     def update_instance(self, record: dict) -> None:
         with self.transaction():
-            cur = self.db.execute("UPDATE instances SET record=?, daemon_id=? WHERE key=?",
-                                  (json.dumps(record), record["daemon_id"], record["snapshot_id"]))
+            cur = self.db.execute(
+                "UPDATE instances SET record=?, daemon_id=? WHERE key=?",
+                (json.dumps(record), record["daemon_id"], record["snapshot_id"]),
+            )
             if cur.rowcount == 0:
                 raise StoreError(f"instance {record['snapshot_id']} does not exist")
 

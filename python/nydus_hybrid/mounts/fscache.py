@@ -34,7 +34,7 @@ def cachefiles_device() -> str:
 
 def _sim_socket() -> str:
     dev = cachefiles_device()
-    return dev[len(SIM_PREFIX):] if dev.startswith(SIM_PREFIX) else ""
+    return dev[len(SIM_PREFIX) :] if dev.startswith(SIM_PREFIX) else ""
 
 
 class FscacheServer:
@@ -45,17 +45,18 @@ class FscacheServer:
         self._inner = inner
 
     @classmethod
-    def bind(cls, device: str, cache_dir: str, tag: Optional[str] = None) -> "FscacheServer":
+    def bind(cls, device: str, cache_dir: str, tag: Optional[str] = None) -> FscacheServer:
         """Open ``device`` and bind it fresh (``dir``, ``tag``, ``bind ondemand``)."""
         return cls(_core.FscacheService.bind(device, cache_dir, tag))
 
     @classmethod
-    def restore(cls, device: str, fd: int) -> "FscacheServer":
+    def restore(cls, device: str, fd: int) -> FscacheServer:
         """Adopt a device fd a predecessor handed over (a duplicate is kept) and ``restore``."""
         return cls(_core.FscacheService.restore(device, fd))
 
-    def add_bootstrap(self, domain: str, id_: str, bootstrap: str, image: Image, prefetch: bool,
-                      entry: BlobEntry) -> List[str]:
+    def add_bootstrap(
+        self, domain: str, id_: str, bootstrap: str, image: Image, prefetch: bool, entry: BlobEntry
+    ) -> List[str]:
         """Register a bootstrap and its data blobs (returns their ids); ``entry`` is kept as
         given and listed back by ``entries``."""
         return self._inner.add_bootstrap(domain, id_, bootstrap, image.handle, prefetch, entry)
@@ -137,7 +138,9 @@ def sim_request(sock_path: str, request: Dict[str, Any], timeout: float = 120.0)
         try:
             s.connect(sock_path + ".ctl")
         except OSError as e:
-            raise OSError(e.errno or errno.ENODEV, f"the cachefiles simulator at {sock_path} is not running: {e}") from e
+            raise OSError(
+                e.errno or errno.ENODEV, f"the cachefiles simulator at {sock_path} is not running: {e}"
+            ) from e
         s.sendall(json.dumps(request).encode() + b"\n")
         buf = recv_line(s)
     finally:

@@ -22,13 +22,13 @@ class Mount:
         self._indexes: Dict[str, int] = {}
 
     @classmethod
-    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs") -> "Mount":
+    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs") -> Mount:
         """Mount an empty read-only filesystem (root may mount without fusermount). A dead
         FUSE mount left at the path (ENOTCONN) is detached first."""
         return cls(_core.FuseMount.mount(os.fspath(mountpoint), fsname))
 
     @classmethod
-    def resume(cls, mountpoint: PathArg, fuse_fd: int, state: bytes) -> "Mount":
+    def resume(cls, mountpoint: PathArg, fuse_fd: int, state: bytes) -> Mount:
         """Serve a live mount whose ``/dev/fuse`` fd was handed over by a previous server
         (``state`` is that server's ``save_state()``); nothing is remounted."""
         return cls(_core.FuseMount.resume(os.fspath(mountpoint), fuse_fd, state))
@@ -37,9 +37,17 @@ class Mount:
     def mountpoint(self) -> str:
         return os.fspath(self._inner.mountpoint)
 
-    def attach(self, path: str, image: Image, *, entry_timeout: float = 60.0, attr_timeout: float = 60.0,
-               keep_cache: bool = True, index: Optional[int] = None,
-               accounting: Tuple[bool, bool, bool] = (False, False, False)) -> int:
+    def attach(
+        self,
+        path: str,
+        image: Image,
+        *,
+        entry_timeout: float = 60.0,
+        attr_timeout: float = 60.0,
+        keep_cache: bool = True,
+        index: Optional[int] = None,
+        accounting: Tuple[bool, bool, bool] = (False, False, False),
+    ) -> int:
         """Serve ``image`` at ``path``; returns its index (it fixes the inode numbers the
         kernel sees; pass it back as ``index`` to restore an image after a handover).
         ``accounting`` switches on nydusd's (iostats_files, access_pattern, latest_read_files)."""
@@ -110,7 +118,7 @@ def mount_image(
     bootstrap: PathArg,
     blob_dir: Optional[PathArg] = None,
     *,
-    config: Union[None, str, Dict[str, Any]] = None,
+    config: Union[str, Dict[str, Any], None] = None,
     threads: int = 4,
     entry_timeout: float = 60.0,
     attr_timeout: float = 60.0,

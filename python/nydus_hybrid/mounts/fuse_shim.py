@@ -44,7 +44,7 @@ except OSError as e:  # mfusepy raises OSError('Unable to find libfuse') at impo
 from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image
 
-__all__ = ["RafsOperations", "mount", "FuseOSError"]
+__all__ = ["FuseOSError", "RafsOperations", "mount"]
 
 FuseOSError = mfusepy.FuseOSError
 
@@ -204,7 +204,7 @@ class RafsOperations(mfusepy.Operations):
 
 def mount(
     image: Image,
-    mountpoint: Union[str, "os.PathLike[str]"],
+    mountpoint: Union[str, os.PathLike[str]],
     *,
     foreground: bool = True,
     threads: bool = True,

@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from nydus_hybrid import log
-from nydus_hybrid.mounts import erofs
-from nydus_hybrid.mounts import fscache, mountinfo
+from nydus_hybrid.mounts import erofs, fscache, mountinfo
 
 OPEN, CLOSE, READ = 0, 1, 2
 HEADER = struct.Struct("<IIII")
@@ -95,7 +94,7 @@ class Cache:
         self.mounts: Dict[str, List[tuple]] = {}
         self.next_msg, self.next_obj = 1, 1
         self.counters = dict(opens=0, reads=0, read_bytes=0, closes=0, restores=0, protocol_errors=0, eio=0)
-        self.fan: Optional["Fanotify"] = None
+        self.fan: Optional[Fanotify] = None
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -128,8 +127,14 @@ class Cache:
             if not data:
                 self._teardown(conn)
                 return
-            pid = next((creds.unpack_from(d)[0] for lvl, t, d in anc
-                        if lvl == socket.SOL_SOCKET and t == socket.SCM_CREDENTIALS and len(d) >= creds.size), 0)
+            pid = next(
+                (
+                    creds.unpack_from(d)[0]
+                    for lvl, t, d in anc
+                    if lvl == socket.SOL_SOCKET and t == socket.SCM_CREDENTIALS and len(d) >= creds.size
+                ),
+                0,
+            )
             try:
                 self._command(data.decode("ascii").split("\n", 1)[0], pid)
             except (UnicodeDecodeError, ValueError) as e:
@@ -221,7 +226,9 @@ class Cache:
         result = p.result
         self.count("opens")
         if not isinstance(result, int):
-            raise OSError(errno.ETIMEDOUT if result == "timeout" else errno.EIO, f"OPEN {obj.cookie}: no copen ({result})")
+            raise OSError(
+                errno.ETIMEDOUT if result == "timeout" else errno.EIO, f"OPEN {obj.cookie}: no copen ({result})"
+            )
         if result < 0:
             raise OSError(-result, f"OPEN {obj.cookie}: the daemon answered {os.strerror(-result)}")
         obj.size, obj.owner = result, p.sender
@@ -236,7 +243,9 @@ class Cache:
             key = (volume, cookie)
             obj = self.objects.get(key)
             if obj is None:
-                obj = self.objects[key] = Obj(self.next_obj, volume, cookie, fscache.cache_file(self.dir, volume, cookie))
+                obj = self.objects[key] = Obj(
+                    self.next_obj, volume, cookie, fscache.cache_file(self.dir, volume, cookie)
+                )
                 self.next_obj += 1
         with obj.lock:
             if obj.state != "open":
@@ -337,8 +346,9 @@ class Cache:
         try:
             boot.refs += 1
             for off in range(0, boot.size, FILL_STEP):
-                if not present(boot.path, off, min(FILL_STEP, boot.size - off)) and \
-                        not self.fill(boot, off, min(FILL_STEP, boot.size - off)):
+                if not present(boot.path, off, min(FILL_STEP, boot.size - off)) and not self.fill(
+                    boot, off, min(FILL_STEP, boot.size - off)
+                ):
                     raise OSError(errno.EIO, f"the bootstrap {fsid} could not be read")
             devices = []
             for tag in device_tags(boot.path):
@@ -394,11 +404,26 @@ class Cache:
 
     def status(self) -> dict:
         with self.lock:
-            return {"ok": True, "bound": self.bound, "dir": self.dir, "counters": dict(self.counters),
-                    "pending": len(self.pending), "mounts": sorted(self.mounts),
-                    "objects": [{"object_id": o.object_id, "volume": o.volume, "cookie": o.cookie, "size": o.size,
-                                 "open": o.state == "open", "state": o.state, "cache_file": o.path}
-                                for o in self.objects.values()]}
+            return {
+                "ok": True,
+                "bound": self.bound,
+                "dir": self.dir,
+                "counters": dict(self.counters),
+                "pending": len(self.pending),
+                "mounts": sorted(self.mounts),
+                "objects": [
+                    {
+                        "object_id": o.object_id,
+                        "volume": o.volume,
+                        "cookie": o.cookie,
+                        "size": o.size,
+                        "open": o.state == "open",
+                        "state": o.state,
+                        "cache_file": o.path,
+                    }
+                    for o in self.objects.values()
+                ],
+            }
 
 
 def present(path: str, off: int, length: int) -> bool:
@@ -435,7 +460,7 @@ def device_tags(bootstrap: str) -> List[str]:
         raise OSError(errno.EINVAL, "the device table runs past the end of the bootstrap")
     tags = []
     for i in range(extra):
-        raw = table[i * SLOT_SIZE:i * SLOT_SIZE + 64].rstrip(b"\0")
+        raw = table[i * SLOT_SIZE : i * SLOT_SIZE + 64].rstrip(b"\0")
         try:
             tag = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -496,7 +521,7 @@ class Fanotify:
             off = 0
             while off + EVENT_META.size <= len(buf):
                 ev_len, _ver, _, meta_len, _mask, efd, pid = EVENT_META.unpack_from(buf, off)
-                rng = _range(buf[off + meta_len:off + ev_len])
+                rng = _range(buf[off + meta_len : off + ev_len])
                 self.pool.submit(self._handle, efd, pid, rng)
                 off += max(ev_len, EVENT_META.size)
 

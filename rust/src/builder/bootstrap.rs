@@ -65,7 +65,7 @@ impl Pool {
 }
 
 /// Directory data bytes (§3.3): entries including `.` and `..`, sorted by name.
-fn dir_entries<'a>(tree: &'a Tree, id: NodeId) -> Vec<(&'a [u8], NodeId)> {
+fn dir_entries(tree: &Tree, id: NodeId) -> Vec<(&[u8], NodeId)> {
     let n = &tree.nodes[id];
     let parent = if id == ROOT { ROOT } else { n.parent };
     let mut v: Vec<(&[u8], NodeId)> = vec![(b".", id), (b"..", parent)];
@@ -358,7 +358,7 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
             crc32: c.crc32,
         })
         .collect();
-    table.sort_by(|a, b| (a.digest, a.blob_index).cmp(&(b.digest, b.blob_index)));
+    table.sort_by_key(|e| (e.digest, e.blob_index));
     let chunk_table_offset = img.len() as u64;
     for e in &table {
         img.extend_from_slice(&e.encode());

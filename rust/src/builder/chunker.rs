@@ -3,6 +3,7 @@
 //! 2. a processor thread hashes and compresses each batch in parallel on all cores (rayon);
 //! 3. a committer thread takes processed batches in order: dedup by digest, append to the
 //!    blob (hashing it), record a CI entry.
+//!
 //! Stages overlap, so compression of one batch runs while the previous one is written.
 //! Builds are deterministic because commits happen in submission order whatever the thread
 //! timing. Memory is bounded: the channels are rendezvous channels, so each stage holds at

@@ -132,7 +132,9 @@ impl<R: Read> TarStream<R> {
         self.skip(self.remaining + self.padding)?;
         self.remaining = 0;
         self.padding = 0;
-        let (mut long_name, mut long_link, mut pax): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = (None, None, None);
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        let mut pax: Option<Vec<u8>> = None;
         loop {
             let mut block = [0u8; BLOCK];
             if !self.fill(&mut block)? {

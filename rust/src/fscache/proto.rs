@@ -21,10 +21,18 @@ pub const IOC_READ_COMPLETE: u64 = 0x4004_9801;
 pub enum Request {
     /// A cache object is being opened: `domain` is the volume key with `erofs,` and the NULs
     /// removed; `cookie` is the fsid (bootstrap) or a device tag (data blob id).
-    Open { domain: String, cookie: String, fd: u32, flags: u32 },
+    Open {
+        domain: String,
+        cookie: String,
+        fd: u32,
+        flags: u32,
+    },
     Close,
     /// Make `[off, off+len)` of the object's uncompressed bytes present.
-    Read { off: u64, len: u64 },
+    Read {
+        off: u64,
+        len: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,9 +91,7 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
             if vsize.checked_add(csize) != Some(keys.len()) {
                 return Err(fail(id, op, format!("OPEN keys of {vsize}+{csize} bytes in a {}-byte payload", keys.len())));
             }
-            let text = |b: &[u8], what: &str| {
-                std::str::from_utf8(b).map(str::to_owned).map_err(|_| fail(id, op, format!("OPEN {what} key is not UTF-8")))
-            };
+            let text = |b: &[u8], what: &str| std::str::from_utf8(b).map(str::to_owned).map_err(|_| fail(id, op, format!("OPEN {what} key is not UTF-8")));
             let volume = text(&keys[..vsize], "volume")?;
             let volume = volume.trim_end_matches('\0');
             let domain = volume.strip_prefix("erofs,").unwrap_or(volume).to_string();

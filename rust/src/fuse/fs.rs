@@ -34,6 +34,9 @@ impl Default for CacheOptions {
     }
 }
 
+/// A directory handle: the directory's nid and its decoded entries.
+type DirListing = (u64, Arc<Vec<crate::reader::DirEntry>>);
+
 pub struct RafsFs {
     pub rafs: Arc<Rafs>,
     /// This instance's operation counters (spec §8.1).
@@ -41,7 +44,7 @@ pub struct RafsFs {
     opts: CacheOptions,
     /// Entries of each open directory, so a large directory is decoded once per opendir
     /// rather than once per readdir call.
-    dirs: Mutex<HashMap<u64, (u64, Arc<Vec<crate::reader::DirEntry>>)>>,
+    dirs: Mutex<HashMap<u64, DirListing>>,
     next_handle: AtomicU64,
 }
 

@@ -178,15 +178,12 @@ impl FuseServer {
             let server = self.server.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("fuse-{i}"))
-                .spawn(move || loop {
-                    match channel.get_request() {
-                        Ok(Some((reader, writer))) => {
-                            // A failed request has been answered with an errno already;
-                            // nothing here may stop the worker.
-                            let _ = server.handle_message(reader, writer.into(), None, None);
-                        }
-                        // Woken by stop(), or the kernel ended the session (unmounted).
-                        Ok(None) | Err(_) => break,
+                .spawn(move || {
+                    // Ends when woken by stop(), or when the kernel ended the session (unmounted).
+                    while let Ok(Some((reader, writer))) = channel.get_request() {
+                        // A failed request has been answered with an errno already; nothing
+                        // here may stop the worker.
+                        let _ = server.handle_message(reader, writer.into(), None, None);
                     }
                 })
                 .map_err(|e| Error::io("spawn fuse worker", e))?;

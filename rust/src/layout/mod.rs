@@ -189,7 +189,7 @@ pub fn file_type_of_mode(m: u32) -> u8 {
 /// Linux "new" 32-bit device number encoding used in `i_u` (§2.4); None when the numbers
 /// do not fit (major > 4095 or minor > 2^20 - 1).
 pub fn encode_rdev(major: u32, minor: u32) -> Option<u32> {
-    (major <= 0xfff && minor <= 0xf_ffff).then(|| (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
+    (major <= 0xfff && minor <= 0xf_ffff).then_some((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
 }
 
 pub fn decode_rdev(rdev: u32) -> (u32, u32) {

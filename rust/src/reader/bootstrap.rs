@@ -37,6 +37,9 @@ pub struct DirEntry {
     pub file_type: u8,
 }
 
+/// Chunk table entries by (blob index, CI index).
+type ChunkMap = HashMap<(u32, u32), ChunkTableEntry>;
+
 pub struct Bootstrap {
     data: Data,
     pub sb: ErofsSuper,
@@ -46,7 +49,7 @@ pub struct Bootstrap {
     block_size: u64,
     meta_base: u64,
     /// Built on first use; a failure is kept as its message (errors are not Clone).
-    chunk_map: OnceLock<std::result::Result<HashMap<(u32, u32), ChunkTableEntry>, String>>,
+    chunk_map: OnceLock<std::result::Result<ChunkMap, String>>,
 }
 
 impl Bootstrap {

@@ -42,11 +42,14 @@ const RECENT_CHUNKS: usize = 8;
 /// Lock stripes that make concurrent fetches of one chunk wait for each other.
 const FETCH_STRIPES: usize = 64;
 
+/// A recently decoded chunk, by (blob index, CI index).
+type RecentChunk = ((u8, u32), Arc<Vec<u8>>);
+
 pub struct Rafs {
     pub boot: Bootstrap,
     store: Box<dyn BlobStore>,
     blobs: Vec<Mutex<Option<Arc<BlobReader>>>>,
-    recent: Mutex<std::collections::VecDeque<((u8, u32), Arc<Vec<u8>>)>>,
+    recent: Mutex<std::collections::VecDeque<RecentChunk>>,
     fetching: Vec<Mutex<()>>,
     /// Verify chunk digests when chunks come from the backend (on by default).
     pub verify: bool,

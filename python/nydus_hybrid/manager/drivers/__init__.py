@@ -16,7 +16,7 @@ from nydus_hybrid.manager.drivers.fscache import FscacheDriver
 from nydus_hybrid.manager.drivers.fusedev import FusedevDriver
 from nydus_hybrid.manager.errors import ManagerError
 
-__all__ = ["FsDriver", "InstancePlan", "DRIVERS", "NAMES", "get"]
+__all__ = ["DRIVERS", "NAMES", "FsDriver", "InstancePlan", "get"]
 
 DRIVERS: Dict[str, Type[FsDriver]] = {FusedevDriver.name: FusedevDriver, FscacheDriver.name: FscacheDriver}
 #: Driver names, the default first.

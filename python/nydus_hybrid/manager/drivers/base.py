@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-
 if TYPE_CHECKING:
     from nydus_hybrid.manager.daemon import Daemon, DaemonRecord
 
@@ -37,16 +36,16 @@ class FsDriver:
         """The new daemon's (FUSE mountpoint or "", driver options)."""
         return mountpoint, {}
 
-    def daemon_argv(self, r: "DaemonRecord") -> Tuple[List[str], List[str], List[str]]:
+    def daemon_argv(self, r: DaemonRecord) -> Tuple[List[str], List[str], List[str]]:
         """The driver's parts of the daemon's command line, in the snapshotter's order:
         (subcommand and its options, options before ``--id``, options at the end)."""
         raise NotImplementedError
 
-    def daemon_dirs(self, r: "DaemonRecord") -> List[str]:
+    def daemon_dirs(self, r: DaemonRecord) -> List[str]:
         """Directories the daemon needs before it starts."""
         return []
 
-    def vestige_mounts(self, r: "DaemonRecord", instances: Sequence[Dict[str, Any]]) -> List[str]:
+    def vestige_mounts(self, r: DaemonRecord, instances: Sequence[Dict[str, Any]]) -> List[str]:
         """The mounts a dead daemon leaves behind, to detach before a restart."""
         raise NotImplementedError
 
@@ -55,15 +54,15 @@ class FsDriver:
     def check_config(self, key: str, config: Any, config_text: str) -> None:
         """Refuse a config the driver cannot use, before anything is written."""
 
-    def plan_instance(self, key: str, d: "Daemon", bootstrap: str, config_text: str) -> InstancePlan:
+    def plan_instance(self, key: str, d: Daemon, bootstrap: str, config_text: str) -> InstancePlan:
         raise NotImplementedError
 
-    def mount(self, d: "Daemon", rafs: Dict[str, Any]) -> None:
+    def mount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def umount(self, d: "Daemon", rafs: Dict[str, Any]) -> None:
+    def umount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def mounted_keys(self, d: "Daemon", instances: Sequence[Dict[str, Any]]) -> List[str]:
+    def mounted_keys(self, d: Daemon, instances: Sequence[Dict[str, Any]]) -> List[str]:
         """The instance keys the daemon serves now (``instances``: the ones recorded for it)."""
         raise NotImplementedError

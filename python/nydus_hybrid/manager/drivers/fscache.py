@@ -40,9 +40,19 @@ def blob_entry(fid: str, domain: str, bootstrap: str, fuse_config: Dict[str, Any
     backend = (fuse_config.get("device") or {}).get("backend") or {}
     if not isinstance(backend, dict) or not backend.get("type"):
         raise ManagerError("fscache instance: the config names no device.backend.type")
-    return {"type": "bootstrap", "id": fid, "domain_id": domain,
-            "config": {"id": fid, "backend_type": backend["type"], "backend_config": backend.get("config") or {},
-                       "cache_type": "fscache", "cache_config": {"work_dir": work_dir}, "metadata_path": bootstrap}}
+    return {
+        "type": "bootstrap",
+        "id": fid,
+        "domain_id": domain,
+        "config": {
+            "id": fid,
+            "backend_type": backend["type"],
+            "backend_config": backend.get("config") or {},
+            "cache_type": "fscache",
+            "cache_config": {"work_dir": work_dir},
+            "metadata_path": bootstrap,
+        },
+    }
 
 
 def _annotations(rafs: Dict[str, Any]) -> Tuple[str, str]:
@@ -61,17 +71,17 @@ class FscacheDriver(FsDriver):
     def record_fields(self, mountpoint: str) -> Tuple[str, Dict[str, Any]]:
         return "", {"fscache_dir": os.path.join(self.root, "cache")}
 
-    def daemon_argv(self, r: "DaemonRecord") -> Tuple[List[str], List[str], List[str]]:
+    def daemon_argv(self, r: DaemonRecord) -> Tuple[List[str], List[str], List[str]]:
         head = ["singleton", "--fscache", r.driver_options["fscache_dir"]]
         threads = int(r.driver_options.get("fscache_threads") or 0)
         if threads > 0:
             head += ["--fscache-threads", str(threads)]
         return head, [], []
 
-    def daemon_dirs(self, r: "DaemonRecord") -> List[str]:
+    def daemon_dirs(self, r: DaemonRecord) -> List[str]:
         return [r.driver_options["fscache_dir"]]
 
-    def vestige_mounts(self, r: "DaemonRecord", instances: Sequence[Dict[str, Any]]) -> List[str]:
+    def vestige_mounts(self, r: DaemonRecord, instances: Sequence[Dict[str, Any]]) -> List[str]:
         return [rec["mountpoint"] for rec in instances]
 
     # --- instances ------------------------------------------------------------------------
@@ -84,7 +94,7 @@ class FscacheDriver(FsDriver):
         except ValueError as e:
             raise ManagerError(f"instance {key}: the config is not JSON: {e}") from e
 
-    def plan_instance(self, key: str, d: "Daemon", bootstrap: str, config_text: str) -> InstancePlan:
+    def plan_instance(self, key: str, d: Daemon, bootstrap: str, config_text: str) -> InstancePlan:
         # The instance's config is its BlobCacheEntry; the EROFS mount is <snapdir>/mnt
         # and its fscache work dir <snapdir>/fs (spec A4).
         snapdir = os.path.join(self.root, "snapshots", key)
@@ -93,7 +103,7 @@ class FscacheDriver(FsDriver):
         entry = blob_entry(fid, domain, bootstrap, json.loads(config_text), os.path.join(snapdir, "fs"))
         return InstancePlan(json.dumps(entry), os.path.join(snapdir, "mnt"), {ID_KEY: fid, DOMAIN_KEY: domain})
 
-    def mount(self, d: "Daemon", rafs: Dict[str, Any]) -> None:
+    def mount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         fid, domain = _annotations(rafs)
         with open(rafs["config_path"]) as f:
             entry = json.load(f)
@@ -112,7 +122,7 @@ class FscacheDriver(FsDriver):
             except OSError as e:
                 raise ManagerError(f"instance {rafs['snapshot_id']}: {e}") from e
 
-    def umount(self, d: "Daemon", rafs: Dict[str, Any]) -> None:
+    def umount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         fid, domain = _annotations(rafs)
         try:
             d.client().unbind_blob(domain, "" if domain == fid else fid)
@@ -130,7 +140,7 @@ class FscacheDriver(FsDriver):
         except ManagerError as e:
             log.event("fscache_cull_failed", level=logging.WARNING, key=rafs["snapshot_id"], error=str(e))
 
-    def mounted_keys(self, d: "Daemon", instances: Sequence[Dict[str, Any]]) -> List[str]:
+    def mounted_keys(self, d: Daemon, instances: Sequence[Dict[str, Any]]) -> List[str]:
         """The instances the daemon serves now: its entry is registered and EROFS is mounted.
         Entries the manager does not know come back as ``fscache:<domain>/<id>``."""
         registered = {(e.get("domain_id", ""), e["id"]) for e in d.client().blob_entries("")}

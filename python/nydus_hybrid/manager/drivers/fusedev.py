@@ -15,21 +15,21 @@ if TYPE_CHECKING:
 class FusedevDriver(FsDriver):
     name = "fusedev"
 
-    def daemon_argv(self, r: "DaemonRecord") -> Tuple[List[str], List[str], List[str]]:
+    def daemon_argv(self, r: DaemonRecord) -> Tuple[List[str], List[str], List[str]]:
         return ["fuse"], ["--thread-num", str(r.thread_num)], ["--failover-policy", r.failover_policy]
 
-    def vestige_mounts(self, r: "DaemonRecord", instances: Sequence[Dict[str, Any]]) -> List[str]:
+    def vestige_mounts(self, r: DaemonRecord, instances: Sequence[Dict[str, Any]]) -> List[str]:
         return [r.mountpoint]
 
-    def plan_instance(self, key: str, d: "Daemon", bootstrap: str, config_text: str) -> InstancePlan:
+    def plan_instance(self, key: str, d: Daemon, bootstrap: str, config_text: str) -> InstancePlan:
         return InstancePlan(config_text, os.path.join(d.record.mountpoint, key), {})
 
-    def mount(self, d: "Daemon", rafs: Dict[str, Any]) -> None:
+    def mount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         with open(rafs["config_path"]) as f:
             d.client().mount("/" + rafs["snapshot_id"], rafs["bootstrap"], f.read())
 
-    def umount(self, d: "Daemon", rafs: Dict[str, Any]) -> None:
+    def umount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         d.client().umount("/" + rafs["snapshot_id"])
 
-    def mounted_keys(self, d: "Daemon", instances: Sequence[Dict[str, Any]]) -> List[str]:
+    def mounted_keys(self, d: Daemon, instances: Sequence[Dict[str, Any]]) -> List[str]:
         return [mp.lstrip("/") for mp in d.client().mountpoints()]
