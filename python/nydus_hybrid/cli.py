@@ -14,12 +14,12 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import List, NoReturn, Optional, Sequence
 
 from nydus_hybrid import log, version
 from nydus_hybrid.client import DaemonApiError
 from nydus_hybrid.errors import NydusError
-from nydus_hybrid.image import Image, build
+from nydus_hybrid.image import BuildReport, Image, build
 from nydus_hybrid.lifecycle.errors import LifecycleError
 from nydus_hybrid.lifecycle.upgrade import standalone_upgrade
 from nydus_hybrid.manager import cli as mcli
@@ -55,7 +55,7 @@ def parse_chunk_size(text: str) -> int:
     return size
 
 
-def _add_build(sub) -> None:
+def _add_build(sub: argparse._SubParsersAction[_Parser]) -> None:
     for name, helptext in (
         ("build", "build a RAFS v6 image"),
         ("create", "alias of build, with nydus-image create's flags"),
@@ -98,7 +98,7 @@ def _add_build(sub) -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
-def _cmd_build(a) -> int:
+def _cmd_build(a: argparse.Namespace) -> int:
     if not a.blob_dir and not a.blob:
         raise SystemExit(_usage("give --blob-dir DIR or --blob FILE for the data blob"))
     if a.blob_inline_meta:
@@ -124,7 +124,7 @@ def _cmd_build(a) -> int:
     return 0
 
 
-def _build(a, blob_dir: str):
+def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
     report = build(
         a.source,
         a.bootstrap,
@@ -144,7 +144,7 @@ def _build(a, blob_dir: str):
     return report
 
 
-def _open(a) -> Image:
+def _open(a: argparse.Namespace) -> Image:
     if getattr(a, "blob", None):
         return Image.open_blob(a.blob)
     if not a.bootstrap:
@@ -160,7 +160,7 @@ def _read_config(path: str) -> str:
         return f.read()
 
 
-def _cmd_push_blob(a) -> int:
+def _cmd_push_blob(a: argparse.Namespace) -> int:
     from nydus_hybrid.blobs import push_blob
 
     digest, sent = push_blob(_read_config(a.config), a.blob_file, chunk_size=a.chunk_size)
@@ -168,7 +168,7 @@ def _cmd_push_blob(a) -> int:
     return 0
 
 
-def _cmd_prefetch(a) -> int:
+def _cmd_prefetch(a: argparse.Namespace) -> int:
     import time
 
     image = _open(a)
@@ -178,7 +178,8 @@ def _cmd_prefetch(a) -> int:
         if tty:
             m = image.metrics()["blobcache"]
             print(
-                f"\rprefetch: {m['prefetch_data_amount'] / (1 << 20):.1f} MiB in {m['prefetch_requests_count']} requests",
+                f"\rprefetch: {m['prefetch_data_amount'] / (1 << 20):.1f} MiB"
+                f" in {m['prefetch_requests_count']} requests",
                 end="",
                 file=sys.stderr,
                 flush=True,
@@ -205,14 +206,14 @@ def _cmd_prefetch(a) -> int:
     return 1 if problems else 0
 
 
-def _cmd_mount(a) -> int:
+def _cmd_mount(a: argparse.Namespace) -> int:
     import signal
 
     from nydus_hybrid.mounts.fuse import Mount
 
     image = _open(a)
     m = Mount.create(a.mountpoint)
-    stop = []
+    stop: List[int] = []
     handler = lambda signum, frame: stop.append(signum)  # noqa: E731
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
@@ -229,7 +230,7 @@ def _cmd_mount(a) -> int:
     return 0
 
 
-def _cmd_upgrade(a) -> int:
+def _cmd_upgrade(a: argparse.Namespace) -> int:
     r = standalone_upgrade(a.apisock, a.supervisor, a.daemon_command or None, a.new_apisock, a.log_file)
     if a.json:
         print(
@@ -250,7 +251,7 @@ def _cmd_upgrade(a) -> int:
     return 0
 
 
-def _cmd_daemons(a) -> int:
+def _cmd_daemons(a: argparse.Namespace) -> int:
     if a.action == "list":
         print(mcli.daemons_list(a.root, a.json))
     elif not a.daemon_id and a.action == "show":
@@ -262,24 +263,24 @@ def _cmd_daemons(a) -> int:
     return 0
 
 
-def _cmd_instances(a) -> int:
+def _cmd_instances(a: argparse.Namespace) -> int:
     print(mcli.instances_list(a.root, a.json))
     return 0
 
 
-def _cmd_cache_gc(a) -> int:
+def _cmd_cache_gc(a: argparse.Namespace) -> int:
     from nydus_hybrid.blobs import cache_gc
 
     print(json.dumps(cache_gc(a.work_dir, max_bytes=a.max_size, max_age_secs=a.max_age)))
     return 0
 
 
-def _cmd_inspect(a) -> int:
+def _cmd_inspect(a: argparse.Namespace) -> int:
     print(json.dumps(_open(a).inspect(), indent=2))
     return 0
 
 
-def _cmd_check(a) -> int:
+def _cmd_check(a: argparse.Namespace) -> int:
     with_blobs = bool(a.blob_dir or a.blob or a.config)
     report = _open(a).check(blobs=with_blobs)
     if a.output_json:
@@ -293,7 +294,7 @@ def _cmd_check(a) -> int:
     return 0
 
 
-def _cmd_unpack(a) -> int:
+def _cmd_unpack(a: argparse.Namespace) -> int:
     image = _open(a)
     if bool(a.output) == bool(a.output_dir):
         raise SystemExit(_usage("give exactly one of --output TAR or --output-dir DIR"))
@@ -302,7 +303,7 @@ def _cmd_unpack(a) -> int:
     return 0
 
 
-def _cmd_export(a) -> int:
+def _cmd_export(a: argparse.Namespace) -> int:
     image = _open(a)
     if a.flat_blob is not None:
         n = image.export_flat_blob(a.output, a.flat_blob)
@@ -322,7 +323,7 @@ def _blob_index(text: str) -> int:
     return value
 
 
-def _image_args(p, blob_dir: bool = True) -> None:
+def _image_args(p: argparse.ArgumentParser, blob_dir: bool = True) -> None:
     p.add_argument("-B", "--bootstrap", help="bootstrap file")
     if blob_dir:
         p.add_argument("-D", "--blob-dir", help="directory holding the data blobs")
@@ -338,7 +339,7 @@ def _usage(msg: str) -> int:
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line (and exit 2), like every other error of the CLI."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"nydus-hybrid: usage error: {message} (see {self.prog} --help)\n")
 
 

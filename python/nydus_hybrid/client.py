@@ -7,7 +7,7 @@ import http.client
 import json
 import socket
 import time
-from typing import Optional
+from typing import Any, Dict, Optional
 
 
 class DaemonApiError(Exception):
@@ -22,7 +22,7 @@ class _UnixConnection(http.client.HTTPConnection):
         super().__init__("unix", timeout=timeout)
         self.path = path
 
-    def connect(self):
+    def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.connect(self.path)
@@ -32,7 +32,7 @@ class DaemonClient:
     def __init__(self, apisock: str, timeout: float = 30.0):
         self.conn = _UnixConnection(apisock, timeout)
 
-    def request(self, method: str, path: str, body: Optional[dict] = None):
+    def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
         data = b"" if body is None else json.dumps(body).encode()
         self.conn.request(
             method, path, body=data, headers={"Content-Length": str(len(data)), "Content-Type": "application/json"}
@@ -48,19 +48,19 @@ class DaemonClient:
             raise DaemonApiError(resp.status, doc.get("message", "") if isinstance(doc, dict) else str(doc))
         return doc if resp.status != 204 else None
 
-    def get(self, path: str):
+    def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def put(self, path: str, body: Optional[dict] = None):
+    def put(self, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
         return self.request("PUT", path, body)
 
-    def wait_state(self, want: str, timeout: float = 30.0) -> dict:
+    def wait_state(self, want: str, timeout: float = 30.0) -> Dict[str, Any]:
         """Poll GET /api/v1/daemon until it reports `want` (the socket may not exist yet)."""
         deadline = time.monotonic() + timeout
         last: Exception = TimeoutError(f"daemon did not reach {want}")
         while time.monotonic() < deadline:
             try:
-                info = self.get("/api/v1/daemon")
+                info: Dict[str, Any] = self.get("/api/v1/daemon")
                 if info["state"] == want:
                     return info
             except (OSError, http.client.HTTPException, DaemonApiError) as e:

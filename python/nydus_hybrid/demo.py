@@ -15,11 +15,14 @@ import sys
 import sysconfig
 import tempfile
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from nydus_hybrid import log, treecmp
 from nydus_hybrid.image import Image, build
 from nydus_hybrid.mounts import erofs
+
+if TYPE_CHECKING:
+    from nydus_hybrid.client import DaemonClient
 
 
 def _human(n: float) -> str:
@@ -30,7 +33,7 @@ def _human(n: float) -> str:
     return str(n)
 
 
-def _start_daemon(work: str, boot: str, blobs: str) -> tuple:
+def _start_daemon(work: str, boot: str, blobs: str) -> Tuple[subprocess.Popen[bytes], DaemonClient, str]:
     from nydus_hybrid.client import DaemonClient
 
     mnt, sock, cfg = os.path.join(work, "fuse"), os.path.join(work, "api.sock"), os.path.join(work, "config.json")
@@ -74,7 +77,7 @@ def _start_daemon(work: str, boot: str, blobs: str) -> tuple:
     return proc, client, mnt
 
 
-def _stop_daemon(proc) -> None:
+def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)  # the daemon unmounts on SIGTERM
     proc.wait(timeout=60)
 
@@ -106,7 +109,7 @@ def run_demo(source: Optional[str], workdir: Optional[str], keep: bool, serve: b
     check_s = time.perf_counter() - t0
     log.event("check.done", seconds=round(check_s, 3), **checked)
 
-    summary = {
+    summary: Dict[str, Any] = {
         "source": source,
         "files": report.files,
         "inodes": report.inodes,

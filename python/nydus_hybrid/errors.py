@@ -16,6 +16,8 @@ from typing import Dict, Type
 class NydusError(Exception):
     """Base class of every nydus-hybrid error."""
 
+    # Always set. OSError declares `errno` as Optional[int], so each class below that also
+    # derives from OSError declares it again, for the type checker.
     errno: int
 
     def __init__(self, errno: int, message: str):
@@ -42,6 +44,8 @@ class DecompressError(CorruptImageError):
 class NotFoundError(NydusError, FileNotFoundError):
     """A path does not exist in the image."""
 
+    errno: int
+
     def __init__(self, errno: int, message: str):
         NydusError.__init__(self, errno, message)
 
@@ -53,12 +57,16 @@ class BlobMissingError(NotFoundError):
 class NotADirectoryError_(NydusError, NotADirectoryError):
     """A path component is not a directory."""
 
+    errno: int
+
     def __init__(self, errno: int, message: str):
         NydusError.__init__(self, errno, message)
 
 
 class IsADirectoryError_(NydusError, IsADirectoryError):
     """File data was asked of a directory."""
+
+    errno: int
 
     def __init__(self, errno: int, message: str):
         NydusError.__init__(self, errno, message)
@@ -74,6 +82,8 @@ class NotASymlinkError(InvalidArgumentError):
 
 class NoAttributeError(NydusError, OSError):
     """getxattr of an attribute the inode does not have (ENODATA)."""
+
+    errno: int
 
     def __init__(self, errno: int, message: str):
         NydusError.__init__(self, errno, message)
@@ -94,6 +104,8 @@ class ConfigError(NydusError, ValueError):
 class BackendError(NydusError, OSError):
     """A storage backend (registry, S3, proxy) failed or answered unexpectedly."""
 
+    errno: int
+
     def __init__(self, errno: int, message: str):
         NydusError.__init__(self, errno, message)
 
@@ -101,13 +113,19 @@ class BackendError(NydusError, OSError):
 class AuthError(BackendError, PermissionError):
     """A storage backend refused our credentials."""
 
+    errno: int
+
 
 class BackendTimeoutError(BackendError, TimeoutError):
     """A storage backend did not answer within the configured timeout."""
 
+    errno: int
+
 
 class NydusIOError(NydusError, OSError):
     """An operating-system error while reading or writing files."""
+
+    errno: int
 
     def __init__(self, errno: int, message: str):
         NydusError.__init__(self, errno, message)

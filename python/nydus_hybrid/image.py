@@ -11,7 +11,7 @@ import json
 import os
 import stat as stat_mod
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from nydus_hybrid import _core
 from nydus_hybrid.errors import CorruptImageError, InvalidArgumentError
@@ -128,7 +128,7 @@ class Image:
         *,
         verify: bool = True,
         cache_dir: Optional[PathArg] = None,
-        config: Union[str, dict, None] = None,
+        config: Union[str, Dict[str, Any], None] = None,
         backend_id: Optional[str] = None,
     ) -> Image:
         """Open a bootstrap whose blobs are in ``blob_dir``, or wherever a nydusd ``config``

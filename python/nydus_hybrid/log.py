@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional, TextIO
 
 LOGGER_NAME = "nydus_hybrid"
 
@@ -24,7 +24,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup(level: str = "info", stream=None, handler: Optional[logging.Handler] = None) -> logging.Logger:
+def setup(
+    level: str = "info", stream: Optional[TextIO] = None, handler: Optional[logging.Handler] = None
+) -> logging.Logger:
     """JSON lines to `stream` (stderr by default), or to `handler` (a log file)."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.handlers.clear()
@@ -36,6 +38,6 @@ def setup(level: str = "info", stream=None, handler: Optional[logging.Handler] =
     return logger
 
 
-def event(name: str, level: int = logging.INFO, **fields) -> None:
+def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log one event with structured fields."""
     logging.getLogger(LOGGER_NAME).log(level, name, extra={"fields": fields})

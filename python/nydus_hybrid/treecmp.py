@@ -8,7 +8,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 
 @dataclass
@@ -84,7 +84,7 @@ def scan(root: str, ignore: Iterable[str] = ()) -> Dict[str, Entry]:
     return out
 
 
-def _link_groups(entries: Dict[str, Entry]) -> set:
+def _link_groups(entries: Dict[str, Entry]) -> Set[Tuple[str, ...]]:
     groups: Dict[Tuple[int, int], List[str]] = {}
     for p, e in entries.items():
         if stat.S_ISREG(e.mode) and e.nlink > 1:
@@ -100,7 +100,7 @@ def compare(
     mtime_resolution_ns: int = 1,
     check_root_mtime: bool = False,
     check_xattrs: bool = True,
-    xattr_filter=lambda name: True,
+    xattr_filter: Callable[[str], bool] = lambda name: True,
 ) -> TreeDiff:
     """Differences between two trees; ``mtime_resolution_ns=10**9`` compares whole seconds."""
     ignore = list(ignore)

@@ -1,4 +1,4 @@
-"""The HTTP API on the unix socket (spec §1–2, contract in ``openapi.yaml``), on aiohttp.
+"""The HTTP API on the unix socket (spec §1-2, contract in ``openapi.yaml``), on aiohttp.
 
 HTTP/1.1 keep-alive with no idle timeout: the snapshotter watches an idle connection for
 HUP to learn that the daemon died, so a connection is never closed by us. Bodyless PUTs
@@ -11,12 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from aiohttp import web
 
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, Unsupported
 from nydus_hybrid.daemon.fuse_service import check_virtual_mountpoint
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
+
+    from nydus_hybrid.daemon.base import BaseDaemon  # base imports this module
 
 # Large enough for any real request; a bigger body gets 413 before it is read.
 MAX_BODY = 1 << 20
@@ -25,9 +30,10 @@ NEVER = 10.0**9
 HEADERS = {"Server": "Nydus API"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_T = TypeVar("_T")
 
 
-def ok(body=None, status: int = 200) -> web.Response:
+def ok(body: Any = None, status: int = 200) -> web.Response:
     if body is None:
         return web.Response(status=204, headers=HEADERS)
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=HEADERS)
@@ -42,7 +48,7 @@ def error(status: int, message: str) -> web.Response:
     )
 
 
-def error_middleware(record: Callable[[str], None]):
+def error_middleware(record: Callable[[str], None]) -> Middleware:
     """Every failure becomes the JSON error shape; server-side (5xx) ones also go to the
     daemon's event ring (`/daemon/events`)."""
 
@@ -84,7 +90,7 @@ async def no_body(request: web.Request) -> None:
         raise BadRequest("BadRequest")
 
 
-async def json_body(request: web.Request) -> dict:
+async def json_body(request: web.Request) -> Dict[str, Any]:
     raw = await request.read()
     if not raw:
         raise BadRequest("BadRequest")
@@ -97,7 +103,7 @@ async def json_body(request: web.Request) -> dict:
     return doc
 
 
-def field(doc: dict, name: str, kind=str, required: bool = True):
+def field(doc: Dict[str, Any], name: str, kind: type = str, required: bool = True) -> Any:
     value = doc.get(name)
     if value is None:
         if required:
@@ -111,11 +117,11 @@ def field(doc: dict, name: str, kind=str, required: bool = True):
 class Api:
     """Routes bound to a daemon object (``nydus_hybrid.daemon.main.Daemon``)."""
 
-    def __init__(self, daemon):
+    def __init__(self, daemon: BaseDaemon):
         self.d = daemon
         self.lock = asyncio.Lock()
 
-    async def run(self, fn, *args):
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Blocking daemon work, one request at a time, off the event loop."""
         async with self.lock:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -150,46 +156,46 @@ class Api:
 
     # --- daemon ---------------------------------------------------------------------------
 
-    async def daemon_info_v1(self, request):
+    async def daemon_info_v1(self, request: web.Request) -> web.Response:
         return ok(self.d.info(backends=True))
 
-    async def daemon_info_v2(self, request):
+    async def daemon_info_v2(self, request: web.Request) -> web.Response:
         return ok(self.d.info(backends=False))
 
-    async def set_log_level(self, request):
+    async def set_log_level(self, request: web.Request) -> web.Response:
         doc = await json_body(request)
         self.d.set_log_level(field(doc, "log_level"))
         return ok()
 
-    async def events(self, request):
+    async def events(self, request: web.Request) -> web.Response:
         return ok(self.d.events.to_json())
 
-    async def daemon_backend(self, request):
+    async def daemon_backend(self, request: web.Request) -> web.Response:
         return ok(await self.run(self.d.backend_meta, request.query.get("mountpoint")))
 
-    async def start(self, request):
+    async def start(self, request: web.Request) -> web.Response:
         await no_body(request)
         await self.run(self.d.start)
         return ok()
 
-    async def exit(self, request):
+    async def exit(self, request: web.Request) -> web.Response:
         await no_body(request)
         await self.run(self.d.exit)
         return ok()
 
-    async def sendfd(self, request):
+    async def sendfd(self, request: web.Request) -> web.Response:
         await no_body(request)
         await self.run(self.d.sendfd)
         return ok()
 
-    async def takeover(self, request):
+    async def takeover(self, request: web.Request) -> web.Response:
         await no_body(request)
         await self.run(self.d.takeover)
         return ok()
 
     # --- mounts ---------------------------------------------------------------------------
 
-    async def _mount_cmd(self, request) -> tuple:
+    async def _mount_cmd(self, request: web.Request) -> Tuple[str, str, str, Optional[List[str]]]:
         """(mountpoint, source, config, prefetch_files), checked in nydusd's order: the
         query, then the body's types, then the values."""
         mountpoint = check_virtual_mountpoint(request.query.get("mountpoint"))
@@ -208,19 +214,19 @@ class Api:
             raise DaemonError(f'Mount(InvalidArguments("fs_type {fs_type!r}"))')
         return mountpoint, source, config, prefetch
 
-    async def mount(self, request):
+    async def mount(self, request: web.Request) -> web.Response:
         mountpoint, source, config, prefetch = await self._mount_cmd(request)
         await self.run(self.d.service.add, mountpoint, source, config, prefetch)
         await self.run(self.d.mounts_changed)
         return ok()
 
-    async def remount(self, request):
+    async def remount(self, request: web.Request) -> web.Response:
         mountpoint, source, config, _ = await self._mount_cmd(request)
         await self.run(self.d.service.remount, mountpoint, source, config)
         await self.run(self.d.mounts_changed)
         return ok()
 
-    async def umount(self, request):
+    async def umount(self, request: web.Request) -> web.Response:
         await no_body(request)
         await self.run(self.d.service.remove, request.query.get("mountpoint"))
         await self.run(self.d.mounts_changed)
@@ -228,40 +234,40 @@ class Api:
 
     # --- metrics --------------------------------------------------------------------------
 
-    async def metrics(self, request):
+    async def metrics(self, request: web.Request) -> web.Response:
         return ok(self.d.service.fs_metrics(request.query.get("id")))
 
-    async def metrics_files(self, request):
+    async def metrics_files(self, request: web.Request) -> web.Response:
         latest = request.query.get("latest") == "true"
         return ok(self.d.service.files_metrics(request.query.get("id"), latest))
 
-    async def metrics_pattern(self, request):
+    async def metrics_pattern(self, request: web.Request) -> web.Response:
         return ok(self.d.service.access_pattern(request.query.get("id")))
 
-    async def metrics_backend(self, request):
+    async def metrics_backend(self, request: web.Request) -> web.Response:
         return ok(self.d.service.backend_metrics(request.query.get("id")))
 
-    async def metrics_blobcache(self, request):
+    async def metrics_blobcache(self, request: web.Request) -> web.Response:
         return ok(self.d.service.blobcache_metrics(request.query.get("id")))
 
-    async def metrics_inflight(self, request):
+    async def metrics_inflight(self, request: web.Request) -> web.Response:
         ops = self.d.service.inflight()
         return ok(ops) if ops else ok()  # nothing in flight is 204, no body
 
-    async def metrics_prometheus(self, request):
+    async def metrics_prometheus(self, request: web.Request) -> web.Response:
         return web.Response(text=self.d.prometheus(), content_type="text/plain", headers=HEADERS)
 
     # --- hot-reload configuration ---------------------------------------------------------
 
-    async def get_config(self, request):
+    async def get_config(self, request: web.Request) -> web.Response:
         return ok(self.d.runtime_config.get(request.query.get("id")))
 
-    async def put_config(self, request):
+    async def put_config(self, request: web.Request) -> web.Response:
         doc = await json_body(request)
         self.d.runtime_config.put(request.query.get("id", ""), doc)
         return ok()
 
-    async def blobs(self, request):
+    async def blobs(self, request: web.Request) -> web.Response:
         """/api/v2/blobs (spec §2.2): DELETE picks removal (``domain_id``) or cull
         (``blob_id`` alone) from its query."""
         q = request.query
@@ -288,7 +294,13 @@ class JsonErrorHandler(web.RequestHandler):
     its own, in plain text, before any middleware runs. This gives those answers the API's
     JSON error body too; the status and the closed connection stay aiohttp's."""
 
-    def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: Optional[BaseException] = None,
+        message: Optional[str] = None,
+    ) -> web.StreamResponse:
         plain = super().handle_error(request, status, exc, message)  # logs, and refuses once bytes went out
         resp = error(plain.status, message or (str(exc) if exc else "") or plain.reason or "BadRequest")
         resp.force_close()
@@ -302,8 +314,12 @@ class ApiSite(web.UnixSite):
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
         server = self._runner.server
+        assert server is not None  # set up by the runner before its sites start
+        # aiohttp annotates access_log as a Logger, but None (no access log) is what its own
+        # runner passes on when asked for access_log=None, as serve() does.
         self._server = await loop.create_unix_server(
-            lambda: JsonErrorHandler(server, loop=loop, keepalive_timeout=NEVER, access_log=None), self._path
+            lambda: JsonErrorHandler(server, loop=loop, keepalive_timeout=NEVER, access_log=None),  # type: ignore[arg-type]
+            self._path,
         )
 
 

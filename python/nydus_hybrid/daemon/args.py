@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import List, NoReturn, Optional, Sequence, Tuple
 
 MODES = ("fuse", "singleton")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "off")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"nydusd: error: {message}\n")
 
 
@@ -61,7 +61,7 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_mode(argv: Sequence[str]) -> tuple:
+def _split_mode(argv: Sequence[str]) -> Tuple[str, List[str]]:
     """Take the subcommand out of argv (it may come after global options)."""
     takes_value = {
         a

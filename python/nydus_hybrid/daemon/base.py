@@ -22,7 +22,7 @@ from nydus_hybrid.daemon.api import Api, serve
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError
 from nydus_hybrid.daemon.service import Service
 from nydus_hybrid.lifecycle import handover, supervisor
-from nydus_hybrid.lifecycle.errors import StateError
+from nydus_hybrid.lifecycle.errors import StateError, SupervisorError
 
 LEVELS = {
     "trace": logging.DEBUG,
@@ -196,7 +196,7 @@ class BaseDaemon:
         data = handover.encode(self.state_doc())
         try:
             supervisor.push_state(self.a.supervisor, data, fd)
-        except supervisor.SupervisorError as e:
+        except SupervisorError as e:
             raise DaemonError(f"Upgrade(SendFd({str(e)!r}))") from e
         return len(data)
 
@@ -223,7 +223,7 @@ class BaseDaemon:
             raise DaemonError("Upgrade(MissingSupervisorPath): takeover needs --supervisor")
         try:
             return supervisor.fetch_state(self.a.supervisor)
-        except supervisor.SupervisorError as e:
+        except SupervisorError as e:
             raise DaemonError(f"Upgrade(Restore({str(e)!r}))") from e
 
     def info(self, backends: bool) -> Dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 
 class DaemonError(Exception):
     """An API-visible failure; ``status`` is the HTTP status it maps to."""
@@ -12,7 +14,7 @@ class DaemonError(Exception):
         super().__init__(message)
         self.message = message
 
-    def body(self) -> dict:
+    def body(self) -> Dict[str, Any]:
         # nydusd's `code` is always the literal UNDEFINED; clients only read `message`.
         return {"code": "UNDEFINED", "message": self.message}
 

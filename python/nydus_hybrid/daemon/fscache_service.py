@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional, cast
 
 from nydus_hybrid import config as nconfig
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound, Unsupported
@@ -24,20 +24,20 @@ LEGACY_REQUIRED = ("backend_type", "backend_config", "cache_type", "cache_config
 PREFETCH_REQUIRED = ("enable", "threads_count", "merging_size", "bandwidth_rate")
 
 
-def _field(doc: dict, name: str, kind, what: str = "BlobCacheEntry"):
+def _field(doc: Dict[str, Any], name: str, kind: type, what: str = "BlobCacheEntry") -> Any:
     value = doc.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise BadRequest(f'ParseBody(Error("{what}: field `{name}` is missing or has the wrong type"))')
     return value
 
 
-def legacy_to_v2(cfg: dict) -> dict:
+def legacy_to_v2(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The snapshotter's legacy ``config`` (spec §7.4) in the v2 form nydusd converts it to."""
     for name in LEGACY_REQUIRED:
         if name not in cfg:
             raise BadRequest(f'ParseBody(Error("config: missing field `{name}`"))')
     backend_type, cache_type = _field(cfg, "backend_type", str, "config"), _field(cfg, "cache_type", str, "config")
-    cache = {"type": cache_type, cache_type: _field(cfg, "cache_config", dict, "config")}
+    cache: Dict[str, Any] = {"type": cache_type, cache_type: _field(cfg, "cache_config", dict, "config")}
     prefetch = cfg.get("prefetch_config")
     if prefetch is not None:
         if not isinstance(prefetch, dict) or any(k not in prefetch for k in PREFETCH_REQUIRED):
@@ -61,7 +61,7 @@ def legacy_to_v2(cfg: dict) -> dict:
     }
 
 
-def check_entry(entry: dict) -> dict:
+def check_entry(entry: Dict[str, Any]) -> Dict[str, Any]:
     """Validate a BlobCacheEntry (spec §5.7 steps 1-3); returns it with ``config_v2`` filled."""
     kind = _field(entry, "type", str)
     id_ = _field(entry, "id", str)
@@ -121,7 +121,7 @@ class FscacheService:
             raise DaemonError(f"the fscache dir {self.dir} does not exist")
         self.server = FscacheServer.bind(self.device, self.dir, self.tag)
 
-    def restore(self, fd: int, entries: List[dict]) -> None:
+    def restore(self, fd: int, entries: List[Dict[str, Any]]) -> None:
         """Takeover: adopt the predecessor's device fd (``restore``), re-add its entries."""
         server = FscacheServer.restore(self.device, fd)
         for entry in entries:
@@ -146,12 +146,12 @@ class FscacheService:
 
     # --- blob entries ---------------------------------------------------------------------
 
-    def add_entry(self, doc: dict) -> List[str]:
+    def add_entry(self, doc: Dict[str, Any]) -> List[str]:
         entry = check_entry(doc)
         return self._register(self._need(), entry)
 
     @staticmethod
-    def _register(server, entry: dict) -> List[str]:
+    def _register(server: FscacheServer, entry: Dict[str, Any]) -> List[str]:
         v2 = entry["config_v2"]
         meta = v2["metadata_path"]
         # The kernel's cache file is the cache: the reader gets the backend only.
@@ -174,12 +174,12 @@ class FscacheService:
     def remove_domain(self, domain: str) -> None:
         self._need().remove_domain(domain)
 
-    def entries(self, domain: str, blob_id: str = "") -> List[dict]:
+    def entries(self, domain: str, blob_id: str = "") -> List[Dict[str, Any]]:
         # An empty domain lists everything (nydusd has no listing; this is ours).
         prefix = f"{domain}/{blob_id}" if blob_id else (f"{domain}/" if domain else "")
         return [entry for key, entry in self._need().entries(prefix) if not blob_id or key == prefix]
 
-    def saved_entries(self) -> List[dict]:
+    def saved_entries(self) -> List[Dict[str, Any]]:
         return [entry for _, entry in self._need().entries("")] if self.server is not None else []
 
     def cull(self, blob_id: str) -> None:
@@ -188,16 +188,18 @@ class FscacheService:
         server = self._need()
         if "/" in blob_id or not blob_id:
             raise BadRequest("blob_id must be one path component")
-        refused = []
+        refused: List[str] = []
         with self.lock:
-            for path in fscache.cache_files(self.dir, blob_id):
+            # A bound server implies a dir, except after a takeover by a daemon started
+            # without --fscache: cache_files(None) then raises TypeError (a 500), as before.
+            for path in fscache.cache_files(cast(str, self.dir), blob_id):
                 if not self._cull_one(server, path):
                     refused.append(path)
         if refused:
             raise DaemonError(f"Device or resource busy (os error 16): {blob_id} is in use")
 
     @staticmethod
-    def _cull_one(server, path: str) -> bool:
+    def _cull_one(server: FscacheServer, path: str) -> bool:
         """``inuse`` then ``cull``, by name from the file's directory, as the kernel wants."""
         name = os.path.basename(path)
         cwd = os.getcwd()
@@ -216,15 +218,39 @@ class FscacheService:
 
     # --- the FUSE side of the API: not here ----------------------------------------------
 
-    def _fuse_only(self, *_args, **_kwargs):
+    def _fuse_only(self) -> NoReturn:
         raise Unsupported('Unsupported("a singleton daemon serves fscache, not FUSE instances")')
 
-    add = remount = remove = fs_metrics = files_metrics = access_pattern = backend_metrics = inflight = _fuse_only
+    def add(
+        self, mountpoint: str, source: str, config_text: str, prefetch_files: Optional[List[str]] = None
+    ) -> NoReturn:
+        self._fuse_only()
+
+    def remount(self, mountpoint: str, source: str, config_text: str) -> NoReturn:
+        self._fuse_only()
+
+    def remove(self, mountpoint: str) -> NoReturn:
+        self._fuse_only()
+
+    def fs_metrics(self, id_: Optional[str]) -> NoReturn:
+        self._fuse_only()
+
+    def files_metrics(self, id_: Optional[str], latest: bool) -> NoReturn:
+        self._fuse_only()
+
+    def access_pattern(self, id_: Optional[str]) -> NoReturn:
+        self._fuse_only()
+
+    def backend_metrics(self, id_: Optional[str]) -> NoReturn:
+        self._fuse_only()
+
+    def inflight(self) -> NoReturn:
+        self._fuse_only()
 
     def backend_collection(self) -> None:
         return None
 
-    def blobcache_metrics(self, id_: Optional[str]) -> Dict:
+    def blobcache_metrics(self, id_: Optional[str]) -> Dict[str, Any]:
         """nydusd's blob cache shape (the kernel owns the cache files, so most counters are
         0) with our request counters under ``fscache``. With an id, only when that bootstrap
         is registered (the snapshotter asks ``/<fscacheID>``, which nydusd never matches)."""
@@ -246,7 +272,7 @@ class FscacheService:
             "prefetch_end_time_millis",
             "buffered_backend_size",
         )
-        out = {k: 0 for k in zero}
+        out: Dict[str, Any] = {k: 0 for k in zero}
         out.update(
             underlying_files=sorted(doc["data_blobs"]),
             store_path=self.dir or "",
@@ -259,7 +285,7 @@ class FscacheService:
 
     # --- metrics --------------------------------------------------------------------------
 
-    def metrics(self) -> Dict:
+    def metrics(self) -> Dict[str, Any]:
         if self.server is None:
             raise MetricsNotFound("no fscache device is bound")
         doc = self.server.metrics()

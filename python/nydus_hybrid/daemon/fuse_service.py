@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypedDict
 
 from nydus_hybrid import config as nconfig
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound
@@ -18,6 +18,7 @@ from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image
 from nydus_hybrid.mounts.fuse import Mount
 from nydus_hybrid.mounts.mountinfo import mountpoint_path
+from nydus_hybrid.types import AccessPattern, FilesMetrics, FsMetrics, Inflight
 
 
 @dataclass
@@ -27,10 +28,10 @@ class Instance:
     mountpoint: str
     source: str
     config_text: str
-    config: dict  # normalised v2 form, secrets removed
+    config: Dict[str, Any]  # normalised v2 form, secrets removed
     image: Image
     index: int
-    prefetch_files: Optional[list] = None
+    prefetch_files: Optional[List[str]] = None
     mounted_at: float = field(default_factory=time.time)
 
     @property
@@ -43,7 +44,7 @@ class Instance:
         nanos = int((self.mounted_at - secs) * 1e9)
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + f".{nanos:09d} +00:00:00"
 
-    def info(self) -> dict:
+    def info(self) -> Dict[str, Any]:
         return {
             "backend_type": "Rafs",
             "mountpoint": self.mountpoint,
@@ -103,7 +104,13 @@ class FuseService:
 
     # --- instances ------------------------------------------------------------------------
 
-    def _open(self, source: str, config_text: str, prefetch_files=None, mountpoint: Optional[str] = None) -> tuple:
+    def _open(
+        self,
+        source: str,
+        config_text: str,
+        prefetch_files: Optional[List[str]] = None,
+        mountpoint: Optional[str] = None,
+    ) -> Tuple[Dict[str, Any], Image]:
         if not os.path.isfile(source):
             raise DaemonError(f'Mount(MountFilesystem(Other("bootstrap {source} does not exist")))')
         try:
@@ -116,7 +123,7 @@ class FuseService:
             self._prefetch(image, cfg, prefetch_files)
         return cfg, image
 
-    def _prefetch(self, image: Image, cfg: dict, files) -> None:
+    def _prefetch(self, image: Image, cfg: Dict[str, Any], files: List[str]) -> None:
         bad = [f for f in files if not isinstance(f, str) or not f.startswith("/")]
         if bad:
             raise BadRequest(f"prefetch_files must be absolute paths: {bad[:3]}")
@@ -129,7 +136,9 @@ class FuseService:
                 existing, threads=max(1, p["threads"]), batch_size=p["batch_size"], bandwidth_limit=p["bandwidth_limit"]
             )
 
-    def add(self, mountpoint: str, source: str, config_text: str, prefetch_files=None) -> Instance:
+    def add(
+        self, mountpoint: str, source: str, config_text: str, prefetch_files: Optional[List[str]] = None
+    ) -> Instance:
         mountpoint = check_virtual_mountpoint(mountpoint)
         with self._lock:
             old = self.instances.get(mountpoint)
@@ -150,12 +159,19 @@ class FuseService:
             self.instances[mountpoint] = inst
             return inst
 
-    def _attach(self, mountpoint: str, image: Image, cfg: dict, index: Optional[int] = None) -> int:
+    def _attach(self, mountpoint: str, image: Image, cfg: Dict[str, Any], index: Optional[int] = None) -> int:
         rafs = cfg["rafs"]
         accounting = (rafs["iostats_files"], rafs["access_pattern"], rafs["latest_read_files"])
         return self.need_mount().attach(mountpoint, image, index=index, accounting=accounting, **CACHE_OPTS)
 
-    def restore(self, mountpoint: str, source: str, config_text: str, index: int, prefetch_files=None) -> Instance:
+    def restore(
+        self,
+        mountpoint: str,
+        source: str,
+        config_text: str,
+        index: int,
+        prefetch_files: Optional[List[str]] = None,
+    ) -> Instance:
         """Put an instance back at the index it had in a previous daemon (takeover)."""
         mountpoint = check_virtual_mountpoint(mountpoint)
         cfg, image = self._open(source, config_text, prefetch_files, mountpoint)
@@ -187,7 +203,7 @@ class FuseService:
 
     # --- metrics (spec §8) ----------------------------------------------------------------
 
-    def _pick(self, id_: Optional[str], key) -> Instance:
+    def _pick(self, id_: Optional[str], key: Callable[[Instance], str]) -> Instance:
         with self._lock:
             if id_ is None:
                 if len(self.instances) == 1:
@@ -198,23 +214,25 @@ class FuseService:
                     return inst
         raise MetricsNotFound(f"no metrics for id {id_!r}")
 
-    def fs_metrics(self, id_: Optional[str]) -> dict:
+    def fs_metrics(self, id_: Optional[str]) -> FsMetrics:
         return self.need_mount().fs_metrics(self._pick(id_, lambda i: i.mountpoint).mountpoint)
 
-    def files_metrics(self, id_: Optional[str], latest: bool):
+    def files_metrics(self, id_: Optional[str], latest: bool) -> FilesMetrics:
         return self.need_mount().files_metrics(self._pick(id_, lambda i: i.mountpoint).mountpoint, latest)
 
-    def access_pattern(self, id_: Optional[str]) -> list:
+    def access_pattern(self, id_: Optional[str]) -> AccessPattern:
         return self.need_mount().access_pattern(self._pick(id_, lambda i: i.mountpoint).mountpoint)
 
-    def backend_metrics(self, id_: Optional[str]) -> dict:
-        return self._pick(id_, lambda i: i.mountpoint).image.metrics()["backend"]
+    def backend_metrics(self, id_: Optional[str]) -> Dict[str, Any]:
+        backend: Dict[str, Any] = self._pick(id_, lambda i: i.mountpoint).image.metrics()["backend"]
+        return backend
 
-    def blobcache_metrics(self, id_: Optional[str]) -> dict:
+    def blobcache_metrics(self, id_: Optional[str]) -> Dict[str, Any]:
         # Keyed by the config id (the snapshotter's v1 `device.id`, `/<snapshotID>`).
-        return self._pick(id_, lambda i: i.config_id).image.metrics()["blobcache"]
+        blobcache: Dict[str, Any] = self._pick(id_, lambda i: i.config_id).image.metrics()["blobcache"]
+        return blobcache
 
-    def inflight(self) -> list:
+    def inflight(self) -> Inflight:
         """Every operation being served now, over all instances (spec §8.8)."""
         with self._lock:
             paths = list(self.instances)
@@ -222,11 +240,11 @@ class FuseService:
             return []
         return [op for p in paths for op in self.mount.inflight(p)]
 
-    def backend_collection(self) -> dict:
+    def backend_collection(self) -> Dict[str, Any]:
         with self._lock:
             return {mp: inst.info() for mp, inst in self.instances.items()}
 
-    def saved_mounts(self) -> list:
+    def saved_mounts(self) -> List[Dict[str, Any]]:
         """What a successor needs to rebuild every instance (for the upgrade state)."""
         with self._lock:
             return [
@@ -240,11 +258,11 @@ class FuseService:
                 for i in self.instances.values()
             ]
 
-    def saved_caches(self) -> list:
+    def saved_caches(self) -> List[Dict[str, Any]]:
         """Where each instance's blob cache lives (it persists on disk; the successor reopens
         it through the same config), for the handover state."""
         with self._lock:
-            out = []
+            out: List[Dict[str, Any]] = []
             for i in self.instances.values():
                 bc = i.image.metrics()["blobcache"]
                 out.append({"mountpoint": i.mountpoint, "work_dir": bc["store_path"], "files": bc["underlying_files"]})
@@ -264,9 +282,15 @@ def _exists(image: Image, path: str) -> bool:
         return False
 
 
+class CacheOpts(TypedDict):
+    entry_timeout: float
+    attr_timeout: float
+    keep_cache: bool
+
+
 # nydusd's FUSE timeouts come from the RAFS instance; an image never changes under a
 # mount, so long timeouts and a kept page cache are safe.
-CACHE_OPTS = {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
+CACHE_OPTS: CacheOpts = {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
 
 
 def config_from_localfs_dir(blob_dir: str) -> str:

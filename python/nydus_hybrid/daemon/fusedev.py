@@ -19,7 +19,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from nydus_hybrid import log, version
 from nydus_hybrid.daemon import state as st
@@ -29,6 +29,7 @@ from nydus_hybrid.daemon.fuse_service import CACHE_OPTS, FuseService, check_virt
 from nydus_hybrid.lifecycle import handover
 from nydus_hybrid.lifecycle.errors import StateError
 from nydus_hybrid.mounts import mountinfo
+from nydus_hybrid.types import InspectReport
 
 EROFS_SUPER_MAGIC = 0xE0F5E1E2
 RAFS_V6_VERSION = 0x600
@@ -271,13 +272,13 @@ def run(a: argparse.Namespace) -> int:
     return rc
 
 
-def super_meta(info: Dict[str, Any], cache: Dict[str, Any]) -> Dict[str, Any]:
+def super_meta(info: InspectReport, cache: Mapping[str, Any]) -> Dict[str, Any]:
     """nydusd's RafsSuperMeta dump (spec §8.7) from our ``inspect`` facts: its field names
     for the superblock and tables, plus the blob list. Diagnostic only."""
     sb = info["superblock"]
 
     def timeout(secs: float) -> Dict[str, int]:
-        return {"secs": int(secs), "nanos": int(round((secs - int(secs)) * 1e9))}
+        return {"secs": int(secs), "nanos": round((secs - int(secs)) * 1e9)}
 
     return {
         "magic": EROFS_SUPER_MAGIC,

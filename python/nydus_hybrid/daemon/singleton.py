@@ -8,13 +8,14 @@ and wait for a takeover. EBUSY with a live or missing socket is another daemon: 
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import logging
 import os
 import sys
 import time
-from typing import List
+from typing import Any, Dict, List, Optional
 
 from nydus_hybrid import log
 from nydus_hybrid.daemon import state as st
@@ -30,7 +31,7 @@ class AnotherDaemon(Exception):
     pass
 
 
-def config_entries(path) -> List[dict]:
+def config_entries(path: Optional[str]) -> List[Dict[str, Any]]:
     """``--config {"blobs": [...]}``: only ``config_v2`` entries count (spec §6.1)."""
     if not path:
         return []
@@ -48,7 +49,7 @@ def config_entries(path) -> List[dict]:
 class SingletonDaemon(BaseDaemon):
     service: FscacheService
 
-    def make_service(self):
+    def make_service(self) -> FscacheService:
         return FscacheService(self.a.fscache, self.a.fscache_threads, self.a.fscache_tag)
 
     # --- start-up -------------------------------------------------------------------------
@@ -77,7 +78,7 @@ class SingletonDaemon(BaseDaemon):
 
     # --- handover -------------------------------------------------------------------------
 
-    def state_doc(self) -> dict:
+    def state_doc(self) -> Dict[str, Any]:
         return {
             "daemon": {
                 "id": self.a.id,
@@ -119,7 +120,7 @@ class SingletonDaemon(BaseDaemon):
 
     # --- API actions ----------------------------------------------------------------------
 
-    def blob_add(self, doc: dict) -> None:
+    def blob_add(self, doc: Dict[str, Any]) -> None:
         ids = self.service.add_entry(doc)
         log.event("blob_added", id=doc.get("id"), domain=doc.get("domain_id", ""), data_blobs=len(ids))
         self.push_state_quietly()
@@ -132,13 +133,13 @@ class SingletonDaemon(BaseDaemon):
         log.event("blob_removed", domain=domain, id=blob_id)
         self.push_state_quietly()
 
-    def blob_entries(self, domain: str, blob_id: str) -> list:
+    def blob_entries(self, domain: str, blob_id: str) -> List[Dict[str, Any]]:
         return self.service.entries(domain, blob_id)
 
     def blob_cull(self, blob_id: str) -> None:
         self.service.cull(blob_id)
 
-    def backend_meta(self, mountpoint):
+    def backend_meta(self, mountpoint: Optional[str]) -> Dict[str, Any]:
         raise Unsupported('Unsupported("a singleton daemon has no RAFS mountpoints")')
 
     def prometheus(self) -> str:
@@ -156,7 +157,7 @@ class SingletonDaemon(BaseDaemon):
         log.event("exit", mode="singleton")
 
 
-def run(a) -> int:
+def run(a: argparse.Namespace) -> int:
     """``nydusd singleton``: bind the device (or wait for a takeover) and serve the API."""
     import asyncio
 

@@ -25,7 +25,7 @@ class Standby:
     a failover then costs a takeover, not a process start-up."""
 
     apisock: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
 
     def alive(self) -> bool:
         return self.process.poll() is None

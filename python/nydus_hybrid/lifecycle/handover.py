@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import struct
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from nydus_hybrid import log
 from nydus_hybrid.lifecycle.errors import StateError
@@ -37,12 +37,12 @@ POLICIES = ("none", "resend", "flush")
 FUSE_NOTIFY_RESEND = 7  # protocol 7.40, Linux 6.9 and later
 
 
-def encode(doc: dict) -> bytes:
+def encode(doc: Dict[str, Any]) -> bytes:
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return _HEADER.pack(MAGIC, STATE_VERSION, len(payload)) + payload + hashlib.sha256(payload).digest()
 
 
-def decode(data: bytes) -> dict:
+def decode(data: bytes) -> Dict[str, Any]:
     if len(data) < _HEADER.size:
         raise StateError(f'Upgrade(Restore("state truncated: {len(data)} bytes, shorter than its header"))')
     magic, version, length = _HEADER.unpack_from(data)
@@ -62,14 +62,14 @@ def decode(data: bytes) -> dict:
     if hashlib.sha256(payload).digest() != data[end:]:
         raise StateError('Upgrade(Restore("state corrupt: checksum mismatch"))')
     try:
-        doc = json.loads(payload)
+        doc: Dict[str, Any] = json.loads(payload)
         _check(doc)
     except (ValueError, KeyError, TypeError) as e:
         raise StateError(f'Upgrade(Restore("state corrupt: {e}"))') from e
     return doc
 
 
-def _check(doc: dict) -> None:
+def _check(doc: Dict[str, Any]) -> None:
     """Field presence and types, so a restore never fails half-way on a bad field."""
     d = doc["daemon"]
     if d.get("mode") == "singleton":
@@ -97,7 +97,7 @@ def _check(doc: dict) -> None:
         raise ValueError("runtime_config must be an object")
 
 
-def _check_singleton(doc: dict) -> None:
+def _check_singleton(doc: Dict[str, Any]) -> None:
     """A singleton's state: threads, the fscache dir, and the blob entries to re-add."""
     d = doc["daemon"]
     if (
@@ -118,7 +118,7 @@ def _check_singleton(doc: dict) -> None:
         raise ValueError("runtime_config must be an object")
 
 
-def vfs_state(doc: dict) -> bytes:
+def vfs_state(doc: Dict[str, Any]) -> bytes:
     return base64.b64decode(doc["fuse"]["vfs_state"])
 
 
@@ -136,11 +136,12 @@ def apply_failover_policy(policy: str, fuse_fd: int, conn_id: Optional[int]) -> 
             fallback = _write_conn_knob(conn_id, "resend")
             if fallback:
                 return fallback
+            code = e.errno if e.errno is None else errno.errorcode.get(e.errno, e.errno)
             log.event(
                 "failover_policy_failed",
                 level=logging.WARNING,
                 policy=policy,
-                error=f"FUSE_NOTIFY_RESEND: {errno.errorcode.get(e.errno, e.errno)} (kernel before 6.9?)",
+                error=f"FUSE_NOTIFY_RESEND: {code} (kernel before 6.9?)",
             )
             return "resend: unsupported"
     done = _write_conn_knob(conn_id, "flush")

@@ -9,9 +9,10 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.lifecycle.errors import UpgradeError
@@ -24,7 +25,7 @@ TAKEOVER_TIMEOUT = 30.0  # the Go client's takeover timeout
 @dataclass
 class Replacement:
     apisock: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     takeover_ms: float
     total_ms: float
     # Upgrade: from asking the old daemon to stop to the new one serving. Failover: from
@@ -53,6 +54,7 @@ def next_apisock(apisock: str) -> str:
     """api.sock -> api1.sock -> api2.sock ... in the same directory (as the snapshotter)."""
     d, name = os.path.split(apisock)
     m = re.fullmatch(r"(.*?)(\d*)(\.sock)?", name)
+    assert m is not None  # every part is optional: any name without a newline matches
     stem, num, ext = m.group(1), m.group(2), m.group(3) or ""
     return os.path.join(d, f"{stem}{int(num or 0) + 1}{ext}")
 
@@ -74,7 +76,7 @@ def with_apisock(argv: Sequence[str], apisock: str, upgrade: bool) -> List[str]:
     return out
 
 
-def spawn(argv: Sequence[str], log_path: Optional[str]) -> subprocess.Popen:
+def spawn(argv: Sequence[str], log_path: Optional[str]) -> subprocess.Popen[bytes]:
     err = open(log_path, "ab") if log_path else None
     try:
         # Its own session: the daemon outlives whoever ran the upgrade.
@@ -84,7 +86,7 @@ def spawn(argv: Sequence[str], log_path: Optional[str]) -> subprocess.Popen:
             err.close()
 
 
-def wait_state(client: DaemonClient, proc: subprocess.Popen, want: str, timeout: float) -> None:
+def wait_state(client: DaemonClient, proc: subprocess.Popen[bytes], want: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -97,7 +99,7 @@ def wait_state(client: DaemonClient, proc: subprocess.Popen, want: str, timeout:
                 raise UpgradeError(f"the new daemon did not reach {want} in {timeout:.0f}s: {e}") from e
 
 
-def restore_into(new: DaemonClient, proc: subprocess.Popen, armed) -> float:
+def restore_into(new: DaemonClient, proc: subprocess.Popen[bytes], armed: threading.Event) -> float:
     """PUT takeover on a successor waiting in INIT; returns ms until it is READY."""
     t0 = time.monotonic()
     new.put("/api/v1/daemon/fuse/takeover")
@@ -107,7 +109,9 @@ def restore_into(new: DaemonClient, proc: subprocess.Popen, armed) -> float:
     return (time.monotonic() - t0) * 1000
 
 
-def take_over(argv: List[str], apisock: str, sup: Supervisor, log_path: Optional[str]) -> tuple:
+def take_over(
+    argv: List[str], apisock: str, sup: Supervisor, log_path: Optional[str]
+) -> Tuple[subprocess.Popen[bytes], DaemonClient, float]:
     """Start a successor, let it take the supervisor's state; returns it READY."""
     armed = sup.arm_restore()
     proc = spawn(argv, log_path)

@@ -1,4 +1,4 @@
-"""The supervisor of nydusd's failover and hot upgrade (spec §4.1–4.2), and the daemon's end
+"""The supervisor of nydusd's failover and hot upgrade (spec §4.1-4.2), and the daemon's end
 of its wire protocol.
 
 A daemon hands its state to the supervisor so that a successor can take over its FUSE
@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Optional, Tuple
+from typing import Any, Iterable, List, Optional, Set, Tuple
 
 from nydus_hybrid import log
 from nydus_hybrid.lifecycle.errors import SupervisorError
@@ -38,8 +38,8 @@ MAX_STATE = 64 << 20
 EXCHANGE_TIMEOUT = 10.0  # SendStatesTimeout of the snapshotter
 
 
-def _fds_of(ancdata) -> list:
-    fds = []
+def _fds_of(ancdata: Iterable[Tuple[int, int, bytes]]) -> List[int]:
+    fds: List[int] = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             arr = array.array("i")
@@ -83,7 +83,8 @@ def _send(conn: socket.socket, data: bytes, fd: int) -> None:
 def peer_pid(conn: socket.socket) -> int:
     """The pid of the process at the other end of a connected unix socket."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[0]
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
 
 
 def _connect(path: str, timeout: float) -> socket.socket:
@@ -142,7 +143,7 @@ class Supervisor:
         self._generation = 0
         self._armed: Optional[threading.Event] = None
         self._closed = False
-        self._pushers: set = set()  # pids that have sent us a state
+        self._pushers: Set[int] = set()  # pids that have sent us a state
 
     def start(self) -> Supervisor:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -163,7 +164,7 @@ class Supervisor:
     def __enter__(self) -> Supervisor:
         return self.start() if self._sock is None else self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     @property

@@ -9,6 +9,7 @@ import asyncio
 import shlex
 import signal
 import sys
+from typing import Optional, Sequence
 
 from nydus_hybrid import log
 from nydus_hybrid.manager.controller import serve
@@ -16,7 +17,7 @@ from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.manager import FS_DRIVERS, MODES, POLICIES, Manager, default_nydusd
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nydus_hybrid.manager", description=__doc__)
     p.add_argument("--root", default="/var/lib/nydus-hybrid", help="state directory (nydus.db, sockets, mounts)")
     p.add_argument("--daemon-mode", choices=MODES, default="shared")

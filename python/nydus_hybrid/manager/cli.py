@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.manager.client import DIED, NydusdClient
@@ -22,7 +22,7 @@ def _store(root: str) -> Store:
     return Store(path)
 
 
-def _live(api_socket: str) -> dict:
+def _live(api_socket: str) -> Dict[str, Any]:
     c = NydusdClient(api_socket, timeout=2.0)
     try:
         return c.get_daemon_info()
@@ -32,7 +32,7 @@ def _live(api_socket: str) -> dict:
         c.close()
 
 
-def table(rows: List[Sequence], header: Sequence[str]) -> str:
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
@@ -89,7 +89,7 @@ def daemons_show(root: str, daemon_id: str, as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def instances_table(instances: List[dict]) -> str:
+def instances_table(instances: List[Dict[str, Any]]) -> str:
     return table(
         [
             (i["seq"], i["snapshot_id"], i["daemon_id"], i["state"], i["mountpoint"], i.get("image_id", ""))
@@ -108,7 +108,7 @@ def instances_list(root: str, as_json: bool) -> str:
     return json.dumps(instances, indent=2) if as_json else instances_table(instances)
 
 
-def daemons_upgrade(root: str, daemon_id: str, nydusd: str, as_json: bool) -> str:
+def daemons_upgrade(root: str, daemon_id: Optional[str], nydusd: Optional[str], as_json: bool) -> str:
     sock = os.path.join(root, "system.sock")
     body = {k: v for k, v in (("daemon_id", daemon_id), ("nydusd", nydusd.split() if nydusd else None)) if v}
     try:

@@ -13,7 +13,7 @@ import http.client
 import os
 import time
 import urllib.parse
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.manager.errors import ManagerError
@@ -59,7 +59,7 @@ class NydusdClient:
             time.sleep(POLL_S)
         raise NydusdUnreachable(f"{self.api_socket}: no API socket after {attempts * POLL_S:.0f}s")
 
-    def request(self, method: str, path: str, body: Optional[dict] = None):
+    def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
         if self._conn is None:
             self._conn = DaemonClient(self.api_socket, timeout=self.timeout)
         try:
@@ -72,13 +72,15 @@ class NydusdClient:
 
     # --- daemon ---------------------------------------------------------------------------
 
-    def get_daemon_info(self) -> dict:
-        return self.request("GET", "/api/v1/daemon")
+    def get_daemon_info(self) -> Dict[str, Any]:
+        info: Dict[str, Any] = self.request("GET", "/api/v1/daemon")
+        return info
 
     def get_state(self) -> str:
         """The daemon's state, or DIED when it cannot be asked."""
         try:
-            return self.get_daemon_info()["state"]
+            state: str = self.get_daemon_info()["state"]
+            return state
         except (ManagerError, KeyError, TypeError):
             return DIED
 
@@ -119,27 +121,33 @@ class NydusdClient:
 
     # --- fscache blobs --------------------------------------------------------------------
 
-    def bind_blob(self, entry: dict) -> None:
+    def bind_blob(self, entry: Dict[str, Any]) -> None:
         self.request("PUT", "/api/v2/blobs", entry)
 
     def unbind_blob(self, domain_id: str = "", blob_id: str = "") -> None:
         query = "&".join(f"{k}={_q(v)}" for k, v in (("domain_id", domain_id), ("blob_id", blob_id)) if v)
         self.request("DELETE", f"/api/v2/blobs?{query}")
 
-    def blob_entries(self, domain_id: str = "") -> List[dict]:
+    def blob_entries(self, domain_id: str = "") -> List[Dict[str, Any]]:
         """Registered bootstrap entries of a domain; every entry for "" (our extension)."""
-        return self.request("GET", f"/api/v2/blobs?domain_id={_q(domain_id)}") or []
+        entries: List[Dict[str, Any]] = self.request("GET", f"/api/v2/blobs?domain_id={_q(domain_id)}") or []
+        return entries
 
     # --- metrics and config ---------------------------------------------------------------
 
-    def fs_metrics(self, instance: str = "") -> dict:
-        return self.request("GET", "/api/v1/metrics" + (f"?id={_q(instance)}" if instance else ""))
+    def fs_metrics(self, instance: str = "") -> Dict[str, Any]:
+        metrics: Dict[str, Any] = self.request("GET", "/api/v1/metrics" + (f"?id={_q(instance)}" if instance else ""))
+        return metrics
 
-    def cache_metrics(self, instance: str = "") -> dict:
-        return self.request("GET", "/api/v1/metrics/blobcache" + (f"?id={_q(instance)}" if instance else ""))
+    def cache_metrics(self, instance: str = "") -> Dict[str, Any]:
+        metrics: Dict[str, Any] = self.request(
+            "GET", "/api/v1/metrics/blobcache" + (f"?id={_q(instance)}" if instance else "")
+        )
+        return metrics
 
-    def inflight_metrics(self) -> list:
-        return self.request("GET", "/api/v1/metrics/inflight") or []
+    def inflight_metrics(self) -> List[Dict[str, Any]]:
+        inflight: List[Dict[str, Any]] = self.request("GET", "/api/v1/metrics/inflight") or []
+        return inflight
 
     def update_auth(self, instance: str, registry_auth: str) -> None:
         self.request("PUT", f"/api/v1/config?id={_q(instance)}", {"registry_auth": registry_auth})

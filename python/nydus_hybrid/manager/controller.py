@@ -7,14 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from aiohttp import web
 
 from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.manager import Manager
 
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
 
-def _json(body, status: int = 200) -> web.Response:
+T = TypeVar("T")
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
@@ -27,12 +33,12 @@ class Controller:
         self.m = manager
         self.lock = asyncio.Lock()
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         async with self.lock:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     @web.middleware
-    async def errors(self, request, handler):
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except ManagerError as e:
@@ -51,13 +57,13 @@ class Controller:
         app.router.add_delete("/api/v1/instances/{key}", self.umount)
         return app
 
-    async def daemons(self, request):
+    async def daemons(self, request: web.Request) -> web.Response:
         return _json(self.m.describe())
 
-    async def instances(self, request):
+    async def instances(self, request: web.Request) -> web.Response:
         return _json(self.m.describe()["instances"])
 
-    async def mount(self, request):
+    async def mount(self, request: web.Request) -> web.Response:
         doc = await request.json()
         if not isinstance(doc, dict):
             raise ValueError("the body must be a JSON object")
@@ -66,11 +72,11 @@ class Controller:
         )
         return _json(rec)
 
-    async def umount(self, request):
+    async def umount(self, request: web.Request) -> web.Response:
         await self._run(self.m.umount, request.match_info["key"])
         return web.Response(status=204)
 
-    async def upgrade(self, request):
+    async def upgrade(self, request: web.Request) -> web.Response:
         doc = await request.json() if request.body_exists else {}
         nydusd = doc.get("nydusd")
         done = await self._run(self.m.upgrade, doc.get("daemon_id"), nydusd)

@@ -90,7 +90,7 @@ class Daemon:
         self.driver = driver
         self.refs = 0
         self.state = UNKNOWN  # the last state seen
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.supervisor: Optional[Supervisor] = None
         self.standby: Optional[failover.Standby] = None
         self._client: Optional[NydusdClient] = None
@@ -221,7 +221,7 @@ class Daemon:
         self.state = self.client().get_state()
         return self.state
 
-    def info(self) -> Optional[dict]:
+    def info(self) -> Optional[Dict[str, Any]]:
         try:
             return self.client().get_daemon_info()
         except ManagerError:
@@ -303,7 +303,7 @@ class Daemon:
         self.proc = r.process
         self.reset_client()
 
-    def describe(self) -> dict:
+    def describe(self) -> Dict[str, Any]:
         d = self.record.to_dict()
         d.update(refs=self.refs, state=self.state)
         return d

@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import threading
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Union
 
 from nydus_hybrid import log
 from nydus_hybrid.lifecycle import failover as nfailover
@@ -92,10 +92,10 @@ class Manager:
         self.nydusd = list(nydusd or default_nydusd())
         self.thread_num, self.log_level, self.failover_policy = thread_num, log_level, failover_policy
         self.daemons: Dict[str, Daemon] = {}
-        self.instances: Dict[str, dict] = {}
+        self.instances: Dict[str, Dict[str, Any]] = {}
         self.unexplained: List[str] = []
         self.lock = threading.RLock()
-        self._busy: set = set()  # daemons being replaced or destroyed on purpose
+        self._busy: Set[str] = set()  # daemons being replaced or destroyed on purpose
         self.monitor = LivenessMonitor(self._on_death)
 
     # --- daemons --------------------------------------------------------------------------
@@ -198,6 +198,7 @@ class Manager:
 
     def _activate_standby(self, d: Daemon) -> None:
         """Sequence C on the standby: take over from the supervisor, start serving."""
+        assert d.standby is not None and d.supervisor is not None  # checked by _on_death
         dead_socket = d.record.api_socket
         r = nfailover.failover_to_standby(d.standby, d.supervisor)
         d.proc, d.record.pid, d.record.api_socket = r.process, r.process.pid, r.apisock
@@ -245,7 +246,7 @@ class Manager:
 
     # --- instances ------------------------------------------------------------------------
 
-    def mount(self, key: str, image_id: str, bootstrap: str, config) -> dict:
+    def mount(self, key: str, image_id: str, bootstrap: str, config: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
         """Mount an image as instance ``key`` (a snapshot id); idempotent for a mounted key."""
         if not key or "/" in key or key in (".", ".."):
             raise ManagerError(f"instance key {key!r}: must be one path component")
@@ -263,7 +264,16 @@ class Manager:
                 return self._mount_shared(key, image_id, bootstrap, config_text)
             return self._mount_dedicated(key, image_id, bootstrap, config_text)
 
-    def _instance_record(self, key, image_id, d: Daemon, mountpoint, bootstrap, config_path, annotations=None) -> dict:
+    def _instance_record(
+        self,
+        key: str,
+        image_id: str,
+        d: Daemon,
+        mountpoint: str,
+        bootstrap: str,
+        config_path: str,
+        annotations: Optional[Dict[str, str]] = None,
+    ) -> Dict[str, Any]:
         return {
             "snapshot_id": key,
             "image_id": image_id,
@@ -277,7 +287,7 @@ class Manager:
             "state": MOUNTING,
         }
 
-    def _mount_shared(self, key, image_id, bootstrap, config_text) -> dict:
+    def _mount_shared(self, key: str, image_id: str, bootstrap: str, config_text: str) -> Dict[str, Any]:
         d = self.shared_daemon()
         config_path = os.path.join(d.record.config_dir, key, "config.json")
         plan = d.driver.plan_instance(key, d, bootstrap, config_text)
@@ -299,7 +309,7 @@ class Manager:
         log.event("instance_mounted", key=key, daemon=d.id, mode="shared")
         return rec
 
-    def _mount_dedicated(self, key, image_id, bootstrap, config_text) -> dict:
+    def _mount_dedicated(self, key: str, image_id: str, bootstrap: str, config_text: str) -> Dict[str, Any]:
         snapdir = os.path.join(self.root, "snapshots", key)
         record = self._new_record("dedicated", os.path.join(snapdir, "mnt"), bootstrap)
         d = self._register(record)
@@ -319,12 +329,13 @@ class Manager:
             self.store.delete_instance(key)
             self.instances.pop(key, None)
             self._destroy(d)
-            raise e if isinstance(e, ManagerError) else DaemonStartError(str(e))
+            # The OSError stays the implicit context of the DaemonStartError, as it always was.
+            raise e if isinstance(e, ManagerError) else DaemonStartError(str(e))  # noqa: B904
         rec = self._set_state(rec, MOUNTED)
         log.event("instance_mounted", key=key, daemon=d.id, mode="dedicated", pid=d.record.pid)
         return rec
 
-    def _set_state(self, rec: dict, state: str) -> dict:
+    def _set_state(self, rec: Dict[str, Any], state: str) -> Dict[str, Any]:
         rec = dict(rec, state=state)
         self.store.update_instance(rec)
         self.instances[rec["snapshot_id"]] = rec
@@ -337,7 +348,7 @@ class Manager:
                 raise ManagerError(f"no instance {key}")
             self._umount(self._set_state(rec, REMOVING))
 
-    def _umount(self, rec: dict) -> None:
+    def _umount(self, rec: Dict[str, Any]) -> None:
         key = rec["snapshot_id"]
         d = self.daemons.get(rec["daemon_id"])
         if d is not None and d.record.daemon_mode == "shared":
@@ -391,6 +402,7 @@ class Manager:
 
     def _failover(self, d: Daemon) -> None:
         """Sequence C: same arguments, take over from the supervisor, start."""
+        assert d.supervisor is not None  # checked by _on_death
         r = nfailover.failover(
             d.argv(), d.record.api_socket, d.supervisor, log_path=os.path.join(d.record.log_dir, "stderr.log")
         )
@@ -411,7 +423,7 @@ class Manager:
             self._recover_instances(d, self._instances_of(d))
         log.event("daemon_restarted", daemon=d.id, pid=d.record.pid)
 
-    def _recover_instances(self, d: Daemon, recs: List[dict]) -> None:
+    def _recover_instances(self, d: Daemon, recs: List[Dict[str, Any]]) -> None:
         """Finish the umounts that were under way, re-attach the rest in seq order."""
         for rec in [r for r in recs if r["state"] == REMOVING]:
             self._umount(rec)
@@ -421,14 +433,14 @@ class Manager:
             else:
                 log.event("remount_failed", level=logging.ERROR, key=rec["snapshot_id"], error=str(err))
 
-    def _instances_of(self, d: Daemon) -> List[dict]:
+    def _instances_of(self, d: Daemon) -> List[Dict[str, Any]]:
         return [r for r in self.instances.values() if r["daemon_id"] == d.id]
 
-    def recover(self) -> dict:
+    def recover(self) -> Dict[str, List[str]]:
         """Rebuild from the store after a manager restart (spec A10): reconnect to live daemons,
         restart dead ones, finish or undo half-done instance changes, and report what the
         store cannot explain. Returns a summary."""
-        summary = {"live": [], "restarted": [], "finished": [], "unexplained": []}
+        summary: Dict[str, List[str]] = {"live": [], "restarted": [], "finished": [], "unexplained": []}
         with self.lock:
             for raw in self.store.daemons():
                 self._adopt(DaemonRecord.from_dict(raw))
@@ -450,7 +462,7 @@ class Manager:
         log.event("recovered", **{k: len(v) for k, v in summary.items()})
         return summary
 
-    def _recover_daemon(self, d: Daemon, summary: dict) -> None:
+    def _recover_daemon(self, d: Daemon, summary: Dict[str, List[str]]) -> None:
         mine = sorted(self._instances_of(d), key=lambda r: r["seq"])
         state = d.get_state()
         if state != DIED:
@@ -537,7 +549,7 @@ class Manager:
                 log.event("daemon_upgraded", daemon=d.id, pid=d.record.pid, apisock=d.record.api_socket)
             return done
 
-    def describe(self) -> dict:
+    def describe(self) -> Dict[str, Any]:
         with self.lock:
             return {
                 "daemons": [d.describe() for d in self.daemons.values()],

@@ -7,7 +7,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple, cast
 
 from nydus_hybrid.manager.errors import ManagerError
 
@@ -54,7 +54,7 @@ class LivenessMonitor:
                 self._sel.unregister(sub[0])
                 sub[0].close()
 
-    def watched(self) -> list:
+    def watched(self) -> List[str]:
         with self._lock:
             return sorted(self._subs)
 
@@ -76,9 +76,11 @@ class LivenessMonitor:
                     except BlockingIOError:
                         pass
                     continue
-                daemon_id = key.data
+                daemon_id: str = key.data
+                # Every key with data is a daemon's socket, registered in subscribe().
+                conn = cast(socket.socket, key.fileobj)
                 try:
-                    data = key.fileobj.recv(1)
+                    data = conn.recv(1)
                 except BlockingIOError:
                     continue
                 except OSError:

@@ -11,7 +11,8 @@ import json
 import os
 import sqlite3
 import threading
-from typing import List, Optional
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 from nydus_hybrid.manager.errors import StoreError
 
@@ -57,10 +58,10 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: not a usable SQLite database ({e}); it was left untouched") from e
 
-    def transaction(self):
+    def transaction(self) -> _Txn:
         return _Txn(self.db, self.lock)
 
-    def _query(self, sql: str, args=()) -> list:
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> List[Any]:
         with self.lock:
             return self.db.execute(sql, args).fetchall()
 
@@ -69,13 +70,13 @@ class Store:
 
     # --- daemons ------------------------------------------------------------------------------
 
-    def add_daemon(self, record: dict) -> None:
+    def add_daemon(self, record: Dict[str, Any]) -> None:
         with self.transaction():
             if self.db.execute("SELECT 1 FROM daemons WHERE id=?", (record["id"],)).fetchone():
                 raise StoreError(f"daemon {record['id']} already exists")
             self.db.execute("INSERT INTO daemons VALUES (?, ?)", (record["id"], json.dumps(record)))
 
-    def update_daemon(self, record: dict) -> None:
+    def update_daemon(self, record: Dict[str, Any]) -> None:
         with self.transaction():
             cur = self.db.execute("UPDATE daemons SET record=? WHERE id=?", (json.dumps(record), record["id"]))
             if cur.rowcount == 0:
@@ -85,16 +86,16 @@ class Store:
         with self.transaction():
             self.db.execute("DELETE FROM daemons WHERE id=?", (daemon_id,))
 
-    def daemons(self) -> List[dict]:
+    def daemons(self) -> List[Dict[str, Any]]:
         return [self._load(r, "daemon", i) for i, r in self._query("SELECT id, record FROM daemons ORDER BY id")]
 
-    def daemon(self, daemon_id: str) -> Optional[dict]:
+    def daemon(self, daemon_id: str) -> Optional[Dict[str, Any]]:
         rows = self._query("SELECT record FROM daemons WHERE id=?", (daemon_id,))
         return self._load(rows[0][0], "daemon", daemon_id) if rows else None
 
     # --- instances ----------------------------------------------------------------------------
 
-    def add_instance(self, record: dict) -> dict:
+    def add_instance(self, record: Dict[str, Any]) -> Dict[str, Any]:
         """Insert with the next sequence number (recovery remounts in this order)."""
         with self.transaction():
             if self.db.execute("SELECT 1 FROM instances WHERE key=?", (record["snapshot_id"],)).fetchone():
@@ -107,7 +108,7 @@ class Store:
             )
             return record
 
-    def update_instance(self, record: dict) -> None:
+    def update_instance(self, record: Dict[str, Any]) -> None:
         with self.transaction():
             cur = self.db.execute(
                 "UPDATE instances SET record=?, daemon_id=? WHERE key=?",
@@ -120,14 +121,14 @@ class Store:
         with self.transaction():
             self.db.execute("DELETE FROM instances WHERE key=?", (key,))
 
-    def instances(self) -> List[dict]:
+    def instances(self) -> List[Dict[str, Any]]:
         return [self._load(r, "instance", k) for k, r in self._query("SELECT key, record FROM instances ORDER BY seq")]
 
-    def instance(self, key: str) -> Optional[dict]:
+    def instance(self, key: str) -> Optional[Dict[str, Any]]:
         rows = self._query("SELECT record FROM instances WHERE key=?", (key,))
         return self._load(rows[0][0], "instance", key) if rows else None
 
-    def _load(self, text: str, what: str, key: str) -> dict:
+    def _load(self, text: str, what: str, key: str) -> Dict[str, Any]:
         try:
             doc = json.loads(text)
             if not isinstance(doc, dict):
@@ -143,7 +144,7 @@ class _Txn:
     def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
         self.db, self.lock = db, lock
 
-    def __enter__(self):
+    def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
         try:
             self.db.execute("BEGIN IMMEDIATE")
@@ -152,7 +153,9 @@ class _Txn:
             raise
         return self.db
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
         try:
             self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:

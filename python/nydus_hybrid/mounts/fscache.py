@@ -146,7 +146,7 @@ def sim_request(sock_path: str, request: Dict[str, Any], timeout: float = 120.0)
     finally:
         s.close()
     try:
-        reply = json.loads(buf)
+        reply: Dict[str, Any] = json.loads(buf)
     except ValueError as e:
         raise OSError(errno.EIO, f"cachefiles simulator: unreadable reply {buf[:100]!r}") from e
     if not reply.get("ok"):

@@ -5,7 +5,7 @@ down. (``nydus_hybrid.mounts.fuse_shim`` is the slower, scriptable fusepy-style 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union, cast
 
 from nydus_hybrid import _core
 from nydus_hybrid.image import Image, PathArg
@@ -51,7 +51,8 @@ class Mount:
         """Serve ``image`` at ``path``; returns its index (it fixes the inode numbers the
         kernel sees; pass it back as ``index`` to restore an image after a handover).
         ``accounting`` switches on nydusd's (iostats_files, access_pattern, latest_read_files)."""
-        args = (entry_timeout, attr_timeout, keep_cache, tuple(bool(a) for a in accounting))
+        flags = cast(Tuple[bool, bool, bool], tuple(bool(a) for a in accounting))
+        args = (entry_timeout, attr_timeout, keep_cache, flags)
         if index is None:
             index = self._inner.attach(path, image.handle, *args)
         else:

@@ -26,7 +26,7 @@ import errno
 import functools
 import os
 import stat as stat_mod
-from typing import Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 try:
     import mfusepy
@@ -47,6 +47,8 @@ from nydus_hybrid.image import Image
 __all__ = ["FuseOSError", "RafsOperations", "mount"]
 
 FuseOSError = mfusepy.FuseOSError
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # mfusepy hands paths and names over as str decoded with this codec; the image wants bytes.
 _ENCODING = "utf-8"
@@ -72,27 +74,28 @@ def _s(b: bytes) -> str:
     return b.decode(_ENCODING, _ERRORS)
 
 
-def _errno_mapped(method):
+def _errno_mapped(method: _F) -> _F:
     """Turn a core error into ``FuseOSError(e.errno)`` (EIO when it carries none)."""
 
     @functools.wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
         except NydusError as e:
             raise FuseOSError(e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EIO) from e
 
-    return wrapper
+    return cast(_F, wrapper)
 
 
-class RafsOperations(mfusepy.Operations):
+# mfusepy ships no type information, so its base class is Any to the type checker.
+class RafsOperations(mfusepy.Operations):  # type: ignore[misc]
     """Read-only fusepy ``Operations`` over one image. Times are nanoseconds (``use_ns``)."""
 
     use_ns = True
 
     def __init__(self, image: Image):
         self.image = image
-        self._statfs: Optional[dict] = None
+        self._statfs: Optional[Dict[str, int]] = None
         # libfuse changes to "/" before serving, even in the foreground; an image opened
         # with a relative blob directory (or config) resolves it on its first read.
         self._cwd = os.getcwd()
@@ -106,7 +109,7 @@ class RafsOperations(mfusepy.Operations):
     # ---------------------------------------------------------------------------- metadata
 
     @_errno_mapped
-    def getattr(self, path: str, fh: Optional[int] = None) -> dict:
+    def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
         s = self.image.stat(_b(path))
         ns = s.st_mtime_ns
         return {
@@ -125,7 +128,7 @@ class RafsOperations(mfusepy.Operations):
         }
 
     @_errno_mapped
-    def readdir(self, path: str, fh: int):
+    def readdir(self, path: str, fh: int) -> List[Tuple[str, Dict[str, int], int]]:
         # '.' and '..' come from the directory itself, with their inode numbers
         return [
             (_s(name), {"st_ino": nid, "st_mode": _DIRENT_MODE.get(ftype, 0)}, 0)
@@ -134,19 +137,20 @@ class RafsOperations(mfusepy.Operations):
 
     @_errno_mapped
     def readlink(self, path: str) -> str:
-        return _s(self.image.readlink(_b(path)))
+        # a bytes path gives a bytes target (Image.readlink is annotated for both)
+        return _s(cast(bytes, self.image.readlink(_b(path))))
 
     @_errno_mapped
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         return self.image.getxattr(_b(path), _b(name))
 
     @_errno_mapped
-    def listxattr(self, path: str) -> list:
+    def listxattr(self, path: str) -> List[str]:
         # raw names (bytes) from the core, decoded the way mfusepy encodes them back
         return [_s(n) for n in self.image.listxattr_raw(_b(path))]
 
     @_errno_mapped
-    def statfs(self, path: str) -> dict:
+    def statfs(self, path: str) -> Dict[str, int]:
         if self._statfs is None:
             info = self.image.inspect()
             sb = info["superblock"]
@@ -209,7 +213,7 @@ def mount(
     foreground: bool = True,
     threads: bool = True,
     operations: Optional[RafsOperations] = None,
-    **fuse_options,
+    **fuse_options: Any,
 ) -> None:
     """Mount ``image`` (an :class:`Image`) read-only at ``mountpoint`` through mfusepy and
     serve it until it is unmounted (``fusermount3 -u`` / ``umount``) or interrupted; then

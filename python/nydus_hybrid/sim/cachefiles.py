@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Set, Tuple
 
 from nydus_hybrid import log
 from nydus_hybrid.mounts import erofs, fscache, mountinfo
@@ -86,12 +86,12 @@ class Cache:
         self.conn: Optional[socket.socket] = None
         self.bound = False
         self.dir: Optional[str] = None
-        self.objects: Dict[tuple, Obj] = {}
+        self.objects: Dict[Tuple[str, str], Obj] = {}  # (volume, cookie) -> object
         self.by_ino: Dict[int, Obj] = {}
         self.writers: Dict[str, int] = {}  # cache file -> fd opened before any fanotify mark
         self.pending: Dict[int, Pending] = {}
-        self.retired: set = set()  # READs re-sent after a restore: a late completion is fine
-        self.mounts: Dict[str, List[tuple]] = {}
+        self.retired: Set[int] = set()  # READs re-sent after a restore: a late completion is fine
+        self.mounts: Dict[str, List[Tuple[str, str]]] = {}
         self.next_msg, self.next_obj = 1, 1
         self.counters = dict(opens=0, reads=0, read_bytes=0, closes=0, restores=0, protocol_errors=0, eio=0)
         self.fan: Optional[Fanotify] = None
@@ -355,6 +355,7 @@ class Cache:
                 obj = self.get_object(volume, tag)
                 obj.refs += 1
                 taken.append((volume, tag))
+                assert self.fan is not None  # main() sets it before the control socket exists
                 self.fan.watch(obj.path)
                 devices.append(obj.path)
             # Volume directories have a comma in their names ("Ierofs,<domain>"), which the
@@ -384,7 +385,7 @@ class Cache:
             self.mounts.pop(target, None)
         self._release(taken)
 
-    def _release(self, keys: List[tuple]) -> None:
+    def _release(self, keys: List[Tuple[str, str]]) -> None:
         for key in keys:
             with self.lock:
                 obj = self.objects.get(key)
@@ -402,7 +403,7 @@ class Cache:
                 except OSError:
                     pass
 
-    def status(self) -> dict:
+    def status(self) -> Dict[str, Any]:
         with self.lock:
             return {
                 "ok": True,
@@ -489,7 +490,7 @@ class Fanotify:
         if self.fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_init(FAN_CLASS_PRE_CONTENT): {os.strerror(err)}")
-        self.marked: set = set()
+        self.marked: Set[str] = set()
         self.reply_lock = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="sim-fan")
         threading.Thread(target=self._loop, daemon=True).start()
@@ -525,7 +526,7 @@ class Fanotify:
                 self.pool.submit(self._handle, efd, pid, rng)
                 off += max(ev_len, EVENT_META.size)
 
-    def _handle(self, efd: int, pid: int, rng) -> None:
+    def _handle(self, efd: int, pid: int, rng: Optional[Tuple[int, int]]) -> None:
         ok = True
         try:
             if rng is not None:
@@ -567,7 +568,7 @@ class Fanotify:
         os.close(efd)
 
 
-def _range(info: bytes):
+def _range(info: bytes) -> Optional[Tuple[int, int]]:
     i = 0
     while i + 4 <= len(info):
         itype, _, ilen = struct.unpack_from("<BBH", info, i)
@@ -589,6 +590,7 @@ def serve_control(cache: Cache, path: str) -> None:
             buf = fscache.recv_line(conn)
             if not buf.endswith(b"\n"):
                 return
+            reply: Dict[str, Any]
             try:
                 req = json.loads(buf)
                 op = req.get("op")
@@ -613,7 +615,7 @@ def serve_control(cache: Cache, path: str) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nydus_hybrid.sim.cachefiles", description=__doc__.split("\n\n")[0])
     p.add_argument("--socket", required=True, help="the device socket (SOCK_SEQPACKET); control is <socket>.ctl")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a copen or a READ completion")
@@ -630,7 +632,7 @@ def main(argv=None) -> int:
     dev.listen(8)
     threading.Thread(target=serve_control, args=(cache, a.socket + ".ctl"), daemon=True).start()
 
-    def stop(*_):
+    def stop(*_: object) -> NoReturn:
         for target in list(cache.mounts):
             try:
                 erofs.umount(target, lazy=True)
