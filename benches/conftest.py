@@ -11,37 +11,41 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tests.helpers
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benches/: benchlib, fusebench
 
-import benchlib
+from benchlib import env  # as a module: the hook below takes an argument called machine_info
+from benchlib.corpus import Corpus, ensure_bigfile, ensure_corpus
+from benchlib.measure import rss_method
+from benchlib.pagecache import warm_page_cache
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["nydus_bench"] = dict(benchlib.machine_info(), **benchlib.build_identity())
+    machine_info["nydus_bench"] = dict(env.machine_info(), **env.build_identity())
 
 
 def pytest_report_header(config):
-    m = benchlib.machine_info()
-    b = benchlib.build_identity()
+    m = env.machine_info()
+    b = env.build_identity()
     return (
-        f"nydus benches: corpus {benchlib.bench_mb()} MiB, big file {benchlib.bigfile_gb()} GiB, "
-        f"{benchlib.bench_rounds()} rounds; nproc {m['nproc']}, kernel {m['kernel']}; "
-        f"peak RSS via {benchlib.rss_method()}; nydus-hybrid git {b.get('git_head')}, "
+        f"nydus benches: corpus {env.bench_mb()} MiB, big file {env.bigfile_gb()} GiB, "
+        f"{env.bench_rounds()} rounds; nproc {m['nproc']}, kernel {m['kernel']}; "
+        f"peak RSS via {rss_method()}; nydus-hybrid git {b.get('git_head')}, "
         f"_core sha256 {b.get('core_sha256')}"
     )
 
 
 @pytest.fixture(scope="session")
-def corpus() -> benchlib.Corpus:
-    c = benchlib.ensure_corpus(log=lambda s: print(s, file=sys.stderr))
-    benchlib.warm_page_cache(c.root)
+def corpus() -> Corpus:
+    c = ensure_corpus(log=lambda s: print(s, file=sys.stderr))
+    warm_page_cache(c.root)
     return c
 
 
 @pytest.fixture(scope="session")
-def bigfile() -> benchlib.Corpus:
-    c = benchlib.ensure_bigfile(log=lambda s: print(s, file=sys.stderr))
-    benchlib.warm_page_cache(c.root)
+def bigfile() -> Corpus:
+    c = ensure_bigfile(log=lambda s: print(s, file=sys.stderr))
+    warm_page_cache(c.root)
     return c
 
 
@@ -64,5 +68,5 @@ def built_image(corpus, workdir):
     out = os.path.join(workdir, "read-image")
     boot, blobs = os.path.join(out, "image.boot"), os.path.join(out, "blobs")
     report = nydus_hybrid.build(corpus.root, boot, blobs, compressor="zstd", progress=False)
-    benchlib.warm_page_cache(blobs, extra=[boot])
+    warm_page_cache(blobs, extra=[boot])
     return boot, blobs, report

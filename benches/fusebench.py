@@ -33,13 +33,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import benchlib
-from benchlib import IN_CI, MiB
+from benchlib.corpus import fresh_dir, text_pool
+from benchlib.env import IN_CI, bench_dir
+from benchlib.measure import proc_cpu_s
+from benchlib.pagecache import drop_caches, evict, warm_files
+from benchlib.report import GiB, MiB, pct
+from tests.helpers.mounts import is_mounted
 
 FUSE_TREE_VERSION = 1
 FILES_PER_DIR = 1000
 FIRST_BYTE_FILES = 50
-GiB = 1 << 30
 
 
 # --------------------------------------------------------------------------- settings
@@ -118,7 +121,7 @@ def ensure_fuse_tree(
     files = fuse_tree_files() if files is None else files
     files = max(FILES_PER_DIR, files // FILES_PER_DIR * FILES_PER_DIR)
     dirs = files // FILES_PER_DIR
-    root = os.path.join(benchlib.bench_dir(), f"fuse-{big_mb}mib-{files}f-v{FUSE_TREE_VERSION}")
+    root = os.path.join(bench_dir(), f"fuse-{big_mb}mib-{files}f-v{FUSE_TREE_VERSION}")
     marker = root + ".done"
     if not os.path.exists(marker):
         shutil.rmtree(root, ignore_errors=True)
@@ -128,7 +131,7 @@ def ensure_fuse_tree(
         mtime = 1_700_000_000
         rng = random.Random(0xF05E + big_mb)
         noise = rng.randbytes(16 * MiB + MiB)
-        text = benchlib._text_pool(rng, 4 * MiB)
+        text = text_pool(rng, 4 * MiB)
         with open(os.path.join(root, FuseTree.big_rel), "wb") as f:
             for i in range(big_mb):
                 if i % 4 == 3:
@@ -171,14 +174,14 @@ class FuseImage:
 
     def backing(self, kind: str) -> List[str]:
         """The files a reader of kind `kind` reads underneath its mount."""
-        return [self.block] if kind == "kernel" else [self.boot] + self.blob_files
+        return [self.block] if kind == "kernel" else [self.boot, *self.blob_files]
 
 
 def build_fuse_image(tree: FuseTree, out: str, log: Callable[[str], None] = lambda s: None) -> FuseImage:
     """Build `tree` (zstd, 1 MiB chunks) into `out` and export the block image next to it."""
     import nydus_hybrid
 
-    benchlib.fresh_dir(out)
+    fresh_dir(out)
     boot, blobs, block = os.path.join(out, "image.boot"), os.path.join(out, "blobs"), os.path.join(out, "image.erofs")
     t = time.perf_counter()
     report = nydus_hybrid.build(tree.root, boot, blobs, compressor="zstd", progress=False)
@@ -192,12 +195,6 @@ def build_fuse_image(tree: FuseTree, out: str, log: Callable[[str], None] = lamb
 
 
 # --------------------------------------------------------------------------- mounts
-
-
-def is_mounted(path: str) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
 
 
 def _die_with_parent() -> None:
@@ -229,7 +226,7 @@ class BenchMount:
         return os.path.join(self.mnt, rel)
 
     def server_cpu_s(self) -> Optional[float]:
-        return benchlib.proc_cpu_s(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None
+        return proc_cpu_s(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None
 
     def _unmount(self) -> None:
         raise NotImplementedError
@@ -316,7 +313,7 @@ class OurMount(BenchMount):
             argv += ["--attr-timeout", str(attr_timeout)]
         self.log = open(self.mnt + ".log", "w+")
         self.proc = subprocess.Popen(
-            argv + [self.mnt], stdout=subprocess.PIPE, stderr=self.log, text=True, preexec_fn=_die_with_parent
+            [*argv, self.mnt], stdout=subprocess.PIPE, stderr=self.log, text=True, preexec_fn=_die_with_parent
         )
         try:
             line = self.proc.stdout.readline()
@@ -494,34 +491,11 @@ def slug(name: str) -> str:
 # --------------------------------------------------------------------------- caches
 
 
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def warm(paths: Sequence[str]) -> None:
-    buf = bytearray(MiB)
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            while f.readinto(buf):
-                pass
-
-
-def evict(path: str) -> None:
-    """Drop `path`'s pages from the page cache (it is ours to drop: read-only, unmapped)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def drop_and_rewarm(img: FuseImage) -> None:
     """`echo 3 > drop_caches`, then read the backing files (bootstrap, blob, block image)
     back, so what follows measures the filesystems, not the disk."""
     drop_caches()
-    warm(img.backing("ours") + img.backing("kernel"))
+    warm_files(img.backing("ours") + img.backing("kernel"))
 
 
 # --------------------------------------------------------------------------- workloads
@@ -671,12 +645,6 @@ def first_bytes(m: BenchMount, rels: Sequence[str]) -> List[float]:
     return lat
 
 
-def pct(xs: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1) of xs, nearest rank."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
-
-
 def fuse_mount_info(m: BenchMount) -> Dict[str, str]:
     """max_read and the readahead window (KiB) the kernel uses for a mount."""
     info: Dict[str, str] = {}
@@ -807,12 +775,13 @@ def run_section(
                 res.rnd.setdefault(r.name, []).append(lat)
                 evict(big[r.name])
                 log(
-                    f"  random round {rnd + 1}/{rounds} {r.name:48s} p50 {pct(lat, 0.5):8.1f} µs  p99 {pct(lat, 0.99):8.1f} µs"
+                    f"  random round {rnd + 1}/{rounds} {r.name:48s} "
+                    f"p50 {pct(lat, 0.5):8.1f} µs  p99 {pct(lat, 0.99):8.1f} µs"
                 )
         for r in rdrs:
             if not r.main:
                 mnts.pop(r.name).close()
-        warm(img.backing("ours") + img.backing("kernel"))
+        warm_files(img.backing("ours") + img.backing("kernel"))
 
         # -------- first byte and find + stat, each on a fresh mount; then stat-only passes
         fbf = tree.first_byte_files()

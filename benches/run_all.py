@@ -6,7 +6,7 @@
 
 Builds run as separate processes, interleaved round-robin (tool A, B, C, D, A, B, ...) so
 that load from anything else on the machine hits every tool alike; figures are medians.
-Peak RSS comes from GNU time (%M) around each process (see benchlib.run_measured for why
+Peak RSS comes from GNU time (%M) around each process (see benchlib.measure.run_measured for why
 not os.wait4 from here). Sizes default to NYDUS_BENCH_MB / NYDUS_BENCH_BIGFILE_GB /
 NYDUS_BENCH_STORAGE_MB / NYDUS_BENCH_PARTIAL_MB.
 
@@ -29,11 +29,96 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: tests.helpers
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benches/: benchlib, fusebench, test_upgrade
 
-import benchlib as bl
 import fusebench as fb
-from benchlib import MiB, Tool
+from benchlib.corpus import (
+    ensure_bigfile,
+    ensure_corpus,
+    ensure_daemon_tree,
+    ensure_partial_tree,
+    ensure_storage_tree,
+    ensure_tiny_tree,
+    fresh_dir,
+)
+from benchlib.daemon import (
+    DAEMON_STARTUP_GOAL_MS,
+    DEDICATED,
+    FLOOR,
+    SHARED,
+    STARTUP_BASELINES,
+    Startup,
+    daemon_image,
+    daemon_missing,
+    import_children,
+    import_profile,
+    startup_rows,
+)
+from benchlib.daemon_load import (
+    API_CONCURRENCY,
+    API_READERS,
+    API_SEQUENTIAL,
+    API_TARGETS,
+    CONTROL,
+    DAEMON,
+    DaemonLoad,
+    api_latency_rounds,
+)
+from benchlib.env import (
+    bench_dir,
+    bench_mb,
+    bigfile_gb,
+    build_identity,
+    daemon_api_rounds,
+    daemon_mb,
+    daemon_rounds,
+    machine_info,
+    partial_fraction,
+    partial_mb,
+    storage_mb,
+)
+from benchlib.measure import Run, rss_method, rss_quartiles
+from benchlib.pagecache import warm_page_cache
+from benchlib.reads import (
+    SourceFds,
+    pick_fraction,
+    random_reads,
+    read_files_readinto,
+    read_image_blocks_parallel,
+    read_image_random,
+    read_image_sequential,
+    read_image_threads,
+    read_source_random,
+    read_source_sequential,
+)
+from benchlib.registry import (
+    COLD_BASELINE,
+    COLD_VARIANTS,
+    PARTIAL_BATCHES,
+    Fetch,
+    build_and_push,
+    cold_fetch,
+    curl_fetch,
+    image_fetch,
+    partial_fetch,
+    registry_config,
+    start_registry,
+    storage_missing,
+)
+from benchlib.report import GiB, MiB, cell, fmt, mib, pct
+from benchlib.tools import (
+    BASELINE,
+    RSS_GOAL_MIB,
+    TOOLS,
+    Summary,
+    Tool,
+    nydus_cmd,
+    python_baseline_rss_kib,
+    run_tool,
+    summarize,
+    tar_zstd_cmd,
+)
 
 
 def log(msg: str) -> None:
@@ -72,16 +157,16 @@ def wait_idle(limit: float, threshold: float = 0.15) -> float:
 
 def interleaved(
     tools: Sequence[Tool], src: str, outdir: str, input_bytes: int, rounds: int, sample_rss: bool = False
-) -> Dict[str, Tuple[bl.Summary, List[bl.Run]]]:
-    runs: Dict[str, List[Tuple[bl.Run, int]]] = {t.name: [] for t in tools}
+) -> Dict[str, Tuple[Summary, List[Run]]]:
+    runs: Dict[str, List[Tuple[Run, int]]] = {t.name: [] for t in tools}
     for r in range(rounds):
         for t in tools:
             out = os.path.join(outdir, "out-" + "".join(c if c.isalnum() else "_" for c in t.name))
-            run = bl.run_tool(t, src, out, sample_rss=sample_rss)
+            run = run_tool(t, src, out, sample_rss=sample_rss)
             runs[t.name].append(run)
             log(f"  round {r + 1}/{rounds} {t.name:34s} {run[0].wall:7.2f} s  {run[0].maxrss_mib:7.1f} MiB")
-            bl.fresh_dir(out)
-    return {name: (bl.summarize(name, input_bytes, rs), [x for x, _ in rs]) for name, rs in runs.items()}
+            fresh_dir(out)
+    return {name: (summarize(name, input_bytes, rs), [x for x, _ in rs]) for name, rs in runs.items()}
 
 
 def timed(fn: Callable[[], int], rounds: int) -> Tuple[float, int, float]:
@@ -98,40 +183,31 @@ def timed(fn: Callable[[], int], rounds: int) -> Tuple[float, int, float]:
     return statistics.median(times), n, statistics.median(cores)
 
 
-def cell(name: str) -> str:
-    """A name as a markdown table cell (tool names contain '|')."""
-    return name.replace("|", "\\|")
-
-
-def fmt(x: float, nd: int = 1) -> str:
-    return f"{x:,.{nd}f}"
-
-
 def storage_section(a, work: str, md: List[str], doc: dict) -> None:
     """Registry backend against a local docker-registry: cold reads vs curl, cache hits vs
     plain reads, and what reading a small part of a large image costs in requests and bytes."""
     import nydus_hybrid
 
-    reg = bl.start_registry(bl.fresh_dir(os.path.join(work, "registry")))
+    reg = start_registry(fresh_dir(os.path.join(work, "registry")))
     try:
-        tree = bl.ensure_storage_tree(a.storage_mb, log=log)
-        bl.warm_page_cache(tree.root)
-        img = bl.build_and_push(tree, os.path.join(work, "storage-image"), reg)
+        tree = ensure_storage_tree(a.storage_mb, log=log)
+        warm_page_cache(tree.root)
+        img = build_and_push(tree, os.path.join(work, "storage-image"), reg)
         cache = os.path.join(work, "storage-cache")
         rounds = a.rounds
 
         # -------- cold reads, interleaved round-robin with curl
         log(f"storage: cold reads of {tree.mib:.0f} MiB ({len(tree.files)} files), {rounds} interleaved rounds")
-        for v in bl.COLD_VARIANTS:  # warm-up: registry's page cache, code paths
-            bl.cold_fetch(v, reg, img, cache)
-        runs: Dict[str, List[bl.Fetch]] = {v.name: [] for v in bl.COLD_VARIANTS}
+        for v in COLD_VARIANTS:  # warm-up: registry's page cache, code paths
+            cold_fetch(v, reg, img, cache)
+        runs: Dict[str, List[Fetch]] = {v.name: [] for v in COLD_VARIANTS}
         for r in range(rounds):
-            for v in bl.COLD_VARIANTS:
-                f = bl.cold_fetch(v, reg, img, cache)
+            for v in COLD_VARIANTS:
+                f = cold_fetch(v, reg, img, cache)
                 runs[v.name].append(f)
                 log(f"  round {r + 1}/{rounds} {v.name:44s} {f.wall:6.3f} s {f.mib_s:8.1f} MiB/s")
-        bl.fresh_dir(cache)
-        base = statistics.median(f.mib_s for f in runs[bl.COLD_BASELINE])
+        fresh_dir(cache)
+        base = statistics.median(f.mib_s for f in runs[COLD_BASELINE])
         md.append(
             f"### Storage: cold read of {tree.mib:.0f} MiB ({len(tree.files)} incompressible files, "
             f"{img.chunks} chunks of 1 MiB) from docker-registry on loopback (median of {rounds} interleaved rounds)\n"
@@ -149,7 +225,7 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
             "variants": {},
         }
         rates = {name: statistics.median(f.mib_s for f in fs) for name, fs in runs.items()}
-        for v in bl.COLD_VARIANTS:
+        for v in COLD_VARIANTS:
             fs = runs[v.name]
             rate = rates[v.name]
             regs = [f.reg_cpu for f in fs if f.reg_cpu is not None]
@@ -187,12 +263,12 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
         # -------- warm (cache-hit) reads vs plain files
         log("storage: warm reads ...")
         warm_cache = os.path.join(work, "storage-warm-cache")
-        bl.image_fetch(reg, img, warm_cache)
-        im = nydus_hybrid.Image.open(img.boot, config=bl.registry_config(reg, warm_cache))
+        image_fetch(reg, img, warm_cache)
+        im = nydus_hybrid.Image.open(img.boot, config=registry_config(reg, warm_cache))
         readers = [
-            ("plain files: open().readinto(1 MiB)", lambda: bl.read_files_readinto(tree.root, tree.files)),
-            ("Image.read(1 MiB), cache hit", lambda: bl.read_image_sequential(im, tree.files)),
-            ("Image.read(1 MiB), cache hit, 2 threads", lambda: bl.read_image_blocks_parallel(im, tree.files, 2)),
+            ("plain files: open().readinto(1 MiB)", lambda: read_files_readinto(tree.root, tree.files)),
+            ("Image.read(1 MiB), cache hit", lambda: read_image_sequential(im, tree.files)),
+            ("Image.read(1 MiB), cache hit, 2 threads", lambda: read_image_blocks_parallel(im, tree.files, 2)),
         ]
         for _, fn in readers:
             fn()
@@ -222,23 +298,23 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
         md.append("\nThe Image opened afresh on the filled cache made no backend request at all.\n")
 
         # -------- partial read: requests and bytes
-        ptree = bl.ensure_partial_tree(a.partial_mb, log=log)
-        pimg = bl.build_and_push(ptree, os.path.join(work, "partial-image"), reg)
-        frac = bl.partial_fraction()
-        picks = bl.pick_fraction(ptree.files, frac)
+        ptree = ensure_partial_tree(a.partial_mb, log=log)
+        pimg = build_and_push(ptree, os.path.join(work, "partial-image"), reg)
+        frac = partial_fraction()
+        picks = pick_fraction(ptree.files, frac)
         needed = sum(sz for _, sz in picks)
         pcache = os.path.join(work, "partial-cache")
         log(f"storage: {len(picks)} of {len(ptree.files)} files of a {ptree.mib:.0f} MiB image, {rounds} rounds")
-        pruns: Dict[int, list] = {b: [] for b in bl.PARTIAL_BATCHES}
-        whole: List[bl.Fetch] = []
+        pruns: Dict[int, list] = {b: [] for b in PARTIAL_BATCHES}
+        whole: List[Fetch] = []
         for _ in range(rounds):
-            for b in bl.PARTIAL_BATCHES:
-                pruns[b].append(bl.partial_fetch(reg, pimg, picks, pcache, b))
-            whole.append(bl.curl_fetch(reg, pimg))
-        bl.fresh_dir(pcache)
+            for b in PARTIAL_BATCHES:
+                pruns[b].append(partial_fetch(reg, pimg, picks, pcache, b))
+            whole.append(curl_fetch(reg, pimg))
+        fresh_dir(pcache)
         md.append(
             f"### Storage: read {len(picks)} of {len(ptree.files)} files ({frac:.0%}, chosen at random with a "
-            f"fixed seed; {bl.mib(needed)} MiB) of a {ptree.mib:.0f} MiB image (files 4 KiB-2 MiB, "
+            f"fixed seed; {mib(needed)} MiB) of a {ptree.mib:.0f} MiB image (files 4 KiB-2 MiB, "
             f"incompressible, {pimg.chunks} chunks), cold, each file read whole\n"
         )
         md.append(
@@ -254,13 +330,13 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
             "chunks": pimg.chunks,
             "batch_size": {},
         }
-        for b in bl.PARTIAL_BATCHES:
+        for b in PARTIAL_BATCHES:
             f, gets, heads = pruns[b][-1]
             bm, cm = f.metrics["backend"], f.metrics["blobcache"]
             wall = statistics.median(x[0].wall for x in pruns[b])
             label = "Image.read, batch_size 0" if not b else f"Image.read, batch_size {b // MiB} MiB"
             md.append(
-                f"| {label} | {bm['requests_total']} | {gets} | {bl.mib(bm['read_amount_total'])} | "
+                f"| {label} | {bm['requests_total']} | {gets} | {mib(bm['read_amount_total'])} | "
                 f"{bm['read_amount_total'] / needed:.2f} | {cm['chunk_misses'] + cm['amplified_chunks']} "
                 f"({cm['chunk_misses']} + {cm['amplified_chunks']}) | {wall:.3f} |"
             )
@@ -276,7 +352,7 @@ def storage_section(a, work: str, md: List[str], doc: dict) -> None:
             }
         wwall = statistics.median(f.wall for f in whole)
         md.append(
-            f"| (reference) curl: whole blob | 1 | 1 | {bl.mib(pimg.blob_size)} | "
+            f"| (reference) curl: whole blob | 1 | 1 | {mib(pimg.blob_size)} | "
             f"{pimg.blob_size / needed:.2f} | all {pimg.chunks} | {wwall:.3f} |"
         )
         doc["storage_partial"]["curl_whole_blob"] = {"bytes": pimg.blob_size, "walls": [f.wall for f in whole]}
@@ -294,20 +370,19 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     """The daemon (`python -m nydus_hybrid.daemon`): exec -> API socket -> RUNNING against
     bare interpreter starts, where the import time goes, and API latency with the FUSE
     mount idle vs under read load."""
-    pct = bl.pct
     rounds = a.daemon_rounds
-    image = bl.daemon_image(os.path.join(work, "daemon-startup-image"))
-    rows = bl.startup_rows(image)
+    image = daemon_image(os.path.join(work, "daemon-startup-image"))
+    rows = startup_rows(image)
     run = os.path.join(work, "daemon-startup")
     log(f"daemon: start-up, {rounds} interleaved rounds of {len(rows)} rows")
     for _, fn in rows:  # warm-up: page cache, .pyc files
         fn(run)
-    runs: Dict[str, List[bl.Startup]] = {name: [] for name, _ in rows}
+    runs: Dict[str, List[Startup]] = {name: [] for name, _ in rows}
     for r in range(rounds):
         for name, fn in rows:
             runs[name].append(fn(run))
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{runs[n][-1].running_s * 1000:.0f}" for n, _ in rows) + " ms")
-    floor = pct([x.running_s for x in runs[bl.FLOOR]], 0.5)
+    floor = pct([x.running_s for x in runs[FLOOR]], 0.5)
     ms = lambda v: f"{v * 1000:,.1f}"  # noqa: E731
     md.append(
         f"### Daemon: start-up, exec -> API socket accepts -> GET /api/v1/daemon says RUNNING "
@@ -343,11 +418,11 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
             "disk_read_bytes": [x.disk_read_bytes for x in xs],
             "mounted": [x.mounted for x in xs],
         }
-    goal = bl.DAEMON_STARTUP_GOAL_MS / 1000
-    worst = {n: pct([x.running_s for x in runs[n]], 0.9) for n in (bl.DEDICATED, bl.SHARED)}
+    goal = DAEMON_STARTUP_GOAL_MS / 1000
+    worst = {n: pct([x.running_s for x in runs[n]], 0.9) for n in (DEDICATED, SHARED)}
     md.append(
         f"\nBaselines are `python -c CODE` spawned like the daemon, timed until CODE has run (it then "
-        f"writes a byte to a pipe; exit adds ~{ms(pct([x.exit_s - x.running_s for x in runs[bl.FLOOR]], 0.5))}-"
+        f"writes a byte to a pipe; exit adds ~{ms(pct([x.exit_s - x.running_s for x in runs[FLOOR]], 0.5))}-"
         f"{ms(pct([x.exit_s - x.running_s for x in runs[STARTUP_LAST]], 0.5))} ms of interpreter "
         "teardown, not counted). The daemon is polled every 1 ms (connect(), then GET on that connection). "
         "CPU s = the daemon's user + sys (all threads) when RUNNING was seen; waiting for a CPU = "
@@ -356,7 +431,7 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     doc["daemon_startup"]["goal_met_p90"] = {n: v < goal for n, v in worst.items()}
 
     log("daemon: import profile ...")
-    med, depth, order = bl.import_profile("nydus_hybrid.daemon.main", runs=5)
+    med, depth, order = import_profile("nydus_hybrid.daemon.main", runs=5)
     main_mod = "nydus_hybrid.daemon.main"
     md.append(
         f"Where the import time goes: `python -X importtime -c 'import {main_mod}'` (median of 5; "
@@ -366,7 +441,7 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     md.append("|---|---:|---:|")
     shown = [("site", "site (interpreter start-up, .pth files)")]
     shown += [(main_mod, main_mod)]
-    shown += [(n, f"&nbsp;&nbsp;{n}") for n, c in bl.import_children(main_mod, med, depth, order) if c >= 1.0]
+    shown += [(n, f"&nbsp;&nbsp;{n}") for n, c in import_children(main_mod, med, depth, order) if c >= 1.0]
     for n in ("aiohttp", "aiohttp.connector", "nydus_hybrid", "nydus_hybrid._core"):
         if n in med:
             shown.append((n, f"&nbsp;&nbsp;&nbsp;&nbsp;of which {n}"))
@@ -376,15 +451,15 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     md.append("\nLargest self times: " + ", ".join(f"`{n}` {v[0]:.1f} ms" for n, v in top_self) + ".\n")
     doc["daemon_import_ms"] = {n: {"self": v[0], "cumulative": v[1]} for n, v in med.items() if v[1] >= 1.0}
 
-    tree = bl.ensure_daemon_tree(a.daemon_mb, log=log)
+    tree = ensure_daemon_tree(a.daemon_mb, log=log)
     log(f"daemon: API latency, {a.daemon_api_rounds} rounds ...")
-    load = bl.DaemonLoad(tree, os.path.join(work, "daemon-load"), log=log)
+    load = DaemonLoad(tree, os.path.join(work, "daemon-load"), log=log)
     try:
-        res = bl.api_latency_rounds(load, a.daemon_api_rounds, log=log)
+        res = api_latency_rounds(load, a.daemon_api_rounds, log=log)
     finally:
         load.close()
     md.append(
-        f"### Daemon: GET /api/v1/metrics latency, mount idle vs {bl.API_READERS} processes reading "
+        f"### Daemon: GET /api/v1/metrics latency, mount idle vs {API_READERS} processes reading "
         f"through it ({a.daemon_api_rounds} interleaved rounds)\n"
     )
     md.append(
@@ -392,10 +467,10 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     )
     md.append("|---|---|---:|---:|---:|---:|---:|---:|")
     doc["daemon_api"] = {"rounds": a.daemon_api_rounds, "tree_mib": tree.mib, "latency_us": {}}
-    for target in bl.API_TARGETS:
+    for target in API_TARGETS:
         for kind, label in (
-            ("concurrent", f"{bl.API_CONCURRENCY} at once"),
-            ("sequential", f"{bl.API_SEQUENTIAL} one after another"),
+            ("concurrent", f"{API_CONCURRENCY} at once"),
+            ("sequential", f"{API_SEQUENTIAL} one after another"),
         ):
             if kind == "concurrent":
                 i, l_ = res.concurrent(target, "idle"), res.concurrent(target, "loaded")
@@ -410,12 +485,12 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     alone, during = res.rate(res.read_alone), res.rate(res.read_during)
     walls = {k: statistics.median(v) * 1000 for k, v in res.burst_wall.items()}
     md.append(
-        f"\nA burst of {bl.API_CONCURRENCY} to the daemon took {walls[(bl.DAEMON, 'idle')]:.1f} ms idle and "
-        f"{walls[(bl.DAEMON, 'loaded')]:.1f} ms under load (median; control "
-        f"{walls[(bl.CONTROL, 'idle')]:.1f} / {walls[(bl.CONTROL, 'loaded')]:.1f} ms). "
+        f"\nA burst of {API_CONCURRENCY} to the daemon took {walls[(DAEMON, 'idle')]:.1f} ms idle and "
+        f"{walls[(DAEMON, 'loaded')]:.1f} ms under load (median; control "
+        f"{walls[(CONTROL, 'idle')]:.1f} / {walls[(CONTROL, 'loaded')]:.1f} ms). "
         f"Server CPU per request, idle: daemon {sum(res.idle_cpu) / max(1, res.idle_requests) * 1e6:.0f} µs, "
         f"control {sum(res.control_idle_cpu) / max(1, res.idle_requests) * 1e6:.0f} µs. "
-        f"Readers ({bl.API_READERS} processes, 1 MiB reads of {len(tree.files)} files of 4 MiB, "
+        f"Readers ({API_READERS} processes, 1 MiB reads of {len(tree.files)} files of 4 MiB, "
         f"{tree.mib:.0f} MiB): {fmt(during)} MiB/s while the requests ran, {fmt(alone)} MiB/s with no "
         f"requests ({during / alone:.2f}); the daemon's `data_read` / bytes the readers got = "
         f"{res.data_read / max(1, res.reader_bytes):.2f}, so the reads did reach the daemon.\n"
@@ -437,10 +512,10 @@ def daemon_section(a, work: str, md: List[str], doc: dict) -> None:
     md.append("### Daemon goal\n")
     md.append("| goal | measured | met |")
     md.append("|---|---|---|")
-    for n in (bl.DEDICATED, bl.SHARED):
+    for n in (DEDICATED, SHARED):
         ready = [x.running_s for x in runs[n]]
         md.append(
-            f"| {n}: RUNNING within {bl.DAEMON_STARTUP_GOAL_MS} ms of exec | p50 {ms(pct(ready, 0.5))} ms, "
+            f"| {n}: RUNNING within {DAEMON_STARTUP_GOAL_MS} ms of exec | p50 {ms(pct(ready, 0.5))} ms, "
             f"p90 {ms(pct(ready, 0.9))} ms, max {ms(max(ready))} ms; of the p50, {ms(floor)} ms is the bare "
             f"interpreter and {ms(imp - floor)} ms importing `{main_mod}` (its p50 start: "
             f"{ms(imp)} ms) | {'yes' if worst[n] < goal else 'no'} (p90) |"
@@ -461,9 +536,8 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
         res = fb.run_section(img, os.path.join(work, "fuse-mnt"), rounds, rdrs, log=log)
     finally:
         fb.close_all()
-    K, O = fb.KERNEL_NAME, fb.OURS_NAME
+    K, OURS = fb.KERNEL_NAME, fb.OURS_NAME
     med = statistics.median
-    GiB = 1 << 30
 
     def gib(name, state, streams):
         ts = res.seq.get((name, state, streams))
@@ -501,14 +575,15 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
             "client_cpu_s": [t.client_cpu for t in ts],
         }
 
-    mi = res.mount_info.get(O, {})
+    mi = res.mount_info.get(OURS, {})
     md.append(
         f"### FUSE: sequential read of one {tree.big_size // MiB} MiB file in 1 MiB blocks "
         f"(median of {rounds} interleaved rounds)\n"
     )
     md.append(
         "| reader | page cache warm GiB/s | ratio vs kernel | page cache dropped GiB/s | ratio vs kernel | "
-        "server CPU s per GiB (dropped) | client CPU s per GiB (dropped) | all dropped, from disk GiB/s | ratio vs kernel |"
+        "server CPU s per GiB (dropped) | client CPU s per GiB (dropped) | all dropped, from disk GiB/s | "
+        "ratio vs kernel |"
     )
     md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rdrs:
@@ -550,11 +625,11 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
     )
     md.append("| reader | p50 µs | p99 µs | mean µs | p50 ratio vs kernel | p99 ratio vs kernel |")
     md.append("|---|---:|---:|---:|---:|---:|")
-    k50 = med(fb.pct(x, 0.5) for x in res.rnd[K])
-    k99 = med(fb.pct(x, 0.99) for x in res.rnd[K])
+    k50 = med(pct(x, 0.5) for x in res.rnd[K])
+    k99 = med(pct(x, 0.99) for x in res.rnd[K])
     for r in main:
-        p50 = med(fb.pct(x, 0.5) for x in res.rnd[r.name])
-        p99 = med(fb.pct(x, 0.99) for x in res.rnd[r.name])
+        p50 = med(pct(x, 0.5) for x in res.rnd[r.name])
+        p99 = med(pct(x, 0.99) for x in res.rnd[r.name])
         mean = med(statistics.fmean(x) for x in res.rnd[r.name])
         md.append(f"| {r.name} | {p50:,.1f} | {p99:,.1f} | {mean:,.1f} | {p50 / k50:,.1f} | {p99 / k99:,.1f} |")
         doc["fuse"]["random"][r.name] = {"p50_us": p50, "p99_us": p99, "mean_us": mean}
@@ -565,7 +640,8 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
         f"{tree.dirs} directories, plus the big file; median of {rounds} rounds)\n"
     )
     md.append(
-        "| reader | right after mount s | µs per entry | ratio vs kernel | again (cached) s | µs per entry | ratio vs kernel |"
+        "| reader | right after mount s | µs per entry | ratio vs kernel | again (cached) s | µs per entry | "
+        "ratio vs kernel |"
     )
     md.append("|---|---:|---:|---:|---:|---:|---:|")
     kc, kw = med(res.walk[(K, "cold")]), med(res.walk[(K, "cached")])
@@ -617,7 +693,7 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
     for r in main:
         xs = res.first[r.name]
         p50 = med(med(x) for x in xs)
-        p90 = med(fb.pct(x, 0.9) for x in xs)
+        p90 = med(pct(x, 0.9) for x in xs)
         f0 = med(x[0] for x in xs)
         md.append(f"| {r.name} | {p50:,.1f} | {p90:,.1f} | {f0:,.1f} | {p50 / kf:.1f} |")
         doc["fuse"]["first_byte"][r.name] = {"p50_us": p50, "p90_us": p90, "first_us": f0, "all": xs}
@@ -625,9 +701,9 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
         md.append(f"\nThe mfusepy shim column is left out: {shim_why}.")
 
     # goals
-    d1, k1 = gib(O, "dropped", 1), gib(K, "dropped", 1)
+    d1, k1 = gib(OURS, "dropped", 1), gib(K, "dropped", 1)
     seq_ok = d1 >= 1.8 or d1 >= k1 / 2
-    cached = med(res.stat_pass[O]) / n * 1e6
+    cached = med(res.stat_pass[OURS]) / n * 1e6
     rt = med(res.roundtrip[4])
     unc = med(res.stat_pass[fb.TIMEOUT0_NAME]) / n * 1e6
     kcached = med(res.stat_pass[K]) / n * 1e6
@@ -640,7 +716,7 @@ def fuse_section(a, work: str, md: List[str], doc: dict) -> None:
     md.append(
         f"| warm sequential read >= 1.8 GiB/s per stream, or >= 50% of kernel EROFS (server warm, page "
         f"cache dropped; default mount: 4 threads, 128 KiB readahead) | {d1:.2f} GiB/s vs kernel {k1:.2f} GiB/s "
-        f"({d1 / k1:.0%}); page cache warm {gib(O, 'warm', 1):.2f} vs {gib(K, 'warm', 1):.2f} GiB/s | "
+        f"({d1 / k1:.0%}); page cache warm {gib(OURS, 'warm', 1):.2f} vs {gib(K, 'warm', 1):.2f} GiB/s | "
         f"{'yes' if seq_ok else 'no'} |"
     )
     md.append(
@@ -674,10 +750,10 @@ def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
     test_upgrade.py, whose machinery this uses)."""
     import test_upgrade as ub
 
-    pct = bl.pct
     rounds = a.upgrade_rounds
     log(
-        f"upgrade: {rounds} hot upgrades, then {rounds} failovers, then {rounds} failovers to a standby, under read load"
+        f"upgrade: {rounds} hot upgrades, then {rounds} failovers, then {rounds} failovers to a standby, "
+        "under read load"
     )
     bench = ub.UpgradeBench(os.path.join(work, "upgrade"), log=log)
     try:
@@ -760,13 +836,13 @@ def upgrade_section(a, work: str, md: List[str], doc: dict) -> None:
 
 
 SECTIONS = ("build", "bigfile", "read", "breakdown", "storage", "fuse", "daemon", "upgrade")
-STARTUP_LAST = bl.STARTUP_BASELINES[-1][0]
+STARTUP_LAST = STARTUP_BASELINES[-1][0]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=int, default=bl.bench_mb(), help="corpus size in MiB (NYDUS_BENCH_MB)")
-    ap.add_argument("--bigfile-gb", type=float, default=bl.bigfile_gb(), help="big file size in GiB")
+    ap.add_argument("--mb", type=int, default=bench_mb(), help="corpus size in MiB (NYDUS_BENCH_MB)")
+    ap.add_argument("--bigfile-gb", type=float, default=bigfile_gb(), help="big file size in GiB")
     ap.add_argument(
         "--rounds",
         type=int,
@@ -784,13 +860,13 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--storage-mb",
         type=int,
-        default=bl.storage_mb(),
+        default=storage_mb(),
         help="image size for the cold/warm registry reads, MiB (NYDUS_BENCH_STORAGE_MB)",
     )
     ap.add_argument(
         "--partial-mb",
         type=int,
-        default=bl.partial_mb(),
+        default=partial_mb(),
         help="many-file image of which a fraction is read, MiB (NYDUS_BENCH_PARTIAL_MB)",
     )
     ap.add_argument(
@@ -805,19 +881,19 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--daemon-rounds",
         type=int,
-        default=bl.daemon_rounds(),
+        default=daemon_rounds(),
         help="daemon start-ups per row (NYDUS_BENCH_DAEMON_ROUNDS)",
     )
     ap.add_argument(
         "--daemon-api-rounds",
         type=int,
-        default=bl.daemon_api_rounds(),
+        default=daemon_api_rounds(),
         help="bursts of API requests per state (NYDUS_BENCH_DAEMON_API_ROUNDS)",
     )
     ap.add_argument(
         "--daemon-mb",
         type=int,
-        default=bl.daemon_mb(),
+        default=daemon_mb(),
         help="tree read through the daemon during the API test, MiB (NYDUS_BENCH_DAEMON_MB)",
     )
     ap.add_argument(
@@ -842,38 +918,38 @@ def main(argv=None) -> int:
         ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     if a.no_extras:
         only.discard("breakdown")
-    if "storage" in only and bl.storage_missing():
-        ap.error(f"storage section: {bl.storage_missing()}")
+    if "storage" in only and storage_missing():
+        ap.error(f"storage section: {storage_missing()}")
     if "fuse" in only and fb.fuse_missing():
         ap.error(f"fuse section: {fb.fuse_missing()}")
-    if "daemon" in only and bl.daemon_missing():
-        ap.error(f"daemon section: {bl.daemon_missing()}")
-    if "upgrade" in only and bl.daemon_missing():
-        ap.error(f"upgrade section: {bl.daemon_missing()}")
+    if "daemon" in only and daemon_missing():
+        ap.error(f"daemon section: {daemon_missing()}")
+    if "upgrade" in only and daemon_missing():
+        ap.error(f"upgrade section: {daemon_missing()}")
     if a.upgrade_rounds is None:
         import test_upgrade
 
         a.upgrade_rounds = test_upgrade.upgrade_rounds()
 
     t_start = time.perf_counter()
-    work = bl.fresh_dir(os.path.join(bl.bench_dir(), f"run-{os.getpid()}"))
+    work = fresh_dir(os.path.join(bench_dir(), f"run-{os.getpid()}"))
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     doc: dict = {
-        "machine": bl.machine_info(),
-        "build": bl.build_identity(),
-        "rss_method": bl.rss_method(),
+        "machine": machine_info(),
+        "build": build_identity(),
+        "rss_method": rss_method(),
         "settings": vars(a),
     }
     md: List[str] = []
 
     if only & {"build", "read", "breakdown"}:
-        corpus = bl.ensure_corpus(a.mb, log=log)
+        corpus = ensure_corpus(a.mb, log=log)
         log("warming the page cache ...")
-        bl.warm_page_cache(corpus.root)
+        warm_page_cache(corpus.root)
     if "bigfile" in only:
-        big = bl.ensure_bigfile(a.bigfile_gb, log=log)
-        bl.warm_page_cache(big.root)
-    py_rss = bl.python_baseline_rss_kib() / 1024 if "build" in only else None
+        big = ensure_bigfile(a.bigfile_gb, log=log)
+        warm_page_cache(big.root)
+    py_rss = python_baseline_rss_kib() / 1024 if "build" in only else None
     if a.wait_idle:
         wait_idle(a.wait_idle)
     doc["busy_before_start"] = busy_fraction()
@@ -884,15 +960,16 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- 1. corpus builds
     if "build" in only:
         log(f"corpus builds: {corpus.mib:.0f} MiB, {len(corpus.files)} files, {a.rounds} rounds")
-        tools = [bl.TOOLS[n] for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block", bl.BASELINE, "tar | zstd -T0 -3")]
+        tools = [TOOLS[n] for n in ("nydus-hybrid zstd", "nydus-hybrid lz4_block", BASELINE, "tar | zstd -T0 -3")]
         res = interleaved(tools, corpus.root, work, corpus.total_bytes, a.rounds)
-        base = res[bl.BASELINE][0]
+        base = res[BASELINE][0]
         md.append(
             f"### Build: {corpus.mib:.0f} MiB corpus, {len(corpus.files)} files "
             f"(median of {a.rounds} interleaved rounds)\n"
         )
         md.append(
-            "| tool | MiB/s | wall s | ratio vs mkfs.erofs | peak RSS MiB | CPU s | cores used | kernel share of CPU | output/input |"
+            "| tool | MiB/s | wall s | ratio vs mkfs.erofs | peak RSS MiB | CPU s | cores used | kernel share of CPU | "
+            "output/input |"
         )
         md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         doc["corpus"] = {"mib": corpus.mib, "files": len(corpus.files), "builds": {}}
@@ -922,7 +999,7 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- 2. big file
     if "bigfile" in only:
         log(f"big file: {big.mib / 1024:.2f} GiB")
-        btools = [bl.TOOLS["nydus-hybrid zstd"], bl.TOOLS[bl.BASELINE]]
+        btools = [TOOLS["nydus-hybrid zstd"], TOOLS[BASELINE]]
         bres = interleaved(btools, big.root, work, big.total_bytes, 1, sample_rss=True)
         md.append(f"### Build: one {big.mib / 1024:.2f} GiB file (5/8 random, 1/8 text, 2/8 holes), 1 round\n")
         md.append("| tool | MiB/s | wall s | peak RSS MiB | VmRSS MiB at 25/50/75/100% of the run | cores used |")
@@ -930,7 +1007,7 @@ def main(argv=None) -> int:
         doc["bigfile"] = {"mib": big.mib}
         for t in btools:
             s, runs = bres[t.name]
-            q = bl.rss_quartiles(runs[0])
+            q = rss_quartiles(runs[0])
             md.append(
                 f"| {cell(t.name)} | {fmt(s.mib_s)} | {s.wall:.2f} | {fmt(s.peak_rss_mib)} | "
                 f"{' / '.join(fmt(v) for v in q)} | {s.cores_used:.2f} |"
@@ -951,14 +1028,14 @@ def main(argv=None) -> int:
         img_dir = os.path.join(work, "read-image")
         boot, blobs = os.path.join(img_dir, "image.boot"), os.path.join(img_dir, "blobs")
         nydus_hybrid.build(corpus.root, boot, blobs, compressor="zstd", progress=False)
-        bl.warm_page_cache(blobs, extra=[boot])
+        warm_page_cache(blobs, extra=[boot])
         img = nydus_hybrid.Image.open(boot, blobs)
         img_nv = nydus_hybrid.Image.open(boot, blobs, verify=False)
         seq = [
-            ("source: open().read(1 MiB)", lambda: bl.read_source_sequential(corpus.root, corpus.files)),
-            ("Image.read(1 MiB)", lambda: bl.read_image_sequential(img, corpus.files)),
-            ("Image.read(1 MiB), verify=False", lambda: bl.read_image_sequential(img_nv, corpus.files)),
-            ("Image.read(1 MiB), 2 threads", lambda: bl.read_image_threads(img, corpus.files, 2)),
+            ("source: open().read(1 MiB)", lambda: read_source_sequential(corpus.root, corpus.files)),
+            ("Image.read(1 MiB)", lambda: read_image_sequential(img, corpus.files)),
+            ("Image.read(1 MiB), verify=False", lambda: read_image_sequential(img_nv, corpus.files)),
+            ("Image.read(1 MiB), 2 threads", lambda: read_image_threads(img, corpus.files, 2)),
         ]
         md.append(f"### Read: every file of the corpus in 1 MiB blocks, page cache warm (median of {a.rounds})\n")
         md.append("| reader | MiB/s | ratio vs source | cores used |")
@@ -972,12 +1049,12 @@ def main(argv=None) -> int:
             src_rate = src_rate or rate
             md.append(f"| {name} | {fmt(rate)} | {rate / src_rate:.2f} | {cores:.2f} |")
             doc["read_seq"][name] = rate
-        pairs = bl.random_reads(corpus.files, a.random_reads)
-        fds = bl.SourceFds(corpus.root, pairs)
+        pairs = random_reads(corpus.files, a.random_reads)
+        fds = SourceFds(corpus.root, pairs)
         rnd = [
-            ("source: os.pread(4 KiB)", lambda: bl.read_source_random(fds, pairs)),
-            ("Image.read(4 KiB)", lambda: bl.read_image_random(img, pairs)),
-            ("Image.read(4 KiB), verify=False", lambda: bl.read_image_random(img_nv, pairs)),
+            ("source: os.pread(4 KiB)", lambda: read_source_random(fds, pairs)),
+            ("Image.read(4 KiB)", lambda: read_image_random(img, pairs)),
+            ("Image.read(4 KiB), verify=False", lambda: read_image_random(img_nv, pairs)),
         ]
         md.append(f"\n### Read: {a.random_reads} random 4 KiB reads (4 KiB-aligned, files weighted by size)\n")
         md.append("| reader | reads/s | MiB/s | µs/read | ratio vs pread |")
@@ -996,8 +1073,8 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- 4. breakdown
     if "breakdown" in only:
         log("breakdown by subtree ...")
-        ours = bl.TOOLS["nydus-hybrid zstd"]
-        lz4 = bl.TOOLS["nydus-hybrid lz4_block"]
+        ours = TOOLS["nydus-hybrid zstd"]
+        lz4 = TOOLS["nydus-hybrid lz4_block"]
         md.append("### Where the time goes (median of 2 interleaved rounds)\n")
         md.append("By kind of input (each subtree of the corpus built alone):\n")
         md.append(
@@ -1010,8 +1087,8 @@ def main(argv=None) -> int:
             src = os.path.join(corpus.root, sub)
             files = [f for f in corpus.files if f[0].startswith(sub + "/")]
             nbytes = sum(s for _, s in files)
-            r = interleaved([ours, lz4, bl.TOOLS[bl.BASELINE]], src, work, nbytes, 2)
-            o, l4, e = r[ours.name][0], r[lz4.name][0], r[bl.BASELINE][0]
+            r = interleaved([ours, lz4, TOOLS[BASELINE]], src, work, nbytes, 2)
+            o, l4, e = r[ours.name][0], r[lz4.name][0], r[BASELINE][0]
             md.append(
                 f"| {sub}/ ({what}) | {nbytes / MiB:.0f} | {len(files)} | {fmt(o.mib_s)} | {fmt(o.peak_rss_mib)} | "
                 f"{o.cores_used:.2f} | {fmt(l4.mib_s)} | {fmt(e.mib_s)} | {fmt(e.peak_rss_mib)} | "
@@ -1032,13 +1109,13 @@ def main(argv=None) -> int:
             def make(s, o):
                 if out_root:
                     o = os.path.join(out_root, f"nydus-bench-{os.getpid()}")
-                    bl.fresh_dir(o)
-                return [bl.nydus_cmd(s, o, comp)[0] + list(extra)]
+                    fresh_dir(o)
+                return [nydus_cmd(s, o, comp)[0] + list(extra)]
 
             return Tool(name, make, ours=True, env=env)
 
         variants = [
-            bl.TOOLS[bl.BASELINE],
+            TOOLS[BASELINE],
             variant("zstd (as above)"),
             variant("-c none (no compression)", comp="none"),
             variant("-S 64K (64 KiB chunks)", extra=["-S", "64K"]),
@@ -1049,18 +1126,19 @@ def main(argv=None) -> int:
 
         r = interleaved(variants, corpus.root, work, corpus.total_bytes, 2)
         if shm:
-            bl.fresh_dir(os.path.join(shm, f"nydus-bench-{os.getpid()}"))
+            fresh_dir(os.path.join(shm, f"nydus-bench-{os.getpid()}"))
             os.rmdir(os.path.join(shm, f"nydus-bench-{os.getpid()}"))
         md.append(
             "\nVariants of our build on the whole corpus, with mkfs.erofs in the same interleave "
             "(median of 2 rounds):\n"
         )
         md.append(
-            "| variant | MiB/s | ratio vs mkfs.erofs | wall s | CPU s | cores used | kernel share of CPU | peak RSS MiB |"
+            "| variant | MiB/s | ratio vs mkfs.erofs | wall s | CPU s | cores used | kernel share of CPU | "
+            "peak RSS MiB |"
         )
         md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         doc["breakdown_variants"] = {}
-        vbase = r[bl.BASELINE][0]
+        vbase = r[BASELINE][0]
         for v in variants:
             s = r[v.name][0]
             md.append(
@@ -1081,7 +1159,7 @@ def main(argv=None) -> int:
         scal = [
             variant("nydus-hybrid zstd (2 rayon threads)"),
             variant("nydus-hybrid zstd, RAYON_NUM_THREADS=1", env={"RAYON_NUM_THREADS": "1"}),
-            Tool("tar | zstd -T0 -3", bl.tar_zstd_cmd),
+            Tool("tar | zstd -T0 -3", tar_zstd_cmd),
             Tool(
                 "tar | zstd -T1 -3",
                 lambda s, o: [
@@ -1111,9 +1189,9 @@ def main(argv=None) -> int:
         md.append("|---:|---:|---:|---:|---:|")
         doc["small_file_rss"] = {}
         for n in (1000, 4000, 8000):
-            tree = bl.ensure_tiny_tree(n)
-            r = interleaved([ours, bl.TOOLS[bl.BASELINE]], tree.root, work, tree.total_bytes, 1)
-            o, e = r[ours.name][0], r[bl.BASELINE][0]
+            tree = ensure_tiny_tree(n)
+            r = interleaved([ours, TOOLS[BASELINE]], tree.root, work, tree.total_bytes, 1)
+            o, e = r[ours.name][0], r[BASELINE][0]
             md.append(f"| {n} | {fmt(o.peak_rss_mib)} | {o.wall:.2f} | {fmt(e.peak_rss_mib)} | {e.wall:.2f} |")
             doc["small_file_rss"][n] = {
                 "ours_rss": o.peak_rss_mib,
@@ -1147,7 +1225,7 @@ def main(argv=None) -> int:
             + [bres["nydus-hybrid zstd"][0].peak_rss_mib]
         )
         speed_ok = z.mib_s >= base.mib_s
-        rss_ok = ours_rss <= bl.RSS_GOAL_MIB
+        rss_ok = ours_rss <= RSS_GOAL_MIB
         md.append("### Goals\n")
         md.append("| goal | measured | met |")
         md.append("|---|---|---|")
@@ -1158,7 +1236,7 @@ def main(argv=None) -> int:
             f"{statistics.median(base.cpus):.2f} s ({cpu_ratio:.2f}x) | {'yes' if speed_ok else 'no'} |"
         )
         md.append(
-            f"| peak RSS <= {bl.RSS_GOAL_MIB} MiB for any input | corpus zstd {fmt(z.peak_rss_mib)} MiB, "
+            f"| peak RSS <= {RSS_GOAL_MIB} MiB for any input | corpus zstd {fmt(z.peak_rss_mib)} MiB, "
             f"lz4_block {fmt(res['nydus-hybrid lz4_block'][0].peak_rss_mib)} MiB; "
             f"big file {fmt(bres['nydus-hybrid zstd'][0].peak_rss_mib)} MiB | {'yes' if rss_ok else 'no'} |"
         )
@@ -1171,7 +1249,7 @@ def main(argv=None) -> int:
         }
 
     doc["loadavg_end"] = loadavg()
-    ident_end = bl.build_identity()
+    ident_end = build_identity()
     changed = ident_end.get("core_sha256") != doc["build"].get("core_sha256")
     if ident_end != doc["build"]:
         doc["build_end"] = ident_end
@@ -1205,7 +1283,7 @@ def main(argv=None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
-    bl.fresh_dir(work)
+    fresh_dir(work)
     os.rmdir(work)
     return 0
 

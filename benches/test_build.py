@@ -15,19 +15,10 @@ import warnings
 
 import pytest
 
-from benchlib import (
-    BASELINE,
-    RSS_GOAL_MIB,
-    TOOLS,
-    Summary,
-    bench_rounds,
-    dir_bytes,
-    fresh_dir,
-    python_baseline_rss_kib,
-    rss_quartiles,
-    run_measured,
-    summarize,
-)
+from benchlib.corpus import dir_bytes, fresh_dir
+from benchlib.env import bench_rounds
+from benchlib.measure import rss_quartiles, run_measured
+from benchlib.tools import BASELINE, RSS_GOAL_MIB, TOOLS, Summary, python_baseline_rss_kib, summarize
 
 # The baseline first, so the ratios of the later (our) builds come from the same session.
 ORDER = [BASELINE, "tar | zstd -T0 -3", "nydus-hybrid zstd", "nydus-hybrid lz4_block"]
@@ -92,7 +83,8 @@ def test_build_corpus(benchmark, corpus, workdir, results, tool_name):
         benchmark.extra_info["rss_goal_met"] = s.peak_rss_mib <= RSS_GOAL_MIB
         if s.peak_rss_mib > RSS_GOAL_MIB:
             warnings.warn(
-                f"{tool_name}: peak RSS {s.peak_rss_mib:.0f} MiB on the corpus exceeds the {RSS_GOAL_MIB} MiB goal"
+                f"{tool_name}: peak RSS {s.peak_rss_mib:.0f} MiB on the corpus exceeds the {RSS_GOAL_MIB} MiB goal",
+                stacklevel=2,
             )
 
 

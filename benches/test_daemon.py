@@ -1,5 +1,5 @@
 """The daemon (`python -m nydus_hybrid.daemon`, nydusd's CLI and HTTP API on a unix socket),
-started and spoken to with the compat tests' helpers (tests/compat/daemontools.py):
+started and spoken to with the compat tests' helpers (tests/helpers/daemons.py):
 
 * start-up: exec -> the API socket accepts a connection -> GET /api/v1/daemon answers
   "RUNNING" (polled every 1 ms), for a dedicated daemon with a bootstrap mounted via FUSE
@@ -24,13 +24,35 @@ import statistics
 
 import pytest
 
-import benchlib
-from benchlib import MiB, pct
+from benchlib.corpus import ensure_daemon_tree
+from benchlib.daemon import (
+    DAEMON_STARTUP_GOAL_MS,
+    DEDICATED,
+    FLOOR,
+    SHARED,
+    STARTUP_BASELINES,
+    DaemonStart,
+    daemon_image,
+    daemon_missing,
+    time_python,
+)
+from benchlib.daemon_load import (
+    API_CONCURRENCY,
+    API_READERS,
+    API_STATES,
+    CONTROL,
+    DAEMON,
+    ApiLatency,
+    DaemonLoad,
+    api_latency_rounds,
+)
+from benchlib.env import daemon_api_rounds, daemon_rounds
+from benchlib.report import MiB, pct
 
-_missing = benchlib.daemon_missing()
+_missing = daemon_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
-ROWS = [name for name, _ in benchlib.STARTUP_BASELINES] + [benchlib.DEDICATED, benchlib.SHARED]
+ROWS = [name for name, _ in STARTUP_BASELINES] + [DEDICATED, SHARED]
 IDS = ["floor", "import-core", "import-aiohttp-web", "import-daemon-main", "dedicated", "shared"]
 
 
@@ -44,7 +66,7 @@ def _ms(xs):
 
 @pytest.fixture(scope="module")
 def startup_image(workdir):
-    return benchlib.daemon_image(os.path.join(workdir, "daemon-startup-image"))
+    return daemon_image(os.path.join(workdir, "daemon-startup-image"))
 
 
 @pytest.mark.parametrize("row", ROWS, ids=IDS)
@@ -57,20 +79,20 @@ def test_daemon_startup(benchmark, startup_image, workdir, results, row):
         while live:
             live.pop().stop()
 
-    if row in (benchlib.DEDICATED, benchlib.SHARED):
-        image = startup_image if row == benchlib.DEDICATED else None
+    if row in (DEDICATED, SHARED):
+        image = startup_image if row == DEDICATED else None
 
         def start():  # timed: exec -> RUNNING; the stop happens in the next round's setup
-            live.append(benchlib.DaemonStart(run, image))
+            live.append(DaemonStart(run, image))
             runs.append(live[-1].start())
     else:
-        code = dict(benchlib.STARTUP_BASELINES)[row]
+        code = dict(STARTUP_BASELINES)[row]
 
         def start():
-            runs.append(benchlib.time_python(code))
+            runs.append(time_python(code))
 
     try:
-        benchmark.pedantic(start, setup=stop_previous, rounds=benchlib.daemon_rounds(), iterations=1, warmup_rounds=1)
+        benchmark.pedantic(start, setup=stop_previous, rounds=daemon_rounds(), iterations=1, warmup_rounds=1)
     finally:
         stop_previous()
     runs = runs[1:]
@@ -78,7 +100,7 @@ def test_daemon_startup(benchmark, startup_image, workdir, results, row):
     results[("startup", row)] = pct(ready, 0.5)
     info = benchmark.extra_info
     info.update({"runs": len(runs), **_ms(ready)})
-    floor = results.get(("startup", benchlib.FLOOR))
+    floor = results.get(("startup", FLOOR))
     if floor:
         info["p50_ratio_vs_floor"] = round(pct(ready, 0.5) / floor, 2)
     if runs[0].socket_s is not None:
@@ -91,15 +113,15 @@ def test_daemon_startup(benchmark, startup_image, workdir, results, row):
             info["runq_wait_ms_p50"] = round(statistics.median(waits) * 1000, 1)
             info["runq_wait_ms_max"] = round(max(waits) * 1000, 1)
         info["disk_read_bytes_max"] = max((r.disk_read_bytes or 0) for r in runs)
-        info["goal_300ms_p90_met"] = pct(ready, 0.9) * 1000 < benchlib.DAEMON_STARTUP_GOAL_MS
+        info["goal_300ms_p90_met"] = pct(ready, 0.9) * 1000 < DAEMON_STARTUP_GOAL_MS
     else:
         info["exit_p50_ms"] = round(pct([r.exit_s for r in runs], 0.5) * 1000, 1)
 
 
 @pytest.fixture(scope="module")
 def daemon_load(workdir):
-    tree = benchlib.ensure_daemon_tree(log=print)
-    load = benchlib.DaemonLoad(tree, os.path.join(workdir, "daemon-load"), log=print)
+    tree = ensure_daemon_tree(log=print)
+    load = DaemonLoad(tree, os.path.join(workdir, "daemon-load"), log=print)
     try:
         yield load
     finally:
@@ -109,23 +131,20 @@ def daemon_load(workdir):
 def test_daemon_api_latency(benchmark, daemon_load, results):
     """One interleaved run (idle burst, readers alone, loaded burst, per round); the timed
     value is the whole run, the figures are in extra_info."""
-    rounds = benchlib.daemon_api_rounds()
-    benchmark.group = (
-        f"daemon: {benchlib.API_CONCURRENCY} concurrent GET /api/v1/metrics, idle vs "
-        f"{benchlib.API_READERS} FUSE readers"
-    )
+    rounds = daemon_api_rounds()
+    benchmark.group = f"daemon: {API_CONCURRENCY} concurrent GET /api/v1/metrics, idle vs {API_READERS} FUSE readers"
     holder = {}
     benchmark.pedantic(
-        lambda: holder.update(r=benchlib.api_latency_rounds(daemon_load, rounds)),
+        lambda: holder.update(r=api_latency_rounds(daemon_load, rounds)),
         rounds=1,
         iterations=1,
         warmup_rounds=0,
     )
-    r: benchlib.ApiLatency = holder["r"]
+    r: ApiLatency = holder["r"]
     info = benchmark.extra_info
     info["rounds"] = rounds
-    for target, tag in ((benchlib.DAEMON, "daemon"), (benchlib.CONTROL, "control")):
-        for state in benchlib.API_STATES:
+    for target, tag in ((DAEMON, "daemon"), (CONTROL, "control")):
+        for state in API_STATES:
             lat = r.concurrent(target, state)
             info[f"{tag}_{state}_concurrent_p50_us"] = round(pct(lat, 0.5), 1)
             info[f"{tag}_{state}_concurrent_p99_us"] = round(pct(lat, 0.99), 1)

@@ -25,7 +25,8 @@ import time
 
 import pytest
 
-import benchlib
+from benchlib.pagecache import drop_caches
+from benchlib.report import MiB
 from nydus_hybrid.mounts import erofs as kmount
 from nydus_hybrid.mounts import fscache as fscache_mount
 
@@ -34,12 +35,6 @@ pytestmark = pytest.mark.skipif(
 )
 ROUNDS = int(os.environ.get("NYDUS_BENCH_FSCACHE_ROUNDS", "3"))
 DAEMON = [sys.executable, "-m", "nydus_hybrid.daemon"]
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")
 
 
 def read_tree(root: str) -> int:
@@ -86,8 +81,8 @@ def singleton(image):
     (image / "cache").mkdir(exist_ok=True)
     api = str(image / "api.sock")
     d = subprocess.Popen(
-        DAEMON
-        + [
+        [
+            *DAEMON,
             "singleton",
             "--fscache",
             str(image / "cache"),
@@ -154,7 +149,7 @@ def measure(benchmark, results, row, image, mount, umount, corpus_bytes, before_
             umount(target)
 
     benchmark.pedantic(once, rounds=ROUNDS, iterations=1)
-    mibs = [corpus_bytes / t / benchlib.MiB for t in times]
+    mibs = [corpus_bytes / t / MiB for t in times]
     results[row] = sorted(mibs)[len(mibs) // 2]
     benchmark.extra_info.update(row=row, mib_s_median=round(results[row], 1), seconds=[round(t, 3) for t in times])
     if "kernel-erofs" in results and row != "kernel-erofs":

@@ -24,15 +24,16 @@ import statistics
 
 import pytest
 
-import benchlib
 import fusebench as fb
+from benchlib.env import bench_rounds
+from benchlib.pagecache import evict, warm_files
+from benchlib.report import GiB, pct
 
 _missing = fb.fuse_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
 KERNEL, OURS, OURS1, SHIM = fb.KERNEL_NAME, fb.OURS_NAME, fb.ours_name(1), fb.SHIM_NAME
 OURS0 = fb.TIMEOUT0_NAME  # ours with --entry-timeout 0 --attr-timeout 0: every stat to the server
-GiB = 1 << 30
 
 
 def _median(benchmark) -> float:
@@ -43,7 +44,7 @@ def _median(benchmark) -> float:
 def fuse_image(workdir):
     tree = fb.ensure_fuse_tree(log=lambda s: print(s, flush=True))
     img = fb.build_fuse_image(tree, os.path.join(workdir, "fuse-image"))
-    fb.warm(img.backing("ours") + img.backing("kernel"))
+    warm_files(img.backing("ours") + img.backing("kernel"))
     return img
 
 
@@ -139,9 +140,9 @@ def test_fuse_sequential(benchmark, fuse_image, mounts, results, reader, state, 
 
     setup = (lambda: fb.drop_and_rewarm(fuse_image)) if state == "dropped" else None
     n = benchmark.pedantic(
-        read, setup=setup, rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=2 if state == "warm" else 0
+        read, setup=setup, rounds=bench_rounds(), iterations=1, warmup_rounds=2 if state == "warm" else 0
     )
-    fb.evict(path)
+    evict(path)
     assert n == size
     if state == "warm":
         runs = runs[2:]
@@ -174,13 +175,13 @@ def test_fuse_random_4k(benchmark, fuse_image, mounts, results, reader):
     benchmark.pedantic(
         lambda: lats.append(fb.read_random(path, offsets)),
         setup=lambda: fb.drop_and_rewarm(fuse_image),
-        rounds=benchlib.bench_rounds(),
+        rounds=bench_rounds(),
         iterations=1,
         warmup_rounds=0,
     )
-    fb.evict(path)
-    p50 = statistics.median(fb.pct(x, 0.5) for x in lats)
-    p99 = statistics.median(fb.pct(x, 0.99) for x in lats)
+    evict(path)
+    p50 = statistics.median(pct(x, 0.5) for x in lats)
+    p99 = statistics.median(pct(x, 0.99) for x in lats)
     results[("rnd", reader)] = (p50, p99)
     benchmark.extra_info.update(
         {
@@ -222,10 +223,10 @@ def test_fuse_find_stat(benchmark, fuse_image, mounts, results, reader, state):
         return fb.walk_stat(holder["m"].mnt)
 
     if state == "cold":
-        n = benchmark.pedantic(walk, setup=fresh, rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=0)
+        n = benchmark.pedantic(walk, setup=fresh, rounds=bench_rounds(), iterations=1, warmup_rounds=0)
     else:
         holder["m"] = mounts(reader)
-        n = benchmark.pedantic(walk, rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=1)
+        n = benchmark.pedantic(walk, rounds=bench_rounds(), iterations=1, warmup_rounds=1)
     assert n == tree.entries
     per = _median(benchmark) / n * 1e6
     results[("walk", reader, state)] = per
@@ -243,7 +244,7 @@ def test_fuse_stat_per_entry(benchmark, fuse_image, mounts, results, reader):
     m = mounts(reader)
     d = fb.DirFds(m.mnt)
     try:
-        n = benchmark.pedantic(d.stat_all, rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=1)
+        n = benchmark.pedantic(d.stat_all, rounds=bench_rounds(), iterations=1, warmup_rounds=1)
     finally:
         d.close()
     per = _median(benchmark) / n * 1e6
@@ -274,7 +275,7 @@ def test_fuse_first_byte(benchmark, fuse_image, mounts, results, reader):
     benchmark.pedantic(
         lambda: lats.append(fb.first_bytes(holder["m"], files)),
         setup=fresh,
-        rounds=benchlib.bench_rounds(),
+        rounds=bench_rounds(),
         iterations=1,
         warmup_rounds=0,
     )
@@ -284,7 +285,7 @@ def test_fuse_first_byte(benchmark, fuse_image, mounts, results, reader):
         {
             "files": len(files),
             "p50_us": round(p50, 1),
-            "p90_us": round(statistics.median(fb.pct(x, 0.9) for x in lats), 1),
+            "p90_us": round(statistics.median(pct(x, 0.9) for x in lats), 1),
             "first_file_us": round(statistics.median(x[0] for x in lats), 1),
         }
     )

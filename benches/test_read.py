@@ -14,8 +14,17 @@ import os
 
 import pytest
 
-import benchlib
-from benchlib import MiB
+from benchlib.env import bench_rounds
+from benchlib.reads import (
+    SourceFds,
+    random_reads,
+    read_image_random,
+    read_image_sequential,
+    read_image_threads,
+    read_source_random,
+    read_source_sequential,
+)
+from benchlib.report import MiB
 
 SEQ_ORDER = ["source open().read", "Image.read", "Image.read verify=False", "Image.read 2 threads"]
 RND_ORDER = ["source os.pread", "Image.read"]
@@ -23,7 +32,7 @@ RANDOM_READS = int(os.environ.get("NYDUS_BENCH_RANDOM_READS", "1000"))
 
 
 def _rounds() -> int:
-    return benchlib.bench_rounds()
+    return bench_rounds()
 
 
 def _open(built_image, verify=True):
@@ -42,16 +51,16 @@ def _stats(benchmark):
 def test_read_sequential(benchmark, corpus, built_image, results, reader):
     benchmark.group = f"read: all files in 1 MiB blocks ({corpus.mib:.0f} MiB)"
     if reader == "source open().read":
-        fn = lambda: benchlib.read_source_sequential(corpus.root, corpus.files)  # noqa: E731
+        fn = lambda: read_source_sequential(corpus.root, corpus.files)  # noqa: E731
     elif reader == "Image.read":
         img = _open(built_image)
-        fn = lambda: benchlib.read_image_sequential(img, corpus.files)  # noqa: E731
+        fn = lambda: read_image_sequential(img, corpus.files)  # noqa: E731
     elif reader == "Image.read verify=False":
         img = _open(built_image, verify=False)
-        fn = lambda: benchlib.read_image_sequential(img, corpus.files)  # noqa: E731
+        fn = lambda: read_image_sequential(img, corpus.files)  # noqa: E731
     else:
         img = _open(built_image)
-        fn = lambda: benchlib.read_image_threads(img, corpus.files, 2)  # noqa: E731
+        fn = lambda: read_image_threads(img, corpus.files, 2)  # noqa: E731
     n = benchmark.pedantic(fn, rounds=_rounds(), iterations=1, warmup_rounds=1)
     assert n == corpus.total_bytes
     mib_s = n / MiB / _stats(benchmark)
@@ -63,7 +72,7 @@ def test_read_sequential(benchmark, corpus, built_image, results, reader):
             import time
 
             t = time.perf_counter()
-            benchlib.read_source_sequential(corpus.root, corpus.files)
+            read_source_sequential(corpus.root, corpus.files)
             base = corpus.total_bytes / MiB / (time.perf_counter() - t)
         benchmark.extra_info["source_throughput_mib_s"] = round(base, 1)
         benchmark.extra_info["ratio_vs_source"] = round(mib_s / base, 3)
@@ -72,14 +81,14 @@ def test_read_sequential(benchmark, corpus, built_image, results, reader):
 @pytest.mark.parametrize("reader", RND_ORDER)
 def test_read_random_4k(benchmark, corpus, built_image, results, reader):
     benchmark.group = f"read: {RANDOM_READS} random 4 KiB reads"
-    pairs = benchlib.random_reads(corpus.files, RANDOM_READS)
+    pairs = random_reads(corpus.files, RANDOM_READS)
     fds = None
     if reader == "source os.pread":
-        fds = benchlib.SourceFds(corpus.root, pairs)
-        fn = lambda: benchlib.read_source_random(fds, pairs)  # noqa: E731
+        fds = SourceFds(corpus.root, pairs)
+        fn = lambda: read_source_random(fds, pairs)  # noqa: E731
     else:
         img = _open(built_image)
-        fn = lambda: benchlib.read_image_random(img, pairs)  # noqa: E731
+        fn = lambda: read_image_random(img, pairs)  # noqa: E731
     try:
         n = benchmark.pedantic(fn, rounds=_rounds(), iterations=1, warmup_rounds=1)
     finally:

@@ -1,5 +1,5 @@
 """Reads through the registry backend, against a real docker-registry on 127.0.0.1
-(tests/servers.py; the blob is pushed with our own `push_blob`), side by side with curl.
+(tests/helpers/servers.py; the blob is pushed with our own `push_blob`), side by side with curl.
 
 * cold: every file of an incompressible image in 1 MiB `Image.read`s with an empty cache
   dir each round (`rafs.batch_size` = amplify_io 0, 1 MiB, 4 MiB; 1 or 4 threads) vs curl
@@ -22,13 +22,30 @@ import statistics
 
 import pytest
 
-import benchlib
-from benchlib import MiB
+from benchlib.corpus import ensure_partial_tree, ensure_storage_tree
+from benchlib.env import bench_rounds, partial_fraction
+from benchlib.pagecache import warm_page_cache
+from benchlib.reads import pick_fraction, read_files_readinto, read_image_blocks_parallel, read_image_sequential
+from benchlib.registry import (
+    COLD_BASELINE,
+    COLD_VARIANTS,
+    PARTIAL_BATCHES,
+    Fetch,
+    build_and_push,
+    cold_fetch,
+    curl_fetch,
+    image_fetch,
+    partial_fetch,
+    registry_config,
+    start_registry,
+    storage_missing,
+)
+from benchlib.report import MiB
 
-_missing = benchlib.storage_missing()
+_missing = storage_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
-COLD = {v.name: v for v in benchlib.COLD_VARIANTS}
+COLD = {v.name: v for v in COLD_VARIANTS}
 WARM_ORDER = ["source open().readinto", "Image.read cache hit", "Image.read cache hit, 2 threads"]
 
 
@@ -40,7 +57,7 @@ def _median(benchmark) -> float:
 @pytest.fixture(scope="module")
 def registry():
     """docker-registry with its storage in a private temp dir (removed at teardown)."""
-    reg = benchlib.start_registry()
+    reg = start_registry()
     yield reg
     reg.close()
 
@@ -62,18 +79,18 @@ def scratch(workdir):
 
 @pytest.fixture(scope="module")
 def cold_image(registry, scratch):
-    tree = benchlib.ensure_storage_tree()
-    benchlib.warm_page_cache(tree.root)
-    return benchlib.build_and_push(tree, scratch("storage-image"), registry)
+    tree = ensure_storage_tree()
+    warm_page_cache(tree.root)
+    return build_and_push(tree, scratch("storage-image"), registry)
 
 
 @pytest.fixture(scope="module")
 def partial_image(registry, scratch):
-    tree = benchlib.ensure_partial_tree()
-    return benchlib.build_and_push(tree, scratch("partial-image"), registry)
+    tree = ensure_partial_tree()
+    return build_and_push(tree, scratch("partial-image"), registry)
 
 
-def _fetch_info(f: benchlib.Fetch) -> dict:
+def _fetch_info(f: Fetch) -> dict:
     info = {"requests": f.requests, "fetched_bytes": f.fetched, "client_cpu_s": round(f.cpu, 3)}
     if f.reg_cpu is not None:
         info["registry_cpu_s"] = round(f.reg_cpu, 3)
@@ -87,8 +104,8 @@ def test_registry_cold_read(benchmark, registry, cold_image, scratch, results, v
     cache = scratch("storage-cache")
     runs = []
     benchmark.pedantic(
-        lambda: runs.append(benchlib.cold_fetch(v, registry, cold_image, cache)),
-        rounds=benchlib.bench_rounds(),
+        lambda: runs.append(cold_fetch(v, registry, cold_image, cache)),
+        rounds=bench_rounds(),
         iterations=1,
         warmup_rounds=1,
     )
@@ -104,10 +121,10 @@ def test_registry_cold_read(benchmark, registry, cold_image, scratch, results, v
     benchmark.extra_info["client_cpu_s_median"] = round(statistics.median(r.cpu for r in runs), 3)
     if all(r.reg_cpu is not None for r in runs):
         benchmark.extra_info["registry_cpu_s_median"] = round(statistics.median(r.reg_cpu for r in runs), 3)
-    if variant != benchlib.COLD_BASELINE:
-        base = results.get(("cold", benchlib.COLD_BASELINE))
+    if variant != COLD_BASELINE:
+        base = results.get(("cold", COLD_BASELINE))
         if base is None:
-            base = statistics.median(benchlib.curl_fetch(registry, cold_image).mib_s for _ in range(3))
+            base = statistics.median(curl_fetch(registry, cold_image).mib_s for _ in range(3))
         benchmark.extra_info["curl_whole_blob_mib_s"] = round(base, 1)
         benchmark.extra_info["ratio_vs_curl_whole_blob"] = round(rate / base, 3)
     if v.peer and ("cold", v.peer) in results:
@@ -130,8 +147,8 @@ def warm_image(registry, cold_image, scratch):
     import nydus_hybrid
 
     cache = scratch("storage-warm-cache")
-    benchlib.image_fetch(registry, cold_image, cache)
-    im = nydus_hybrid.Image.open(cold_image.boot, config=benchlib.registry_config(registry, cache))
+    image_fetch(registry, cold_image, cache)
+    im = nydus_hybrid.Image.open(cold_image.boot, config=registry_config(registry, cache))
     yield im
     del im
 
@@ -141,12 +158,12 @@ def test_warm_cache_read(benchmark, cold_image, warm_image, results, reader):
     tree = cold_image.tree
     benchmark.group = f"storage: warm (cache-hit) read of {tree.mib:.0f} MiB in 1 MiB blocks"
     if reader == "source open().readinto":
-        fn = lambda: benchlib.read_files_readinto(tree.root, tree.files)  # noqa: E731
+        fn = lambda: read_files_readinto(tree.root, tree.files)  # noqa: E731
     elif reader == "Image.read cache hit":
-        fn = lambda: benchlib.read_image_sequential(warm_image, tree.files)  # noqa: E731
+        fn = lambda: read_image_sequential(warm_image, tree.files)  # noqa: E731
     else:
-        fn = lambda: benchlib.read_image_blocks_parallel(warm_image, tree.files, 2)  # noqa: E731
-    n = benchmark.pedantic(fn, rounds=benchlib.bench_rounds(), iterations=1, warmup_rounds=1)
+        fn = lambda: read_image_blocks_parallel(warm_image, tree.files, 2)  # noqa: E731
+    n = benchmark.pedantic(fn, rounds=bench_rounds(), iterations=1, warmup_rounds=1)
     assert n == tree.total_bytes
     rate = n / MiB / _median(benchmark)
     results[("warm", reader)] = rate
@@ -158,16 +175,16 @@ def test_warm_cache_read(benchmark, cold_image, warm_image, results, reader):
             import time
 
             t = time.perf_counter()
-            benchlib.read_files_readinto(tree.root, tree.files)
+            read_files_readinto(tree.root, tree.files)
             base = tree.total_bytes / MiB / (time.perf_counter() - t)
         benchmark.extra_info["source_mib_s"] = round(base, 1)
         benchmark.extra_info["ratio_vs_source"] = round(rate / base, 3)
 
 
-@pytest.mark.parametrize("batch_size", benchlib.PARTIAL_BATCHES, ids=lambda b: f"batch{b // 1024}K")
+@pytest.mark.parametrize("batch_size", PARTIAL_BATCHES, ids=lambda b: f"batch{b // 1024}K")
 def test_partial_read_requests(benchmark, registry, partial_image, scratch, batch_size):
-    frac = benchlib.partial_fraction()
-    picks = benchlib.pick_fraction(partial_image.tree.files, frac)
+    frac = partial_fraction()
+    picks = pick_fraction(partial_image.tree.files, frac)
     needed = sum(s for _, s in picks)
     benchmark.group = (
         f"storage: {len(picks)} of {len(partial_image.tree.files)} files "
@@ -176,8 +193,8 @@ def test_partial_read_requests(benchmark, registry, partial_image, scratch, batc
     cache = scratch("partial-cache")
     runs = []
     benchmark.pedantic(
-        lambda: runs.append(benchlib.partial_fetch(registry, partial_image, picks, cache, batch_size)),
-        rounds=benchlib.bench_rounds(),
+        lambda: runs.append(partial_fetch(registry, partial_image, picks, cache, batch_size)),
+        rounds=bench_rounds(),
         iterations=1,
         warmup_rounds=0,
     )

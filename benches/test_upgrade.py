@@ -2,11 +2,11 @@
 
 The issue's figure is "stall time per upgrade and per failover: p50, p99 and max", with the
 goals "max stall under 100 ms for an upgrade, and under 1 s for a failover". Set-up: the
-compat tests' small image (daemontools.BuiltImage, via benchlib.daemon_image), our
-`Supervisor` in this process, and a dedicated daemon (daemontools.Daemon, v1 localfs +
+compat tests' small image (tests/helpers/daemons.py's BuiltImage, via benchlib.daemon.daemon_image),
+our `Supervisor` in this process, and a dedicated daemon (daemons.Daemon, v1 localfs +
 blobcache config, `--id d1 --supervisor S`). While it serves:
 
-* **load**: `tests/loadtools.py`'s ReadLoad (4 reader threads re-reading and checksumming
+* **load**: `tests/helpers/load.py`'s ReadLoad (4 reader threads re-reading and checksumming
   every file with its page cache dropped first, plus one `ls -R` loop); every failure is
   kept, and every read's (start, seconds).
 * **probe**: one more thread with hello.txt open, doing `posix_fadvise(DONTNEED)` then a
@@ -49,7 +49,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -58,8 +57,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import pytest
 
-import benchlib
-from benchlib import pct
+from benchlib.corpus import fresh_dir
+from benchlib.daemon import daemon_image, daemon_missing
+from benchlib.env import IN_CI
+from benchlib.measure import reap
+from benchlib.pagecache import warm_page_cache
+from benchlib.report import pct
 
 UPGRADE_GOAL_MS = 100.0
 FAILOVER_GOAL_MS = 1000.0
@@ -71,16 +74,7 @@ GAP_SLACK_S = 0.003  # either side of an upgrade's gap located from the log (1 m
 
 def upgrade_rounds() -> int:
     """Hot upgrades, then as many failovers (NYDUS_BENCH_UPGRADE_ROUNDS; default 20, 10 with CI)."""
-    return max(1, int(os.environ.get("NYDUS_BENCH_UPGRADE_ROUNDS", "10" if benchlib.IN_CI else "20")))
-
-
-def loadtools():
-    """tests/loadtools.py (imported the way the compat tests import it)."""
-    if benchlib.TESTS_DIR not in sys.path:
-        sys.path.insert(0, benchlib.TESTS_DIR)
-    import loadtools as lt
-
-    return lt
+    return max(1, int(os.environ.get("NYDUS_BENCH_UPGRADE_ROUNDS", "10" if IN_CI else "20")))
 
 
 # --------------------------------------------------------------------------- the probe
@@ -238,15 +232,15 @@ class UpgradeBench:
 
     def __init__(self, workdir: str, log: Callable[[str], None] = lambda s: None, readers: int = 4):
         from nydus_hybrid.lifecycle.supervisor import Supervisor
+        from tests.helpers import daemons, load
 
-        self.dt = benchlib.daemontools()
-        lt = loadtools()
+        self.dt = daemons
         self.log = log
-        self.workdir = Path(benchlib.fresh_dir(workdir))
+        self.workdir = Path(fresh_dir(workdir))
         self.logs = self.workdir / "logs"
         self.logs.mkdir()
-        self.image = benchlib.daemon_image(str(self.workdir / "image"))
-        benchlib.warm_page_cache(str(self.image.blobs), extra=[str(self.image.boot)])
+        self.image = daemon_image(str(self.workdir / "image"))
+        warm_page_cache(str(self.image.blobs), extra=[str(self.image.boot)])
         self.sup = Supervisor(str(self.workdir / "supervisor" / "d1.sock")).start()
         self.daemon = None
         self.load = None
@@ -267,7 +261,7 @@ class UpgradeBench:
             self.current_log = str(self.daemon.log)  # the serving daemon's stderr
             if not self.sup.wait_for_state(0):
                 raise RuntimeError("the daemon pushed no state to the supervisor")
-            self.load = lt.ReadLoad([self.mnt], self.image.files, readers=readers).__enter__()
+            self.load = load.ReadLoad([self.mnt], self.image.files, readers=readers).__enter__()
             self.probe = Probe(os.path.join(self.mnt, PROBE_FILE), self.image.files[PROBE_FILE]).__enter__()
             self.load.wait_reads(20)
             self.probe.answered_after(time.monotonic())
@@ -439,7 +433,7 @@ class UpgradeBench:
                 while self.dt.is_mounted(self.mnt) and time.monotonic() < deadline:
                     time.sleep(0.01)
         finally:
-            benchlib.reap(self.procs)
+            reap(self.procs)
             self.sup.close()
             if self.daemon is not None:
                 self.daemon.cleanup()  # also lazy-unmounts if anything is left
@@ -516,7 +510,7 @@ def goal_ms(kind: str) -> float:
 
 # --------------------------------------------------------------------------- pytest
 
-_missing = benchlib.daemon_missing()
+_missing = daemon_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
 

@@ -55,7 +55,7 @@ class Server:
         for _ in range(200):
             text = open(self.log_path).read()
             if text.count("STATS") > n_before:
-                line = [l for l in text.splitlines() if l.startswith("STATS")][-1]
+                line = [ln for ln in text.splitlines() if ln.startswith("STATS")][-1]
                 return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
             time.sleep(0.01)
         raise RuntimeError("no stats")
@@ -210,10 +210,14 @@ def main():
                 file=sys.stderr,
                 flush=True,
             )
-    med = lambda rs, k: statistics.median(r[k] for r in rs)
+
+    def med(rs, k):
+        return statistics.median(r[k] for r in rs)
+
     print(
-        "| server | (1) seq cold MiB/s | (1) seq warm MiB/s | (2) 4 readers cold MiB/s | (3) 4 KiB rand p50 µs | (3) p99 µs "
-        "| (4) scandir+stat files/s | (4) find\\|xargs stat files/s | (1') seq cold, ra 1 MiB, MiB/s | FUSE_READ KiB (ra 128K / 1M) | scan requests |"
+        "| server | (1) seq cold MiB/s | (1) seq warm MiB/s | (2) 4 readers cold MiB/s | (3) 4 KiB rand p50 µs "
+        "| (3) p99 µs | (4) scandir+stat files/s | (4) find\\|xargs stat files/s | (1') seq cold, ra 1 MiB, MiB/s "
+        "| FUSE_READ KiB (ra 128K / 1M) | scan requests |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rs in res.items():
@@ -226,8 +230,9 @@ def main():
         avg = statistics.median(r["cold_req"]["read_bytes"] / max(1, r["cold_req"]["read"]) for r in rs) / 1024
         avg1m = statistics.median(r["ra1m_req"]["read_bytes"] / max(1, r["ra1m_req"]["read"]) for r in rs) / 1024
         print(
-            f"| {name} | {med(rs, 'cold'):.0f} | {med(rs, 'warm'):.0f} | {med(rs, 'par4'):.0f} | {med(rs, 'rand_p50'):.1f} "
-            f"| {med(rs, 'rand_p99'):.1f} | {med(rs, 'scan'):.0f} | {med(rs, 'find'):.0f} | {med(rs, 'cold_ra1m'):.0f} | {avg:.0f} / {avg1m:.0f} | {reqs} |"
+            f"| {name} | {med(rs, 'cold'):.0f} | {med(rs, 'warm'):.0f} | {med(rs, 'par4'):.0f} "
+            f"| {med(rs, 'rand_p50'):.1f} | {med(rs, 'rand_p99'):.1f} | {med(rs, 'scan'):.0f} | {med(rs, 'find'):.0f} "
+            f"| {med(rs, 'cold_ra1m'):.0f} | {avg:.0f} / {avg1m:.0f} | {reqs} |"
         )
     print("\nper-run values:", file=sys.stderr)
     for name, rs in res.items():
