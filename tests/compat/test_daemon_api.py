@@ -1,4 +1,4 @@
-"""The daemon driven the way nydus-snapshotter drives nydusd (spec §1–3, §8–9): started as a
+"""The daemon driven the way nydus-snapshotter drives nydusd (spec §1-3, §8-9): started as a
 subprocess with nydusd's flags, spoken to over one keep-alive HTTP/1.1 connection on the
 unix socket, every JSON answer checked against openapi.yaml, liveness watched through an
 idle connection, and shut down by `exit` (mount kept) and SIGTERM (mount removed)."""
@@ -10,9 +10,11 @@ import select
 import signal
 import socket
 import time
+from typing import Any, Dict
 
 import pytest
-from daemontools import (
+
+from tests.helpers.daemons import (
     BuiltImage,
     Daemon,
     daemon_version_commit,
@@ -57,7 +59,7 @@ def shared(tmp_path):
     d.cleanup()
 
 
-def assert_files(root, files: dict) -> None:
+def assert_files(root, files: Dict[str, Any]) -> None:
     for rel, data in files.items():
         r = read_uncached(os.path.join(root, rel))
         assert r.returncode == 0, r.stderr.decode()
@@ -285,7 +287,7 @@ def test_shared_daemon_mounts_by_snapshot_id(shared, image, image_b, tmp_path):
 
 
 def test_per_file_metrics(shared, image, tmp_path):
-    """iostats_files, access_pattern and latest_read_files (spec §8.2–8.3), switched on in
+    """iostats_files, access_pattern and latest_read_files (spec §8.2-8.3), switched on in
     one instance's v1 config; its neighbour, with them off, reports nothing per file."""
     c = shared.client()
     try:
@@ -350,7 +352,7 @@ def test_crashed_predecessor_is_detected_at_start(image, tmp_path):
         assert is_mounted(d.mnt) and os.path.exists(d.sock)
         again = subprocess.Popen(argv, stdout=open(tmp_path / "again.log", "wb"), stderr=subprocess.STDOUT)
         try:
-            from daemontools import ApiClient
+            from tests.helpers.daemons import ApiClient
 
             deadline, state = time.monotonic() + 20, None
             while time.monotonic() < deadline and state is None:

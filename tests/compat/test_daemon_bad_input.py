@@ -12,66 +12,24 @@ import os
 import socket
 import subprocess
 import time
-import uuid
 
 import pytest
-from daemontools import DAEMON, ApiClient, BuiltImage, Daemon, mount_cmd, read_uncached, v1_config
+
+from tests.helpers.daemons import (
+    BASE,
+    DAEMON,
+    ApiClient,
+    Ctx,
+    assert_healthy,
+    mount_cmd,
+    read_uncached,
+    spec,
+    v1_config,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
 )
-
-BASE = "/base"
-
-
-class Ctx:
-    """The module's daemon, the image mounted at /base, and one keep-alive client."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.image = BuiltImage(workdir / "image")
-        self.daemon = Daemon(workdir / "daemon")
-        self.client = self.daemon.client()
-        r = self.client.post("http://unix/api/v1/mount?mountpoint=%2Fbase", self.cmd("/base"))
-        assert r.status == 204, r
-        self.big = self.daemon.mnt / "base" / "dir" / "big.bin"
-
-    def config(self, device_id: str) -> dict:
-        return v1_config(device_id, self.image.blobs, self.workdir / "cache")
-
-    def cmd(self, device_id: str, **overrides) -> dict:
-        doc = mount_cmd(self.image.boot, self.config(device_id))
-        doc.update(overrides)
-        return doc
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    c = Ctx(tmp_path_factory.mktemp("bad-input"))
-    yield c
-    c.client.close()
-    c.daemon.cleanup()
-
-
-def assert_healthy(ctx: Ctx) -> None:
-    """The daemon lives, answers, and serves fresh reads of the existing /base mount."""
-    d = ctx.daemon
-    assert d.alive(), f"the daemon died: {d.log_text()}"
-    c = ApiClient(d.sock, timeout=10)
-    try:
-        info = c.get("http://unix/api/v1/daemon").body
-        assert info["state"] == "RUNNING"
-        assert BASE in info["backend_collection"]
-        before = c.get("http://unix/api/v1/metrics?id=%2Fbase").body["data_read"]
-        r = read_uncached(ctx.big)
-        assert r.returncode == 0, r.stderr.decode()
-        assert r.stdout == ctx.image.files["dir/big.bin"]
-        after = c.get("http://unix/api/v1/metrics?id=%2Fbase").body["data_read"]
-        assert after > before, "the read was not served by the daemon"
-        # a lookup the kernel cannot have cached
-        assert not os.path.exists(d.mnt / "base" / f"missing-{uuid.uuid4().hex}")
-    finally:
-        c.close()
 
 
 @pytest.fixture(autouse=True)
@@ -94,8 +52,6 @@ def send(ctx: Ctx, method: str, url: str, body=None, *, raw=None, client=None, *
     methods, unknown paths) are checked for the error shape only."""
     c = client or ctx.client
     path = url.split("?")[0]
-    from daemontools import spec
-
     known = method.lower() in spec()["paths"].get(path, {})
     return c.request(method, "http://unix" + url, body, raw=raw, check=known, **kw)
 
@@ -317,7 +273,7 @@ MOUNTPOINTS = [
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "GET"])
-@pytest.mark.parametrize("mp", MOUNTPOINTS + [None], ids=[repr(m) for m in MOUNTPOINTS] + ["absent"])
+@pytest.mark.parametrize("mp", [*MOUNTPOINTS, None], ids=[repr(m) for m in MOUNTPOINTS] + ["absent"])
 def test_bad_mountpoint(ctx, method, mp):
     path = "/api/v1/daemon/backend" if method == "GET" else "/api/v1/mount"
     url = path if mp is None else f"{path}?mountpoint={mp}"
@@ -471,7 +427,7 @@ def test_unreachable_registry_gives_eio_not_a_hang(ctx):
 # --- the command line ------------------------------------------------------------------------
 
 
-def run_cli(*argv, timeout: float = 30.0) -> subprocess.CompletedProcess:
+def run_cli(*argv, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(DAEMON + list(argv), capture_output=True, text=True, timeout=timeout)
 
 

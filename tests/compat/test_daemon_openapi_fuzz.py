@@ -1,7 +1,8 @@
 """Property-based fuzz of the daemon's HTTP API against its own OpenAPI document
-(`python/nydus_hybrid/daemon/openapi.yaml`), on the shared daemon of
-`test_daemon_bad_input` (its `ctx` fixture: one daemon, the image mounted at `/base`, and
-`assert_healthy`, which reads a file through that live FUSE mount).
+(`python/nydus_hybrid/daemon/openapi.yaml`), on the daemon `test_daemon_bad_input` uses too
+(the `ctx` fixture of tests/compat/conftest.py: one daemon, the image mounted at `/base`;
+and tests/helpers/daemons.py's `assert_healthy`, which reads a file through that live FUSE
+mount).
 
 Driver: plain hypothesis. Schemathesis was not used: it sends through `requests` (no
 unix-socket transport of its own), pulls in a dozen packages and registers a pytest plugin
@@ -9,7 +10,7 @@ for the whole suite. hypothesis-jsonschema was not used either: its last release
 fails on every object schema with the Hypothesis this project runs (`'many' object has no
 attribute 'more'`). `from_schema` below covers the JSON Schema subset that openapi.yaml's
 request bodies and parameters use, and refuses any other keyword, so a schema change cannot
-slip past it. Every request goes through `daemontools.ApiClient`, one keep-alive
+slip past it. Every request goes through `tests.helpers.daemons.ApiClient`, one keep-alive
 connection on the unix socket, the way the Go client talks.
 
 Every operation of the OpenAPI file is fuzzed, except these four bodyless PUTs of the
@@ -56,9 +57,9 @@ of a 2.5 MB file through `/base`) runs after each test.
 Checked for every response:
 
 * its status is listed for the operation in openapi.yaml and its body validates against the
-  documented schema (`daemontools.validate`; so a 5xx appears only where documented);
+  documented schema (`tests.helpers.daemons.validate`; so a 5xx appears only where documented);
 * every 4xx/5xx body is `{"code": "UNDEFINED", "message": str}`, the `Server` header is
-  `Nydus API`, and the connection is kept alive (`daemontools.ApiClient`);
+  `Nydus API`, and the connection is kept alive (`tests.helpers.daemons.ApiClient`);
 * a schema-violating request is refused with a 4xx, never a 2xx or a 5xx, unless it falls
   under one of the named nydusd quirks of `QUIRKS` below (spec reference in each);
 * a conforming request to an operation without parameters or body succeeds (2xx).
@@ -79,14 +80,14 @@ import json
 import os
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import jsonschema
 import pytest
-from daemontools import ApiClient, spec, to_json_schema, validate
 from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
-from test_daemon_bad_input import BASE, Ctx, assert_healthy, ctx  # noqa: F401  (ctx: the shared fixture)
+
+from tests.helpers.daemons import BASE, ApiClient, Ctx, assert_healthy, spec, to_json_schema, validate
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
@@ -128,8 +129,8 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 class Op:
     method: str
     path: str
-    params: list  # resolved OpenAPI parameter objects
-    body_schema: Optional[dict]  # plain JSON Schema of the application/json request body
+    params: List[Dict[str, Any]]  # resolved OpenAPI parameter objects
+    body_schema: Optional[Dict[str, Any]]  # plain JSON Schema of the application/json request body
     validator: Optional[jsonschema.Draft7Validator] = field(default=None, repr=False)
 
     @property
@@ -142,7 +143,7 @@ class Op:
         return self.path == MOUNT_PATH
 
 
-def operations() -> list:
+def operations() -> List[Op]:
     ops = []
     for path, item in spec()["paths"].items():
         for method, op in item.items():
@@ -173,9 +174,9 @@ def mountpoint_problem(value: str) -> Optional[str]:
     return None
 
 
-def decoded_query(query: str) -> dict:
+def decoded_query(query: str) -> Dict[str, Any]:
     """The query as the server sees it: form-decoded, the first value of a repeated key."""
-    out: dict = {}
+    out: Dict[str, Any] = {}
     for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace"):
         out.setdefault(k, v)
     return out
@@ -237,7 +238,7 @@ class Req:
         return f"Req({self.method} {self.url()} content-type={self.ctype!r} body={body} intent={self.intent!r})"
 
 
-def violations(op: Op, req: Req) -> tuple:
+def violations(op: Op, req: Req) -> Tuple[Any, ...]:
     """(list of the ways `req` breaks the document, the parsed body or NOT_JSON)."""
     out = []
     q = decoded_query(req.query)
@@ -260,6 +261,7 @@ def violations(op: Op, req: Req) -> tuple:
             out.append("body is not strict UTF-8 JSON")
         else:
             doc = normalize(op, doc)
+            assert op.validator is not None  # there is a body schema
             out += [f"body{list(e.absolute_path)}: {e.message[:120]}" for e in op.validator.iter_errors(doc)]
     return out, doc
 
@@ -268,8 +270,8 @@ def violations(op: Op, req: Req) -> tuple:
 class Quirk:
     name: str
     reference: str
-    statuses: frozenset
-    applies: Callable  # (op, req, parsed body or NOT_JSON) -> bool
+    statuses: FrozenSet[Any]
+    applies: Callable[[Op, Req, Any], bool]  # (op, req, parsed body or NOT_JSON) -> bool
 
 
 def _unknown_runtime_key(op: Op, req: Req, doc) -> bool:
@@ -336,7 +338,7 @@ SCHEMA_KEYWORDS = {
 }
 
 
-def from_schema(schema: dict) -> st.SearchStrategy:
+def from_schema(schema: Dict[str, Any]) -> st.SearchStrategy:
     """Values valid against `schema`, for the JSON Schema subset of openapi.yaml's requests."""
     unknown = set(schema) - SCHEMA_KEYWORDS
     assert not unknown, f"from_schema does not know {sorted(unknown)}: extend it"
@@ -375,7 +377,7 @@ def from_schema(schema: dict) -> st.SearchStrategy:
     return st.builds(lambda a, b: {**b, **a}, fixed, extra)
 
 
-SAFE_CHARS = st.characters(exclude_categories=("Cs",), exclude_characters="/\0")
+SAFE_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters="/\0")
 
 CONTENT_TYPES = [
     "application/json",
@@ -439,7 +441,7 @@ def mount_mountpoints(valid: bool) -> st.SearchStrategy:
     )
 
 
-def param_values(op: Op, p: dict) -> st.SearchStrategy:
+def param_values(op: Op, p: Dict[str, Any]) -> st.SearchStrategy:
     name = p["name"]
     schema_values = from_schema(p.get("schema", {"type": "string"})).filter(lambda v: isinstance(v, str))
     if name == "mountpoint" and op.mounts:
@@ -454,7 +456,7 @@ def param_values(op: Op, p: dict) -> st.SearchStrategy:
 
 
 @st.composite
-def queries(draw, op: Op, violate: bool) -> tuple:
+def queries(draw, op: Op, violate: bool) -> Tuple[Any, ...]:
     """(encoded query, intent). `violate`: drop a required parameter or break `mountpoint`."""
     pairs, intent = [], []
     required = [p["name"] for p in op.params if p.get("required")]
@@ -479,7 +481,7 @@ def queries(draw, op: Op, violate: bool) -> tuple:
     noise = draw(st.lists(QUERY_NOISE, max_size=2))
     if noise:
         intent.append("query noise")
-        parts = [text] + noise if text else noise
+        parts = [text, *noise] if text else noise
         text = "&".join(draw(st.permutations(parts)))
     return text, intent
 
@@ -528,6 +530,7 @@ def realistic_mount_cmd(shared: Ctx) -> st.SearchStrategy:
 
 
 def good_docs(op: Op, shared: Ctx) -> st.SearchStrategy:
+    assert op.body_schema is not None  # only operations with a body have body documents
     docs = from_schema(op.body_schema)
     if op.path == MOUNT_PATH:
         return st.one_of(realistic_mount_cmd(shared), docs)
@@ -539,18 +542,18 @@ def good_docs(op: Op, shared: Ctx) -> st.SearchStrategy:
     return docs
 
 
-def _invalid_for(schema: dict) -> st.SearchStrategy:
+def _invalid_for(schema: Dict[str, Any]) -> st.SearchStrategy:
     """Values that break `schema`: the usual suspects first (null, a number for a string,
     numbers inside a string list...), then anything."""
     v = jsonschema.Draft7Validator(schema)
-    usual = [None, True, 0, -1, 1.5, "", "x", [], ["x"], [None], [1, 2], [True, "x"], [{}], {}, {"k": "v"}]
+    usual: List[Any] = [None, True, 0, -1, 1.5, "", "x", [], ["x"], [None], [1, 2], [True, "x"], [{}], {}, {"k": "v"}]
     return st.one_of(
         st.sampled_from([x for x in usual if not v.is_valid(x)]), JSON_ANY.filter(lambda x: not v.is_valid(x))
     )
 
 
 @st.composite
-def bodies(draw, op: Op, shared: Ctx, violate: bool) -> tuple:
+def bodies(draw, op: Op, shared: Ctx, violate: bool) -> Tuple[Any, ...]:
     """(body bytes or None, intent). `violate`: a body that breaks the document."""
     if op.body_schema is None:
         kind = draw(st.sampled_from(["json", "bytes"] if violate else ["none", "none", "empty"]))
@@ -624,7 +627,7 @@ def requests_for(draw, op: Op, shared: Ctx, violating: bool) -> Req:
     ctype = None
     if body:
         ctype = draw(st.one_of(st.just(None), st.sampled_from(CONTENT_TYPES)))
-    return Req(op.method, op.path, query, body, ctype, "; ".join(qintent + [bintent]))
+    return Req(op.method, op.path, query, body, ctype, "; ".join([*qintent, bintent]))
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -634,9 +637,9 @@ class Fuzz:
     def __init__(self, shared: Ctx):
         self.ctx = shared
         self.client = ApiClient(shared.daemon.sock, timeout=20)
-        self.seen: dict = {}  # op id -> {"conforming": n, "violating": n, statuses...}
+        self.seen: Dict[str, Any] = {}  # op id -> {"conforming": n, "violating": n, statuses...}
         self.examples = 0
-        self.stuck: set = set()  # listed instances that could not be detached
+        self.stuck: Set[Any] = set()  # listed instances that could not be detached
 
     def send(self, req: Req):
         headers = {"Content-Type": req.ctype} if req.body and req.ctype is not None else None
@@ -647,7 +650,7 @@ class Fuzz:
             self.client.close()  # a half-read answer must not poison the next example
             raise
 
-    def attached(self) -> list:
+    def attached(self) -> List[Any]:
         return sorted(self.client.get("/api/v1/daemon").body["backend_collection"])
 
     def ensure_mounted(self, mountpoint: str) -> None:
@@ -668,7 +671,7 @@ class Fuzz:
                     failed.append(f"cannot detach {mp!r}, which GET /api/v1/daemon lists: {r!r}")
         assert not failed, "; ".join(failed)
 
-    def fresh_namespace(self, req: Req) -> tuple:
+    def fresh_namespace(self, req: Req) -> Tuple[Any, ...]:
         """The request with its `/fz-` mountpoints moved to a namespace of their own
         (`/fz<n>-`), so every example starts from the same daemon state and replays alike."""
         self.examples += 1
@@ -766,6 +769,7 @@ def test_operation(ctx, fuzz, op, kind):
         if "target" in premount:
             fuzz.ensure_mounted(mp)
         if "child" in premount:
+            assert mp is not None  # premount is drawn for a valid mountpoint only
             fuzz.ensure_mounted(mp.rstrip("/") + "/child")
         check(fuzz, op, req, violating)
         fuzz.check_instances(req, namespace, inflight_was_ok)
@@ -784,7 +788,7 @@ def test_operation(ctx, fuzz, op, kind):
     assert_healthy(ctx)
 
 
-def tidy(fuzz: Fuzz, op: Op) -> list:
+def tidy(fuzz: Fuzz, op: Op) -> List[Any]:
     """Undo what an operation's fuzz may have left: the log level, fuzz instances."""
     problems = []
     try:

@@ -9,12 +9,13 @@ import os
 import stat
 import struct
 import tarfile
+from typing import List, cast
 
 import pytest
 
 import nydus_hybrid
-from conftest import FIXTURE_BLOB_ID, FIXTURE_INLINE_ID, build_into
 from nydus_hybrid import errors, treecmp
+from tests.helpers.images import FIXTURE_BLOB_ID, FIXTURE_INLINE_ID, build_into
 
 INLINE_SIZES = {"error.rs": 2816, "lib.rs": 678, "logger.rs": 3115}
 
@@ -70,7 +71,7 @@ def test_fixture_chunk_table_digests_match_data(fixtures_dir, fixture_image):
     parsed = []
     for e in entries:
         digest = e[:32]
-        blob_index, flags, csize, usize, coff, uoff, _foff, index, _crc = struct.unpack("<IIIIQQQII", e[32:])
+        _blob_index, _flags, csize, usize, coff, uoff, _foff, index, _crc = struct.unpack("<IIIIQQQII", e[32:])
         parsed.append((index, digest, csize, usize, coff, uoff))
     parsed.sort()
     assert [(p[2], p[3], p[4]) for p in parsed] == [(4828, 16931, 0), (2974, 13400, 4828)]
@@ -111,7 +112,7 @@ def test_inline_blob_without_image_boot_is_rejected(fixtures_dir):
 def _flip_each(path, positions, masks, probe):
     """Flip one byte at a time (restoring it after) and collect probe()'s outcome."""
     raw = path.read_bytes()
-    outcomes = collections.Counter()
+    outcomes: collections.Counter[str] = collections.Counter()
     wrong = []
     fd = os.open(path, os.O_RDWR)
     try:
@@ -183,7 +184,8 @@ def test_flipped_bytes_inline_blob(fixture_copy, fixtures_dir):
     def probe():
         try:
             im = nydus_hybrid.Image.open_blob(path)
-            names = im.listdir("/")
+            # a str path lists str names (Image.listdir is annotated with the Union of both)
+            names = cast(List[str], im.listdir("/"))
         except errors.CorruptImageError as e:
             return ["open: " + type(e).__name__]
         if names != sorted(want):
@@ -261,7 +263,9 @@ def test_build_all_entry_type_tar(fixtures_dir, tmp_path):
         if m.isreg():
             assert s.st_size == m.size
             with tarfile.open(tar_path) as tf:
-                assert im.read(path) == tf.extractfile(m).read(), path
+                member = tf.extractfile(m)
+                assert member is not None, path
+                assert im.read(path) == member.read(), path
         elif m.isdir():
             assert s.is_dir()
         elif m.issym():

@@ -1,33 +1,45 @@
 """The daemon manager (nydus_hybrid.manager) in nydus-snapshotter's integration scenarios
 that need no containerd (spec A13): a real manager process (`python -m
 nydus_hybrid.manager`), real daemons, real FUSE mounts, the real SQLite store, killed with
-SIGKILL at the worst moments. Sizes: NYDUS_MANAGER_KILL_ROUNDS (default 20)."""
+SIGKILL at the worst moments. Sizes: NYDUS_MANAGER_KILL_ROUNDS (default 20). The manager
+process and the scenarios the fscache driver's tests share are in tests/helpers/managers.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import random
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
-from daemontools import BuiltImage, is_mounted, lazy_umount, read_uncached, v1_config
 
-from loadtools import ReadLoad
 from nydus_hybrid.client import DaemonApiError, DaemonClient
+from nydus_hybrid.manager import drivers
+from nydus_hybrid.manager.daemon import DaemonRecord, nydusd_argv
+from nydus_hybrid.manager.manager import default_nydusd
+from nydus_hybrid.manager.store import Store
+from tests.helpers.daemons import BuiltImage, is_mounted, read_uncached
+from tests.helpers.load import ReadLoad
+from tests.helpers.managers import (
+    KEYS,
+    KILL_ROUNDS,
+    ManagerProc,
+    assert_readable,
+    daemon_pids,
+    kill_at_random_points,
+    kill_daemons_twice_under_reads,
+    mountpoints,
+    teardown,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="daemons mount FUSE: needs root and /dev/fuse"
 )
-
-KILL_ROUNDS = int(os.environ.get("NYDUS_MANAGER_KILL_ROUNDS", "20"))
-KEYS = ("img1", "img2", "img3")
 
 
 @pytest.fixture(scope="module")
@@ -36,128 +48,11 @@ def images(tmp_path_factory):
     return {k: BuiltImage(base / k, tag=k) for k in KEYS}
 
 
-class ManagerProc:
-    """`python -m nydus_hybrid.manager` and a client for its system.sock."""
-
-    def __init__(self, root: Path, mode: str, policy: str, nydusd=None, extra=()):
-        self.root, self.mode, self.policy, self.nydusd, self.extra = root, mode, policy, nydusd, list(extra)
-        self.proc = None
-
-    def start(self, wait: bool = True) -> ManagerProc:
-        argv = [
-            sys.executable,
-            "-m",
-            "nydus_hybrid.manager",
-            "--root",
-            str(self.root),
-            "--daemon-mode",
-            self.mode,
-            "--recover-policy",
-            self.policy,
-            "--log-level",
-            "info",
-        ]
-        if self.nydusd:
-            argv += ["--nydusd", self.nydusd]
-        argv += self.extra
-        self.log = open(self.root.parent / f"{self.root.name}-manager.log", "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"manager exited with {self.proc.returncode}")
-            try:
-                self.get("/api/v1/daemons")
-                return
-            except (OSError, DaemonApiError):
-                time.sleep(0.05)
-        raise AssertionError("manager not ready")
-
-    def request(self, method, path, body=None, timeout: float = 60.0):
-        c = DaemonClient(str(self.root / "system.sock"), timeout=timeout)
-        try:
-            return c.request(method, path, body)
-        finally:
-            c.close()
-
-    def get(self, path):
-        return self.request("GET", path)
-
-    def mount(self, key: str, img: BuiltImage):
-        cfg = v1_config(f"/{key}", img.blobs, self.root.parent / f"cache-{key}")
-        return self.request(
-            "POST",
-            "/api/v1/instances",
-            {"snapshot_id": key, "image_id": key, "bootstrap": str(img.boot), "config": cfg},
-        )
-
-    def umount(self, key: str):
-        return self.request("DELETE", f"/api/v1/instances/{key}")
-
-    def describe(self) -> dict:
-        return self.get("/api/v1/daemons")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-        self.log.close()
-
-
-def daemon_pids(doc: dict) -> dict:
-    return {d["id"]: d["pid"] for d in doc["daemons"]}
-
-
-def teardown(root: Path) -> None:
-    """Stop every daemon the store knows (SIGTERM unmounts) and any mount left."""
-    db = root / "nydus.db"
-    if db.exists():
-        con = sqlite3.connect(db)
-        try:
-            records = [json.loads(rec) for (rec,) in con.execute("SELECT record FROM daemons")]
-        except sqlite3.DatabaseError:
-            records = []  # the corrupt-DB test's file
-        con.close()
-        for r in records:
-            for pid in (r["pid"], r.get("standby_pid", 0)):
-                try:
-                    if pid:
-                        os.kill(pid, signal.SIGTERM)
-                except (ProcessLookupError, OSError):
-                    pass
-    time.sleep(0.5)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4]
-            if mp.startswith(str(root)):
-                lazy_umount(mp)
-
-
 @pytest.fixture
 def root(tmp_path):
     r = tmp_path / "root"
     yield r
     teardown(r)
-
-
-def assert_readable(mountpoint: str, img: BuiltImage) -> None:
-    for rel, data in img.files.items():
-        r = read_uncached(os.path.join(mountpoint, rel))
-        assert r.returncode == 0 and r.stdout == data, (mountpoint, rel, r.stderr[-300:])
-
-
-def mountpoints(doc: dict) -> dict:
-    return {i["snapshot_id"]: i["mountpoint"] for i in doc["instances"]}
 
 
 # --- modes ----------------------------------------------------------------------------------
@@ -247,7 +142,7 @@ def test_kill_only_the_manager(images, root, mode):
         # failover still works: the new manager collected fresh state from each daemon
         victim = after["daemons"][0]
         os.kill(victim["pid"], signal.SIGKILL)
-        _wait(lambda: daemon_pids(m2.describe())[victim["id"]] != victim["pid"])
+        wait_until(lambda: daemon_pids(m2.describe())[victim["id"]] != victim["pid"])
         load.wait_reads(10)
     assert not load.errors, load.errors[:5]
     for k, mp in mps.items():
@@ -277,28 +172,61 @@ def test_kill_daemons_and_manager_together(images, root, mode):
         m2.stop()
 
 
-# --- recover policies -----------------------------------------------------------------------
-
-
-def kill_daemons_twice_under_reads(m: ManagerProc, images) -> None:
-    """Three images mounted; 4 readers on one and a lister on all while every daemon is
-    killed -9, twice: no read and no listing may fail."""
+@pytest.mark.parametrize("mode", ["dedicated", "shared"])
+def test_successor_orphaned_in_init_is_replaced(images, root, mode):
+    """The manager died in the middle of a failover: its daemon is dead and the successor it
+    started waits in INIT on the daemon's socket for a state that died with that manager's
+    supervisor. The next manager must replace the successor, not leave it waiting forever."""
+    m = ManagerProc(root, mode, "failover").start()
     for k in KEYS:
         m.mount(k, images[k])
-    mps = mountpoints(m.describe())
-    with (
-        ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister,
-        ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load,
-    ):
-        load.wait_reads(20)
-        for _ in range(2):
-            pids = daemon_pids(m.describe())
-            for pid in pids.values():
-                os.kill(pid, signal.SIGKILL)
-            _wait(lambda: all(p not in pids.values() for p in daemon_pids(m.describe()).values()))
-            load.wait_reads(20)
-    assert not load.errors, load.errors[:5]
-    assert not lister.errors, lister.errors[:5]
+    before = m.describe()
+    m.kill()
+    for d in before["daemons"]:
+        os.kill(d["pid"], signal.SIGKILL)
+    store = Store(str(root / "nydus.db"))
+    try:
+        records = [DaemonRecord.from_dict(r) for r in store.daemons()]
+    finally:
+        store.close()
+    orphans = []
+    for r in records:
+        argv = nydusd_argv(default_nydusd(), r, drivers.get(r.fs_driver, str(root), r.driver_options), True)
+        orphans.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for sock in [r.api_socket for r in records]:
+        wait_until(functools.partial(_in_init, sock))
+    m2 = ManagerProc(root, mode, "failover").start()
+    try:
+        for p in orphans:
+            assert p.wait(30) is not None, "the orphaned successor was stopped"
+        after = m2.describe()
+        assert set(daemon_pids(after)) == {r.id for r in records}
+        assert not set(daemon_pids(after).values()) & {p.pid for p in orphans}, "replaced by new daemons"
+        assert all(d["state"] == "RUNNING" for d in after["daemons"]), after["daemons"]
+        assert all(i["state"] == "mounted" for i in after["instances"])
+        for k, mp in mountpoints(after).items():
+            assert_readable(mp, images[k])
+    finally:
+        m2.stop()
+        for p in orphans:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    log = (root.parent / f"{root.name}-manager.log").read_text()
+    assert log.count('"orphan_successor_replaced"') == len(records)
+
+
+def _in_init(api_socket: str) -> bool:
+    c = DaemonClient(api_socket, timeout=2)
+    try:
+        return bool(c.request("GET", "/api/v1/daemon")["state"] == "INIT")
+    except (OSError, DaemonApiError):
+        return False
+    finally:
+        c.close()
+
+
+# --- recover policies -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["dedicated", "shared"])
@@ -315,7 +243,7 @@ def test_failover_to_a_warm_standby(images, root, mode):
     """--failover-standby: each daemon has a successor waiting in INIT; a kill -9 makes that
     successor the daemon (its pid, its socket) and a new standby appears. Reads never fail;
     the longest read stall is printed next to the plain failover's for comparison."""
-    stalls = {}
+    stalls: Dict[bool, List[float]] = {}
     for standby in (False, True):
         r = root.parent / ("r1" if standby else "r0")  # short: <root>/supervisor/<id>.sock must fit sun_path
         m = ManagerProc(r, mode, "failover", extra=["--failover-standby"] if standby else []).start()
@@ -332,17 +260,22 @@ def test_failover_to_a_warm_standby(images, root, mode):
                         assert victim["standby_pid"] > 0 and os.path.exists(victim["standby_socket"])
                     t0 = time.monotonic()
                     os.kill(victim["pid"], signal.SIGKILL)
-                    _wait(lambda: daemon_pids(m.describe())[victim["id"]] != victim["pid"])
+
+                    def replaced(m: ManagerProc = m, victim: Dict[str, Any] = victim) -> bool:
+                        return bool(daemon_pids(m.describe())[victim["id"]] != victim["pid"])
+
+                    wait_until(replaced)
                     load.wait_reads(10)
                     stalls.setdefault(standby, []).append(load.longest_stall(since=t0))
                     now = next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])
                     if standby:
                         assert now["pid"] == victim["standby_pid"] and now["api_socket"] == victim["standby_socket"]
-                        _wait(
-                            lambda: (
-                                next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])["standby_pid"] > 0
-                            )
-                        )
+
+                        def has_a_standby(m: ManagerProc = m, victim: Dict[str, Any] = victim) -> bool:
+                            d = next(d for d in m.describe()["daemons"] if d["id"] == victim["id"])
+                            return bool(d["standby_pid"] > 0)
+
+                        wait_until(has_a_standby)
             assert not load.errors, load.errors[:5]
             for k, mp in mps.items():
                 assert_readable(mp, images[k])
@@ -376,7 +309,7 @@ def test_standbys_across_manager_restart_upgrade_and_umount(images, root):
     m.kill()
     m = ManagerProc(root, "dedicated", "failover", extra=extra).start()
     try:
-        _wait(lambda: all(not _pid_alive(pid) for pid in old.values()))
+        wait_until(lambda: all(not _pid_alive(pid) for pid in old.values()))
         now = {d["id"]: d["standby_pid"] for d in m.describe()["daemons"]}
         assert set(now) == set(old) and all(_pid_alive(p) and p not in old.values() for p in now.values())
         out = subprocess.run(
@@ -390,7 +323,7 @@ def test_standbys_across_manager_restart_upgrade_and_umount(images, root):
         assert all(not _pid_alive(p) for p in now.values()) and all(_pid_alive(p) for p in after.values())
         victim = next(d for d in m.describe()["daemons"] if d["mountpoint"].endswith("/img1/mnt"))
         m.umount("img1")
-        _wait(lambda: not _pid_alive(victim["standby_pid"]))
+        wait_until(lambda: not _pid_alive(victim["standby_pid"]))
         for k, mp in mountpoints(m.describe()).items():
             assert_readable(mp, images[k])
     finally:
@@ -404,73 +337,20 @@ def test_restart_policy_brings_instances_back(images, root):
             m.mount(k, images[k])
         before = m.describe()
         os.kill(before["daemons"][0]["pid"], signal.SIGKILL)
-        _wait(lambda: daemon_pids(m.describe())[before["daemons"][0]["id"]] != before["daemons"][0]["pid"])
-        _wait(lambda: all(i["state"] == "mounted" for i in m.describe()["instances"]))
+        wait_until(lambda: daemon_pids(m.describe())[before["daemons"][0]["id"]] != before["daemons"][0]["pid"])
+        wait_until(lambda: all(i["state"] == "mounted" for i in m.describe()["instances"]))
         for k, mp in mountpoints(m.describe()).items():
-            _wait(lambda: read_uncached(os.path.join(mp, "hello.txt")).returncode == 0)
+
+            def reads(mp: str = mp) -> bool:
+                return read_uncached(os.path.join(mp, "hello.txt")).returncode == 0
+
+            wait_until(reads)
             assert_readable(mp, images[k])
     finally:
         m.stop()
 
 
-def _wait(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if cond():
-                return
-        except (OSError, DaemonApiError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
 # --- kill -9 at random points ---------------------------------------------------------------
-
-
-def fuse_served(doc: dict) -> list:
-    d = doc["daemons"][0]
-    return sorted(k.lstrip("/") for k in DaemonClient(d["api_socket"]).get("/api/v1/daemon")["backend_collection"])
-
-
-def kill_at_random_points(images, root, rounds: int, extra=(), served=fuse_served) -> None:
-    """Mounts and umounts in a loop, the manager killed -9 at a random moment, restarted:
-    the store opens, nothing is unexplained, every recorded instance is mounted and served,
-    and reads."""
-    rng = random.Random(7)
-    m = ManagerProc(root, "shared", "failover", extra=extra).start()
-    for rnd in range(rounds):
-        stop = threading.Event()
-
-        def churn():
-            while not stop.is_set():
-                k = rng.choice(KEYS)
-                try:
-                    if rng.random() < 0.5:
-                        m.mount(k, images[k])
-                    else:
-                        m.umount(k)
-                except (OSError, DaemonApiError):
-                    pass
-
-        t = threading.Thread(target=churn)
-        t.start()
-        time.sleep(rng.uniform(0.05, 0.6))
-        m.kill()
-        stop.set()
-        t.join(60)
-        # the store always opens, and recovery leaves it consistent with what is mounted
-        m = ManagerProc(root, "shared", "failover", extra=extra).start()
-        doc = m.describe()
-        assert not doc["unexplained"], (rnd, doc["unexplained"])
-        assert all(i["state"] == "mounted" for i in doc["instances"]), (rnd, doc["instances"])
-        assert len(doc["daemons"]) == 1
-        assert served(doc) == sorted(mountpoints(doc)), (rnd, served(doc), doc["instances"])
-        for k, mp in mountpoints(doc).items():
-            r = read_uncached(os.path.join(mp, "hello.txt"))
-            assert r.returncode == 0 and r.stdout == images[k].files["hello.txt"], (rnd, k)
-    m.stop()
 
 
 def test_kill_the_manager_at_random_points(images, root):

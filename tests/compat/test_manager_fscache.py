@@ -13,29 +13,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
-from daemontools import BuiltImage, is_mounted, stop_process
-from test_manager import (
+
+from nydus_hybrid.client import DaemonClient
+from nydus_hybrid.mounts import erofs, fscache
+from tests.helpers.daemons import BuiltImage, is_mounted
+from tests.helpers.load import ReadLoad
+from tests.helpers.managers import (
     KEYS,
     KILL_ROUNDS,
     ManagerProc,
-    _wait,
     assert_readable,
     daemon_pids,
     kill_at_random_points,
     kill_daemons_twice_under_reads,
     mountpoints,
     teardown,
+    wait_until,
 )
 
-from loadtools import ReadLoad
-from nydus_hybrid.client import DaemonClient
-from nydus_hybrid.mounts import erofs as kmount
-from nydus_hybrid.mounts import fscache as fscache_mount
-
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not kmount.erofs_available(),
+    os.geteuid() != 0 or not erofs.erofs_available(),
     reason="fscache instances are EROFS mounts: needs root and file-backed EROFS",
 )
 
@@ -44,33 +44,6 @@ pytestmark = pytest.mark.skipif(
 def images(tmp_path_factory):
     base = tmp_path_factory.mktemp("fscache-images")
     return {k: BuiltImage(base / k, tag=k) for k in KEYS}
-
-
-class Simulator:
-    def __init__(self, base: Path):
-        self.sock = base / "cf.sock"
-        self.log = open(base / "sim.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nydus_hybrid.sim.cachefiles", "--socket", str(self.sock)],
-            stdout=self.log,
-            stderr=self.log,
-        )
-        _wait(lambda: os.path.exists(str(self.sock) + ".ctl"))
-
-    def status(self) -> dict:
-        return fscache_mount.sim_request(str(self.sock), {"op": "status"})
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.log.close()
-
-
-@pytest.fixture
-def sim(tmp_path, monkeypatch):
-    s = Simulator(tmp_path)
-    monkeypatch.setenv("NYDUS_HYBRID_CACHEFILES", f"sim:{s.sock}")
-    yield s
-    s.stop()
 
 
 @pytest.fixture
@@ -84,11 +57,12 @@ def start(root: Path, policy: str = "failover") -> ManagerProc:
     return ManagerProc(root, "shared", policy, extra=["--fs-driver", "fscache"]).start()
 
 
-def entries(doc: dict) -> list:
+def entries(doc: Dict[str, Any]) -> List[Any]:
     d = doc["daemons"][0]
     c = DaemonClient(d["api_socket"], timeout=30)
     try:
-        return c.get("/api/v2/blobs?domain_id=")
+        listed: List[Any] = c.get("/api/v2/blobs?domain_id=")
+        return listed
     finally:
         c.close()
 
@@ -116,11 +90,11 @@ def test_three_images_on_one_singleton_daemon(images, root, sim):
         # umount one: its EROFS mount and entry are gone, the others untouched
         gone = mountpoints(doc)["img2"]
         gone_id = next(i["annotations"]["fscache.id"] for i in doc["instances"] if i["snapshot_id"] == "img2")
-        assert list(fscache_mount.cache_files(str(root / "cache"), gone_id))
+        assert list(fscache.cache_files(str(root / "cache"), gone_id))
         m.umount("img2")
         doc = m.describe()
         assert sorted(mountpoints(doc)) == ["img1", "img3"] and not is_mounted(gone)
-        assert not list(fscache_mount.cache_files(str(root / "cache"), gone_id)), "its bootstrap's cache file is culled"
+        assert not list(fscache.cache_files(str(root / "cache"), gone_id)), "its bootstrap's cache file is culled"
         assert len(entries(doc)) == 2
         assert_readable(mountpoints(doc)["img3"], images["img3"])
         assert sim.status()["counters"]["protocol_errors"] == 0
@@ -164,9 +138,9 @@ def test_restart_policy_remounts_every_instance(images, root, sim):
         before = m.describe()
         victim = before["daemons"][0]
         os.kill(victim["pid"], signal.SIGKILL)
-        _wait(lambda: daemon_pids(m.describe())[victim["id"]] != victim["pid"])
-        _wait(lambda: all(i["state"] == "mounted" for i in m.describe()["instances"]))
-        _wait(lambda: len(entries(m.describe())) == 3)
+        wait_until(lambda: daemon_pids(m.describe())[victim["id"]] != victim["pid"])
+        wait_until(lambda: all(i["state"] == "mounted" for i in m.describe()["instances"]))
+        wait_until(lambda: len(entries(m.describe())) == 3)
         for k, mp in mountpoints(m.describe()).items():
             assert_readable(mp, images[k])
     finally:
@@ -194,7 +168,7 @@ def test_kill_daemon_and_manager_together(images, root, sim):
         m2.stop()
 
 
-def fscache_served(doc: dict) -> list:
+def fscache_served(doc: Dict[str, Any]) -> List[Any]:
     """The instances whose entry the daemon has and whose EROFS mount is there."""
     ids = {e["id"] for e in entries(doc)}
     return sorted(

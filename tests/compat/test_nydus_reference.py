@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_into
 from nydus_hybrid import treecmp
-from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import erofs
+from tests.helpers.images import build_into
 
 REF_BIN = Path(os.environ.get("NYDUS_REF_ROOT", Path.home() / ".cache/nydus-hybrid/nydus-ref")) / "bin"
 INSTALL_HINT = "run scripts/install-nydus-reference.sh"
@@ -39,7 +39,7 @@ def _tool(name: str) -> str:
 @pytest.fixture(scope="module")
 def small_tree(tmp_path_factory):
     """The generated tree with every file type, at a smaller size."""
-    import treegen
+    from tests.helpers import treegen
 
     if os.geteuid() != 0:
         pytest.skip("the generated tree needs root")
@@ -55,7 +55,7 @@ def test_nydus_image_check_accepts_our_bootstrap(small_tree, tmp_path, compresso
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "RAFS filesystem metadata is valid" in p.stdout, p.stdout
-    assert b.report.blob_id in p.stdout
+    assert b.report.blob_id is not None and b.report.blob_id in p.stdout
 
 
 def test_nydus_image_check_rejects_a_damaged_bootstrap(small_tree, tmp_path):
@@ -121,7 +121,7 @@ def test_nydusd_serves_our_image(small_tree, tmp_path):
         assert not real, real[:20]
     finally:
         if os.path.ismount(mnt):
-            kmount.umount(str(mnt), lazy=True)
+            erofs.umount(str(mnt), lazy=True)
         proc.terminate()
         proc.wait(timeout=30)
         log.close()

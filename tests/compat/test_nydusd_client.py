@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from daemontools import BuiltImage, Daemon, v1_config
 
 from nydus_hybrid.manager.client import DIED, NydusdApiError, NydusdClient, NydusdUnreachable
+from tests.helpers.daemons import BuiltImage, Daemon, v1_config
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,18 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
-from daemontools import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
-from test_manager_fscache import Simulator
 
-from loadtools import ReadLoad
 from nydus_hybrid.lifecycle import upgrade
 from nydus_hybrid.lifecycle.supervisor import Supervisor
-from nydus_hybrid.mounts import erofs as kmount
-from nydus_hybrid.mounts import fscache as fscache_mount
+from nydus_hybrid.mounts import erofs, fscache
+from tests.helpers.daemons import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
+from tests.helpers.load import ReadLoad
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not kmount.erofs_available(),
+    os.geteuid() != 0 or not erofs.erofs_available(),
     reason="fscache instances are EROFS mounts: needs root and file-backed EROFS",
 )
 
@@ -32,20 +31,13 @@ def image(tmp_path_factory):
     return BuiltImage(tmp_path_factory.mktemp("singleton-image"), tag="s")
 
 
-@pytest.fixture
-def sim(tmp_path, monkeypatch):
-    s = Simulator(tmp_path)
-    monkeypatch.setenv("NYDUS_HYBRID_CACHEFILES", f"sim:{s.sock}")
-    yield s
-    s.stop()
-
-
 class Singleton:
     def __init__(self, workdir: Path, extra=(), sock: str = "api.sock", wait: str = "RUNNING"):
         self.workdir = workdir
         (workdir / "cache").mkdir(parents=True, exist_ok=True)
         self.sock = str(workdir / sock)
-        self.argv = DAEMON + [
+        self.argv = [
+            *DAEMON,
             "singleton",
             "--fscache",
             str(workdir / "cache"),
@@ -90,7 +82,7 @@ def _wait_for(cond, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def entry(image: BuiltImage, fid: str, work_dir: Path, domain: str = "") -> dict:
+def entry(image: BuiltImage, fid: str, work_dir: Path, domain: str = "") -> Dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     return {
         "type": "bootstrap",
@@ -133,13 +125,13 @@ def test_bind_mount_read_unbind(daemon, image, tmp_path, sim):
     assert [e["id"] for e in listed] == ["f1"] and listed[0]["config_v2"]["backend"]["type"] == "localfs"
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+    fscache.mount_erofs_fscache(str(mnt), "f1")
     try:
         assert_image(mnt, image)
         m = c.get("/api/v1/metrics/blobcache").body["fscache"]
         assert m["reads"] > 0 and m["read_errors"] == 0 and m["opens"] >= 2  # bootstrap + blob
     finally:
-        fscache_mount.umount_erofs_fscache(str(mnt))
+        fscache.umount_erofs_fscache(str(mnt))
     assert not is_mounted(mnt)
     assert c.delete("/api/v2/blobs?domain_id=f1").status == 204
     assert c.get("/api/v2/blobs?domain_id=f1").body == []
@@ -152,7 +144,7 @@ def test_mount_of_an_unregistered_id_fails_cleanly(daemon, tmp_path, sim):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     with pytest.raises(OSError) as e:
-        fscache_mount.mount_erofs_fscache(str(mnt), "nobody")
+        fscache.mount_erofs_fscache(str(mnt), "nobody")
     assert e.value.errno and not is_mounted(mnt)
     assert daemon.client().get("/api/v1/daemon").body["state"] == "RUNNING"
 
@@ -205,7 +197,7 @@ def test_fuse_endpoints_are_501_on_a_singleton(daemon):
 
 
 def test_blob_api_on_a_fuse_daemon(tmp_path, image):
-    from daemontools import Daemon, v1_config
+    from tests.helpers.daemons import Daemon, v1_config
 
     d = Daemon(tmp_path / "fuse", config=v1_config("/", image.blobs, tmp_path / "c"), bootstrap=image.boot)
     try:
@@ -220,7 +212,7 @@ def test_second_daemon_on_a_busy_device_exits(daemon, tmp_path):
     other = tmp_path / "other"
     (other / "cache").mkdir(parents=True)
     r = subprocess.run(
-        DAEMON + ["singleton", "--fscache", str(other / "cache"), "--apisock", str(other / "api.sock")],
+        [*DAEMON, "singleton", "--fscache", str(other / "cache"), "--apisock", str(other / "api.sock")],
         capture_output=True,
         text=True,
         timeout=30,
@@ -242,7 +234,7 @@ def test_hot_upgrades_under_reads(tmp_path, image, sim):
         for i, mnt in enumerate(mnts):
             d.client().put("/api/v2/blobs", entry(image, f"u{i}", tmp_path / f"w{i}"))
             mnt.mkdir()
-            fscache_mount.mount_erofs_fscache(str(mnt), f"u{i}")
+            fscache.mount_erofs_fscache(str(mnt), f"u{i}")
         with ReadLoad([str(m) for m in mnts], image.files, readers=3, listers=1) as load:
             load.wait_reads(3)
             for _ in range(UPGRADE_ROUNDS):
@@ -289,11 +281,11 @@ def test_a_shared_domain_counts_its_data_blobs(daemon, image, tmp_path):
     assert list(refs().values()) == [1]
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    fscache_mount.mount_erofs_fscache(str(mnt), "b2", "shared")
+    fscache.mount_erofs_fscache(str(mnt), "b2", "shared")
     try:
         assert_image(mnt, image)
     finally:
-        fscache_mount.umount_erofs_fscache(str(mnt))
+        fscache.umount_erofs_fscache(str(mnt))
     c.delete("/api/v2/blobs?domain_id=shared")
     assert refs() == {} and c.get("/api/v2/blobs?domain_id=shared").body == []
 
@@ -312,7 +304,7 @@ def test_blob_api_fuzz(daemon, image, tmp_path, sim):
     c.put("/api/v2/blobs", entry(image, "keep", tmp_path / "wk"))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    fscache_mount.mount_erofs_fscache(str(mnt), "keep")
+    fscache.mount_erofs_fscache(str(mnt), "keep")
     names = st.text(st.sampled_from("ab/.%\x00é-"), max_size=6).filter(lambda n: n != "keep")
     leaves = st.none() | st.booleans() | st.integers() | names
     values = st.recursive(
@@ -347,7 +339,7 @@ def test_blob_api_fuzz(daemon, image, tmp_path, sim):
             assert not r.body["message"].startswith("Internal("), (method, url, r.body)
         statuses[r.status] = statuses.get(r.status, 0) + 1
 
-    statuses: dict = {}
+    statuses: Dict[str, Any] = {}
 
     one()
     assert {200, 204, 400, 500} <= set(statuses), statuses  # the draws reach every outcome
@@ -356,7 +348,7 @@ def test_blob_api_fuzz(daemon, image, tmp_path, sim):
     try:
         assert_image(mnt, image)
     finally:
-        fscache_mount.umount_erofs_fscache(str(mnt))
+        fscache.umount_erofs_fscache(str(mnt))
 
 
 def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, sim):
@@ -369,7 +361,7 @@ def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, s
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     assert c.get("/api/v1/metrics/blobcache").body["data_all_ready"] is False  # nothing opened yet
-    fscache_mount.mount_erofs_fscache(str(mnt), "p1")
+    fscache.mount_erofs_fscache(str(mnt), "p1")
     try:
         total = sum(len(d) for d in image.files.values())
         deadline = time.monotonic() + 20
@@ -381,7 +373,7 @@ def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, s
         assert_image(mnt, image)
         assert sim.status()["counters"]["reads"] == reads, "everything was there already"
     finally:
-        fscache_mount.umount_erofs_fscache(str(mnt))
+        fscache.umount_erofs_fscache(str(mnt))
 
 
 def test_config_lists_entries_to_register_at_start(tmp_path, image, sim):
@@ -411,8 +403,8 @@ def test_config_lists_entries_to_register_at_start(tmp_path, image, sim):
     cfg.write_text("{not json")
     (tmp_path / "e" / "cache").mkdir(parents=True)
     r = subprocess.run(
-        DAEMON
-        + [
+        [
+            *DAEMON,
             "singleton",
             "--fscache",
             str(tmp_path / "e" / "cache"),

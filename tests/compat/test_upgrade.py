@@ -17,14 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Tuple
 
 import pytest
-from daemontools import ApiClient, BuiltImage, Daemon, is_mounted, lazy_umount, mount_cmd, v1_config
 
-from loadtools import ReadLoad
 from nydus_hybrid.lifecycle import failover, handover, successor, upgrade
 from nydus_hybrid.lifecycle import supervisor as nsup
 from nydus_hybrid.lifecycle.supervisor import Supervisor
+from tests.helpers.daemons import ApiClient, BuiltImage, Daemon, is_mounted, lazy_umount, mount_cmd, v1_config
+from tests.helpers.load import ReadLoad
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="the daemon mounts FUSE: needs root and /dev/fuse"
@@ -47,7 +48,7 @@ class Fleet:
         self.first = first
         self.apisock = first.sock
         self.argv = list(first.argv)
-        self.procs = []
+        self.procs: List[subprocess.Popen[bytes]] = []
 
     def pid(self) -> int:
         return upgrade.daemon_pid(self.apisock)
@@ -100,6 +101,13 @@ def _wait_dead(pid: int) -> None:
                 return
         time.sleep(0.005)
     raise AssertionError(f"pid {pid} still alive")
+
+
+def stored_state(sup: Supervisor) -> Tuple[bytes, int]:
+    """The state (bytes, fd) the supervisor holds; it must hold one."""
+    state = sup.state()
+    assert state is not None, "the supervisor holds no state"
+    return state
 
 
 def assert_clean(load: ReadLoad, what: str) -> None:
@@ -167,7 +175,7 @@ def test_shared_daemon_three_instances_upgrades_and_failovers(image, tmp_path):
                 assert c.post(f"http://unix/api/v1/mount?mountpoint=%2F{sid}", body).status == 204
                 assert sup.wait_for_state(gen), "every mount pushes the state again"
             c.close()
-            doc = handover.decode(sup.state()[0])
+            doc = handover.decode(stored_state(sup)[0])
             assert sorted(m["mountpoint"] for m in doc["mounts"]) == ["/s1", "/s2", "/s3"]
             roots = [mnt / s for s in ("s1", "s2", "s3")]
             with ReadLoad(roots, image.files, readers=4) as load:
@@ -195,7 +203,7 @@ def test_shared_daemon_three_instances_upgrades_and_failovers(image, tmp_path):
             gen = sup.generation
             assert c.delete("http://unix/api/v1/mount?mountpoint=%2Fs2").status == 204
             assert sup.wait_for_state(gen), "an umount pushes the state again"
-            assert [m["mountpoint"] for m in handover.decode(sup.state()[0])["mounts"]] == ["/s1", "/s3"]
+            assert [m["mountpoint"] for m in handover.decode(stored_state(sup)[0])["mounts"]] == ["/s1", "/s3"]
             assert sorted(os.listdir(mnt)) == ["s1", "s3"]
             c.close()
         finally:
@@ -281,7 +289,7 @@ def test_failed_takeover_leaves_the_old_daemon_serving(image, tmp_path, case):
         fake = None
         new = None
         try:
-            good, fd = sup.state()
+            good, fd = stored_state(sup)
             fake_path = str(tmp_path / "fake.sock")
             if case != "no-supervisor":
                 data, with_fd, expect = _corruptions(good)[case]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mounttools import is_mounted
+from tests.helpers.mounts import is_mounted
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 

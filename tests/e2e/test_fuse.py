@@ -13,14 +13,15 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Dict, List, Union
 
 import pytest
 
 import nydus_hybrid
-from conftest import build_into
-from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
 from nydus_hybrid import treecmp
 from nydus_hybrid.mounts.fuse import Mount
+from tests.helpers.images import build_into
+from tests.helpers.mounts import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -40,6 +41,7 @@ class CliMount:
             stderr=subprocess.PIPE,
             text=True,
         )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
         line = self.proc.stdout.readline()
         assert line, f"mount failed: {self.proc.stderr.read()}"
         assert json.loads(line)["mounted"] == os.path.abspath(self.mnt)
@@ -93,7 +95,7 @@ def test_hard_links_share_stable_inode_numbers(served):
 def test_mount_options_allow_1_mib_reads(served):
     with open("/proc/self/mountinfo") as f:
         line = next(line for line in f if line.split()[4] == os.path.realpath(served.mnt))
-    opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in line.split(" - ")[1].split()[2].split(","))
+    opts = dict(o.partition("=")[::2] for o in line.split(" - ")[1].split()[2].split(","))
     assert int(opts["max_read"]) >= 1 << 20
     assert "ro" in line.split()[5].split(",")
 
@@ -176,10 +178,11 @@ def test_shared_mode_add_remove_while_reading(three_images, tmp_path):
             m.attach(f"/img{i}", b.open())
         m.start(4)
         assert sorted(os.listdir(mnt)) == ["img0", "img1", "img2"]
-        for i, (src, _) in enumerate(three_images):
+        for i, (_src, _) in enumerate(three_images):
             assert (mnt / f"img{i}" / "id").read_text() == f"image {i}\n"
         big0 = (three_images[0][0] / "big").read_bytes()
-        stop, errors = threading.Event(), []
+        stop = threading.Event()
+        errors: List[Union[str, OSError]] = []
 
         def keep_reading():
             while not stop.is_set():
@@ -244,6 +247,7 @@ def test_session_fd_handed_to_a_new_process(built, tmp_path):
         state = tmp_path / "state"
         state.write_bytes(m.save_state())
         fd = m.fuse_fd()
+        assert fd is not None
         child = subprocess.Popen(
             [
                 sys.executable,
@@ -260,6 +264,7 @@ def test_session_fd_handed_to_a_new_process(built, tmp_path):
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
         m.stop(umount=False)  # the old server is gone; the mount is not
         assert is_mounted(mnt)
@@ -285,7 +290,12 @@ def test_inflight_shows_a_read_waiting_on_a_stalled_backend(built, tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     accepted = []
-    threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(16)], daemon=True).start()
+
+    def accept_all() -> None:
+        for _ in range(16):
+            accepted.append(listener.accept())
+
+    threading.Thread(target=accept_all, daemon=True).start()
     cfg = {
         "version": 2,
         "backend": {
@@ -300,7 +310,7 @@ def test_inflight_shows_a_read_waiting_on_a_stalled_backend(built, tmp_path):
     try:
         m.attach("/", nydus_hybrid.Image.open(built.bootstrap, config=cfg))
         m.start(2)
-        outcome = []
+        outcome: List[Union[str, int, None]] = []  # "read", or the read's errno
 
         def read():
             try:
@@ -311,7 +321,7 @@ def test_inflight_shows_a_read_waiting_on_a_stalled_backend(built, tmp_path):
 
         t = threading.Thread(target=read)
         t.start()
-        seen = []
+        seen: List[Dict[str, Any]] = []
         deadline = time.monotonic() + 2.5
         while not seen and time.monotonic() < deadline:
             seen = [op for op in m.inflight("/") if op["opcode"] == 15]

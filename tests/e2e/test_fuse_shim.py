@@ -12,11 +12,12 @@ import stat
 import subprocess
 import sys
 import time
+from typing import Set
 
 import pytest
 
-from mounttools import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
 from nydus_hybrid import treecmp
+from tests.helpers.mounts import blobs_with_damaged_chunk, is_mounted, read_concurrently, sha256_file
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root")
 
@@ -76,7 +77,7 @@ class ShimMount:
             if shutil.which("fusermount")
             else ["umount"]
         )
-        subprocess.run(tool + [self.mnt], check=True)
+        subprocess.run([*tool, self.mnt], check=True)
         return self.proc.wait(timeout=15)
 
     def cleanup(self) -> None:
@@ -177,7 +178,7 @@ def test_stat_data_and_inode_numbers(source_tree, served, image):
 
 
 def test_hard_links_share_inodes(source_tree, served):
-    seen = set()
+    seen: Set[int] = set()
     for group in source_tree.hardlink_groups:
         inos = {os.lstat(served.path(p)).st_ino for p in group}
         assert len(inos) == 1, group

@@ -10,9 +10,9 @@ import stat
 import pytest
 
 import nydus_hybrid
-from conftest import FIXTURE_BLOB_ID, build_into
 from nydus_hybrid import treecmp
-from nydus_hybrid.mounts import erofs as kmount
+from nydus_hybrid.mounts import erofs
+from tests.helpers.images import FIXTURE_BLOB_ID, build_into
 
 pytestmark = pytest.mark.kernel
 
@@ -45,7 +45,7 @@ def test_export_sizes(image, built, exported):
 
 def test_mount_block_image(source_tree, exported, tmp_path):
     block, _, _, _ = exported
-    with kmount.erofs_mounted(str(block), str(tmp_path / "mnt")) as mnt:
+    with erofs.erofs_mounted(str(block), str(tmp_path / "mnt")) as mnt:
         diff = _assert_same(source_tree.root, mnt)  # xattrs included, root mtime ignored
         assert diff.entries == source_tree.entries
         assert os.lstat(mnt).st_mtime_ns == 0
@@ -62,7 +62,7 @@ def test_mount_block_image(source_tree, exported, tmp_path):
 
 def test_mount_bootstrap_with_flat_blob_device(source_tree, built, image, exported, tmp_path):
     _, flat, _, _ = exported
-    with kmount.erofs_mounted(str(built.bootstrap), str(tmp_path / "mnt"), devices=[str(flat)]) as mnt:
+    with erofs.erofs_mounted(str(built.bootstrap), str(tmp_path / "mnt"), devices=[str(flat)]) as mnt:
         diff = _assert_same(source_tree.root, mnt)
         assert diff.entries == source_tree.entries
         # the kernel's inode numbers are our nids
@@ -79,14 +79,14 @@ def test_mount_other_build_options(source_tree, tmp_path, compressor, digester, 
     b = build_into(src, tmp_path / "img", compressor=compressor, digester=digester, chunk_size=chunk_size)
     block = tmp_path / "image.erofs"
     b.open().export_block(block)
-    with kmount.erofs_mounted(str(block), str(tmp_path / "mnt")) as mnt:
+    with erofs.erofs_mounted(str(block), str(tmp_path / "mnt")) as mnt:
         _assert_same(src, mnt)
 
 
 def test_fixture_metadata_matches_reader(fixtures_dir, tmp_path):
     boot = fixtures_dir / "rafs-v6-2.2.boot"
     ours = nydus_hybrid.Image.open(boot, fixtures_dir)
-    with kmount.erofs_mounted(str(boot), str(tmp_path / "mnt"), devices=[str(fixtures_dir / FIXTURE_BLOB_ID)]) as mnt:
+    with erofs.erofs_mounted(str(boot), str(tmp_path / "mnt"), devices=[str(fixtures_dir / FIXTURE_BLOB_ID)]) as mnt:
         names = sorted(os.listdir(mnt))
         assert names == ours.listdir("/") == ["lib.rs", "sync_io.rs"]
         for rel in ["/"] + ["/" + n for n in names]:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import re
 import stat
 import subprocess
 import tarfile
+from typing import Any, Dict, Tuple, Union
 
 import pytest
 
 import nydus_hybrid
-from conftest import build_into
 from nydus_hybrid import errors, treecmp
+from tests.helpers.images import Built, build_into
 
 MiB = 1 << 20
 COMBOS = [(c, d) for c in ("zstd", "lz4_block", "none") for d in ("blake3", "sha256")]
@@ -36,7 +38,7 @@ def _source_entries(root: str):
     return out
 
 
-def _xattrs(path: str) -> dict:
+def _xattrs(path: str) -> Dict[str, Any]:
     return {n: os.getxattr(path, n, follow_symlinks=False) for n in os.listxattr(path, follow_symlinks=False)}
 
 
@@ -108,7 +110,7 @@ def _member_path(m: tarfile.TarInfo) -> str:
     return "/" if name in ("", ".") else "/" + name
 
 
-def _pax_xattrs(m: tarfile.TarInfo) -> dict:
+def _pax_xattrs(m: tarfile.TarInfo) -> Dict[str, Any]:
     pre = "SCHILY.xattr."
     return {k[len(pre) :]: v.encode("utf-8", "surrogateescape") for k, v in m.pax_headers.items() if k.startswith(pre)}
 
@@ -137,7 +139,7 @@ def test_unpack_tar_headers(source_tree, unpacked_tar):
     assert report["skipped_sockets"] == len(source_tree.sockets) == 1
     assert report["entries"] == source_tree.entries - len(source_tree.sockets)
     src = _source_entries(source_tree.root)
-    seen_inodes = {}
+    seen_inodes: Dict[int, str] = {}  # source inode -> the first name the tar gave it
     with tarfile.open(path) as tf:
         members = tf.getmembers()
     names = [_member_path(m) for m in members]
@@ -196,7 +198,7 @@ def test_unpack_tar_extracts_to_source(source_tree, unpacked_tar, tmp_path):
     def float_rounding(d: str) -> bool:
         """tarfile applies PAX times through a float, which is exact only to ~0.2 µs."""
         m = re.fullmatch(r".*: mtime (-?\d+) != (-?\d+)", d, re.DOTALL)
-        return bool(m) and abs(int(m.group(1)) - int(m.group(2))) < 1000
+        return m is not None and abs(int(m.group(1)) - int(m.group(2))) < 1000
 
     real = [
         d for d in diff.differences if not (d.split(": ")[0] in symlinks and ": mtime " in d) and not float_rounding(d)
@@ -210,13 +212,13 @@ def test_unpack_tar_extracts_to_source(source_tree, unpacked_tar, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _blob_file(b) -> str:
+def _blob_file(b: Built) -> str:
     names = os.listdir(b.blob_dir)
     assert len(names) == 1
     return os.path.join(b.blob_dir, names[0])
 
 
-def _same_bytes(a: str, b: str) -> bool:
+def _same_bytes(a: Union[str, os.PathLike[str]], b: Union[str, os.PathLike[str]]) -> bool:
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
 
@@ -290,7 +292,7 @@ def test_dedup_exact(source_tree, tmp_path):
 
 def test_stat_every_entry(source_tree, image):
     src = _source_entries(source_tree.root)
-    inos = {}
+    inos: Dict[int, int] = {}  # source inode -> image inode
     for rel, st in src.items():
         s = image.stat(rel)
         where = rel
@@ -591,24 +593,24 @@ def test_pre_1970_mtime(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _crc32c_table() -> Tuple[int, ...]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return tuple(table)
+
+
 def _crc32c(data: bytes) -> int:
     """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table driven."""
-    table = _crc32c.table
-    if table is None:
-        table = []
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-            table.append(c)
-        _crc32c.table = table
+    table = _crc32c_table()
     crc = 0xFFFFFFFF
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
-
-
-_crc32c.table = None
 
 
 def _chunk_table(bootstrap, image):
@@ -669,5 +671,5 @@ def test_chunk_digests_recomputed(tmp_path):
     regions.sort()
     assert all(a[1] <= b_[0] for a, b_ in zip(regions, regions[1:])), "compressed chunks overlap"
     # and the image reads the files back
-    for i, n in enumerate(sizes):
+    for i in range(len(sizes)):
         assert im.read(f"/f{i}") == (src / f"f{i}").read_bytes()

@@ -7,12 +7,24 @@ import os
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import List, TypeVar
 
 import pytest
-from test_registry import image  # noqa: F401  (the shared image fixture)
 
 import nydus_hybrid
 from nydus_hybrid import errors
+
+
+class _BlobState:
+    """What `_BlobFiles` serves from (set by `_start`) and the paths it was asked for."""
+
+    root: str
+    prefix: str
+    paths: List[str]
+
+
+class _TCPServer(_BlobState, ThreadingHTTPServer):
+    pass
 
 
 class _BlobFiles(BaseHTTPRequestHandler):
@@ -23,6 +35,7 @@ class _BlobFiles(BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv = self.server
+        assert isinstance(srv, _BlobState), srv
         srv.paths.append(self.path)
         prefix, _, name = self.path.lstrip("/").rpartition("/")
         path = os.path.join(srv.root, name)
@@ -49,11 +62,14 @@ class _BlobFiles(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _UnixHTTPServer(_BlobState, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def _start(server, root, prefix):
+_S = TypeVar("_S", _TCPServer, _UnixHTTPServer)
+
+
+def _start(server: _S, root: str, prefix: str) -> _S:
     server.root, server.prefix, server.paths = root, prefix, []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -68,9 +84,9 @@ def _config(addr, path, cache):
     }
 
 
-def test_http_proxy_backend_over_tcp(image, tmp_path):  # noqa: F811
+def test_http_proxy_backend_over_tcp(image, tmp_path):
     root, report, files = image
-    srv = _start(ThreadingHTTPServer(("127.0.0.1", 0), _BlobFiles), str(root / "blobs"), "blobs/v1")
+    srv = _start(_TCPServer(("127.0.0.1", 0), _BlobFiles), str(root / "blobs"), "blobs/v1")
     try:
         addr = f"http://127.0.0.1:{srv.server_address[1]}"
         im = nydus_hybrid.Image.open(root / "boot", config=_config(addr, "/blobs/v1/", tmp_path / "c"))
@@ -87,8 +103,8 @@ def test_http_proxy_backend_over_tcp(image, tmp_path):  # noqa: F811
         srv.shutdown()
 
 
-def test_http_proxy_backend_over_unix_socket(image, tmp_path):  # noqa: F811
-    root, report, files = image
+def test_http_proxy_backend_over_unix_socket(image, tmp_path):
+    root, _report, files = image
     sock = str(tmp_path / "proxy.sock")
     srv = _start(_UnixHTTPServer(sock, _BlobFiles), str(root / "blobs"), "p")
     try:
@@ -99,7 +115,7 @@ def test_http_proxy_backend_over_unix_socket(image, tmp_path):  # noqa: F811
         srv.shutdown()
 
 
-def test_http_proxy_addr_must_be_a_url_or_socket(image, tmp_path):  # noqa: F811
+def test_http_proxy_addr_must_be_a_url_or_socket(image, tmp_path):
     root, _, _ = image
     with pytest.raises(errors.ConfigError) as e:
         nydus_hybrid.Image.open(root / "boot", config=_config("ftp://x", "", tmp_path))

@@ -14,42 +14,24 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Type
 
 import pytest
 
 import nydus_hybrid
 from nydus_hybrid import errors
 from nydus_hybrid.blobs import push_blob
+from tests.helpers.images import REGISTRY_CHUNK
 
 KiB = 1 << 10
 REPO = "nydus/lazy"
-CHUNK = 0x40000  # 256 KiB chunks: many chunks from a few MiB of data
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    """An image of 6 incompressible 1 MiB files, two small ones and a directory."""
-    root = tmp_path_factory.mktemp("reg-img")
-    src = root / "src"
-    (src / "dir").mkdir(parents=True)
-    rnd = random.Random(3)
-    files = {}
-    for i in range(6):
-        data = rnd.randbytes(1 << 20)
-        (src / "dir" / f"big{i}").write_bytes(data)
-        files[f"/dir/big{i}"] = data
-    for name, data in {"small": b"hello registry\n", "other": b"x" * 5000}.items():
-        (src / name).write_bytes(data)
-        files[f"/{name}"] = data
-    report = nydus_hybrid.build(src, root / "boot", root / "blobs", chunk_size=CHUNK, progress=False)
-    return root, report, files
 
 
 def b64auth(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def registry_backend(reg, *, auth: bool = True, password: str | None = None, **extra) -> dict:
+def registry_backend(reg, *, auth: bool = True, password: str | None = None, **extra) -> Dict[str, Any]:
     cfg = {"scheme": reg.scheme, "host": reg.host, "repo": REPO, "timeout": 5, "connect_timeout": 2}
     if auth and reg.user:
         cfg["auth"] = b64auth(reg.user, reg.password if password is None else password)
@@ -59,7 +41,9 @@ def registry_backend(reg, *, auth: bool = True, password: str | None = None, **e
     return cfg
 
 
-def config(backend: dict, cache, *, kind: str = "registry", amplify: int = 0, validate: bool = False) -> dict:
+def config(
+    backend: Dict[str, Any], cache, *, kind: str = "registry", amplify: int = 0, validate: bool = False
+) -> Dict[str, Any]:
     return {
         "version": 2,
         "backend": {"type": kind, kind: backend},
@@ -181,14 +165,14 @@ def test_wrong_credentials_give_an_auth_error(make_registry, image, tmp_path, au
 def test_registry_stopped_mid_read_then_recovers(registry_htpasswd, image, tmp_path):
     reg = registry_htpasswd
     push(reg, image)
-    root, report, files = image
+    _root, _report, files = image
     im = open_image(image, config(registry_backend(reg, timeout=3, connect_timeout=2), tmp_path / "cache"))
     data = files["/dir/big1"]
-    assert im.read("/dir/big1", 0, CHUNK) == data[:CHUNK]  # first part of the file arrives
+    assert im.read("/dir/big1", 0, REGISTRY_CHUNK) == data[:REGISTRY_CHUNK]  # first part of the file arrives
     reg.stop()
     t = time.monotonic()
     with pytest.raises(errors.BackendError) as e:
-        im.read("/dir/big1", CHUNK, len(data))
+        im.read("/dir/big1", REGISTRY_CHUNK, len(data))
     assert time.monotonic() - t < 30, "the read hung"
     assert reg.host in str(e.value)
     reg.start()
@@ -214,7 +198,7 @@ def test_frozen_registry_times_out_then_recovers(registry, image, tmp_path):
 
 def test_corrupted_blob_gives_digest_error_and_is_not_cached(registry, image, tmp_path):
     digest = push(registry, image)
-    root, report, files = image
+    _root, report, files = image
     path = registry.blob_path(digest)
     good = path.read_bytes()
     bad = bytearray(good)
@@ -300,6 +284,15 @@ def test_forward_proxy_used_when_up_origin_when_down(registry, proxy, image, tmp
         im.read("/dir/big2")
 
 
+class _Server(ThreadingHTTPServer):
+    """A test server and the state its handler uses (set by the test)."""
+
+    auth = ""  # _RedirectingRegistry: the basic credentials it demands
+    storage_port = 0  # ... and the port of the storage it redirects to
+    blob = b""  # _Storage: the blob it serves
+    seen: List[Dict[str, str]]  # ... and the headers of each request it was sent
+
+
 class _RedirectingRegistry(BaseHTTPRequestHandler):
     """A minimal registry front that demands basic auth and redirects blob reads to a
     separate storage server, as registries backed by object storage do."""
@@ -309,6 +302,7 @@ class _RedirectingRegistry(BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv = self.server
+        assert isinstance(srv, _Server), srv
         if self.headers.get("Authorization") != f"Basic {srv.auth}":
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="test"')
@@ -331,6 +325,7 @@ class _Storage(BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv = self.server
+        assert isinstance(srv, _Server), srv
         srv.seen.append({k.lower(): v for k, v in self.headers.items()})
         rng = self.headers.get("Range")
         data = srv.blob
@@ -350,8 +345,8 @@ class _Storage(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
-def _serve(handler):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def _serve(handler: Type[BaseHTTPRequestHandler]) -> _Server:
+    srv = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
@@ -461,6 +456,6 @@ def test_concurrent_readers_of_one_file_fetch_each_chunk_once(registry, image, t
     for t in threads:
         t.join()
     assert results == [data] * 8
-    chunks = len(data) // CHUNK
+    chunks = len(data) // REGISTRY_CHUNK
     assert im.metrics()["blobcache"]["fills"] == 1 + chunks
     assert blob_gets(registry, digest) - before == chunks

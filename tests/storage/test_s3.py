@@ -7,15 +7,15 @@ import hashlib
 import json
 import subprocess
 import sys
+from typing import Any, Dict
 
 import pytest
-from test_registry import image  # noqa: F401  (the shared image fixture)
 
 import nydus_hybrid
 from nydus_hybrid import errors
 
 
-def s3_config(s3, cache, *, secret=None, prefix="layers/", amplify=0) -> dict:
+def s3_config(s3, cache, *, secret=None, prefix="layers/", amplify=0) -> Dict[str, Any]:
     host = s3.endpoint.split("://", 1)[1]
     return {
         "version": 2,
@@ -38,14 +38,14 @@ def s3_config(s3, cache, *, secret=None, prefix="layers/", amplify=0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uploaded(s3_server, image):  # noqa: F811
+def uploaded(s3_server, image):
     root, report, _ = image
     s3_server.put_object(f"layers/{report.blob_id}", (root / "blobs" / report.blob_id).read_bytes())
     return s3_server
 
 
-def test_s3_lazy_read_then_cached_across_processes(uploaded, image, tmp_path):  # noqa: F811
-    root, report, files = image
+def test_s3_lazy_read_then_cached_across_processes(uploaded, image, tmp_path):
+    root, _report, files = image
     cfg = s3_config(uploaded, tmp_path / "cache")
     im = nydus_hybrid.Image.open(root / "boot", config=cfg)
     assert im.read("/small") == files["/small"]
@@ -73,7 +73,7 @@ def test_s3_lazy_read_then_cached_across_processes(uploaded, image, tmp_path):  
     assert doc["sums"] == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
 
 
-def test_s3_wrong_secret_is_an_auth_error(uploaded, image, tmp_path):  # noqa: F811
+def test_s3_wrong_secret_is_an_auth_error(uploaded, image, tmp_path):
     root, _, _ = image
     im = nydus_hybrid.Image.open(root / "boot", config=s3_config(uploaded, tmp_path / "c", secret="not-the-secret"))
     with pytest.raises(errors.AuthError) as e:
@@ -81,7 +81,7 @@ def test_s3_wrong_secret_is_an_auth_error(uploaded, image, tmp_path):  # noqa: F
     assert "403" in str(e.value) and "s3 127.0.0.1" in str(e.value)
 
 
-def test_s3_missing_object_is_a_backend_error(uploaded, image, tmp_path):  # noqa: F811
+def test_s3_missing_object_is_a_backend_error(uploaded, image, tmp_path):
     root, _, _ = image
     im = nydus_hybrid.Image.open(root / "boot", config=s3_config(uploaded, tmp_path / "c", prefix="elsewhere/"))
     with pytest.raises(errors.BackendError) as e:
@@ -89,7 +89,7 @@ def test_s3_missing_object_is_a_backend_error(uploaded, image, tmp_path):  # noq
     assert "not found" in str(e.value)
 
 
-def test_s3_amplified_reads_stay_correct(uploaded, image, tmp_path):  # noqa: F811
+def test_s3_amplified_reads_stay_correct(uploaded, image, tmp_path):
     root, report, files = image
     im = nydus_hybrid.Image.open(root / "boot", config=s3_config(uploaded, tmp_path / "c", amplify=4 << 20))
     for p, data in files.items():

@@ -1,4 +1,4 @@
-"""Self-tests of the test servers (tests/servers.py), through plain urllib/http.client and
+"""Self-tests of the test servers (tests/helpers/servers.py), through plain urllib/http.client and
 boto3 only: each auth mode of the registry, moto's signature checks, the forward proxy."""
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ import re
 import time
 import urllib.error
 import urllib.request
+from typing import Dict, List, Tuple
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-import servers
+from tests.helpers import servers
 
 REPO = "nydus/test"
 DATA = bytes(range(256)) * 64  # 16 KiB
 
 
 def opener(ca_cert_path=None, proxy_url=None) -> urllib.request.OpenerDirector:
-    handlers = [urllib.request.ProxyHandler({"http": proxy_url} if proxy_url else {})]
+    handlers: List[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({"http": proxy_url} if proxy_url else {})]
     if ca_cert_path:
         handlers.append(urllib.request.HTTPSHandler(context=servers.client_ssl_context(ca_cert_path)))
     return urllib.request.build_opener(*handlers)
@@ -38,7 +39,7 @@ def call(op, method, url, data=None, headers=None):
         return e.code, e.headers, e.read()
 
 
-def push(op, base: str, repo: str, data: bytes, headers: dict) -> str:
+def push(op, base: str, repo: str, data: bytes, headers: Dict[str, str]) -> str:
     """POST /v2/<repo>/blobs/uploads/, then PUT <location>&digest= with the whole blob."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     status, hdrs, body = call(op, "POST", f"{base}/v2/{repo}/blobs/uploads/", b"", headers)
@@ -51,7 +52,7 @@ def push(op, base: str, repo: str, data: bytes, headers: dict) -> str:
     return digest
 
 
-def assert_range_get(op, base: str, repo: str, digest: str, headers: dict) -> None:
+def assert_range_get(op, base: str, repo: str, digest: str, headers: Dict[str, str]) -> None:
     status, hdrs, body = call(
         op, "GET", f"{base}/v2/{repo}/blobs/{digest}", headers={**headers, "Range": "bytes=100-299"}
     )
@@ -60,11 +61,11 @@ def assert_range_get(op, base: str, repo: str, digest: str, headers: dict) -> No
     assert body == DATA[100:300]
 
 
-def basic(user, password) -> dict:
+def basic(user, password) -> Dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def parse_challenge(header: str) -> tuple[str, dict]:
+def parse_challenge(header: str) -> Tuple[str, Dict[str, str]]:
     scheme, _, params = header.partition(" ")
     return scheme, dict(re.findall(r'(\w+)="([^"]*)"', params))
 
@@ -99,7 +100,7 @@ def test_registry_htpasswd(registry_htpasswd):
     assert_range_get(op, reg.url, REPO, digest, creds)
 
 
-def fetch_token(op, realm: str, service: str, scope: str, headers: dict):
+def fetch_token(op, realm: str, service: str, scope: str, headers: Dict[str, str]):
     url = f"{realm}?{urlencode({'service': service, 'scope': scope})}"
     return call(op, "GET", url, headers=headers)
 

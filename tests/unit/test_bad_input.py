@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[3] / "shared/fixtures/nydus-v2.2")
 INLINE_BLOB = FIXTURES / "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
@@ -100,7 +101,7 @@ def apply_ops(data: bytes, ops) -> bytes:
 class Prober:
     """Runs every read-side API on one image and collects contract violations."""
 
-    def __init__(self, expected: dict, metadata_damaged: bool):
+    def __init__(self, expected: Dict[str, Any], metadata_damaged: bool):
         import nydus_hybrid.errors as errors
 
         self.metadata_damaged = metadata_damaged
@@ -242,7 +243,7 @@ class Prober:
         return "check-ok" if ok else "check-rejected"
 
 
-def run_case(case: dict, golden: dict, scratch: Path) -> dict:
+def run_case(case: Dict[str, Any], golden: Dict[str, Any], scratch: Path) -> Dict[str, Any]:
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -303,7 +304,7 @@ class Worker:
     def __init__(self, golden_json: str, logdir: Path):
         self.golden_json = golden_json
         self.logdir = logdir
-        self.proc = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.buf = b""
         self.n = 0
 
@@ -328,7 +329,8 @@ class Worker:
             self.proc.wait()
             for f in (self.proc.stdin, self.proc.stdout):
                 try:
-                    f.close()
+                    if f is not None:
+                        f.close()
                 except OSError:
                     pass
             self.errf.close()
@@ -350,17 +352,19 @@ class Worker:
         where = f" [at {frames[0].split(': ', 1)[-1]}]" if frames else ""
         return (" | ".join(dict.fromkeys(msgs[-4:])) + where)[-600:]
 
-    def run(self, case: dict, timeout: float = CASE_TIMEOUT) -> dict:
+    def run(self, case: Dict[str, Any], timeout: float = CASE_TIMEOUT) -> Dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
             self.stop()
             self.start()
         self.err_mark = self.errlog.stat().st_size
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
         try:
-            self.proc.stdin.write((json.dumps(case) + "\n").encode())
-            self.proc.stdin.flush()
+            proc.stdin.write((json.dumps(case) + "\n").encode())
+            proc.stdin.flush()
         except BrokenPipeError:
             pass
-        fd = self.proc.stdout.fileno()
+        fd = proc.stdout.fileno()
         while b"\n" not in self.buf:
             ready, _, _ = select.select([fd], [], [], timeout)
             if not ready:
@@ -373,7 +377,7 @@ class Worker:
                 }
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                rc = self.proc.wait()
+                rc = proc.wait()
                 tail = self.stderr_tail()
                 self.stop()
                 how = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
@@ -385,12 +389,13 @@ class Worker:
                 }
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
+        result: Dict[str, Any] = json.loads(line)
+        return result
 
 
-def run_cases(golden_json: str, cases: list, logdir: Path, workers: int = 2) -> list:
+def run_cases(golden_json: str, cases: List[Any], logdir: Path, workers: int = 2) -> List[Any]:
     """Run cases on `workers` processes in parallel; results in case order."""
-    results = [None] * len(cases)
+    results: List[Any] = [None] * len(cases)
     lock = threading.Lock()
     next_i = [0]
 
@@ -415,12 +420,12 @@ def run_cases(golden_json: str, cases: list, logdir: Path, workers: int = 2) -> 
     return results
 
 
-def summarize(results: list) -> tuple:
+def summarize(results: List[Any]) -> Tuple[Any, ...]:
     bad = [r for r in results if r["problems"]]
-    outcomes = {}
+    outcomes: Dict[str, int] = {}
     for r in results:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-    lines = []
+    lines: List[str] = []
     for r in bad:
         lines.append(f"- {r['name']} [{r['outcome']}]: " + "; ".join(r["problems"][:4]))
     return bad, outcomes, "\n".join(lines)
@@ -431,14 +436,14 @@ def summarize(results: list) -> tuple:
 # --------------------------------------------------------------------------------------
 
 
-class Golden(dict):
+class Golden(Dict[str, Any]):
     """The golden images' paths and layouts (short repr: hypothesis prints its arguments)."""
 
     def __repr__(self):
         return f"Golden({self.get('json')})"
 
 
-def make_tree(src: Path) -> dict:
+def make_tree(src: Path) -> Dict[str, Any]:
     """A small tree with every kind of entry; returns path -> bytes of its regular files."""
     files = {}
 
@@ -471,19 +476,20 @@ def make_tree(src: Path) -> dict:
     return files
 
 
-def read_expected(boot: str, blob_dir, inline: bool = False) -> dict:
+def read_expected(boot: str, blob_dir, inline: bool = False) -> Dict[str, Any]:
     """Everything the pristine image says, to compare corrupted variants against."""
     from nydus_hybrid import Image
 
     img = Image.open_blob(boot) if inline else Image.open(boot, blob_dir)
     report = img.check(blobs=True)
-    files, data = {}, {}
+    files: Dict[str, Dict[str, Any]] = {}
+    data: Dict[str, str] = {}
     for d, dirs, names in img.walk():
         for n in dirs + names:
             p = d.rstrip("/") + "/" + n
             st = img.stat(p)
             kind = "reg" if st.is_file() else "dir" if st.is_dir() else "lnk" if st.is_symlink() else "other"
-            ent = {"kind": kind, "nid": img.lookup(p), "size": st.st_size}
+            ent: Dict[str, Any] = {"kind": kind, "nid": img.lookup(p), "size": st.st_size}
             if kind == "reg":
                 content = img.read(p)
                 ent["sha"] = sha(content)
@@ -496,9 +502,9 @@ def read_expected(boot: str, blob_dir, inline: bool = False) -> dict:
     return {"files": files, "contents": contents, "data": data, "check": report, "chunk_size": cs, "chunks": chunks}
 
 
-def parse_layout(boot: bytes, blob: bytes, expected: dict) -> dict:
+def parse_layout(boot: bytes, blob: bytes, expected: Dict[str, Any]) -> Dict[str, Any]:
     """Offsets of every structure of a built image (bootstrap and blob)."""
-    lay = {"len": len(boot), "blob_len": len(blob)}
+    lay: Dict[str, Any] = {"len": len(boot), "blob_len": len(blob)}
     meta_base = u32(boot, 1024 + 40) * 4096
     lay["meta_base"] = meta_base
     lay["bt_off"], lay["bt_size"] = u64(boot, 1152 + 8), u32(boot, 1152 + 16)
@@ -598,10 +604,12 @@ def le(value: int, size: int) -> str:
     return (value % (1 << (8 * size))).to_bytes(size, "little").hex()
 
 
-def field_cases(prefix: str, base: int, fields, rng: random.Random, extremes: bool = True, key: str = "boot_ops"):
+def field_cases(
+    prefix: str, base: int, fields, rng: random.Random, extremes: bool = True, key: str = "boot_ops"
+) -> List[Dict[str, Any]]:
     """For each field: flip its lowest and highest bit, a random bit, and (optionally) set it
     to 0, all-ones and a large in-between value."""
-    out = []
+    out: List[Dict[str, Any]] = []
     for off, size in fields:
         at = base + off
         out.append({"name": f"{prefix}+{off}:flip-lsb", key: [["flip", at, 0x01]]})
@@ -615,7 +623,7 @@ def field_cases(prefix: str, base: int, fields, rng: random.Random, extremes: bo
     return out
 
 
-def corpus_truncate(g) -> list:
+def corpus_truncate(g) -> List[Any]:
     lay = g["layout"]
     n = lay["len"]
     lengths = sorted(
@@ -652,7 +660,7 @@ def corpus_truncate(g) -> list:
     return out
 
 
-def corpus_superblock(g) -> list:
+def corpus_superblock(g) -> List[Any]:
     rng = random.Random("superblock")
     out = field_cases("sb", 1024, SB_FIELDS, rng)
     for i in range(128):  # every byte of the EROFS superblock, one seeded bit each
@@ -660,7 +668,7 @@ def corpus_superblock(g) -> list:
     return out
 
 
-def corpus_ext_superblock(g) -> list:
+def corpus_ext_superblock(g) -> List[Any]:
     rng = random.Random("ext-superblock")
     out = field_cases("ext", 1152, EXT_FIELDS, rng)
     for bit in range(32):
@@ -670,7 +678,7 @@ def corpus_ext_superblock(g) -> list:
     return out
 
 
-def corpus_devslot_and_blob_table(g) -> list:
+def corpus_devslot_and_blob_table(g) -> List[Any]:
     rng = random.Random("tables")
     lay = g["layout"]
     out = []
@@ -690,7 +698,7 @@ def corpus_devslot_and_blob_table(g) -> list:
     return out
 
 
-def corpus_inodes(g) -> list:
+def corpus_inodes(g) -> List[Any]:
     rng = random.Random("inodes")
     out = []
     for path in (
@@ -754,7 +762,7 @@ def corpus_inodes(g) -> list:
     return out
 
 
-def corpus_xattrs(g) -> list:
+def corpus_xattrs(g) -> List[Any]:
     out = []
     for path in ("/a.txt", "/d", "/d/e/f"):
         ino = g["layout"]["inodes"][path]
@@ -768,14 +776,14 @@ def corpus_xattrs(g) -> list:
     return out
 
 
-def corpus_dirents(g) -> list:
+def corpus_dirents(g) -> List[Any]:
     rng = random.Random("dirents")
     out = []
     boot = Path(g["boot"]).read_bytes()
     for path in ("/", "/d", "/d/e", "/many"):
         for j, (blk, used) in enumerate(g["layout"]["inodes"][path]["dir_blocks"]):
             count = u16(boot, blk + 8) // 12
-            picks = range(count) if count <= 16 else sorted(rng.sample(range(count), 8)) + [0, count - 1]
+            picks = range(count) if count <= 16 else [*sorted(rng.sample(range(count), 8)), 0, count - 1]
             for k in picks:
                 d = blk + 12 * k
                 tag = f"dirent{path}#{j}.{k}"
@@ -795,7 +803,7 @@ def corpus_dirents(g) -> list:
             out.append({"name": f"dirent{path}#{j}:first-nameoff-odd", "boot_ops": [["put", blk + 8, le(13, 2)]]})
     # a directory loop: /d/e's entry "f" made to point back at /d, typed as a directory
     files = g["expected"]["files"]
-    for blk, used in g["layout"]["inodes"]["/d/e"]["dir_blocks"]:
+    for blk, _used in g["layout"]["inodes"]["/d/e"]["dir_blocks"]:
         for k in range(u16(boot, blk + 8) // 12):
             d = blk + 12 * k
             if u64(boot, d) == files["/d/e/f"]["nid"]:
@@ -816,7 +824,7 @@ def corpus_dirents(g) -> list:
     return out
 
 
-def corpus_chunk_index(g) -> list:
+def corpus_chunk_index(g) -> List[Any]:
     out = []
     lay = g["layout"]
     for path in ("/big", "/d/e/f", "/a.txt", "/same2"):
@@ -853,7 +861,7 @@ def corpus_chunk_index(g) -> list:
     return out
 
 
-def corpus_chunk_table(g) -> list:
+def corpus_chunk_table(g) -> List[Any]:
     rng = random.Random("chunk-table")
     out = []
     for i, ch in enumerate(g["layout"]["chunks"]):
@@ -861,7 +869,7 @@ def corpus_chunk_table(g) -> list:
     return out
 
 
-def corpus_values(g) -> list:
+def corpus_values(g) -> List[Any]:
     """Out-of-range values for the fields that size or locate things."""
     lay = g["layout"]
     n = lay["len"]
@@ -932,7 +940,7 @@ def corpus_values(g) -> list:
     return [{"name": f"value:{k}", "boot_ops": [["put", o, v] for o, v in puts]} for k, puts in cases.items()]
 
 
-def corpus_random(g, count=120, seed="random") -> list:
+def corpus_random(g, count=120, seed="random") -> List[Any]:
     rng = random.Random(seed)
     n = g["layout"]["len"]
     out = []
@@ -953,7 +961,7 @@ def corpus_random(g, count=120, seed="random") -> list:
     return out
 
 
-def corpus_blob(g, image: str) -> list:
+def corpus_blob(g, image: str) -> List[Any]:
     """Damage to the data blob: tail sections, chunk data, truncation."""
     rng = random.Random(f"blob-{image}")
     lay = g["layouts"][image]
@@ -1001,7 +1009,7 @@ def corpus_blob(g, image: str) -> list:
     return out
 
 
-def corpus_inline(g) -> list:
+def corpus_inline(g) -> List[Any]:
     """The reference blob that carries its own bootstrap (open_blob)."""
     rng = random.Random("inline")
     blob = INLINE_BLOB.read_bytes()
@@ -1033,7 +1041,7 @@ def corpus_inline(g) -> list:
     return out
 
 
-def corpus_reference(g) -> list:
+def corpus_reference(g) -> List[Any]:
     """The Nydus-built bootstrap (pre-release quirks included), randomly damaged."""
     out = []
     for c in corpus_random({"layout": g["layouts"]["ref"]}, count=40, seed="reference"):
@@ -1057,7 +1065,8 @@ if __name__ != "__main__":
         src = root / "src"
         src.mkdir()
         originals = make_tree(src)
-        images, layouts = {}, {}
+        images: Dict[str, Dict[str, Any]] = {}
+        layouts: Dict[str, Dict[str, Any]] = {}
         for key, comp, dig in (("main", "zstd", "blake3"), ("none", "none", "sha256"), ("lz4", "lz4_block", "blake3")):
             boot, blobs = root / f"{key}.boot", root / f"{key}-blobs"
             rep = nydus_hybrid.build(
@@ -1066,6 +1075,7 @@ if __name__ != "__main__":
             expected = read_expected(str(boot), str(blobs))
             for path, data in originals.items():  # the golden image itself must be right
                 assert bytes.fromhex(expected["data"][path]) == data, path
+            assert rep.blob_path is not None
             images[key] = {"boot": str(boot), "blob_dir": str(blobs), "blob": rep.blob_path, "expected": expected}
             layouts[key] = parse_layout(boot.read_bytes(), Path(rep.blob_path).read_bytes(), expected)
         ref_boot = FIXTURES / "rafs-v6-2.2.boot"
@@ -1178,7 +1188,7 @@ if __name__ != "__main__":
         """With the bootstrap's ToC digest cleared, a ToC entry claiming a 4 GiB section must be
         refused before anything that size is allocated or read."""
         lay = golden["layout"]
-        meta = [t for t in lay["toc"] if t["name"] == "blob.meta"][0]
+        meta = next(t for t in lay["toc"] if t["name"] == "blob.meta")
         case = {
             "name": "toc-4GiB",
             "boot_ops": [["put", lay["bt_off"] + 136, "00" * 32]],
@@ -1194,10 +1204,12 @@ if __name__ != "__main__":
     try:
         from hypothesis import HealthCheck, given, settings
         from hypothesis import strategies as st
-    except ImportError:  # pragma: no cover
-        given = None
 
-    if given is not None:
+        have_hypothesis = True
+    except ImportError:  # pragma: no cover
+        have_hypothesis = False
+
+    if have_hypothesis:
 
         @pytest.fixture(scope="module")
         def hyp_worker(golden):
@@ -1205,7 +1217,7 @@ if __name__ != "__main__":
             yield w
             w.stop()
 
-        def hot_offsets(golden) -> list:
+        def hot_offsets(golden) -> List[Any]:
             """Offsets where a structure field starts: where damage is most interesting."""
             lay = golden["layout"]
             hot = [1024 + o for o, _ in SB_FIELDS] + [1152 + o for o, _ in EXT_FIELDS]

@@ -123,7 +123,7 @@ def _fails(im, path) -> bool:
 def test_kill_9_during_fills_never_serves_wrong_bytes(image, tmp_path):
     """20 readers are killed at random moments while filling the cache; after each, a fresh
     reader must read every file correctly through the same cache."""
-    root, report, files = image
+    root, _report, files = image
     cache = tmp_path / "cache"
     filler = (
         "import sys, nydus_hybrid\n"

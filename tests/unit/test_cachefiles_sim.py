@@ -14,18 +14,18 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Dict, List, Tuple, Union
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nydus_hybrid
-from nydus_hybrid.mounts import erofs as kmount
-from nydus_hybrid.mounts import fscache as fscache_mount
+from nydus_hybrid.mounts import erofs, fscache
 from nydus_hybrid.sim.cachefiles import HEADER, device_tags
 
 needs_erofs = pytest.mark.skipif(
-    os.geteuid() != 0 or not kmount.erofs_available(), reason="the simulator mounts file-backed EROFS: needs root"
+    os.geteuid() != 0 or not erofs.erofs_available(), reason="the simulator mounts file-backed EROFS: needs root"
 )
 
 
@@ -34,13 +34,20 @@ class Peer:
     (cookie -> file with the object's bytes). ``answer_reads=False`` leaves READs hanging."""
 
     def __init__(
-        self, sock: str, cache_dir: str, sizes: dict, sources: dict, answer_reads: bool = True, start: bool = True
+        self,
+        sock: str,
+        cache_dir: str,
+        sizes: Dict[str, int],
+        sources: Dict[str, Union[str, os.PathLike[str]]],
+        answer_reads: bool = True,
+        start: bool = True,
     ):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.s.connect(sock)
         self.hello = self.s.recv(16)
         self.sizes, self.sources, self.answer_reads = sizes, sources, answer_reads
-        self.objects, self.seen = {}, []
+        self.objects: Dict[int, Tuple[str, int]] = {}  # object id -> (cookie, fd)
+        self.seen: List[Tuple[Any, ...]] = []  # ("OPEN", cookie), ("READ", offset, length), ("CLOSE", object id)
         if self.hello == b"ok":
             self.s.send(f"dir {cache_dir}".encode())
             self.s.send(b"bind ondemand")
@@ -127,8 +134,8 @@ def image(tmp_path_factory):
     return {"src": src, "boot": base / "boot", "flat": base / "flat", "blob_id": img.blob_ids[0]}
 
 
-def status(sock: str) -> dict:
-    return fscache_mount.sim_request(sock, {"op": "status"})
+def status(sock: str) -> Dict[str, Any]:
+    return fscache.sim_request(sock, {"op": "status"})
 
 
 @needs_erofs
@@ -146,7 +153,7 @@ def test_an_object_whose_daemon_died_is_reopened(sim, tmp_path, image):
         finally:
             os._exit(0)
     try:
-        fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+        fscache.mount_erofs_fscache(str(mnt), "f1")
         os.waitpid(pid, 0)
         peer.start()
         assert (mnt / "big").read_bytes() == (image["src"] / "big").read_bytes()
@@ -165,13 +172,13 @@ def peer_for(sim, tmp_path, image, **kw) -> Peer:
 
 
 def sim_env(sim):
-    os.environ[fscache_mount.ENV] = f"sim:{sim}"
+    os.environ[fscache.ENV] = f"sim:{sim}"
 
 
 @pytest.fixture(autouse=True)
 def _env():
     yield
-    os.environ.pop(fscache_mount.ENV, None)
+    os.environ.pop(fscache.ENV, None)
 
 
 def umount_all(tmp_path) -> None:
@@ -188,7 +195,7 @@ def test_reads_fill_only_what_is_read(sim, tmp_path, image):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+        fscache.mount_erofs_fscache(str(mnt), "f1")
         assert ("OPEN", "f1") in peer.seen and ("OPEN", image["blob_id"]) in peer.seen
         assert (mnt / "small.txt").read_text() == "hello\n"
         with open(mnt / "big", "rb") as f:
@@ -201,7 +208,7 @@ def test_reads_fill_only_what_is_read(sim, tmp_path, image):
         assert (mnt / "big").read_bytes() == (image["src"] / "big").read_bytes()
         st = status(sim)
         assert st["counters"]["protocol_errors"] == 0 and st["counters"]["eio"] == 0
-        fscache_mount.umount_erofs_fscache(str(mnt))
+        fscache.umount_erofs_fscache(str(mnt))
         time.sleep(0.2)
         assert sum(1 for r in peer.seen if r[0] == "CLOSE") == 2
     finally:
@@ -218,7 +225,7 @@ def test_device_is_exclusive_and_unknown_cookie_fails_the_mount(sim, tmp_path, i
         mnt = tmp_path / "mnt"
         mnt.mkdir()
         with pytest.raises(OSError) as e:
-            fscache_mount.mount_erofs_fscache(str(mnt), "nobody")
+            fscache.mount_erofs_fscache(str(mnt), "nobody")
         assert e.value.errno == errno.ENOENT and not kmount_mounted(mnt)
     finally:
         peer.close()
@@ -236,7 +243,7 @@ def test_unanswered_read_is_eio_and_teardown_fails_reads(sim, tmp_path, image):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+        fscache.mount_erofs_fscache(str(mnt), "f1")
         peer.answer_reads = False
         with pytest.raises(OSError) as e:
             (mnt / "big").read_bytes()
@@ -265,7 +272,7 @@ def test_restore_reopens_objects_and_resends_reads(sim, tmp_path, image):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        fscache_mount.mount_erofs_fscache(str(mnt), "f1")
+        fscache.mount_erofs_fscache(str(mnt), "f1")
         peer.answer_reads = False
         result = {}
 
@@ -297,13 +304,13 @@ def test_cull_refuses_an_object_in_use(sim, tmp_path, image):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        fscache_mount.mount_erofs_fscache(str(mnt), "f1")
-        path = fscache_mount.cache_file(str(tmp_path / "cache"), "erofs,f1", "f1")
-        assert list(fscache_mount.cache_files(str(tmp_path / "cache"), "f1")) == [path]
+        fscache.mount_erofs_fscache(str(mnt), "f1")
+        path = fscache.cache_file(str(tmp_path / "cache"), "erofs,f1", "f1")
+        assert list(fscache.cache_files(str(tmp_path / "cache"), "f1")) == [path]
         peer.send(f"cull {path}")
         time.sleep(0.2)
         assert os.path.exists(path), "in use: not culled"
-        fscache_mount.umount_erofs_fscache(str(mnt))
+        fscache.umount_erofs_fscache(str(mnt))
         peer.send(f"cull {path}")
         time.sleep(0.2)
         assert not os.path.exists(path)
@@ -316,16 +323,13 @@ def test_cull_refuses_an_object_in_use(sim, tmp_path, image):
 
 
 def test_cookie_dir_is_a_byte_of_a_salted_hash():
-    d = fscache_mount.cookie_dir("erofs,abc", "abc")
+    d = fscache.cookie_dir("erofs,abc", "abc")
     assert len(d) == 3 and d[0] == "@" and int(d[1:], 16) < 256
-    assert d == fscache_mount.cookie_dir("erofs,abc", "abc")
-    dirs = {fscache_mount.cookie_dir("erofs,abc", f"c{i}") for i in range(200)}
+    assert d == fscache.cookie_dir("erofs,abc", "abc")
+    dirs = {fscache.cookie_dir("erofs,abc", f"c{i}") for i in range(200)}
     assert len(dirs) > 16, "cookies spread over directories (the kernel's low byte is a weak spreader)"
     # the volume's hash salts the cookie's: another volume files the same cookie elsewhere
-    assert any(
-        fscache_mount.cookie_dir("erofs,abc", f"c{i}") != fscache_mount.cookie_dir("erofs,xyz", f"c{i}")
-        for i in range(20)
-    )
+    assert any(fscache.cookie_dir("erofs,abc", f"c{i}") != fscache.cookie_dir("erofs,xyz", f"c{i}") for i in range(20))
 
 
 @settings(max_examples=300, deadline=None)

@@ -6,60 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import nydus_hybrid
-
-FIXTURES = Path(os.environ.get("NYDUS_FIXTURES") or Path(__file__).resolve().parents[3] / "shared/fixtures/nydus-v2.2")
-FIXTURE_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
-FIXTURE_INLINE_ID = "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
-ERROR_PREFIX = "nydus-hybrid: error: "
-B_SIZE = 2_300_000
-
-
-def cli(*args, check=None):
-    p = subprocess.run(
-        [sys.executable, "-m", "nydus_hybrid", *map(str, args)], capture_output=True, text=True, timeout=120
-    )
-    if check is not None:
-        assert p.returncode == check, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
-    return p
-
-
-def assert_one_line_error(p, *fragments):
-    assert p.returncode == 1, (p.returncode, p.stderr)
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith(ERROR_PREFIX), lines[0]
-    assert "Traceback" not in p.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert p.stdout == ""
-
-
-@pytest.fixture(scope="module")
-def small_src(tmp_path_factory):
-    src = tmp_path_factory.mktemp("cli") / "src"
-    (src / "sub").mkdir(parents=True)
-    (src / "a.txt").write_bytes(b"alpha\n" * 1000)
-    (src / "sub" / "b.bin").write_bytes(random.Random(7).randbytes(B_SIZE))  # 3 distinct chunks at 1M
-    (src / "sub" / "c.txt").write_bytes(b"alpha\n" * 1000)  # duplicate of a.txt
-    os.symlink("a.txt", src / "link")
-    return src
-
-
-@pytest.fixture(scope="module")
-def built_cli(small_src, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli_img")
-    boot, blobs, report = out / "boot", out / "blobs", out / "report.json"
-    p = cli("build", small_src, "-B", boot, "-D", blobs, "--output-json", report, check=0)
-    return boot, blobs, report, p
-
+from tests.helpers.cli import B_SIZE, assert_one_line_error, cli
+from tests.helpers.images import FIXTURE_BLOB_ID, FIXTURE_INLINE_ID, FIXTURES
 
 # --- version and usage ---------------------------------------------------------------------
 
@@ -117,7 +71,7 @@ def test_build_report(built_cli, small_src):
 
 
 def test_create_alias_same_image(built_cli, small_src, tmp_path):
-    boot, blobs, _, p_build = built_cli
+    boot, _blobs, _, p_build = built_cli
     p = cli(
         "create",
         small_src,
@@ -381,7 +335,7 @@ def test_ctrl_c_cancels_a_build_cleanly(tmp_path):
     while not (blobs.exists() and os.listdir(blobs)) and time.monotonic() < deadline:
         time.sleep(0.01)  # the temporary blob exists once the build is under way
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (proc.returncode, err)
     assert err.strip().splitlines() == ["nydus-hybrid: interrupted; partial outputs were removed"], err
     assert not (tmp_path / "boot").exists()

@@ -44,6 +44,7 @@ def test_each_kind_is_raised_as_its_class(kind):
         _core.raise_error_example(kind)
     exc = info.value
     assert type(exc) is errors.BY_KIND[kind]
+    assert isinstance(exc, (errors.NydusError, errors.Interrupted))
     assert exc.errno == EXPECTED_ERRNO[kind]
     # Cancelled carries no message of its own (Ctrl-C); every other kind keeps the core's.
     assert ("cancelled" if kind == "Cancelled" else f"example {kind} error") in str(exc)

@@ -5,6 +5,7 @@ message, never an exception of another kind."""
 from __future__ import annotations
 
 import json
+from typing import Any, Dict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from nydus_hybrid.daemon.errors import BadRequest, DaemonError
 from nydus_hybrid.daemon.fscache_service import check_entry, legacy_to_v2
 
 
-def snapshotter_entry(tmp_path) -> dict:
+def snapshotter_entry(tmp_path) -> Dict[str, Any]:
     boot = tmp_path / "boot"
     boot.write_bytes(b"x")
     (tmp_path / "w").mkdir(exist_ok=True)

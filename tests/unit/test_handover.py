@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from typing import Any, Dict, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -13,10 +14,11 @@ from hypothesis import strategies as st
 
 from nydus_hybrid.lifecycle import handover
 from nydus_hybrid.lifecycle import supervisor as nsup
-from nydus_hybrid.lifecycle.supervisor import Supervisor, SupervisorError
+from nydus_hybrid.lifecycle.errors import StateError, SupervisorError
+from nydus_hybrid.lifecycle.supervisor import Supervisor
 
 
-def doc(n_mounts: int = 2) -> dict:
+def doc(n_mounts: int = 2) -> Dict[str, Any]:
     return {
         "daemon": {"id": "d1", "mountpoint": "/mnt/x", "threads": 4, "failover_policy": "resend"},
         "fuse": {"vfs_state": "AAEC", "conn_id": 42},
@@ -47,7 +49,7 @@ def test_round_trip():
     ],
 )
 def test_damaged_states_are_refused_clearly(mutate, expect):
-    with pytest.raises(handover.StateError, match=expect):
+    with pytest.raises(StateError, match=expect):
         handover.decode(mutate(handover.encode(doc())))
 
 
@@ -67,7 +69,7 @@ def test_well_formed_but_wrong_fields_are_refused(field, value):
     for k in field[:-1]:
         node = node[k]
     node[field[-1]] = value
-    with pytest.raises(handover.StateError, match="state corrupt"):
+    with pytest.raises(StateError, match="state corrupt"):
         handover.decode(handover.encode(d))
 
 
@@ -75,7 +77,7 @@ def test_well_formed_but_wrong_fields_are_refused(field, value):
 def test_mount_index_must_fit_a_vfs_index(index):
     d = doc()
     d["mounts"][0]["index"] = index
-    with pytest.raises(handover.StateError, match="mount entry malformed"):
+    with pytest.raises(StateError, match="mount entry malformed"):
         handover.decode(handover.encode(d))
 
 
@@ -84,7 +86,7 @@ def test_mount_index_must_fit_a_vfs_index(index):
 def test_random_bytes_never_crash_decode(data):
     try:
         handover.decode(data)
-    except handover.StateError as e:
+    except StateError as e:
         assert e.status == 500 and "Upgrade(Restore(" in e.message
 
 
@@ -95,14 +97,14 @@ def test_any_single_corruption_is_caught(data):
     pos = data.draw(st.integers(0, len(good) - 1))
     good[pos] ^= data.draw(st.integers(1, 255))
     # a flipped byte anywhere (header, payload or digest) is refused, never half-taken
-    with pytest.raises(handover.StateError):
+    with pytest.raises(StateError):
         handover.decode(bytes(good))
 
 
 # --- wire protocol ---------------------------------------------------------------------------
 
 
-def _fd_identity(fd: int) -> tuple:
+def _fd_identity(fd: int) -> Tuple[Any, ...]:
     s = os.fstat(fd)
     return s.st_dev, s.st_ino
 
@@ -128,7 +130,9 @@ def test_push_keep_and_serve(tmp_path):
     with Supervisor(str(tmp_path / "s.sock")) as sup:
         nsup.push_state(sup.path, big, w)
         assert sup.wait_for_state(0, 5)
-        data, kept = sup.state()
+        state = sup.state()
+        assert state is not None
+        data, kept = state
         assert data == big and _fd_identity(kept) == _fd_identity(w)
         served = sup.arm_restore()
         # the successor is another process (a pusher's own pid is taken for a push)
@@ -137,7 +141,9 @@ def test_push_keep_and_serve(tmp_path):
         assert os.read(r, 100) == b"through the passed fd"
         # only the latest state is kept
         nsup.push_state(sup.path, b"second", r)
-        assert sup.wait_for_state(1, 5) and sup.state()[0] == b"second"
+        assert sup.wait_for_state(1, 5)
+        state = sup.state()
+        assert state is not None and state[0] == b"second"
     os.close(r)
     os.close(w)
 

@@ -25,6 +25,7 @@ import sys
 import tarfile
 import uuid
 from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
@@ -93,11 +94,11 @@ def entry(name, kind="file", data=b"", *, target=None, mode=None, size=None, pax
 def make_tar(entries, fmt=tarfile.GNU_FORMAT) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
-        for ti, data, size in entries:
+        for ti, data, _size in entries:
             tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
     raw = buf.getvalue()
     # Declared sizes that differ from the body: patch the header after the fact.
-    for ti, data, size in entries:
+    for ti, _data, size in entries:
         if size is not None:
             raw = patch_size(raw, ti.name, size)
     return raw
@@ -155,7 +156,7 @@ def zst(raw: bytes) -> bytes:
 # --------------------------------------------------------------------------------------
 
 
-def snapshot(root: Path) -> dict:
+def snapshot(root: Path) -> Dict[str, Tuple[int, int, int, bytes]]:
     """path -> (kind, size, mtime_ns, content-prefix) of everything under root."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -184,26 +185,30 @@ class Sandbox:
         self.blobs = self.root / "out" / "blobs"
         self.host_probe = Path("/etc") / f"nydus-hybrid-hostile-{uuid.uuid4().hex}"
 
-    def build(self, data: bytes, name: str = "layer.tar", chunk_size: int = CHUNK) -> dict:
+    def build(self, data: bytes, name: str = "layer.tar", chunk_size: int = CHUNK) -> Dict[str, Any]:
         src = self.root / "in" / name
         src.write_bytes(data)
         before = snapshot(self.tmp)
         proc = subprocess.run(
             [sys.executable, "-c", RUNNER, str(src), str(self.boot), str(self.blobs), str(chunk_size)],
             cwd=self.root / "cwd",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             timeout=120,
         )
         assert proc.returncode == 0 and proc.stdout.strip(), (
             f"build process died (status {proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}"
         )
-        res = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        res: Dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         after = snapshot(self.tmp)
         self.check_writes(before, after, res)
         return res
 
-    def check_writes(self, before: dict, after: dict, res: dict):
+    def check_writes(
+        self,
+        before: Dict[str, Tuple[int, int, int, bytes]],
+        after: Dict[str, Tuple[int, int, int, bytes]],
+        res: Dict[str, Any],
+    ):
         out = "sandbox/out"
         boot, blobs = f"{out}/image.boot", f"{out}/blobs"
         changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
@@ -253,7 +258,7 @@ def box(tmp_path):
     return Sandbox(tmp_path)
 
 
-def assert_rejected(res: dict, cls: str = None, *needles: str):
+def assert_rejected(res: Dict[str, Any], cls: Optional[str] = None, *needles: str):
     assert not res["ok"], f"hostile tar was accepted: {res}"
     assert res["nydus"], f"build raised {res['cls']} (not a NydusError): {res['msg']}"
     if cls:
@@ -262,9 +267,9 @@ def assert_rejected(res: dict, cls: str = None, *needles: str):
         assert n in res["msg"], f"error message does not name {n!r}: {res['msg']!r}"
 
 
-def tree(img: Image) -> dict:
+def tree(img: Image) -> Dict[str, Tuple[str, Any]]:
     """path -> (kind, payload) for the whole image."""
-    out = {}
+    out: Dict[str, Tuple[str, Any]] = {}
     for d, dirs, files in img.walk():
         for n in dirs + files:
             p = d.rstrip("/") + "/" + n
@@ -406,7 +411,7 @@ def test_size_over_the_limit_is_refused(box):
 
 def test_truncated_in_a_body(box):
     raw = make_tar([entry("a", data=b"a" * 100), entry("b", data=bytes(range(256)) * 40)])
-    off = [o for o, n, _ in header_offsets(raw) if n == "b"][0]
+    off = next(o for o, n, _ in header_offsets(raw) if n == "b")
     res = box.build(raw[: off + 512 + 5000])
     assert_rejected(res, None, "b")
 
@@ -414,7 +419,7 @@ def test_truncated_in_a_body(box):
 @pytest.mark.parametrize("cut", [1, 100, 300, 511])
 def test_truncated_in_a_header(box, cut):
     raw = make_tar([entry("a", data=b"a" * 100), entry("second", data=b"b" * 100)])
-    off = [o for o, n, _ in header_offsets(raw) if n == "second"][0]
+    off = next(o for o, n, _ in header_offsets(raw) if n == "second")
     res = box.build(raw[: off + cut])
     assert_rejected(res)
 
@@ -423,7 +428,7 @@ def test_truncated_at_an_entry_boundary(box):
     """No end-of-archive blocks: a complete prefix. Accepting it is fine, but then the image
     must hold exactly the complete entries."""
     raw = make_tar([entry("a", data=b"a" * 100), entry("b", data=b"b" * 700)])
-    off = [o for o, n, _ in header_offsets(raw) if n == "b"][0]
+    off = next(o for o, n, _ in header_offsets(raw) if n == "b")
     res = box.build(raw[:off])
     if res["ok"]:
         assert tree(box.image()) == {"/a": ("file", b"a" * 100)}
@@ -433,7 +438,7 @@ def test_truncated_at_an_entry_boundary(box):
 
 def test_corrupt_header_checksum(box):
     raw = bytearray(make_tar([entry("a", data=b"x"), entry("b", data=b"y")]))
-    off = [o for o, n, _ in header_offsets(bytes(raw)) if n == "b"][0]
+    off = next(o for o, n, _ in header_offsets(bytes(raw)) if n == "b")
     raw[off + 10] ^= 0x20  # name byte changes; stored checksum no longer matches
     res = box.build(bytes(raw))
     assert_rejected(res)
@@ -495,7 +500,7 @@ def test_compressed_layers_round_trip(box, codec, name):
 @pytest.mark.parametrize("codec", [gz, zst])
 @pytest.mark.parametrize("frac", [0.3, 0.9])
 def test_truncated_compressed_layers(box, codec, frac):
-    data = codec(make_tar(PLAIN + [entry("noise", data=random.Random(1).randbytes(60000))]))
+    data = codec(make_tar([*PLAIN, entry("noise", data=random.Random(1).randbytes(60000))]))
     res = box.build(data[: int(len(data) * frac)])
     assert_rejected(res)
 
@@ -508,7 +513,7 @@ def test_corrupted_compressed_layers(box, codec):
     reaches the trailer, so the damage goes unnoticed and the image silently stores the
     corrupted file data. Either refuse the layer or store exactly the original bytes."""
     noise = random.Random(2).randbytes(60000)
-    data = bytearray(codec(make_tar(PLAIN + [entry("noise", data=noise)])))
+    data = bytearray(codec(make_tar([*PLAIN, entry("noise", data=noise)])))
     for i in range(len(data) // 3, len(data) // 3 + 40):
         data[i] ^= 0x55
     res = box.build(bytes(data))
@@ -581,7 +586,7 @@ def test_hard_link_survives_replacement_of_its_target(box):
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_long_names_and_targets_round_trip(box, fmt):
-    deep = "/".join(["component-%02d" % i for i in range(12)])  # > 100 chars
+    deep = "/".join([f"component-{i:02d}" for i in range(12)])  # > 100 chars
     name = deep + "/" + "f" * 200
     target = "../" * 5 + "t" * 150
     res = box.build(make_tar([entry(name, data=b"long"), entry(deep + "/ln", "symlink", target=target)], fmt=fmt))
@@ -736,7 +741,7 @@ def test_failed_build_removes_its_temporary_blob(tmp_path):
 
 def test_failed_first_build_leaves_no_bootstrap(box):
     raw = make_tar([entry("a", data=b"a" * 100), entry("b", data=b"b" * 10000)])
-    off = [o for o, n, _ in header_offsets(raw) if n == "b"][0]
+    off = next(o for o, n, _ in header_offsets(raw) if n == "b")
     res = box.build(raw[: off + 512 + 1000])
     assert_rejected(res)
     assert not box.boot.exists()

@@ -63,11 +63,13 @@ def runtime_imports(name: str) -> Set[str]:
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else [])
+                    )
                 for a in child.names:
                     # `from pkg import mod` imports a module; `from mod import name` imports mod
-                    sub = f"{base}.{a.name}"
-                    found.add(sub if sub in MODULES or sub == CORE else base)
+                    imported = f"{base}.{a.name}"
+                    found.add(imported if imported in MODULES or imported == CORE else base)
             visit(child)
 
     visit(tree)
@@ -88,7 +90,7 @@ def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state:
                 found = dfs(nxt)
                 if found:

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -43,24 +44,25 @@ class Img:
     bootstrap: Path
     blobs: Path
     report: nydus_hybrid.BuildReport
-    files: dict = field(repr=False)  # image path -> bytes
-    order: list = field(repr=False)  # image paths of files in blob order (by their first chunk)
+    files: Dict[str, bytes] = field(repr=False)  # image path -> bytes
+    order: List[str] = field(repr=False)  # image paths of files in blob order (by their first chunk)
 
     @property
     def blob_id(self) -> str:
+        assert self.report.blob_id is not None, "the image has no blob"
         return self.report.blob_id
 
     def chunks_of(self, path: str) -> int:
         return -(-len(self.files[path]) // SMALL_CHUNK)
 
-    def cfg(self, cache, *, amplify=MiB, validate=False) -> dict:
+    def cfg(self, cache, *, amplify=MiB, validate=False) -> Dict[str, Any]:
         return v2_config(self.blobs, cache, amplify=amplify, validate=validate)
 
     def open(self, cache, **kw) -> nydus_hybrid.Image:
         return nydus_hybrid.Image.open(self.bootstrap, config=self.cfg(cache, **kw))
 
 
-def v2_config(blobs, cache, *, amplify=MiB, validate=False) -> dict:
+def v2_config(blobs, cache, *, amplify=MiB, validate=False) -> Dict[str, Any]:
     return {
         "version": 2,
         "backend": {"type": "localfs", "localfs": {"dir": str(blobs)}},
@@ -69,7 +71,7 @@ def v2_config(blobs, cache, *, amplify=MiB, validate=False) -> dict:
     }
 
 
-def make_image(root: Path, layout: dict, seed: int) -> Img:
+def make_image(root: Path, layout: Dict[str, Any], seed: int) -> Img:
     """Build ``layout`` ({image path: size}) of random bytes with 64 KiB chunks, then find
     the blob order of the files from a fully read cache."""
     rnd = random.Random(seed)
@@ -84,8 +86,8 @@ def make_image(root: Path, layout: dict, seed: int) -> Img:
     report = nydus_hybrid.build(src, root / "boot", root / "blobs", chunk_size=SMALL_CHUNK, progress=False)
     img = Img(root, root / "boot", root / "blobs", report, files, [])
     im = img.open(root / "order-cache", amplify=0)
-    for p, data in files.items():
-        assert im.read(p) == data
+    for name, data in files.items():
+        assert im.read(name) == data
     del im
     gc.collect()
     cached = (root / "order-cache" / f"{report.blob_id}.blob.data").read_bytes()
@@ -95,15 +97,17 @@ def make_image(root: Path, layout: dict, seed: int) -> Img:
     return img
 
 
-def bc(im) -> dict:
-    return im.metrics()["blobcache"]
+def bc(im: nydus_hybrid.Image) -> Dict[str, Any]:
+    m: Dict[str, Any] = im.metrics()["blobcache"]
+    return m
 
 
-def be(im) -> dict:
-    return im.metrics()["backend"]
+def be(im: nydus_hybrid.Image) -> Dict[str, Any]:
+    m: Dict[str, Any] = im.metrics()["backend"]
+    return m
 
 
-def cache_files(work: Path, blob_id: str) -> list:
+def cache_files(work: Path, blob_id: str) -> List[Path]:
     return [work / f"{blob_id}{s}" for s in CACHE_SUFFIXES]
 
 
@@ -116,7 +120,7 @@ def allocated(work: Path, blob_id: str) -> int:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Img:
-    """200 single-chunk files of 3–40 KiB."""
+    """200 single-chunk files of 3-40 KiB."""
     rnd = random.Random(11)
     layout = {f"/f{i:03d}": rnd.randint(3 * KiB, 40 * KiB) for i in range(200)}
     return make_image(tmp_path_factory.mktemp("small"), layout, seed=12)
@@ -124,7 +128,7 @@ def small(tmp_path_factory) -> Img:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Img:
-    """Directories of files of 3–200 KiB (up to four chunks each), plus /c/exact of
+    """Directories of files of 3-200 KiB (up to four chunks each), plus /c/exact of
     exactly 100 KiB (one 64 KiB chunk and one of 36 KiB)."""
     rnd = random.Random(21)
     layout = {f"/top{i}": rnd.randint(3 * KiB, 100 * KiB) for i in range(4)}
@@ -204,7 +208,7 @@ VALIDATE_FORMS = {
 }
 
 
-def _warm_and_corrupt(img: Img, cache: Path, path: str) -> tuple:
+def _warm_and_corrupt(img: Img, cache: Path, path: str) -> Tuple[Any, ...]:
     """Fill the cache with every file, then flip bytes inside ``path``'s cached chunk.
     Returns (offset in the data file, the corrupted bytes of ``path``)."""
     im = img.open(cache)
@@ -274,7 +278,7 @@ def test_cache_data_lost_behind_a_chunk_map_is_not_served_as_zeros(small, tmp_pa
 # --------------------------------------------------------------------------- 3. prefetch
 
 
-def _under(img: Img, prefix: str) -> list:
+def _under(img: Img, prefix: str) -> List[Any]:
     return [p for p in img.order if p.startswith(prefix)]
 
 
@@ -313,7 +317,7 @@ def test_prefetch_of_a_directory_fetches_nothing_outside_it(tree, tmp_path):
 
 def test_prefetch_of_single_files(tree, tmp_path):
     im = tree.open(tmp_path / "cache", amplify=0)
-    picked = ["/c/exact", "/top1", b"/b/f03"]
+    picked: List[Union[str, bytes]] = ["/c/exact", "/top1", b"/b/f03"]
     assert im.prefetch(picked, batch_size=1).wait() == []
     want = sum(tree.chunks_of(os.fsdecode(p)) for p in picked)
     m = bc(im)
@@ -535,6 +539,7 @@ def test_gc_never_removes_a_blob_open_in_another_process(small, tree, two_cached
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         assert proc.stdout.readline() == "ready\n"
         r = cache_gc(work, max_bytes=0)
@@ -854,7 +859,7 @@ def test_documents_that_are_not_config_objects(text):
 
 
 def test_invalid_config_fails_open_with_the_same_error(small):
-    with pytest.raises(errors.ConfigError, match="rafs.batch_size"):
+    with pytest.raises(errors.ConfigError, match=r"rafs\.batch_size"):
         nydus_hybrid.Image.open(small.bootstrap, config={"version": 2, "backend": LOCAL, "rafs": {"batch_size": True}})
 
 
@@ -994,7 +999,7 @@ json_values = st.recursive(
 )
 
 
-def _put(doc: dict, path: tuple, value) -> None:
+def _put(doc: Dict[str, Any], path: Tuple[Any, ...], value) -> None:
     node = doc
     for key in path[:-1]:
         if not isinstance(node.get(key), dict):
@@ -1070,7 +1075,7 @@ def _u64(v) -> bool:
     return type(v) is int and 0 <= v < 2**64
 
 
-def assert_metrics_shape(m: dict, backend_type: str = "localfs") -> None:
+def assert_metrics_shape(m: Dict[str, Any], backend_type: str = "localfs") -> None:
     assert set(m) == {"backend", "blobcache"}
     b, c = m["backend"], m["blobcache"]
     # §8.4
@@ -1107,7 +1112,7 @@ def test_metrics_shape_and_counts(tree, tmp_path):
     assert_metrics_shape(m0)
     assert m0["blobcache"]["underlying_files"] == [f"{tree.blob_id}.blob.data"]
     assert m0["blobcache"]["store_path"] == str(cache)
-    # one chunk of at least 64 KiB stored bytes: one read in the 64K–128K bucket
+    # one chunk of at least 64 KiB stored bytes: one read in the 64K-128K bucket
     data = tree.files["/c/exact"]
     assert im.read("/c/exact", 0, 10) == data[:10]
     m1 = im.metrics()

@@ -12,14 +12,14 @@ import os
 import subprocess
 import threading
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 
 def _read_uncached(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        parts = []
+        parts: List[bytes] = []
         while True:
             b = os.read(fd, 1 << 20)
             if not b:
@@ -33,7 +33,9 @@ class ReadLoad:
     """``roots`` are directories holding the same relative files (``files``: relative path
     -> bytes); with several roots (shared mode), readers go round all of them."""
 
-    def __init__(self, roots: Sequence, files: Dict[str, bytes], readers: int = 4, listers: int = 1):
+    def __init__(
+        self, roots: Sequence[Union[str, os.PathLike[str]]], files: Dict[str, bytes], readers: int = 4, listers: int = 1
+    ) -> None:
         self.roots = [str(r) for r in roots]
         self.digests = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
         self.errors: List[Tuple[float, str, str]] = []  # (time, path, what)
@@ -49,7 +51,7 @@ class ReadLoad:
             t.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -81,7 +83,7 @@ class ReadLoad:
                 if not ok:
                     self._fail(path, "wrong bytes")
             except OSError as e:
-                self._fail(path, errno.errorcode.get(e.errno, str(e.errno)))
+                self._fail(path, errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else str(e))
             with self._lock:
                 self.reads.append((t0, time.monotonic() - t0))
 

@@ -27,8 +27,10 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Any, Callable, ClassVar, Dict, List, Protocol, Tuple, Type, TypeVar, Union
+from urllib.parse import SplitResult, parse_qs, urlencode, urlsplit
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 LOOPBACK = "127.0.0.1"
 REGISTRY_BIN = "/usr/bin/docker-registry"
+# A path argument as the tests pass it.
+StrPath = Union[str, "os.PathLike[str]"]
 READY_TIMEOUT = 15.0
 
 
@@ -47,7 +51,19 @@ def free_port() -> int:
     """A port the kernel just handed out (free at the time; servers bind it right after)."""
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
+
+
+def require_binary(path: str) -> None:
+    """A server binary the test needs: missing, it skips the test on a developer's machine
+    and fails it in CI (where .ci/run installs it)."""
+    if os.path.exists(path):
+        return
+    message = f"{path} missing (apt-get install docker-registry apache2-utils)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def wait_for_file(path: str, timeout: float = 120.0) -> None:
@@ -59,12 +75,12 @@ def wait_for_file(path: str, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def _clean_env(*prefixes: str) -> dict:
+def _clean_env(*prefixes: str) -> Dict[str, str]:
     """This process's environment minus variables that would reconfigure a server."""
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
-def _stop_process(proc: subprocess.Popen | None) -> None:
+def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -86,9 +102,12 @@ def _tail(path: Path, lines: int = 30) -> str:
 _ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
 
 
-def _wait_until_answers(proc, log_path: Path, name: str, probe, timeout: float) -> None:
+def _wait_until_answers(
+    proc: subprocess.Popen[bytes] | None, log_path: Path, name: str, probe: Callable[[], object], timeout: float
+) -> None:
     """Poll `probe` until it stops raising OSError; a server that exits or stays silent past
     `timeout` is an error carrying the end of its log."""
+    assert proc is not None, f"{name} was not started"
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -96,9 +115,9 @@ def _wait_until_answers(proc, log_path: Path, name: str, probe, timeout: float) 
         try:
             probe()
             return
-        except OSError:
+        except OSError as e:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not ready:\n{_tail(log_path)}")
+                raise TimeoutError(f"{name} not ready:\n{_tail(log_path)}") from e
             time.sleep(0.05)
 
 
@@ -107,7 +126,17 @@ def _parse_access_log(path: Path) -> list[tuple[str, str, int]]:
     return [(m[1], m[2], int(m[3])) for m in _ACCESS_LINE.finditer(text)]
 
 
-def _start_or_close(server):
+_T_co = TypeVar("_T_co", covariant=True)
+_T = TypeVar("_T")
+
+
+class _Server(Protocol[_T_co]):
+    def start(self) -> _T_co: ...
+
+    def close(self) -> None: ...
+
+
+def _start_or_close(server: _Server[_T]) -> _T:
     """``start()``, releasing what was already started if it fails (``__exit__`` won't run)."""
     try:
         return server.start()
@@ -119,7 +148,7 @@ def _start_or_close(server):
 class _TempDir:
     """A caller's directory, or a private one removed on cleanup."""
 
-    def __init__(self, tmpdir, prefix: str):
+    def __init__(self, tmpdir: StrPath | None, prefix: str) -> None:
         self._owned = tmpdir is None
         self.path = Path(tempfile.mkdtemp(prefix=prefix) if tmpdir is None else tmpdir)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -136,7 +165,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert_builder(subject: str, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
+def _cert_builder(subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.timezone.utc)
     return (
         x509.CertificateBuilder()
@@ -149,7 +178,7 @@ def _cert_builder(subject: str, issuer: x509.Name, public_key) -> x509.Certifica
     )
 
 
-def make_ca(cn: str):
+def make_ca(cn: str) -> Tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A self-signed CA: (key, cert). EC P-256 because it is fast to generate."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
@@ -162,7 +191,9 @@ def make_ca(cn: str):
     return key, cert
 
 
-def make_server_cert(ca_key, ca_cert, ip: str = LOOPBACK):
+def make_server_cert(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ip: str = LOOPBACK
+) -> Tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A leaf for ``ip`` signed by the CA. A separate leaf (not the CA itself) because
     webpki/rustls refuse a CA certificate presented as a server's end-entity."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -192,7 +223,7 @@ def _key_usage(cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def write_key(path: Path, key) -> Path:
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
@@ -200,12 +231,13 @@ def write_key(path: Path, key) -> Path:
     return path
 
 
-def write_cert(path: Path, cert) -> Path:
+def write_cert(path: Path, cert: x509.Certificate) -> Path:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 
 
-def client_ssl_context(ca_cert_path) -> ssl.SSLContext:
+def client_ssl_context(ca_cert_path: StrPath | None) -> ssl.SSLContext:
+    assert ca_cert_path is not None, "no CA certificate: the server does not serve TLS"
     return ssl.create_default_context(cafile=str(ca_cert_path))
 
 
@@ -218,23 +250,23 @@ class _TrackingServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, addr, handler, owner):
+    def __init__(self, addr: Tuple[str, int], handler: Type[BaseHTTPRequestHandler], owner: object) -> None:
         self.owner = owner
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         super().__init__(addr, handler)
 
-    def process_request(self, request, client_address):
+    def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:
             self._open.add(request)
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request):
+    def shutdown_request(self, request: Any) -> None:
         with self._lock:
             self._open.discard(request)
         super().shutdown_request(request)
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hanging up mid-response (and stop() cutting them off) are expected here.
         if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
@@ -252,7 +284,13 @@ class _TrackingServer(ThreadingHTTPServer):
 class _ThreadedHTTP:
     """Runs one handler class on a fixed port in a background thread; stop/start again."""
 
-    def __init__(self, handler, owner, port: int = 0, ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        handler: Type[BaseHTTPRequestHandler],
+        owner: object,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._handler, self._owner, self._ssl = handler, owner, ssl_context
         self.port = port or free_port()
         self._server: _TrackingServer | None = None
@@ -276,6 +314,7 @@ class _ThreadedHTTP:
         server.shutdown()
         server.server_close()
         server.drop_connections()
+        assert self._thread is not None
         self._thread.join(timeout=5)
 
     @property
@@ -286,10 +325,15 @@ class _ThreadedHTTP:
 class _QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _reply(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
+    def _owner(self) -> object:
+        """The object the server runs for (a TokenServer, a ForwardProxy)."""
+        assert isinstance(self.server, _TrackingServer), self.server
+        return self.server.owner
+
+    def _reply(self, status: int, body: bytes = b"", headers: Dict[str, str] | None = None) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -306,14 +350,14 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _json_b64(obj) -> str:
+def _json_b64(obj: object) -> str:
     return _b64url(json.dumps(obj, separators=(",", ":")).encode())
 
 
-def parse_scopes(values: list[str]) -> list[dict]:
+def parse_scopes(values: List[str]) -> List[Dict[str, Any]]:
     """``repository:name:pull,push`` (repeated, or space-separated) → token access entries.
     The name may hold colons (a host:port prefix), so the actions are split off the right."""
-    access = []
+    access: List[Dict[str, Any]] = []
     for value in values:
         for scope in value.split():
             kind, _, rest = scope.partition(":")
@@ -324,11 +368,12 @@ def parse_scopes(values: list[str]) -> list[dict]:
 
 
 class _TokenHandler(_QuietHandler):
-    def do_GET(self):
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path != "/token":
             return self._reply(404)
-        owner: TokenServer = self.server.owner
+        owner = self._owner()
+        assert isinstance(owner, TokenServer), owner
         user = owner.check_basic(self.headers.get("Authorization", ""))
         if user is None:
             owner.count(rejected=True)
@@ -364,7 +409,7 @@ class TokenServer:
         issuer: str = "nydus-test-issuer",
         expires_in: int = 300,
         ssl_context: ssl.SSLContext | None = None,
-    ):
+    ) -> None:
         self.user, self.password, self.service, self.issuer = user, password, service, issuer
         self.expires_in = expires_in
         self.token_requests = 0  # tokens issued
@@ -401,7 +446,7 @@ class TokenServer:
             return None
         return user if (user, password) == (self.user, self.password) else None
 
-    def sign(self, claims: dict) -> str:
+    def sign(self, claims: Dict[str, Any]) -> str:
         header = {"typ": "JWT", "alg": "ES256", "x5c": self._x5c}
         signing_input = f"{_json_b64(header)}.{_json_b64(claims)}"
         der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
@@ -409,7 +454,7 @@ class TokenServer:
         r, s = decode_dss_signature(der)
         return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
-    def issue(self, user: str, service: str, access: list[dict]) -> dict:
+    def issue(self, user: str, service: str, access: List[Dict[str, Any]]) -> Dict[str, Any]:
         now = time.time()
         # Whole seconds in the claims: round exp up so a token never dies early.
         iat, exp = int(now), math.ceil(now) + self.expires_in - self.REGISTRY_LEEWAY
@@ -449,20 +494,21 @@ class Registry:
 
     def __init__(
         self,
-        tmpdir=None,
+        tmpdir: StrPath | None = None,
         auth: str | None = None,
         tls: bool = False,
         user: str = "nydus",
         password: str = "s3cret-pass",
         token_expires_in: int = 300,
-    ):
+    ) -> None:
         if auth not in (None, "htpasswd", "token"):
             raise ValueError(f"unknown auth mode {auth!r}")
         wait_for_file(REGISTRY_BIN)
         self._dir = _TempDir(tmpdir, "registry-")
         self.dir = self._dir.path
         self.auth, self.tls = auth, tls
-        self.user, self.password = (user, password) if auth else (None, None)
+        self.user: str | None = user if auth else None
+        self.password: str | None = password if auth else None
         self.port = free_port()
         self.host = f"{LOOPBACK}:{self.port}"
         self.scheme = "https" if tls else "http"
@@ -470,7 +516,7 @@ class Registry:
         self.log_path = self.dir / "registry.log"
         self.ca_cert_path: Path | None = None
         self.token_server: TokenServer | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         server_ctx = self._make_tls() if tls else None
         if auth == "token":
             self.token_server = TokenServer(
@@ -497,11 +543,11 @@ class Registry:
         ctx.load_cert_chain(self._tls_cert, self._tls_key)
         return ctx
 
-    def _config(self) -> dict:
-        http_cfg: dict = {"addr": self.host, "secret": uuid.uuid4().hex}
+    def _config(self) -> Dict[str, Any]:
+        http_cfg: Dict[str, Any] = {"addr": self.host, "secret": uuid.uuid4().hex}
         if self.tls:
             http_cfg["tls"] = {"certificate": str(self._tls_cert), "key": str(self._tls_key)}
-        config = {
+        config: Dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "info", "accesslog": {"disabled": False}},
             "storage": {"filesystem": {"rootdirectory": str(self.root)}, "delete": {"enabled": True}},
@@ -511,6 +557,7 @@ class Registry:
             config["auth"] = {"htpasswd": {"realm": "nydus-test", "path": str(self._write_htpasswd())}}
         elif self.auth == "token":
             ts = self.token_server
+            assert ts is not None
             config["auth"] = {
                 "token": {
                     "realm": ts.realm,
@@ -523,6 +570,7 @@ class Registry:
 
     def _write_htpasswd(self) -> Path:
         wait_for_file("/usr/bin/htpasswd")
+        assert self.user is not None and self.password is not None
         line = subprocess.run(
             ["htpasswd", "-Bbn", self.user, self.password], check=True, capture_output=True, text=True
         ).stdout.strip()
@@ -568,7 +616,7 @@ class Registry:
     def __enter__(self) -> Registry:
         return _start_or_close(self)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -585,8 +633,8 @@ class Registry:
         return http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, dict, bytes]:
+        self, method: str, path: str, body: bytes | None = None, headers: Dict[str, str] | None = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
         """One request on a fresh connection: (status, headers, body)."""
         conn = self.connection()
         try:
@@ -596,7 +644,7 @@ class Registry:
         finally:
             conn.close()
 
-    def auth_headers(self, repo: str, actions: str = "pull,push") -> dict:
+    def auth_headers(self, repo: str, actions: str = "pull,push") -> Dict[str, str]:
         """Credentials for ``repo`` in this registry's auth mode."""
         if self.auth is None:
             return {}
@@ -607,11 +655,17 @@ class Registry:
 
     def fetch_token(self, scope: str) -> str:
         ts = self.token_server
+        assert ts is not None, "not a token-auth registry"
         query = urlencode({"service": self.SERVICE, "scope": scope})
         url = urlsplit(ts.realm)
-        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        kw = {"context": client_ssl_context(self.ca_cert_path)} if url.scheme == "https" else {}
-        conn = cls(url.hostname, url.port, timeout=10, **kw)
+        assert url.hostname is not None, ts.realm
+        conn: http.client.HTTPConnection
+        if url.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                url.hostname, url.port, timeout=10, context=client_ssl_context(self.ca_cert_path)
+            )
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
         try:
             basic = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
             conn.request("GET", f"{url.path}?{query}", headers={"Authorization": f"Basic {basic}"})
@@ -619,7 +673,8 @@ class Registry:
             body = resp.read()
             if resp.status != 200:
                 raise RuntimeError(f"token endpoint answered {resp.status}: {body!r}")
-            return json.loads(body)["token"]
+            token: str = json.loads(body)["token"]
+            return token
         finally:
             conn.close()
 
@@ -663,17 +718,21 @@ class S3Server:
     (the runtime form of ``INITIAL_NO_AUTH_ACTION_COUNT=0``)."""
 
     region = "us-east-1"
-    ACCOUNT_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    ACCOUNT_POLICY: ClassVar[Dict[str, Any]] = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
 
-    def __init__(self, tmpdir=None, bucket: str = "nydus-test"):
+    def __init__(self, tmpdir: StrPath | None = None, bucket: str = "nydus-test") -> None:
         self._dir = _TempDir(tmpdir, "s3-")
         self.dir = self._dir.path
         self.bucket = bucket
         self.port = free_port()
         self.endpoint = f"http://{LOOPBACK}:{self.port}"
         self.log_path = self.dir / "moto.log"
-        self.access_key_id = self.secret_access_key = None
-        self._proc: subprocess.Popen | None = None
+        self.access_key_id: str | None = None
+        self.secret_access_key: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> S3Server:
         log = open(self.log_path, "ab")
@@ -715,7 +774,7 @@ class S3Server:
         if status != 200:
             raise RuntimeError(f"moto reset-auth: {status} {body!r}")
 
-    def _boto(self, service: str, key_id: str, secret: str):
+    def _boto(self, service: str, key_id: str | None, secret: str | None) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -728,7 +787,7 @@ class S3Server:
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
 
-    def client(self, secret_access_key: str | None = None):
+    def client(self, secret_access_key: str | None = None) -> Any:
         """A boto3 S3 client with the real key id and, unless given, the real secret."""
         return self._boto("s3", self.access_key_id, secret_access_key or self.secret_access_key)
 
@@ -750,7 +809,7 @@ class S3Server:
     def __enter__(self) -> S3Server:
         return _start_or_close(self)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -774,8 +833,9 @@ _CHUNK = 64 * 1024
 
 
 class _ProxyHandler(_QuietHandler):
-    def _forward(self):
-        proxy: ForwardProxy = self.server.owner
+    def _forward(self) -> None:
+        proxy = self._owner()
+        assert isinstance(proxy, ForwardProxy), proxy
         proxy.requests.append((self.command, self.path))
         url = urlsplit(self.path)
         if url.scheme != "http" or not url.hostname:
@@ -798,7 +858,9 @@ class _ProxyHandler(_QuietHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
-    def _send_upstream(self, origin, url, body):
+    def _send_upstream(
+        self, origin: http.client.HTTPConnection, url: SplitResult, body: bytes | None
+    ) -> http.client.HTTPResponse:
         target = url.path or "/"
         if url.query:
             target += "?" + url.query
@@ -809,7 +871,7 @@ class _ProxyHandler(_QuietHandler):
         origin.endheaders(body)
         return origin.getresponse()
 
-    def _relay(self, resp) -> None:
+    def _relay(self, resp: http.client.HTTPResponse) -> None:
         """Status and end-to-end headers as the origin sent them; the body streamed."""
         self.send_response_only(resp.status, resp.reason)
         has_length = resp.getheader("Content-Length") is not None
@@ -829,9 +891,11 @@ class _ProxyHandler(_QuietHandler):
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
 
-    def do_CONNECT(self):
+    def do_CONNECT(self) -> None:
         """A TCP tunnel (for https:// through the proxy), bytes copied both ways."""
-        self.server.owner.requests.append(("CONNECT", self.path))
+        proxy = self._owner()
+        assert isinstance(proxy, ForwardProxy), proxy
+        proxy.requests.append(("CONNECT", self.path))
         host, _, port = self.path.rpartition(":")
         try:
             upstream = socket.create_connection((host, int(port)), timeout=30)
@@ -851,8 +915,10 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
     with sel:
         while True:
             for key, _ in sel.select(timeout=30):
+                src = key.fileobj
+                assert isinstance(src, socket.socket), src
                 try:
-                    data = key.fileobj.recv(_CHUNK)
+                    data = src.recv(_CHUNK)
                     if not data:
                         return
                     key.data.sendall(data)
@@ -865,8 +931,8 @@ class ForwardProxy:
     ``requests`` lists (method, url) of everything it was asked; ``stop()`` closes the
     listener and every open client connection; ``start()`` listens again on the same port."""
 
-    def __init__(self):
-        self.requests: list[tuple[str, str]] = []
+    def __init__(self) -> None:
+        self.requests: List[Tuple[str, str]] = []
         self._http = _ThreadedHTTP(_ProxyHandler, self)
         self.port = self._http.port
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -887,5 +953,5 @@ class ForwardProxy:
     def __enter__(self) -> ForwardProxy:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -14,30 +14,36 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence, Union
 
 import jsonschema
 import yaml
 
 import nydus_hybrid
+from tests.helpers.mounts import is_mounted as is_mounted  # re-exported: the daemon tests use it from here
+
+# A path argument as the tests pass it.
+StrPath = Union[str, "os.PathLike[str]"]
 
 DAEMON = [sys.executable, "-m", "nydus_hybrid.daemon"]
 
 # --- the OpenAPI document ------------------------------------------------------------------
 
-_SPEC: Optional[dict] = None
+_SPEC: Optional[Dict[str, Any]] = None
 
 
-def spec() -> dict:
+def spec() -> Dict[str, Any]:
     global _SPEC
     if _SPEC is None:
         text = importlib.resources.files("nydus_hybrid.daemon").joinpath("openapi.yaml").read_text()
         _SPEC = yaml.safe_load(text)
+        assert isinstance(_SPEC, dict), "openapi.yaml is not a mapping"
     return _SPEC
 
 
-def _lookup(ref: str) -> dict:
+def _lookup(ref: str) -> Dict[str, Any]:
     assert ref.startswith("#/"), ref
     node = spec()
     for part in ref[2:].split("/"):
@@ -45,7 +51,7 @@ def _lookup(ref: str) -> dict:
     return node
 
 
-def to_json_schema(node):
+def to_json_schema(node: Any) -> Any:
     """An OpenAPI 3.0 schema object as plain JSON Schema: $refs inlined, `nullable` turned
     into a "null" type (jsonschema knows neither)."""
     if isinstance(node, list):
@@ -59,21 +65,22 @@ def to_json_schema(node):
         if "type" in out:
             out["type"] = [out["type"], "null"]
         if "enum" in out:
-            out["enum"] = list(out["enum"]) + [None]
+            out["enum"] = [*out["enum"], None]
     return out
 
 
-def response_spec(path: str, method: str, status: int) -> dict:
+def response_spec(path: str, method: str, status: int) -> Dict[str, Any]:
     op = spec()["paths"].get(path, {}).get(method.lower())
     assert op is not None, f"{method} {path} is not in openapi.yaml"
     resp = op["responses"].get(str(status)) or op["responses"].get("default")
     assert resp is not None, f"{method} {path} answered {status}, which openapi.yaml does not list"
     while "$ref" in resp:
         resp = _lookup(resp["$ref"])
+    assert isinstance(resp, dict), resp
     return resp
 
 
-def validate(path: str, method: str, status: int, content_type: str, raw: bytes):
+def validate(path: str, method: str, status: int, content_type: str, raw: bytes) -> Any:
     """Check one response against openapi.yaml; returns the decoded body (None for 204)."""
     resp = response_spec(path, method, status)
     content = resp.get("content")
@@ -96,12 +103,12 @@ def validate(path: str, method: str, status: int, content_type: str, raw: bytes)
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over AF_UNIX; the host ("unix") only fills the Host header, as in Go."""
 
-    def __init__(self, sock_path: str, timeout: float = 30.0):
+    def __init__(self, sock_path: str, timeout: float = 30.0) -> None:
         super().__init__("unix", timeout=timeout)
         self.sock_path = sock_path
         self.connects = 0
 
-    def connect(self):
+    def connect(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         s.connect(self.sock_path)
@@ -110,10 +117,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Reply:
-    def __init__(self, status: int, headers, raw: bytes, body):
+    def __init__(self, status: int, headers: http.client.HTTPMessage, raw: bytes, body: Any) -> None:
         self.status, self.headers, self.raw, self.body = status, headers, raw, body
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Reply({self.status}, {self.raw[:300]!r})"
 
 
@@ -121,17 +128,17 @@ class ApiClient:
     """One keep-alive connection reused for every request, like the Go transport. Every
     answer is validated against openapi.yaml (unless `check=False`)."""
 
-    def __init__(self, sock_path: str, timeout: float = 30.0):
+    def __init__(self, sock_path: str, timeout: float = 30.0) -> None:
         self.conn = UnixHTTPConnection(sock_path, timeout)
 
     def request(
         self,
         method: str,
         url: str,
-        body=None,
+        body: Any = None,
         *,
         raw: Optional[bytes] = None,
-        headers=None,
+        headers: Optional[Dict[str, str]] = None,
         check: bool = True,
         keepalive: bool = True,
     ) -> Reply:
@@ -154,6 +161,7 @@ class ApiClient:
             assert not resp.will_close, f"{method} {url}: the server asked to close the connection"
         path = target.split("?")[0]
         ctype = resp.getheader("Content-Type", "")
+        doc: Any
         if check:
             doc = validate(path, method, resp.status, ctype, payload)
         else:
@@ -167,26 +175,26 @@ class ApiClient:
         assert resp.getheader("Server") == "Nydus API", (resp.status, resp.getheader("Server"))
         return Reply(resp.status, resp.headers, payload, doc)
 
-    def get(self, url, **kw):
+    def get(self, url: str, **kw: Any) -> Reply:
         return self.request("GET", url, **kw)
 
-    def put(self, url, body=None, **kw):
+    def put(self, url: str, body: Any = None, **kw: Any) -> Reply:
         return self.request("PUT", url, body, **kw)
 
-    def post(self, url, body=None, **kw):
+    def post(self, url: str, body: Any = None, **kw: Any) -> Reply:
         return self.request("POST", url, body, **kw)
 
-    def delete(self, url, **kw):
+    def delete(self, url: str, **kw: Any) -> Reply:
         return self.request("DELETE", url, **kw)
 
-    def close(self):
+    def close(self) -> None:
         self.conn.close()
 
 
 # --- images and configs --------------------------------------------------------------------
 
 
-def make_tree(root: Path, tag: str = "") -> dict:
+def make_tree(root: Path, tag: str = "") -> Dict[str, bytes]:
     """A small tree; returns {relative path: bytes}. The big file spans three 1 MiB chunks."""
     files = {
         "hello.txt": f"hello from the daemon test {tag}\n".encode(),
@@ -201,7 +209,7 @@ def make_tree(root: Path, tag: str = "") -> dict:
 
 
 class BuiltImage:
-    def __init__(self, base: Path, tag: str = ""):
+    def __init__(self, base: Path, tag: str = "") -> None:
         self.src = base / "src"
         self.files = make_tree(self.src, tag)
         self.boot = base / "bootstrap"
@@ -209,7 +217,7 @@ class BuiltImage:
         nydus_hybrid.build(str(self.src), str(self.boot), str(self.blobs), progress=False)
 
 
-def v1_config(device_id: str, blobs, cache_dir, **backend) -> dict:
+def v1_config(device_id: str, blobs: StrPath, cache_dir: StrPath, **backend: Any) -> Dict[str, Any]:
     """The v1 config the snapshotter writes for fuse daemons (localfs unless `backend`)."""
     be = backend or {"type": "localfs", "config": {"dir": str(blobs)}}
     return {
@@ -223,20 +231,14 @@ def v1_config(device_id: str, blobs, cache_dir, **backend) -> dict:
     }
 
 
-def mount_cmd(boot, config: dict) -> dict:
+def mount_cmd(boot: StrPath, config: Dict[str, Any]) -> Dict[str, Any]:
     return {"fs_type": "rafs", "source": str(boot), "config": json.dumps(config)}
 
 
 # --- the daemon process --------------------------------------------------------------------
 
 
-def is_mounted(path) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
-
-
-def lazy_umount(path) -> None:
+def lazy_umount(path: StrPath) -> None:
     if is_mounted(path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
@@ -244,13 +246,20 @@ def lazy_umount(path) -> None:
 class Daemon:
     """A daemon subprocess; `stop()` and `cleanup()` are safe to call more than once."""
 
-    def __init__(self, workdir: Path, *, config: Optional[dict] = None, bootstrap=None, extra=()):
+    def __init__(
+        self,
+        workdir: StrPath,
+        *,
+        config: Optional[Dict[str, Any]] = None,
+        bootstrap: Optional[StrPath] = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.workdir = Path(workdir)
         self.mnt = self.workdir / "mnt"
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.sock = str(self.workdir / "api.sock")
         self.log = self.workdir / "daemon.log"
-        argv = DAEMON + ["fuse", "--thread-num", "4"]
+        argv = [*DAEMON, "fuse", "--thread-num", "4"]
         if config is not None:
             cfg = self.workdir / "config.json"
             cfg.write_text(json.dumps(config))
@@ -302,7 +311,7 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def signal(self, sig) -> None:
+    def signal(self, sig: int) -> None:
         if self.alive():
             self.proc.send_signal(sig)
 
@@ -315,7 +324,7 @@ class Daemon:
         lazy_umount(self.mnt)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM (a daemon unmounts on it), SIGKILL if it hangs; always reaped."""
     if proc.poll() is None:
         proc.terminate()
@@ -326,7 +335,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait(timeout)
 
 
-def read_uncached(path, timeout: float = 20.0) -> subprocess.CompletedProcess:
+def read_uncached(path: StrPath, timeout: float = 20.0) -> subprocess.CompletedProcess[bytes]:
     """Read a file in a child process (a hang cannot stall the test run) after dropping its
     page cache, so the bytes really come from the daemon."""
     code = (
@@ -344,12 +353,61 @@ def read_uncached(path, timeout: float = 20.0) -> subprocess.CompletedProcess:
 
 
 def daemon_version_commit() -> str:
-    out = subprocess.run(DAEMON + ["--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run([*DAEMON, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
     for line in out.splitlines():
         if line.startswith("Git Commit:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"no Git Commit line in --version output: {out!r}")
 
 
-def copy_json(doc):
+def copy_json(doc: Any) -> Any:
     return copy.deepcopy(doc)
+
+
+# --- one shared daemon with an image mounted at /base (tests/compat/conftest.py `ctx`) -------
+# The bad-input tests and the OpenAPI fuzz send their cases to it, and check after each that
+# it still serves reads.
+
+BASE = "/base"
+
+
+class Ctx:
+    """The module's daemon, the image mounted at /base, and one keep-alive client."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.image = BuiltImage(workdir / "image")
+        self.daemon = Daemon(workdir / "daemon")
+        self.client = self.daemon.client()
+        r = self.client.post("http://unix/api/v1/mount?mountpoint=%2Fbase", self.cmd("/base"))
+        assert r.status == 204, r
+        self.big = self.daemon.mnt / "base" / "dir" / "big.bin"
+
+    def config(self, device_id: str) -> Dict[str, Any]:
+        return v1_config(device_id, self.image.blobs, self.workdir / "cache")
+
+    def cmd(self, device_id: str, **overrides: Any) -> Dict[str, Any]:
+        doc = mount_cmd(self.image.boot, self.config(device_id))
+        doc.update(overrides)
+        return doc
+
+
+def assert_healthy(ctx: Ctx) -> None:
+    """The daemon lives, answers, and serves fresh reads of the existing /base mount."""
+    d = ctx.daemon
+    assert d.alive(), f"the daemon died: {d.log_text()}"
+    c = ApiClient(d.sock, timeout=10)
+    try:
+        info = c.get("http://unix/api/v1/daemon").body
+        assert info["state"] == "RUNNING"
+        assert BASE in info["backend_collection"]
+        before = c.get("http://unix/api/v1/metrics?id=%2Fbase").body["data_read"]
+        r = read_uncached(ctx.big)
+        assert r.returncode == 0, r.stderr.decode()
+        assert r.stdout == ctx.image.files["dir/big.bin"]
+        after = c.get("http://unix/api/v1/metrics?id=%2Fbase").body["data_read"]
+        assert after > before, "the read was not served by the daemon"
+        # a lookup the kernel cannot have cached
+        assert not os.path.exists(d.mnt / "base" / f"missing-{uuid.uuid4().hex}")
+    finally:
+        c.close()

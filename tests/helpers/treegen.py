@@ -282,7 +282,7 @@ def make_tree(root: str, small_files: int = 10000) -> TreeInfo:
     deep = "deep"
     mkdir(deep)
     for level in range(40):
-        deep += "/level_%02d_" % level + "x" * 50  # 59 bytes a level, ~2.4 KiB in all
+        deep += f"/level_{level:02d}_" + "x" * 50  # 59 bytes a level, ~2.4 KiB in all
         mkdir(deep)
     info.deep_file = "/" + deep + "/bottom.txt"
     _write(P(deep + "/bottom.txt"), b"at the bottom\n")

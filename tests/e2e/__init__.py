@@ -1,0 +1,1 @@
+"""End-to-end tests: images built, mounted (FUSE, the fusepy shim, kernel EROFS) and read."""
