@@ -6,7 +6,6 @@ partial-read trees (incompressible), the daemon's tree of 4 MiB files; `scan_fil
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -192,20 +191,27 @@ def scan_files(root: str) -> List[Tuple[str, int]]:
     return out
 
 
-def ensure_corpus(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
-    mb = bench_mb() if mb is None else mb
-    root = os.path.join(bench_dir(), f"corpus-{mb}mb-v{CORPUS_VERSION}")
+def _cached_tree(root: str, generate: Callable[[str], None], log: Callable[[str], None], what: str) -> Corpus:
+    """The tree at ``root``, made by ``generate(root)`` unless an earlier run finished it
+    (``root`` names its size and version, and ``root.done`` marks it complete)."""
     marker = root + ".done"
     if not os.path.exists(marker):
         shutil.rmtree(root, ignore_errors=True)
-        log(f"generating {mb} MiB corpus in {root} ...")
+        os.makedirs(root)
+        log(f"generating {what} in {root} ...")
         t = time.perf_counter()
-        generate_corpus(root, mb)
+        generate(root)
         log(f"  done in {time.perf_counter() - t:.1f} s")
         with open(marker, "w") as f:
-            json.dump({"mb": mb, "version": CORPUS_VERSION}, f)
+            f.write("ok\n")
     files = scan_files(root)
     return Corpus(root, files, sum(s for _, s in files))
+
+
+def ensure_corpus(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
+    mb = bench_mb() if mb is None else mb
+    root = os.path.join(bench_dir(), f"corpus-{mb}mb-v{CORPUS_VERSION}")
+    return _cached_tree(root, lambda r: generate_corpus(r, mb), log, f"a {mb} MiB corpus")
 
 
 def ensure_bigfile(gb: Optional[float] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
@@ -213,18 +219,12 @@ def ensure_bigfile(gb: Optional[float] = None, log: Callable[[str], None] = lamb
     1/8 text-like, 2/8 holes (read back as zeros, which dedup to one chunk)."""
     gb = bigfile_gb() if gb is None else gb
     size = int(gb * GiB) // MiB * MiB
-    root = os.path.join(bench_dir(), f"bigfile-{size // MiB}mib-v{BIGFILE_VERSION}")
-    path = os.path.join(root, "big.img")
-    marker = root + ".done"
-    if not os.path.exists(marker):
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(root)
-        log(f"generating {size / GiB:.2f} GiB sparse-ish file in {root} ...")
-        t = time.perf_counter()
+
+    def generate(root: str) -> None:
         rng = random.Random(0xB16F11E)
         noise = rng.randbytes(16 * MiB + MiB)
         text = text_pool(rng, 4 * MiB)
-        with open(path, "wb") as f:
+        with open(os.path.join(root, "big.img"), "wb") as f:
             for i in range(size // MiB):
                 kind = i % 8
                 if kind in (2, 6):
@@ -237,39 +237,32 @@ def ensure_bigfile(gb: Optional[float] = None, log: Callable[[str], None] = lamb
                     at = rng.randrange(0, 16 * MiB) & ~7
                     f.write(noise[at : at + MiB])
             f.truncate(size)
-        log(f"  done in {time.perf_counter() - t:.1f} s")
-        with open(marker, "w") as f:
-            json.dump({"bytes": size, "version": BIGFILE_VERSION}, f)
-    return Corpus(root, [("big.img", size)], size)
+
+    root = os.path.join(bench_dir(), f"bigfile-{size // MiB}mib-v{BIGFILE_VERSION}")
+    return _cached_tree(root, generate, log, f"a {size / GiB:.2f} GiB sparse-ish file")
 
 
 def ensure_tiny_tree(count: int, size: int = 512) -> Corpus:
     """One 4 MiB random file followed by `count` tiny random files: shows how peak RSS
     scales with the number of small files (the big file's chunks are freed first, which
     is the usual situation in a real tree)."""
-    root = os.path.join(bench_dir(), f"tiny-{count}x{size}-v1")
-    marker = root + ".done"
-    if not os.path.exists(marker):
-        shutil.rmtree(root, ignore_errors=True)
+
+    def generate(root: str) -> None:
         rng = random.Random(count * 7 + size)
         _write(os.path.join(root, "a.bin"), rng.randbytes(4 * MiB), 1_700_000_000)
         for i in range(count):
             _write(os.path.join(root, f"z/d{i // 100:03d}/f{i:06d}"), rng.randbytes(size), 1_700_000_000)
-        with open(marker, "w") as f:
-            f.write("ok\n")
-    files = scan_files(root)
-    return Corpus(root, files, sum(s for _, s in files))
+
+    root = os.path.join(bench_dir(), f"tiny-{count}x{size}-v1")
+    return _cached_tree(root, generate, lambda s: None, f"{count} files of {size} bytes")
 
 
 def ensure_storage_tree(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
     """Incompressible files of whole MiB (1-8 MiB), so with 1 MiB chunks every chunk is a
     full 1 MiB stored raw and the blob's data is exactly what `curl` fetches in 1 MiB ranges."""
     mb = storage_mb() if mb is None else mb
-    root = os.path.join(bench_dir(), f"storage-{mb}mib-v{STORAGE_VERSION}")
-    marker = root + ".done"
-    if not os.path.exists(marker):
-        shutil.rmtree(root, ignore_errors=True)
-        log(f"generating {mb} MiB of incompressible files in {root} ...")
+
+    def generate(root: str) -> None:
         rng = random.Random(0x5707A6E + mb)
         left, i = mb, 0
         while left > 0:
@@ -277,20 +270,16 @@ def ensure_storage_tree(mb: Optional[int] = None, log: Callable[[str], None] = l
             _write(os.path.join(root, f"d{i % 4}/file{i:04d}.bin"), rng.randbytes(n * MiB), 1_700_000_000)
             left -= n
             i += 1
-        with open(marker, "w") as f:
-            json.dump({"mb": mb, "version": STORAGE_VERSION}, f)
-    files = scan_files(root)
-    return Corpus(root, files, sum(s for _, s in files))
+
+    root = os.path.join(bench_dir(), f"storage-{mb}mib-v{STORAGE_VERSION}")
+    return _cached_tree(root, generate, log, f"{mb} MiB of incompressible files")
 
 
 def ensure_partial_tree(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
     """Many incompressible files, sizes log-uniform in 4 KiB - 2 MiB (mean ~340 KiB)."""
     mb = partial_mb() if mb is None else mb
-    root = os.path.join(bench_dir(), f"partial-{mb}mib-v{STORAGE_VERSION}")
-    marker = root + ".done"
-    if not os.path.exists(marker):
-        shutil.rmtree(root, ignore_errors=True)
-        log(f"generating {mb} MiB of 4 KiB-2 MiB files in {root} ...")
+
+    def generate(root: str) -> None:
         rng = random.Random(0x9A27 + mb)
         left, i = mb * MiB, 0
         while left > 0:
@@ -298,29 +287,24 @@ def ensure_partial_tree(mb: Optional[int] = None, log: Callable[[str], None] = l
             _write(os.path.join(root, f"d{i % 16:02d}/f{i:05d}.bin"), rng.randbytes(n), 1_700_000_000)
             left -= n
             i += 1
-        with open(marker, "w") as f:
-            json.dump({"mb": mb, "version": STORAGE_VERSION}, f)
-    files = scan_files(root)
-    return Corpus(root, files, sum(s for _, s in files))
+
+    root = os.path.join(bench_dir(), f"partial-{mb}mib-v{STORAGE_VERSION}")
+    return _cached_tree(root, generate, log, f"{mb} MiB of 4 KiB-2 MiB files")
 
 
 def ensure_daemon_tree(mb: Optional[int] = None, log: Callable[[str], None] = lambda s: None) -> Corpus:
     """Files of 4 MiB (4 chunks each), alternately text-like (zstd) and incompressible (raw)."""
     mb = daemon_mb() if mb is None else mb
-    root = os.path.join(bench_dir(), f"daemon-{mb}mib-v{DAEMON_TREE_VERSION}")
-    marker = root + ".done"
-    if not os.path.exists(marker):
-        shutil.rmtree(root, ignore_errors=True)
-        log(f"generating {mb} MiB of 4 MiB files in {root} ...")
+
+    def generate(root: str) -> None:
         rng = random.Random(0xDAE + mb)
         pool = text_pool(rng, 8 * MiB)
         for i in range(max(1, mb // 4)):
             data = _text_bytes(rng, pool, 4 * MiB) if i % 2 == 0 else rng.randbytes(4 * MiB)
             _write(os.path.join(root, f"f{i:03d}.{'txt' if i % 2 == 0 else 'bin'}"), data, 1_700_000_000)
-        with open(marker, "w") as f:
-            json.dump({"mb": mb, "version": DAEMON_TREE_VERSION}, f)
-    files = scan_files(root)
-    return Corpus(root, files, sum(s for _, s in files))
+
+    root = os.path.join(bench_dir(), f"daemon-{mb}mib-v{DAEMON_TREE_VERSION}")
+    return _cached_tree(root, generate, log, f"{mb} MiB of 4 MiB files")
 
 
 def dir_bytes(path: str) -> int:
