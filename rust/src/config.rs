@@ -218,36 +218,85 @@ impl Config {
         }
     }
 
-    /// The normalised v2 form, for APIs that report the configuration in force. Secrets are
-    /// left out.
+    /// The configuration in force, in the shape nydusd echoes it (`GET /api/v1/daemon`):
+    /// every key present, `""` for an empty string, `null` only for the sub-structs of the
+    /// backends and caches not in use. Clients deserialize it strictly (`nydusctl info`
+    /// fails on a `null` where a string belongs). Secrets are left out: keys as `""`, tokens
+    /// as `null`, mirror headers empty.
     pub fn to_v2_json(&self) -> Value {
         let prefetch = |p: &PrefetchConfig| {
             json!({"enable": p.enable, "threads": p.threads, "batch_size": p.batch_size,
                    "bandwidth_limit": p.bandwidth_limit, "prefetch_all": p.prefetch_all})
         };
-        let backend = self.backend.as_ref().map(|b| match b {
-            BackendConfig::LocalFs { blob_file, dir, alt_dirs } => json!({"type": "localfs", "localfs": {
-                "blob_file": blob_file, "dir": dir, "alt_dirs": alt_dirs}}),
-            BackendConfig::Registry(r) => json!({"type": "registry", "registry": {
-                "scheme": r.scheme, "host": r.host, "repo": r.repo, "skip_verify": r.conn.skip_verify,
-                "timeout": r.conn.timeout.as_secs(), "connect_timeout": r.conn.connect_timeout.as_secs(),
-                "retry_limit": r.conn.retry_limit}}),
-            BackendConfig::S3(s) => json!({"type": "s3", "s3": {
-                "scheme": s.scheme, "endpoint": s.endpoint, "region": s.region, "bucket_name": s.bucket_name,
-                "object_prefix": s.object_prefix}}),
-            BackendConfig::HttpProxy(h) => json!({"type": "http-proxy", "http-proxy": {"addr": h.addr, "path": h.path}}),
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let conn = |c: &ConnConfig, fields: Value| {
+            let mut m = match fields {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            m.insert("skip_verify".into(), json!(c.skip_verify));
+            m.insert("timeout".into(), json!(c.timeout.as_secs()));
+            m.insert("connect_timeout".into(), json!(c.connect_timeout.as_secs()));
+            m.insert("retry_limit".into(), json!(c.retry_limit));
+            m.insert(
+                "proxy".into(),
+                json!({"url": c.proxy.url, "ping_url": c.proxy.ping_url, "fallback": c.proxy.fallback,
+                       "check_interval": c.proxy.check_interval.as_secs(), "use_http": c.proxy.use_http}),
+            );
+            let mirrors: Vec<Value> = c
+                .mirrors
+                .iter()
+                .map(|m| {
+                    json!({"host": m.host, "ping_url": m.ping_url, "headers": {}, "auth_through": m.auth_through,
+                           "health_check_interval": m.health_check_interval.as_secs(), "failure_limit": m.failure_limit})
+                })
+                .collect();
+            m.insert("mirrors".into(), Value::Array(mirrors));
+            Value::Object(m)
+        };
+        let backend = self.backend.as_ref().map(|b| {
+            let (kind, sub) = match b {
+                BackendConfig::LocalFs { blob_file, dir, alt_dirs } => {
+                    let alt: Vec<String> = alt_dirs.iter().map(|d| d.display().to_string()).collect();
+                    ("localfs", json!({"blob_file": path(blob_file), "dir": path(dir), "alt_dirs": alt}))
+                }
+                BackendConfig::Registry(r) => (
+                    "registry",
+                    conn(
+                        &r.conn,
+                        json!({"scheme": r.scheme, "host": r.host, "repo": r.repo, "auth": null, "registry_token": null,
+                               "blob_url_scheme": "", "blob_redirected_host": ""}),
+                    ),
+                ),
+                BackendConfig::S3(s) => (
+                    "s3",
+                    conn(
+                        &s.conn,
+                        json!({"scheme": s.scheme, "endpoint": s.endpoint, "region": s.region, "bucket_name": s.bucket_name,
+                               "object_prefix": s.object_prefix, "access_key_id": "", "access_key_secret": ""}),
+                    ),
+                ),
+                BackendConfig::HttpProxy(h) => ("http-proxy", conn(&h.conn, json!({"addr": h.addr, "path": h.path}))),
+            };
+            let mut m = Map::new();
+            m.insert("type".into(), json!(kind));
+            for name in ["localdisk", "localfs", "oss", "s3", "registry", "http-proxy"] {
+                m.insert(name.into(), if name == kind { sub.clone() } else { Value::Null });
+            }
+            Value::Object(m)
         });
-        let cache_type = match self.cache.kind {
-            CacheKind::None => "",
-            CacheKind::BlobCache => "blobcache",
-            CacheKind::FsCache => "fscache",
+        let work_dir = self.cache.work_dir.display().to_string();
+        let (cache_type, filecache, fscache) = match self.cache.kind {
+            CacheKind::None => ("", Value::Null, Value::Null),
+            CacheKind::BlobCache => ("blobcache", json!({"work_dir": work_dir, "disable_indexed_map": false}), Value::Null),
+            CacheKind::FsCache => ("fscache", Value::Null, json!({"work_dir": work_dir})),
         };
         json!({
             "version": 2,
             "id": self.id,
             "backend": backend,
             "cache": {"type": cache_type, "compressed": self.cache.compressed, "validate": self.cache.validate,
-                      "filecache": {"work_dir": self.cache.work_dir}, "prefetch": prefetch(&self.cache.prefetch)},
+                      "prefetch": prefetch(&self.cache.prefetch), "filecache": filecache, "fscache": fscache},
             "rafs": {"mode": self.rafs.mode, "batch_size": self.rafs.batch_size, "validate": self.rafs.validate,
                      "enable_xattr": self.rafs.enable_xattr, "iostats_files": self.rafs.iostats_files,
                      "access_pattern": self.rafs.access_pattern, "latest_read_files": self.rafs.latest_read_files,

@@ -9,31 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from nydus_hybrid import treecmp
 from nydus_hybrid.mounts import erofs
+from tests.helpers import reference
 from tests.helpers.images import build_into
-
-REF_BIN = Path(os.environ.get("NYDUS_REF_ROOT", Path.home() / ".cache/nydus-hybrid/nydus-ref")) / "bin"
-INSTALL_HINT = "run scripts/install-nydus-reference.sh"
-
-
-def _tool(name: str) -> str:
-    path = REF_BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found:
-        return found
-    if os.environ.get("NYDUS_REQUIRE_REFERENCE") == "1":
-        pytest.fail(f"reference tool {name} missing ({INSTALL_HINT})")
-    pytest.skip(f"reference tool {name} not installed ({INSTALL_HINT})")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +35,7 @@ def small_tree(tmp_path_factory):
 def test_nydus_image_check_accepts_our_bootstrap(small_tree, tmp_path, compressor, digester):
     b = build_into(small_tree.root, tmp_path / "img", compressor=compressor, digester=digester)
     p = subprocess.run(
-        [_tool("nydus-image"), "check", "-B", str(b.bootstrap)], capture_output=True, text=True, timeout=120
+        [reference.tool("nydus-image"), "check", "-B", str(b.bootstrap)], capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "RAFS filesystem metadata is valid" in p.stdout, p.stdout
@@ -65,12 +49,14 @@ def test_nydus_image_check_rejects_a_damaged_bootstrap(small_tree, tmp_path):
     data[1024] ^= 0xFF  # EROFS magic
     bad = tmp_path / "bad.boot"
     bad.write_bytes(bytes(data))
-    p = subprocess.run([_tool("nydus-image"), "check", "-B", str(bad)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [reference.tool("nydus-image"), "check", "-B", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode != 0
 
 
 def test_nydusd_serves_our_image(small_tree, tmp_path):
-    nydusd = _tool("nydusd")
+    nydusd = reference.tool("nydusd")
     b = build_into(small_tree.root, tmp_path / "img")
     mnt, cache = tmp_path / "mnt", tmp_path / "cache"
     mnt.mkdir()

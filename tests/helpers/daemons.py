@@ -62,8 +62,9 @@ def to_json_schema(node: Any) -> Any:
         return to_json_schema(_lookup(node["$ref"]))
     out = {k: to_json_schema(v) for k, v in node.items() if k not in ("nullable", "example", "deprecated")}
     if node.get("nullable"):
-        if "type" in out:
-            out["type"] = [out["type"], "null"]
+        if "type" not in out:  # e.g. a nullable allOf/$ref wrapper
+            return {"anyOf": [out, {"type": "null"}]}
+        out["type"] = [out["type"], "null"]
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
     return out

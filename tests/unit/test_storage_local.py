@@ -627,7 +627,12 @@ def test_v1_document_opens_and_reads(small, tmp_path):
     assert (cache / f"{small.blob_id}.chunk_map").exists()
     n = nconfig.parse(doc)
     assert n["version"] == 2
-    assert n["backend"] == {"type": "localfs", "localfs": {"blob_file": None, "dir": str(small.blobs), "alt_dirs": []}}
+    # nydusd's shape: every backend key present, the unused ones null, empty strings ""
+    assert n["backend"] == {
+        "type": "localfs",
+        "localfs": {"blob_file": "", "dir": str(small.blobs), "alt_dirs": []},
+        **dict.fromkeys(["localdisk", "oss", "s3", "registry", "http-proxy"]),
+    }
     assert n["cache"]["type"] == "blobcache" and n["cache"]["filecache"]["work_dir"] == str(cache)
     assert n["rafs"]["batch_size"] == 0 and n["rafs"]["mode"] == "direct"
 
