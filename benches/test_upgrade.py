@@ -231,7 +231,7 @@ class UpgradeBench:
     load and the probe, all running until `close()` (which always leaves nothing mounted)."""
 
     def __init__(self, workdir: str, log: Callable[[str], None] = lambda s: None, readers: int = 4):
-        from nydus_hybrid.lifecycle.supervisor import Supervisor
+        from nydus_hybrid.lifecycle.supervisor import PUSH_ENV, Supervisor
         from tests.helpers import daemons, load
 
         self.dt = daemons
@@ -242,6 +242,9 @@ class UpgradeBench:
         self.image = daemon_image(str(self.workdir / "image"))
         warm_page_cache(str(self.image.blobs), extra=[str(self.image.boot)])
         self.sup = Supervisor(str(self.workdir / "supervisor" / "d1.sock")).start()
+        # ours takes pushes, as under the manager: the daemon and its successors push
+        # their state once they serve, so a kill right after a start can fail over
+        os.environ[PUSH_ENV] = "1"
         self.daemon = None
         self.load = None
         self.probe = None

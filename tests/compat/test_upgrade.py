@@ -23,7 +23,7 @@ import pytest
 
 from nydus_hybrid.lifecycle import failover, handover, successor, upgrade
 from nydus_hybrid.lifecycle import supervisor as nsup
-from nydus_hybrid.lifecycle.supervisor import Supervisor
+from nydus_hybrid.lifecycle.supervisor import PUSH_ENV, Supervisor
 from tests.helpers.daemons import ApiClient, BuiltImage, Daemon, is_mounted, lazy_umount, mount_cmd, v1_config
 from tests.helpers.load import ReadLoad
 
@@ -71,6 +71,13 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.first.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def supervisor_takes_pushes(monkeypatch):
+    """These tests drive our own Supervisor, which takes pushes, as the manager does: the
+    daemons (and their successors, which inherit it) are told so."""
+    monkeypatch.setenv(PUSH_ENV, "1")
 
 
 def start(workdir: Path, sup: Supervisor, *, config=None, bootstrap=None) -> Fleet:

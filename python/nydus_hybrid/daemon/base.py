@@ -205,8 +205,9 @@ class BaseDaemon:
         raise NotImplementedError
 
     def push_state_quietly(self) -> None:
-        """After a mount change: refresh the supervisor's copy if one is listening."""
-        if not self.a.supervisor:
+        """After start or a mount change: refresh the supervisor's copy, if the supervisor
+        takes pushes (a one-shot supervisor must see only the sendfd it asked for)."""
+        if not self.a.supervisor or not supervisor.takes_pushes():
             return
         try:
             self.sendfd()

@@ -26,7 +26,7 @@ from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.base import BaseDaemon, restoring, stale_socket
 from nydus_hybrid.daemon.errors import DaemonError, NotReady, Unsupported
 from nydus_hybrid.daemon.fuse_service import CACHE_OPTS, FuseService, check_virtual_mountpoint, config_from_localfs_dir
-from nydus_hybrid.lifecycle import handover
+from nydus_hybrid.lifecycle import handover, supervisor
 from nydus_hybrid.lifecycle.errors import StateError
 from nydus_hybrid.mounts import mountinfo
 from nydus_hybrid.types import InspectReport
@@ -72,8 +72,9 @@ class FuseDaemon(BaseDaemon):
 
     def _push_when_initialized(self) -> None:
         """With a supervisor, hand it our state as soon as the kernel's INIT is answered, so
-        a crash right after start can already fail over."""
-        if not self.a.supervisor:
+        a crash right after start can already fail over (only to a supervisor that takes
+        pushes; see ``push_state_quietly``)."""
+        if not self.a.supervisor or not supervisor.takes_pushes():
             return
 
         def wait_and_push() -> None:

@@ -9,9 +9,12 @@ hands it to the next daemon that connects while a restore is armed. The bytes ar
 here; ``nydus_hybrid.lifecycle.handover`` defines them.
 
 The daemon always connects; the supervisor always listens. nydus-snapshotter re-creates its
-listener for each exchange; ours listens for as long as it lives, so a daemon can also push
-its state on its own (after a mount or umount) and it is kept. Both speak the same bytes,
-so either supervisor works with either daemon."""
+listener for each exchange and accepts exactly one connection, for the ``sendfd`` it asked
+for: a daemon that connected on its own would take that connection and the ``sendfd`` would
+fail. Ours listens for as long as it lives, so a daemon may also push its state on its own
+(after start, a mount or an umount), and the process that owns it says so to the daemons
+it starts with ``PUSH_ENV``. Without it a daemon connects only on ``sendfd``. Both speak the
+same bytes, so either supervisor works with either daemon."""
 
 from __future__ import annotations
 
@@ -36,6 +39,14 @@ MAX_FDS = 16
 # A state describes mounts and configs; anything near this is not a state.
 MAX_STATE = 64 << 20
 EXCHANGE_TIMEOUT = 10.0  # SendStatesTimeout of the snapshotter
+# Set to "1" by a process whose Supervisor takes unsolicited pushes, for its daemons (and
+# their successors) to inherit. Never set for nydus-snapshotter's one-shot supervisor.
+PUSH_ENV = "NYDUS_HYBRID_SUPERVISOR_TAKES_PUSHES"
+
+
+def takes_pushes() -> bool:
+    """Whether our supervisor may be pushed a state that it did not ask for."""
+    return os.environ.get(PUSH_ENV) == "1"
 
 
 def _fds_of(ancdata: Iterable[Tuple[int, int, bytes]]) -> List[int]:

@@ -24,7 +24,7 @@ from nydus_hybrid import log
 from nydus_hybrid.lifecycle import failover as nfailover
 from nydus_hybrid.lifecycle import upgrade as nupgrade
 from nydus_hybrid.lifecycle.errors import SupervisorError, UpgradeError
-from nydus_hybrid.lifecycle.supervisor import Supervisor
+from nydus_hybrid.lifecycle.supervisor import PUSH_ENV, Supervisor
 from nydus_hybrid.manager import drivers
 from nydus_hybrid.manager.client import DIED
 from nydus_hybrid.manager.daemon import Daemon, DaemonRecord
@@ -84,6 +84,11 @@ class Manager:
             raise ManagerError(f"daemon mode {daemon_mode!r}: expected one of {', '.join(MODES)}")
         if recover_policy not in POLICIES:
             raise ManagerError(f"recover policy {recover_policy!r}: expected one of {', '.join(POLICIES)}")
+        if recover_policy == "failover":
+            # Our supervisors take pushes: a daemon (and each successor) hands its state
+            # over on its own once it serves, so a crash right after a start or a mount can
+            # already fail over. Inherited by every process we start.
+            os.environ[PUSH_ENV] = "1"
         os.makedirs(self.root, exist_ok=True)
         self.store = Store(os.path.join(self.root, "nydus.db"))
         self.daemon_mode = daemon_mode
