@@ -7,15 +7,12 @@ skip with the command that installs them."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from nydus_hybrid import treecmp
-from nydus_hybrid.mounts import erofs
 from tests.helpers import reference
 from tests.helpers.images import build_into
 
@@ -56,10 +53,8 @@ def test_nydus_image_check_rejects_a_damaged_bootstrap(small_tree, tmp_path):
 
 
 def test_nydusd_serves_our_image(small_tree, tmp_path):
-    nydusd = reference.tool("nydusd")
     b = build_into(small_tree.root, tmp_path / "img")
     mnt, cache = tmp_path / "mnt", tmp_path / "cache"
-    mnt.mkdir()
     cache.mkdir()
     config = {
         "device": {
@@ -71,34 +66,8 @@ def test_nydusd_serves_our_image(small_tree, tmp_path):
         "digest_validate": False,
         "enable_xattr": True,
     }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    log = open(tmp_path / "nydusd.log", "w")
-    proc = subprocess.Popen(
-        [
-            nydusd,
-            "fuse",
-            "--config",
-            str(tmp_path / "config.json"),
-            "--bootstrap",
-            str(b.bootstrap),
-            "--mountpoint",
-            str(mnt),
-            "--apisock",
-            str(tmp_path / "api.sock"),
-            "--log-level",
-            "warn",
-            "--rlimit-nofile",
-            "0",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    nydusd = reference.Nydusd(tmp_path, config, b.bootstrap, mnt)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mnt):
-            assert proc.poll() is None, (tmp_path / "nydusd.log").read_text()
-            assert time.monotonic() < deadline, "nydusd did not mount within 30 s"
-            time.sleep(0.1)
         diff = treecmp.compare(small_tree.root, str(mnt))
         # nydusd 2.2 reports an mtime of 0 (the epoch) as the mount time; the image holds 0
         # (our own reader and the kernel both show 0).
@@ -106,8 +75,4 @@ def test_nydusd_serves_our_image(small_tree, tmp_path):
         assert diff.entries > 600
         assert not real, real[:20]
     finally:
-        if os.path.ismount(mnt):
-            erofs.umount(str(mnt), lazy=True)
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        nydusd.stop()

@@ -5,11 +5,17 @@ the test skips with the command that installs it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
+
+from nydus_hybrid.client import DaemonClient
 
 REF_BIN = Path(os.environ.get("NYDUS_REF_ROOT", Path.home() / ".cache/nydus-hybrid/nydus-ref")) / "bin"
 INSTALL_HINT = "run scripts/install-nydus-reference.sh"
@@ -26,3 +32,39 @@ def tool(name: str) -> str:
     if os.environ.get("NYDUS_REQUIRE_REFERENCE") == "1":
         pytest.fail(f"reference tool {name} missing ({INSTALL_HINT})")
     pytest.skip(f"reference tool {name} not installed ({INSTALL_HINT})")
+
+
+class Nydusd:
+    """The real nydusd serving `bootstrap` at `mnt` (dedicated, FUSE) with a config file."""
+
+    def __init__(self, workdir: Path, config: Dict[str, Any], bootstrap: Path, mnt: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        mnt.mkdir(parents=True, exist_ok=True)
+        self.mnt, self.sock, self.log = mnt, str(workdir / "nydusd-api.sock"), workdir / "nydusd.log"
+        cfg = workdir / "nydusd-config.json"
+        cfg.write_text(json.dumps(config))
+        argv = [tool("nydusd"), "fuse", "--config", str(cfg), "--bootstrap", str(bootstrap)]
+        # --rlimit-nofile 0: keep the limit (raising it needs CAP_SYS_RESOURCE)
+        argv += ["--mountpoint", str(mnt), "--apisock", self.sock, "--log-level", "warn", "--rlimit-nofile", "0"]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "nydusd did not mount within 30 s"
+            time.sleep(0.05)
+
+    def get(self, path: str) -> Any:
+        c = DaemonClient(self.sock, timeout=30)
+        try:
+            return c.request("GET", path)
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        """SIGTERM: nydusd unmounts and exits."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        if os.path.ismount(self.mnt):
+            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)

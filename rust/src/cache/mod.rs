@@ -1,11 +1,12 @@
 //! Persistent blob cache (`blobcache`): one file per blob holding *uncompressed* chunk data at
 //! each chunk's uncompressed offset (the layout fscache and the kernel read), and beside it a
-//! map with one byte per chunk saying which are ready. The blob's CI array and digests are
+//! bitmap of the chunks that are ready, in nydusd's format (`chunk_map.rs`), so either daemon
+//! can serve from a cache the other filled. The blob's CI array and digests are
 //! kept there too (`meta.rs`), so a warm restart needs no backend request at all.
 //!
-//! Crash safety: a chunk's data is written (and verified before that) strictly before its
-//! ready byte, each with `pwrite`; after a kill -9 the page cache keeps both writes in that
-//! order, so a ready byte always names complete, verified data. (A power cut can reorder
+//! Crash safety: a chunk's data is written (and verified before that) with `pwrite` strictly
+//! before its ready bit is set in the shared mapping; after a kill -9 the page cache keeps
+//! both in that order, so a ready bit always names complete, verified data. (A power cut can reorder
 //! them; the `validate` option re-checks every read for that case.)
 //!
 //! Concurrency: chunks are guarded by lock stripes. An on-demand read blocks on its chunk's
@@ -13,6 +14,7 @@
 //! same request (`amplify_io`) and prefetch workers only `try_lock`, so they never wait on
 //! (or deadlock with) anyone.
 
+pub mod chunk_map;
 pub mod gc;
 pub mod meta;
 pub mod metrics;
@@ -21,6 +23,7 @@ pub use metrics::CacheMetrics;
 
 use crate::error::{IoContext, Result};
 use crate::layout::blob_meta::ChunkInfo;
+use chunk_map::ChunkMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -31,7 +34,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 // Enough stripes that concurrent claims on one blob (readers, prefetch workers) rarely share
 // one by accident; a claim spans at most this many chunks.
 const STRIPES: usize = 1024;
-const READY: u8 = 1;
 
 pub fn data_name(blob_id: &str) -> String {
     format!("{blob_id}.blob.data")
@@ -43,7 +45,9 @@ pub fn map_name(blob_id: &str) -> String {
 
 pub struct ChunkCache {
     data: File,
-    map: File,
+    /// Kept open for its shared lock (see `lock_shared`) and its mtime.
+    map_file: File,
+    map: ChunkMap,
     pub data_path: PathBuf,
     stripes: Vec<Mutex<()>>,
     pub metrics: Arc<CacheMetrics>,
@@ -91,29 +95,23 @@ impl ChunkCache {
         // A map of the wrong size belongs to some other blob layout, and a data file of the
         // wrong size (new, or cut short) cannot hold what the map says is ready: in both
         // cases the map starts over, so nothing is ever served from missing data.
-        let map_ok = map.metadata().ctx(|| "stat chunk map".into())?.len() == chunk_count as u64;
         let data_ok = data.metadata().ctx(|| "stat cache data".into())?.len() == uncompressed_size;
-        if !map_ok || !data_ok {
-            map.set_len(0).ctx(|| "reset chunk map".into())?;
-            map.set_len(chunk_count as u64).ctx(|| "size chunk map".into())?;
-        }
+        let chunk_map = ChunkMap::open(&map, chunk_count, !data_ok)?;
         if !data_ok {
             data.set_len(uncompressed_size).ctx(|| "size cache data".into())?;
         }
         touch(&map);
         metrics.add_file(data_name(blob_id));
-        Ok(ChunkCache { data, map, data_path, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), metrics })
+        Ok(ChunkCache { data, map_file: map, map: chunk_map, data_path, stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(), metrics })
     }
 
     pub fn is_ready(&self, ci: u32) -> Result<bool> {
-        let mut b = [0u8; 1];
-        self.map.read_exact_at(&mut b, ci as u64).ctx(|| "read chunk map".into())?;
-        Ok(b[0] == READY)
+        self.map.is_ready(ci)
     }
 
     /// Forget a chunk whose cached bytes failed validation, so it is fetched again.
     pub fn mark_unready(&self, ci: u32) -> Result<()> {
-        self.map.write_all_at(&[0], ci as u64).ctx(|| "write chunk map".into())
+        self.map.set_unready(ci)
     }
 
     pub fn read_cached(&self, c: &ChunkInfo) -> Result<Vec<u8>> {
@@ -125,7 +123,7 @@ impl ChunkCache {
     /// Store verified bytes: data first, then the ready byte (see the module comment).
     pub fn store(&self, ci: u32, c: &ChunkInfo, data: &[u8]) -> Result<()> {
         self.data.write_all_at(data, c.uncompressed_offset).ctx(|| "write cache data".into())?;
-        self.map.write_all_at(&[READY], ci as u64).ctx(|| "write chunk map".into())?;
+        self.map.set_ready(ci)?;
         self.metrics.fills.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -167,21 +165,18 @@ impl ChunkCache {
 
     /// Number of chunks marked ready.
     pub fn ready_count(&self) -> Result<u64> {
-        let len = self.map.metadata().ctx(|| "stat chunk map".into())?.len();
-        let mut buf = vec![0u8; len as usize];
-        self.map.read_exact_at(&mut buf, 0).ctx(|| "read chunk map".into())?;
-        Ok(buf.iter().filter(|&&b| b == READY).count() as u64)
+        Ok(self.map.ready_count())
     }
 
     pub fn chunk_count(&self) -> u64 {
-        self.map.metadata().map(|m| m.len()).unwrap_or(0)
+        self.map.chunks() as u64
     }
 }
 
 impl Drop for ChunkCache {
     fn drop(&mut self) {
         // The map's mtime is the blob's last use, which GC's age limit reads.
-        touch(&self.map);
+        touch(&self.map_file);
     }
 }
 

@@ -99,15 +99,27 @@ impl BlobReader {
         ensure!(entry.ci_uncompressed_size == n * rec, "blob {id}: CI size {} != {n} records", entry.ci_uncompressed_size);
         ensure!(entry.ci_compressed_size <= MAX_CI_BYTES, "blob {id}: CI array is too large");
         let ci_len = entry.ci_compressed_size as usize + CI_HEADER_SIZE;
+        // The local copy has nydusd's cache layout: the plain CI array padded to 4 KiB, then
+        // the header as stored in the blob; a copy of any other size is not used.
+        let plain_len = entry.ci_uncompressed_size as usize;
+        let copy_len = round_up(entry.ci_uncompressed_size, 4096) as usize + CI_HEADER_SIZE;
         let meta_copy = meta_dir.map(|d| meta::meta_path(d, id));
-        let cached = meta_copy.as_deref().and_then(|p| meta::load(p, ci_len));
+        let cached = meta_copy.as_deref().and_then(|p| meta::load(p, copy_len));
         let fetched = cached.is_none();
-        let raw = match cached {
-            Some(b) => b,
-            None => src.read_vec(entry.ci_offset, ci_len)?,
+        // (the plain array from the copy, or the stored one from the blob; the header)
+        let (ci, header) = match cached {
+            Some(mut b) => {
+                let header = b.split_off(copy_len - CI_HEADER_SIZE);
+                b.truncate(plain_len);
+                (Ok(b), header)
+            }
+            None => {
+                let mut raw = src.read_vec(entry.ci_offset, ci_len)?;
+                let header = raw.split_off(entry.ci_compressed_size as usize);
+                (Err(raw), header)
+            }
         };
-        let (stored, header) = raw.split_at(entry.ci_compressed_size as usize);
-        let h = CiHeader::decode(header).map_err(|e| Error::corrupt(format!("blob {id}: {e}")))?;
+        let h = CiHeader::decode(&header).map_err(|e| Error::corrupt(format!("blob {id}: {e}")))?;
         ensure!(
             h.ci_entries == entry.chunk_count
                 && h.ci_compressor == entry.ci_compressor
@@ -117,10 +129,10 @@ impl BlobReader {
             "blob {id}: blob meta header disagrees with the blob table"
         );
         let ci_algo = Compressor::from_u32(entry.ci_compressor).ok_or_else(|| Error::corrupt("bad CI compressor"))?;
-        let plain = if entry.ci_compressed_size == entry.ci_uncompressed_size {
-            stored.to_vec()
-        } else {
-            codec::decompress(ci_algo, stored, entry.ci_uncompressed_size as usize)?
+        let plain = match ci {
+            Ok(plain) => plain,
+            Err(stored) if entry.ci_compressed_size == entry.ci_uncompressed_size => stored,
+            Err(stored) => codec::decompress(ci_algo, &stored, plain_len)?,
         };
         let chunks: Vec<ChunkInfo> = plain.chunks_exact(rec as usize).map(|r| if v2 { ChunkInfo::decode_v2(r) } else { ChunkInfo::decode_v1(r) }).collect();
         let data_end = entry.compressed_data_size();
@@ -150,7 +162,10 @@ impl BlobReader {
             None
         };
         if let (true, Some(p)) = (fetched, &meta_copy) {
-            meta::save(p, &raw);
+            let mut copy = plain.clone();
+            copy.resize(copy_len - CI_HEADER_SIZE, 0);
+            copy.extend_from_slice(&header);
+            meta::save(p, &copy);
         }
         Ok(BlobReader { entry: entry.clone(), src, chunks, digests, cache: None })
     }
