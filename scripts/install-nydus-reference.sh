@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build the reference Nydus tools (nydus-image, nydusd v2.2.0) from crates.io, for the
+# Build the reference Nydus tools (nydus-image, nydusd, nydusctl v2.2.0) from crates.io, for the
 # compatibility tests in tests/compat/test_nydus_reference.py. Installs into
 # $NYDUS_REF_ROOT (default ~/.cache/nydus-hybrid/nydus-ref); a second run is a no-op.
 set -euo pipefail
 root="${NYDUS_REF_ROOT:-$HOME/.cache/nydus-hybrid/nydus-ref}"
-if [ -x "$root/bin/nydus-image" ] && [ -x "$root/bin/nydusd" ]; then
+if [ -x "$root/bin/nydus-image" ] && [ -x "$root/bin/nydusd" ] && [ -x "$root/bin/nydusctl" ]; then
   echo "reference nydus tools already in $root/bin"
   exit 0
 fi
