@@ -5,6 +5,7 @@ daemons reach the simulator through NYDUS_HYBRID_CACHEFILES (tests/compat/confte
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -33,3 +34,16 @@ class Simulator:
     def stop(self) -> None:
         stop_process(self.proc)
         self.log.close()
+
+
+DIO_BLOCK = 4096
+
+
+def write_object(fd: int, data: bytes, off: int) -> None:
+    """Write through an anon fd as the kernel requires: the cache file is written with direct
+    I/O, so from a page-aligned buffer, at an aligned offset, the tail zero-padded."""
+    assert off % DIO_BLOCK == 0, off
+    size = -(-max(len(data), 1) // DIO_BLOCK) * DIO_BLOCK
+    with mmap.mmap(-1, size) as buf:  # anonymous mappings are page-aligned and zeroed
+        buf[: len(data)] = data
+        os.pwrite(fd, memoryview(buf), off)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import nydus_hybrid
 from nydus_hybrid.mounts import erofs, fscache
 from nydus_hybrid.sim.cachefiles import HEADER, device_tags
+from tests.helpers.cachefiles import DIO_BLOCK, write_object
 
 needs_erofs = pytest.mark.skipif(
     os.geteuid() != 0 or not erofs.erofs_available(), reason="the simulator mounts file-backed EROFS: needs root"
@@ -85,8 +86,9 @@ class Peer:
                     continue
                 cookie, fd = self.objects[obj]
                 with open(self.sources[cookie], "rb") as f:
-                    f.seek(off)
-                    os.pwrite(fd, f.read(length), off)
+                    start = off - off % DIO_BLOCK
+                    f.seek(start)
+                    write_object(fd, f.read(off + length - start), start)
                 self.s.send(f"cread {msg_id}".encode())
             else:
                 self.seen.append(("CLOSE", obj))

@@ -213,7 +213,15 @@ class Cache:
         with self.lock:
             if path not in self.writers:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                self.writers[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+                try:
+                    # The kernel writes the cache file with direct I/O: unaligned offsets,
+                    # lengths or buffers fail with EINVAL there, and so they do here.
+                    self.writers[path] = os.open(path, flags | os.O_DIRECT, 0o600)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:  # a file system without O_DIRECT
+                        raise
+                    self.writers[path] = os.open(path, flags, 0o600)
             return self.writers[path]
 
     def _open_object(self, obj: Obj) -> None:

@@ -21,6 +21,10 @@ use crate::fscache::proto::{self, Message, Request};
 const POLL_MS: i32 = 200;
 /// Bootstrap bytes copied per pwrite.
 const COPY_STEP: u64 = 1 << 20;
+/// The cache file behind an anon fd is written with direct I/O, so the offset, the length
+/// and the buffer's address must be multiples of its block size; 4 KiB covers every block
+/// size a cache file system uses.
+const DIO_ALIGN: u64 = 4096;
 
 struct Object {
     anon: OwnedFd,
@@ -220,7 +224,7 @@ impl FscacheServer {
                     continue;
                 }
                 let (data, _) = rafs.read_blob_chunk(&blob, index as u32, ci)?;
-                pwrite_all(obj.anon.as_raw_fd(), &data, off)?;
+                write_object(obj.anon.as_raw_fd(), &data, off)?;
                 self.counters.prefetch_bytes.fetch_add(data.len() as u64, Relaxed);
             }
             Ok(())
@@ -284,12 +288,13 @@ fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
     let anon = obj.anon.as_raw_fd();
     match &obj.target {
         Target::Bootstrap { path, file: f, .. } => {
-            let mut buf = vec![0u8; COPY_STEP.min(end - off) as usize];
-            let mut at = off;
+            let start = off / DIO_ALIGN * DIO_ALIGN;
+            let mut buf = vec![0u8; COPY_STEP.min(end - start) as usize];
+            let mut at = start;
             while at < end {
                 let n = (end - at).min(COPY_STEP) as usize;
                 f.read_exact_at(&mut buf[..n], at).ctx(|| format!("read {} at {at}", path.display()))?;
-                pwrite_all(anon, &buf[..n], at)?;
+                write_object(anon, &buf[..n], at)?;
                 at += n as u64;
             }
             Ok(end - off)
@@ -302,7 +307,7 @@ fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
             let mut written = 0;
             for &(o, _, ci) in chunks[first..].iter().take_while(|&&(o, _, _)| o < end) {
                 let (data, _hit) = rafs.read_blob_chunk(&blob, *index as u32, ci)?;
-                pwrite_all(anon, &data, o)?;
+                write_object(anon, &data, o)?;
                 written += data.len() as u64;
             }
             Ok(written)
@@ -323,6 +328,51 @@ fn chunk_index<'a>(obj: &'a Object, blob: &crate::reader::blob::BlobReader) -> &
 fn has_data(fd: RawFd, off: u64, len: u64) -> bool {
     let hole = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_HOLE) };
     hole >= 0 && hole as u64 >= off + len
+}
+
+/// A zero-filled buffer at a `DIO_ALIGN`-aligned address.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> Result<AlignedBuf> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), DIO_ALIGN as usize)
+            .map_err(|_| Error::io("allocate a write buffer", std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+            .ok_or_else(|| Error::io("allocate a write buffer", std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        Ok(AlignedBuf { ptr, layout })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `layout.size()` initialised (zeroed) bytes owned by this buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout in `zeroed`.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Write `data` at `at` (a multiple of `DIO_ALIGN`, as chunk offsets are) through an anon fd:
+/// from an aligned buffer, the tail zero-padded to a whole block, as direct I/O requires.
+fn write_object(fd: RawFd, data: &[u8], at: u64) -> Result<()> {
+    if at % DIO_ALIGN != 0 {
+        return Err(Error::io(format!("write the cache object at {at}"), std::io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let len = (data.len() as u64).div_ceil(DIO_ALIGN) * DIO_ALIGN;
+    if data.as_ptr() as u64 % DIO_ALIGN == 0 && data.len() as u64 == len {
+        return pwrite_all(fd, data, at);
+    }
+    let mut buf = AlignedBuf::zeroed(len as usize)?;
+    let b = buf.as_mut_slice();
+    b[..data.len()].copy_from_slice(data);
+    pwrite_all(fd, b, at)
 }
 
 fn pwrite_all(fd: RawFd, mut data: &[u8], mut at: u64) -> Result<()> {
