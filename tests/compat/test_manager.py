@@ -6,7 +6,6 @@ process and the scenarios the fscache driver's tests share are in tests/helpers/
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Any, Dict, List
 import pytest
 
 from nydus_hybrid.client import DaemonApiError, DaemonClient
+from nydus_hybrid.lifecycle import successor
 from nydus_hybrid.manager import drivers
 from nydus_hybrid.manager.daemon import DaemonRecord, nydusd_argv
 from nydus_hybrid.manager.manager import default_nydusd
@@ -193,8 +193,12 @@ def test_successor_orphaned_in_init_is_replaced(images, root, mode):
     for r in records:
         argv = nydusd_argv(default_nydusd(), r, drivers.get(r.fs_driver, str(root), r.driver_options), True)
         orphans.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    for sock in [r.api_socket for r in records]:
-        wait_until(functools.partial(_in_init, sock))
+    for r, p in zip(records, orphans):
+        c = DaemonClient(r.api_socket, timeout=2)
+        try:
+            successor.wait_state(c, p, "INIT", 30)
+        finally:
+            c.close()
     m2 = ManagerProc(root, mode, "failover").start()
     try:
         for p in orphans:
@@ -214,16 +218,6 @@ def test_successor_orphaned_in_init_is_replaced(images, root, mode):
                 p.wait()
     log = (root.parent / f"{root.name}-manager.log").read_text()
     assert log.count('"orphan_successor_replaced"') == len(records)
-
-
-def _in_init(api_socket: str) -> bool:
-    c = DaemonClient(api_socket, timeout=2)
-    try:
-        return bool(c.request("GET", "/api/v1/daemon")["state"] == "INIT")
-    except (OSError, DaemonApiError):
-        return False
-    finally:
-        c.close()
 
 
 # --- recover policies -----------------------------------------------------------------------

@@ -16,11 +16,11 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from nydus_hybrid.client import DaemonApiError, DaemonClient
+from nydus_hybrid.lifecycle import successor
 from nydus_hybrid.lifecycle.successor import next_apisock, with_apisock
 
 EXCHANGE_TIMEOUT = 10.0  # the snapshotter's SendStatesTimeout
@@ -133,23 +133,12 @@ class OneShotSupervisor:
             pass
 
 
-def wait_state(apisock: str, proc: subprocess.Popen[bytes], want: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the daemon exited with {proc.returncode} before {want}")
-        c = DaemonClient(apisock, timeout=2)
-        try:
-            last = str(c.request("GET", "/api/v1/daemon")["state"])
-            if last == want:
-                return
-        except (DaemonApiError, OSError):
-            pass
-        finally:
-            c.close()
-        time.sleep(0.01)
-    raise AssertionError(f"the daemon is {last or 'unreachable'}, not {want}, after {timeout} s")
+def wait_state(apisock: str, proc: subprocess.Popen[bytes], want: str) -> None:
+    c = DaemonClient(apisock, timeout=2)
+    try:
+        successor.wait_state(c, proc, want, EXCHANGE_TIMEOUT)
+    finally:
+        c.close()
 
 
 class Snapshotter:
