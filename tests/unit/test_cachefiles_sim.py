@@ -52,6 +52,12 @@ class Peer:
         if self.hello == b"ok":
             self.s.send(f"dir {cache_dir}".encode())
             self.s.send(b"bind ondemand")
+            # A write of "bind" to the kernel's device returns once the cache is bound; the
+            # seam's send returns before the simulator has read it, so wait for that here.
+            deadline = time.monotonic() + 10
+            while not status(sock)["bound"]:
+                assert time.monotonic() < deadline, "the simulator did not bind the cache"
+                time.sleep(0.01)
             if start:
                 self.start()
 
