@@ -90,10 +90,15 @@ def test_three_images_on_one_singleton_daemon(images, root, sim):
         # umount one: its EROFS mount and entry are gone, the others untouched
         gone = mountpoints(doc)["img2"]
         gone_id = next(i["annotations"]["fscache.id"] for i in doc["instances"] if i["snapshot_id"] == "img2")
-        assert list(fscache.cache_files(str(root / "cache"), gone_id))
+        data_id = next(
+            o["cookie"] for o in sim.status()["objects"] if o["volume"] == f"erofs,{gone_id}" and o["cookie"] != gone_id
+        )
         m.umount("img2")
         doc = m.describe()
         assert sorted(mountpoints(doc)) == ["img1", "img3"] and not is_mounted(gone)
+        # unmounting names the objects' files (as the kernel links its tmpfiles); the
+        # manager then culls the bootstrap's and keeps the data blob's
+        assert list(fscache.cache_files(str(root / "cache"), data_id)), "the data blob's file is kept"
         assert not list(fscache.cache_files(str(root / "cache"), gone_id)), "its bootstrap's cache file is culled"
         assert len(entries(doc)) == 2
         assert_readable(mountpoints(doc)["img3"], images["img3"])

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
@@ -17,8 +16,9 @@ import pytest
 from nydus_hybrid.lifecycle import upgrade
 from nydus_hybrid.lifecycle.supervisor import Supervisor
 from nydus_hybrid.mounts import erofs, fscache
-from tests.helpers.daemons import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
+from tests.helpers.daemons import DAEMON, ApiClient, BuiltImage, is_mounted
 from tests.helpers.load import ReadLoad
+from tests.helpers.singleton import Singleton, assert_image, entry, umount_under
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not erofs.erofs_available(),
@@ -31,50 +31,6 @@ def image(tmp_path_factory):
     return BuiltImage(tmp_path_factory.mktemp("singleton-image"), tag="s")
 
 
-class Singleton:
-    def __init__(self, workdir: Path, extra=(), sock: str = "api.sock", wait: str = "RUNNING"):
-        self.workdir = workdir
-        (workdir / "cache").mkdir(parents=True, exist_ok=True)
-        self.sock = str(workdir / sock)
-        self.argv = [
-            *DAEMON,
-            "singleton",
-            "--fscache",
-            str(workdir / "cache"),
-            "--fscache-threads",
-            "2",
-            "--apisock",
-            self.sock,
-            "--log-level",
-            "info",
-            *extra,
-        ]
-        self.logf = open(workdir / f"{sock}.log", "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self.logf, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_state(wait)
-
-    def wait_state(self, want: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.workdir / "api.sock.log").read_text(errors="replace")[-3000:]
-            if os.path.exists(self.sock):
-                try:
-                    if self.client().get("/api/v1/daemon", check=False).body["state"] == want:
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise AssertionError(f"singleton not {want}")
-
-    def client(self) -> ApiClient:
-        return ApiClient(self.sock)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.logf.close()
-
-
 def _wait_for(cond, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -82,38 +38,12 @@ def _wait_for(cond, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def entry(image: BuiltImage, fid: str, work_dir: Path, domain: str = "") -> Dict[str, Any]:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "type": "bootstrap",
-        "id": fid,
-        "domain_id": domain or fid,
-        "config": {
-            "id": fid,
-            "backend_type": "localfs",
-            "backend_config": {"dir": str(image.blobs)},
-            "cache_type": "fscache",
-            "cache_config": {"work_dir": str(work_dir)},
-            "metadata_path": str(image.boot),
-        },
-    }
-
-
 @pytest.fixture
 def daemon(tmp_path, sim):
     d = Singleton(tmp_path / "d")
     yield d
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            if line.split()[4].startswith(str(tmp_path)):
-                subprocess.run(["umount", "-l", line.split()[4]], capture_output=True)
+    umount_under(tmp_path)
     d.stop()
-
-
-def assert_image(mnt: Path, image: BuiltImage) -> None:
-    for rel, data in image.files.items():
-        r = read_uncached(mnt / rel)
-        assert r.returncode == 0 and r.stdout == data, (rel, r.stderr[-300:])
 
 
 def test_bind_mount_read_unbind(daemon, image, tmp_path, sim):

@@ -23,6 +23,7 @@ import yaml
 
 import nydus_hybrid
 from tests.helpers.mounts import is_mounted as is_mounted  # re-exported: the daemon tests use it from here
+from tests.helpers.timing import scaled
 
 # A path argument as the tests pass it.
 StrPath = Union[str, "os.PathLike[str]"]
@@ -350,7 +351,7 @@ def read_uncached(path: StrPath, timeout: float = 20.0) -> subprocess.CompletedP
         "    data+=b\n"
         "sys.stdout.buffer.write(data)\n"
     )
-    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=scaled(timeout))
 
 
 def daemon_version_commit() -> str:

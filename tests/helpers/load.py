@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Dict, List, Sequence, Tuple, Union
 
+from tests.helpers.timing import scaled
+
 
 def _read_uncached(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
@@ -112,7 +114,7 @@ class ReadLoad:
     def wait_reads(self, n: int, timeout: float = 30.0) -> None:
         """Wait until ``n`` more reads have completed (proof the mount serves again)."""
         t = time.monotonic()
-        deadline = t + timeout
+        deadline = t + scaled(timeout)
         while self.reads_after(t) < n:
             if time.monotonic() > deadline:
                 raise AssertionError(f"fewer than {n} reads completed in {timeout}s")

@@ -21,6 +21,7 @@ from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 from tests.helpers.daemons import BuiltImage, lazy_umount, read_uncached, v1_config
 from tests.helpers.load import ReadLoad
+from tests.helpers.timing import scaled
 
 KILL_ROUNDS = int(os.environ.get("NYDUS_MANAGER_KILL_ROUNDS", "20"))
 KEYS = ("img1", "img2", "img3")
@@ -68,16 +69,24 @@ class ManagerProc:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         proc = self.started()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"manager exited with {proc.returncode}")
+                raise AssertionError(f"manager exited with {proc.returncode}: {self.log_tail()}")
             try:
                 self.get("/api/v1/daemons")
                 return
             except (OSError, DaemonApiError):
                 time.sleep(0.05)
-        raise AssertionError("manager not ready")
+        raise AssertionError(f"manager not ready: {self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        """The end of the manager's log and of each daemon's, for a failure message."""
+        self.log.flush()
+        parts = [Path(self.log.name).read_text(errors="replace")[-n:]]
+        for f in sorted((self.root / "logs").glob("*/*.log")):
+            parts.append(f"--- {f}:\n" + f.read_text(errors="replace")[-n:])
+        return "\n".join(parts)
 
     def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None, timeout: float = 60.0) -> Any:
         c = DaemonClient(str(self.root / "system.sock"), timeout=timeout)
@@ -156,10 +165,10 @@ def assert_readable(mountpoint: str, img: BuiltImage) -> None:
         assert r.returncode == 0 and r.stdout == data, (mountpoint, rel, r.stderr[-300:])
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 30.0) -> None:
+def wait_until(cond: Callable[[], object], timeout: float = 30.0, explain: Callable[[], str] = str) -> None:
     """Poll `cond` until it is true; errors of a manager or daemon not answering yet (and a
     daemon not in the answer yet) count as false."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         try:
             if cond():
@@ -167,7 +176,7 @@ def wait_until(cond: Callable[[], object], timeout: float = 30.0) -> None:
         except (OSError, DaemonApiError, KeyError):
             pass
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
+            raise AssertionError(f"timed out waiting {explain()}")
         time.sleep(0.05)
 
 
@@ -190,7 +199,7 @@ def kill_daemons_twice_under_reads(m: ManagerProc, images: Mapping[str, BuiltIma
             def all_replaced(pids: Dict[str, int] = pids) -> bool:
                 return all(p not in pids.values() for p in daemon_pids(m.describe()).values())
 
-            wait_until(all_replaced)
+            wait_until(all_replaced, explain=m.log_tail)
             load.wait_reads(20)
     assert not load.errors, load.errors[:5]
     assert not lister.errors, lister.errors[:5]

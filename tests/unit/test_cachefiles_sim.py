@@ -313,8 +313,12 @@ def test_cull_refuses_an_object_in_use(sim, tmp_path, image):
     mnt.mkdir()
     try:
         fscache.mount_erofs_fscache(str(mnt), "f1")
-        path = fscache.cache_file(str(tmp_path / "cache"), "erofs,f1", "f1")
-        assert list(fscache.cache_files(str(tmp_path / "cache"), "f1")) == [path]
+        cache = str(tmp_path / "cache")
+        path = fscache.cache_file(cache, "erofs,f1", "f1")
+        assert not list(fscache.cache_files(cache, "f1")), "a new object's file has no name until let go"
+        fscache.umount_erofs_fscache(str(mnt))
+        assert list(fscache.cache_files(cache, "f1")) == [path], "named when unmounted"
+        fscache.mount_erofs_fscache(str(mnt), "f1")  # the named file is used in place
         peer.send(f"cull {path}")
         time.sleep(0.2)
         assert os.path.exists(path), "in use: not culled"

@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from nydus_hybrid import waits
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.lifecycle.errors import UpgradeError
 from nydus_hybrid.lifecycle.supervisor import Supervisor, peer_pid
 
-START_TIMEOUT = 10.0  # the snapshotter's wait for a new daemon's socket
-TAKEOVER_TIMEOUT = 30.0  # the Go client's takeover timeout
+START_TIMEOUT = waits.scaled(10.0)  # the snapshotter's wait for a new daemon's socket
+TAKEOVER_TIMEOUT = waits.scaled(30.0)  # the Go client's takeover timeout
 
 
 @dataclass

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Iterable, List, Optional, Set, Tuple
 
-from nydus_hybrid import log
+from nydus_hybrid import log, waits
 from nydus_hybrid.lifecycle.errors import SupervisorError
 
 LOG = logging.getLogger("nydus_hybrid.lifecycle.supervisor")
@@ -38,7 +38,7 @@ RESTORE_BUF = 32 * 1024  # the daemon's first recvmsg on restore
 MAX_FDS = 16
 # A state describes mounts and configs; anything near this is not a state.
 MAX_STATE = 64 << 20
-EXCHANGE_TIMEOUT = 10.0  # SendStatesTimeout of the snapshotter
+EXCHANGE_TIMEOUT = waits.scaled(10.0)  # SendStatesTimeout of the snapshotter
 # Set to "1" by a process whose Supervisor takes unsolicited pushes, for its daemons (and
 # their successors) to inherit. Never set for nydus-snapshotter's one-shot supervisor.
 PUSH_ENV = "NYDUS_HYBRID_SUPERVISOR_TAKES_PUSHES"

@@ -1,8 +1,9 @@
 """``NydusdClient``: every control-plane call nydus-snapshotter makes to a daemon (spec A6.2),
 with its budgets: 30 s per request, a 100 x 100 ms wait for the socket before the first
 request (aborted when the process is gone), and ``wait_until_state`` polling every 100 ms,
-20 attempts. A transport failure drops the connection, so the next call redials: the
-client survives a daemon restart on the same socket path.
+20 attempts (both scaled by ``nydus_hybrid.waits``). A transport failure drops the
+connection, so the next call redials: the client survives a daemon restart on the same
+socket path.
 
 Errors are ``NydusdApiError`` (the daemon answered 4xx/5xx; ``status`` and ``message`` from
 its JSON body) or ``NydusdUnreachable`` (no socket, refused, reset, timed out)."""
@@ -15,11 +16,12 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Optional
 
+from nydus_hybrid import waits
 from nydus_hybrid.client import DaemonApiError, DaemonClient
 from nydus_hybrid.manager.errors import ManagerError
 
 REQUEST_TIMEOUT_S = 30.0
-SOCKET_ATTEMPTS, STATE_ATTEMPTS, POLL_S = 100, 20, 0.1
+SOCKET_ATTEMPTS, STATE_ATTEMPTS, POLL_S = int(waits.scaled(100)), int(waits.scaled(20)), 0.1
 DIED, UNKNOWN = "DIED", "UNKNOWN"
 
 

@@ -8,7 +8,10 @@ What it does as the kernel does: one bound cache at a time (a second open gets E
 OPEN with an anonymous fd, answered by ``copen``; READ for missing ranges, completed by
 the daemon; CLOSE when a mount lets an object go; ``restore`` re-sends what is pending and
 makes objects reopen; when the last reference to the device closes, the cache is gone and
-reads fail with EIO. The cache files live at ``<dir>/cache/I<volume>/@<hh>/D<cookie>``.
+reads fail with EIO. The cache files live at ``<dir>/cache/I<volume>/@<hh>/D<cookie>``, and
+as in the kernel a new object's file gets that name only when the object is let go (its
+last mount unmounted, or the cache unbound): until then it is an unnamed temporary file
+there, here a file in ``<dir>/sim-pending``.
 
 How: the bootstrap object is filled at mount time (EROFS reads metadata through the page
 cache, where no hook sees it); data objects are filled on demand. The EROFS mount itself
@@ -27,6 +30,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -60,7 +64,8 @@ class Obj:
     object_id: int
     volume: str
     cookie: str
-    path: str
+    path: str  # where the cache file is now
+    final: str  # its name in the cache, which `path` becomes when the object is committed
     size: int = 0
     state: str = "closed"  # closed | open | stale (its daemon went away: reopen before a READ)
     refs: int = 0
@@ -152,6 +157,8 @@ class Cache:
             if arg != "ondemand" or self.dir is None or self.bound:
                 return self.violation(f"bind {arg!r} (dir {self.dir}, bound {self.bound})")
             self.bound = True
+            # the kernel's unnamed files die with their cache; ours are left from a last run
+            shutil.rmtree(os.path.join(self.dir, "sim-pending"), ignore_errors=True)
             log.event("sim_bound", dir=self.dir)
         elif word in ("copen", "cread"):
             msg_id, _, size = arg.partition(",")
@@ -251,9 +258,9 @@ class Cache:
             key = (volume, cookie)
             obj = self.objects.get(key)
             if obj is None:
-                obj = self.objects[key] = Obj(
-                    self.next_obj, volume, cookie, fscache.cache_file(self.dir, volume, cookie)
-                )
+                final = fscache.cache_file(self.dir, volume, cookie)
+                path = final if os.path.exists(final) else os.path.join(self.dir, "sim-pending", str(self.next_obj))
+                obj = self.objects[key] = Obj(self.next_obj, volume, cookie, path, final)
                 self.next_obj += 1
         with obj.lock:
             if obj.state != "open":
@@ -312,12 +319,25 @@ class Cache:
             pending = list(self.pending.values())
             for obj in self.objects.values():
                 obj.state = "closed"
+                self._commit(obj)
             self.objects.clear()
         for p in pending:
             p.result = "eio"
             p.done.set()
         conn.close()
         log.event("sim_unbound", failed=len(pending))
+
+    def _commit(self, obj: Obj) -> None:
+        """Give a new object's file its name in the cache (the kernel links its tmpfile)."""
+        if obj.path == obj.final or not os.path.exists(obj.path):
+            return
+        os.makedirs(os.path.dirname(obj.final), exist_ok=True)
+        os.rename(obj.path, obj.final)
+        if obj.path in self.writers:
+            self.writers[obj.final] = self.writers.pop(obj.path)
+        if self.fan is not None:
+            self.fan.renamed(obj.path, obj.final)
+        obj.path = obj.final
 
     def _cull(self, word: str, path: str) -> None:
         if self.dir is None or not os.path.isabs(path) or not os.path.realpath(path).startswith(self.dir + os.sep):
@@ -400,6 +420,9 @@ class Cache:
             if obj is None:
                 continue
             obj.refs -= 1
+            if obj.refs <= 0:
+                with self.lock:
+                    self._commit(obj)
             if obj.refs <= 0 and obj.state != "closed":
                 obj.state = "closed"
                 with self.lock:
@@ -511,6 +534,12 @@ class Fanotify:
                 return
             self._mark(FAN_MARK_ADD, path)
             self.marked.add(path)
+
+    def renamed(self, old: str, new: str) -> None:
+        with self.reply_lock:  # a mark is on the inode: it follows the file
+            if old in self.marked:
+                self.marked.discard(old)
+                self.marked.add(new)
 
     def unwatch_if_complete(self, path: str) -> None:
         with self.reply_lock:
