@@ -4,7 +4,7 @@ started and spoken to with the compat tests' helpers (tests/helpers/daemons.py):
 * start-up: exec -> the API socket accepts a connection -> GET /api/v1/daemon answers
   "RUNNING" (polled every 1 ms), for a dedicated daemon with a bootstrap mounted via FUSE
   and a shared daemon with no bootstrap; side by side, `python -c` doing nothing (the
-  floor), importing `nydus_hybrid._core`, `aiohttp.web` and `nydus_hybrid.daemon.main`
+  floor), importing `nydus_hybrid._core`, `http.server` and `nydus_hybrid.daemon.main`
   (exec -> the code has run). p50 / p90 / max over NYDUS_BENCH_DAEMON_ROUNDS starts (20),
   and the ratio to the floor. Goal: RUNNING within 300 ms.
 * API latency: 100 concurrent GET /api/v1/metrics (aiohttp, one unix connection each) and
@@ -53,7 +53,7 @@ _missing = daemon_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
 ROWS = [name for name, _ in STARTUP_BASELINES] + [DEDICATED, SHARED]
-IDS = ["floor", "import-core", "import-aiohttp-web", "import-daemon-main", "dedicated", "shared"]
+IDS = ["floor", "import-core", "import-http-server", "import-daemon-main", "dedicated", "shared"]
 
 
 def _ms(xs):

@@ -27,7 +27,7 @@ SHARED = "daemon: shared, no bootstrap"
 STARTUP_BASELINES = (
     ("python -c pass (floor)", "pass"),
     ("python -c 'import nydus_hybrid._core'", "import nydus_hybrid._core"),
-    ("python -c 'import aiohttp.web'", "import aiohttp.web"),
+    ("python -c 'import http.server'", "import http.server"),
     ("python -c 'import nydus_hybrid.daemon.main'", "import nydus_hybrid.daemon.main"),
 )
 FLOOR = STARTUP_BASELINES[0][0]
@@ -40,7 +40,6 @@ def daemon_missing() -> Optional[str]:
     if not os.path.exists("/dev/fuse"):
         return "needs /dev/fuse"
     try:
-        import aiohttp  # noqa: F401
         import jsonschema  # noqa: F401  (tests.helpers.daemons)
         import yaml  # noqa: F401
     except ImportError as e:
@@ -58,6 +57,7 @@ class Startup:
     exit_s: Optional[float] = None  # baselines: exec -> exit (adds the interpreter's teardown)
     runq_wait_s: Optional[float] = None  # daemon: time its threads waited for a CPU (schedstat)
     disk_read_bytes: Optional[int] = None  # daemon: bytes it read from disk (/proc/PID/io)
+    file_s: Optional[float] = None  # exec -> the probe file reads back whole through the mount
 
 
 def time_python(code: str) -> Startup:
@@ -78,9 +78,20 @@ class DaemonStart:
     """One timed start of `python -m nydus_hybrid.daemon fuse` with the flags the compat
     tests (and nydus-snapshotter) use: dedicated with `image` (a tests.helpers.daemons.BuiltImage,
     localfs + blobcache v1 config, `--bootstrap`) or shared without. `start()` returns once
-    RUNNING was seen, polling every `poll` s; `stop()` SIGTERMs it (it unmounts)."""
+    RUNNING was seen, polling every `poll` s; `stop()` SIGTERMs it (it unmounts).
 
-    def __init__(self, workdir: str, image=None, poll: float = 0.001):
+    `nydusd`: the real nydusd binary instead, with the same image, config and flags.
+    `probe`: (path in the image, its bytes): `start()` first polls until that file reads
+    back whole through the mount (`file_s`), then waits for RUNNING."""
+
+    def __init__(
+        self,
+        workdir: str,
+        image=None,
+        poll: float = 0.001,
+        nydusd: Optional[str] = None,
+        probe: Optional[Tuple[str, bytes]] = None,
+    ):
         from tests.helpers import daemons
 
         self.dt = daemons
@@ -90,7 +101,9 @@ class DaemonStart:
         self.sock = os.path.join(self.workdir, "api.sock")
         self.log = os.path.join(self.workdir, "daemon.log")
         self.poll = poll
-        argv = [*self.dt.DAEMON, "fuse", "--thread-num", "4"]
+        self.probe = probe
+        argv = [nydusd, "fuse"] if nydusd else [*self.dt.DAEMON, "fuse"]
+        argv += ["--thread-num", "4"]
         if image is not None:
             cfg = os.path.join(self.workdir, "config.json")
             with open(cfg, "w") as f:
@@ -107,6 +120,8 @@ class DaemonStart:
             "--failover-policy",
             "resend",
         ]
+        if nydusd:
+            self.argv += ["--rlimit-nofile", "0"]  # nydusd's default raise fails in this container
         self.proc: Optional[subprocess.Popen] = None
         self.result: Optional[Startup] = None
 
@@ -125,8 +140,11 @@ class DaemonStart:
         self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
         t_sock = None
+        t_file = None
         conn = None
         try:
+            if self.probe is not None:
+                t_file = self._wait_probe(t0, timeout)
             while True:
                 if time.perf_counter() - t0 > timeout:
                     raise RuntimeError(f"daemon not RUNNING after {timeout} s: {self._log_text()}")
@@ -166,8 +184,27 @@ class DaemonStart:
             self.dt.is_mounted(self.mnt),
             runq_wait_s=proc_runq_wait_s(pid),
             disk_read_bytes=proc_disk_read_bytes(pid),
+            file_s=None if t_file is None else t_file - t0,
         )
         return self.result
+
+    def _wait_probe(self, t0: float, timeout: float) -> float:
+        """Poll the probe file through the mountpoint until it reads back whole."""
+        assert self.probe is not None and self.proc is not None
+        path = os.path.join(self.mnt, self.probe[0])
+        want = self.probe[1]
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    if f.read() == want:
+                        return time.perf_counter()
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"{path} not readable after {timeout} s: {self._log_text()}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self._log_text()}")
+            time.sleep(self.poll)
 
     def stop(self) -> Optional[float]:
         """SIGTERM -> exit seconds (None if it was not running); always leaves nothing mounted."""

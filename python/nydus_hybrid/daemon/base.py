@@ -6,19 +6,17 @@ hand over and how they start."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import email.utils
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from nydus_hybrid import blobs, log, version
 from nydus_hybrid.daemon import state as st
-from nydus_hybrid.daemon.api import Api, serve
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError
 from nydus_hybrid.daemon.service import Service
 from nydus_hybrid.lifecycle import handover, supervisor
@@ -47,7 +45,8 @@ class Events:
         self.lock = threading.Lock()
 
     def add(self, message: str) -> None:
-        line = f"{email.utils.formatdate(usegmt=True)} - {message}"
+        # RFC 1123 time, as nydusd prints it (email.utils would cost the start-up ~8 ms)
+        line = f"{time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())} - {message}"
         with self.lock:
             self.total_errors += 1
             self.errors.append(line)
@@ -138,8 +137,7 @@ class BaseDaemon:
         self.runtime_config = RuntimeConfig()
         self.machine = st.StateMachine(st.INIT, on_change=self._changed)
         self.service: Service = self.make_service()
-        self.stopping: Optional[asyncio.Event] = None
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.stopping = threading.Event()
         self.unmount_on_exit = True
 
     # --- what each daemon defines ---------------------------------------------------------
@@ -263,24 +261,26 @@ class BaseDaemon:
 
     def _shutdown_soon(self) -> None:
         # Let the 204 go out first, then end the main loop.
-        loop, stopping = self.loop, self.stopping
-        if loop is not None and stopping is not None:
-            loop.call_soon_threadsafe(loop.call_later, 0.05, stopping.set)
+        threading.Timer(0.05, self.stopping.set).start()
 
-    async def run(self) -> int:
-        self.loop = asyncio.get_running_loop()
-        self.stopping = asyncio.Event()
+    def run(self) -> int:
+        """Serve the API until SIGTERM, SIGINT or ``PUT /daemon/exit``, then shut down."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.stopping.set)
-        runner = None
+            signal.signal(sig, lambda *_: self.stopping.set())
+        # The API comes up behind the mount (an HTTP stack is a fifth of the start-up):
+        # its module loads here, after a normal start has already mounted and served.
+        from nydus_hybrid.daemon.api import Api, serve
+
+        server = None
         if self.a.apisock:
             if os.path.lexists(self.a.apisock):
                 os.unlink(self.a.apisock)
-            runner = await serve(Api(self), self.a.apisock)
+            server = serve(Api(self), self.a.apisock)
             os.chmod(self.a.apisock, 0o600)
         log.event("api_ready", apisock=self.a.apisock, state=self.machine.state)
-        await self.stopping.wait()
-        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
-        if runner is not None:
-            await runner.cleanup()
+        while not self.stopping.wait(1.0):  # a timed wait: signal handlers run in between
+            pass
+        self._shutdown()
+        if server is not None:
+            server.close()
         return 0

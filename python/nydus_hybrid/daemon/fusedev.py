@@ -9,7 +9,6 @@ SIGINT stop the workers, unmount and exit 0; ``PUT /daemon/exit`` stops without 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import errno
 import json
@@ -262,7 +261,7 @@ def run(a: argparse.Namespace) -> int:
         print(f"nydusd: error: {e}", file=sys.stderr)
         d.service.umount()
         return 1
-    rc = asyncio.run(d.run())
+    rc = d.run()
     if not d.unmount_on_exit:
         # PUT /daemon/exit keeps the mount, but the Rust FUSE session unmounts when it is
         # dropped at interpreter teardown: leave without running finalizers.

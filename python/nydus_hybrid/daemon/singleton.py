@@ -159,8 +159,6 @@ class SingletonDaemon(BaseDaemon):
 
 def run(a: argparse.Namespace) -> int:
     """``nydusd singleton``: bind the device (or wait for a takeover) and serve the API."""
-    import asyncio
-
     d = SingletonDaemon(a)
     try:
         # An upgrade's predecessor still holds the device: do not even try to open it.
@@ -172,6 +170,6 @@ def run(a: argparse.Namespace) -> int:
     except (AnotherDaemon, DaemonError, NydusError, OSError, ValueError) as e:
         print(f"nydusd: error: {getattr(e, 'message', None) or e}", file=sys.stderr)
         return 1
-    rc = asyncio.run(d.run())
+    rc = d.run()
     logging.shutdown()
     return rc

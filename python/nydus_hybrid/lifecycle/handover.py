@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -37,9 +36,15 @@ POLICIES = ("none", "resend", "flush")
 FUSE_NOTIFY_RESEND = 7  # protocol 7.40, Linux 6.9 and later
 
 
+def _digest(payload: bytes) -> bytes:
+    import hashlib  # here, not at start-up: loading OpenSSL is a few ms a mount need not wait for
+
+    return hashlib.sha256(payload).digest()
+
+
 def encode(doc: Dict[str, Any]) -> bytes:
     payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return _HEADER.pack(MAGIC, STATE_VERSION, len(payload)) + payload + hashlib.sha256(payload).digest()
+    return _HEADER.pack(MAGIC, STATE_VERSION, len(payload)) + payload + _digest(payload)
 
 
 def decode(data: bytes) -> Dict[str, Any]:
@@ -59,7 +64,7 @@ def decode(data: bytes) -> Dict[str, Any]:
     if len(data) != end + _DIGEST:
         raise StateError(f'Upgrade(Restore("state truncated or padded: {len(data)} bytes, expected {end + _DIGEST}"))')
     payload = data[_HEADER.size : end]
-    if hashlib.sha256(payload).digest() != data[end:]:
+    if _digest(payload) != data[end:]:
         raise StateError('Upgrade(Restore("state corrupt: checksum mismatch"))')
     try:
         doc: Dict[str, Any] = json.loads(payload)

@@ -11,7 +11,7 @@ import hashlib
 import os
 import signal
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Set
 
 import pytest
 
@@ -230,13 +230,14 @@ def test_restore_after_kill_9_of_the_daemon(images: Dict[str, BuiltImage], root:
         with ReadLoad([mps["img1"]], images["img1"].files, readers=3, listers=0) as load:
             load.wait_reads(10)
             for _ in range(2):
-                pids = daemon_pids(m.describe())
-                for pid in pids.values():
+                killed = set(daemon_pids(m.describe()).values())
+                for pid in killed:
                     os.kill(pid, signal.SIGKILL)
-                wait_until(
-                    lambda pids=pids: not set(daemon_pids(m.describe()).values()) & set(pids.values()),
-                    explain=m.log_tail,
-                )
+
+                def replaced(killed: Set[int] = killed) -> bool:
+                    return not set(daemon_pids(m.describe()).values()) & killed
+
+                wait_until(replaced, explain=m.log_tail)
                 load.wait_reads(10)
         assert not load.errors, load.errors[:5]
         doc = m.describe()
