@@ -285,9 +285,7 @@ def test_prefetch_fills_the_cache_before_anyone_reads(daemon, image, tmp_path, s
     """The snapshotter's entries say prefetch_config.enable: once the kernel opens a data
     blob, the daemon fills it in the background, and reads then send no READ at all."""
     c = daemon.client()
-    e = entry(image, "p1", tmp_path / "w")
-    e["config"]["prefetch_config"] = {"enable": True, "threads_count": 2, "merging_size": 1 << 20, "bandwidth_rate": 0}
-    c.put("/api/v2/blobs", e)
+    c.put("/api/v2/blobs", entry(image, "p1", tmp_path / "w", prefetch=True))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     assert c.get("/api/v1/metrics/blobcache").body["data_all_ready"] is False  # nothing opened yet

@@ -149,9 +149,7 @@ def test_prefetch_fills_the_cache_before_anyone_reads(
 ) -> None:
     img = images["img2"]
     c = daemon.client()
-    e = entry(img, "p1", tmp_path / "w")
-    e["config"]["prefetch_config"] = {"enable": True, "threads_count": 2, "merging_size": 1 << 20, "bandwidth_rate": 0}
-    c.put("/api/v2/blobs", e)
+    c.put("/api/v2/blobs", entry(img, "p1", tmp_path / "w", prefetch=True))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     fscache.mount_erofs_fscache(str(mnt), "p1")
