@@ -7,6 +7,12 @@ blobcache, 4 threads).
   (20), ours and nydusd's interleaved so that both see the same host. The ratios of the
   medians are the figures (issue 14's goals: first file within 8x nydusd, RUNNING within
   100 ms).
+* throughput (`benchlib.vs_nydusd`): a Debian rootfs (mmdebstrap minbase + python3 + perl,
+  cached under ~/.cache/nydus-hybrid) built by the real `nydus-image`; each daemon serves
+  it with an empty blob cache and runs, in order: `tar` of the whole tree (cold blob cache),
+  again (warm blob cache, page cache dropped), `dd` of the largest file, fio random 4 KiB
+  psync reads (4 jobs, 3 s), `find` + stat of every entry (caches dropped).
+  NYDUS_BENCH_VS_ROUNDS rounds (3), daemons alternating; medians, ours / nydusd.
 
 Figures go to each benchmark's extra_info and to benches/README.md; nothing is asserted."""
 
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 
 import pytest
 
+from benchlib import vs_nydusd
 from benchlib.daemon import DaemonStart, daemon_image, daemon_missing
 from benchlib.env import daemon_rounds
 from benchlib.report import pct
@@ -62,4 +70,28 @@ def test_startup_side_by_side(benchmark, image, workdir):
         info[f"{who}_file_p90_ms"] = round(pct([r.file_s for r in rs], 0.9) * 1000, 1)
     info["file_ratio_ours_vs_nydusd"] = round(info["ours_file_p50_ms"] / info["nydusd_file_p50_ms"], 2)
     info["running_ratio_ours_vs_nydusd"] = round(info["ours_running_p50_ms"] / info["nydusd_running_p50_ms"], 2)
+    print(info)
+
+
+@pytest.mark.skipif(vs_nydusd.missing() is not None, reason=vs_nydusd.missing() or "")
+def test_throughput_side_by_side(benchmark, workdir):
+    benchmark.group = "vs nydusd: FUSE throughput on a Debian rootfs (localfs + blobcache, 4 threads)"
+    image = vs_nydusd.ensure_debian_image()
+    rates = {"ours": [], "nydusd": []}
+
+    def one_round():
+        for who in ("nydusd", "ours"):
+            rates[who].append(vs_nydusd.serve_and_measure(who, image, workdir))
+
+    rounds = max(1, int(os.environ.get("NYDUS_BENCH_VS_ROUNDS", "3")))
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    info = benchmark.extra_info
+    info.update({"files": image.files, "entries": image.entries, "bytes": image.bytes, "largest": image.largest})
+    for row, (_, unit) in rates["ours"][0].items():
+        med = {who: statistics.median(r[row][0] for r in rs) for who, rs in rates.items()}
+        info[row] = {
+            f"ours_{unit}": round(med["ours"], 1),
+            f"nydusd_{unit}": round(med["nydusd"], 1),
+            "ratio": round(med["ours"] / med["nydusd"], 2),
+        }
     print(info)
