@@ -317,9 +317,13 @@ def test_per_file_metrics(shared, image, tmp_path):
 
         files = c.get("http://unix/api/v1/metrics/files?id=%2Fon").body
         for rel, ino in inos.items():
+            if not image.files[rel]:
+                # zero-message opens (as nydusd's): the kernel sends neither OPEN nor, for an
+                # empty file, READ, so nothing reaches the daemon to count
+                continue
             f = files[str(ino)]
             assert f["data_read"] == len(image.files[rel]), rel
-            assert f["fop_hits"][2] >= 1 and f["fop_hits"][4] >= (1 if image.files[rel] else 0)  # open, read
+            assert f["fop_hits"][4] >= 1, f  # reads
         pattern = c.get("http://unix/api/v1/metrics/pattern?id=%2Fon").body
         seen = {p["ino"]: p for p in pattern}
         for rel, ino in inos.items():

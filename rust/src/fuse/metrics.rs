@@ -165,12 +165,13 @@ impl FsIoStats {
     }
 
     /// Per-file bookkeeping for the switches that are on. A file gets counters when it is
-    /// opened (as in nydusd), so a lookup storm does not grow the table.
+    /// opened or first read (with zero-message opens the kernel sends no OPEN), so a
+    /// lookup storm does not grow the table.
     fn account_file(&self, fop: Fop, inode: u64, ok: bool, read_bytes: Option<u64>) {
         let a = self.accounting;
         if a.files {
             let mut files = lock(&self.files);
-            if ok && matches!(fop, Fop::Open) {
+            if ok && matches!(fop, Fop::Open | Fop::Read) {
                 files.entry(inode).or_default();
             }
             if let Some(f) = files.get_mut(&inode) {

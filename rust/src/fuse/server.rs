@@ -65,10 +65,13 @@ fn vfs_options() -> VfsOptions {
         // READDIRPLUS always (not AUTO): attributes come with every listing batch, so a
         // cold `find` + `stat` does not pay one LOOKUP per entry.
         out_opts: defaults.out_opts - FsOptions::READDIRPLUS_AUTO - FsOptions::WRITEBACK_CACHE,
-        // Read-only and immutable: no writeback cache; real opens so replies carry
-        // KEEP_CACHE; real opendirs so a directory is decoded once per handle.
+        // Read-only and immutable: no writeback cache. Zero-message opens, as nydusd: the
+        // first OPEN is answered ENOSYS and the kernel then sends no OPEN or RELEASE at all
+        // (half the requests of a `tar` of a rootfs) and keeps the page cache
+        // (FOPEN_KEEP_CACHE is its default then); the mount is MS_RDONLY, so a write open
+        // still fails with EROFS. Real opendirs, so a directory is decoded once per handle.
         no_writeback: true,
-        no_open: false,
+        no_open: true,
         no_opendir: false,
         ..defaults
     }
