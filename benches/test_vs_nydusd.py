@@ -19,7 +19,6 @@ Figures go to each benchmark's extra_info and to benches/README.md; nothing is a
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 
 import pytest
@@ -29,7 +28,7 @@ from benchlib.daemon import DaemonStart, daemon_image, daemon_missing
 from benchlib.env import daemon_rounds
 from benchlib.report import pct
 
-NYDUSD = shutil.which("nydusd") or os.path.expanduser("~/.cache/nydus-hybrid/nydus-ref/bin/nydusd")
+NYDUSD = vs_nydusd.nydus_ref("nydusd")
 _missing = daemon_missing() or (
     None if os.access(NYDUSD, os.X_OK) else "no nydusd: run scripts/install-nydus-reference.sh"
 )

@@ -18,7 +18,7 @@ from nydus_hybrid.lifecycle.supervisor import Supervisor
 from nydus_hybrid.mounts import erofs, fscache
 from tests.helpers.daemons import DAEMON, ApiClient, BuiltImage, is_mounted
 from tests.helpers.load import ReadLoad
-from tests.helpers.singleton import Singleton, assert_image, entry, umount_under
+from tests.helpers.singleton import Singleton, assert_image, assert_unregistered_mount_fails, entry, umount_under
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not erofs.erofs_available(),
@@ -71,12 +71,7 @@ def test_bind_mount_read_unbind(daemon, image, tmp_path, sim):
 
 
 def test_mount_of_an_unregistered_id_fails_cleanly(daemon, tmp_path, sim):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with pytest.raises(OSError) as e:
-        fscache.mount_erofs_fscache(str(mnt), "nobody")
-    assert e.value.errno and not is_mounted(mnt)
-    assert daemon.client().get("/api/v1/daemon").body["state"] == "RUNNING"
+    assert_unregistered_mount_fails(daemon, tmp_path / "mnt")
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ import jsonschema
 import yaml
 
 import nydus_hybrid
+from nydus_hybrid.waits import scaled
 from tests.helpers.mounts import is_mounted as is_mounted  # re-exported: the daemon tests use it from here
-from tests.helpers.timing import scaled
 
 # A path argument as the tests pass it.
 StrPath = Union[str, "os.PathLike[str]"]

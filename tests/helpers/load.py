@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Dict, List, Sequence, Tuple, Union
 
-from tests.helpers.timing import scaled
+from nydus_hybrid.waits import scaled
 
 
 def _read_uncached(path: str) -> bytes:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from nydus_hybrid.client import DaemonApiError, DaemonClient
+from nydus_hybrid.waits import scaled
 from tests.helpers.daemons import BuiltImage, lazy_umount, read_uncached, v1_config
 from tests.helpers.load import ReadLoad
-from tests.helpers.timing import scaled
 
 KILL_ROUNDS = int(os.environ.get("NYDUS_MANAGER_KILL_ROUNDS", "20"))
 KEYS = ("img1", "img2", "img3")
@@ -180,15 +180,18 @@ def wait_until(cond: Callable[[], object], timeout: float = 30.0, explain: Calla
         time.sleep(0.05)
 
 
-def kill_daemons_twice_under_reads(m: ManagerProc, images: Mapping[str, BuiltImage]) -> None:
-    """Three images mounted; 4 readers on one and a lister on all while every daemon is
-    killed -9, twice: no read and no listing may fail."""
+def kill_daemons_twice_under_reads(
+    m: ManagerProc, images: Mapping[str, BuiltImage], readers: int = 4, listers: int = 1
+) -> None:
+    """Three images mounted; `readers` on one and `listers` on all while every daemon is
+    killed -9, twice: no read and no listing may fail. (The VM's tests use no lister: an
+    `ls` process loads its binary over the guest's slow 9p root.)"""
     for k in KEYS:
         m.mount(k, images[k])
     mps = mountpoints(m.describe())
     with (
-        ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=1) as lister,
-        ReadLoad([mps["img1"]], images["img1"].files, readers=4, listers=0) as load,
+        ReadLoad([mps[k] for k in KEYS], images["img1"].files, readers=0, listers=listers) as lister,
+        ReadLoad([mps["img1"]], images["img1"].files, readers=readers, listers=0) as load,
     ):
         load.wait_reads(20)
         for _ in range(2):

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
-from tests.helpers.daemons import DAEMON, ApiClient, BuiltImage, read_uncached, stop_process
-from tests.helpers.timing import scaled
+from nydus_hybrid.mounts import fscache
+from nydus_hybrid.waits import scaled
+from tests.helpers.daemons import DAEMON, ApiClient, BuiltImage, is_mounted, read_uncached, stop_process
 
 
 class Singleton:
@@ -91,6 +92,20 @@ def assert_image(mnt: Path, image: BuiltImage) -> None:
     for rel, data in image.files.items():
         r = read_uncached(mnt / rel)
         assert r.returncode == 0 and r.stdout == data, (rel, r.stderr[-300:])
+
+
+def assert_unregistered_mount_fails(daemon: Singleton, mnt: Path) -> None:
+    """An fsid no entry registered: the mount fails with an errno, leaves nothing mounted,
+    and the daemon keeps RUNNING."""
+    mnt.mkdir()
+    try:
+        fscache.mount_erofs_fscache(str(mnt), "nobody")
+    except OSError as e:
+        assert e.errno, e
+    else:
+        raise AssertionError("a mount of an unregistered fsid succeeded")
+    assert not is_mounted(mnt)
+    assert daemon.client().get("/api/v1/daemon").body["state"] == "RUNNING"
 
 
 def umount_under(base: Path) -> None:

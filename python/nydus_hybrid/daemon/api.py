@@ -19,7 +19,6 @@ import socketserver
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, NoRoute, Unsupported
@@ -49,7 +48,6 @@ class Reply:
     status: int
     body: bytes = b""
     content_type: str = "application/json"
-    headers: Dict[str, str] = dataclass_field(default_factory=dict)
 
 
 def ok(body: Any = None, status: int = 200) -> Reply:
@@ -368,8 +366,6 @@ class _Connection(http.server.BaseHTTPRequestHandler):
             if reply.status != 204:
                 self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(reply.body)))
-            for k, v in reply.headers.items():
-                self.send_header(k, v)
             if close:
                 self.send_header("Connection", "close")
                 self.close_connection = True

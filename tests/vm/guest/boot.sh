@@ -11,7 +11,7 @@ truncate -s 1536M /mnt/ext4.img
 mkfs.ext4 -q /mnt/ext4.img
 mkdir /mnt/w
 mount -o loop /mnt/ext4.img /mnt/w
-# Under emulation an interpreter takes seconds to start: stretch the waits (the tests' and
-# the manager's), not the work.
-export NYDUS_IN_VM=1 TMPDIR=/mnt/w NYDUS_TEST_TIME_SCALE=8 NYDUS_HYBRID_WAIT_SCALE=8
+# Under emulation an interpreter takes seconds to start: stretch the waits (the daemon's, the manager's
+# and the tests': nydus_hybrid.waits), not the work.
+export NYDUS_IN_VM=1 TMPDIR=/mnt/w NYDUS_HYBRID_WAIT_SCALE=8
 exec python3 -m pytest tests/vm/guest -q -rA -p no:cacheprovider --basetemp=/mnt/w/pytest --junitxml="$junit" "$@"

@@ -9,9 +9,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import signal
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -25,12 +24,12 @@ from tests.helpers.managers import (
     KEYS,
     ManagerProc,
     assert_readable,
-    daemon_pids,
+    kill_daemons_twice_under_reads,
     mountpoints,
     teardown,
     wait_until,
 )
-from tests.helpers.singleton import Singleton, assert_image, entry, umount_under
+from tests.helpers.singleton import Singleton, assert_image, assert_unregistered_mount_fails, entry, umount_under
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +135,7 @@ def test_cull_refuses_a_file_in_use(daemon: Singleton, images: Dict[str, BuiltIm
 
 
 def test_mount_of_an_unregistered_id_fails_cleanly(daemon: Singleton, tmp_path: Path) -> None:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with pytest.raises(OSError) as e:
-        fscache.mount_erofs_fscache(str(mnt), "nobody")
-    assert e.value.errno and not is_mounted(mnt)
-    assert daemon.client().get("/api/v1/daemon").body["state"] == "RUNNING"
+    assert_unregistered_mount_fails(daemon, tmp_path / "mnt")
 
 
 def test_prefetch_fills_the_cache_before_anyone_reads(
@@ -218,26 +212,10 @@ def entries(m: ManagerProc) -> List[Any]:
 
 def test_restore_after_kill_9_of_the_daemon(images: Dict[str, BuiltImage], root: Path) -> None:
     """The manager holds the device fd (failover policy): a new daemon restores it, and
-    reads under way while the daemon is killed twice never fail. (In-process readers only:
-    a lister's `ls` processes would load their binary over the VM's slow 9p root.)"""
+    reads under way while the daemon is killed twice never fail."""
     m = manager(root)
     try:
-        for k in KEYS:
-            m.mount(k, images[k])
-        mps = mountpoints(m.describe())
-        with ReadLoad([mps["img1"]], images["img1"].files, readers=3, listers=0) as load:
-            load.wait_reads(10)
-            for _ in range(2):
-                killed = set(daemon_pids(m.describe()).values())
-                for pid in killed:
-                    os.kill(pid, signal.SIGKILL)
-
-                def replaced(killed: Set[int] = killed) -> bool:
-                    return not set(daemon_pids(m.describe()).values()) & killed
-
-                wait_until(replaced, explain=m.log_tail)
-                load.wait_reads(10)
-        assert not load.errors, load.errors[:5]
+        kill_daemons_twice_under_reads(m, images, readers=3, listers=0)
         doc = m.describe()
         assert len(doc["daemons"]) == 1 and all(i["state"] == "mounted" for i in doc["instances"])
         assert len(entries(m)) == 3
