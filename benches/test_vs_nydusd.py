@@ -6,7 +6,9 @@ blobcache, 4 threads).
   0.5 ms), and exec -> GET /api/v1/daemon says RUNNING; NYDUS_BENCH_DAEMON_ROUNDS rounds
   (20), ours and nydusd's interleaved so that both see the same host. The ratios of the
   medians are the figures (issue 14's goals: first file within 8x nydusd, RUNNING within
-  100 ms).
+  100 ms). Our daemon runs under NYDUS_BENCH_PYTHON (default: this interpreter) with its
+  bytecode compiled, as a wheel install leaves it; `python -c pass` with and without site
+  is timed in the same rounds.
 * throughput (`benchlib.vs_nydusd`): a Debian rootfs (mmdebstrap minbase + python3 + perl,
   cached under ~/.cache/nydus-hybrid) built by the real `nydus-image`; each daemon serves
   it with an empty blob cache and runs, in order: `tar` of the whole tree (cold blob cache),
@@ -24,8 +26,8 @@ import statistics
 import pytest
 
 from benchlib import vs_nydusd
-from benchlib.daemon import DaemonStart, daemon_image, daemon_missing
-from benchlib.env import daemon_rounds
+from benchlib.daemon import DaemonStart, daemon_image, daemon_missing, time_python
+from benchlib.env import compile_package, daemon_python, daemon_rounds
 from benchlib.report import pct
 
 NYDUSD = vs_nydusd.nydus_ref("nydusd")
@@ -45,8 +47,12 @@ def test_startup_side_by_side(benchmark, image, workdir):
     rel = min(image.files, key=lambda r: len(image.files[r]))  # the smallest file: one read
     probe = (rel, image.files[rel])
     runs = {"ours": [], "nydusd": []}
+    floors = {"python": [], "python -S": []}
+    compile_package()
 
     def one_round():
+        floors["python"].append(time_python("pass").running_s)
+        floors["python -S"].append(time_python("pass", "-S").running_s)
         for who in ("nydusd", "ours"):
             d = DaemonStart(
                 os.path.join(workdir, f"vs-{who}"),
@@ -67,6 +73,11 @@ def test_startup_side_by_side(benchmark, image, workdir):
         info[f"{who}_file_p50_ms"] = round(pct([r.file_s for r in rs], 0.5) * 1000, 1)
         info[f"{who}_running_p50_ms"] = round(pct([r.running_s for r in rs], 0.5) * 1000, 1)
         info[f"{who}_file_p90_ms"] = round(pct([r.file_s for r in rs], 0.9) * 1000, 1)
+    # What the interpreter alone costs here: `python -c pass`, and without site (this host's
+    # site hooks, such as a sandbox's .pth files, are part of every start of ours).
+    info["python"] = daemon_python()
+    info["python_pass_p50_ms"] = round(pct(floors["python"][1:], 0.5) * 1000, 1)
+    info["python_S_pass_p50_ms"] = round(pct(floors["python -S"][1:], 0.5) * 1000, 1)
     info["file_ratio_ours_vs_nydusd"] = round(info["ours_file_p50_ms"] / info["nydusd_file_p50_ms"], 2)
     info["running_ratio_ours_vs_nydusd"] = round(info["ours_running_p50_ms"] / info["nydusd_running_p50_ms"], 2)
     print(info)

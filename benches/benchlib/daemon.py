@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from benchlib.corpus import fresh_dir
+from benchlib.env import daemon_python
 from benchlib.measure import proc_cpu_s, proc_disk_read_bytes, proc_runq_wait_s
 
 DAEMON_STARTUP_GOAL_MS = 300
@@ -60,12 +61,13 @@ class Startup:
     file_s: Optional[float] = None  # exec -> the probe file reads back whole through the mount
 
 
-def time_python(code: str) -> Startup:
-    """`python -c code`, spawned exactly like the daemon: exec -> the code has run (it then
-    writes one byte to a pipe, the counterpart of the daemon answering RUNNING), and
-    exec -> exit."""
+def time_python(code: str, *flags: str) -> Startup:
+    """`python [flags] -c code` (the daemon's interpreter), spawned exactly like the daemon:
+    exec -> the code has run (it then writes one byte to a pipe, the counterpart of the
+    daemon answering RUNNING), and exec -> exit."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-c", code + "\nimport os; os.write(1, b'.')"], stdout=subprocess.PIPE)
+    argv = [daemon_python(), *flags, "-c", code + "\nimport os; os.write(1, b'.')"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE)
     ready = p.stdout.read(1)
     t_ready = time.perf_counter()
     p.stdout.close()
@@ -102,7 +104,7 @@ class DaemonStart:
         self.log = os.path.join(self.workdir, "daemon.log")
         self.poll = poll
         self.probe = probe
-        argv = [nydusd, "fuse"] if nydusd else [*self.dt.DAEMON, "fuse"]
+        argv = [nydusd, "fuse"] if nydusd else [daemon_python(), "-m", "nydus_hybrid.daemon", "fuse"]
         argv += ["--thread-num", "4"]
         if image is not None:
             cfg = os.path.join(self.workdir, "config.json")

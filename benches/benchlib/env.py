@@ -28,6 +28,22 @@ def bigfile_gb() -> float:
     return float(os.environ.get("NYDUS_BENCH_BIGFILE_GB", "0.5" if IN_CI else "2"))
 
 
+def daemon_python() -> str:
+    """The interpreter our daemon runs under: NYDUS_BENCH_PYTHON (for example a clean venv's,
+    without this host's site hooks), or the one running the benchmarks."""
+    return os.environ.get("NYDUS_BENCH_PYTHON") or sys.executable
+
+
+def compile_package() -> None:
+    """Write the package's bytecode, as `pip install` of a wheel does. A source checkout run
+    with PYTHONDONTWRITEBYTECODE (this host sets it) would otherwise compile every module at
+    every daemon start, which no installed daemon does."""
+    import nydus_hybrid
+
+    pkg = os.path.dirname(nydus_hybrid.__file__)
+    subprocess.run([daemon_python(), "-m", "compileall", "-q", pkg], check=True, stdout=subprocess.DEVNULL)
+
+
 def bench_rounds() -> int:
     return max(1, int(os.environ.get("NYDUS_BENCH_ROUNDS", "3")))
 

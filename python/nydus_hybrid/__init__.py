@@ -10,9 +10,11 @@ the package, such as the daemon on its way to a mounted image, does not import t
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: the daemon's early mount imports this package, not typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from nydus_hybrid.errors import NydusError
     from nydus_hybrid.image import BuildReport, Image, StatResult, build
     from nydus_hybrid.version import GIT_COMMIT, __version__

@@ -10,7 +10,9 @@ and friends keep working, and carries ``errno`` for callers that map errors to s
 
 from __future__ import annotations
 
-from typing import Dict, Type
+TYPE_CHECKING = False  # not typing's: the core imports this module on the daemon's early mount
+if TYPE_CHECKING:
+    from typing import Dict, Type
 
 
 class NydusError(Exception):

@@ -109,6 +109,14 @@ class UnpackReport(TypedDict):
     skipped_sockets: int
 
 
+class CacheOpts(TypedDict):
+    """How the kernel may cache a RAFS instance's entries, attributes and pages."""
+
+    entry_timeout: float
+    attr_timeout: float
+    keep_cache: bool
+
+
 class GcReport(TypedDict):
     removed: List[str]
     freed_bytes: int

@@ -8,8 +8,7 @@ import argparse
 import sys
 from typing import List, NoReturn, Optional, Sequence, Tuple
 
-MODES = ("fuse", "singleton")
-LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "off")
+from nydus_hybrid.daemon.options import DEFAULT_THREADS, FAILOVER_POLICIES, LOG_LEVELS, MAX_THREADS, MODES, thread_count
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,12 +17,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _threads(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 1024:
-        raise argparse.ArgumentTypeError(f"invalid thread count {text!r}: must be 1..=1024")
+    n = thread_count(text)
+    if not n:
+        raise argparse.ArgumentTypeError(f"invalid thread count {text!r}: must be 1..={MAX_THREADS}")
     return n
 
 
@@ -44,8 +40,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("-V", "--version", action="store_true")
     f = p.add_argument_group("fuse")
     f.add_argument("-M", "--mountpoint")
-    f.add_argument("--failover-policy", default="resend", choices=("none", "resend", "flush"))
-    f.add_argument("--fuse-threads", "--thread-num", dest="threads", type=_threads, default=4)
+    f.add_argument("--failover-policy", default="resend", choices=FAILOVER_POLICIES)
+    f.add_argument("--fuse-threads", "--thread-num", dest="threads", type=_threads, default=DEFAULT_THREADS)
     f.add_argument("--writable", action="store_true")
     f.add_argument("-B", "--bootstrap")
     f.add_argument("-D", "--localfs-dir")
@@ -57,15 +53,15 @@ def make_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("singleton")
     s.add_argument("-F", "--fscache")
     s.add_argument("--fscache-tag")
-    s.add_argument("--fscache-threads", type=_threads, default=4)
+    s.add_argument("--fscache-threads", type=_threads, default=DEFAULT_THREADS)
     return p
 
 
-def _split_mode(argv: Sequence[str]) -> Tuple[str, List[str]]:
+def _split_mode(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Tuple[str, List[str]]:
     """Take the subcommand out of argv (it may come after global options)."""
     takes_value = {
         a
-        for act in make_parser()._actions
+        for act in parser._actions
         for a in act.option_strings
         if act.nargs is None and not isinstance(act, (argparse._StoreTrueAction, argparse._HelpAction))
     }
@@ -88,8 +84,8 @@ def _split_mode(argv: Sequence[str]) -> Tuple[str, List[str]]:
 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
-    mode, rest = _split_mode(argv)
     parser = make_parser()
+    mode, rest = _split_mode(parser, argv)
     a = parser.parse_args(rest)
     a.mode = mode
     if a.version:

@@ -10,9 +10,10 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from nydus_hybrid import config as nconfig
+from nydus_hybrid.daemon.early import CACHE_OPTS, Early
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound
 from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image
@@ -79,6 +80,18 @@ class FuseService:
     def resume_fuse(self, fuse_fd: int, vfs_state: bytes) -> None:
         """Serve the live mount a predecessor handed over (its fd and Vfs state)."""
         self.mount = Mount.resume(self.mountpoint, fuse_fd, vfs_state)
+
+    def adopt(self, early: Early) -> None:
+        """Serve the mount ``daemon.early`` made before the command line was parsed: its
+        workers are running and, with a bootstrap, its image is attached at ``/``."""
+        fuse = early.take()
+        if early.image is None or early.config is None:
+            self.mount = Mount.adopt(fuse)
+            return
+        image = Image(early.image)
+        self.mount = Mount.adopt(fuse, ("/", image, early.index))
+        source = early.options["bootstrap"]
+        self.instances["/"] = Instance("/", source, early.config_text, early.config, image, early.index)
 
     def abandon_fuse(self) -> None:
         """Undo ``resume_fuse`` and any instances restored since, leaving the mount to its owner."""
@@ -280,17 +293,6 @@ def _exists(image: Image, path: str) -> bool:
         return True
     except NydusError:
         return False
-
-
-class CacheOpts(TypedDict):
-    entry_timeout: float
-    attr_timeout: float
-    keep_cache: bool
-
-
-# nydusd's FUSE timeouts come from the RAFS instance; an image never changes under a
-# mount, so long timeouts and a kept page cache are safe.
-CACHE_OPTS: CacheOpts = {"entry_timeout": 60.0, "attr_timeout": 60.0, "keep_cache": True}
 
 
 def config_from_localfs_dir(blob_dir: str) -> str:

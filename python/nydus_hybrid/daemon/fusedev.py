@@ -23,8 +23,9 @@ from typing import Any, Dict, List, Mapping, Optional
 from nydus_hybrid import log, version
 from nydus_hybrid.daemon import state as st
 from nydus_hybrid.daemon.base import BaseDaemon, restoring, stale_socket
+from nydus_hybrid.daemon.early import CACHE_OPTS, Early
 from nydus_hybrid.daemon.errors import DaemonError, NotReady, Unsupported
-from nydus_hybrid.daemon.fuse_service import CACHE_OPTS, FuseService, check_virtual_mountpoint, config_from_localfs_dir
+from nydus_hybrid.daemon.fuse_service import FuseService, check_virtual_mountpoint, config_from_localfs_dir
 from nydus_hybrid.lifecycle import handover, supervisor
 from nydus_hybrid.lifecycle.errors import StateError
 from nydus_hybrid.mounts import mountinfo
@@ -51,9 +52,14 @@ class FuseDaemon(BaseDaemon):
 
     # --- start-up -------------------------------------------------------------------------
 
-    def normal_start(self) -> None:
+    def normal_start(self, early: Optional[Early] = None) -> None:
+        """Mount and serve the command line's instance, or adopt the ``early`` mount (which
+        matches the command line), then RUNNING."""
+        if early is not None:
+            self.service.adopt(early)
+            self._serving(early=True)
+            return
         self.service.mount_fuse()
-        self.conn_id = mountinfo.fuse_conn_id(self.service.mountpoint)
         if self.a.bootstrap:
             if self.a.config:
                 with open(self.a.config) as f:
@@ -66,6 +72,11 @@ class FuseDaemon(BaseDaemon):
                     prefetch = [line.strip() for line in f if line.strip()]
             self.service.add(self.a.virtual_mountpoint, self.a.bootstrap, config, prefetch)
         self.service.start_workers()
+        self._serving(early=False)
+
+    def _serving(self, early: bool) -> None:
+        self.conn_id = mountinfo.fuse_conn_id(self.service.mountpoint)
+        log.event("mounted", mountpoint=self.service.mountpoint, instances=len(self.service.instances), early=early)
         self.machine.force(st.RUNNING)
         self._push_when_initialized()
 
@@ -240,8 +251,12 @@ def _usable_mountpoint(path: str) -> bool:
         return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
-def run(a: argparse.Namespace) -> int:
-    """``nydusd fuse``: mount and serve (or wait for a takeover), then the API until stopped."""
+def run(a: argparse.Namespace, early: Optional[Early] = None) -> int:
+    """``nydusd fuse``: mount and serve (or wait for a takeover), then the API until stopped.
+    ``early`` is the mount ``daemon.early`` made for this command line, if any."""
+    if early is not None and not early.matches(a):
+        early.undo()
+        early = None
     if a.shared_dir:
         print(
             "nydusd: error: --shared-dir (passthrough) is not supported: nydus-hybrid serves RAFS only", file=sys.stderr
@@ -251,12 +266,12 @@ def run(a: argparse.Namespace) -> int:
         print(f"nydusd: error: mountpoint {a.mountpoint} is not a directory", file=sys.stderr)
         return 1
     d = FuseDaemon(a)
-    crashed = predecessor_crashed(mountinfo.mountpoint_path(a.mountpoint), a.apisock)
+    crashed = early is None and predecessor_crashed(mountinfo.mountpoint_path(a.mountpoint), a.apisock)
     try:
         if a.apisock and (a.upgrade or crashed):
             log.event("waiting_for_takeover", upgrade=a.upgrade, crashed=crashed)
         else:
-            d.normal_start()
+            d.normal_start(early)
     except Exception as e:  # a failed start is one clear line and exit 1, never a traceback
         print(f"nydusd: error: {e}", file=sys.stderr)
         d.service.umount()

@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
-from typing import Optional, Sequence
+import sys
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from nydus_hybrid import log, version
 from nydus_hybrid.daemon import args as dargs
+
+if TYPE_CHECKING:
+    from nydus_hybrid.daemon.early import Early
 
 # Each daemon's module is imported only by a start in its mode: start-up time is paid by
 # every container of a dedicated-mode snapshotter.
@@ -56,17 +60,27 @@ def setup_logging(a: argparse.Namespace) -> None:
     )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    a = dargs.parse(argv)
-    if a.version:
-        print(version_text())
-        return 0
-    setup_logging(a)
-    _raise_nofile(a.rlimit_nofile)
-    if a.mode == "singleton":
-        from nydus_hybrid.daemon import singleton
+def main(argv: Optional[Sequence[str]] = None, early: Optional[Early] = None) -> int:
+    """``early``: the mount ``daemon.early`` made from this argv, if any. It is adopted by the
+    fuse daemon or, whatever happens (a usage error included), unmounted."""
+    try:
+        a = dargs.parse(argv)
+        if a.version:
+            print(version_text())
+            return 0
+        try:
+            setup_logging(a)
+        except OSError as e:
+            print(f"nydusd: error: cannot open the log file {a.log_file}: {e.strerror}", file=sys.stderr)
+            return 1
+        _raise_nofile(a.rlimit_nofile)
+        if a.mode == "singleton":
+            from nydus_hybrid.daemon import singleton
 
-        return singleton.run(a)
-    from nydus_hybrid.daemon import fusedev
+            return singleton.run(a)
+        from nydus_hybrid.daemon import fusedev
 
-    return fusedev.run(a)
+        return fusedev.run(a, early)
+    finally:
+        if early is not None:
+            early.undo()  # nothing, once the daemon has taken the session

@@ -33,6 +33,17 @@ class Mount:
         (``state`` is that server's ``save_state()``); nothing is remounted."""
         return cls(_core.FuseMount.resume(os.fspath(mountpoint), fuse_fd, state))
 
+    @classmethod
+    def adopt(cls, inner: _core.FuseMount, attached: Optional[Tuple[str, Image, int]] = None) -> Mount:
+        """Own a mount made through the core directly (``daemon.early``); ``attached`` is the
+        image it already serves, as (path, image, index)."""
+        m = cls(inner)
+        if attached is not None:
+            path, image, index = attached
+            m._images[path] = image
+            m._indexes[path] = index
+        return m
+
     @property
     def mountpoint(self) -> str:
         return os.fspath(self._inner.mountpoint)

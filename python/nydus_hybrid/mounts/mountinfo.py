@@ -5,7 +5,10 @@ which FUSE connection serves it, without a ``stat`` of the mount: on a live FUSE
 from __future__ import annotations
 
 import os
-from typing import Optional
+
+TYPE_CHECKING = False  # not typing's: the daemon's early mount uses this module
+if TYPE_CHECKING:
+    from typing import Optional
 
 MOUNTINFO = "/proc/self/mountinfo"
 
