@@ -71,7 +71,8 @@ def test_a_bad_bootstrap_is_reported_by_the_normal_start_and_nothing_stays_mount
 
 def test_a_start_that_fails_after_the_early_mount_unmounts(image, tmp_path):
     """`--log-file` in a missing directory passes argv's reading but fails the log set-up:
-    one line, exit 1, and the mount made by then is undone."""
+    one line, exit 1, and nothing stays mounted (the in-process test below shows that `main`
+    itself unmounts, not only the process's exit)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     cfg = tmp_path / "config.json"
@@ -81,3 +82,24 @@ def test_a_start_that_fails_after_the_early_mount_unmounts(image, tmp_path):
     assert p.returncode == 1, p
     assert p.stderr.startswith("nydusd: error: cannot open the log file") and len(p.stderr.splitlines()) == 1
     assert not is_mounted(mnt)
+
+
+def test_main_unmounts_an_early_mount_it_does_not_adopt(image, tmp_path):
+    """In this process, so that only `main` can unmount (no interpreter exit drops the
+    session): a start that fails after the early mount leaves nothing mounted."""
+    from nydus_hybrid.daemon import early
+    from nydus_hybrid.daemon import main as daemon_main
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(v1_config("/", image.blobs, tmp_path / "cache")))
+    argv = ["fuse", "--mountpoint", str(mnt), "--bootstrap", str(image.boot), "--config", str(cfg)]
+    argv += ["--log-file", str(tmp_path / "no" / "such" / "dir" / "log")]
+    made = early.start(argv)
+    assert made is not None and is_mounted(mnt)
+    try:
+        assert daemon_main.main(argv, early=made) == 1
+        assert not is_mounted(mnt)
+    finally:
+        made.undo()

@@ -41,9 +41,11 @@ def argvs(draw: st.DrawFn) -> List[str]:
         value = draw(st.sampled_from(VALUES))
         shape = draw(st.sampled_from(["split"] * 6 + ["equals", "bare"]))
         words.append([opt, value] if shape == "split" else [f"{opt}={value}"] if shape == "equals" else [opt])
+    if not draw(st.integers(0, 9)):
+        words.append([draw(st.sampled_from(["fuse", "singleton"]))])  # a subcommand after options
     words = draw(st.permutations(words))
-    head = "fuse" if draw(st.integers(0, 9)) else draw(st.sampled_from(["singleton", "--mountpoint"]))
-    return [head, *(w for word in words for w in word)]
+    head = draw(st.sampled_from([["fuse"]] * 6 + [[]] * 3 + [["singleton"]]))  # [] is nydusd's default
+    return [*head, *(w for word in words for w in word)]
 
 
 def accepted(argv: List[str]) -> bool:
@@ -82,6 +84,11 @@ def test_the_snapshotters_dedicated_start_is_read():
         "threads": "8",
     }
     assert early.read_argv(["fuse", "--mountpoint=/m"]) == {"mountpoint": "/m", "threads": "4"}
+    # nydusd's default subcommand, as its docs run it
+    assert early.read_argv(["--mountpoint", "/m", "--log-level", "info"]) == {"mountpoint": "/m", "threads": "4"}
+    # the snapshotter's dedicated argv with a system controller
+    with_source = [*argv, "--backend-source", "http://127.0.0.1:1/api/v1/daemons/d1/backend"]
+    assert early.read_argv(with_source) == early.read_argv(argv)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +103,8 @@ def test_the_snapshotters_dedicated_start_is_read():
         ["fuse", "--mountpoint", "/m", "-M", "/n"],  # one key, two names
         ["fuse", "--mountpoint", "/m", "--prefetch-files", "/p"],
         ["singleton", "--fscache", "/f"],
-        ["--mountpoint", "/m", "fuse"],
+        ["--mountpoint", "/m", "fuse"],  # a subcommand after options: argparse's business
+        ["--mountpoint", "/m", "singleton"],
     ],
 )
 def test_declined(argv):

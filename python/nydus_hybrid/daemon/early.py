@@ -25,7 +25,7 @@ from nydus_hybrid.mounts import mountinfo
 TYPE_CHECKING = False  # not typing's: importing typing would cost the early start ~3 ms
 if TYPE_CHECKING:
     import argparse
-    from typing import Callable, Dict, List, Optional
+    from typing import Callable, Dict, List, Optional, Tuple
 
     from nydus_hybrid.types import CacheOpts, NormalizedConfig
 
@@ -59,7 +59,15 @@ _CHECKED: Dict[str, Callable[[str], bool]] = {
     "--log-rotation-size": lambda v: v.isdigit(),
     "--rlimit-nofile": lambda v: v.isdigit(),
     "--failover-policy": lambda v: v in FAILOVER_POLICIES,
+    "--backend-source": lambda v: True,  # the snapshotter's, with a system controller; ignored
 }
+
+
+def accounting(config: NormalizedConfig) -> Tuple[bool, bool, bool]:
+    """The per-file counters an instance's config asks for: nydusd's (iostats_files,
+    access_pattern, latest_read_files)."""
+    rafs = config["rafs"]
+    return (bool(rafs["iostats_files"]), bool(rafs["access_pattern"]), bool(rafs["latest_read_files"]))
 
 
 class Early:
@@ -86,12 +94,9 @@ class Early:
             self.image.stat(b"/")  # read and validate the bootstrap now, as a normal start does
         self.fuse = _core.FuseMount.mount(self.mountpoint, "rafs")
         if self.image is not None and self.config is not None:
-            rafs = self.config["rafs"]
-            accounting = (rafs["iostats_files"], rafs["access_pattern"], rafs["latest_read_files"])
-            opts = CACHE_OPTS
-            self.index = self.fuse.attach(
-                "/", self.image, opts["entry_timeout"], opts["attr_timeout"], opts["keep_cache"], accounting
-            )
+            o = CACHE_OPTS
+            timeouts = (o["entry_timeout"], o["attr_timeout"], o["keep_cache"])
+            self.index = self.fuse.attach("/", self.image, *timeouts, accounting(self.config))
         self.fuse.start(self.threads)
 
     def matches(self, a: argparse.Namespace) -> bool:
@@ -123,12 +128,13 @@ class Early:
 
 
 def read_argv(argv: List[str]) -> Optional[Dict[str, str]]:
-    """The options of a start this module can make, or None for any other command line."""
-    if not argv or argv[0] != "fuse":
+    """The options of a start this module can make, or None for any other command line. The
+    ``fuse`` subcommand may lead or be left out (it is the default), as with nydusd."""
+    if not argv or not (argv[0] == "fuse" or argv[0].startswith("-")):
         return None
     options: Dict[str, str] = {}
     seen = set()
-    rest = iter(argv[1:])
+    rest = iter(argv[1:] if argv[0] == "fuse" else argv)
     for arg in rest:
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if not eq:

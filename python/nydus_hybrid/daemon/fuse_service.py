@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from nydus_hybrid import config as nconfig
-from nydus_hybrid.daemon.early import CACHE_OPTS, Early
+from nydus_hybrid.daemon.early import CACHE_OPTS, Early, accounting
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, MetricsNotFound
 from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image
@@ -173,9 +173,7 @@ class FuseService:
             return inst
 
     def _attach(self, mountpoint: str, image: Image, cfg: Dict[str, Any], index: Optional[int] = None) -> int:
-        rafs = cfg["rafs"]
-        accounting = (rafs["iostats_files"], rafs["access_pattern"], rafs["latest_read_files"])
-        return self.need_mount().attach(mountpoint, image, index=index, accounting=accounting, **CACHE_OPTS)
+        return self.need_mount().attach(mountpoint, image, index=index, accounting=accounting(cfg), **CACHE_OPTS)
 
     def restore(
         self,
