@@ -212,7 +212,7 @@ def _cmd_mount(a: argparse.Namespace) -> int:
     from nydus_hybrid.mounts.fuse import Mount
 
     image = _open(a)
-    m = Mount.create(a.mountpoint)
+    m = Mount.create(a.mountpoint, kernel_opens=a.no_keep_cache)
     stop: List[int] = []
     handler = lambda signum, frame: stop.append(signum)  # noqa: E731
     for sig in (signal.SIGINT, signal.SIGTERM):

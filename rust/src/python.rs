@@ -299,10 +299,11 @@ impl FuseMount {
 #[pymethods]
 impl FuseMount {
     /// Mount an empty read-only FUSE filesystem (a dead mount at the path is detached first).
+    /// Opens are zero-message unless `kernel_opens` (needed for `keep_cache=False`).
     #[staticmethod]
-    #[pyo3(signature = (mountpoint, fsname="rafs"))]
-    fn mount(py: Python<'_>, mountpoint: PathBuf, fsname: &str) -> R<Self> {
-        let server = py.allow_threads(|| crate::fuse::FuseServer::mount(&mountpoint, fsname)).map_err(to_py)?;
+    #[pyo3(signature = (mountpoint, fsname="rafs", kernel_opens=false))]
+    fn mount(py: Python<'_>, mountpoint: PathBuf, fsname: &str, kernel_opens: bool) -> R<Self> {
+        let server = py.allow_threads(|| crate::fuse::FuseServer::mount(&mountpoint, fsname, kernel_opens)).map_err(to_py)?;
         Ok(FuseMount { server })
     }
 

@@ -82,3 +82,40 @@ fn build_is_deterministic_and_dedups() {
         assert_eq!(rafs.read_nid(nid, 1_048_570, 20).unwrap(), &big[1_048_570..1_048_590]);
     }
 }
+
+#[test]
+fn a_listing_resumes_at_every_position() {
+    // 700 entries span several directory blocks; every resume point, block edges included,
+    // must give exactly the tail of the whole listing, and a stop must stop.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..700 {
+        std::fs::write(src.join(format!("entry-with-a-longish-name-{i:04}")), b"").unwrap();
+    }
+    let (boot, blobs) = (tmp.path().join("boot"), tmp.path().join("blobs"));
+    build(&src, &boot, &blobs, &BuildOptions { progress: false, ..Default::default() }).unwrap();
+    let rafs = Rafs::open(&boot, Some(&blobs)).unwrap();
+    let root = rafs.boot.root_nid();
+    let all: Vec<Vec<u8>> = rafs.boot.readdir(root).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(all.len(), 702); // with . and ..
+    for from in 0..all.len() as u64 + 3 {
+        let mut seen = Vec::new();
+        rafs.boot
+            .readdir_from(root, from, |e, next| {
+                assert_eq!(next, from + seen.len() as u64 + 1);
+                seen.push(e.name.to_vec());
+                true
+            })
+            .unwrap();
+        assert_eq!(seen, all[(from as usize).min(all.len())..], "resumed at {from}");
+        let mut taken = 0;
+        rafs.boot
+            .readdir_from(root, from, |_, _| {
+                taken += 1;
+                taken < 5
+            })
+            .unwrap();
+        assert_eq!(taken, 5.min(all.len().saturating_sub(from as usize)));
+    }
+}

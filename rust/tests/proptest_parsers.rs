@@ -16,7 +16,7 @@ use nydus_hybrid_core::error::Result as NResult;
 use nydus_hybrid_core::inspect::inspect;
 use nydus_hybrid_core::layout::blob_meta::{ChunkInfo, CiHeader, CI_HEADER_SIZE, CI_MAGIC};
 use nydus_hybrid_core::layout::chunk_table::ChunkTableEntry;
-use nydus_hybrid_core::layout::dirent::{decode_block, encode_block};
+use nydus_hybrid_core::layout::dirent::{decode_block, encode_block, entry_count};
 use nydus_hybrid_core::layout::inode::{decode_xattrs, encode_xattrs, ChunkAddr, Inode};
 use nydus_hybrid_core::layout::superblock::{BlobEntry, DeviceSlot, ErofsSuper, ExtSuper};
 use nydus_hybrid_core::layout::toc::TocEntry;
@@ -111,6 +111,20 @@ proptest! {
             prop_assert!(!ents.is_empty());
             for e in ents {
                 prop_assert!(!e.name.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn dirent_entry_count_agrees_with_decode(b in bytes(0..4200), valid in 0usize..5000) {
+        // A listing resumed at an offset skips blocks by entry_count: it must accept exactly
+        // what decode_block accepts the header of, and count what decode_block returns.
+        match decode_block(&b, valid) {
+            Ok(ents) => prop_assert_eq!(entry_count(&b, valid).ok(), Some(ents.len())),
+            Err(_) => {
+                if let Ok(n) = entry_count(&b, valid) {
+                    prop_assert!(n >= 1);
+                }
             }
         }
     }

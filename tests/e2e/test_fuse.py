@@ -334,3 +334,26 @@ def test_inflight_shows_a_read_waiting_on_a_stalled_backend(built, tmp_path):
     finally:
         m.stop(umount=True)
         listener.close()
+
+
+@pytest.mark.parametrize("keep_cache", [True, False])
+def test_opens_reach_the_daemon_only_without_keep_cache(built, tmp_path, keep_cache):
+    """Zero-message opens and opendirs by default (the kernel keeps the page cache and sends
+    no OPEN, OPENDIR or RELEASE); ``keep_cache=False`` needs its opens, so they come."""
+    from nydus_hybrid.mounts.fuse import mount_image
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = mount_image(mnt, built.bootstrap, built.blob_dir, keep_cache=keep_cache)
+    try:
+        for _ in range(3):
+            assert (mnt / "files/hello.txt").read_bytes() == b"hello, world\n"
+            assert "hello.txt" in os.listdir(mnt / "files")
+        hits = m.fs_metrics("/")["fop_hits"]
+        opens, opendirs = hits[2], hits[8]  # nydusd's fop order: getattr, readlink, open, ...
+        if keep_cache:
+            assert (opens, opendirs) == (0, 0)
+        else:
+            assert opens >= 3 and opendirs >= 3
+    finally:
+        m.stop(umount=True)

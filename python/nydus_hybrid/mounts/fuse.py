@@ -22,10 +22,12 @@ class Mount:
         self._indexes: Dict[str, int] = {}
 
     @classmethod
-    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs") -> Mount:
+    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs", kernel_opens: bool = False) -> Mount:
         """Mount an empty read-only filesystem (root may mount without fusermount). A dead
-        FUSE mount left at the path (ENOTCONN) is detached first."""
-        return cls(_core.FuseMount.mount(os.fspath(mountpoint), fsname))
+        FUSE mount left at the path (ENOTCONN) is detached first. Opens and opendirs are
+        zero-message (the kernel keeps the page cache) unless ``kernel_opens``, which an
+        image attached with ``keep_cache=False`` needs for its opens to reach it."""
+        return cls(_core.FuseMount.mount(os.fspath(mountpoint), fsname, kernel_opens))
 
     @classmethod
     def resume(cls, mountpoint: PathArg, fuse_fd: int, state: bytes) -> Mount:
@@ -138,7 +140,7 @@ def mount_image(
 ) -> Mount:
     """Dedicated mode in one call: open an image and serve it at ``mountpoint``."""
     image = Image.open(bootstrap, blob_dir, config=config)
-    m = Mount.create(mountpoint)
+    m = Mount.create(mountpoint, kernel_opens=not keep_cache)
     try:
         m.attach("/", image, entry_timeout=entry_timeout, attr_timeout=attr_timeout, keep_cache=keep_cache)
         m.start(threads)

@@ -5,6 +5,7 @@
 
 use super::metrics::{Accounting, Fop, FsIoStats};
 use crate::error::Error;
+use crate::layout::dirent::Dirent;
 use crate::layout::{file_type, mode};
 use crate::reader::{Rafs, Stat};
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, OpenOptions};
@@ -129,27 +130,34 @@ impl RafsFs {
         self.rafs.boot.xattrs(nid, &ino).map_err(errno)
     }
 
-    fn dir_entries(&self, ino: u64, handle: u64) -> io::Result<Arc<Vec<crate::reader::DirEntry>>> {
-        if let Some((owner, d)) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&handle) {
-            // A handle opened by a previous daemon (before a takeover) may equal one of
-            // ours for another directory: only trust it for the directory it was opened on.
-            if *owner == ino {
-                return Ok(d.clone());
+    /// Entries from `offset` on, as (entry, next offset): offsets are positions + 1. Mounts
+    /// are zero-message opendir, so a listing is decoded per call from where it resumes;
+    /// a handle opened by a predecessor that did open directories keeps its own listing.
+    fn list(&self, ino: u64, handle: u64, offset: u64, mut add: impl FnMut(&Dirent<'_>, u64) -> io::Result<usize>) -> io::Result<()> {
+        let opened = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&handle).cloned();
+        // A handle from a previous daemon may equal one of ours for another directory:
+        // only trust it for the directory it was opened on.
+        if let Some((_, ents)) = opened.filter(|(owner, _)| *owner == ino) {
+            for (i, e) in ents.iter().enumerate().skip(offset as usize) {
+                if add(&Dirent { nid: e.nid, file_type: e.file_type, name: &e.name }, i as u64 + 1)? == 0 {
+                    break; // the reply buffer is full
+                }
             }
+            return Ok(());
         }
-        // No handle (zero-message opendir), or one we did not open: decode for this call.
-        Ok(Arc::new(self.rafs.boot.readdir(nid_of(ino)?).map_err(errno)?))
-    }
-
-    /// Entries from `offset` on, as (entry, next offset): offsets are positions + 1.
-    fn list(&self, ino: u64, handle: u64, offset: u64, mut add: impl FnMut(&crate::reader::DirEntry, u64) -> io::Result<usize>) -> io::Result<()> {
-        let ents = self.dir_entries(ino, handle)?;
-        for (i, e) in ents.iter().enumerate().skip(offset as usize) {
-            if add(e, i as u64 + 1)? == 0 {
-                break; // the reply buffer is full
+        let mut failed = None;
+        let walked = self.rafs.boot.readdir_from(nid_of(ino)?, offset, |e, next| match add(e, next) {
+            Ok(0) => false, // the reply buffer is full
+            Ok(_) => true,
+            Err(err) => {
+                failed = Some(err);
+                false
             }
+        });
+        match failed {
+            Some(err) => Err(err),
+            None => walked.map_err(errno),
         }
-        Ok(())
     }
 }
 
@@ -316,7 +324,7 @@ impl FileSystem for RafsFs {
         self.stats.op(
             Fop::Readdir,
             inode,
-            || self.list(inode, handle, offset, |e, next| add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name })),
+            || self.list(inode, handle, offset, |e, next| add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: e.name })),
             |_| 0,
         )
     }
@@ -336,7 +344,7 @@ impl FileSystem for RafsFs {
             || {
                 self.list(inode, handle, offset, |e, next| {
                     let entry = self.entry(e.nid)?;
-                    add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: &e.name }, entry)
+                    add_entry(DirEntry { ino: e.nid + 1, offset: next, type_: dt_of(e.file_type), name: e.name }, entry)
                 })
             },
             |_| 0,

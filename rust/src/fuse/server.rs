@@ -58,7 +58,9 @@ fn widen_readahead(mountpoint: &Path) {
     }
 }
 
-fn vfs_options() -> VfsOptions {
+/// `kernel_opens`: send OPEN and OPENDIR (a mount whose images drop the page cache per
+/// open needs them); otherwise zero-message opens.
+fn vfs_options(kernel_opens: bool) -> VfsOptions {
     use fuse_backend_rs::api::filesystem::FsOptions;
     let defaults = VfsOptions::default();
     VfsOptions {
@@ -69,17 +71,19 @@ fn vfs_options() -> VfsOptions {
         // first OPEN is answered ENOSYS and the kernel then sends no OPEN or RELEASE at all
         // (half the requests of a `tar` of a rootfs) and keeps the page cache
         // (FOPEN_KEEP_CACHE is its default then); the mount is MS_RDONLY, so a write open
-        // still fails with EROFS. Real opendirs, so a directory is decoded once per handle.
+        // still fails with EROFS. Zero-message opendirs too (OPENDIR and RELEASEDIR were
+        // half the requests of a cold `find`): each READDIR(PLUS) resumes the listing at
+        // its offset, skipping whole directory blocks by their entry counts.
         no_writeback: true,
-        no_open: true,
-        no_opendir: false,
+        no_open: !kernel_opens,
+        no_opendir: !kernel_opens,
         ..defaults
     }
 }
 
 impl FuseServer {
-    fn with_session(mountpoint: &Path, session: FuseSession) -> Self {
-        let mut vfs = Vfs::new(vfs_options());
+    fn with_session(mountpoint: &Path, session: FuseSession, kernel_opens: bool) -> Self {
+        let mut vfs = Vfs::new(vfs_options(kernel_opens));
         // A detached image's `/<id>` directory disappears, as with nydusd's FUSE umount.
         vfs.set_remove_pseudo_root();
         let vfs = Arc::new(vfs);
@@ -94,12 +98,13 @@ impl FuseServer {
     }
 
     /// Mount a new, empty FUSE filesystem at `mountpoint` (as root: `mount(2)` directly).
-    pub fn mount(mountpoint: &Path, fsname: &str) -> Result<Self> {
+    /// `kernel_opens`: see `vfs_options`.
+    pub fn mount(mountpoint: &Path, fsname: &str, kernel_opens: bool) -> Result<Self> {
         clear_dead_mount(mountpoint)?;
         let mut session = FuseSession::new(mountpoint, fsname, "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
         session.set_allow_other(true);
         session.mount().map_err(|e| session_err(&format!("mount {}", mountpoint.display()), e))?;
-        let server = Self::with_session(mountpoint, session);
+        let server = Self::with_session(mountpoint, session, kernel_opens);
         Ok(server)
     }
 
@@ -108,7 +113,8 @@ impl FuseServer {
     pub fn resume(mountpoint: &Path, fuse_fd: File, vfs_state: &[u8]) -> Result<Self> {
         let mut session = detached_session(mountpoint)?;
         session.set_fuse_file(fuse_fd);
-        let mut s = Self::with_session(mountpoint, session);
+        // The predecessor's saved Vfs options (its open mode) replace these on restore.
+        let mut s = Self::with_session(mountpoint, session, false);
         s.resumed = true;
         let mut buf = vfs_state.to_vec();
         s.vfs.restore_from_bytes(&mut buf).map_err(|e| Error::corrupt(format!("saved FUSE state: {e:?}")))?;

@@ -13,15 +13,23 @@ pub struct Dirent<'a> {
     pub name: &'a [u8],
 }
 
+/// How many entries one directory block holds (its first name offset over the dirent
+/// size), checked as `decode_block` checks it, without decoding the names.
+pub fn entry_count(block: &[u8], valid_len: usize) -> Result<usize> {
+    let valid_len = valid_len.min(block.len());
+    ensure!(valid_len >= DIRENT_SIZE, "directory block too short");
+    let first_nameoff = u16_at(block, 8) as usize;
+    ensure!(first_nameoff % DIRENT_SIZE == 0 && first_nameoff >= DIRENT_SIZE && first_nameoff < valid_len, "bad first nameoff {first_nameoff}");
+    Ok(first_nameoff / DIRENT_SIZE)
+}
+
 /// Decode every entry of one directory block. `valid_len` bounds the last name (the used
 /// length of this block, i.e. `i_size` for the final block): bytes past it belong to
 /// something else.
 pub fn decode_block(block: &[u8], valid_len: usize) -> Result<Vec<Dirent<'_>>> {
     let valid_len = valid_len.min(block.len());
-    ensure!(valid_len >= DIRENT_SIZE, "directory block too short");
-    let first_nameoff = u16_at(block, 8) as usize;
-    ensure!(first_nameoff % DIRENT_SIZE == 0 && first_nameoff >= DIRENT_SIZE && first_nameoff < valid_len, "bad first nameoff {first_nameoff}");
-    let count = first_nameoff / DIRENT_SIZE;
+    let count = entry_count(block, valid_len)?;
+    let first_nameoff = count * DIRENT_SIZE;
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let d = i * DIRENT_SIZE;

@@ -219,15 +219,35 @@ impl Bootstrap {
 
     /// Every entry of a directory, `.` and `..` included, in on-disk (sorted) order.
     pub fn readdir(&self, nid: u64) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        self.readdir_from(nid, 0, |d, _| {
+            out.push(DirEntry { name: d.name.to_vec(), nid: d.nid, file_type: d.file_type });
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// The entries of a directory from position `from` on, in on-disk order, each with the
+    /// position after it, until `visit` says stop. A listing resumed at a position decodes
+    /// only the blocks it visits: the blocks before are skipped by their entry counts.
+    pub fn readdir_from(&self, nid: u64, from: u64, mut visit: impl FnMut(&dirent::Dirent<'_>, u64) -> bool) -> Result<()> {
         let ino = self.inode(nid)?;
         let nblocks = self.dir_blocks(nid, &ino)?;
-        let mut out = Vec::new();
+        let mut first = 0u64; // position of block j's first entry
         for j in 0..nblocks {
-            for d in self.decode_dir_block(nid, &ino, j)? {
-                out.push(DirEntry { name: d.name.to_vec(), nid: d.nid, file_type: d.file_type });
+            let blk = self.flat_block(nid, &ino, j)?;
+            let count = dirent::entry_count(blk, blk.len()).map_err(|e| e.at(&format!("directory {nid} block {j}")))? as u64;
+            if first + count > from {
+                for (i, d) in self.decode_dir_block(nid, &ino, j)?.iter().enumerate() {
+                    let at = first + i as u64;
+                    if at >= from && !visit(d, at + 1) {
+                        return Ok(());
+                    }
+                }
             }
+            first += count;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Binary search for `name` in a directory (names are globally byte-sorted, §3.3).
