@@ -10,6 +10,7 @@ environment variable is set.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -28,10 +29,36 @@ def bigfile_gb() -> float:
     return float(os.environ.get("NYDUS_BENCH_BIGFILE_GB", "0.5" if IN_CI else "2"))
 
 
+@functools.cache
 def daemon_python() -> str:
-    """The interpreter our daemon runs under: NYDUS_BENCH_PYTHON (for example a clean venv's,
-    without this host's site hooks), or the one running the benchmarks."""
-    return os.environ.get("NYDUS_BENCH_PYTHON") or sys.executable
+    """The interpreter our daemon runs under: NYDUS_BENCH_PYTHON, or by default a venv of the
+    running interpreter made once under bench_dir(). Its one .pth names this checkout's
+    package and the running interpreter's site-packages, so it runs the same code with the
+    same dependencies, as a `pip install nydus-hybrid` into a venv does, but without the
+    host's own start-up hooks: this sandbox's site-packages holds a .pth that imports
+    certifi at every interpreter start (about 30 ms), which no user's venv runs."""
+    chosen = os.environ.get("NYDUS_BENCH_PYTHON")
+    if chosen:
+        return chosen
+    import site
+
+    import nydus_hybrid
+
+    venv = os.path.join(bench_dir(), "daemon-venv")
+    python = os.path.join(venv, "bin", "python")
+    paths = [os.path.dirname(os.path.dirname(nydus_hybrid.__file__)), *site.getsitepackages()]
+    pth = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages", "bench.pth")
+    want = "".join(p + "\n" for p in paths)
+    try:
+        with open(pth) as f:
+            if f.read() == want and os.path.exists(python):
+                return python
+    except OSError:
+        pass
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", venv], check=True)
+    with open(pth, "w") as f:
+        f.write(want)
+    return python
 
 
 def compile_package() -> None:

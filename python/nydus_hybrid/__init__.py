@@ -15,16 +15,17 @@ TYPE_CHECKING = False  # not typing's: the daemon's early mount imports this pac
 if TYPE_CHECKING:
     from typing import Any
 
+    from nydus_hybrid.builder import BuildReport, build
     from nydus_hybrid.errors import NydusError
-    from nydus_hybrid.image import BuildReport, Image, StatResult, build
+    from nydus_hybrid.image import Image, StatResult
     from nydus_hybrid.version import GIT_COMMIT, __version__
 
 _WHERE = {
     "NydusError": "nydus_hybrid.errors",
-    "BuildReport": "nydus_hybrid.image",
+    "BuildReport": "nydus_hybrid.builder",
     "Image": "nydus_hybrid.image",
     "StatResult": "nydus_hybrid.image",
-    "build": "nydus_hybrid.image",
+    "build": "nydus_hybrid.builder",
     "GIT_COMMIT": "nydus_hybrid.version",
     "__version__": "nydus_hybrid.version",
 }

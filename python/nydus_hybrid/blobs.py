@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from nydus_hybrid import _core
-from nydus_hybrid.types import GcReport
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import GcReport
 
 PathArg = Union[str, "os.PathLike[str]"]
 

@@ -17,9 +17,10 @@ import tempfile
 from typing import List, NoReturn, Optional, Sequence
 
 from nydus_hybrid import log, version
+from nydus_hybrid.builder import BuildReport, build
 from nydus_hybrid.client import DaemonApiError
 from nydus_hybrid.errors import NydusError
-from nydus_hybrid.image import BuildReport, Image, build
+from nydus_hybrid.image import Image
 from nydus_hybrid.lifecycle.errors import LifecycleError
 from nydus_hybrid.lifecycle.upgrade import standalone_upgrade
 from nydus_hybrid.manager import cli as mcli
@@ -212,7 +213,7 @@ def _cmd_mount(a: argparse.Namespace) -> int:
     from nydus_hybrid.mounts.fuse import Mount
 
     image = _open(a)
-    m = Mount.create(a.mountpoint, kernel_opens=a.no_keep_cache)
+    m = Mount.create(a.mountpoint, open=a.no_keep_cache, opendir=a.no_keep_cache)
     stop: List[int] = []
     handler = lambda signum, frame: stop.append(signum)  # noqa: E731
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,10 +4,12 @@ with the same rules the daemon applies. Errors raise ``ConfigError`` naming the 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Union
+from typing import TYPE_CHECKING, Any, Dict, Union
 
 from nydus_hybrid import _core
-from nydus_hybrid.types import NormalizedConfig
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import NormalizedConfig
 
 
 def parse(doc: Union[str, bytes, Dict[str, Any]]) -> NormalizedConfig:

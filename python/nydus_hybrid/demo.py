@@ -18,7 +18,8 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from nydus_hybrid import log, treecmp
-from nydus_hybrid.image import Image, build
+from nydus_hybrid.builder import build
+from nydus_hybrid.image import Image
 from nydus_hybrid.mounts import erofs
 
 if TYPE_CHECKING:

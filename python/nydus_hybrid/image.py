@@ -10,12 +10,13 @@ import errno
 import json
 import os
 import stat as stat_mod
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from nydus_hybrid import _core
 from nydus_hybrid.errors import CorruptImageError, InvalidArgumentError
-from nydus_hybrid.types import CheckReport, ImageMetrics, InspectReport, UnpackReport
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import CheckReport, ImageMetrics, InspectReport, UnpackReport
 
 PathArg = Union[str, bytes, "os.PathLike[str]"]
 
@@ -27,8 +28,9 @@ def _image_path(path: Union[str, bytes]) -> bytes:
     return os.fsencode(path)
 
 
-@dataclass(frozen=True)
-class StatResult:
+class StatResult(NamedTuple):
+    """An entry's attributes, tuple-like as ``os.stat_result`` is."""
+
     st_ino: int
     st_mode: int
     st_nlink: int
@@ -57,55 +59,6 @@ class StatResult:
 
     def is_symlink(self) -> bool:
         return stat_mod.S_ISLNK(self.st_mode)
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    blob_id: Optional[str]
-    blob_path: Optional[str]
-    blob_size: int
-    bootstrap_size: int
-    inodes: int
-    files: int
-    bytes_in: int
-    chunks: int
-    deduped_chunks: int
-    unique_bytes: int
-    uncompressed_size: int
-
-    @property
-    def dedup_ratio(self) -> float:
-        """Input bytes per byte of distinct chunks (1.0 means nothing was deduplicated)."""
-        return self.bytes_in / self.unique_bytes if self.unique_bytes else 1.0
-
-
-def build(
-    source: PathArg,
-    bootstrap: PathArg,
-    blob_dir: PathArg,
-    *,
-    chunk_size: int = 0x100000,
-    compressor: str = "zstd",
-    digester: str = "blake3",
-    explicit_uid_gid: bool = True,
-    whiteout_spec: str = "oci",
-    progress: bool = True,
-    exclude: Sequence[Union[str, bytes]] = (),
-) -> BuildReport:
-    """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball."""
-    report = _core.build(
-        os.fspath(source),
-        os.fspath(bootstrap),
-        os.fspath(blob_dir),
-        chunk_size=chunk_size,
-        compressor=compressor,
-        digester=digester,
-        explicit_uid_gid=explicit_uid_gid,
-        whiteout_spec=whiteout_spec,
-        progress=progress,
-        exclude=[os.fsencode(e) for e in exclude],
-    )
-    return BuildReport(**report)
 
 
 class Image:

@@ -299,11 +299,12 @@ impl FuseMount {
 #[pymethods]
 impl FuseMount {
     /// Mount an empty read-only FUSE filesystem (a dead mount at the path is detached first).
-    /// Opens are zero-message unless `kernel_opens` (needed for `keep_cache=False`).
+    /// `open`: the kernel sends OPEN (needed for `keep_cache=False`); `opendir`: it sends
+    /// OPENDIR (needed where the root's listing changes: shared mode).
     #[staticmethod]
-    #[pyo3(signature = (mountpoint, fsname="rafs", kernel_opens=false))]
-    fn mount(py: Python<'_>, mountpoint: PathBuf, fsname: &str, kernel_opens: bool) -> R<Self> {
-        let server = py.allow_threads(|| crate::fuse::FuseServer::mount(&mountpoint, fsname, kernel_opens)).map_err(to_py)?;
+    #[pyo3(signature = (mountpoint, fsname="rafs", open=false, opendir=true))]
+    fn mount(py: Python<'_>, mountpoint: PathBuf, fsname: &str, open: bool, opendir: bool) -> R<Self> {
+        let server = py.allow_threads(|| crate::fuse::FuseServer::mount(&mountpoint, fsname, open, opendir)).map_err(to_py)?;
         Ok(FuseMount { server })
     }
 

@@ -18,6 +18,7 @@ ROOT = "nydus_hybrid"
 # The modules that wrap the Rust core; everything else goes through them.
 CORE_FACING = {
     "nydus_hybrid.image",
+    "nydus_hybrid.builder",
     "nydus_hybrid.blobs",
     "nydus_hybrid.config",
     "nydus_hybrid.version",

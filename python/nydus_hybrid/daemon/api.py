@@ -18,7 +18,6 @@ import logging
 import socketserver
 import threading
 import urllib.parse
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from nydus_hybrid.daemon.errors import BadRequest, DaemonError, NoRoute, Unsupported
@@ -35,19 +34,24 @@ SERVER = "Nydus API"
 _T = TypeVar("_T")
 
 
-@dataclass
+# Plain classes, not dataclasses: that import alone costs the daemon's start several ms.
 class Request:
-    method: str
-    path: str
-    query: Dict[str, str]  # the first value of each key
-    body: bytes = b""
+    __slots__ = ("body", "method", "path", "query")
+
+    def __init__(self, method: str, path: str, query: Dict[str, str], body: bytes = b""):
+        self.method = method
+        self.path = path
+        self.query = query  # the first value of each key
+        self.body = body
 
 
-@dataclass
 class Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json"):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
 
 
 def ok(body: Any = None, status: int = 200) -> Reply:

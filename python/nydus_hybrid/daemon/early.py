@@ -92,7 +92,8 @@ class Early:
             self.config = _core.parse_config(self.config_text)
             self.image = _core.Image.open(bootstrap, None, True, None, self.config_text, "/")
             self.image.stat(b"/")  # read and validate the bootstrap now, as a normal start does
-        self.fuse = _core.FuseMount.mount(self.mountpoint, "rafs")
+        # One image at / (dedicated mode) lets the kernel cache listings without asking.
+        self.fuse = _core.FuseMount.mount(self.mountpoint, "rafs", opendir=bootstrap is None)
         if self.image is not None and self.config is not None:
             o = CACHE_OPTS
             timeouts = (o["entry_timeout"], o["attr_timeout"], o["keep_cache"])

@@ -9,8 +9,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from nydus_hybrid import config as nconfig
 from nydus_hybrid.daemon.early import CACHE_OPTS, Early, accounting
@@ -19,21 +18,33 @@ from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image
 from nydus_hybrid.mounts.fuse import Mount
 from nydus_hybrid.mounts.mountinfo import mountpoint_path
-from nydus_hybrid.types import AccessPattern, FilesMetrics, FsMetrics, Inflight
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import AccessPattern, FilesMetrics, FsMetrics, Inflight
 
 
-@dataclass
 class Instance:
-    """One RAFS instance: where it is, what it was mounted from, and its reader."""
+    """One RAFS instance: where it is, what it was mounted from, and its reader. (A plain
+    class: ``dataclasses`` costs the daemon's start several ms of imports.)"""
 
-    mountpoint: str
-    source: str
-    config_text: str
-    config: Dict[str, Any]  # normalised v2 form, secrets removed
-    image: Image
-    index: int
-    prefetch_files: Optional[List[str]] = None
-    mounted_at: float = field(default_factory=time.time)
+    def __init__(
+        self,
+        mountpoint: str,
+        source: str,
+        config_text: str,
+        config: Dict[str, Any],  # normalised v2 form, secrets removed
+        image: Image,
+        index: int,
+        prefetch_files: Optional[List[str]] = None,
+    ):
+        self.mountpoint = mountpoint
+        self.source = source
+        self.config_text = config_text
+        self.config = config
+        self.image = image
+        self.index = index
+        self.prefetch_files = prefetch_files
+        self.mounted_at = time.time()
 
     @property
     def config_id(self) -> str:
@@ -74,8 +85,10 @@ class FuseService:
 
     # --- the kernel mount and its workers -------------------------------------------------
 
-    def mount_fuse(self) -> None:
-        self.mount = Mount.create(self.mountpoint)
+    def mount_fuse(self, dedicated: bool) -> None:
+        """``dedicated``: one image at ``/`` for the mount's life, so the kernel may cache
+        every listing without asking (zero-message opendir, as nydusd)."""
+        self.mount = Mount.create(self.mountpoint, opendir=not dedicated)
 
     def resume_fuse(self, fuse_fd: int, vfs_state: bytes) -> None:
         """Serve the live mount a predecessor handed over (its fd and Vfs state)."""

@@ -18,7 +18,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from nydus_hybrid import log, version
 from nydus_hybrid.daemon import state as st
@@ -29,7 +29,9 @@ from nydus_hybrid.daemon.fuse_service import FuseService, check_virtual_mountpoi
 from nydus_hybrid.lifecycle import handover, supervisor
 from nydus_hybrid.lifecycle.errors import StateError
 from nydus_hybrid.mounts import mountinfo
-from nydus_hybrid.types import InspectReport
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import InspectReport
 
 EROFS_SUPER_MAGIC = 0xE0F5E1E2
 RAFS_V6_VERSION = 0x600
@@ -59,7 +61,7 @@ class FuseDaemon(BaseDaemon):
             self.service.adopt(early)
             self._serving(early=True)
             return
-        self.service.mount_fuse()
+        self.service.mount_fuse(dedicated=bool(self.a.bootstrap))
         if self.a.bootstrap:
             if self.a.config:
                 with open(self.a.config) as f:

@@ -35,7 +35,7 @@ def _probe() -> bool:
         return False
     if os.geteuid() != 0:
         return False
-    from nydus_hybrid.image import build
+    from nydus_hybrid.builder import build
 
     with tempfile.TemporaryDirectory(prefix="nydus-erofs-probe-") as tmp:
         src, mnt = os.path.join(tmp, "src"), os.path.join(tmp, "mnt")

@@ -15,12 +15,14 @@ import json
 import os
 import socket
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from nydus_hybrid import _core
 from nydus_hybrid.image import Image
 from nydus_hybrid.mounts import syscall
-from nydus_hybrid.types import BlobEntry, FscacheMetrics
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import BlobEntry, FscacheMetrics
 
 ENV = "NYDUS_HYBRID_CACHEFILES"
 REAL_DEVICE = "/dev/cachefiles"

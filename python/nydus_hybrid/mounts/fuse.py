@@ -5,11 +5,13 @@ down. (``nydus_hybrid.mounts.fuse_shim`` is the slower, scriptable fusepy-style 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union, cast
 
 from nydus_hybrid import _core
 from nydus_hybrid.image import Image, PathArg
-from nydus_hybrid.types import AccessPattern, FilesMetrics, FsMetrics, Inflight
+
+if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start path
+    from nydus_hybrid.types import AccessPattern, FilesMetrics, FsMetrics, Inflight
 
 
 class Mount:
@@ -22,12 +24,15 @@ class Mount:
         self._indexes: Dict[str, int] = {}
 
     @classmethod
-    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs", kernel_opens: bool = False) -> Mount:
+    def create(cls, mountpoint: PathArg, *, fsname: str = "rafs", open: bool = False, opendir: bool = True) -> Mount:
         """Mount an empty read-only filesystem (root may mount without fusermount). A dead
-        FUSE mount left at the path (ENOTCONN) is detached first. Opens and opendirs are
-        zero-message (the kernel keeps the page cache) unless ``kernel_opens``, which an
-        image attached with ``keep_cache=False`` needs for its opens to reach it."""
-        return cls(_core.FuseMount.mount(os.fspath(mountpoint), fsname, kernel_opens))
+        FUSE mount left at the path (ENOTCONN) is detached first.
+
+        Which opens reach the daemon: with ``open`` False the kernel sends no OPEN and keeps
+        each file's page cache (an image attached with ``keep_cache=False`` needs True).
+        With ``opendir`` False it sends no OPENDIR and caches every listing, which only a
+        mount serving one image at ``/`` allows: a shared mount's root changes."""
+        return cls(_core.FuseMount.mount(os.fspath(mountpoint), fsname, open, opendir))
 
     @classmethod
     def resume(cls, mountpoint: PathArg, fuse_fd: int, state: bytes) -> Mount:
@@ -140,7 +145,7 @@ def mount_image(
 ) -> Mount:
     """Dedicated mode in one call: open an image and serve it at ``mountpoint``."""
     image = Image.open(bootstrap, blob_dir, config=config)
-    m = Mount.create(mountpoint, kernel_opens=not keep_cache)
+    m = Mount.create(mountpoint, open=not keep_cache, opendir=not keep_cache)
     try:
         m.attach("/", image, entry_timeout=entry_timeout, attr_timeout=attr_timeout, keep_cache=keep_cache)
         m.start(threads)

@@ -58,9 +58,12 @@ fn widen_readahead(mountpoint: &Path) {
     }
 }
 
-/// `kernel_opens`: send OPEN and OPENDIR (a mount whose images drop the page cache per
-/// open needs them); otherwise zero-message opens.
-fn vfs_options(kernel_opens: bool) -> VfsOptions {
+/// Which opens reach the daemon. `open`: OPEN and RELEASE (an image that drops its page
+/// cache per open needs them). `opendir`: OPENDIR and RELEASEDIR, which a shared mount
+/// needs, since its root's listing changes as instances come and go; without them the
+/// kernel caches every listing (FOPEN_CACHE_DIR), which one immutable image at the root
+/// allows.
+fn vfs_options(open: bool, opendir: bool) -> VfsOptions {
     use fuse_backend_rs::api::filesystem::FsOptions;
     let defaults = VfsOptions::default();
     VfsOptions {
@@ -71,19 +74,19 @@ fn vfs_options(kernel_opens: bool) -> VfsOptions {
         // first OPEN is answered ENOSYS and the kernel then sends no OPEN or RELEASE at all
         // (half the requests of a `tar` of a rootfs) and keeps the page cache
         // (FOPEN_KEEP_CACHE is its default then); the mount is MS_RDONLY, so a write open
-        // still fails with EROFS. Zero-message opendirs too (OPENDIR and RELEASEDIR were
-        // half the requests of a cold `find`): each READDIR(PLUS) resumes the listing at
-        // its offset, skipping whole directory blocks by their entry counts.
+        // still fails with EROFS. Zero-message opendirs too where allowed (OPENDIR and
+        // RELEASEDIR were half the requests of a cold `find`): each READDIR(PLUS) then
+        // resumes the listing at its offset, skipping whole blocks by their entry counts.
         no_writeback: true,
-        no_open: !kernel_opens,
-        no_opendir: !kernel_opens,
+        no_open: !open,
+        no_opendir: !opendir,
         ..defaults
     }
 }
 
 impl FuseServer {
-    fn with_session(mountpoint: &Path, session: FuseSession, kernel_opens: bool) -> Self {
-        let mut vfs = Vfs::new(vfs_options(kernel_opens));
+    fn with_session(mountpoint: &Path, session: FuseSession, open: bool, opendir: bool) -> Self {
+        let mut vfs = Vfs::new(vfs_options(open, opendir));
         // A detached image's `/<id>` directory disappears, as with nydusd's FUSE umount.
         vfs.set_remove_pseudo_root();
         let vfs = Arc::new(vfs);
@@ -98,13 +101,13 @@ impl FuseServer {
     }
 
     /// Mount a new, empty FUSE filesystem at `mountpoint` (as root: `mount(2)` directly).
-    /// `kernel_opens`: see `vfs_options`.
-    pub fn mount(mountpoint: &Path, fsname: &str, kernel_opens: bool) -> Result<Self> {
+    /// `open`, `opendir`: which opens the kernel sends (see `vfs_options`).
+    pub fn mount(mountpoint: &Path, fsname: &str, open: bool, opendir: bool) -> Result<Self> {
         clear_dead_mount(mountpoint)?;
         let mut session = FuseSession::new(mountpoint, fsname, "nydus-hybrid", true).map_err(|e| session_err("session", e))?;
         session.set_allow_other(true);
         session.mount().map_err(|e| session_err(&format!("mount {}", mountpoint.display()), e))?;
-        let server = Self::with_session(mountpoint, session, kernel_opens);
+        let server = Self::with_session(mountpoint, session, open, opendir);
         Ok(server)
     }
 
@@ -114,7 +117,7 @@ impl FuseServer {
         let mut session = detached_session(mountpoint)?;
         session.set_fuse_file(fuse_fd);
         // The predecessor's saved Vfs options (its open mode) replace these on restore.
-        let mut s = Self::with_session(mountpoint, session, false);
+        let mut s = Self::with_session(mountpoint, session, false, true);
         s.resumed = true;
         let mut buf = vfs_state.to_vec();
         s.vfs.restore_from_bytes(&mut buf).map_err(|e| Error::corrupt(format!("saved FUSE state: {e:?}")))?;

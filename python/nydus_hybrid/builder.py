@@ -1,0 +1,62 @@
+"""Build a RAFS v6 image (bootstrap + data blob) from a directory or an OCI layer tarball.
+
+Its own module, apart from ``nydus_hybrid.image``, so that reading an image (the daemon's
+start path) does not load what building needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+from nydus_hybrid import _core
+from nydus_hybrid.image import PathArg
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    blob_id: Optional[str]
+    blob_path: Optional[str]
+    blob_size: int
+    bootstrap_size: int
+    inodes: int
+    files: int
+    bytes_in: int
+    chunks: int
+    deduped_chunks: int
+    unique_bytes: int
+    uncompressed_size: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Input bytes per byte of distinct chunks (1.0 means nothing was deduplicated)."""
+        return self.bytes_in / self.unique_bytes if self.unique_bytes else 1.0
+
+
+def build(
+    source: PathArg,
+    bootstrap: PathArg,
+    blob_dir: PathArg,
+    *,
+    chunk_size: int = 0x100000,
+    compressor: str = "zstd",
+    digester: str = "blake3",
+    explicit_uid_gid: bool = True,
+    whiteout_spec: str = "oci",
+    progress: bool = True,
+    exclude: Sequence[Union[str, bytes]] = (),
+) -> BuildReport:
+    """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball."""
+    report = _core.build(
+        os.fspath(source),
+        os.fspath(bootstrap),
+        os.fspath(blob_dir),
+        chunk_size=chunk_size,
+        compressor=compressor,
+        digester=digester,
+        explicit_uid_gid=explicit_uid_gid,
+        whiteout_spec=whiteout_spec,
+        progress=progress,
+        exclude=[os.fsencode(e) for e in exclude],
+    )
+    return BuildReport(**report)
