@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import time
@@ -323,6 +324,37 @@ def _raw_exchange(sock_path: str, data: bytes, timeout: float = 5.0) -> bytes:
         s.close()
 
 
+def test_a_header_that_never_ends_is_refused_while_it_streams(ctx):
+    """The parser keeps a header's bytes until its line ends: the server must stop reading
+    after its head limit (about 128 KiB) rather than buffer 16 MiB, answer 400 and close."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(ctx.daemon.sock)
+        s.sendall(b"GET /api/v1/daemon HTTP/1.1\r\nX-Endless: ")
+        sent = 0
+        while sent < 16 << 20 and not select.select([s], [], [], 0)[0]:  # until it answers
+            s.sendall(b"a" * 65536)
+            sent += 65536
+        assert sent < 16 << 20, "the server read a 16 MiB header without refusing it"
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    finally:
+        s.close()
+    assert reply.split()[1] == b"400", reply[:200]
+    assert send(ctx, "GET", "/api/v1/daemon").body["state"] == "RUNNING"
+
+
+def test_an_upgrade_is_ignored_and_the_connection_then_closes(ctx):
+    reply = _raw_exchange(
+        ctx.daemon.sock, b"GET /api/v1/daemon HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200" and b"connection: close" in head.lower(), head
+    assert json.loads(body)["state"] == "RUNNING"
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -331,8 +363,9 @@ def _raw_exchange(sock_path: str, data: bytes, timeout: float = 5.0) -> bytes:
         b"\x00\x01\x02\x03\r\n\r\n",
         b"PUT /api/v1/config HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
         b"GET /api/v1/daemon HTTP/1.1\r\nHost: unix\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n",
+        b"GET /api/v1/daemon HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
     ],
-    ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header"],
+    ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header", "101-headers"],
 )
 def test_protocol_garbage(ctx, data):
     reply = _raw_exchange(ctx.daemon.sock, data)
