@@ -114,6 +114,11 @@ impl ChunkCache {
         self.map.set_unready(ci)
     }
 
+    /// The cache data file: ready chunks are at their uncompressed offsets.
+    pub fn data_file(&self) -> &File {
+        &self.data
+    }
+
     pub fn read_cached(&self, c: &ChunkInfo) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; c.uncompressed_size as usize];
         self.data.read_exact_at(&mut buf, c.uncompressed_offset).ctx(|| "read cache data".into())?;

@@ -7,14 +7,17 @@ use super::metrics::{Accounting, Fop, FsIoStats};
 use crate::error::Error;
 use crate::layout::dirent::Dirent;
 use crate::layout::{file_type, mode};
-use crate::reader::{Rafs, Stat};
+use crate::reader::{Rafs, ReadSink, Stat};
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, OpenOptions};
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, ZeroCopyWriter};
 use fuse_backend_rs::api::BackendFileSystem;
 use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::fs::File;
 use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -230,15 +233,7 @@ impl FileSystem for RafsFs {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
-        self.stats.op(
-            Fop::Read,
-            inode,
-            || {
-                let mut sink = |piece: &[u8]| w.write_all(piece).map_err(|e| Error::io("write FUSE reply", e));
-                self.rafs.read_nid_into(nid_of(inode)?, offset, size as usize, &mut sink).map_err(errno)
-            },
-            |n| *n as u64,
-        )
+        self.stats.op(Fop::Read, inode, || self.rafs.read_nid_to(nid_of(inode)?, offset, size as usize, &mut ReplySink(w)).map_err(errno), |n| *n as u64)
     }
 
     fn release(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64, _flush: bool, _flock_release: bool, _lock_owner: Option<u64>) -> io::Result<()> {
@@ -398,5 +393,23 @@ impl BackendFileSystem for RafsFs {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+/// A FUSE READ's reply as a `ReadSink`: ranges already in the blob cache are read from its
+/// file straight into the reply buffer (one copy, as nydusd does), not through a decoded
+/// buffer first.
+struct ReplySink<'a>(&'a mut dyn ZeroCopyWriter);
+
+impl ReadSink for ReplySink<'_> {
+    fn bytes(&mut self, piece: &[u8]) -> crate::error::Result<()> {
+        self.0.write_all(piece).map_err(|e| Error::io("write FUSE reply", e))
+    }
+
+    fn cached(&mut self, file: &File, offset: u64, len: usize) -> crate::error::Result<()> {
+        // SAFETY: a second File over the cache's open fd, never dropped (ManuallyDrop), so it
+        // never closes the fd; `file` is borrowed for this whole call, so the fd stays open.
+        let mut alias = ManuallyDrop::new(unsafe { File::from_raw_fd(file.as_raw_fd()) });
+        self.0.write_all_from(&mut *alias, len, offset).map_err(|e| Error::io("read cache data into the FUSE reply", e))
     }
 }

@@ -220,6 +220,12 @@ impl Rafs {
     }
 
     fn fetch_chunk(&self, nid: u64, idx: u64, addr: crate::layout::inode::ChunkAddr, want_len: u64) -> Result<(Vec<u8>, bool)> {
+        let blob = self.checked_blob(nid, idx, addr, want_len)?;
+        self.read_blob_chunk(&blob, addr.blob_index as u32, addr.ci_index)
+    }
+
+    /// The blob holding a file's chunk, once its blob meta agrees with the inode's address.
+    fn checked_blob(&self, nid: u64, idx: u64, addr: crate::layout::inode::ChunkAddr, want_len: u64) -> Result<Arc<BlobReader>> {
         let blob = self.blob(addr.blob_index as usize)?;
         let c = blob.chunk(addr.ci_index)?;
         ensure!(
@@ -229,7 +235,25 @@ impl Rafs {
             c.uncompressed_offset
         );
         ensure!(c.uncompressed_size as u64 == want_len, "file {nid} chunk {idx}: blob meta size {} != expected {want_len}", c.uncompressed_size);
-        self.read_blob_chunk(&blob, addr.blob_index as u32, addr.ci_index)
+        Ok(blob)
+    }
+
+    /// Where chunk `idx` of a file already is in the blob cache, decoded and verified when it
+    /// was stored: (the blob, the chunk's offset in the blob's cache file). None when it is
+    /// not ready, or when cached bytes must be checked again on every read (`validate`).
+    fn cached_chunk(&self, nid: u64, ino: &Inode, idx: u64) -> Result<Option<(Arc<BlobReader>, u64)>> {
+        if self.validate {
+            return Ok(None);
+        }
+        let addr = self.boot.chunk_addr(nid, ino, idx)?;
+        let cs = self.boot.chunk_size();
+        let blob = self.checked_blob(nid, idx, addr, (ino.size - idx * cs).min(cs))?;
+        let ready = match &blob.cache {
+            Some(cache) => cache.is_ready(addr.ci_index)?,
+            None => false,
+        };
+        let offset = blob.chunk(addr.ci_index)?.uncompressed_offset;
+        Ok(ready.then_some((blob, offset)))
     }
 
     /// Read up to `size` bytes at `offset` of a regular file.
@@ -245,6 +269,12 @@ impl Rafs {
     /// Read up to `size` bytes at `offset` of a regular file, handing each chunk's slice to
     /// `sink` as it arrives (FUSE writes them straight into its reply). Returns the length.
     pub fn read_nid_into(&self, nid: u64, offset: u64, size: usize, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<usize> {
+        self.read_nid_to(nid, offset, size, &mut BytesSink(sink))
+    }
+
+    /// `read_nid_into` for a sink that can take cached ranges as (file, offset, length):
+    /// a FUSE reply reads those straight into its buffer, without a decoded copy first.
+    pub fn read_nid_to(&self, nid: u64, offset: u64, size: usize, sink: &mut dyn ReadSink) -> Result<usize> {
         let ino = self.boot.inode(nid)?;
         match ino.mode as u32 & mode::S_IFMT {
             mode::S_IFREG => {}
@@ -261,20 +291,52 @@ impl Rafs {
         let (mut hits, mut misses) = (0, 0);
         while pos < end {
             let idx = pos / cs;
+            let from = (pos - idx * cs) as usize;
+            if let Some((blob, at)) = self.cached_chunk(nid, &ino, idx)? {
+                let to = ((end - idx * cs) as usize).min((ino.size - idx * cs).min(cs) as usize);
+                let cache = blob.cache.as_ref().expect("cached_chunk found a cache");
+                sink.cached(cache.data_file(), at + from as u64, to - from)?;
+                cache.metrics.chunk_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                hits += 1;
+                pos = idx * cs + to as u64;
+                continue;
+            }
             let (chunk, hit) = self.read_file_chunk(nid, &ino, idx)?;
             if hit {
                 hits += 1;
             } else {
                 misses += 1;
             }
-            let from = (pos - idx * cs) as usize;
             let to = ((end - idx * cs) as usize).min(chunk.len());
             ensure!(to > from, "file {nid} chunk {idx} is shorter than its inode says");
-            sink(&chunk[from..to])?;
+            sink.bytes(&chunk[from..to])?;
             pos = idx * cs + to as u64;
         }
         self.cache_metrics.user_read(hits, misses);
         Ok((end - offset) as usize)
+    }
+}
+
+/// Where `Rafs::read_nid_to` puts a file's bytes, in order.
+pub trait ReadSink {
+    /// Decoded bytes.
+    fn bytes(&mut self, piece: &[u8]) -> Result<()>;
+
+    /// `len` bytes that the blob cache file `file` holds, decoded and verified, at `offset`.
+    /// The default reads them into a buffer for `bytes`.
+    fn cached(&mut self, file: &std::fs::File, offset: u64, len: usize) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| Error::io("read cache data", e))?;
+        self.bytes(&buf)
+    }
+}
+
+struct BytesSink<'a>(&'a mut dyn FnMut(&[u8]) -> Result<()>);
+
+impl ReadSink for BytesSink<'_> {
+    fn bytes(&mut self, piece: &[u8]) -> Result<()> {
+        (self.0)(piece)
     }
 }
 
