@@ -364,8 +364,9 @@ def test_an_upgrade_is_ignored_and_the_connection_then_closes(ctx):
         b"PUT /api/v1/config HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
         b"GET /api/v1/daemon HTTP/1.1\r\nHost: unix\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n",
         b"GET /api/v1/daemon HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+        b"GET //[ HTTP/1.1\r\nHost: unix\r\n\r\n",
     ],
-    ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header", "101-headers"],
+    ids=["garbage", "http-9.9", "binary", "negative-length", "huge-header", "101-headers", "bad-ipv6-url"],
 )
 def test_protocol_garbage(ctx, data):
     reply = _raw_exchange(ctx.daemon.sock, data)

@@ -368,7 +368,11 @@ class _Connection(socketserver.BaseRequestHandler):
         if len(m.headers) >= MAX_HEADERS or m.header_bytes > MAX_HEADER_BYTES:
             self.stop = error(400, "BadRequest: too many or too large headers")
             return
-        m.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        key = name.decode("latin-1").lower()
+        if key == "transfer-encoding":  # any, even a repeated "identity": bodies need a length
+            self.stop = error(411, "LengthRequired: send the body with a Content-Length")
+            return
+        m.headers.setdefault(key, value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         m = self._current()
@@ -389,6 +393,9 @@ class _Connection(socketserver.BaseRequestHandler):
     def on_body(self, body: bytes) -> None:
         m = self._current()
         if m.refusal is None:
+            if len(m.body) + len(body) > MAX_BODY:  # never more than the length allowed
+                self.stop = error(413, f'PayloadTooLarge("request body above {MAX_BODY} bytes")')
+                return
             m.body += body
 
     def on_message_complete(self) -> None:
@@ -417,9 +424,10 @@ class _Connection(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         try:
             sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(LINGER_S)
+            deadline = time.monotonic() + LINGER_S
             left = DRAIN_LIMIT
-            while left > 0:
+            while left > 0 and time.monotonic() < deadline:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
                 chunk = sock.recv(1 << 16)
                 if not chunk:
                     return
@@ -476,10 +484,14 @@ class _Connection(socketserver.BaseRequestHandler):
             if m.refusal is not None:
                 self._send(m.refusal, close=True)
                 return False
-            url = urllib.parse.urlsplit(m.url.decode("latin-1"))
             query: Dict[str, str] = {}
-            for key, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
-                query.setdefault(key, value)
+            try:
+                url = urllib.parse.urlsplit(m.url.decode("latin-1"))
+                for key, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
+                    query.setdefault(key, value)
+            except ValueError as e:  # e.g. "//[": urlsplit refuses it
+                self._send(error(400, f"BadRequest: {e}"), close=True)
+                return False
             reply = self.server.api.handle(Request(method, url.path or "/", query, bytes(m.body)))
             if not self._send(reply, close=not keep) or not keep:
                 return False

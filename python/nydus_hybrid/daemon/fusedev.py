@@ -61,7 +61,8 @@ class FuseDaemon(BaseDaemon):
             self.service.adopt(early)
             self._serving(early=True)
             return
-        self.service.mount_fuse(dedicated=bool(self.a.bootstrap))
+        # One image at / for the mount's life: only then may the kernel cache listings unasked.
+        self.service.mount_fuse(dedicated=bool(self.a.bootstrap) and self.a.virtual_mountpoint == "/")
         if self.a.bootstrap:
             if self.a.config:
                 with open(self.a.config) as f:
