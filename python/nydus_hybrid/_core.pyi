@@ -159,7 +159,7 @@ class FscacheService:
 
 def build(
     source: _Path,
-    bootstrap: _Path,
+    bootstrap: Optional[_Path],
     blob_dir: _Path,
     chunk_size: int = 0x100000,
     compressor: str = "zstd",
@@ -168,7 +168,10 @@ def build(
     whiteout_spec: str = "oci",
     progress: bool = True,
     exclude: Sequence[bytes] = ...,
+    inline_bootstrap: bool = False,
+    prefetch: Sequence[bytes] = ...,
 ) -> BuildReportDict: ...
+def inline_bootstrap(blob: _Path) -> bytes: ...
 def parse_config(text: str) -> NormalizedConfig: ...
 def set_registry_auth(backend_id: str, auth: str) -> None: ...
 def cache_gc(work_dir: _Path, max_bytes: Optional[int] = None, max_age_secs: Optional[int] = None) -> GcReport: ...

@@ -26,6 +26,7 @@ class BuildReport:
     deduped_chunks: int
     unique_bytes: int
     uncompressed_size: int
+    inline_bootstrap: bool = False  # the bootstrap is inside the blob (`image.boot`)
 
     @property
     def dedup_ratio(self) -> float:
@@ -35,7 +36,7 @@ class BuildReport:
 
 def build(
     source: PathArg,
-    bootstrap: PathArg,
+    bootstrap: Optional[PathArg],
     blob_dir: PathArg,
     *,
     chunk_size: int = 0x100000,
@@ -45,11 +46,17 @@ def build(
     whiteout_spec: str = "oci",
     progress: bool = True,
     exclude: Sequence[Union[str, bytes]] = (),
+    inline_bootstrap: bool = False,
+    prefetch: Sequence[Union[str, bytes]] = (),
 ) -> BuildReport:
-    """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball."""
+    """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball.
+
+    With ``inline_bootstrap`` (``bootstrap`` None), the bootstrap goes into the blob, as
+    nydus-snapshotter's converter packs a layer. ``prefetch``: image paths (``/usr/bin``)
+    for the prefetch table, as ``--prefetch-policy fs`` reads them from stdin."""
     report = _core.build(
         os.fspath(source),
-        os.fspath(bootstrap),
+        None if bootstrap is None else os.fspath(bootstrap),
         os.fspath(blob_dir),
         chunk_size=chunk_size,
         compressor=compressor,
@@ -58,5 +65,7 @@ def build(
         whiteout_spec=whiteout_spec,
         progress=progress,
         exclude=[os.fsencode(e) for e in exclude],
+        inline_bootstrap=inline_bootstrap,
+        prefetch=[os.fsencode(p) for p in prefetch],
     )
     return BuildReport(**report)

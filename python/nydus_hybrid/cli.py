@@ -63,7 +63,7 @@ def _add_build(sub: argparse._SubParsersAction[_Parser]) -> None:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("source", help="a directory, or an OCI layer tarball (.tar, .tar.gz, .tar.zst)")
-        p.add_argument("-B", "--bootstrap", required=True, help="output bootstrap file")
+        p.add_argument("-B", "--bootstrap", help="output bootstrap file (not with --blob-inline-meta)")
         p.add_argument("-D", "--blob-dir", help="directory for the data blob, named by its sha256")
         p.add_argument("-b", "--blob", help="write the data blob to this file instead (nydus-image -b)")
         p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
@@ -91,9 +91,13 @@ def _add_build(sub: argparse._SubParsersAction[_Parser]) -> None:
             "--prefetch-policy",
             default="none",
             choices=["none", "fs"],
-            help="accepted for compatibility; no prefetch table is written yet (as if no pattern matched)",
+            help="fs: write a prefetch table of the image paths read from stdin, one per line",
         )
-        p.add_argument("--blob-inline-meta", action="store_true", help="not supported yet (refused)")
+        p.add_argument(
+            "--blob-inline-meta",
+            action="store_true",
+            help="put the bootstrap into the blob (image.boot), as a Nydus layer blob carries it",
+        )
         p.add_argument("--exclude", action="append", default=[], help="path in a directory source to leave out")
         p.add_argument("-J", "--output-json", help="also write the build report as JSON to this file")
         p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -102,8 +106,12 @@ def _add_build(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_build(a: argparse.Namespace) -> int:
     if not a.blob_dir and not a.blob:
         raise SystemExit(_usage("give --blob-dir DIR or --blob FILE for the data blob"))
-    if a.blob_inline_meta:
-        raise SystemExit(_usage("--blob-inline-meta is not supported yet; build a separate bootstrap"))
+    if a.blob_inline_meta and a.bootstrap:
+        raise SystemExit(_usage("--blob-inline-meta puts the bootstrap in the blob: drop --bootstrap"))
+    if not a.blob_inline_meta and not a.bootstrap:
+        raise SystemExit(_usage("--bootstrap FILE is required (or --blob-inline-meta)"))
+    if a.prefetch_policy == "fs" and sys.stdin.isatty():
+        raise SystemExit(_usage("--prefetch-policy fs reads the paths to prefetch from stdin, one per line"))
     if a.source_type == "tar-rafs" and not os.path.isfile(a.source):
         raise SystemExit(_usage(f"--type tar-rafs needs a tarball, {a.source} is not a file"))
     if a.source_type in ("dir-rafs", "directory") and not os.path.isdir(a.source):
@@ -117,7 +125,9 @@ def _cmd_build(a: argparse.Namespace) -> int:
     finally:
         if not a.blob_dir:
             shutil.rmtree(blob_dir, ignore_errors=True)
-    doc = dict(report.__dict__, dedup_ratio=round(report.dedup_ratio, 4), bootstrap=os.fspath(a.bootstrap))
+    doc = dict(
+        report.__dict__, dedup_ratio=round(report.dedup_ratio, 4), bootstrap=a.bootstrap and os.fspath(a.bootstrap)
+    )
     if a.output_json:
         with open(a.output_json, "w") as f:
             json.dump(doc, f, indent=2)
@@ -137,6 +147,8 @@ def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
         whiteout_spec="none" if a.whiteout_spec == "overlayfs" else a.whiteout_spec,
         progress=not a.no_progress,
         exclude=tuple(a.exclude),
+        inline_bootstrap=a.blob_inline_meta,
+        prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_policy == "fs" else (),
     )
     if a.blob and report.blob_path:
         # -b FILE: the blob keeps its content (and so its id); only its file name changes.

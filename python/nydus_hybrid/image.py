@@ -128,6 +128,12 @@ class Image:
         """Open a data blob that carries its own bootstrap (nydus-snapshotter layer blobs)."""
         return cls(_core.Image.open_blob(os.fspath(blob), verify))
 
+    @staticmethod
+    def inline_bootstrap(blob: PathArg) -> bytes:
+        """The bootstrap a layer blob carries (``image.boot``), decompressed and checked
+        against its ToC digest: what ``nydus-image merge`` takes for that layer."""
+        return _core.inline_bootstrap(os.fspath(blob))
+
     @property
     def root_ino(self) -> int:
         return self._inner.root_ino

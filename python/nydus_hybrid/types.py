@@ -36,6 +36,7 @@ class BuildReportDict(TypedDict):
     deduped_chunks: int
     unique_bytes: int
     uncompressed_size: int
+    inline_bootstrap: bool
 
 
 class SuperblockInfo(TypedDict):

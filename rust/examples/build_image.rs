@@ -15,7 +15,7 @@ fn main() {
     }
     let compressor = args.get(4).and_then(|c| Compressor::parse(c)).unwrap_or(Compressor::Zstd);
     let opts = BuildOptions { compressor, progress: false, ..Default::default() };
-    match build(Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]), &opts) {
+    match build(Path::new(&args[1]), Some(Path::new(&args[2])), Path::new(&args[3]), &opts) {
         Ok(r) => println!("{}", serde_json::to_string(&r).unwrap()),
         Err(e) => {
             eprintln!("build_image: {e}");

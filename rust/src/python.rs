@@ -467,14 +467,21 @@ fn push_blob(py: Python<'_>, config: &str, path: PathBuf, chunk_size: usize) -> 
     .map_err(to_py)
 }
 
+/// The bootstrap inlined in a data blob (`image.boot`), decompressed and digest-checked.
+#[pyfunction]
+fn inline_bootstrap<'py>(py: Python<'py>, blob: PathBuf) -> R<Bound<'py, pyo3::types::PyBytes>> {
+    let bytes = py.allow_threads(|| crate::reader::inline_bootstrap(&blob)).map_err(to_py)?;
+    Ok(pyo3::types::PyBytes::new(py, &bytes))
+}
+
 /// Build a RAFS v6 image; returns the build report.
 #[pyfunction]
-#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new()))]
+#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new(), inline_bootstrap=false, prefetch=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn build<'py>(
     py: Python<'py>,
     source: PathBuf,
-    bootstrap: PathBuf,
+    bootstrap: Option<PathBuf>,
     blob_dir: PathBuf,
     chunk_size: u32,
     compressor: &str,
@@ -483,6 +490,8 @@ fn build<'py>(
     whiteout_spec: &str,
     progress: bool,
     exclude: Vec<Vec<u8>>,
+    inline_bootstrap: bool,
+    prefetch: Vec<Vec<u8>>,
 ) -> R<Bound<'py, PyAny>> {
     let bad = |what: &str, v: &str| to_py(Error::invalid(format!("unknown {what} {v:?}")));
     let opts = BuildOptions {
@@ -493,10 +502,12 @@ fn build<'py>(
         whiteout_spec: WhiteoutSpec::parse(whiteout_spec).ok_or_else(|| bad("whiteout spec", whiteout_spec))?,
         progress,
         exclude,
+        inline_bootstrap,
+        prefetch,
         // Ctrl-C: the build polls this between batches and stops, removing its temporaries.
         cancel: Some(std::sync::Arc::new(|| Python::with_gil(|py| py.check_signals().is_err()))),
     };
-    let r = py.allow_threads(|| builder::build(&source, &bootstrap, &blob_dir, &opts)).map_err(to_py)?;
+    let r = py.allow_threads(|| builder::build(&source, bootstrap.as_deref(), &blob_dir, &opts)).map_err(to_py)?;
     to_object(py, &r)
 }
 
@@ -631,6 +642,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "fuse")]
     m.add_class::<FuseMount>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
+    m.add_function(wrap_pyfunction!(inline_bootstrap, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;

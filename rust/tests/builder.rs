@@ -15,7 +15,7 @@ fn worked_example_geometry() {
     let boot = tmp.path().join("boot");
     let blobs = tmp.path().join("blobs");
     let opts = BuildOptions { progress: false, ..Default::default() };
-    let r = build(&src, &boot, &blobs, &opts).unwrap();
+    let r = build(&src, Some(&boot), &blobs, &opts).unwrap();
     let img = std::fs::read(&boot).unwrap();
     assert_eq!(img.len(), 20480);
     assert_eq!(u32_at(&img, 1024), 0xE0F5_E1E2);
@@ -69,8 +69,8 @@ fn build_is_deterministic_and_dedups() {
     std::fs::write(src.join("d/big2"), &big).unwrap();
     std::fs::write(src.join("d/e/small"), b"x").unwrap();
     let opts = BuildOptions { progress: false, chunk_size: 0x10_0000, ..Default::default() };
-    let r1 = build(&src, &tmp.path().join("b1"), &tmp.path().join("o1"), &opts).unwrap();
-    let r2 = build(&src, &tmp.path().join("b2"), &tmp.path().join("o2"), &opts).unwrap();
+    let r1 = build(&src, Some(&tmp.path().join("b1")), &tmp.path().join("o1"), &opts).unwrap();
+    let r2 = build(&src, Some(&tmp.path().join("b2")), &tmp.path().join("o2"), &opts).unwrap();
     assert_eq!(std::fs::read(tmp.path().join("b1")).unwrap(), std::fs::read(tmp.path().join("b2")).unwrap());
     assert_eq!(r1.blob_id, r2.blob_id);
     assert_eq!(r1.chunks, 4); // 3 chunks of big + small; big2 deduped
@@ -94,7 +94,7 @@ fn a_listing_resumes_at_every_position() {
         std::fs::write(src.join(format!("entry-with-a-longish-name-{i:04}")), b"").unwrap();
     }
     let (boot, blobs) = (tmp.path().join("boot"), tmp.path().join("blobs"));
-    build(&src, &boot, &blobs, &BuildOptions { progress: false, ..Default::default() }).unwrap();
+    build(&src, Some(&boot), &blobs, &BuildOptions { progress: false, ..Default::default() }).unwrap();
     let rafs = Rafs::open(&boot, Some(&blobs)).unwrap();
     let root = rafs.boot.root_nid();
     let all: Vec<Vec<u8>> = rafs.boot.readdir(root).unwrap().into_iter().map(|e| e.name).collect();

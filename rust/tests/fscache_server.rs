@@ -56,7 +56,7 @@ fn setup_with(prefetch: bool) -> Setup {
     std::fs::write(src.join("big"), &data).unwrap();
     std::fs::write(src.join("small"), b"hello").unwrap();
     let (boot, blobs) = (tmp.path().join("boot"), tmp.path().join("blobs"));
-    build(&src, &boot, &blobs, &BuildOptions { progress: false, chunk_size: 0x10_0000, ..Default::default() }).unwrap();
+    build(&src, Some(&boot), &blobs, &BuildOptions { progress: false, chunk_size: 0x10_0000, ..Default::default() }).unwrap();
     // the expected bytes come from a reader of their own (one that has the blob open would
     // hide a blob that disappears later)
     export_flat_blob(&Rafs::open(&boot, Some(&blobs)).unwrap(), 0, &tmp.path().join("flat")).unwrap();

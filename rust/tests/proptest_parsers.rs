@@ -422,7 +422,7 @@ fn golden() -> &'static Golden {
         let boot = dir.join("image.boot");
         let blobs = dir.join("blobs");
         let opts = BuildOptions { chunk_size: 0x4000, progress: false, ..Default::default() };
-        let r = build(&src, &boot, &blobs, &opts).unwrap();
+        let r = build(&src, Some(&boot), &blobs, &opts).unwrap();
         let rafs = Rafs::open(&boot, Some(&blobs)).unwrap();
         check(&rafs, true).unwrap();
         let blob_id = r.blob_id.unwrap();
@@ -696,7 +696,7 @@ fn build_tar(data: &[u8]) -> NResult<()> {
     std::fs::write(&src, data).unwrap();
     let opts = BuildOptions { chunk_size: 0x1000, progress: false, ..Default::default() };
     let boot = dir.path().join("boot");
-    build(&src, &boot, &dir.path().join("blobs"), &opts)?;
+    build(&src, Some(&boot), &dir.path().join("blobs"), &opts)?;
     // whatever was accepted must read back
     let rafs = Rafs::open(&boot, Some(&dir.path().join("blobs")))?;
     check(&rafs, true)?;

@@ -13,9 +13,14 @@ ERROR_PREFIX = "nydus-hybrid: error: "
 B_SIZE = 2_300_000
 
 
-def cli(*args: object, check: Optional[int] = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: object, check: Optional[int] = None, input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; stdin is `input`, or empty."""
     p = subprocess.run(
-        [sys.executable, "-m", "nydus_hybrid", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "nydus_hybrid", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=input if input is not None else "",
     )
     if check is not None:
         assert p.returncode == check, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"

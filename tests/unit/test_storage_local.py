@@ -446,8 +446,10 @@ def test_prefetch_argument_errors(tree, tmp_path):
 
 
 def test_prefetch_without_paths_uses_the_image_table(tree, tmp_path):
-    """``--prefetch-policy fs`` is accepted but writes no prefetch table yet (cli help), so
-    the image's own table is empty and prefetch() with no paths fetches nothing."""
+    """``--prefetch-policy fs`` writes the paths read from stdin into the image's prefetch
+    table (a directory, a file and a path that does not exist), and prefetch() with no
+    paths fetches exactly what it names: afterwards those files read without a backend
+    read, and a file outside it still needs one."""
     out = tmp_path / "img"
     p = subprocess.run(
         [
@@ -466,7 +468,7 @@ def test_prefetch_without_paths_uses_the_image_table(tree, tmp_path):
             "fs",
             "--no-progress",
         ],
-        input="/a\n/top0\n",
+        input="/a\n/top0\n/no/such\n",
         capture_output=True,
         text=True,
         timeout=120,
@@ -474,12 +476,17 @@ def test_prefetch_without_paths_uses_the_image_table(tree, tmp_path):
     assert p.returncode == 0, p.stderr
     cfg = v2_config(out / "blobs", tmp_path / "cache")
     im = nydus_hybrid.Image.open(out / "boot", config=cfg)
-    assert im.inspect()["superblock"]["prefetch_table"][1] == 0
+    assert im.inspect()["superblock"]["prefetch_table"][1] == 8  # two nids: /a and /top0
     job = im.prefetch()
     assert job.wait() == []
-    assert bc(im)["fills"] == 0 and bc(im)["prefetch_unmerged_chunks"] == 0
-    assert be(im)["read_count"] == 0
-    assert im.read("/top0") == tree.files["/top0"]
+    assert bc(im)["fills"] > 0
+    listed = [f for f in tree.files if f.startswith("/a/") or f == "/top0"]
+    before = be(im)["read_count"]
+    for f in listed:
+        assert im.read(f) == tree.files[f]
+    assert be(im)["read_count"] == before, "a listed file was not prefetched"
+    assert im.read("/b/f00") == tree.files["/b/f00"]
+    assert be(im)["read_count"] > before, "a file outside the table was prefetched too"
 
 
 # --------------------------------------------------------------------------- 4. cache GC

@@ -52,7 +52,12 @@ impl BlobWriter {
 
 /// Blob metadata after finishing, for the bootstrap's blob table and device slot.
 pub struct FinishedBlob {
-    pub entry: BlobEntry,
+    /// sha256 of the file, its name: the digest a registry serves it under.
+    pub id: String,
+    pub size: u64,
+    /// Its blob-table entry; None for an inline-meta blob without chunks, which no
+    /// bootstrap references.
+    pub entry: Option<BlobEntry>,
     pub path: PathBuf,
 }
 
@@ -60,8 +65,73 @@ fn toc_entry(name: &str, flags: u32, digest: [u8; 32], offset: u64, stored: u64,
     TocEntry { flags, name: name.into(), digest, offset, stored_size: stored, uncompressed_size: uncompressed }
 }
 
+/// The blob id an inlined bootstrap gives its own blob (§6.7): the real one is the sha256
+/// of the finished file, which contains the bootstrap; readers and merge substitute it.
+pub const INLINE_PLACEHOLDER_ID: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// Writes the bootstrap to inline, given the blob's entry as the bootstrap must describe it
+/// (placeholder id, `compressed_size` = where the bootstrap starts), or None for a blob
+/// without chunks (the bootstrap then has no blob table).
+pub type InlineBootstrap<'a> = &'a dyn Fn(Option<&BlobEntry>) -> Result<Vec<u8>>;
+
 /// Write the tail sections, name the file by its sha256 and return its blob-table entry.
-pub fn finish(mut w: BlobWriter, chunks: &[StoredChunk], compressor: Compressor, digester: Digester, chunk_size: u32) -> Result<FinishedBlob> {
+/// With `inline`, the bootstrap goes in as `image.boot` (§6.2 row 4, what nydus-snapshotter's
+/// converter makes of each layer); a blob without chunks then holds only the bootstrap and
+/// the ToC, as the reference writes it.
+pub fn finish(
+    mut w: BlobWriter,
+    chunks: &[StoredChunk],
+    compressor: Compressor,
+    digester: Digester,
+    chunk_size: u32,
+    inline: Option<InlineBootstrap>,
+) -> Result<FinishedBlob> {
+    let features = FEATURES | if inline.is_some() { bf::INLINED_FS_META } else { 0 };
+    let none = TocEntry::flags_for(Compressor::None);
+    let mut toc = Vec::new();
+    let mut entry = None;
+    if !chunks.is_empty() {
+        let (e, sections) = write_data_sections(&mut w, chunks, compressor, digester, chunk_size, features)?;
+        entry = Some(e);
+        toc = sections;
+    }
+    if let Some(make) = inline {
+        let inner =
+            entry.as_ref().map(|e| BlobEntry { blob_id: INLINE_PLACEHOLDER_ID.into(), compressed_size: w.pos, toc_size: 0, toc_digest: [0; 32], ..e.clone() });
+        let boot = make(inner.as_ref())?;
+        let (flags, stored) = match codec::compress(Compressor::Zstd, &boot)? {
+            Some(z) => (TocEntry::flags_for(Compressor::Zstd), z),
+            None => (none, boot.clone()),
+        };
+        let at = w.write_data(&stored)?;
+        w.write_tar_header("image.boot", stored.len() as u64)?;
+        toc.push(toc_entry("image.boot", flags, codec::sha256(&boot), at, stored.len() as u64, boot.len() as u64));
+    }
+    let mut toc_bytes: Vec<u8> = toc.iter().flat_map(|e| e.encode()).collect();
+    toc_bytes.extend_from_slice(&tarhdr::encode(crate::layout::toc::TOC_NAME, (toc.len() * 128) as u64));
+    w.write_data(&toc_bytes)?;
+
+    let file = w.out.into_inner().map_err(|e| Error::io("flush blob", e.into_error()))?;
+    file.sync_all().ctx(|| "sync blob".into())?;
+    let id = hex::encode(w.hasher.finalize());
+    let path = w.dir.join(&id);
+    w.tmp.persist(&path).map_err(|e| Error::io(format!("rename blob to {}", path.display()), e.error))?;
+    super::publish_mode(&path)?;
+    let entry =
+        entry.map(|e| BlobEntry { blob_id: id.clone(), compressed_size: w.pos, toc_size: toc_bytes.len() as u32, toc_digest: codec::sha256(&toc_bytes), ..e });
+    Ok(FinishedBlob { id, size: w.pos, entry, path })
+}
+
+/// TAR(image.blob) · CI array · CI header · TAR(blob.meta) · digests · TAR(blob.digest), and
+/// the blob entry (without its final id, size and ToC) and ToC entries they make.
+fn write_data_sections(
+    w: &mut BlobWriter,
+    chunks: &[StoredChunk],
+    compressor: Compressor,
+    digester: Digester,
+    chunk_size: u32,
+    features: u32,
+) -> Result<(BlobEntry, Vec<TocEntry>)> {
     let data_size = w.pos;
     w.write_tar_header("image.blob", data_size)?;
     // HEAD's image.blob digest covers the chunk data and its own tar header (§6.6).
@@ -84,7 +154,7 @@ pub fn finish(mut w: BlobWriter, chunks: &[StoredChunk], compressor: Compressor,
     };
     let ci_offset = w.write_data(&ci_stored)?;
     let header = CiHeader {
-        features: FEATURES,
+        features,
         ci_compressor: ci_algo as u32,
         ci_entries: chunks.len() as u32,
         ci_offset,
@@ -102,40 +172,27 @@ pub fn finish(mut w: BlobWriter, chunks: &[StoredChunk], compressor: Compressor,
 
     let uncompressed_size = chunks.last().map(|c| crate::layout::bytes::round_up(c.uncompressed_offset + c.uncompressed_size as u64, 4096)).unwrap_or(0);
     let none = TocEntry::flags_for(Compressor::None);
-    let toc = [
+    let toc = vec![
         toc_entry("image.blob", none, image_blob_digest, 0, data_size, uncompressed_size),
         toc_entry("blob.meta", TocEntry::flags_for(ci_algo), codec::sha256(&ci_plain), ci_offset, ci_stored.len() as u64, ci_plain.len() as u64),
         toc_entry("blob.meta.header", none, codec::sha256(&header), header_offset, 4096, 4096),
         toc_entry("blob.digest", none, codec::sha256(&digests), digest_offset, digests.len() as u64, digests.len() as u64),
     ];
-    let mut toc_bytes: Vec<u8> = toc.iter().flat_map(|e| e.encode()).collect();
-    toc_bytes.extend_from_slice(&tarhdr::encode(crate::layout::toc::TOC_NAME, (toc.len() * 128) as u64));
-    w.write_data(&toc_bytes)?;
-
-    let file = w.out.into_inner().map_err(|e| Error::io("flush blob", e.into_error()))?;
-    file.sync_all().ctx(|| "sync blob".into())?;
-    let id = hex::encode(w.hasher.finalize());
-    let path = w.dir.join(&id);
-    w.tmp.persist(&path).map_err(|e| Error::io(format!("rename blob to {}", path.display()), e.error))?;
-    super::publish_mode(&path)?;
-
     let entry = BlobEntry {
-        blob_id: id,
+        blob_id: String::new(),
         blob_index: 0,
         chunk_size,
         chunk_count: chunks.len() as u32,
         compressor: compressor as u32,
         digester: digester as u32,
-        features: FEATURES,
-        compressed_size: w.pos,
+        features,
+        compressed_size: 0,
         uncompressed_size,
-        toc_size: toc_bytes.len() as u32,
         ci_compressor: ci_algo as u32,
         ci_offset,
         ci_compressed_size: ci_stored.len() as u64,
         ci_uncompressed_size: ci_plain.len() as u64,
-        toc_digest: codec::sha256(&toc_bytes),
         ..Default::default()
     };
-    Ok(FinishedBlob { entry, path })
+    Ok((entry, toc))
 }

@@ -20,6 +20,42 @@ pub struct BootstrapOptions {
     pub compressor: Compressor,
     pub digester: Digester,
     pub explicit_uid_gid: bool,
+    /// `--prefetch-policy fs`: the patterns (absolute image paths) for the prefetch table.
+    pub prefetch: Vec<Vec<u8>>,
+}
+
+/// The prefetch table (§1.6) as nydus-image writes it: the nid of each pattern that names a
+/// path, in input order, without repeats; blank patterns are ignored; when patterns were
+/// given but none matched, one 0 entry (readers stop there). `nid_of` maps a node.
+fn prefetch_table(tree: &Tree, patterns: &[Vec<u8>], nid_of: &dyn Fn(NodeId) -> u64) -> Vec<u32> {
+    let mut nids: Vec<u32> = Vec::new();
+    let mut given = false;
+    for pat in patterns {
+        let parts: Vec<&[u8]> = pat.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").collect();
+        if parts.is_empty() && !pat.starts_with(b"/") {
+            continue; // blank
+        }
+        given = true;
+        if !pat.starts_with(b"/") {
+            continue; // relative: matches nothing
+        }
+        let mut id = ROOT;
+        let found = parts.iter().all(|name| match tree.nodes[id].children.iter().find(|&&c| tree.nodes[c].name == *name) {
+            Some(&c) => {
+                id = c;
+                true
+            }
+            None => false,
+        });
+        let nid = nid_of(id) as u32;
+        if found && !nids.contains(&nid) {
+            nids.push(nid);
+        }
+    }
+    if given && nids.is_empty() {
+        nids.push(0);
+    }
+    nids
 }
 
 /// Per-node layout decisions.
@@ -231,15 +267,23 @@ pub struct BlobPart<'a> {
 /// Write the complete bootstrap image into memory.
 pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOptions) -> Result<Vec<u8>> {
     let n_blobs = blob.entry.is_some() as u64;
+    // nids come from pre-shift offsets (§1.8): the inode lives at meta_blkaddr·B + 32·nid.
+    let nid_of = |id: NodeId| layout.placed[&layout.placed[&id].primary].off / 32;
+    let prefetch = prefetch_table(tree, &opts.prefetch, &nid_of);
     let t = round_up(DEVSLOT_OFFSET as u64 + DEVSLOT_SIZE as u64 * n_blobs, B);
-    let shift = if n_blobs > 0 { round_up(t + BLOB_ENTRY_SIZE as u64 * n_blobs, B) } else { 0 };
+    // The prefetch table follows the blob table; the metadata area starts after both.
+    let prefetch_offset = t + BLOB_ENTRY_SIZE as u64 * n_blobs;
+    let tables_end = prefetch_offset + 4 * prefetch.len() as u64;
+    let shift = if tables_end > t { round_up(tables_end, B) } else { 0 };
     let meta_end = shift + round_up(layout.end, B);
     if (meta_end / B) > u32::MAX as u64 || shift / B > u32::MAX as u64 {
         return Err(Error::Unsupported("metadata area exceeds 2^32 blocks".into()));
     }
     let mut img = vec![0u8; meta_end as usize];
-    // nids come from pre-shift offsets (§1.8): the inode lives at meta_blkaddr·B + 32·nid.
-    let nid_of = |id: NodeId| layout.placed[&layout.placed[&id].primary].off / 32;
+    for (i, nid) in prefetch.iter().enumerate() {
+        let at = prefetch_offset as usize + 4 * i;
+        img[at..at + 4].copy_from_slice(&nid.to_le_bytes());
+    }
     let mut any_xattr = false;
     let cs = opts.chunk_size as u64;
 
@@ -374,7 +418,9 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
             return Err(Error::Unsupported("blob larger than 16 TiB".into()));
         }
         total_blocks += blocks;
-        let mapped = round_up(boot_len, 0x8_0000) / B;
+        // A bootstrap inside its own blob is never mounted as it is (it is merged first):
+        // no mapping, as the reference writes it.
+        let mapped = if entry.features & crate::layout::blob_features::INLINED_FS_META != 0 { 0 } else { round_up(boot_len, 0x8_0000) / B };
         let slot = DeviceSlot { blob_id: entry.blob_id.clone(), blocks: blocks as u32, mapped_blkaddr: mapped as u32 };
         img[DEVSLOT_OFFSET..DEVSLOT_OFFSET + DEVSLOT_SIZE].copy_from_slice(&slot.encode());
         img[t as usize..t as usize + BLOB_ENTRY_SIZE].copy_from_slice(&entry.encode());
@@ -412,8 +458,8 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
         chunk_size: opts.chunk_size,
         chunk_table_offset: if table.is_empty() { 0 } else { chunk_table_offset },
         chunk_table_size: (table.len() * CHUNK_TABLE_ENTRY_SIZE) as u64,
-        prefetch_table_offset: 0,
-        prefetch_table_size: 0,
+        prefetch_table_offset: if prefetch.is_empty() { 0 } else { prefetch_offset },
+        prefetch_table_size: 4 * prefetch.len() as u32,
     };
     img[EROFS_SB_OFFSET..EROFS_SB_OFFSET + ErofsSuper::SIZE].copy_from_slice(&sb.encode());
     img[EXT_SB_OFFSET..EXT_SB_OFFSET + ExtSuper::SIZE].copy_from_slice(&ext.encode());

@@ -11,7 +11,7 @@ pub mod tree;
 pub mod whiteout;
 
 use crate::error::{Error, IoContext, Result};
-use crate::layout::superblock::valid_chunk_size;
+use crate::layout::superblock::{self, valid_chunk_size};
 use crate::layout::{Compressor, Digester};
 use chunker::Pipeline;
 use std::collections::HashMap;
@@ -35,6 +35,11 @@ pub struct BuildOptions {
     pub progress: bool,
     /// Paths relative to a directory source to leave out (with everything below them).
     pub exclude: Vec<Vec<u8>>,
+    /// `--blob-inline-meta`: the bootstrap goes into the blob as `image.boot` (and the
+    /// blob is written even without chunks), instead of into a file of its own.
+    pub inline_bootstrap: bool,
+    /// `--prefetch-policy fs`: image paths for the bootstrap's prefetch table (§1.6).
+    pub prefetch: Vec<Vec<u8>>,
     pub cancel: Option<CancelFn>,
 }
 
@@ -57,6 +62,8 @@ impl Default for BuildOptions {
             whiteout_spec: WhiteoutSpec::Oci,
             progress: true,
             exclude: Vec::new(),
+            inline_bootstrap: false,
+            prefetch: Vec::new(),
             cancel: None,
         }
     }
@@ -76,6 +83,8 @@ pub struct BuildReport {
     /// Bytes of distinct chunks (what dedup left to store, before compression).
     pub unique_bytes: u64,
     pub uncompressed_size: u64,
+    /// The bootstrap is inside the blob (`image.boot`).
+    pub inline_bootstrap: bool,
 }
 
 fn progress_bar(opts: &BuildOptions, total: Option<u64>) -> Option<indicatif::ProgressBar> {
@@ -102,19 +111,26 @@ fn is_tar(source: &Path) -> bool {
     source.is_file()
 }
 
-pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+/// Build `source` into a bootstrap at `bootstrap_path` and a blob in `blob_dir`; with
+/// `opts.inline_bootstrap`, into one blob carrying its bootstrap (`bootstrap_path` None).
+pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     if !valid_chunk_size(opts.chunk_size) {
         return Err(Error::invalid(format!("chunk size {:#x} must be a power of two from 4 KiB to 16 MiB", opts.chunk_size)));
     }
     if opts.compressor == Compressor::Gzip {
         return Err(Error::invalid("gzip is not a compressor for native builds (use zstd, lz4_block or none)"));
     }
+    match (bootstrap_path, opts.inline_bootstrap) {
+        (Some(_), true) => return Err(Error::invalid("--blob-inline-meta puts the bootstrap in the blob: give no bootstrap path")),
+        (None, false) => return Err(Error::invalid("a bootstrap path is required (or --blob-inline-meta)")),
+        _ => {}
+    }
     if !source.exists() {
         return Err(Error::invalid(format!("source {} does not exist", source.display())));
     }
     // Open the bootstrap's temporary file first, so an unwritable destination fails before
     // any data is processed and no orphan blob is published.
-    let boot_out = AtomicFile::create(bootstrap_path)?;
+    let boot_out = bootstrap_path.map(AtomicFile::create).transpose()?;
     let writer = blob::BlobWriter::create(blob_dir)?;
     let (mut tree, out) = if is_tar(source) {
         let mut p = Pipeline::new(opts, writer, progress_bar(opts, None));
@@ -131,34 +147,44 @@ pub fn build(source: &Path, bootstrap_path: &Path, blob_dir: &Path, opts: &Build
     assign_chunks(&mut tree, &out.refs);
 
     let layout = bootstrap::plan(&tree, opts.chunk_size);
-    let finished = if out.chunks.is_empty() {
-        drop(out.writer); // no data: no blob (a zero-chunk blob entry is unloadable)
-        None
-    } else {
-        Some(blob::finish(out.writer, &out.chunks, opts.compressor, opts.digester, opts.chunk_size)?)
-    };
     let bopts = bootstrap::BootstrapOptions {
         chunk_size: opts.chunk_size,
         compressor: opts.compressor,
         digester: opts.digester,
         explicit_uid_gid: opts.explicit_uid_gid,
+        prefetch: opts.prefetch.clone(),
     };
-    let part = bootstrap::BlobPart { entry: finished.as_ref().map(|f| f.entry.clone()), chunks: &out.chunks };
-    let image = bootstrap::write(&tree, &layout, &part, &bopts)?;
-    boot_out.commit(&image)?;
+    let boot_size = std::cell::Cell::new(0u64);
+    let write_boot = |entry: Option<&superblock::BlobEntry>| {
+        let image = bootstrap::write(&tree, &layout, &bootstrap::BlobPart { entry: entry.cloned(), chunks: &out.chunks }, &bopts)?;
+        boot_size.set(image.len() as u64);
+        Ok(image)
+    };
+    let finished = if opts.inline_bootstrap {
+        Some(blob::finish(out.writer, &out.chunks, opts.compressor, opts.digester, opts.chunk_size, Some(&write_boot))?)
+    } else if out.chunks.is_empty() {
+        drop(out.writer); // no data: no blob (a zero-chunk blob entry is unloadable)
+        None
+    } else {
+        Some(blob::finish(out.writer, &out.chunks, opts.compressor, opts.digester, opts.chunk_size, None)?)
+    };
+    if let Some(boot_out) = boot_out {
+        boot_out.commit(&write_boot(finished.as_ref().and_then(|f| f.entry.as_ref()))?)?;
+    }
 
     Ok(BuildReport {
-        blob_id: finished.as_ref().map(|f| f.entry.blob_id.clone()),
+        blob_id: finished.as_ref().map(|f| f.id.clone()),
         blob_path: finished.as_ref().map(|f| f.path.clone()),
-        blob_size: finished.as_ref().map(|f| f.entry.compressed_size).unwrap_or(0),
-        uncompressed_size: finished.as_ref().map(|f| f.entry.uncompressed_size).unwrap_or(0),
-        bootstrap_size: image.len() as u64,
+        blob_size: finished.as_ref().map(|f| f.size).unwrap_or(0),
+        uncompressed_size: finished.as_ref().and_then(|f| f.entry.as_ref()).map(|e| e.uncompressed_size).unwrap_or(0),
+        bootstrap_size: boot_size.get(),
         inodes: layout.inos,
         files: tree.nodes.iter().filter(|n| n.is_reg() && !n.detached).count() as u64,
         bytes_in: out.bytes_in,
         chunks: out.chunks.len() as u64,
         deduped_chunks: out.deduped,
         unique_bytes: out.chunks.iter().map(|c| c.uncompressed_size as u64).sum(),
+        inline_bootstrap: opts.inline_bootstrap,
     })
 }
 

@@ -113,17 +113,15 @@ impl Rafs {
     /// A data blob that carries its own bootstrap (`image.boot` section, nydus-snapshotter
     /// layers). The blob's file name is its id; placeholder ids are replaced by it (ERRATA E5).
     pub fn open_inline_blob(blob_path: &Path) -> Result<Self> {
-        let src = LocalBlob::open(blob_path)?;
-        let toc = blob::read_toc(&src, None)?;
-        let entry = toc.iter().find(|e| e.name == "image.boot").ok_or_else(|| Error::corrupt("blob has no image.boot section"))?;
-        let bytes = blob::extract_section(&src, entry, MAX_INLINE_BOOTSTRAP)?;
-        let mut boot = Bootstrap::from_bytes(bytes)?;
+        let mut boot = Bootstrap::from_bytes(inline_bootstrap(blob_path)?)?;
         let id = blob_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        ensure!(boot.blobs.len() == 1, "an inlined bootstrap must reference exactly its own blob");
-        let e = &boot.blobs[0];
-        let placeholder = (e.has(bf::INLINED_FS_META) && !e.has(bf::SEPARATE) && !e.has(bf::EXTERNAL)) || !e.has(bf::CAP_TAR_TOC);
-        if placeholder {
-            boot.set_blob_id(0, &id);
+        // A layer without file data (only directories, links, whiteouts) has no blob entry.
+        ensure!(boot.blobs.len() <= 1, "an inlined bootstrap must reference only its own blob");
+        if let Some(e) = boot.blobs.first() {
+            let placeholder = (e.has(bf::INLINED_FS_META) && !e.has(bf::SEPARATE) && !e.has(bf::EXTERNAL)) || !e.has(bf::CAP_TAR_TOC);
+            if placeholder {
+                boot.set_blob_id(0, &id);
+            }
         }
         Ok(Self::new(boot, Box::new(SingleFile { path: blob_path.to_path_buf() })))
     }
@@ -315,6 +313,15 @@ impl Rafs {
         self.cache_metrics.user_read(hits, misses);
         Ok((end - offset) as usize)
     }
+}
+
+/// The bootstrap a blob carries as `image.boot` (found through its ToC), decompressed and
+/// digest-checked, not yet parsed.
+pub fn inline_bootstrap(blob_path: &Path) -> Result<Vec<u8>> {
+    let src = LocalBlob::open(blob_path)?;
+    let toc = blob::read_toc(&src, None)?;
+    let entry = toc.iter().find(|e| e.name == "image.boot").ok_or_else(|| Error::corrupt("blob has no image.boot section"))?;
+    blob::extract_section(&src, entry, MAX_INLINE_BOOTSTRAP)
 }
 
 /// Where `Rafs::read_nid_to` puts a file's bytes, in order.
