@@ -17,6 +17,7 @@ from nydus_hybrid.types import (
     ImageMetrics,
     Inflight,
     InspectReport,
+    MergeReportDict,
     NormalizedConfig,
     StatDict,
     UnpackReport,
@@ -37,6 +38,8 @@ __all__ = [
     "build",
     "cache_gc",
     "error_kinds",
+    "inline_bootstrap",
+    "merge",
     "parse_config",
     "push_blob",
     "raise_error_example",
@@ -172,6 +175,13 @@ def build(
     prefetch: Sequence[bytes] = ...,
 ) -> BuildReportDict: ...
 def inline_bootstrap(blob: _Path) -> bytes: ...
+def merge(
+    sources: Sequence[_Path],
+    bootstrap: _Path,
+    blob_digests: Optional[Sequence[str]] = None,
+    blob_sizes: Optional[Sequence[int]] = None,
+    prefetch: Sequence[bytes] = ...,
+) -> MergeReportDict: ...
 def parse_config(text: str) -> NormalizedConfig: ...
 def set_registry_auth(backend_id: str, auth: str) -> None: ...
 def cache_gc(work_dir: _Path, max_bytes: Optional[int] = None, max_age_secs: Optional[int] = None) -> GcReport: ...

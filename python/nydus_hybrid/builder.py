@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from nydus_hybrid import _core
 from nydus_hybrid.image import PathArg
@@ -69,3 +69,36 @@ def build(
         prefetch=[os.fsencode(p) for p in prefetch],
     )
     return BuildReport(**report)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    layers: int
+    blobs: List[str]  # blob ids in blob-table order
+    inodes: int
+    files: int
+    chunks: int
+    bootstrap_size: int
+
+
+def merge(
+    sources: Sequence[PathArg],
+    bootstrap: PathArg,
+    *,
+    blob_digests: Optional[Sequence[str]] = None,
+    blob_sizes: Optional[Sequence[int]] = None,
+    prefetch: Sequence[Union[str, bytes]] = (),
+) -> MergeReport:
+    """Merge layer bootstraps, lowest first, into one image bootstrap, as ``nydus-image
+    merge`` does: OCI whiteouts and opaque directories applied, the blob table in layer
+    order. A source is a bootstrap file or a layer blob carrying one (``image.boot``);
+    ``blob_digests`` name the blobs the bootstraps came from (default: a 64-hex file name,
+    or a blob's own sha256)."""
+    report = _core.merge(
+        [os.fspath(s) for s in sources],
+        os.fspath(bootstrap),
+        blob_digests=None if blob_digests is None else list(blob_digests),
+        blob_sizes=None if blob_sizes is None else list(blob_sizes),
+        prefetch=[os.fsencode(p) for p in prefetch],
+    )
+    return MergeReport(**report)

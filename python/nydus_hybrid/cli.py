@@ -17,7 +17,7 @@ import tempfile
 from typing import List, NoReturn, Optional, Sequence
 
 from nydus_hybrid import log, version
-from nydus_hybrid.builder import BuildReport, build
+from nydus_hybrid.builder import BuildReport, build, merge
 from nydus_hybrid.client import DaemonApiError
 from nydus_hybrid.errors import NydusError
 from nydus_hybrid.image import Image
@@ -128,6 +128,39 @@ def _cmd_build(a: argparse.Namespace) -> int:
     doc = dict(
         report.__dict__, dedup_ratio=round(report.dedup_ratio, 4), bootstrap=a.bootstrap and os.fspath(a.bootstrap)
     )
+    if a.output_json:
+        with open(a.output_json, "w") as f:
+            json.dump(doc, f, indent=2)
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _add_merge(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("merge", help="merge layer bootstraps (or layer blobs) into one image bootstrap")
+    p.add_argument("sources", nargs="+", help="layer bootstraps or blobs carrying one, lowest layer first")
+    p.add_argument("-B", "--bootstrap", required=True, help="output bootstrap file")
+    p.add_argument("--blob-digests", help="comma-separated digests of the layers' blobs (default: from the file names)")
+    p.add_argument("--blob-sizes", help="comma-separated sizes of the layers' blobs")
+    p.add_argument("--prefetch-policy", default="none", choices=["none", "fs"], help="fs: prefetch table from stdin")
+    p.add_argument("-J", "--output-json", help="also write the merge report as JSON to this file")
+
+
+def _cmd_merge(a: argparse.Namespace) -> int:
+    if a.prefetch_policy == "fs" and sys.stdin.isatty():
+        raise SystemExit(_usage("--prefetch-policy fs reads the paths to prefetch from stdin, one per line"))
+    digests = a.blob_digests.split(",") if a.blob_digests else None
+    try:
+        sizes = [int(s) for s in a.blob_sizes.split(",")] if a.blob_sizes else None
+    except ValueError:
+        raise SystemExit(_usage(f"--blob-sizes {a.blob_sizes!r}: comma-separated byte counts")) from None
+    report = merge(
+        a.sources,
+        a.bootstrap,
+        blob_digests=digests,
+        blob_sizes=sizes,
+        prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_policy == "fs" else (),
+    )
+    doc = dict(report.__dict__, bootstrap=os.fspath(a.bootstrap))
     if a.output_json:
         with open(a.output_json, "w") as f:
             json.dump(doc, f, indent=2)
@@ -362,6 +395,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning", choices=["trace", "debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command")
     _add_build(sub)
+    _add_merge(sub)
 
     p = sub.add_parser("inspect", help="superblock, blob table and counts as JSON")
     _image_args(p, blob_dir=False)
@@ -438,6 +472,7 @@ def make_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "build": _cmd_build,
     "create": _cmd_build,
+    "merge": _cmd_merge,
     "inspect": _cmd_inspect,
     "check": _cmd_check,
     "unpack": _cmd_unpack,

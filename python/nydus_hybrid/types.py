@@ -39,6 +39,15 @@ class BuildReportDict(TypedDict):
     inline_bootstrap: bool
 
 
+class MergeReportDict(TypedDict):
+    layers: int
+    blobs: List[str]
+    inodes: int
+    files: int
+    chunks: int
+    bootstrap_size: int
+
+
 class SuperblockInfo(TypedDict):
     block_size: int
     root_nid: int

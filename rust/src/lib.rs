@@ -13,6 +13,7 @@ pub mod fscache;
 pub mod fuse;
 pub mod inspect;
 pub mod layout;
+pub mod merge;
 pub mod prefetch;
 pub mod reader;
 pub mod storage;

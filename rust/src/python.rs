@@ -474,6 +474,36 @@ fn inline_bootstrap<'py>(py: Python<'py>, blob: PathBuf) -> R<Bound<'py, pyo3::t
     Ok(pyo3::types::PyBytes::new(py, &bytes))
 }
 
+/// Merge layer bootstraps (files, or blobs carrying one), lowest first, into `bootstrap`;
+/// returns the merge report.
+#[pyfunction]
+#[pyo3(signature = (sources, bootstrap, blob_digests=None, blob_sizes=None, prefetch=Vec::new()))]
+fn merge<'py>(
+    py: Python<'py>,
+    sources: Vec<PathBuf>,
+    bootstrap: PathBuf,
+    blob_digests: Option<Vec<String>>,
+    blob_sizes: Option<Vec<u64>>,
+    prefetch: Vec<Vec<u8>>,
+) -> R<Bound<'py, PyAny>> {
+    for (what, n) in [("blob digests", blob_digests.as_ref().map(Vec::len)), ("blob sizes", blob_sizes.as_ref().map(Vec::len))] {
+        if let Some(n) = n.filter(|&n| n != sources.len()) {
+            return Err(to_py(Error::invalid(format!("{n} {what} for {} sources", sources.len()))));
+        }
+    }
+    let r = py
+        .allow_threads(|| -> crate::Result<_> {
+            let mut layers = Vec::with_capacity(sources.len());
+            for (i, s) in sources.iter().enumerate() {
+                let id = blob_digests.as_ref().map(|d| d[i].trim_start_matches("sha256:").to_string());
+                layers.push(crate::merge::layer_from_file(s, id, blob_sizes.as_ref().map(|z| z[i]))?);
+            }
+            crate::merge::merge(&layers, &bootstrap, &crate::merge::MergeOptions { prefetch })
+        })
+        .map_err(to_py)?;
+    to_object(py, &r)
+}
+
 /// Build a RAFS v6 image; returns the build report.
 #[pyfunction]
 #[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new(), inline_bootstrap=false, prefetch=Vec::new()))]
@@ -643,6 +673,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FuseMount>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_function(wrap_pyfunction!(inline_bootstrap, m)?)?;
+    m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;

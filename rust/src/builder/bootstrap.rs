@@ -258,15 +258,34 @@ pub fn plan(tree: &Tree, chunk_size: u32) -> Layout {
     Layout { order, placed, dir_sizes, end: cur, inos: (next - 1) as u64 }
 }
 
-/// Everything the writer needs from the data phase.
+/// Everything the writer needs from the data phase: the blob table, and every chunk the
+/// tree's files name (`Node::chunks` are positions in `chunks`), with where each lives.
 pub struct BlobPart<'a> {
-    pub entry: Option<BlobEntry>,
+    pub entries: Vec<BlobEntry>,
     pub chunks: &'a [StoredChunk],
+    pub places: &'a [ChunkPlace],
+}
+
+/// A chunk's blob-table index, CI index in that blob, and chunk-table flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkPlace {
+    pub blob_index: u32,
+    pub ci_index: u32,
+    pub flags: u32,
+}
+
+/// The places of a one-blob build's chunks: blob 0, in CI order, with a CRC each.
+pub fn single_blob_places(chunks: &[StoredChunk]) -> Vec<ChunkPlace> {
+    let flags = |c: &StoredChunk| chunk_flags::HAS_CRC32 | if c.compressed { chunk_flags::COMPRESSED } else { 0 };
+    chunks.iter().enumerate().map(|(i, c)| ChunkPlace { blob_index: 0, ci_index: i as u32, flags: flags(c) }).collect()
 }
 
 /// Write the complete bootstrap image into memory.
 pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOptions) -> Result<Vec<u8>> {
-    let n_blobs = blob.entry.is_some() as u64;
+    let n_blobs = blob.entries.len() as u64;
+    if n_blobs as usize > MAX_BLOBS {
+        return Err(Error::Unsupported(format!("{n_blobs} blobs: RAFS v6 holds at most {MAX_BLOBS}")));
+    }
     // nids come from pre-shift offsets (§1.8): the inode lives at meta_blkaddr·B + 32·nid.
     let nid_of = |id: NodeId| layout.placed[&layout.placed[&id].primary].off / 32;
     let prefetch = prefetch_table(tree, &opts.prefetch, &nid_of);
@@ -358,14 +377,14 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
         if node.is_reg() {
             ino.layout = inode_layout::CHUNK_BASED;
             ino.size = node.size;
-            let addrs: Vec<(u32, u64)> = node.chunks.iter().map(|&ci| (ci, blob.chunks[ci as usize].uncompressed_offset)).collect();
-            let contiguous = addrs.len() > 1 && addrs.windows(2).all(|w| w[1].1 == w[0].1 + cs);
+            let addrs: Vec<(ChunkPlace, u64)> = node.chunks.iter().map(|&i| (blob.places[i as usize], blob.chunks[i as usize].uncompressed_offset)).collect();
+            let contiguous = addrs.len() > 1 && addrs.windows(2).all(|w| w[1].1 == w[0].1 + cs && w[1].0.blob_index == w[0].0.blob_index);
             let span = if contiguous { node.size.next_power_of_two() } else { cs };
             let chunkbits = span.trailing_zeros() - B.trailing_zeros();
             ino.i_u = CHUNK_FORMAT_INDEXES | chunkbits;
             let mut pos = at + round_up(isz as u64, 8) as usize;
-            for (ci, uoff) in addrs {
-                let a = ChunkAddr { blob_index: 0, ci_index: ci, blkaddr: (uoff / B) as u32 };
+            for (place, uoff) in addrs {
+                let a = ChunkAddr { blob_index: place.blob_index as u8, ci_index: place.ci_index, blkaddr: (uoff / B) as u32 };
                 img[pos..pos + 8].copy_from_slice(&a.encode());
                 pos += 8;
             }
@@ -389,16 +408,16 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
         .chunks
         .iter()
         .enumerate()
-        .map(|(ci, c)| ChunkTableEntry {
+        .map(|(i, c)| ChunkTableEntry {
             digest: c.digest,
-            blob_index: 0,
-            flags: chunk_flags::HAS_CRC32 | if c.compressed { chunk_flags::COMPRESSED } else { 0 },
+            blob_index: blob.places[i].blob_index,
+            flags: blob.places[i].flags,
             compressed_size: c.compressed_size,
             uncompressed_size: c.uncompressed_size,
             compressed_offset: c.compressed_offset,
             uncompressed_offset: c.uncompressed_offset,
-            file_offset: file_offsets[ci],
-            index: ci as u32,
+            file_offset: file_offsets[i],
+            index: blob.places[i].ci_index,
             crc32: c.crc32,
         })
         .collect();
@@ -411,19 +430,28 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
     let boot_len = img.len() as u64;
 
     // Device slot, blob table, superblocks.
+    // Each blob's place if the image were flattened into one disk (§1.4, HEAD's rule).
     let mut total_blocks = 0u64;
-    if let Some(entry) = &blob.entry {
+    let mut pos = boot_len;
+    for (i, entry) in blob.entries.iter().enumerate() {
         let blocks = entry.uncompressed_size / B;
         if blocks > u32::MAX as u64 {
             return Err(Error::Unsupported("blob larger than 16 TiB".into()));
         }
         total_blocks += blocks;
+        let mapped = round_up(pos, 0x8_0000) / B;
+        pos = (mapped + blocks) * B;
         // A bootstrap inside its own blob is never mounted as it is (it is merged first):
         // no mapping, as the reference writes it.
-        let mapped = if entry.features & crate::layout::blob_features::INLINED_FS_META != 0 { 0 } else { round_up(boot_len, 0x8_0000) / B };
-        let slot = DeviceSlot { blob_id: entry.blob_id.clone(), blocks: blocks as u32, mapped_blkaddr: mapped as u32 };
-        img[DEVSLOT_OFFSET..DEVSLOT_OFFSET + DEVSLOT_SIZE].copy_from_slice(&slot.encode());
-        img[t as usize..t as usize + BLOB_ENTRY_SIZE].copy_from_slice(&entry.encode());
+        let inline = entry.features & crate::layout::blob_features::INLINED_FS_META != 0;
+        let slot = DeviceSlot { blob_id: entry.blob_id.clone(), blocks: blocks as u32, mapped_blkaddr: if inline { 0 } else { mapped as u32 } };
+        let (ds, bt) = (DEVSLOT_OFFSET + DEVSLOT_SIZE * i, t as usize + BLOB_ENTRY_SIZE * i);
+        img[ds..ds + DEVSLOT_SIZE].copy_from_slice(&slot.encode());
+        let entry = BlobEntry { blob_index: i as u32, ..entry.clone() };
+        img[bt..bt + BLOB_ENTRY_SIZE].copy_from_slice(&entry.encode());
+    }
+    if total_blocks > u32::MAX as u64 {
+        return Err(Error::Unsupported("blobs larger than 16 TiB in all".into()));
     }
     let comp_flag = match opts.compressor {
         Compressor::None => sb_flags::COMPRESSION_NONE,
@@ -435,7 +463,11 @@ pub fn write(tree: &Tree, layout: &Layout, blob: &BlobPart, opts: &BootstrapOpti
         Digester::Blake3 => sb_flags::HASH_BLAKE3,
         Digester::Sha256 => sb_flags::HASH_SHA256,
     };
-    let mut flags = comp_flag | hash_flag | sb_flags::INLINED_CHUNK_DIGEST | sb_flags::ENCRYPTION_NONE;
+    let mut flags = comp_flag | hash_flag | sb_flags::ENCRYPTION_NONE;
+    // Set when every blob carries its chunk digests (so also for none).
+    if blob.entries.iter().all(|e| e.features & crate::layout::blob_features::INLINED_CHUNK_DIGEST != 0) {
+        flags |= sb_flags::INLINED_CHUNK_DIGEST;
+    }
     if opts.explicit_uid_gid {
         flags |= sb_flags::EXPLICIT_UID_GID;
     }

@@ -155,8 +155,10 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
         prefetch: opts.prefetch.clone(),
     };
     let boot_size = std::cell::Cell::new(0u64);
+    let places = bootstrap::single_blob_places(&out.chunks);
     let write_boot = |entry: Option<&superblock::BlobEntry>| {
-        let image = bootstrap::write(&tree, &layout, &bootstrap::BlobPart { entry: entry.cloned(), chunks: &out.chunks }, &bopts)?;
+        let part = bootstrap::BlobPart { entries: entry.into_iter().cloned().collect(), chunks: &out.chunks, places: &places };
+        let image = bootstrap::write(&tree, &layout, &part, &bopts)?;
         boot_size.set(image.len() as u64);
         Ok(image)
     };

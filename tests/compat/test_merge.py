@@ -1,0 +1,155 @@
+"""`nydus-hybrid merge` against the real `nydus-image merge` (2.2) on the same layer blobs:
+a lower layer holding the generated tree (every file type, hard links, xattrs) and an upper
+layer that changes, adds and deletes files and makes a directory opaque. The real
+`nydus-image check` accepts our merged bootstrap, and the tree it serves equals both the
+real merge's and the OCI rootfs flattened from the layer tarballs here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import nydus_hybrid
+from nydus_hybrid import Image, treecmp
+from nydus_hybrid.builder import merge
+from tests.helpers import reference
+
+
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory):
+    """(lower.tar, upper.tar, [layer blobs], blob dir)."""
+    from tests.helpers import treegen
+
+    if os.geteuid() != 0:
+        pytest.skip("the generated tree needs root")
+    tmp = tmp_path_factory.mktemp("merge")
+    lower = tmp / "lower"
+    treegen.make_tree(str(lower), small_files=300)
+    upper = tmp / "upper"
+    gone = sorted(p.name for p in (lower / "files").iterdir() if p.is_file() and not p.is_symlink())[0]
+    (upper / "dirs").mkdir(parents=True)
+    (upper / "dirs" / ".wh..wh..opq").write_bytes(b"")
+    (upper / "dirs" / "only-upper").write_bytes(b"upper\n")
+    (upper / "files").mkdir()
+    (upper / "files" / f".wh.{gone}").write_bytes(b"")
+    (upper / "files" / "changed").write_bytes(b"a new file in a changed directory\n")
+    (upper / "added").mkdir()
+    (upper / "added" / "file").write_bytes(os.urandom(200_000))
+    tars = []
+    for name, root in (("lower", lower), ("upper", upper)):
+        t = tmp / f"{name}.tar"
+        subprocess.run(["tar", "--xattrs", "-C", str(root), "-cf", str(t), "."], check=True)
+        tars.append(t)
+    blob_dir = tmp / "blobs"
+    blobs = []
+    for t in tars:
+        r = nydus_hybrid.build(t, None, blob_dir, whiteout_spec="none", inline_bootstrap=True, progress=False)
+        assert r.blob_path is not None
+        blobs.append(Path(r.blob_path))
+    return tars[0], tars[1], blobs, blob_dir
+
+
+def flatten(tars: List[Path], out: Path) -> None:
+    """The OCI rootfs of `tars` (lowest first): each layer's whiteouts, then its entries. A
+    directory a layer declares again takes that layer's metadata whole, xattrs too, as
+    nydus-image merge has it (containerd's unpacker would keep the lower xattrs)."""
+    out.mkdir()
+    for t in tars:
+        with tarfile.open(t) as tf:
+            members = tf.getmembers()
+            for m in members:
+                d, base = os.path.split(os.path.normpath(m.name))
+                target = out / d
+                if base == ".wh..wh..opq":
+                    for c in target.iterdir():
+                        shutil.rmtree(c) if c.is_dir() and not c.is_symlink() else c.unlink()
+                elif base.startswith(".wh."):
+                    victim = target / base[4:]
+                    shutil.rmtree(victim) if victim.is_dir() and not victim.is_symlink() else victim.unlink()
+                elif m.isdir() and (out / m.name).is_dir():
+                    for x in os.listxattr(out / m.name):
+                        os.removexattr(out / m.name, x)
+        # GNU tar restores what Python's tarfile does not: xattrs, symlink times, ns times.
+        subprocess.run(
+            [
+                *("tar", "-C", str(out), "--xattrs", "--xattrs-include=*"),
+                "--numeric-owner",
+                "-xpf",
+                str(t),
+                "--exclude=.wh.*",
+            ],
+            check=True,
+        )
+
+
+def test_our_merge_is_the_real_merge_and_the_oci_rootfs(layers, tmp_path):
+    lower_tar, upper_tar, blobs, blob_dir = layers
+    ours = tmp_path / "ours.boot"
+    report = merge(blobs, ours)
+    digests = [hashlib.sha256(b.read_bytes()).hexdigest() for b in blobs]
+    assert report.blobs == digests
+
+    p = subprocess.run(
+        [reference.tool("nydus-image"), "check", "-B", str(ours), "-D", str(blob_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0 and "RAFS filesystem metadata is valid" in p.stdout, p.stdout + p.stderr
+    assert all(d in p.stdout for d in digests)
+
+    # The real merge of the same layers, from their extracted bootstraps.
+    sources = []
+    for d, b in zip(digests, blobs):
+        (tmp_path / d).write_bytes(Image.inline_bootstrap(b))
+        sources.append(str(tmp_path / d))
+    theirs = tmp_path / "theirs.boot"
+    sizes = ",".join(str(b.stat().st_size) for b in blobs)
+    p = subprocess.run(
+        [
+            *(reference.tool("nydus-image"), "merge", "-B", str(theirs)),
+            "--blob-digests",
+            ",".join(digests),
+            "--blob-sizes",
+            sizes,
+            *sources,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+
+    for name, boot in (("ours", ours), ("theirs", theirs)):
+        Image.open(boot, blob_dir).unpack_dir(tmp_path / name)
+    same = treecmp.compare(str(tmp_path / "theirs"), str(tmp_path / "ours"), check_root_mtime=True)
+    assert same.differences == [], same.differences[:10]
+    rootfs = tmp_path / "rootfs"
+    flatten([lower_tar, upper_tar], rootfs)
+    diff = treecmp.compare(str(rootfs), str(tmp_path / "ours"))
+    assert diff.differences == [], diff.differences[:10]
+    assert (tmp_path / "ours" / "dirs").exists() and os.listdir(tmp_path / "ours" / "dirs") == ["only-upper"]
+
+
+def test_the_cli_merges_and_reports(layers, tmp_path):
+    _, _, blobs, blob_dir = layers
+    out = tmp_path / "m.boot"
+    p = subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid", "merge", "-B", str(out), "--prefetch-policy", "fs", *map(str, blobs)],
+        input="/added\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    img = Image.open(out, blob_dir)
+    assert img.inspect()["superblock"]["prefetch_table"][1] == 4
+    assert img.check()["chunks_verified"] > 0
