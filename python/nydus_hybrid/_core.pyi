@@ -173,6 +173,7 @@ def build(
     exclude: Sequence[bytes] = ...,
     inline_bootstrap: bool = False,
     prefetch: Sequence[bytes] = ...,
+    parent: Optional[_Path] = None,
 ) -> BuildReportDict: ...
 def inline_bootstrap(blob: _Path) -> bytes: ...
 def merge(

@@ -48,12 +48,15 @@ def build(
     exclude: Sequence[Union[str, bytes]] = (),
     inline_bootstrap: bool = False,
     prefetch: Sequence[Union[str, bytes]] = (),
+    parent_bootstrap: Optional[PathArg] = None,
 ) -> BuildReport:
     """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball.
 
     With ``inline_bootstrap`` (``bootstrap`` None), the bootstrap goes into the blob, as
     nydus-snapshotter's converter packs a layer. ``prefetch``: image paths (``/usr/bin``)
-    for the prefetch table, as ``--prefetch-policy fs`` reads them from stdin."""
+    for the prefetch table, as ``--prefetch-policy fs`` reads them from stdin. With
+    ``parent_bootstrap``, the source is a layer over that image: its OCI whiteouts apply to
+    the parent's tree, and ``bootstrap`` is the whole image's (parent blobs, then the new one)."""
     report = _core.build(
         os.fspath(source),
         None if bootstrap is None else os.fspath(bootstrap),
@@ -67,6 +70,7 @@ def build(
         exclude=[os.fsencode(e) for e in exclude],
         inline_bootstrap=inline_bootstrap,
         prefetch=[os.fsencode(p) for p in prefetch],
+        parent=None if parent_bootstrap is None else os.fspath(parent_bootstrap),
     )
     return BuildReport(**report)
 

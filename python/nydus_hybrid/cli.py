@@ -98,6 +98,10 @@ def _add_build(sub: argparse._SubParsersAction[_Parser]) -> None:
             action="store_true",
             help="put the bootstrap into the blob (image.boot), as a Nydus layer blob carries it",
         )
+        p.add_argument(
+            "--parent-bootstrap",
+            help="build the source as a layer over this image; -B is then the whole image's bootstrap",
+        )
         p.add_argument("--exclude", action="append", default=[], help="path in a directory source to leave out")
         p.add_argument("-J", "--output-json", help="also write the build report as JSON to this file")
         p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -182,6 +186,7 @@ def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
         exclude=tuple(a.exclude),
         inline_bootstrap=a.blob_inline_meta,
         prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_policy == "fs" else (),
+        parent_bootstrap=a.parent_bootstrap,
     )
     if a.blob and report.blob_path:
         # -b FILE: the blob keeps its content (and so its id); only its file name changes.

@@ -51,6 +51,10 @@ pub struct MergeReport {
 pub struct MergeOptions {
     /// Image paths for the prefetch table (`--prefetch-policy fs`).
     pub prefetch: Vec<Vec<u8>>,
+    /// The root keeps the lowest layer's xattrs: what `nydus-image create
+    /// --parent-bootstrap` does (its `merge` gives the root the upper layer's, as any
+    /// other directory).
+    pub keep_root_xattrs: bool,
 }
 
 /// The merged tree and the chunks its files name, built one layer at a time.
@@ -78,7 +82,7 @@ pub fn merge(layers: &[Layer], out: &Path, opts: &MergeOptions) -> Result<MergeR
         Merger { tree: Tree::new(root), entries: Vec::new(), blob_by_id: HashMap::new(), chunks: Vec::new(), places: Vec::new(), chunk_pos: HashMap::new() };
     for (i, l) in layers.iter().enumerate() {
         let blobs = m.add_blobs(l)?;
-        m.apply(l, i, &blobs)?;
+        m.apply(l, i, &blobs, opts)?;
     }
     m.tree.finish()?;
     m.keep_referenced_chunks();
@@ -146,12 +150,15 @@ impl Merger {
 
     /// Lay layer `li` over the tree: directory by directory from its root, with an explicit
     /// stack; a directory seen twice (a loop in hostile metadata) is refused.
-    fn apply(&mut self, l: &Layer, li: usize, blobs: &[u32]) -> Result<()> {
+    fn apply(&mut self, l: &Layer, li: usize, blobs: &[u32], opts: &MergeOptions) -> Result<()> {
         let boot = &l.bootstrap;
         let table = boot.chunk_map()?;
         let root_nid = boot.root_nid();
         if li > 0 {
-            let root = node_of(boot, root_nid, Vec::new(), None)?;
+            let mut root = node_of(boot, root_nid, Vec::new(), None)?;
+            if opts.keep_root_xattrs {
+                root.xattrs = self.tree.nodes[ROOT].xattrs.clone();
+            }
             self.take_attrs(ROOT, root);
         }
         let mut seen = HashSet::from([root_nid]);

@@ -498,7 +498,7 @@ fn merge<'py>(
                 let id = blob_digests.as_ref().map(|d| d[i].trim_start_matches("sha256:").to_string());
                 layers.push(crate::merge::layer_from_file(s, id, blob_sizes.as_ref().map(|z| z[i]))?);
             }
-            crate::merge::merge(&layers, &bootstrap, &crate::merge::MergeOptions { prefetch })
+            crate::merge::merge(&layers, &bootstrap, &crate::merge::MergeOptions { prefetch, keep_root_xattrs: false })
         })
         .map_err(to_py)?;
     to_object(py, &r)
@@ -506,7 +506,7 @@ fn merge<'py>(
 
 /// Build a RAFS v6 image; returns the build report.
 #[pyfunction]
-#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new(), inline_bootstrap=false, prefetch=Vec::new()))]
+#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new(), inline_bootstrap=false, prefetch=Vec::new(), parent=None))]
 #[allow(clippy::too_many_arguments)]
 fn build<'py>(
     py: Python<'py>,
@@ -522,6 +522,7 @@ fn build<'py>(
     exclude: Vec<Vec<u8>>,
     inline_bootstrap: bool,
     prefetch: Vec<Vec<u8>>,
+    parent: Option<PathBuf>,
 ) -> R<Bound<'py, PyAny>> {
     let bad = |what: &str, v: &str| to_py(Error::invalid(format!("unknown {what} {v:?}")));
     let opts = BuildOptions {
@@ -534,6 +535,7 @@ fn build<'py>(
         exclude,
         inline_bootstrap,
         prefetch,
+        parent,
         // Ctrl-C: the build polls this between batches and stops, removing its temporaries.
         cancel: Some(std::sync::Arc::new(|| Python::with_gil(|py| py.check_signals().is_err()))),
     };

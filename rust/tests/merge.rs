@@ -116,3 +116,29 @@ fn layers_with_different_chunk_sizes_are_refused() {
     let e = merge(&layers, &tmp.path().join("out"), &MergeOptions::default()).unwrap_err();
     assert!(e.to_string().contains("chunk size"), "{e}");
 }
+
+#[test]
+fn a_build_over_a_parent_bootstrap_is_the_whole_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = tmp.path().join("lower");
+    write(&lower, "a/keep", b"keep");
+    write(&lower, "a/gone", b"gone");
+    let blobs = tmp.path().join("blobs");
+    let base = tmp.path().join("base.boot");
+    let plain = BuildOptions { progress: false, ..Default::default() };
+    let b = build(&lower, Some(&base), &blobs, &plain).unwrap();
+    let upper = tmp.path().join("upper");
+    write(&upper, "a/.wh.gone", b"");
+    write(&upper, "b", b"b");
+    let out = tmp.path().join("image.boot");
+    let u = build(&upper, Some(&out), &blobs, &BuildOptions { parent: Some(base.clone()), ..plain.clone() }).unwrap();
+    let rafs = Rafs::open(&out, Some(&blobs)).unwrap();
+    let ids: Vec<String> = rafs.boot.blobs.iter().map(|e| e.blob_id.clone()).collect();
+    assert_eq!(ids, [b.blob_id.unwrap(), u.blob_id.unwrap()], "the parent's blobs, then the new one");
+    assert_eq!(read(&rafs, "/a/keep"), b"keep");
+    assert_eq!(read(&rafs, "/b"), b"b");
+    assert!(rafs.boot.resolve(b"/a/gone").is_err());
+    assert!(rafs.boot.resolve(b"/a/.wh.gone").is_err());
+    let inline = BuildOptions { parent: Some(base), inline_bootstrap: true, ..plain };
+    assert!(build(&upper, None, &blobs, &inline).unwrap_err().to_string().contains("choose one"));
+}

@@ -25,7 +25,7 @@ from tests.helpers import reference
 
 @pytest.fixture(scope="module")
 def layers(tmp_path_factory):
-    """(lower.tar, upper.tar, [layer blobs], blob dir)."""
+    """(lower.tar, upper.tar, [layer blobs], blob dir, (lower dir, upper dir))."""
     from tests.helpers import treegen
 
     if os.geteuid() != 0:
@@ -54,7 +54,7 @@ def layers(tmp_path_factory):
         r = nydus_hybrid.build(t, None, blob_dir, whiteout_spec="none", inline_bootstrap=True, progress=False)
         assert r.blob_path is not None
         blobs.append(Path(r.blob_path))
-    return tars[0], tars[1], blobs, blob_dir
+    return tars[0], tars[1], blobs, blob_dir, (lower, upper)
 
 
 def flatten(tars: List[Path], out: Path) -> None:
@@ -91,7 +91,7 @@ def flatten(tars: List[Path], out: Path) -> None:
 
 
 def test_our_merge_is_the_real_merge_and_the_oci_rootfs(layers, tmp_path):
-    lower_tar, upper_tar, blobs, blob_dir = layers
+    lower_tar, upper_tar, blobs, blob_dir, _ = layers
     ours = tmp_path / "ours.boot"
     report = merge(blobs, ours)
     digests = [hashlib.sha256(b.read_bytes()).hexdigest() for b in blobs]
@@ -140,7 +140,7 @@ def test_our_merge_is_the_real_merge_and_the_oci_rootfs(layers, tmp_path):
 
 
 def test_the_cli_merges_and_reports(layers, tmp_path):
-    _, _, blobs, blob_dir = layers
+    _, _, blobs, blob_dir, _ = layers
     out = tmp_path / "m.boot"
     p = subprocess.run(
         [sys.executable, "-m", "nydus_hybrid", "merge", "-B", str(out), "--prefetch-policy", "fs", *map(str, blobs)],
@@ -153,3 +153,48 @@ def test_the_cli_merges_and_reports(layers, tmp_path):
     img = Image.open(out, blob_dir)
     assert img.inspect()["superblock"]["prefetch_table"][1] == 4
     assert img.check()["chunks_verified"] > 0
+
+
+def test_a_build_over_a_parent_is_the_real_ones(layers, tmp_path):
+    """`create --parent-bootstrap` by both tools, from the same lower image: the real check
+    accepts ours, and the two images unpack to the same tree. Directory sources: the real
+    tool's tar reader refuses GNU tar's PAX records for xattrs holding newlines."""
+    _, _, _, _, (lower_dir, upper_dir) = layers
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    base = tmp_path / "base.boot"
+    p = subprocess.run(
+        [reference.tool("nydus-image"), "create", "-B", str(base), "-D", str(blob_dir), str(lower_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    ours, theirs = tmp_path / "ours.boot", tmp_path / "theirs.boot"
+    common = ["--parent-bootstrap", str(base), "-D", str(blob_dir), str(upper_dir)]
+    p = subprocess.run(
+        [reference.tool("nydus-image"), "create", "-B", str(theirs), *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid", "create", "-B", str(ours), "--no-progress", *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(
+        [reference.tool("nydus-image"), "check", "-B", str(ours), "-D", str(blob_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0 and "RAFS filesystem metadata is valid" in p.stdout, p.stdout + p.stderr
+    for name, boot in (("ours", ours), ("theirs", theirs)):
+        Image.open(boot, blob_dir).unpack_dir(tmp_path / name)
+    same = treecmp.compare(str(tmp_path / "theirs"), str(tmp_path / "ours"), check_root_mtime=True)
+    assert same.differences == [], same.differences[:10]
+    assert not (tmp_path / "ours" / "files" / ".wh.changed").exists()

@@ -40,6 +40,9 @@ pub struct BuildOptions {
     pub inline_bootstrap: bool,
     /// `--prefetch-policy fs`: image paths for the bootstrap's prefetch table (§1.6).
     pub prefetch: Vec<Vec<u8>>,
+    /// `--parent-bootstrap`: the new layer goes over this image (its whiteouts applied by
+    /// `merge`), and the bootstrap written is the whole image's.
+    pub parent: Option<PathBuf>,
     pub cancel: Option<CancelFn>,
 }
 
@@ -64,6 +67,7 @@ impl Default for BuildOptions {
             exclude: Vec::new(),
             inline_bootstrap: false,
             prefetch: Vec::new(),
+            parent: None,
             cancel: None,
         }
     }
@@ -128,16 +132,22 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
     if !source.exists() {
         return Err(Error::invalid(format!("source {} does not exist", source.display())));
     }
+    if opts.parent.is_some() && opts.inline_bootstrap {
+        return Err(Error::invalid("--parent-bootstrap makes an image's bootstrap, --blob-inline-meta a layer's: choose one"));
+    }
+    // Over a parent, the layer keeps its OCI whiteouts as entries for the merge to apply.
+    let whiteouts = if opts.parent.is_some() { WhiteoutSpec::None } else { opts.whiteout_spec };
+    let parent = opts.parent.as_deref().map(|p| crate::merge::layer_from_file(p, None, None)).transpose()?;
     // Open the bootstrap's temporary file first, so an unwritable destination fails before
     // any data is processed and no orphan blob is published.
     let boot_out = bootstrap_path.map(AtomicFile::create).transpose()?;
     let writer = blob::BlobWriter::create(blob_dir)?;
     let (mut tree, out) = if is_tar(source) {
         let mut p = Pipeline::new(opts, writer, progress_bar(opts, None));
-        let tree = source_tar::scan(source, &mut p, opts.chunk_size, opts.whiteout_spec)?;
+        let tree = source_tar::scan(source, &mut p, opts.chunk_size, whiteouts)?;
         (tree, p.finish()?)
     } else {
-        let (tree, paths) = source_dir::scan(source, opts)?;
+        let (tree, paths) = source_dir::scan(source, &BuildOptions { whiteout_spec: whiteouts, ..opts.clone() })?;
         let order = bootstrap::plan(&tree, opts.chunk_size).order;
         let total = tree.nodes.iter().filter(|n| n.is_reg()).map(|n| n.size).sum();
         let mut p = Pipeline::new(opts, writer, progress_bar(opts, Some(total)));
@@ -170,8 +180,25 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
     } else {
         Some(blob::finish(out.writer, &out.chunks, opts.compressor, opts.digester, opts.chunk_size, None)?)
     };
+    let mut inodes = layout.inos;
     if let Some(boot_out) = boot_out {
-        boot_out.commit(&write_boot(finished.as_ref().and_then(|f| f.entry.as_ref()))?)?;
+        let layer = write_boot(finished.as_ref().and_then(|f| f.entry.as_ref()))?;
+        match parent {
+            None => boot_out.commit(&layer)?,
+            Some(parent) => {
+                drop(boot_out); // merge writes the file (atomically, as this would have)
+                let layer = crate::merge::Layer {
+                    bootstrap: crate::reader::Bootstrap::from_bytes(layer)?,
+                    label: source.display().to_string(),
+                    blob_id: None,
+                    blob_size: None,
+                };
+                let mopts = crate::merge::MergeOptions { prefetch: opts.prefetch.clone(), keep_root_xattrs: true };
+                let r = crate::merge::merge(&[parent, layer], bootstrap_path.expect("checked above"), &mopts)?;
+                boot_size.set(r.bootstrap_size);
+                inodes = r.inodes;
+            }
+        }
     }
 
     Ok(BuildReport {
@@ -180,7 +207,7 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
         blob_size: finished.as_ref().map(|f| f.size).unwrap_or(0),
         uncompressed_size: finished.as_ref().and_then(|f| f.entry.as_ref()).map(|e| e.uncompressed_size).unwrap_or(0),
         bootstrap_size: boot_size.get(),
-        inodes: layout.inos,
+        inodes,
         files: tree.nodes.iter().filter(|n| n.is_reg() && !n.detached).count() as u64,
         bytes_in: out.bytes_in,
         chunks: out.chunks.len() as u64,
