@@ -174,6 +174,7 @@ def build(
     inline_bootstrap: bool = False,
     prefetch: Sequence[bytes] = ...,
     parent: Optional[_Path] = None,
+    chunk_dict: Optional[_Path] = None,
 ) -> BuildReportDict: ...
 def inline_bootstrap(blob: _Path) -> bytes: ...
 def merge(

@@ -27,6 +27,7 @@ class BuildReport:
     unique_bytes: int
     uncompressed_size: int
     inline_bootstrap: bool = False  # the bootstrap is inside the blob (`image.boot`)
+    dict_chunks: int = 0  # distinct chunks referenced in the chunk dictionary, not stored
 
     @property
     def dedup_ratio(self) -> float:
@@ -49,6 +50,7 @@ def build(
     inline_bootstrap: bool = False,
     prefetch: Sequence[Union[str, bytes]] = (),
     parent_bootstrap: Optional[PathArg] = None,
+    chunk_dict: Optional[PathArg] = None,
 ) -> BuildReport:
     """Build a RAFS v6 bootstrap and data blob from a directory or OCI layer tarball.
 
@@ -56,7 +58,9 @@ def build(
     nydus-snapshotter's converter packs a layer. ``prefetch``: image paths (``/usr/bin``)
     for the prefetch table, as ``--prefetch-policy fs`` reads them from stdin. With
     ``parent_bootstrap``, the source is a layer over that image: its OCI whiteouts apply to
-    the parent's tree, and ``bootstrap`` is the whole image's (parent blobs, then the new one)."""
+    the parent's tree, and ``bootstrap`` is the whole image's (parent blobs, then the new one).
+    ``chunk_dict``: an image bootstrap whose chunks are referenced where they are stored
+    instead of being stored again (its blobs follow the new one in the blob table)."""
     report = _core.build(
         os.fspath(source),
         None if bootstrap is None else os.fspath(bootstrap),
@@ -71,6 +75,7 @@ def build(
         inline_bootstrap=inline_bootstrap,
         prefetch=[os.fsencode(p) for p in prefetch],
         parent=None if parent_bootstrap is None else os.fspath(parent_bootstrap),
+        chunk_dict=None if chunk_dict is None else os.fspath(chunk_dict),
     )
     return BuildReport(**report)
 

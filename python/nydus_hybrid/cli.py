@@ -102,6 +102,10 @@ def _add_build(sub: argparse._SubParsersAction[_Parser]) -> None:
             "--parent-bootstrap",
             help="build the source as a layer over this image; -B is then the whole image's bootstrap",
         )
+        p.add_argument(
+            "--chunk-dict",
+            help="[bootstrap=]PATH: an image bootstrap whose chunks are referenced instead of stored again",
+        )
         p.add_argument("--exclude", action="append", default=[], help="path in a directory source to leave out")
         p.add_argument("-J", "--output-json", help="also write the build report as JSON to this file")
         p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -187,6 +191,7 @@ def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
         inline_bootstrap=a.blob_inline_meta,
         prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_policy == "fs" else (),
         parent_bootstrap=a.parent_bootstrap,
+        chunk_dict=a.chunk_dict.removeprefix("bootstrap=") if a.chunk_dict else None,
     )
     if a.blob and report.blob_path:
         # -b FILE: the blob keeps its content (and so its id); only its file name changes.

@@ -37,6 +37,7 @@ class BuildReportDict(TypedDict):
     unique_bytes: int
     uncompressed_size: int
     inline_bootstrap: bool
+    dict_chunks: int
 
 
 class MergeReportDict(TypedDict):

@@ -506,7 +506,7 @@ fn merge<'py>(
 
 /// Build a RAFS v6 image; returns the build report.
 #[pyfunction]
-#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new(), inline_bootstrap=false, prefetch=Vec::new(), parent=None))]
+#[pyo3(signature = (source, bootstrap, blob_dir, chunk_size=0x100000, compressor="zstd", digester="blake3", explicit_uid_gid=true, whiteout_spec="oci", progress=true, exclude=Vec::new(), inline_bootstrap=false, prefetch=Vec::new(), parent=None, chunk_dict=None))]
 #[allow(clippy::too_many_arguments)]
 fn build<'py>(
     py: Python<'py>,
@@ -523,6 +523,7 @@ fn build<'py>(
     inline_bootstrap: bool,
     prefetch: Vec<Vec<u8>>,
     parent: Option<PathBuf>,
+    chunk_dict: Option<PathBuf>,
 ) -> R<Bound<'py, PyAny>> {
     let bad = |what: &str, v: &str| to_py(Error::invalid(format!("unknown {what} {v:?}")));
     let opts = BuildOptions {
@@ -536,6 +537,10 @@ fn build<'py>(
         inline_bootstrap,
         prefetch,
         parent,
+        chunk_dict: match chunk_dict {
+            Some(p) => Some(std::sync::Arc::new(py.allow_threads(|| builder::chunker::ChunkDict::load(&p)).map_err(to_py)?)),
+            None => None,
+        },
         // Ctrl-C: the build polls this between batches and stops, removing its temporaries.
         cancel: Some(std::sync::Arc::new(|| Python::with_gil(|py| py.check_signals().is_err()))),
     };

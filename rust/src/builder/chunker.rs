@@ -51,11 +51,24 @@ struct Processed {
     compressed: bool,
 }
 
+/// Chunks an earlier image already stores (`--chunk-dict`): a chunk found here by digest
+/// and size is referenced where it is instead of being stored again.
+pub struct ChunkDict {
+    /// The dictionary's blobs, in its blob-table order.
+    pub blobs: Vec<crate::layout::superblock::BlobEntry>,
+    pub by_digest: HashMap<([u8; 32], u32), crate::layout::chunk_table::ChunkTableEntry>,
+}
+
+/// In `ChunkOutput::refs`, a chunk from the dictionary: the low bits index `dict_chunks`.
+pub const DICT_REF: u32 = 1 << 31;
+
 /// Result of the data phase.
 pub struct ChunkOutput {
     pub chunks: Vec<StoredChunk>,
-    /// (node, chunk index in file, CI index) for every submitted chunk.
+    /// (node, chunk index in file, CI index, or `DICT_REF | i`) for every submitted chunk.
     pub refs: Vec<(usize, usize, u32)>,
+    /// The dictionary chunks the refs use, each once, in first-use order.
+    pub dict_chunks: Vec<crate::layout::chunk_table::ChunkTableEntry>,
     pub writer: BlobWriter,
     pub deduped: u64,
     pub bytes_in: u64,
@@ -64,6 +77,8 @@ pub struct ChunkOutput {
 struct Committer {
     writer: BlobWriter,
     dedup: HashMap<([u8; 32], u32), u32>,
+    dict: Option<std::sync::Arc<ChunkDict>>,
+    dict_chunks: Vec<crate::layout::chunk_table::ChunkTableEntry>,
     chunks: Vec<StoredChunk>,
     refs: Vec<(usize, usize, u32)>,
     next_uoff: u64,
@@ -100,6 +115,14 @@ impl Committer {
             if let Some(&ci) = self.dedup.get(&key) {
                 self.deduped += 1;
                 self.refs.push((p.node, p.index, ci));
+                continue;
+            }
+            if let Some(t) = self.dict.as_ref().and_then(|d| d.by_digest.get(&key)) {
+                let r = DICT_REF | self.dict_chunks.len() as u32;
+                self.dict_chunks.push(t.clone());
+                self.dedup.insert(key, r);
+                self.deduped += 1;
+                self.refs.push((p.node, p.index, r));
                 continue;
             }
             let ci = self.chunks.len() as u32;
@@ -147,7 +170,18 @@ impl Pipeline {
         let batch_limit = (threads * 4 * chunk_size as usize).clamp(chunk_size as usize, (8 << 20).max(chunk_size as usize));
         let (tx, rx) = sync_channel::<Vec<Job>>(0);
         let (done_tx, done_rx) = sync_channel::<Result<Vec<Processed>>>(0);
-        let committer = Committer { writer, dedup: HashMap::new(), chunks: Vec::new(), refs: Vec::new(), next_uoff: 0, deduped: 0, bytes_in: 0, progress };
+        let committer = Committer {
+            writer,
+            dedup: HashMap::new(),
+            dict: opts.chunk_dict.clone(),
+            dict_chunks: Vec::new(),
+            chunks: Vec::new(),
+            refs: Vec::new(),
+            next_uoff: 0,
+            deduped: 0,
+            bytes_in: 0,
+            progress,
+        };
         let processor = std::thread::Builder::new()
             .name("nydus-build-compress".into())
             .spawn(move || run_processor(compressor, digester, rx, done_tx))
@@ -197,7 +231,7 @@ impl Pipeline {
         if let Some(pb) = &c.progress {
             pb.finish_and_clear();
         }
-        Ok(ChunkOutput { chunks: c.chunks, refs: c.refs, writer: c.writer, deduped: c.deduped, bytes_in: c.bytes_in })
+        Ok(ChunkOutput { chunks: c.chunks, refs: c.refs, dict_chunks: c.dict_chunks, writer: c.writer, deduped: c.deduped, bytes_in: c.bytes_in })
     }
 }
 

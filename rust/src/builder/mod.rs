@@ -43,6 +43,8 @@ pub struct BuildOptions {
     /// `--parent-bootstrap`: the new layer goes over this image (its whiteouts applied by
     /// `merge`), and the bootstrap written is the whole image's.
     pub parent: Option<PathBuf>,
+    /// `--chunk-dict`: chunks this image's bootstrap names are referenced, not stored again.
+    pub chunk_dict: Option<std::sync::Arc<chunker::ChunkDict>>,
     pub cancel: Option<CancelFn>,
 }
 
@@ -68,6 +70,7 @@ impl Default for BuildOptions {
             inline_bootstrap: false,
             prefetch: Vec::new(),
             parent: None,
+            chunk_dict: None,
             cancel: None,
         }
     }
@@ -89,6 +92,21 @@ pub struct BuildReport {
     pub uncompressed_size: u64,
     /// The bootstrap is inside the blob (`image.boot`).
     pub inline_bootstrap: bool,
+    /// Distinct chunks taken from the chunk dictionary instead of being stored.
+    pub dict_chunks: u64,
+}
+
+impl chunker::ChunkDict {
+    /// The chunks of an image's bootstrap (`--chunk-dict [bootstrap=]PATH`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let boot = crate::reader::Bootstrap::open(path)?;
+        if let Some(e) = boot.blobs.iter().find(|e| e.blob_id == blob::INLINE_PLACEHOLDER_ID) {
+            return Err(Error::invalid(format!("chunk dictionary {}: blob {} has no id of its own (merge the layer first)", path.display(), e.blob_index)));
+        }
+        let by_digest =
+            boot.chunk_table()?.into_iter().filter(|t| (t.blob_index as usize) < boot.blobs.len()).map(|t| ((t.digest, t.uncompressed_size), t)).collect();
+        Ok(chunker::ChunkDict { blobs: boot.blobs.clone(), by_digest })
+    }
 }
 
 fn progress_bar(opts: &BuildOptions, total: Option<u64>) -> Option<indicatif::ProgressBar> {
@@ -132,6 +150,11 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
     if !source.exists() {
         return Err(Error::invalid(format!("source {} does not exist", source.display())));
     }
+    if let Some(d) = &opts.chunk_dict {
+        if let Some(e) = d.blobs.iter().find(|e| e.digester != opts.digester as u32) {
+            return Err(Error::invalid(format!("the chunk dictionary's blob {} uses another digester than this build's {:?}", e.blob_id, opts.digester)));
+        }
+    }
     if opts.parent.is_some() && opts.inline_bootstrap {
         return Err(Error::invalid("--parent-bootstrap makes an image's bootstrap, --blob-inline-meta a layer's: choose one"));
     }
@@ -154,7 +177,36 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
         source_dir::feed(&tree, &paths, &order, &mut p, opts)?;
         (tree, p.finish()?)
     };
-    assign_chunks(&mut tree, &out.refs);
+    // Positions of the bootstrap's chunk list: the new blob's chunks, then the
+    // dictionary's that were used; its blob table: the new blob, then the dictionary
+    // blobs those live in (in the dictionary's order), as nydus-image lays it out.
+    let n_new = out.chunks.len() as u32;
+    let refs: Vec<(usize, usize, u32)> =
+        out.refs.iter().map(|&(node, idx, ci)| (node, idx, if ci & chunker::DICT_REF != 0 { n_new + (ci & !chunker::DICT_REF) } else { ci })).collect();
+    assign_chunks(&mut tree, &refs);
+    let mut dict_blobs: Vec<u32> = out.dict_chunks.iter().map(|t| t.blob_index).collect();
+    dict_blobs.sort_unstable();
+    dict_blobs.dedup();
+    let first_dict_index = (n_new > 0) as u32;
+    let mut places = bootstrap::single_blob_places(&out.chunks);
+    let mut all_chunks = out.chunks.clone();
+    for t in &out.dict_chunks {
+        let rank = dict_blobs.binary_search(&t.blob_index).expect("collected above") as u32;
+        places.push(bootstrap::ChunkPlace { blob_index: first_dict_index + rank, ci_index: t.index, flags: t.flags });
+        all_chunks.push(chunker::StoredChunk {
+            digest: t.digest,
+            crc32: t.crc32,
+            compressed_offset: t.compressed_offset,
+            compressed_size: t.compressed_size,
+            uncompressed_offset: t.uncompressed_offset,
+            uncompressed_size: t.uncompressed_size,
+            compressed: t.flags & crate::layout::chunk_flags::COMPRESSED != 0,
+        });
+    }
+    let dict_entries: Vec<superblock::BlobEntry> = match &opts.chunk_dict {
+        Some(d) => dict_blobs.iter().map(|&i| d.blobs[i as usize].clone()).collect(),
+        None => Vec::new(),
+    };
 
     let layout = bootstrap::plan(&tree, opts.chunk_size);
     let bopts = bootstrap::BootstrapOptions {
@@ -165,9 +217,9 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
         prefetch: opts.prefetch.clone(),
     };
     let boot_size = std::cell::Cell::new(0u64);
-    let places = bootstrap::single_blob_places(&out.chunks);
     let write_boot = |entry: Option<&superblock::BlobEntry>| {
-        let part = bootstrap::BlobPart { entries: entry.into_iter().cloned().collect(), chunks: &out.chunks, places: &places };
+        let entries = entry.into_iter().chain(dict_entries.iter()).cloned().collect();
+        let part = bootstrap::BlobPart { entries, chunks: &all_chunks, places: &places };
         let image = bootstrap::write(&tree, &layout, &part, &bopts)?;
         boot_size.set(image.len() as u64);
         Ok(image)
@@ -212,6 +264,7 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
         bytes_in: out.bytes_in,
         chunks: out.chunks.len() as u64,
         deduped_chunks: out.deduped,
+        dict_chunks: out.dict_chunks.len() as u64,
         unique_bytes: out.chunks.iter().map(|c| c.uncompressed_size as u64).sum(),
         inline_bootstrap: opts.inline_bootstrap,
     })
