@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::layout::blob_features as bf;
 use crate::layout::chunk_table::ChunkTableEntry;
 use crate::layout::superblock::BlobEntry;
-use crate::layout::{chunk_flags, mode, sb_flags};
+use crate::layout::{mode, sb_flags};
 use crate::reader::Bootstrap;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -272,15 +272,7 @@ impl Merger {
                         Error::corrupt(format!("{}: nid {nid} chunk {} of blob {} is not in the chunk table", l.label, a.ci_index, a.blob_index))
                     })?;
                     let p = self.chunks.len() as u32;
-                    self.chunks.push(StoredChunk {
-                        digest: t.digest,
-                        crc32: t.crc32,
-                        compressed_offset: t.compressed_offset,
-                        compressed_size: t.compressed_size,
-                        uncompressed_offset: t.uncompressed_offset,
-                        uncompressed_size: t.uncompressed_size,
-                        compressed: t.flags & chunk_flags::COMPRESSED != 0,
-                    });
+                    self.chunks.push(StoredChunk::from(t));
                     self.places.push(ChunkPlace { blob_index: global, ci_index: a.ci_index, flags: t.flags });
                     self.chunk_pos.insert((global, a.ci_index), p);
                     p

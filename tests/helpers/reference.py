@@ -5,13 +5,14 @@ the test skips with the command that installs it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -32,6 +33,34 @@ def tool(name: str) -> str:
     if os.environ.get("NYDUS_REQUIRE_REFERENCE") == "1":
         pytest.fail(f"reference tool {name} missing ({INSTALL_HINT})")
     pytest.skip(f"reference tool {name} not installed ({INSTALL_HINT})")
+
+
+def check(bootstrap: Path, blob_dir: Path) -> str:
+    """`nydus-image check -B bootstrap -D blob_dir` must accept the image; returns its report."""
+    p = subprocess.run(
+        [tool("nydus-image"), "check", "-B", str(bootstrap), "-D", str(blob_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0 and "RAFS filesystem metadata is valid" in p.stdout, p.stdout + p.stderr
+    return p.stdout
+
+
+def merge_layer_blobs(out: Path, blobs: List[Path], workdir: Path) -> List[str]:
+    """`nydus-image merge` of layer blobs the way nydus-snapshotter runs it: each blob's
+    `image.boot` extracted under its digest, then merged with the digests and sizes.
+    Returns the digests."""
+    from nydus_hybrid import Image
+
+    digests = [hashlib.sha256(b.read_bytes()).hexdigest() for b in blobs]
+    for d, b in zip(digests, blobs):
+        (workdir / d).write_bytes(Image.inline_bootstrap(b))
+    sizes = ",".join(str(b.stat().st_size) for b in blobs)
+    argv = [tool("nydus-image"), "merge", "-B", str(out), "--blob-digests", ",".join(digests), "--blob-sizes", sizes]
+    p = subprocess.run([*argv, *(str(workdir / d) for d in digests)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return digests
 
 
 class Nydusd:

@@ -32,6 +32,21 @@ pub struct StoredChunk {
     pub compressed: bool,
 }
 
+impl From<&crate::layout::chunk_table::ChunkTableEntry> for StoredChunk {
+    /// A chunk another bootstrap already describes (merge, chunk dictionary).
+    fn from(t: &crate::layout::chunk_table::ChunkTableEntry) -> Self {
+        StoredChunk {
+            digest: t.digest,
+            crc32: t.crc32,
+            compressed_offset: t.compressed_offset,
+            compressed_size: t.compressed_size,
+            uncompressed_offset: t.uncompressed_offset,
+            uncompressed_size: t.uncompressed_size,
+            compressed: t.flags & crate::layout::chunk_flags::COMPRESSED != 0,
+        }
+    }
+}
+
 struct Job {
     node: usize,
     index: usize,

@@ -193,15 +193,7 @@ pub fn build(source: &Path, bootstrap_path: Option<&Path>, blob_dir: &Path, opts
     for t in &out.dict_chunks {
         let rank = dict_blobs.binary_search(&t.blob_index).expect("collected above") as u32;
         places.push(bootstrap::ChunkPlace { blob_index: first_dict_index + rank, ci_index: t.index, flags: t.flags });
-        all_chunks.push(chunker::StoredChunk {
-            digest: t.digest,
-            crc32: t.crc32,
-            compressed_offset: t.compressed_offset,
-            compressed_size: t.compressed_size,
-            uncompressed_offset: t.uncompressed_offset,
-            uncompressed_size: t.uncompressed_size,
-            compressed: t.flags & crate::layout::chunk_flags::COMPRESSED != 0,
-        });
+        all_chunks.push(chunker::StoredChunk::from(t));
     }
     let dict_entries: Vec<superblock::BlobEntry> = match &opts.chunk_dict {
         Some(d) => dict_blobs.iter().map(|&i| d.blobs[i as usize].clone()).collect(),
