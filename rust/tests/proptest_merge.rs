@@ -81,9 +81,7 @@ fn apply(tree: &mut BTreeMap<String, Entry>, layer: &BTreeMap<&'static str, Put>
     for (&p, &v) in layer {
         match v {
             Put::Dir | Put::Opaque => {
-                if tree.get(p) != Some(&Entry::Dir) {
-                    tree.insert(p.to_string(), Entry::Dir);
-                }
+                tree.insert(p.to_string(), Entry::Dir);
             }
             Put::File(c) => {
                 tree.retain(|q, _| !under(q, p));
