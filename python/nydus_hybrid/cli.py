@@ -176,6 +176,44 @@ def _cmd_merge(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("convert", help="convert an OCI image to a Nydus image (OCI image layout directories)")
+    p.add_argument("source", help="an OCI image layout directory (oci:DIR or DIR)")
+    p.add_argument("target", help="the OCI image layout directory to add the Nydus image to (created if absent)")
+    p.add_argument("--platform", help="os/arch of the image to convert from a multi-platform index")
+    p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
+    p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
+    p.add_argument("--threads", type=int, default=4, help="layers converted at once (default 4)")
+    p.add_argument("--tag", help="org.opencontainers.image.ref.name of the new index entry")
+    p.add_argument("-J", "--output-json", help="also write the report as JSON to this file")
+
+
+def _layout_dir(ref: str) -> str:
+    path = ref[4:] if ref.startswith("oci:") else ref
+    if "://" in ref or (not os.path.isdir(path) and ":" in ref and not ref.startswith(("oci:", "/", "."))):
+        raise SystemExit(_usage(f"{ref}: only OCI image layout directories are converted yet (oci:DIR)"))
+    return path
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from nydus_hybrid.convert.convert import convert_layout
+
+    if a.threads < 1:
+        raise SystemExit(_usage("--threads must be at least 1"))
+    src, dst = _layout_dir(a.source), _layout_dir(a.target)
+    if not os.path.isdir(src):
+        raise SystemExit(_usage(f"{a.source}: not a directory"))
+    r = convert_layout(
+        src, dst, platform=a.platform, chunk_size=a.chunk_size, compressor=a.compressor, threads=a.threads, tag=a.tag
+    )
+    doc = dataclasses.asdict(r)
+    if a.output_json:
+        with open(a.output_json, "w") as f:
+            json.dump(doc, f, indent=2)
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
 def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
     report = build(
         a.source,
@@ -406,6 +444,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_build(sub)
     _add_merge(sub)
+    _add_convert(sub)
 
     p = sub.add_parser("inspect", help="superblock, blob table and counts as JSON")
     _image_args(p, blob_dir=False)
@@ -483,6 +522,7 @@ COMMANDS = {
     "build": _cmd_build,
     "create": _cmd_build,
     "merge": _cmd_merge,
+    "convert": _cmd_convert,
     "inspect": _cmd_inspect,
     "check": _cmd_check,
     "unpack": _cmd_unpack,

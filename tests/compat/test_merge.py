@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -21,6 +18,7 @@ import nydus_hybrid
 from nydus_hybrid import Image, treecmp
 from nydus_hybrid.builder import merge
 from tests.helpers import reference
+from tests.helpers.layers import flatten
 
 
 @pytest.fixture(scope="module")
@@ -55,39 +53,6 @@ def layers(tmp_path_factory):
         assert r.blob_path is not None
         blobs.append(Path(r.blob_path))
     return tars[0], tars[1], blobs, blob_dir, (lower, upper)
-
-
-def flatten(tars: List[Path], out: Path) -> None:
-    """The OCI rootfs of `tars` (lowest first): each layer's whiteouts, then its entries. A
-    directory a layer declares again takes that layer's metadata whole, xattrs too, as
-    nydus-image merge has it (containerd's unpacker would keep the lower xattrs)."""
-    out.mkdir()
-    for t in tars:
-        with tarfile.open(t) as tf:
-            members = tf.getmembers()
-            for m in members:
-                d, base = os.path.split(os.path.normpath(m.name))
-                target = out / d
-                if base == ".wh..wh..opq":
-                    for c in target.iterdir():
-                        shutil.rmtree(c) if c.is_dir() and not c.is_symlink() else c.unlink()
-                elif base.startswith(".wh."):
-                    victim = target / base[4:]
-                    shutil.rmtree(victim) if victim.is_dir() and not victim.is_symlink() else victim.unlink()
-                elif m.isdir() and (out / m.name).is_dir():
-                    for x in os.listxattr(out / m.name):
-                        os.removexattr(out / m.name, x)
-        # GNU tar restores what Python's tarfile does not: xattrs, symlink times, ns times.
-        subprocess.run(
-            [
-                *("tar", "-C", str(out), "--xattrs", "--xattrs-include=*"),
-                "--numeric-owner",
-                "-xpf",
-                str(t),
-                "--exclude=.wh.*",
-            ],
-            check=True,
-        )
 
 
 def test_our_merge_is_the_real_merge_and_the_oci_rootfs(layers, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import gzip
 import io
+import os
 import tarfile
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -39,6 +40,17 @@ def blob_layer(blob: bytes) -> Dict[str, Any]:
     return oci.descriptor(
         oci.NYDUS_BLOB, blob, {oci.ANNOTATION_NYDUS_BLOB: "true", oci.ANNOTATION_UNCOMPRESSED: digest}
     )
+
+
+def blob_layer_of(path: os.PathLike[str], digest: str) -> Dict[str, Any]:
+    """`blob_layer` for a blob file whose digest is known (no need to read it again)."""
+    size = os.stat(path).st_size
+    return {
+        "mediaType": oci.NYDUS_BLOB,
+        "digest": digest,
+        "size": size,
+        "annotations": {oci.ANNOTATION_NYDUS_BLOB: "true", oci.ANNOTATION_UNCOMPRESSED: digest},
+    }
 
 
 def bootstrap_descriptor(layer: bytes, diff_id: str) -> Dict[str, Any]:
