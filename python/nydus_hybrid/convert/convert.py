@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from nydus_hybrid.builder import build, merge
 from nydus_hybrid.convert import manifest, oci
@@ -67,8 +67,8 @@ def _pick_manifest(src: Layout, platform: Optional[str]) -> Dict[str, Any]:
 
 
 def convert_layout(
-    source: os.PathLike[str],
-    target: os.PathLike[str],
+    source: Union[str, os.PathLike[str]],
+    target: Union[str, os.PathLike[str]],
     *,
     platform: Optional[str] = None,
     chunk_size: int = 0x100000,

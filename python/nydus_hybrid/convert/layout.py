@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from nydus_hybrid.convert import oci
 from nydus_hybrid.errors import BlobMissingError, DigestMismatchError, InvalidArgumentError
@@ -20,7 +20,7 @@ MAX_DOCUMENT = 4 << 20  # manifests, configs and indexes are small; a bigger one
 
 
 class Layout:
-    def __init__(self, root: os.PathLike[str]) -> None:
+    def __init__(self, root: Union[str, os.PathLike[str]]) -> None:
         self.root = Path(root)
 
     def blob_path(self, digest: str) -> Path:
