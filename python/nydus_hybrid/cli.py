@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from nydus_hybrid import log, version
 from nydus_hybrid.builder import BuildReport, build, merge
@@ -136,6 +136,11 @@ def _cmd_build(a: argparse.Namespace) -> int:
     doc = dict(
         report.__dict__, dedup_ratio=round(report.dedup_ratio, 4), bootstrap=a.bootstrap and os.fspath(a.bootstrap)
     )
+    return _report(a, doc)
+
+
+def _report(a: argparse.Namespace, doc: Dict[str, Any]) -> int:
+    """Print a command's JSON report, and write it to `-J FILE` too when asked."""
     if a.output_json:
         with open(a.output_json, "w") as f:
             json.dump(doc, f, indent=2)
@@ -169,11 +174,7 @@ def _cmd_merge(a: argparse.Namespace) -> int:
         prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_policy == "fs" else (),
     )
     doc = dict(report.__dict__, bootstrap=os.fspath(a.bootstrap))
-    if a.output_json:
-        with open(a.output_json, "w") as f:
-            json.dump(doc, f, indent=2)
-    print(json.dumps(doc, indent=2))
-    return 0
+    return _report(a, doc)
 
 
 def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -207,11 +208,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         src, dst, platform=a.platform, chunk_size=a.chunk_size, compressor=a.compressor, threads=a.threads, tag=a.tag
     )
     doc = dataclasses.asdict(r)
-    if a.output_json:
-        with open(a.output_json, "w") as f:
-            json.dump(doc, f, indent=2)
-    print(json.dumps(doc, indent=2))
-    return 0
+    return _report(a, doc)
 
 
 def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
