@@ -142,3 +142,22 @@ fn a_build_over_a_parent_bootstrap_is_the_whole_image() {
     let inline = BuildOptions { parent: Some(base), inline_bootstrap: true, ..plain };
     assert!(build(&upper, None, &blobs, &inline).unwrap_err().to_string().contains("choose one"));
 }
+
+#[test]
+fn a_hard_link_whited_out_leaves_the_other_with_one_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = tmp.path().join("lower");
+    write(&lower, "l1", b"linked");
+    std::fs::hard_link(lower.join("l1"), lower.join("l2")).unwrap();
+    let upper = tmp.path().join("upper");
+    write(&upper, ".wh.l2", b"");
+    let layers = [layer_blob(tmp.path(), "lower", &lower), layer_blob(tmp.path(), "upper", &upper)];
+    let layers: Vec<_> = layers.iter().map(|b| layer_from_file(b, None, None).unwrap()).collect();
+    let out = tmp.path().join("merged.boot");
+    merge(&layers, &out, &MergeOptions::default()).unwrap();
+    let rafs = Rafs::open(&out, Some(&tmp.path().join("blobs"))).unwrap();
+    let nid = rafs.boot.resolve(b"/l1").unwrap();
+    assert_eq!(rafs.boot.inode(nid).unwrap().nlink, 1);
+    assert_eq!(read(&rafs, "/l1"), b"linked");
+    assert!(rafs.boot.resolve(b"/l2").is_err());
+}
