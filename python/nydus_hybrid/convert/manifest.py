@@ -36,15 +36,15 @@ def bootstrap_layer(bootstrap: bytes) -> Tuple[bytes, str]:
 def blob_layer(blob: bytes) -> Dict[str, Any]:
     """The descriptor of a Nydus data layer: the blob is not compressed as a whole, so its
     own digest is its diff id."""
-    digest = oci.sha256_digest(blob)
-    return oci.descriptor(
-        oci.NYDUS_BLOB, blob, {oci.ANNOTATION_NYDUS_BLOB: "true", oci.ANNOTATION_UNCOMPRESSED: digest}
-    )
+    return _blob_descriptor(oci.sha256_digest(blob), len(blob))
 
 
 def blob_layer_of(path: os.PathLike[str], digest: str) -> Dict[str, Any]:
     """`blob_layer` for a blob file whose digest is known (no need to read it again)."""
-    size = os.stat(path).st_size
+    return _blob_descriptor(digest, os.stat(path).st_size)
+
+
+def _blob_descriptor(digest: str, size: int) -> Dict[str, Any]:
     return {
         "mediaType": oci.NYDUS_BLOB,
         "digest": digest,
