@@ -22,7 +22,7 @@ def push_blob(config: Union[str, Dict[str, Any]], path: PathArg, *, chunk_size: 
     the registry already had it."""
     if isinstance(config, dict):
         config = json.dumps(config)
-    return _core.push_blob(config, os.fspath(path), chunk_size)
+    return _core.RegistryClient(config).push_blob(os.fspath(path), chunk_size)
 
 
 def cache_gc(work_dir: PathArg, *, max_bytes: Optional[int] = None, max_age_secs: Optional[int] = None) -> GcReport:

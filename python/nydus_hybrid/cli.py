@@ -178,37 +178,50 @@ def _cmd_merge(a: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser("convert", help="convert an OCI image to a Nydus image (OCI image layout directories)")
-    p.add_argument("source", help="an OCI image layout directory (oci:DIR or DIR)")
-    p.add_argument("target", help="the OCI image layout directory to add the Nydus image to (created if absent)")
-    p.add_argument("--platform", help="os/arch of the image to convert from a multi-platform index")
+    p = sub.add_parser("convert", help="convert an OCI image to a Nydus image (registry, layout or docker archive)")
+    p.add_argument("source", help="HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE")
+    p.add_argument("target", help="HOST/REPO[:TAG] or oci:DIR[:TAG] (a layout is created if absent)")
+    p.add_argument("--platform", help="os/arch[/variant] to convert from a multi-platform index (default: all)")
+    p.add_argument(
+        "--merge-platform", action="store_true", help="write an index with both the OCI and the Nydus manifests"
+    )
+    p.add_argument("--plain-http", action="store_true", help="talk to the registries over http")
+    p.add_argument("--insecure", action="store_true", help="do not verify the registries' TLS certificates")
+    p.add_argument("--source-creds", metavar="USER:PASS", help="source registry credentials (default: config.json)")
+    p.add_argument("--target-creds", metavar="USER:PASS", help="target registry credentials (default: config.json)")
     p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
     p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
     p.add_argument("--threads", type=int, default=4, help="layers converted at once (default 4)")
-    p.add_argument("--tag", help="org.opencontainers.image.ref.name of the new index entry")
+    p.add_argument("--cache-dir", help="the converted-layer cache (default ~/.cache/nydus-hybrid/convert)")
+    p.add_argument("--no-cache", action="store_true", help="convert every layer, keep nothing")
+    p.add_argument("--prefetch-patterns", action="store_true", help="read paths to prefetch from stdin, one per line")
     p.add_argument("-J", "--output-json", help="also write the report as JSON to this file")
 
 
-def _layout_dir(ref: str) -> str:
-    path = ref[4:] if ref.startswith("oci:") else ref
-    if "://" in ref or (not os.path.isdir(path) and ":" in ref and not ref.startswith(("oci:", "/", "."))):
-        raise SystemExit(_usage(f"{ref}: only OCI image layout directories are converted yet (oci:DIR)"))
-    return path
-
-
 def _cmd_convert(a: argparse.Namespace) -> int:
-    from nydus_hybrid.convert.convert import convert_layout
+    from pathlib import Path
+
+    from nydus_hybrid.convert import cache, store
+    from nydus_hybrid.convert.convert import ConvertOptions, convert
 
     if a.threads < 1:
         raise SystemExit(_usage("--threads must be at least 1"))
-    src, dst = _layout_dir(a.source), _layout_dir(a.target)
-    if not os.path.isdir(src):
-        raise SystemExit(_usage(f"{a.source}: not a directory"))
-    r = convert_layout(
-        src, dst, platform=a.platform, chunk_size=a.chunk_size, compressor=a.compressor, threads=a.threads, tag=a.tag
+    access = {"plain_http": a.plain_http, "insecure": a.insecure}
+    source = store.open_source(a.source, creds=a.source_creds, **access)
+    target = store.open_target(a.target, creds=a.target_creds, **access)
+    tty = sys.stderr.isatty()
+    opts = ConvertOptions(
+        platform=a.platform,
+        merge_platform=a.merge_platform,
+        chunk_size=a.chunk_size,
+        compressor=a.compressor,
+        threads=a.threads,
+        cache=None if a.no_cache else Path(a.cache_dir) if a.cache_dir else cache.default_dir(),
+        prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_patterns else (),
+        progress=(lambda line: print(line, file=sys.stderr, flush=True)) if tty else None,
     )
-    doc = dataclasses.asdict(r)
-    return _report(a, doc)
+    r = convert(source, target, opts)
+    return _report(a, dataclasses.asdict(r))
 
 
 def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:

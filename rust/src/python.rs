@@ -451,20 +451,54 @@ fn cache_gc<'py>(py: Python<'py>, work_dir: PathBuf, max_bytes: Option<u64>, max
     to_object(py, &serde_json::json!({"removed": r.removed, "freed_bytes": r.freed_bytes, "in_use": r.in_use, "kept_bytes": r.kept_bytes}))
 }
 
-/// Upload a blob file to the registry a configuration names; monolithic, or in pieces of
-/// `chunk_size` bytes. Returns (digest, whether it was sent: false when already there).
-#[pyfunction]
-#[pyo3(signature = (config, path, chunk_size=0))]
-fn push_blob(py: Python<'_>, config: &str, path: PathBuf, chunk_size: usize) -> R<(String, bool)> {
-    py.allow_threads(|| {
-        let cfg = Config::parse(config)?;
+/// One registry repository, named by a nydusd configuration with a registry backend: the
+/// calls image conversion makes (manifests, whole blobs in and out). It keeps its auth
+/// token between calls.
+#[pyclass(module = "nydus_hybrid._core", frozen)]
+struct RegistryClient {
+    registry: crate::storage::registry::Registry,
+}
+
+#[pymethods]
+impl RegistryClient {
+    #[new]
+    fn new(config: &str) -> R<Self> {
+        let cfg = Config::parse(config).map_err(to_py)?;
         let Some(BackendConfig::Registry(r)) = &cfg.backend else {
-            return Err(Error::config("backend.type: blob upload needs a registry backend"));
+            return Err(to_py(Error::config("backend.type: a registry client needs a registry backend")));
         };
         let metrics = Arc::new(crate::storage::metrics::BackendMetrics::new("registry"));
-        crate::storage::registry::Registry::new(r, metrics)?.push_blob(&path, (chunk_size > 0).then_some(chunk_size))
-    })
-    .map_err(to_py)
+        Ok(RegistryClient { registry: crate::storage::registry::Registry::new(r, metrics).map_err(to_py)? })
+    }
+
+    /// (media type, digest, bytes) of the manifest or index at a tag or digest.
+    #[pyo3(signature = (reference, accept, max_size=4 << 20))]
+    fn get_manifest<'py>(&self, py: Python<'py>, reference: &str, accept: Vec<String>, max_size: u64) -> R<(String, String, Bound<'py, pyo3::types::PyBytes>)> {
+        let (mt, digest, body) = py.allow_threads(|| self.registry.get_manifest(reference, &accept, max_size)).map_err(to_py)?;
+        Ok((mt, digest, pyo3::types::PyBytes::new(py, &body)))
+    }
+
+    /// Store a manifest or index under a tag or its digest; returns its digest.
+    fn put_manifest(&self, py: Python<'_>, reference: &str, media_type: &str, body: Vec<u8>) -> R<String> {
+        py.allow_threads(|| self.registry.put_manifest(reference, media_type, body)).map_err(to_py)
+    }
+
+    /// Download a blob into `dest`, checked against its digest and `size` as it streams.
+    #[pyo3(signature = (digest, dest, size=None, max_size=u64::MAX))]
+    fn fetch_blob(&self, py: Python<'_>, digest: &str, dest: PathBuf, size: Option<u64>, max_size: u64) -> R<u64> {
+        py.allow_threads(|| self.registry.fetch_blob(digest, &dest, size, max_size)).map_err(to_py)
+    }
+
+    fn blob_exists(&self, py: Python<'_>, digest: &str) -> R<bool> {
+        py.allow_threads(|| self.registry.blob_exists(digest)).map_err(to_py)
+    }
+
+    /// Upload a blob file, streamed from disk; one PUT, or PATCHes of `chunk_size` bytes.
+    /// Returns (digest, whether it was sent: false when the registry had it).
+    #[pyo3(signature = (path, chunk_size=0))]
+    fn push_blob(&self, py: Python<'_>, path: PathBuf, chunk_size: usize) -> R<(String, bool)> {
+        py.allow_threads(|| self.registry.push_blob(&path, (chunk_size > 0).then_some(chunk_size))).map_err(to_py)
+    }
 }
 
 /// The bootstrap inlined in a data blob (`image.boot`), decompressed and digest-checked.
@@ -675,6 +709,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     error_classes(m.py())?;
     m.add_class::<Image>()?;
     m.add_class::<PrefetchJob>()?;
+    m.add_class::<RegistryClient>()?;
     m.add_class::<FscacheService>()?;
     #[cfg(feature = "fuse")]
     m.add_class::<FuseMount>()?;
@@ -684,7 +719,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;
-    m.add_function(wrap_pyfunction!(push_blob, m)?)?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(raise_error_example, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

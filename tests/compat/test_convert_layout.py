@@ -1,4 +1,4 @@
-"""`convert_layout`: an OCI image in a layout directory (a plain, a gzip and a zstd layer,
+"""`convert`: an OCI image in a layout directory (a plain, a gzip and a zstd layer,
 with whiteouts and an opaque directory) to a Nydus image in another layout, shaped as
 nydusify writes it; the real nydusd mounts the result (localfs backend on the layout's
 blobs) and serves the flattened OCI rootfs. Bad input leaves the target without an index."""
@@ -18,7 +18,8 @@ import pytest
 
 from nydus_hybrid import Image, errors, treecmp
 from nydus_hybrid.convert import oci
-from nydus_hybrid.convert.convert import convert_layout
+from nydus_hybrid.convert.convert import ConvertOptions, convert
+from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers import reference
 from tests.helpers.layers import flatten, write_layout
 
@@ -26,6 +27,10 @@ from tests.helpers.layers import flatten, write_layout
 def tar_of(root: Path, out: Path) -> Path:
     subprocess.run(["tar", "--xattrs", "-C", str(root), "-cf", str(out), "."], check=True)
     return out
+
+
+def convert_layout(src: Path, dst: Path):
+    return convert(open_source(f"oci:{src}"), open_target(f"oci:{dst}"), ConvertOptions())
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +62,14 @@ def test_a_layout_converts_to_a_nydus_image_nydusd_serves(source, tmp_path):
     layout, config, rootfs = source
     target = tmp_path / "nydus"
     report = convert_layout(layout, target)
-    assert len(report.layers) == 3
+    (plat,) = report.platforms
+    assert plat.platform == "linux/amd64" and len(plat.layers) == 3
+    assert report.digest == plat.manifest and report.media_type == oci.MANIFEST
+    assert report.totals["layers"] == 3 and report.totals["pushed_bytes"] == report.totals["blob_bytes"]
     index = json.loads((target / "index.json").read_text())
-    assert [m["digest"] for m in index["manifests"]] == [report.manifest]
+    assert [m["digest"] for m in index["manifests"]] == [report.digest]
     blobs = target / "blobs" / "sha256"
-    m = json.loads((blobs / report.manifest[7:]).read_bytes())
+    m = json.loads((blobs / report.digest[7:]).read_bytes())
     data, boot_layer = m["layers"][:-1], m["layers"][-1]
     assert [d["mediaType"] for d in data] == [oci.NYDUS_BLOB] * 3
     assert all(d["annotations"][oci.ANNOTATION_NYDUS_BLOB] == "true" for d in data)
@@ -119,11 +127,11 @@ def test_a_layer_that_does_not_match_its_digest_converts_nothing(source, tmp_pat
     assert not any(p.name.startswith(".nydus-convert-") for p in target.iterdir()), "temporaries are removed"
 
 
-def test_the_cli_converts_a_layout_and_refuses_registries_for_now(source, tmp_path):
+def test_the_cli_converts_a_layout_and_refuses_a_bad_reference(source, tmp_path):
     layout, _, _ = source
     target = tmp_path / "t"
     p = subprocess.run(
-        [sys.executable, "-m", "nydus_hybrid", "convert", f"oci:{layout}", str(target), "--tag", "nydus"],
+        [sys.executable, "-m", "nydus_hybrid", "convert", f"oci:{layout}", f"oci:{target}:nydus", "--no-cache"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -131,12 +139,18 @@ def test_the_cli_converts_a_layout_and_refuses_registries_for_now(source, tmp_pa
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     index = json.loads((target / "index.json").read_text())
-    assert index["manifests"][0]["digest"] == report["manifest"]
+    assert index["manifests"][0]["digest"] == report["digest"]
     assert index["manifests"][0]["annotations"] == {"org.opencontainers.image.ref.name": "nydus"}
-    p = subprocess.run(
-        [sys.executable, "-m", "nydus_hybrid", "convert", "docker.io/library/busybox:latest", str(tmp_path / "u")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "layout" in p.stderr, p.stderr
+    for bad, why in [
+        ("http://127.0.0.1:5000/x:1", "without a scheme"),
+        ("127.0.0.1:5000/Upper:1", "bad repository name"),
+        ("127.0.0.1:5000/x@sha256:12", "sha256:<64 hex digits>"),
+    ]:
+        p = subprocess.run(
+            [sys.executable, "-m", "nydus_hybrid", "convert", bad, f"oci:{tmp_path / 'u'}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 1 and len(p.stderr.splitlines()) == 1 and why in p.stderr, p.stderr
+    assert not (tmp_path / "u").exists()

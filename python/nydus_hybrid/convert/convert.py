@@ -1,31 +1,49 @@
-"""Convert an OCI image in a layout directory to a Nydus image in another (or the same)
-layout directory: each layer becomes a layer blob carrying its bootstrap (in parallel: the
-builds release the GIL and stream their input), the layer bootstraps are merged, and the
-bootstrap layer, config and manifest are written; blobs first, `index.json` last."""
+"""Convert an OCI image (a registry, a layout directory or a docker archive) to a Nydus
+image (in a registry or a layout), as nydusify does.
+
+Each layer becomes a layer blob carrying its own bootstrap, built in parallel (the builds
+release the GIL and stream their input, so memory stays bounded) and reused from the
+layer cache when the same source layer was converted with the same options before. The
+layer bootstraps are merged, and the bootstrap layer, config and manifest follow. Order
+is what keeps a failed run invisible: every blob is stored first, then manifests by
+digest, and the target's name moves last (`ImageTarget.publish`)."""
 
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from nydus_hybrid.builder import build, merge
 from nydus_hybrid.convert import manifest, oci
+from nydus_hybrid.convert.cache import LayerCache
 from nydus_hybrid.convert.layout import Layout
+from nydus_hybrid.convert.store import ImageSource, ImageTarget
 from nydus_hybrid.errors import InvalidArgumentError
 
-LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-}
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    platform: Optional[str] = None  # "os/arch[/variant]"; None converts every platform
+    merge_platform: bool = False  # add the Nydus manifests to the source's index
+    chunk_size: int = 0x100000
+    compressor: str = "zstd"
+    threads: int = 4
+    cache: Optional[Path] = None  # the layer cache's directory; None disables it
+    prefetch: Sequence[bytes] = ()  # paths for the merged bootstrap's prefetch table
+    progress: Optional[Progress] = None
+
+    def blob_options(self) -> Dict[str, Any]:
+        """What changes a layer blob's bytes: the layer cache's key holds all of it."""
+        return {"chunk_size": self.chunk_size, "compressor": self.compressor, "inline": True, "whiteout": "none"}
 
 
 @dataclass
@@ -35,117 +53,283 @@ class LayerReport:
     source_size: int
     blob_size: int
     seconds: float
+    cached: bool  # reused from the layer cache, or from an earlier layer of this run
+    pushed: bool  # sent to the target (False: the target had it)
+
+
+@dataclass
+class PlatformReport:
+    platform: str
+    manifest: str  # the Nydus manifest's digest
+    source_manifest: str
+    bootstrap_size: int
+    layers: List[LayerReport] = field(default_factory=list)
 
 
 @dataclass
 class ConvertReport:
-    manifest: str  # the Nydus manifest's digest
-    bootstrap_size: int
+    source: str
+    target: str
+    digest: str  # what the target's name points at now (a manifest or an index)
+    media_type: str
     seconds: float
-    layers: List[LayerReport] = field(default_factory=list)
+    platforms: List[PlatformReport] = field(default_factory=list)
+    totals: Dict[str, int] = field(default_factory=dict)
 
 
-def _pick_manifest(src: Layout, platform: Optional[str]) -> Dict[str, Any]:
-    """The image manifest to convert: the index's only one, or the one for `platform`
-    (os/arch), following one level of nested index."""
-    entries = [m for m in src.index().get("manifests", []) if isinstance(m, dict)]
-    if len(entries) == 1 and entries[0].get("mediaType") in (oci.INDEX, oci.DOCKER_MANIFEST_LIST):
-        entries = [m for m in src.document(entries[0]).get("manifests", []) if isinstance(m, dict)]
-    if platform:
-        want_os, _, want_arch = platform.partition("/")
-        entries = [
-            m
-            for m in entries
-            if m.get("platform", {}).get("os") == want_os and m.get("platform", {}).get("architecture") == want_arch
-        ]
-    entries = [m for m in entries if oci.NYDUS_OS_FEATURE not in m.get("platform", {}).get("os.features", [])]
-    if len(entries) != 1:
-        raise InvalidArgumentError(
-            errno.EINVAL, f"the source holds {len(entries)} matching image manifests; name one with --platform os/arch"
-        )
-    return entries[0]
+def platform_name(p: Dict[str, Any]) -> str:
+    parts = [str(p.get("os", "")), str(p.get("architecture", ""))]
+    if p.get("variant"):
+        parts.append(str(p["variant"]))
+    return "/".join(parts)
 
 
-def convert_layout(
-    source: Union[str, os.PathLike[str]],
-    target: Union[str, os.PathLike[str]],
-    *,
-    platform: Optional[str] = None,
-    chunk_size: int = 0x100000,
-    compressor: str = "zstd",
-    threads: int = 4,
-    tag: Optional[str] = None,
-) -> ConvertReport:
-    t0 = time.monotonic()
-    src, dst = Layout(source), Layout(target)
-    entry = _pick_manifest(src, platform)
-    m = src.document(entry)
-    config = src.document(m["config"])
-    layers = m.get("layers", [])
+def _matches(p: Dict[str, Any], want: str) -> bool:
+    have = platform_name(p)
+    # "linux/arm64" matches "linux/arm64/v8", as containerd's platform matcher does.
+    return have == want or (want.count("/") == 1 and have.startswith(want + "/"))
+
+
+def _document(source: ImageSource, desc: Dict[str, Any]) -> Dict[str, Any]:
+    digest, size = oci.checked_descriptor(desc)
+    return oci.parse_document(source.document_bytes(desc), digest, size)
+
+
+@dataclass
+class _Image:
+    """One source image manifest to convert."""
+
+    entry: Dict[str, Any]  # its descriptor (with its platform, when from an index)
+    data: bytes
+    manifest: Dict[str, Any]
+    config_data: bytes
+    config: Dict[str, Any]
+
+    @property
+    def platform(self) -> Dict[str, Any]:
+        return dict(self.entry.get("platform") or {}) or {
+            "os": self.config.get("os", "linux"),
+            "architecture": self.config.get("architecture", "amd64"),
+            **({"variant": self.config["variant"]} if self.config.get("variant") else {}),
+        }
+
+
+def _load_image(source: ImageSource, entry: Dict[str, Any], data: bytes) -> _Image:
+    digest = oci.sha256_digest(data)
+    m = oci.parse_document(data, digest)
+    if m.get("mediaType", entry.get("mediaType")) not in (oci.MANIFEST, oci.DOCKER_MANIFEST):
+        raise InvalidArgumentError(errno.EINVAL, f"{digest}: not an image manifest ({m.get('mediaType')!r})")
+    layers = m.get("layers")
+    if not isinstance(layers, list):
+        raise InvalidArgumentError(errno.EINVAL, f"manifest {digest}: no layer list")
     for d in layers:
-        if d.get("mediaType") not in LAYER_TYPES:
+        oci.checked_descriptor(d)
+        if d.get("mediaType") not in oci.LAYER_TYPES:
             raise InvalidArgumentError(
                 errno.EINVAL, f"layer {d.get('digest')}: media type {d.get('mediaType')!r} cannot be converted"
             )
-    # Temporaries next to the target, so finished blobs move in by rename or link.
-    Path(target).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".nydus-convert-", dir=target))
-    try:
+    cdigest, csize = oci.checked_descriptor(m.get("config"))
+    config_data = source.document_bytes(m["config"])
+    config = oci.parse_document(config_data, cdigest, csize)
+    return _Image({**entry, "digest": digest, "size": len(data)}, data, m, config_data, config)
 
-        def one(i: int) -> LayerReport:
-            t = time.monotonic()
-            path = src.layer(layers[i])
-            r = build(
-                path,
-                None,
-                work / f"layer{i}",
-                inline_bootstrap=True,
-                whiteout_spec="none",
-                chunk_size=chunk_size,
-                compressor=compressor,
-                progress=False,
-            )
-            assert r.blob_path is not None and r.blob_id is not None
-            return LayerReport(
-                layers[i]["digest"], "sha256:" + r.blob_id, path.stat().st_size, r.blob_size, time.monotonic() - t
-            )
 
-        with ThreadPoolExecutor(max(1, threads)) as ex:
-            reports = list(ex.map(one, range(len(layers))))
-        blobs = [work / f"layer{i}" / r.blob.partition(":")[2] for i, r in enumerate(reports)]
-        boot = work / "image.boot"
-        merge(blobs, boot)
-        boot_layer, diff_id = manifest.bootstrap_layer(boot.read_bytes())
-        descs = [manifest.blob_layer_of(b, r.blob) for b, r in zip(blobs, reports)]
-        descs.append(manifest.bootstrap_descriptor(boot_layer, diff_id))
-        cfg = oci.canonical(manifest.nydus_config(config, descs))
-        doc = oci.canonical(manifest.nydus_manifest(cfg, descs, {}))
-        # Blobs first, the manifest after them, the index last.
-        for b, r in zip(blobs, reports):
-            dst.put_file(b, r.blob)
-        dst.put(boot_layer)
-        dst.put(cfg)
-        digest = dst.put(doc)
-        annotations = {"org.opencontainers.image.ref.name": tag} if tag else None
-        entry_out = oci.descriptor(
-            oci.MANIFEST,
-            doc,
-            annotations,
-            platform=entry.get("platform")
-            or {
-                "os": config.get("os", "linux"),
-                "architecture": config.get("architecture", "amd64"),
-            },
+def _images(source: ImageSource, opts: ConvertOptions) -> Tuple[Optional[Dict[str, Any]], List[_Image]]:
+    """The source index (None for a single manifest) and the images to convert in it."""
+    media_type, data = source.root()
+    doc = oci.parse_document(data, "the source's root document")
+    kind = doc.get("mediaType", media_type)
+    if kind not in (oci.INDEX, oci.DOCKER_MANIFEST_LIST):
+        image = _load_image(source, {"mediaType": kind}, data)
+        if opts.platform and not _matches(image.platform, opts.platform):
+            raise InvalidArgumentError(
+                errno.EINVAL, f"the source is {platform_name(image.platform)}, not {opts.platform}"
+            )
+        return None, [image]
+    entries = [m for m in doc.get("manifests", []) if isinstance(m, dict)]
+    # A Nydus manifest merged into the index earlier is never converted again.
+    entries = [m for m in entries if oci.NYDUS_OS_FEATURE not in (m.get("platform") or {}).get("os.features", [])]
+    entries = [m for m in entries if m.get("mediaType") in (oci.MANIFEST, oci.DOCKER_MANIFEST)]
+    if opts.platform:
+        entries = [m for m in entries if _matches(m.get("platform") or {}, opts.platform)]
+    if not entries:
+        raise InvalidArgumentError(
+            errno.EINVAL,
+            "the source index holds no image manifest" + (f" for {opts.platform}" if opts.platform else ""),
         )
-        # The target's index keeps what it lists; this manifest is added (once).
-        index: Dict[str, Any] = {"schemaVersion": 2, "mediaType": oci.INDEX, "manifests": []}
-        if (Path(target) / "index.json").exists():
-            index = dst.index()
-        kept: List[Dict[str, Any]] = [
-            e for e in index.get("manifests", []) if isinstance(e, dict) and e.get("digest") != digest
-        ]
-        index["manifests"] = [*kept, entry_out]
-        dst.publish(index)
-        return ConvertReport(digest, boot.stat().st_size, time.monotonic() - t0, reports)
+    return doc, [_load_image(source, e, source.document_bytes(e)) for e in entries]
+
+
+class _Converter:
+    def __init__(self, source: ImageSource, target: ImageTarget, opts: ConvertOptions, work: Path) -> None:
+        self.source, self.target, self.opts, self.work = source, target, opts, work
+        self.cache = LayerCache(opts.cache) if opts.cache else None
+        self.pool = ThreadPoolExecutor(max(1, opts.threads))
+        self.lock = threading.Lock()
+        self.layers: Dict[str, Future[Tuple[LayerReport, Path]]] = {}
+        self.copied: Dict[str, bool] = {}
+
+    def say(self, line: str) -> None:
+        if self.opts.progress:
+            self.opts.progress(line)
+
+    def layer(self, desc: Dict[str, Any]) -> Future[Tuple[LayerReport, Path]]:
+        """The conversion of one source layer, started once however often it appears."""
+        with self.lock:
+            digest = desc["digest"]
+            if digest not in self.layers:
+                self.layers[digest] = self.pool.submit(self._convert_layer, desc)
+            return self.layers[digest]
+
+    def _convert_layer(self, desc: Dict[str, Any]) -> Tuple[LayerReport, Path]:
+        t = time.monotonic()
+        digest = desc["digest"]
+        key = LayerCache.key(digest, self.opts.blob_options())
+        hit = self.cache.get(key) if self.cache else None
+        if self.opts.merge_platform:
+            self._copy_blob(desc)
+        if hit:
+            blob, blob_digest, cached = hit.path, hit.digest, True
+        else:
+            path, temporary = self.source.layer(desc, self.work)
+            out = self.work / ("layer-" + digest.partition(":")[2])
+            try:
+                r = build(
+                    path,
+                    None,
+                    out,
+                    inline_bootstrap=True,
+                    whiteout_spec="none",
+                    chunk_size=self.opts.chunk_size,
+                    compressor=self.opts.compressor,
+                    progress=False,
+                )
+            finally:
+                if temporary:
+                    path.unlink(missing_ok=True)
+            assert r.blob_path is not None and r.blob_id is not None
+            blob, blob_digest, cached = Path(r.blob_path), "sha256:" + r.blob_id, False
+            if self.cache:
+                self.cache.put(key, blob, blob_digest)
+        pushed = self.target.put_file(blob, blob_digest)
+        size = blob.stat().st_size
+        report = LayerReport(
+            digest, blob_digest, int(desc.get("size") or 0), size, time.monotonic() - t, cached, pushed
+        )
+        how = "reused" if cached else "built"
+        self.say(f"layer {digest[7:19]}: {how} {size / 1048576:.1f} MiB in {report.seconds:.1f} s")
+        return report, blob
+
+    def _copy_blob(self, desc: Dict[str, Any]) -> None:
+        """Copy a source blob to the target (`--merge-platform` keeps the OCI image next
+        to the Nydus one, so its blobs must be there too)."""
+        digest = desc["digest"]
+        if self.target.has_blob(digest):
+            return
+        path, temporary = self.source.layer(desc, self.work)
+        try:
+            self.target.put_file(path, digest)
+        finally:
+            if temporary:
+                path.unlink(missing_ok=True)
+
+    def copy_image(self, image: _Image) -> None:
+        """The source manifest, its config and layers, into the target (`--merge-platform`)."""
+        futures = [self.pool.submit(self._copy_blob, d) for d in image.manifest["layers"]]
+        for f in futures:
+            f.result()
+        self.target.put(image.config_data)
+        self.target.put_manifest(image.data, image.entry.get("mediaType", oci.MANIFEST))
+
+    def convert(self, image: _Image) -> Tuple[PlatformReport, bytes]:
+        descs = image.manifest["layers"]
+        futures = [self.layer(d) for d in descs]
+        done = [f.result() for f in futures]
+        boot = self.work / f"image-{image.entry['digest'][7:]}.boot"
+        merge([blob for _, blob in done], boot, prefetch=list(self.opts.prefetch))
+        boot_layer, diff_id = manifest.bootstrap_layer(boot.read_bytes())
+        layer_descs = [manifest.blob_layer_of(blob, r.blob) for r, blob in done]
+        layer_descs.append(manifest.bootstrap_descriptor(boot_layer, diff_id))
+        config = oci.canonical(manifest.nydus_config(image.config, layer_descs))
+        doc = oci.canonical(manifest.nydus_manifest(config, layer_descs, {}))
+        self.target.put(boot_layer)
+        self.target.put(config)
+        name = platform_name(image.platform)
+        self.say(f"{name}: merged {len(done)} layers into a {boot.stat().st_size} byte bootstrap")
+        return PlatformReport(
+            name, oci.sha256_digest(doc), image.entry["digest"], boot.stat().st_size, [r for r, _ in done]
+        ), doc
+
+
+def convert(source: ImageSource, target: ImageTarget, opts: ConvertOptions = ConvertOptions()) -> ConvertReport:
+    """Convert `source` into `target` (see the module's docstring). Returns the report; on
+    any error the target's name is untouched."""
+    t0 = time.monotonic()
+    index, images = _images(source, opts)
+    work = Path(tempfile.mkdtemp(prefix=".nydus-convert-", dir=_work_parent(target)))
+    c = _Converter(source, target, opts, work)
+    try:
+        results = [c.convert(image) for image in images]
+        reports = [r for r, _ in results]
+        if opts.merge_platform:
+            root_index = index or {
+                "schemaVersion": 2,
+                "mediaType": oci.INDEX,
+                "manifests": [oci.descriptor(oci.MANIFEST, images[0].data, platform=images[0].platform)],
+            }
+            for e in root_index.get("manifests", []):
+                src = next((i for i in images if i.entry["digest"] == e.get("digest")), None)
+                c.copy_image(src or _load_image(source, e, source.document_bytes(e)))
+            for image, (_, doc) in zip(images, results):
+                target.put_manifest(doc, oci.MANIFEST)
+                root_index = manifest.merge_into_index(root_index, doc, image.platform)
+            media_type, root = oci.INDEX, oci.canonical(root_index)
+        elif index is None or (opts.platform and len(results) == 1):
+            media_type, root = oci.MANIFEST, results[0][1]
+        else:
+            for _, doc in results:
+                target.put_manifest(doc, oci.MANIFEST)
+            out = {
+                "schemaVersion": 2,
+                "mediaType": oci.INDEX,
+                "manifests": [
+                    oci.descriptor(oci.MANIFEST, doc, platform=image.platform)
+                    for image, (_, doc) in zip(images, results)
+                ],
+            }
+            media_type, root = oci.INDEX, oci.canonical(out)
+        target.publish(root, media_type)
+        c.say(f"published {oci.sha256_digest(root)} to {target}")
+        return ConvertReport(
+            str(source),
+            str(target),
+            oci.sha256_digest(root),
+            media_type,
+            time.monotonic() - t0,
+            reports,
+            _totals(reports),
+        )
     finally:
+        c.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _totals(reports: List[PlatformReport]) -> Dict[str, int]:
+    layers = {r.source: r for p in reports for r in p.layers}  # each source layer once
+    return {
+        "layers": len(layers),
+        "layers_reused": sum(1 for r in layers.values() if r.cached),
+        "source_bytes": sum(r.source_size for r in layers.values()),
+        "blob_bytes": sum(r.blob_size for r in layers.values()),
+        "pushed_bytes": sum(r.blob_size for r in layers.values() if r.pushed),
+        "bootstrap_bytes": sum(p.bootstrap_size for p in reports),
+    }
+
+
+def _work_parent(target: ImageTarget) -> Optional[str]:
+    """Temporaries next to a layout target (finished blobs then move in by link); the
+    system's temporary directory otherwise."""
+    if isinstance(target, Layout):
+        target.dir.mkdir(parents=True, exist_ok=True)
+        return str(target.dir)
+    return None

@@ -17,6 +17,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub enum Body {
     Empty,
     Bytes(Arc<Vec<u8>>),
+    /// `len` bytes of a file from `offset`, read with `pread` on every send, so a retry
+    /// resends the same bytes and a large blob is never held in memory.
+    File { file: Arc<std::fs::File>, offset: u64, len: u64 },
+}
+
+/// A reader over a byte range of a shared file that keeps its own position.
+struct FileRange {
+    file: Arc<std::fs::File>,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while it was being sent"));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +63,10 @@ impl Request {
     }
     pub fn body(mut self, b: Vec<u8>) -> Self {
         self.body = Body::Bytes(Arc::new(b));
+        self
+    }
+    pub fn file_body(mut self, file: Arc<std::fs::File>, offset: u64, len: u64) -> Self {
+        self.body = Body::File { file, offset, len };
         self
     }
 }
@@ -174,8 +204,13 @@ impl HttpConn {
         for (k, v) in req.headers.iter().filter(keep).chain(extra) {
             rb = rb.header(k, v);
         }
-        if let Body::Bytes(b) = &req.body {
-            rb = rb.body(b.as_ref().clone());
+        match &req.body {
+            Body::Empty => {}
+            Body::Bytes(b) => rb = rb.body(b.as_ref().clone()),
+            Body::File { file, offset, len } => {
+                let reader = FileRange { file: file.clone(), pos: *offset, end: offset + len };
+                rb = rb.body(reqwest::blocking::Body::sized(reader, *len));
+            }
         }
         rb.send()
     }

@@ -11,7 +11,7 @@ use base64::Engine;
 use reqwest::blocking::Response;
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -265,45 +265,161 @@ impl Registry {
 
     /// Upload a blob file, monolithic (one PUT) or in `chunk_size` pieces (PATCH each, then
     /// PUT). Returns the digest and whether anything was sent (an existing blob is skipped).
+    /// The file is streamed from disk, never held in memory.
     pub fn push_blob(&self, path: &Path, chunk_size: Option<usize>) -> Result<(String, bool)> {
-        let data = std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let file = std::fs::File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let (digest, len) = sha256_of(&file).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
         if self.blob_exists(&digest)? {
             return Ok((digest, false));
         }
+        let file = Arc::new(file);
         let start = self.send_authed(Request::new(Method::POST, format!("{}/blobs/uploads/", self.base())).header("Content-Length", "0"), "pull,push")?;
         if start.status() != StatusCode::ACCEPTED {
             return Err(Error::backend(describe(start, &format!("start upload at {}", self.where_()))));
         }
         let mut location = upload_location(&start)?;
-        if let Some(size) = chunk_size.filter(|s| *s > 0 && *s < data.len()) {
-            for (i, piece) in data.chunks(size).enumerate() {
-                let from = i * size;
-                let req = Request::new(Method::PATCH, location.as_str())
-                    .header("Content-Type", "application/octet-stream")
-                    .header("Content-Range", format!("{from}-{}", from + piece.len() - 1))
-                    .body(piece.to_vec());
-                let resp = self.send_authed(req, "pull,push")?;
-                if resp.status() != StatusCode::ACCEPTED {
-                    return Err(Error::backend(describe(resp, &format!("upload chunk {i} to {}", self.where_()))));
-                }
-                location = upload_location(&resp)?;
+        let piece = chunk_size.filter(|s| *s > 0 && (*s as u64) < len).map(|s| s as u64);
+        let Some(size) = piece else {
+            return self.finish_upload(location, &digest, file, 0, len).map(|_| (digest, true));
+        };
+        let mut from = 0;
+        while from < len {
+            let n = size.min(len - from);
+            let req = Request::new(Method::PATCH, location.as_str())
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Range", format!("{from}-{}", from + n - 1))
+                .file_body(file.clone(), from, n);
+            let resp = self.send_authed(req, "pull,push")?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(Error::backend(describe(resp, &format!("upload bytes {from}+{n} to {}", self.where_()))));
             }
-            self.finish_upload(location, &digest, Vec::new())?;
-        } else {
-            self.finish_upload(location, &digest, data)?;
+            location = upload_location(&resp)?;
+            from += n;
         }
+        self.finish_upload(location, &digest, file, len, 0)?;
         Ok((digest, true))
     }
 
-    fn finish_upload(&self, mut location: url::Url, digest: &str, body: Vec<u8>) -> Result<()> {
+    /// Download a whole blob into `dest`, checking its size (at most `max_size`, and exactly
+    /// `size` when given) and its digest as it streams; `dest` appears only when both hold.
+    pub fn fetch_blob(&self, blob_id: &str, dest: &Path, size: Option<u64>, max_size: u64) -> Result<u64> {
+        use std::io::{Read, Write};
+        let digest = digest_ref(blob_id)?;
+        let what = format!("blob {digest} at {}", self.where_());
+        let resp = self.blob_response(&digest, Method::GET, Vec::new())?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(Error::BlobMissing(digest.clone(), PathBuf::from(format!("{}/{}", self.cfg.host, self.cfg.repo)))),
+            _ => return Err(Error::backend(describe(resp, &what))),
+        }
+        let limit = size.unwrap_or(max_size).min(max_size);
+        if let Some(n) = resp.content_length().filter(|n| *n > limit || size.is_some_and(|s| s != *n)) {
+            return Err(Error::DigestMismatch(format!("{what}: the registry announces {n} bytes, expected {}", size.map_or(format!("at most {max_size}"), |s| s.to_string()))));
+        }
+        let tmp = dest.with_file_name(format!(".{}.part", dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob")));
+        let io = |e: std::io::Error| Error::io(format!("write {}", tmp.display()), e);
+        let result = (|| {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
+            let mut hasher = Sha256::new();
+            let mut body = resp.take(limit + 1);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = body.read(&mut buf).map_err(|e| Error::backend(format!("{what}: body ended early: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                if total > limit {
+                    return Err(Error::DigestMismatch(format!("{what}: more than the {limit} bytes expected")));
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(io)?;
+            }
+            if size.is_some_and(|s| s != total) {
+                return Err(Error::DigestMismatch(format!("{what}: {total} bytes, the descriptor says {}", size.unwrap_or(0))));
+            }
+            let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if got != digest {
+                return Err(Error::DigestMismatch(format!("{what}: its bytes hash to {got}")));
+            }
+            out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, dest).map_err(|e| Error::io(format!("rename to {}", dest.display()), e))?;
+            Ok(total)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Fetch a manifest or index by tag or digest, accepting `accept` media types. Returns
+    /// its media type, digest and bytes; a document asked for by digest must hash to it.
+    pub fn get_manifest(&self, reference: &str, accept: &[String], max_size: u64) -> Result<(String, String, Vec<u8>)> {
+        let what = format!("manifest {reference} at {}", self.where_());
+        let mut req = Request::new(Method::GET, format!("{}/manifests/{reference}", self.base()));
+        if !accept.is_empty() {
+            req = req.header("Accept", accept.join(", "));
+        }
+        let resp = self.send_authed(req, "pull")?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(Error::NotFound(format!("{what}: not found"))),
+            _ => return Err(Error::backend(describe(resp, &what))),
+        }
+        if resp.content_length().is_some_and(|n| n > max_size) {
+            return Err(Error::invalid(format!("{what}: more than the {max_size} bytes a manifest may have")));
+        }
+        let media_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").split(';').next().unwrap_or("").trim().to_string();
+        let body = read_small(resp, max_size + 1)?;
+        if body.len() as u64 > max_size {
+            return Err(Error::invalid(format!("{what}: more than the {max_size} bytes a manifest may have")));
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        if reference.contains(':') && reference != digest {
+            return Err(Error::DigestMismatch(format!("{what}: its bytes hash to {digest}")));
+        }
+        Ok((media_type, digest, body))
+    }
+
+    /// Store a manifest or index under `reference` (a tag or its digest); returns its digest.
+    pub fn put_manifest(&self, reference: &str, media_type: &str, body: Vec<u8>) -> Result<String> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        let req = Request::new(Method::PUT, format!("{}/manifests/{reference}", self.base())).header("Content-Type", media_type).body(body);
+        let resp = self.send_authed(req, "pull,push")?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(Error::backend(describe(resp, &format!("put manifest {reference} to {}", self.where_()))));
+        }
+        Ok(digest)
+    }
+
+    /// The closing PUT of an upload, carrying `len` bytes of `file` from `offset` (none after
+    /// a chunked upload).
+    fn finish_upload(&self, mut location: url::Url, digest: &str, file: Arc<std::fs::File>, offset: u64, len: u64) -> Result<()> {
         location.query_pairs_mut().append_pair("digest", digest);
-        let req = Request::new(Method::PUT, location.as_str()).header("Content-Type", "application/octet-stream").body(body);
+        let req = Request::new(Method::PUT, location.as_str()).header("Content-Type", "application/octet-stream").file_body(file, offset, len);
         let resp = self.send_authed(req, "pull,push")?;
         if resp.status() != StatusCode::CREATED {
             return Err(Error::backend(describe(resp, &format!("finish upload of {digest} to {}", self.where_()))));
         }
         Ok(())
+    }
+}
+
+/// The sha256 digest and length of a file, read in 1 MiB pieces.
+fn sha256_of(file: &std::fs::File) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut r = file;
+    let mut len = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((format!("sha256:{}", hex::encode(h.finalize())), len));
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
     }
 }
 
