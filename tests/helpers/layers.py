@@ -85,3 +85,55 @@ def write_layout(root: Path, tars: List[Path], compressions: List[str]) -> Dict[
     (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
     return config
+
+
+DEBIAN_BASE = Path(os.path.expanduser("~/.cache/nydus-hybrid/debian-minbase.tar"))
+
+
+def debian_base() -> Path:
+    """A Debian bookworm minbase root filesystem as one layer tarball (mmdebstrap from
+    Debian's packages), made once and cached."""
+    if not DEBIAN_BASE.exists():
+        DEBIAN_BASE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = DEBIAN_BASE.with_suffix(".part.tar")
+        subprocess.run(
+            ["mmdebstrap", "--variant=minbase", "--mode=root", "-q", "bookworm", str(tmp)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tmp.rename(DEBIAN_BASE)
+    return DEBIAN_BASE
+
+
+def tar_dir(root: Path, out: Path) -> Path:
+    """A layer tarball of a directory, xattrs and all (GNU tar, as image builders use)."""
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-C", str(root), "-cf", str(out), "."], check=True)
+    return out
+
+
+def debian_layers(tmp: Path) -> List[Path]:
+    """Three layers over the Debian base: one adds an application and changes and deletes
+    files, one replaces a directory with an opaque whiteout, one deletes a file of the
+    layer below and adds links and an xattr."""
+    app = tmp / "l-app"
+    (app / "opt/app/lib").mkdir(parents=True)
+    (app / "opt/app/data.bin").write_bytes(os.urandom(3 << 20))
+    (app / "opt/app/lib/small.txt").write_bytes(b"small\n" * 100)
+    (app / "opt/app/remove-me").write_bytes(b"gone in the top layer\n")
+    (app / "etc").mkdir()
+    (app / "etc/debian_version").write_bytes(b"changed by the app layer\n")
+    (app / "etc/.wh.issue.net").write_bytes(b"")
+    (app / "usr/bin").mkdir(parents=True)
+    (app / "usr/bin/.wh.tac").write_bytes(b"")
+    opq = tmp / "l-opaque"
+    (opq / "usr/share/doc").mkdir(parents=True)
+    (opq / "usr/share/doc/.wh..wh..opq").write_bytes(b"")
+    (opq / "usr/share/doc/README").write_bytes(b"the docs were replaced\n")
+    top = tmp / "l-top"
+    (top / "opt/app").mkdir(parents=True)
+    (top / "opt/app/.wh.remove-me").write_bytes(b"")
+    (top / "opt/app/hello").write_bytes(b"hello from the top layer\n")
+    os.link(top / "opt/app/hello", top / "opt/app/hello-link")
+    os.symlink("../app/hello", top / "opt/app/hello-sym")
+    os.setxattr(top / "opt/app/hello", "user.origin", b"top")
+    return [debian_base(), *(tar_dir(d, tmp / f"{d.name}.tar") for d in (app, opq, top))]

@@ -955,3 +955,55 @@ class ForwardProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- a failing front
+
+
+class _FrontHandler(_ProxyHandler):
+    def _forward(self) -> None:
+        front = self._owner()
+        assert isinstance(front, CuttingFront), front
+        url = urlsplit(front.upstream + self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        origin = http.client.HTTPConnection(url.hostname or LOOPBACK, url.port or 80, timeout=30)
+        try:
+            resp = self._send_upstream(origin, url, body)
+            if self.command == "GET" and "/blobs/" in url.path and resp.status == 200:
+                return self._cut(resp, front)
+            self._relay(resp)
+        finally:
+            origin.close()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    def _cut(self, resp: http.client.HTTPResponse, front: CuttingFront) -> None:
+        """Announce the whole blob, send `cut_after` bytes of it, and hang up."""
+        self.send_response_only(resp.status, resp.reason)
+        for name, value in resp.getheaders():
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(resp.read(front.cut_after))
+        self.wfile.flush()
+        front.cuts += 1
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class CuttingFront:
+    """A reverse proxy in front of a registry that passes everything through, except that
+    every blob download stops after ``cut_after`` bytes (a registry failing halfway)."""
+
+    def __init__(self, upstream: str, cut_after: int) -> None:
+        self.upstream, self.cut_after, self.cuts = upstream.rstrip("/"), cut_after, 0
+        self._http = _ThreadedHTTP(_FrontHandler, self)
+        self.host = f"{LOOPBACK}:{self._http.port}"
+
+    def __enter__(self) -> CuttingFront:
+        self._http.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.stop()

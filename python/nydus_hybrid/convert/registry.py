@@ -65,6 +65,10 @@ class Registry:
 
     def document_bytes(self, desc: Dict[str, Any]) -> bytes:
         digest, size = oci.checked_descriptor(desc)
+        if size is not None and size > oci.MAX_DOCUMENT:
+            raise InvalidArgumentError(
+                errno.EINVAL, f"{digest}: {size} bytes, more than the {oci.MAX_DOCUMENT} a document may have"
+            )
         if desc.get("mediaType") in ACCEPT:
             return self.client.get_manifest(digest, ACCEPT, oci.MAX_DOCUMENT)[2]
         return self._small_blob(digest, size)

@@ -19,7 +19,11 @@ pub enum Body {
     Bytes(Arc<Vec<u8>>),
     /// `len` bytes of a file from `offset`, read with `pread` on every send, so a retry
     /// resends the same bytes and a large blob is never held in memory.
-    File { file: Arc<std::fs::File>, offset: u64, len: u64 },
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// A reader over a byte range of a shared file that keeps its own position.

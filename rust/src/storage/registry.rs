@@ -313,15 +313,20 @@ impl Registry {
             _ => return Err(Error::backend(describe(resp, &what))),
         }
         let limit = size.unwrap_or(max_size).min(max_size);
-        if let Some(n) = resp.content_length().filter(|n| *n > limit || size.is_some_and(|s| s != *n)) {
-            return Err(Error::DigestMismatch(format!("{what}: the registry announces {n} bytes, expected {}", size.map_or(format!("at most {max_size}"), |s| s.to_string()))));
+        if let Some(n) = resp.content_length() {
+            if n > max_size {
+                return Err(Error::invalid(format!("{what}: {n} bytes, more than the {max_size} allowed")));
+            }
+            if size.is_some_and(|s| s != n) {
+                return Err(Error::DigestMismatch(format!("{what}: the registry announces {n} bytes, the descriptor says {}", size.unwrap_or(0))));
+            }
         }
         let tmp = dest.with_file_name(format!(".{}.part", dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob")));
         let io = |e: std::io::Error| Error::io(format!("write {}", tmp.display()), e);
         let result = (|| {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(io)?);
             let mut hasher = Sha256::new();
-            let mut body = resp.take(limit + 1);
+            let mut body = resp.take(limit.saturating_add(1));
             let mut buf = vec![0u8; 1 << 20];
             let mut total = 0u64;
             loop {
@@ -371,7 +376,7 @@ impl Registry {
             return Err(Error::invalid(format!("{what}: more than the {max_size} bytes a manifest may have")));
         }
         let media_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").split(';').next().unwrap_or("").trim().to_string();
-        let body = read_small(resp, max_size + 1)?;
+        let body = read_small(resp, max_size.saturating_add(1))?;
         if body.len() as u64 > max_size {
             return Err(Error::invalid(format!("{what}: more than the {max_size} bytes a manifest may have")));
         }
