@@ -1,6 +1,7 @@
-"""Storage-side operations that are not reads: pushing blobs to a registry, keeping the blob
-cache within its limits, and replacing a backend's registry credentials at runtime. Reads
-go through ``Image.open(..., config=...)``."""
+"""Storage-side operations that are not reads: a registry client (manifests and whole
+blobs, for image conversion), pushing blobs to a registry, keeping the blob cache within
+its limits, and replacing a backend's registry credentials at runtime. Reads go through
+``Image.open(..., config=...)``."""
 
 from __future__ import annotations
 
@@ -16,13 +17,20 @@ if TYPE_CHECKING:  # TypedDicts: annotations only, kept off the daemon's start p
 PathArg = Union[str, "os.PathLike[str]"]
 
 
+def registry_client(config: Union[str, Dict[str, Any]]) -> _core.RegistryClient:
+    """A client of the repository a nydusd ``config`` (registry backend) names: manifests
+    in and out, whole blobs fetched to a file (checked as they stream) and pushed from one.
+    It keeps its auth token between calls."""
+    if isinstance(config, dict):
+        config = json.dumps(config)
+    return _core.RegistryClient(config)
+
+
 def push_blob(config: Union[str, Dict[str, Any]], path: PathArg, *, chunk_size: int = 0) -> Tuple[str, bool]:
     """Upload a blob file to the registry named by a nydusd ``config``: one PUT, or PATCHes
     of ``chunk_size`` bytes then a PUT. Returns ``(digest, sent)``; ``sent`` is False when
     the registry already had it."""
-    if isinstance(config, dict):
-        config = json.dumps(config)
-    return _core.RegistryClient(config).push_blob(os.fspath(path), chunk_size)
+    return registry_client(config).push_blob(os.fspath(path), chunk_size)
 
 
 def cache_gc(work_dir: PathArg, *, max_bytes: Optional[int] = None, max_age_secs: Optional[int] = None) -> GcReport:

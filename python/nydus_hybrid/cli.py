@@ -185,10 +185,7 @@ def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--merge-platform", action="store_true", help="write an index with both the OCI and the Nydus manifests"
     )
-    p.add_argument("--plain-http", action="store_true", help="talk to the registries over http")
-    p.add_argument("--insecure", action="store_true", help="do not verify the registries' TLS certificates")
-    p.add_argument("--source-creds", metavar="USER:PASS", help="source registry credentials (default: config.json)")
-    p.add_argument("--target-creds", metavar="USER:PASS", help="target registry credentials (default: config.json)")
+    _registry_access_args(p)
     p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
     p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
     p.add_argument("--threads", type=int, default=4, help="layers converted at once (default 4)")
@@ -196,6 +193,13 @@ def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--no-cache", action="store_true", help="convert every layer, keep nothing")
     p.add_argument("--prefetch-patterns", action="store_true", help="read paths to prefetch from stdin, one per line")
     p.add_argument("-J", "--output-json", help="also write the report as JSON to this file")
+
+
+def _registry_access_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plain-http", action="store_true", help="talk to the registries over http")
+    p.add_argument("--insecure", action="store_true", help="do not verify the registries' TLS certificates")
+    p.add_argument("--source-creds", metavar="USER:PASS", help="source registry credentials (default: config.json)")
+    p.add_argument("--target-creds", metavar="USER:PASS", help="target registry credentials (default: config.json)")
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
@@ -384,7 +388,27 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_images(a: argparse.Namespace) -> int:
+    from nydus_hybrid.convert import store
+    from nydus_hybrid.convert.verify import check_images
+
+    if not (a.source and a.target):
+        raise SystemExit(_usage("--source and --target go together"))
+    access = {"plain_http": a.plain_http, "insecure": a.insecure}
+    source = store.open_source(a.source, creds=a.source_creds, **access)
+    target = store.open_source(a.target, creds=a.target_creds, **access)
+    r = check_images(source, target, platform=a.platform, mount=a.mount)
+    _report(a, dataclasses.asdict(r))
+    bad = [(p.platform, d) for p in r.platforms for d in p.differences]
+    if bad:
+        print(f"nydus-hybrid: check: {len(bad)} differences; first, on {bad[0][0]}: {bad[0][1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_check(a: argparse.Namespace) -> int:
+    if a.source or a.target:
+        return _cmd_check_images(a)
     with_blobs = bool(a.blob_dir or a.blob or a.config)
     report = _open(a).check(blobs=with_blobs)
     if a.output_json:
@@ -458,9 +482,18 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="superblock, blob table and counts as JSON")
     _image_args(p, blob_dir=False)
-    p = sub.add_parser("check", help="validate an image; with blobs, verify every chunk digest")
+    p = sub.add_parser(
+        "check",
+        help="validate an image (with blobs, every chunk digest); or, with --source and --target, "
+        "compare a converted Nydus image with its OCI source, as nydusify check",
+    )
     _image_args(p)
     p.add_argument("-J", "--output-json", help="write the check report as JSON to this file")
+    p.add_argument("--source", help="the OCI image: HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE")
+    p.add_argument("--target", help="the Nydus image: HOST/REPO[:TAG] or oci:DIR[:TAG]")
+    p.add_argument("--platform", help="os/arch[/variant] to compare (default: every platform of the source)")
+    p.add_argument("--mount", action="store_true", help="read the Nydus image through our FUSE mount")
+    _registry_access_args(p)
     p = sub.add_parser("unpack", help="unpack an image to a tar file or a directory")
     _image_args(p)
     p.add_argument("-o", "--output", help="output tar file")

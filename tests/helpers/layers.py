@@ -1,52 +1,21 @@
 """OCI layers for the conversion tests: the rootfs a stack of layer tarballs flattens to
-(what a Nydus image made from them must serve), and an OCI image layout written from
-tarballs."""
+(what a Nydus image made from them must serve: `nydus_hybrid.convert.flatten`, GNU tar
+doing the extracting), an OCI image layout written from tarballs, and a Debian-based
+stack of layers."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
-import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 from typing import Any, Dict, List
 
 from nydus_hybrid.convert import oci
+from nydus_hybrid.convert.flatten import flatten
 
-
-def flatten(tars: List[Path], out: Path) -> None:
-    """The OCI rootfs of `tars` (lowest first): each layer's whiteouts, then its entries. A
-    directory a layer declares again takes that layer's metadata whole, xattrs too, as
-    nydus-image merge has it (containerd's unpacker would keep the lower xattrs)."""
-    out.mkdir()
-    for t in tars:
-        with tarfile.open(t) as tf:
-            members = tf.getmembers()
-            for m in members:
-                d, base = os.path.split(os.path.normpath(m.name))
-                target = out / d
-                if base == ".wh..wh..opq":
-                    for c in target.iterdir():
-                        shutil.rmtree(c) if c.is_dir() and not c.is_symlink() else c.unlink()
-                elif base.startswith(".wh."):
-                    victim = target / base[4:]
-                    shutil.rmtree(victim) if victim.is_dir() and not victim.is_symlink() else victim.unlink()
-                elif m.isdir() and (out / m.name).is_dir():
-                    for x in os.listxattr(out / m.name):
-                        os.removexattr(out / m.name, x)
-        # GNU tar restores what Python's tarfile does not: xattrs, symlink times, ns times.
-        subprocess.run(
-            [
-                *("tar", "-C", str(out), "--xattrs", "--xattrs-include=*"),
-                "--numeric-owner",
-                "-xpf",
-                str(t),
-                "--exclude=.wh.*",
-            ],
-            check=True,
-        )
+__all__ = ["debian_layers", "flatten", "tar_dir", "write_layout"]
 
 
 def write_layout(root: Path, tars: List[Path], compressions: List[str]) -> Dict[str, Any]:

@@ -147,6 +147,39 @@ def test_a_debian_image_converts_registry_to_registry_and_nydusd_serves_it_lazil
         nydusd.stop()
 
 
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid", "check", "--plain-http", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.parametrize("how", ["reader", "daemon"])
+def test_check_compares_the_nydus_image_with_its_oci_source(debian, tmp_path, how):
+    reg, _, _, _, tars = debian
+    src, dst = f"{reg.host}/debian:oci", f"{reg.host}/checked:nydus"
+    convert(open_source(src, plain_http=True), open_target(dst, plain_http=True), ConvertOptions())
+    mount = ["--mount"] if how == "daemon" else []
+    p = check("--source", src, "--target", dst, *mount)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["read_by"] == how
+    (plat,) = report["platforms"]
+    assert plat["platform"] == "linux/amd64" and plat["entries"] > 3000 and plat["differences"] == []
+
+    # A Nydus image of only the lower three layers is not the OCI image: check says where.
+    short = tmp_path / "short"
+    write_layout(short, tars[:3], ["gzip", "gzip", "gzip"])
+    convert(open_source(f"oci:{short}"), open_target(f"{reg.host}/checked:short", plain_http=True), ConvertOptions())
+    p = check("--source", src, "--target", f"{reg.host}/checked:short", *mount)
+    assert p.returncode == 1, p.stderr
+    diffs = json.loads(p.stdout)["platforms"][0]["differences"]
+    assert "/opt/app/hello: missing" in diffs and "/opt/app/remove-me: unexpected" in diffs
+    assert len(p.stderr.splitlines()) == 1 and "differences" in p.stderr
+
+
 def test_the_layer_cache_reuses_every_layer_and_the_result_is_the_same(debian, tmp_path):
     reg, _, _, _, _ = debian
     opts = ConvertOptions(cache=tmp_path / "cache")

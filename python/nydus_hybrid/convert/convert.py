@@ -84,7 +84,7 @@ def platform_name(p: Dict[str, Any]) -> str:
     return "/".join(parts)
 
 
-def _matches(p: Dict[str, Any], want: str) -> bool:
+def platform_matches(p: Dict[str, Any], want: str) -> bool:
     have = platform_name(p)
     # "linux/arm64" matches "linux/arm64/v8", as containerd's platform matcher does.
     return have == want or (want.count("/") == 1 and have.startswith(want + "/"))
@@ -96,7 +96,7 @@ def _document(source: ImageSource, desc: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @dataclass
-class _Image:
+class SourceImage:
     """One source image manifest to convert."""
 
     entry: Dict[str, Any]  # its descriptor (with its platform, when from an index)
@@ -114,7 +114,7 @@ class _Image:
         }
 
 
-def _load_image(source: ImageSource, entry: Dict[str, Any], data: bytes) -> _Image:
+def load_image(source: ImageSource, entry: Dict[str, Any], data: bytes) -> SourceImage:
     digest = oci.sha256_digest(data)
     m = oci.parse_document(data, digest)
     if m.get("mediaType", entry.get("mediaType")) not in (oci.MANIFEST, oci.DOCKER_MANIFEST):
@@ -131,33 +131,31 @@ def _load_image(source: ImageSource, entry: Dict[str, Any], data: bytes) -> _Ima
     cdigest, csize = oci.checked_descriptor(m.get("config"))
     config_data = source.document_bytes(m["config"])
     config = oci.parse_document(config_data, cdigest, csize)
-    return _Image({**entry, "digest": digest, "size": len(data)}, data, m, config_data, config)
+    return SourceImage({**entry, "digest": digest, "size": len(data)}, data, m, config_data, config)
 
 
-def _images(source: ImageSource, opts: ConvertOptions) -> Tuple[Optional[Dict[str, Any]], List[_Image]]:
+def source_images(source: ImageSource, platform: Optional[str]) -> Tuple[Optional[Dict[str, Any]], List[SourceImage]]:
     """The source index (None for a single manifest) and the images to convert in it."""
     media_type, data = source.root()
     doc = oci.parse_document(data, "the source's root document")
     kind = doc.get("mediaType", media_type)
     if kind not in (oci.INDEX, oci.DOCKER_MANIFEST_LIST):
-        image = _load_image(source, {"mediaType": kind}, data)
-        if opts.platform and not _matches(image.platform, opts.platform):
-            raise InvalidArgumentError(
-                errno.EINVAL, f"the source is {platform_name(image.platform)}, not {opts.platform}"
-            )
+        image = load_image(source, {"mediaType": kind}, data)
+        if platform and not platform_matches(image.platform, platform):
+            raise InvalidArgumentError(errno.EINVAL, f"the source is {platform_name(image.platform)}, not {platform}")
         return None, [image]
     entries = [m for m in doc.get("manifests", []) if isinstance(m, dict)]
     # A Nydus manifest merged into the index earlier is never converted again.
     entries = [m for m in entries if oci.NYDUS_OS_FEATURE not in (m.get("platform") or {}).get("os.features", [])]
     entries = [m for m in entries if m.get("mediaType") in (oci.MANIFEST, oci.DOCKER_MANIFEST)]
-    if opts.platform:
-        entries = [m for m in entries if _matches(m.get("platform") or {}, opts.platform)]
+    if platform:
+        entries = [m for m in entries if platform_matches(m.get("platform") or {}, platform)]
     if not entries:
         raise InvalidArgumentError(
             errno.EINVAL,
-            "the source index holds no image manifest" + (f" for {opts.platform}" if opts.platform else ""),
+            "the source index holds no image manifest" + (f" for {platform}" if platform else ""),
         )
-    return doc, [_load_image(source, e, source.document_bytes(e)) for e in entries]
+    return doc, [load_image(source, e, source.document_bytes(e)) for e in entries]
 
 
 class _Converter:
@@ -233,7 +231,7 @@ class _Converter:
             if temporary:
                 path.unlink(missing_ok=True)
 
-    def copy_image(self, image: _Image) -> None:
+    def copy_image(self, image: SourceImage) -> None:
         """The source manifest, its config and layers, into the target (`--merge-platform`)."""
         futures = [self.pool.submit(self._copy_blob, d) for d in image.manifest["layers"]]
         for f in futures:
@@ -241,7 +239,7 @@ class _Converter:
         self.target.put(image.config_data)
         self.target.put_manifest(image.data, image.entry.get("mediaType", oci.MANIFEST))
 
-    def convert(self, image: _Image) -> Tuple[PlatformReport, bytes]:
+    def convert(self, image: SourceImage) -> Tuple[PlatformReport, bytes]:
         descs = image.manifest["layers"]
         futures = [self.layer(d) for d in descs]
         done = [f.result() for f in futures]
@@ -265,7 +263,7 @@ def convert(source: ImageSource, target: ImageTarget, opts: ConvertOptions = Con
     """Convert `source` into `target` (see the module's docstring). Returns the report; on
     any error the target's name is untouched."""
     t0 = time.monotonic()
-    index, images = _images(source, opts)
+    index, images = source_images(source, opts.platform)
     work = Path(tempfile.mkdtemp(prefix=".nydus-convert-", dir=_work_parent(target)))
     c = _Converter(source, target, opts, work)
     try:
@@ -279,7 +277,7 @@ def convert(source: ImageSource, target: ImageTarget, opts: ConvertOptions = Con
             }
             for e in root_index.get("manifests", []):
                 src = next((i for i in images if i.entry["digest"] == e.get("digest")), None)
-                c.copy_image(src or _load_image(source, e, source.document_bytes(e)))
+                c.copy_image(src or load_image(source, e, source.document_bytes(e)))
             for image, (_, doc) in zip(images, results):
                 target.put_manifest(doc, oci.MANIFEST)
                 root_index = manifest.merge_into_index(root_index, doc, image.platform)

@@ -72,6 +72,10 @@ class Layout:
         verify_file(path, digest, size)
         return path, False
 
+    def backend(self) -> Dict[str, Any]:
+        """The nydusd backend that reads this layout's blobs (localfs)."""
+        return {"type": "localfs", "localfs": {"dir": str(self.dir / "blobs" / "sha256")}}
+
     def _read(self, digest: str, size: Optional[int], limit: int) -> bytes:
         path = self.blob_path(digest)
         try:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import base64
 import errno
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from nydus_hybrid import _core
+from nydus_hybrid.blobs import registry_client
 from nydus_hybrid.convert import oci
 from nydus_hybrid.convert.reference import RegistryRef
 from nydus_hybrid.errors import InvalidArgumentError
@@ -50,9 +49,8 @@ class Registry:
         self, ref: RegistryRef, *, plain_http: bool = False, insecure: bool = False, creds: Optional[str] = None
     ) -> None:
         self.ref = ref
-        self.client = _core.RegistryClient(
-            json.dumps(client_config(ref, plain_http=plain_http, insecure=insecure, creds=creds))
-        )
+        self.config = client_config(ref, plain_http=plain_http, insecure=insecure, creds=creds)
+        self.client = registry_client(self.config)
 
     def __str__(self) -> str:
         return str(self.ref)
@@ -84,6 +82,10 @@ class Registry:
             dest = Path(d) / "doc"
             self.client.fetch_blob(digest, str(dest), size, oci.MAX_DOCUMENT)
             return dest.read_bytes()
+
+    def backend(self) -> Dict[str, Any]:
+        """The nydusd backend that reads this repository's blobs lazily."""
+        return dict(self.config["backend"])
 
     # -- as a target
 
