@@ -66,6 +66,9 @@ class Image:
 
     def __init__(self, inner: _core.Image):
         self._inner = inner
+        # Running prefetch jobs: a job dropped is a job cancelled, so the image keeps its
+        # jobs alive for as long as it is open, even when the caller lets go of them.
+        self._jobs: List[_core.PrefetchJob] = []
 
     @property
     def handle(self) -> _core.Image:
@@ -119,9 +122,23 @@ class Image:
     ) -> _core.PrefetchJob:
         """Fill the blob cache in background threads with ``paths`` (files or directories),
         the whole image (``all``) or, with neither, the image's own prefetch table. Returns a
-        job with ``wait()`` (the errors met), ``cancel()`` and ``done``."""
+        job with ``wait()`` (the errors met), ``cancel()`` and ``done``; it runs until done or
+        cancelled while the image is open."""
         encoded = None if paths is None else [_image_path(p) for p in paths]
-        return self._inner.prefetch(encoded, all, threads, batch_size, bandwidth_limit)
+        job = self._inner.prefetch(encoded, all, threads, batch_size, bandwidth_limit)
+        self._jobs = [j for j in self._jobs if not j.done] + [job]
+        return job
+
+    def cancel_prefetch(self) -> None:
+        """Stop every prefetch job of this image (when it is unmounted or replaced)."""
+        for j in self._jobs:
+            j.cancel()
+        self._jobs = []
+
+    @property
+    def prefetch_entries(self) -> int:
+        """How many files and directories the image's prefetch table lists."""
+        return self._inner.prefetch_entries
 
     @classmethod
     def open_blob(cls, blob: PathArg, *, verify: bool = True) -> Image:

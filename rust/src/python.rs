@@ -253,6 +253,12 @@ impl Image {
         Ok(PrefetchJob { job: Mutex::new(Some(job)) })
     }
 
+    /// How many inodes the image's prefetch table lists.
+    #[getter]
+    fn prefetch_entries(&self) -> R<usize> {
+        Ok(self.rafs.boot.prefetch_nids().map_err(to_py)?.len())
+    }
+
     fn blob_ids(&self) -> Vec<String> {
         self.rafs.boot.blobs.iter().map(|b| b.blob_id.clone()).collect()
     }

@@ -17,18 +17,20 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from nydus_hybrid import _core, errors, treecmp
+from nydus_hybrid import Image, _core, errors, treecmp
 from nydus_hybrid.convert import oci
 from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.convert.registry import ACCEPT, client_config
 from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers import reference, servers
+from tests.helpers.daemons import Daemon, v1_config
 from tests.helpers.layers import debian_layers, flatten, write_layout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Debian layers and mounts need root")
@@ -178,6 +180,43 @@ def test_check_compares_the_nydus_image_with_its_oci_source(debian, tmp_path, ho
     diffs = json.loads(p.stdout)["platforms"][0]["differences"]
     assert "/opt/app/hello: missing" in diffs and "/opt/app/remove-me: unexpected" in diffs
     assert len(p.stderr.splitlines()) == 1 and "differences" in p.stderr
+
+
+def test_the_prefetch_table_of_a_converted_image_is_fetched_before_the_first_read(debian, tmp_path):
+    """`--prefetch-patterns` puts /opt/app in the merged bootstrap's prefetch table; our
+    daemon, with fs_prefetch on, fills its 3 MiB from the registry before anything is read,
+    so reading it then costs no backend read, while a file outside the table still does."""
+    reg, rootfs, _, _, _ = debian
+    p = cli(
+        f"{reg.host}/debian:oci",
+        f"{reg.host}/prefetch:nydus",
+        "--plain-http",
+        "--prefetch-patterns",
+        input=b"/opt/app\n",
+    )
+    assert p.returncode == 0, p.stderr
+    _, boot = read_image(reg, "prefetch", "nydus", tmp_path / "image.boot")
+    assert Image.open(boot).inspect()["superblock"]["prefetch_table"][1] == 4, "one entry: /opt/app"
+    cfg = v1_config(
+        "/", "", tmp_path / "cache", type="registry", config={"scheme": "http", "host": reg.host, "repo": "prefetch"}
+    )
+    cfg["fs_prefetch"] = {"enable": True, "threads_count": 2}
+    (tmp_path / "cache").mkdir()
+    d = Daemon(tmp_path / "d", config=cfg, bootstrap=boot)
+    try:
+        c = d.client()
+        deadline = time.monotonic() + 60
+        while c.get("/api/v1/metrics/blobcache").body["prefetch_data_amount"] < 3 << 20:
+            assert time.monotonic() < deadline, c.get("/api/v1/metrics/blobcache").body
+            time.sleep(0.1)
+        before = c.get("/api/v1/metrics/backend").body
+        assert before["read_amount_total"] >= 3 << 20, before
+        assert (d.mnt / "opt/app/data.bin").read_bytes() == (rootfs / "opt/app/data.bin").read_bytes()
+        assert c.get("/api/v1/metrics/backend").body["read_count"] == before["read_count"], "it was prefetched"
+        assert (d.mnt / "usr/bin/bash").read_bytes() == (rootfs / "usr/bin/bash").read_bytes()
+        assert c.get("/api/v1/metrics/backend").body["read_count"] > before["read_count"], "bash was not listed"
+    finally:
+        d.cleanup()
 
 
 def test_the_layer_cache_reuses_every_layer_and_the_result_is_the_same(debian, tmp_path):

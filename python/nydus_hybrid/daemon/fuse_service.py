@@ -105,6 +105,7 @@ class FuseService:
         self.mount = Mount.adopt(fuse, ("/", image, early.index))
         source = early.options["bootstrap"]
         self.instances["/"] = Instance("/", source, early.config_text, early.config, image, early.index)
+        self._prefetch_default(image, dict(early.config))
 
     def abandon_fuse(self) -> None:
         """Undo ``resume_fuse`` and any instances restored since, leaving the mount to its owner."""
@@ -147,7 +148,30 @@ class FuseService:
             raise DaemonError(f"Mount(MountFilesystem(Other({str(e)!r})))") from e
         if prefetch_files:
             self._prefetch(image, cfg, prefetch_files)
+        else:
+            self._prefetch_default(image, cfg)
         return cfg, image
+
+    @staticmethod
+    def _prefetch_policy(cfg: Dict[str, Any]) -> Dict[str, Any]:
+        p: Dict[str, Any] = cfg["rafs"]["prefetch"] if cfg["rafs"]["prefetch"]["enable"] else cfg["cache"]["prefetch"]
+        return p
+
+    def _prefetch_default(self, image: Image, cfg: Dict[str, Any]) -> None:
+        """Without a list, nydusd prefetches the image's own table, or with `prefetch_all`
+        and no table, every blob; only when prefetch is enabled and there is a cache."""
+        p = self._prefetch_policy(cfg)
+        if not p["enable"] or cfg["cache"]["type"] not in ("blobcache", "filecache"):
+            return
+        table = image.prefetch_entries > 0
+        if table or p["prefetch_all"]:
+            image.prefetch(
+                None,
+                all=not table,
+                threads=max(1, p["threads"]),
+                batch_size=p["batch_size"],
+                bandwidth_limit=p["bandwidth_limit"],
+            )
 
     def _prefetch(self, image: Image, cfg: Dict[str, Any], files: List[str]) -> None:
         bad = [f for f in files if not isinstance(f, str) or not f.startswith("/")]
@@ -157,7 +181,7 @@ class FuseService:
             return  # nothing to fill without a cache; nydusd also ignores it then
         existing = [f for f in files if _exists(image, f)]
         if existing:
-            p = cfg["rafs"]["prefetch"] if cfg["rafs"]["prefetch"]["enable"] else cfg["cache"]["prefetch"]
+            p = self._prefetch_policy(cfg)
             image.prefetch(
                 existing, threads=max(1, p["threads"]), batch_size=p["batch_size"], bandwidth_limit=p["bandwidth_limit"]
             )
@@ -210,7 +234,7 @@ class FuseService:
             if mountpoint not in self.instances:
                 raise DaemonError('Mount(MountFilesystem(Other("object or filesystem doesn\'t exist")))')
             self.need_mount().detach(mountpoint)
-            del self.instances[mountpoint]
+            self.instances.pop(mountpoint).image.cancel_prefetch()
 
     def remount(self, mountpoint: str, source: str, config_text: str) -> Instance:
         """Reload an instance's bootstrap and config in place (same path, new reader)."""
@@ -220,6 +244,7 @@ class FuseService:
                 raise DaemonError('Mount(MountFilesystem(Other("object or filesystem doesn\'t exist")))')
             cfg, image = self._open(source, config_text, mountpoint=mountpoint)
             self.need_mount().detach(mountpoint)
+            self.instances[mountpoint].image.cancel_prefetch()
             index = self._attach(mountpoint, image, cfg)
             inst = Instance(mountpoint, source, config_text, cfg, image, index)
             self.instances[mountpoint] = inst
