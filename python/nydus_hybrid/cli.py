@@ -189,6 +189,11 @@ def _add_convert(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("-S", "--chunk-size", type=parse_chunk_size, default=0x100000, help="chunk size (default 1M)")
     p.add_argument("-c", "--compressor", default="zstd", choices=["zstd", "lz4_block", "none"])
     p.add_argument("--threads", type=int, default=4, help="layers converted at once (default 4)")
+    p.add_argument(
+        "--chunk-dict",
+        metavar="[bootstrap=]PATH",
+        help="reuse the chunks of this bootstrap (its blobs must be in the target already)",
+    )
     p.add_argument("--cache-dir", help="the converted-layer cache (default ~/.cache/nydus-hybrid/convert)")
     p.add_argument("--no-cache", action="store_true", help="convert every layer, keep nothing")
     p.add_argument("--prefetch-patterns", action="store_true", help="read paths to prefetch from stdin, one per line")
@@ -222,6 +227,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         threads=a.threads,
         cache=None if a.no_cache else Path(a.cache_dir) if a.cache_dir else cache.default_dir(),
         prefetch=sys.stdin.buffer.read().splitlines() if a.prefetch_patterns else (),
+        chunk_dict=Path(a.chunk_dict.removeprefix("bootstrap=")) if a.chunk_dict else None,
         progress=(lambda line: print(line, file=sys.stderr, flush=True)) if tty else None,
     )
     r = convert(source, target, opts)

@@ -499,6 +499,11 @@ impl RegistryClient {
         py.allow_threads(|| self.registry.blob_exists(digest)).map_err(to_py)
     }
 
+    /// The blob's size in the registry, or None when it is not there.
+    fn blob_size(&self, py: Python<'_>, digest: &str) -> R<Option<u64>> {
+        py.allow_threads(|| self.registry.blob_size(digest)).map_err(to_py)
+    }
+
     /// Upload a blob file, streamed from disk; one PUT, or PATCHes of `chunk_size` bytes.
     /// Returns (digest, whether it was sent: false when the registry had it).
     #[pyo3(signature = (path, chunk_size=0))]

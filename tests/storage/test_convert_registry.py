@@ -31,7 +31,7 @@ from nydus_hybrid.convert.registry import ACCEPT, client_config
 from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers import reference, servers
 from tests.helpers.daemons import Daemon, v1_config
-from tests.helpers.layers import debian_layers, flatten, write_layout
+from tests.helpers.layers import debian_layers, flatten, tar_dir, write_layout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Debian layers and mounts need root")
 
@@ -217,6 +217,40 @@ def test_the_prefetch_table_of_a_converted_image_is_fetched_before_the_first_rea
         assert c.get("/api/v1/metrics/backend").body["read_count"] > before["read_count"], "bash was not listed"
     finally:
         d.cleanup()
+
+
+def test_a_chunk_dictionary_stores_and_pushes_only_new_chunks(debian, tmp_path):
+    """Image B's base is the same files as image A, packed again (other tar bytes, so no
+    layer digest matches). With A's bootstrap as the chunk dictionary, B's blobs hold only
+    what A lacks; B's manifest appends the A blobs it reads, and B reads back whole."""
+    reg, rootfs, _, _, _ = debian
+    a = convert(
+        open_source(f"{reg.host}/debian:oci", plain_http=True),
+        open_target(f"{reg.host}/dict:a", plain_http=True),
+        ConvertOptions(),
+    )
+    _, a_boot = read_image(reg, "dict", "a", tmp_path / "a.boot")
+    extra = tmp_path / "extra"
+    (extra / "srv").mkdir(parents=True)
+    (extra / "srv/new.bin").write_bytes(os.urandom(1 << 20))
+    layers = [tar_dir(rootfs, tmp_path / "rebase.tar"), tar_dir(extra, tmp_path / "extra.tar")]
+    write_layout(tmp_path / "b", layers, ["gzip", "gzip"])
+    src = open_source(f"oci:{tmp_path / 'b'}")
+    plain = convert(src, open_target(f"{reg.host}/dict:b-plain", plain_http=True), ConvertOptions())
+    deduped = convert(src, open_target(f"{reg.host}/dict:b", plain_http=True), ConvertOptions(chunk_dict=a_boot))
+    assert plain.totals["dict_chunks"] == 0 and deduped.totals["dict_chunks"] > 100
+    assert deduped.totals["pushed_bytes"] < plain.totals["pushed_bytes"] / 4, (plain.totals, deduped.totals)
+    m, b_boot = read_image(reg, "dict", "b", tmp_path / "b.boot")
+    own = {lr.blob for lr in deduped.platforms[0].layers}
+    appended = [d["digest"] for d in m["layers"][:-1] if d["digest"] not in own]
+    assert appended and set(appended) <= {lr.blob for lr in a.platforms[0].layers}
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for d in m["layers"][:-1]:
+        client(reg, "dict").fetch_blob(d["digest"], str(blobs / d["digest"][7:]))
+    reference.check(b_boot, blobs)  # the real checker maps every chunk to a listed blob
+    p = check("--source", f"oci:{tmp_path / 'b'}", "--target", f"{reg.host}/dict:b")
+    assert p.returncode == 0, p.stderr
 
 
 def test_the_layer_cache_reuses_every_layer_and_the_result_is_the_same(debian, tmp_path):

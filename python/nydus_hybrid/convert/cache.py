@@ -29,6 +29,7 @@ class CachedBlob:
     path: Path
     digest: str
     size: int
+    dict_chunks: int  # chunks the blob's bootstrap takes from a chunk dictionary
 
 
 class LayerCache:
@@ -44,7 +45,7 @@ class LayerCache:
         entry = self.root / key[:2] / key
         try:
             meta = json.loads((entry / "meta.json").read_bytes())
-            blob = CachedBlob(entry / "blob", str(meta["digest"]), int(meta["size"]))
+            blob = CachedBlob(entry / "blob", str(meta["digest"]), int(meta["size"]), int(meta.get("dict_chunks", 0)))
             verify_file(blob.path, blob.digest, blob.size)
         except (OSError, ValueError, KeyError, TypeError, NydusError):
             shutil.rmtree(entry, ignore_errors=True)  # absent or damaged: build again
@@ -52,7 +53,7 @@ class LayerCache:
         os.utime(entry)  # for age-based trimming
         return blob
 
-    def put(self, key: str, blob: Path, digest: str) -> None:
+    def put(self, key: str, blob: Path, digest: str, dict_chunks: int = 0) -> None:
         entry = self.root / key[:2] / key
         if entry.exists():
             return
@@ -63,7 +64,7 @@ class LayerCache:
                 os.link(blob, tmp / "blob")
             except OSError:
                 shutil.copyfile(blob, tmp / "blob")
-            meta = {"digest": digest, "size": (tmp / "blob").stat().st_size}
+            meta = {"digest": digest, "size": (tmp / "blob").stat().st_size, "dict_chunks": dict_chunks}
             (tmp / "meta.json").write_text(json.dumps(meta))
             os.rename(tmp, entry)
         except OSError:

@@ -25,7 +25,7 @@ from nydus_hybrid.convert import manifest, oci
 from nydus_hybrid.convert.cache import LayerCache
 from nydus_hybrid.convert.layout import Layout
 from nydus_hybrid.convert.store import ImageSource, ImageTarget
-from nydus_hybrid.errors import InvalidArgumentError
+from nydus_hybrid.errors import BlobMissingError, InvalidArgumentError
 
 Progress = Callable[[str], None]
 
@@ -39,11 +39,21 @@ class ConvertOptions:
     threads: int = 4
     cache: Optional[Path] = None  # the layer cache's directory; None disables it
     prefetch: Sequence[bytes] = ()  # paths for the merged bootstrap's prefetch table
+    # A bootstrap whose chunks are referenced rather than stored again (its blobs must be
+    # in the target already: an earlier image's merged bootstrap, typically).
+    chunk_dict: Optional[Path] = None
     progress: Optional[Progress] = None
 
     def blob_options(self) -> Dict[str, Any]:
         """What changes a layer blob's bytes: the layer cache's key holds all of it."""
-        return {"chunk_size": self.chunk_size, "compressor": self.compressor, "inline": True, "whiteout": "none"}
+        dict_digest = oci.sha256_digest(self.chunk_dict.read_bytes()) if self.chunk_dict else None
+        return {
+            "chunk_size": self.chunk_size,
+            "compressor": self.compressor,
+            "inline": True,
+            "whiteout": "none",
+            "chunk_dict": dict_digest,
+        }
 
 
 @dataclass
@@ -55,6 +65,7 @@ class LayerReport:
     seconds: float
     cached: bool  # reused from the layer cache, or from an earlier layer of this run
     pushed: bool  # sent to the target (False: the target had it)
+    dict_chunks: int  # chunks found in the chunk dictionary, so not stored in this blob
 
 
 @dataclass
@@ -165,6 +176,7 @@ class _Converter:
         self.pool = ThreadPoolExecutor(max(1, opts.threads))
         self.lock = threading.Lock()
         self.layers: Dict[str, Future[Tuple[LayerReport, Path]]] = {}
+        self.blob_options = opts.blob_options()
         self.copied: Dict[str, bool] = {}
 
     def say(self, line: str) -> None:
@@ -182,12 +194,12 @@ class _Converter:
     def _convert_layer(self, desc: Dict[str, Any]) -> Tuple[LayerReport, Path]:
         t = time.monotonic()
         digest = desc["digest"]
-        key = LayerCache.key(digest, self.opts.blob_options())
+        key = LayerCache.key(digest, self.blob_options)
         hit = self.cache.get(key) if self.cache else None
         if self.opts.merge_platform:
             self._copy_blob(desc)
         if hit:
-            blob, blob_digest, cached = hit.path, hit.digest, True
+            blob, blob_digest, cached, dict_chunks = hit.path, hit.digest, True, hit.dict_chunks
         else:
             path, temporary = self.source.layer(desc, self.work)
             out = self.work / ("layer-" + digest.partition(":")[2])
@@ -200,20 +212,20 @@ class _Converter:
                     whiteout_spec="none",
                     chunk_size=self.opts.chunk_size,
                     compressor=self.opts.compressor,
+                    chunk_dict=self.opts.chunk_dict,
                     progress=False,
                 )
             finally:
                 if temporary:
                     path.unlink(missing_ok=True)
             assert r.blob_path is not None and r.blob_id is not None
-            blob, blob_digest, cached = Path(r.blob_path), "sha256:" + r.blob_id, False
+            blob, blob_digest, cached, dict_chunks = Path(r.blob_path), "sha256:" + r.blob_id, False, r.dict_chunks
             if self.cache:
-                self.cache.put(key, blob, blob_digest)
+                self.cache.put(key, blob, blob_digest, dict_chunks)
         pushed = self.target.put_file(blob, blob_digest)
         size = blob.stat().st_size
-        report = LayerReport(
-            digest, blob_digest, int(desc.get("size") or 0), size, time.monotonic() - t, cached, pushed
-        )
+        source_size, seconds = int(desc.get("size") or 0), time.monotonic() - t
+        report = LayerReport(digest, blob_digest, source_size, size, seconds, cached, pushed, dict_chunks)
         how = "reused" if cached else "built"
         self.say(f"layer {digest[7:19]}: {how} {size / 1048576:.1f} MiB in {report.seconds:.1f} s")
         return report, blob
@@ -239,14 +251,32 @@ class _Converter:
         self.target.put(image.config_data)
         self.target.put_manifest(image.data, image.entry.get("mediaType", oci.MANIFEST))
 
+    def dict_blobs(self, blob_ids: List[str], own: set[str]) -> List[Dict[str, Any]]:
+        """Descriptors of the chunk dictionary's blobs the merged image reads from, appended
+        after the layers (as nydusify does); each must already be in the target."""
+        out = []
+        for blob_id in blob_ids:
+            digest = "sha256:" + blob_id
+            if digest in own:
+                continue
+            size = self.target.blob_size(digest)
+            if size is None:
+                raise BlobMissingError(
+                    errno.ENOENT,
+                    f"the chunk dictionary's blob {digest} is not in {self.target}; push its image there first",
+                )
+            out.append(manifest.blob_descriptor(digest, size))
+        return out
+
     def convert(self, image: SourceImage) -> Tuple[PlatformReport, bytes]:
         descs = image.manifest["layers"]
         futures = [self.layer(d) for d in descs]
         done = [f.result() for f in futures]
         boot = self.work / f"image-{image.entry['digest'][7:]}.boot"
-        merge([blob for _, blob in done], boot, prefetch=list(self.opts.prefetch))
+        merged = merge([blob for _, blob in done], boot, prefetch=list(self.opts.prefetch))
         boot_layer, diff_id = manifest.bootstrap_layer(boot.read_bytes())
         layer_descs = [manifest.blob_layer_of(blob, r.blob) for r, blob in done]
+        layer_descs += self.dict_blobs(merged.blobs, {r.blob for r, _ in done})
         layer_descs.append(manifest.bootstrap_descriptor(boot_layer, diff_id))
         config = oci.canonical(manifest.nydus_config(image.config, layer_descs))
         doc = oci.canonical(manifest.nydus_manifest(config, layer_descs, {}))
@@ -321,6 +351,7 @@ def _totals(reports: List[PlatformReport]) -> Dict[str, int]:
         "blob_bytes": sum(r.blob_size for r in layers.values()),
         "pushed_bytes": sum(r.blob_size for r in layers.values() if r.pushed),
         "bootstrap_bytes": sum(p.bootstrap_size for p in reports),
+        "dict_chunks": sum(r.dict_chunks for r in layers.values()),
     }
 
 

@@ -91,6 +91,12 @@ class Layout:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).exists()
 
+    def blob_size(self, digest: str) -> Optional[int]:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def put(self, data: bytes) -> str:
         digest = oci.sha256_digest(data)
         path = self.blob_path(digest)

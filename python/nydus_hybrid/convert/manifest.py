@@ -36,15 +36,16 @@ def bootstrap_layer(bootstrap: bytes) -> Tuple[bytes, str]:
 def blob_layer(blob: bytes) -> Dict[str, Any]:
     """The descriptor of a Nydus data layer: the blob is not compressed as a whole, so its
     own digest is its diff id."""
-    return _blob_descriptor(oci.sha256_digest(blob), len(blob))
+    return blob_descriptor(oci.sha256_digest(blob), len(blob))
 
 
 def blob_layer_of(path: os.PathLike[str], digest: str) -> Dict[str, Any]:
     """`blob_layer` for a blob file whose digest is known (no need to read it again)."""
-    return _blob_descriptor(digest, os.stat(path).st_size)
+    return blob_descriptor(digest, os.stat(path).st_size)
 
 
-def _blob_descriptor(digest: str, size: int) -> Dict[str, Any]:
+def blob_descriptor(digest: str, size: int) -> Dict[str, Any]:
+    """A Nydus data layer of a known digest and size (a chunk dictionary's blob, say)."""
     return {
         "mediaType": oci.NYDUS_BLOB,
         "digest": digest,

@@ -92,6 +92,9 @@ class Registry:
     def has_blob(self, digest: str) -> bool:
         return self.client.blob_exists(digest)
 
+    def blob_size(self, digest: str) -> Optional[int]:
+        return self.client.blob_size(digest)
+
     def put_file(self, path: Path, digest: str) -> bool:
         got, sent = self.client.push_blob(str(path))
         if got != digest:

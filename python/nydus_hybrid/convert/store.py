@@ -30,6 +30,9 @@ class ImageSource(Protocol):
 class ImageTarget(Protocol):
     def has_blob(self, digest: str) -> bool: ...
 
+    def blob_size(self, digest: str) -> Optional[int]:
+        """The size of a blob the target holds, or None."""
+
     def put_file(self, path: Path, digest: str) -> bool:
         """Store a blob file (streamed); returns whether it was sent (False: already there)."""
 

@@ -254,12 +254,18 @@ impl Registry {
 
     /// Whether the registry has this blob.
     pub fn blob_exists(&self, blob_id: &str) -> Result<bool> {
+        Ok(self.blob_size(blob_id)?.is_some())
+    }
+
+    /// The size of this blob in the registry, or None when it has no such blob.
+    pub fn blob_size(&self, blob_id: &str) -> Result<Option<u64>> {
         let digest = digest_ref(blob_id)?;
+        let what = format!("HEAD blob {digest} at {}", self.where_());
         let resp = self.blob_response(&digest, Method::HEAD, Vec::new())?;
         match resp.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(Error::backend(describe(resp, &format!("HEAD blob {digest} at {}", self.where_())))),
+            s if s.is_success() => head_size(&resp, &what).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Error::backend(describe(resp, &what))),
         }
     }
 
