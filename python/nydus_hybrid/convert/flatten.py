@@ -42,7 +42,7 @@ def _members(layer: Path) -> Iterator[tarfile.TarInfo]:
 def _inside(root: Path, rel: str) -> Path:
     """`root/rel`, refused when `rel` or a symlink on the way would leave `root`."""
     norm = os.path.normpath("/" + rel).lstrip("/")
-    if norm in ("", ".") or ".." in Path(norm).parts:
+    if norm in ("", ".") or ".." in Path(rel).parts:
         raise UnsafeInputError(errno.EPERM, f"whiteout {rel!r} climbs out of the root")
     parent = os.path.realpath(root / os.path.dirname(norm))
     if os.path.commonpath([parent, os.path.realpath(root)]) != os.path.realpath(root):
@@ -59,7 +59,7 @@ def _remove(path: Path) -> None:
 
 def apply_layer(layer: Path, root: Path) -> None:
     for m in _members(layer):
-        d, base = os.path.split(os.path.normpath(m.name))
+        d, base = os.path.split(m.name.rstrip("/"))
         if base == ".wh..wh..opq":
             target = _inside(root, d) if d not in ("", ".") else root
             if target.is_dir() and not target.is_symlink():
@@ -68,7 +68,7 @@ def apply_layer(layer: Path, root: Path) -> None:
         elif base.startswith(".wh."):
             _remove(_inside(root, os.path.join(d, base[4:])))
         elif m.isdir():
-            target = root / os.path.normpath(m.name)
+            target = _inside(root, m.name) if m.name.strip("./") else root
             if target.is_dir() and not target.is_symlink():
                 for x in os.listxattr(target, follow_symlinks=False):
                     os.removexattr(target, x, follow_symlinks=False)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 from nydus_hybrid.convert import oci
 from nydus_hybrid.errors import BlobMissingError, DigestMismatchError, InvalidArgumentError
@@ -160,26 +160,24 @@ def verify_file(path: Path, digest: str, size: Optional[int]) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic(path, lambda out: out.write(data))
 
 
 def _atomic_copy(src: Path, path: Path) -> None:
+    def copy(out: BinaryIO) -> None:
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    _atomic(path, copy)
+
+
+def _atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through a temporary file in its directory, synced and renamed in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
