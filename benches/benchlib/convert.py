@@ -104,7 +104,7 @@ def reference_script(layers: Sequence[Path], out: Path, pull: str | None) -> Lis
     for i, layer in enumerate(layers):
         src = layer if not pull else f"{out}/pulled/blobs/sha256/{layer.name}"
         jobs.append(
-            f"{ni} create -t targz-rafs --fs-version 6 --whiteout-spec none -c zstd --chunk-size 0x100000 "
+            f"{ni} create -t targz-rafs --fs-version 6 --whiteout-spec none --compressor zstd --chunk-size 0x100000 "
             f"-B {out}/l{i}.boot -b {out}/l{i}.blob {src} >/dev/null 2>&1"
         )
     for start in range(0, len(jobs), 4):
