@@ -141,6 +141,15 @@ def test_the_cli_converts_a_layout_and_refuses_a_bad_reference(source, tmp_path)
     index = json.loads((target / "index.json").read_text())
     assert index["manifests"][0]["digest"] == report["digest"]
     assert index["manifests"][0]["annotations"] == {"org.opencontainers.image.ref.name": "nydus"}
+    # `check` reads the Nydus image from the layout (localfs) and finds the OCI rootfs.
+    p = subprocess.run(
+        [sys.executable, "-m", "nydus_hybrid", "check", "--source", f"oci:{layout}", "--target", f"oci:{target}:nydus"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["platforms"][0]["differences"] == []
     for bad, why in [
         ("http://127.0.0.1:5000/x:1", "without a scheme"),
         ("127.0.0.1:5000/Upper:1", "bad repository name"),

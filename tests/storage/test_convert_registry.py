@@ -294,6 +294,26 @@ def test_multi_platform_index_each_platform_and_merge_platform(debian, tmp_path)
     (blobs / oci.sha256_digest(arm_cfg)[7:]).write_bytes(arm_cfg)
     arm = oci.canonical({**amd, "config": oci.descriptor(oci.CONFIG, arm_cfg)})
     (blobs / oci.sha256_digest(arm)[7:]).write_bytes(arm)
+    # And an attestation, as buildx lists one: a manifest for unknown/unknown, not an image.
+    statement = b'{"_type":"https://in-toto.io/Statement/v0.1"}'
+    (blobs / oci.sha256_digest(statement)[7:]).write_bytes(statement)
+    empty = b"{}"
+    (blobs / oci.sha256_digest(empty)[7:]).write_bytes(empty)
+    att = oci.canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.MANIFEST,
+            "config": oci.descriptor(oci.CONFIG, empty),
+            "layers": [oci.descriptor("application/vnd.in-toto+json", statement)],
+        }
+    )
+    (blobs / oci.sha256_digest(att)[7:]).write_bytes(att)
+    att_entry = oci.descriptor(
+        oci.MANIFEST,
+        att,
+        {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": entry["digest"]},
+        platform={"os": "unknown", "architecture": "unknown"},
+    )
     index = oci.canonical(
         {
             "schemaVersion": 2,
@@ -301,6 +321,7 @@ def test_multi_platform_index_each_platform_and_merge_platform(debian, tmp_path)
             "manifests": [
                 entry,
                 oci.descriptor(oci.MANIFEST, arm, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
+                att_entry,
             ],
         }
     )
@@ -334,7 +355,7 @@ def test_multi_platform_index_each_platform_and_merge_platform(debian, tmp_path)
     )
     doc = json.loads(client(reg, "elsewhere").get_manifest("merged", ACCEPT)[2])
     features = [m["platform"].get("os.features", []) for m in doc["manifests"]]
-    assert features == [[], [], [oci.NYDUS_OS_FEATURE], [oci.NYDUS_OS_FEATURE]]
+    assert features == [[], [], [], [oci.NYDUS_OS_FEATURE], [oci.NYDUS_OS_FEATURE]], "the attestation is kept"
     assert merged.digest == oci.sha256_digest(oci.canonical(doc))
     # Every manifest the merged index names is in the new repository, with its blobs.
     c = client(reg, "elsewhere")

@@ -101,9 +101,12 @@ def platform_matches(p: Dict[str, Any], want: str) -> bool:
     return have == want or (want.count("/") == 1 and have.startswith(want + "/"))
 
 
-def _document(source: ImageSource, desc: Dict[str, Any]) -> Dict[str, Any]:
-    digest, size = oci.checked_descriptor(desc)
-    return oci.parse_document(source.document_bytes(desc), digest, size)
+def _attestation(entry: Dict[str, Any]) -> bool:
+    annotations = entry.get("annotations") or {}
+    return bool(
+        annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+        or (entry.get("platform") or {}).get("os") == "unknown"
+    )
 
 
 @dataclass
@@ -156,8 +159,10 @@ def source_images(source: ImageSource, platform: Optional[str]) -> Tuple[Optiona
             raise InvalidArgumentError(errno.EINVAL, f"the source is {platform_name(image.platform)}, not {platform}")
         return None, [image]
     entries = [m for m in doc.get("manifests", []) if isinstance(m, dict)]
-    # A Nydus manifest merged into the index earlier is never converted again.
+    # A Nydus manifest merged into the index earlier is never converted again, and neither
+    # are attestations (buildx lists them as manifests for the platform unknown/unknown).
     entries = [m for m in entries if oci.NYDUS_OS_FEATURE not in (m.get("platform") or {}).get("os.features", [])]
+    entries = [m for m in entries if not _attestation(m)]
     entries = [m for m in entries if m.get("mediaType") in (oci.MANIFEST, oci.DOCKER_MANIFEST)]
     if platform:
         entries = [m for m in entries if platform_matches(m.get("platform") or {}, platform)]
@@ -177,7 +182,6 @@ class _Converter:
         self.lock = threading.Lock()
         self.layers: Dict[str, Future[Tuple[LayerReport, Path]]] = {}
         self.blob_options = opts.blob_options()
-        self.copied: Dict[str, bool] = {}
 
     def say(self, line: str) -> None:
         if self.opts.progress:
@@ -243,13 +247,18 @@ class _Converter:
             if temporary:
                 path.unlink(missing_ok=True)
 
-    def copy_image(self, image: SourceImage) -> None:
-        """The source manifest, its config and layers, into the target (`--merge-platform`)."""
-        futures = [self.pool.submit(self._copy_blob, d) for d in image.manifest["layers"]]
+    def copy_manifest(self, entry: Dict[str, Any]) -> None:
+        """A source manifest, its config and its layers, into the target (`--merge-platform`
+        keeps the whole source index, so everything it names must be in the target)."""
+        digest, size = oci.checked_descriptor(entry)
+        data = self.source.document_bytes(entry)
+        m = oci.parse_document(data, digest, size)
+        blobs = [d for d in m.get("layers") or [] if isinstance(d, dict)]
+        futures = [self.pool.submit(self._copy_blob, d) for d in blobs]
         for f in futures:
             f.result()
-        self.target.put(image.config_data)
-        self.target.put_manifest(image.data, image.entry.get("mediaType", oci.MANIFEST))
+        self.target.put(self.source.document_bytes(m.get("config") or {}))
+        self.target.put_manifest(data, str(entry.get("mediaType", oci.MANIFEST)))
 
     def dict_blobs(self, blob_ids: List[str], own: set[str]) -> List[Dict[str, Any]]:
         """Descriptors of the chunk dictionary's blobs the merged image reads from, appended
@@ -306,8 +315,7 @@ def convert(source: ImageSource, target: ImageTarget, opts: ConvertOptions = Con
                 "manifests": [oci.descriptor(oci.MANIFEST, images[0].data, platform=images[0].platform)],
             }
             for e in root_index.get("manifests", []):
-                src = next((i for i in images if i.entry["digest"] == e.get("digest")), None)
-                c.copy_image(src or load_image(source, e, source.document_bytes(e)))
+                c.copy_manifest(e)
             for image, (_, doc) in zip(images, results):
                 target.put_manifest(doc, oci.MANIFEST)
                 root_index = manifest.merge_into_index(root_index, doc, image.platform)
