@@ -205,7 +205,9 @@ class _Converter:
         if hit:
             blob, blob_digest, cached, dict_chunks = hit.path, hit.digest, True, hit.dict_chunks
         else:
+            self.say(f"layer {digest[7:19]}: fetching {int(desc.get('size') or 0) / 1048576:.1f} MiB")
             path, temporary = self.source.layer(desc, self.work)
+            self.say(f"layer {digest[7:19]}: converting")
             out = self.work / ("layer-" + digest.partition(":")[2])
             try:
                 r = build(
