@@ -465,6 +465,8 @@ def test_malformed_and_oversized_documents(copy_of_debian, tmp_path):
     # What the registry refuses to store comes from a layout: a layer list that is not a
     # list, and a descriptor with a path for a digest.
     run_fails(reg, layout_with(tmp_path / "l1", {**m, "layers": {"a": 1}}), "no layer list")
+    padded = {**m, "annotations": {"pad": "x" * (5 << 20)}}
+    run_fails(reg, layout_with(tmp_path / "l0", padded), "more than the 4194304")
     hostile = [{**m["layers"][0], "digest": "sha256:../../etc/passwd"}]
     run_fails(reg, layout_with(tmp_path / "l2", {**m, "layers": hostile}), "malformed digest")
     foreign = {**m["layers"][0], "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}
