@@ -547,6 +547,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "daemon_command", nargs="*", help="after --: the successor's command line (default: the running one's)"
     )
+    sub.add_parser(
+        "snapshotter", add_help=False, help="the containerd snapshotter process (its own flags: snapshotter --help)"
+    )
     p = sub.add_parser("daemons", help="daemons the manager keeps: list, show ID, upgrade [ID]")
     p.add_argument("action", choices=("list", "show", "upgrade"))
     p.add_argument("daemon_id", nargs="?")
@@ -587,8 +590,14 @@ COMMANDS = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["snapshotter"]:
+        # The snapshotter process has its own flags (nydus-snapshotter's); hand them over.
+        from nydus_hybrid.snapshotter.server import main as snapshotter_main
+
+        return snapshotter_main(args[1:])
     parser = make_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(args)
     if a.version:
         print(f"nydus-hybrid {version.__version__}\nGit Commit: {version.GIT_COMMIT}")
         return 0

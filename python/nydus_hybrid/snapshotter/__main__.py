@@ -1,0 +1,5 @@
+import sys
+
+from nydus_hybrid.snapshotter.server import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""`python -m nydus_hybrid.snapshotter`: the snapshotter process (spec A2). It serves the
+Snapshots service on a unix socket (made in a 0700 directory; a stale socket there is
+replaced, anything else at that path is refused) until SIGTERM or SIGINT, then stops
+accepting, lets calls in flight finish, and closes the metastore."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import stat
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional
+
+import grpc
+
+from nydus_hybrid import log
+from nydus_hybrid.snapshotter.service import SnapshotsService
+from nydus_hybrid.snapshotter.snapshot import Snapshotter
+
+DEFAULT_ROOT = "/var/lib/containerd-nydus"
+DEFAULT_ADDRESS = "/run/containerd-nydus/containerd-nydus-grpc.sock"
+
+
+def prepare_socket(address: str) -> None:
+    parent = os.path.dirname(os.path.abspath(address))
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        st = os.lstat(address)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SystemExit(f"nydus-hybrid snapshotter: error: {address} exists and is not a socket")
+    os.unlink(address)
+
+
+class Server:
+    def __init__(self, root: str, address: str, workers: int = 16) -> None:
+        self.address = address
+        self.snapshotter = Snapshotter(root)
+        self.grpc = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshots"))
+        self.grpc.add_generic_rpc_handlers((SnapshotsService(self.snapshotter).handler(),))
+        prepare_socket(address)
+        if self.grpc.add_insecure_port(f"unix:{os.path.abspath(address)}") == 0:
+            raise SystemExit(f"nydus-hybrid snapshotter: error: cannot listen on {address}")
+
+    def start(self) -> None:
+        self.grpc.start()
+        log.event("snapshotter_ready", address=self.address, root=str(self.snapshotter.root))
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.grpc.stop(grace).wait()
+        self.snapshotter.close()
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nydus-hybrid snapshotter", description="containerd remote snapshotter")
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gRPC unix socket (default {DEFAULT_ADDRESS})")
+    p.add_argument("--log-level", default="info", choices=["trace", "debug", "info", "warn", "error"])
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    a = parse_args(argv)
+    log.setup("debug" if a.log_level == "trace" else a.log_level)
+    server = Server(a.root, a.address)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    server.start()
+    done.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The snapshots themselves: containerd's overlayfs snapshotter semantics (the native path
+every plain OCI layer takes), plus the remote-snapshot protocol for Nydus data layers.
+
+Layout (spec A4): `<root>/metadata.db` (the metastore) and `<root>/snapshots/<id>/fs`, the
+upper dir, with `work` next to it for active snapshots. A snapshot's directory is made
+under a temporary name and renamed to its id inside the metastore transaction, so a failed
+call leaves neither a record nor a directory.
+
+During a pull containerd prepares each layer with `containerd.io/snapshot.ref` (the chain
+id it will commit). A Nydus data layer (`containerd.io/snapshot/nydus-blob`) is then
+committed at once under that name and answered with ALREADY_EXISTS: containerd skips its
+download (A2.3, A9.2). The bootstrap layer is unpacked natively."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from nydus_hybrid.snapshotter import filters, labels
+from nydus_hybrid.snapshotter.errors import AlreadyExists, NotFound
+from nydus_hybrid.snapshotter.metastore import Info, Kind, MetaStore, Snapshot, Usage
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str
+    source: str
+    options: Tuple[str, ...]
+    target: str = ""
+
+
+def disk_usage(path: Path) -> Usage:
+    """Bytes allocated and inodes under `path`, each hard-linked inode once (containerd's
+    fs.DiskUsage)."""
+    seen = set()
+    size = 0
+
+    def count(p: str) -> None:
+        nonlocal size
+        st = os.lstat(p)
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            size += st.st_blocks * 512
+
+    count(str(path))
+    for dirpath, dirnames, filenames in os.walk(path):  # symlinks to directories are not followed
+        for name in (*dirnames, *filenames):
+            count(os.path.join(dirpath, name))
+    return Usage(size, len(seen))
+
+
+class Snapshotter:
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.snapshots = self.root / "snapshots"
+        self.snapshots.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.ms = MetaStore(str(self.root / "metadata.db"))
+
+    def close(self) -> None:
+        self.ms.close()
+
+    def upper(self, id_: str) -> Path:
+        return self.snapshots / id_ / "fs"
+
+    def work(self, id_: str) -> Path:
+        return self.snapshots / id_ / "work"
+
+    # -- creating
+
+    def _create(self, kind: Kind, key: str, parent: str, lbls: Dict[str, str]) -> Snapshot:
+        """Record and directory of a new active or view snapshot, in one transaction."""
+        tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.snapshots))
+        try:
+            with self.ms.transaction():
+                os.mkdir(tmp / "fs", 0o755)
+                if kind == Kind.ACTIVE:
+                    os.mkdir(tmp / "work", 0o711)
+                s = self.ms.create(kind, key, parent, lbls)
+                if s.parent_ids:
+                    # The new upper dir belongs to whoever owns the parent's (a rootless
+                    # container's layers are not root's).
+                    st = os.stat(self.upper(s.parent_ids[0]))
+                    os.lchown(tmp / "fs", st.st_uid, st.st_gid)
+                os.rename(tmp, self.snapshots / s.id)
+            return s
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def prepare(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]:
+        s = self._create(Kind.ACTIVE, key, parent, lbls)
+        target = lbls.get(labels.TARGET_SNAPSHOT_REF)
+        if target and labels.is_nydus_data_layer(lbls):
+            # Nothing to download: commit it now under the name containerd will look for.
+            try:
+                self.commit(target, key, lbls)
+            except AlreadyExists:
+                pass
+            raise AlreadyExists(f"target snapshot {target!r}: already exists (a remote Nydus layer)")
+        return self._mounts(s)
+
+    def view(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]:
+        return self._mounts(self._create(Kind.VIEW, key, parent, lbls))
+
+    def mounts(self, key: str) -> List[Mount]:
+        return self._mounts(self.ms.snapshot(key))
+
+    def _mounts(self, s: Snapshot) -> List[Mount]:
+        """containerd's overlay snapshotter's mount shapes (A9.4, native)."""
+        if not s.parent_ids:
+            ro = "ro" if s.kind == Kind.VIEW else "rw"
+            return [Mount("bind", str(self.upper(s.id)), (ro, "rbind"))]
+        lower = "lowerdir=" + ":".join(str(self.upper(p)) for p in s.parent_ids)
+        if s.kind == Kind.ACTIVE:
+            opts = (f"workdir={self.work(s.id)}", f"upperdir={self.upper(s.id)}", lower)
+            return [Mount("overlay", "overlay", opts)]
+        if len(s.parent_ids) == 1:
+            return [Mount("bind", str(self.upper(s.parent_ids[0])), ("ro", "rbind"))]
+        return [Mount("overlay", "overlay", (lower,))]
+
+    # -- changing
+
+    def commit(self, name: str, key: str, lbls: Dict[str, str]) -> None:
+        with self.ms.transaction():
+            id_, info, _ = self.ms.info(key)
+            usage = disk_usage(self.upper(id_)) if info.kind == Kind.ACTIVE else Usage()
+            self.ms.commit(key, name, usage, lbls)
+
+    def remove(self, key: str) -> None:
+        with self.ms.transaction():
+            id_, _ = self.ms.remove(key)
+            # Renamed away inside the transaction, removed after it: a failure leaves the
+            # record, and a crash leaves only an orphan that Cleanup removes.
+            doomed = self.snapshots / f"rm-{id_}"
+            try:
+                os.rename(self.snapshots / id_, doomed)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def stat(self, key: str) -> Info:
+        return self.ms.info(key)[1]
+
+    def update(self, info: Info, paths: Sequence[str]) -> Info:
+        with self.ms.transaction():
+            return self.ms.update(info, paths)
+
+    def usage(self, key: str) -> Usage:
+        id_, info, usage = self.ms.info(key)
+        if info.kind == Kind.ACTIVE:
+            return disk_usage(self.upper(id_))
+        return usage
+
+    def walk(self, exprs: Sequence[str]) -> Iterator[Info]:
+        parsed = filters.parse_all(exprs)
+        for _, info in list(self.ms.walk()):
+            if filters.matches(parsed, functools.partial(_field, info)):
+                yield info
+
+    def cleanup(self) -> List[str]:
+        """Remove every directory under `snapshots/` that no snapshot owns (what a crash
+        or a failed removal left); returns their names."""
+        live = set(self.ms.ids())
+        removed = []
+        for entry in os.listdir(self.snapshots):
+            if entry not in live:
+                shutil.rmtree(self.snapshots / entry, ignore_errors=True)
+                removed.append(entry)
+        return removed
+
+    def parent_keys(self, key: str) -> List[str]:
+        return self.ms.parent_keys(key)
+
+    def lookup(self, key: str) -> Optional[Info]:
+        try:
+            return self.stat(key)
+        except NotFound:
+            return None
+
+
+def _field(info: Info, path: Sequence[str]) -> Optional[str]:
+    """The snapshot fields filters can name (containerd's snapshot adaptor)."""
+    if not path:
+        return None
+    head = path[0]
+    if head == "name" and len(path) == 1:
+        return info.name
+    if head == "parent" and len(path) == 1:
+        return info.parent
+    if head == "kind" and len(path) == 1:
+        return {Kind.VIEW: "view", Kind.ACTIVE: "active", Kind.COMMITTED: "committed"}.get(info.kind, "unknown")
+    if head == "labels" and len(path) > 1:
+        return info.labels.get(".".join(path[1:]))
+    return None

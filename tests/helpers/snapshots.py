@@ -1,0 +1,159 @@
+"""A containerd-like client of our snapshotter's gRPC service, and the real server process.
+
+`SnapshotsClient` calls the `containerd.services.snapshots.v1.Snapshots` methods over the
+unix socket with the namespace in the `containerd-namespace` metadata, as containerd does;
+failures raise `grpc.RpcError` (check `.code()`). `SnapshotterProcess` runs
+`python -m nydus_hybrid.snapshotter` and waits until the socket answers. `mount_all` does
+what containerd's mount code does with the mounts a snapshot returns (including its
+chdir trick for overlay options longer than a page)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import grpc
+
+from nydus_hybrid.snapshotter import wire
+
+NAMESPACE = ("containerd-namespace", "default")
+
+
+class SnapshotsClient:
+    def __init__(self, address: str, timeout: float = 30.0) -> None:
+        self.channel = grpc.insecure_channel(f"unix:{address}")
+        self.timeout = timeout
+        self._calls: Dict[str, Any] = {}
+        for name, (req, resp, streaming) in wire.METHODS.items():
+            make = self.channel.unary_stream if streaming else self.channel.unary_unary
+            self._calls[name] = make(
+                f"/{wire.SERVICE}/{name}",
+                request_serializer=wire.type_of(req).SerializeToString,
+                response_deserializer=wire.type_of(resp).FromString,
+            )
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def call(self, method: str, **fields: Any) -> Any:
+        req_type = wire.type_of(wire.METHODS[method][0])
+        return self._calls[method](req_type(snapshotter="nydus", **fields), timeout=self.timeout, metadata=[NAMESPACE])
+
+    def prepare(self, key: str, parent: str = "", labels: Optional[Dict[str, str]] = None) -> List[Any]:
+        return list(self.call("Prepare", key=key, parent=parent, labels=labels or {}).mounts)
+
+    def view(self, key: str, parent: str = "", labels: Optional[Dict[str, str]] = None) -> List[Any]:
+        return list(self.call("View", key=key, parent=parent, labels=labels or {}).mounts)
+
+    def mounts(self, key: str) -> List[Any]:
+        return list(self.call("Mounts", key=key).mounts)
+
+    def commit(self, name: str, key: str, labels: Optional[Dict[str, str]] = None) -> None:
+        self.call("Commit", name=name, key=key, labels=labels or {})
+
+    def remove(self, key: str) -> None:
+        self.call("Remove", key=key)
+
+    def stat(self, key: str) -> Any:
+        return self.call("Stat", key=key).info
+
+    def update(self, name: str, labels: Dict[str, str], paths: Sequence[str] = ()) -> Any:
+        info = wire.message("Info")(name=name, labels=labels)
+        req = wire.message("UpdateSnapshotRequest")(snapshotter="nydus", info=info)
+        req.update_mask.paths.extend(paths)
+        return self._calls["Update"](req, timeout=self.timeout, metadata=[NAMESPACE]).info
+
+    def list(self, *filters: str) -> List[Any]:
+        return [i for reply in self.call("List", filters=list(filters)) for i in reply.info]
+
+    def usage(self, key: str) -> Any:
+        return self.call("Usage", key=key)
+
+    def cleanup(self) -> None:
+        self.call("Cleanup")
+
+
+class SnapshotterProcess:
+    def __init__(self, root: Path, address: Optional[Path] = None, extra: Sequence[str] = ()) -> None:
+        self.root = root
+        self.address = address or root.parent / f"{root.name}.sock"
+        self.log = root.parent / f"{root.name}.log"
+        self.extra = list(extra)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> SnapshotterProcess:
+        argv = [
+            sys.executable,
+            "-m",
+            "nydus_hybrid.snapshotter",
+            "--root",
+            str(self.root),
+            "--address",
+            str(self.address),
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([*argv, *self.extra], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")
+            if self.address.exists():
+                try:
+                    c = SnapshotsClient(str(self.address), timeout=2)
+                    c.list()
+                    c.close()
+                    return self
+                except grpc.RpcError:
+                    pass
+            assert time.monotonic() < deadline, "the snapshotter did not answer within 30 s"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.terminate()
+        rc = self.proc.wait(timeout=30)
+        self.proc = None
+        return rc
+
+    def client(self) -> SnapshotsClient:
+        return SnapshotsClient(str(self.address))
+
+
+def mount_all(mounts: Sequence[Any], target: Path) -> None:
+    """Mount what a snapshot returned at `target`, as containerd would."""
+    for m in mounts:
+        opts = list(m.options)
+        data = ",".join(opts)
+        cwd = None
+        if m.type == "overlay" and len(data) >= os.sysconf("SC_PAGE_SIZE") - 512:
+            # containerd's trick: lower/upper/work paths relative to their common parent.
+            paths = [o.split("=", 1)[1] for o in opts if o.startswith(("lowerdir=", "upperdir=", "workdir="))]
+            dirs = [p for o in paths for p in o.split(":")]
+            cwd = os.path.commonpath(dirs)
+            opts = [_relative(o, cwd) for o in opts]
+            data = ",".join(opts)
+        args = ["mount", "-t", m.type, m.source, str(target)]
+        if m.type == "bind":
+            args = ["mount", "--bind", m.source, str(target)]
+            if "ro" in opts:
+                subprocess.run(args, check=True)
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+                continue
+        else:
+            args += ["-o", data]
+        subprocess.run(args, check=True, cwd=cwd)
+
+
+def _relative(opt: str, base: str) -> str:
+    if not opt.startswith(("lowerdir=", "upperdir=", "workdir=")):
+        return opt
+    k, v = opt.split("=", 1)
+    return f"{k}=" + ":".join(os.path.relpath(p, base) for p in v.split(":"))
+
+
+def umount(target: Path) -> None:
+    subprocess.run(["umount", str(target)], check=True)
