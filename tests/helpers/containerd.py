@@ -1,0 +1,81 @@
+"""Debian's real containerd (1.6) in a private root, with our snapshotter declared as the
+proxy plugin `nydus` (spec A2.1), and `ctr` against it. The CRI plugin is off: these tests
+drive containerd through its own API, as `ctr` does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+CONTAINERD = "/usr/bin/containerd"
+CTR = "/usr/bin/ctr"
+SNAPSHOTTER = "nydus"
+
+
+def require() -> None:
+    for binary in (CONTAINERD, CTR, "/usr/sbin/runc"):
+        if not os.access(binary, os.X_OK):
+            message = f"{binary} is missing (apt-get install containerd runc)"
+            pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+
+
+class Containerd:
+    def __init__(self, workdir: Path, snapshotter_socket: Path) -> None:
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.address = workdir / "containerd.sock"
+        self.log = workdir / "containerd.log"
+        self.config = workdir / "config.toml"
+        self.config.write_text(
+            "\n".join(
+                [
+                    "version = 2",
+                    f'root = "{workdir / "root"}"',
+                    f'state = "{workdir / "state"}"',
+                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+                    "[grpc]",
+                    f'  address = "{self.address}"',
+                    f"[proxy_plugins.{SNAPSHOTTER}]",
+                    '  type = "snapshot"',
+                    f'  address = "{snapshotter_socket}"',
+                    "",
+                ]
+            )
+        )
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> Containerd:
+        require()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [CONTAINERD, "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while subprocess.run([CTR, "-a", str(self.address), "version"], capture_output=True).returncode != 0:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "containerd did not answer within 30 s"
+            time.sleep(0.1)
+        return self
+
+    def ctr(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            [CTR, "-a", str(self.address), "-n", "test", *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check:
+            assert p.returncode == 0, f"ctr {' '.join(args)}: {p.stderr}"
+        return p
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
