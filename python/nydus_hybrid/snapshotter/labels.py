@@ -14,6 +14,8 @@ CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
 CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
 CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
+# buildkit's image reference, used when there is no CRI one.
+STARGZ_REF = "containerd.io/snapshot/remote/stargz.reference"
 NYDUS_DATA_LAYER = oci.ANNOTATION_NYDUS_BLOB
 NYDUS_META_LAYER = oci.ANNOTATION_NYDUS_BOOTSTRAP
 UID_MAPPING = "containerd.io/snapshot/uidmapping"

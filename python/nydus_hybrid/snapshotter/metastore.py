@@ -144,6 +144,16 @@ class MetaStore:
             parent = row[2]
         return ids
 
+    def chain(self, key: str) -> List[Tuple[str, Info]]:
+        """`key`'s ancestors as (id, info), nearest first."""
+        out = []
+        parent = self._need(key)[2]
+        while parent:
+            row = self._need(parent)
+            out.append((str(row[0]), self._info(parent, row)))
+            parent = row[2]
+        return out
+
     def parent_keys(self, key: str) -> List[str]:
         """The keys of `key`'s ancestors, nearest first."""
         keys = []

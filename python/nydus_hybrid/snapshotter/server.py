@@ -17,6 +17,8 @@ from typing import List, Optional
 import grpc
 
 from nydus_hybrid import log
+from nydus_hybrid.manager.manager import Manager
+from nydus_hybrid.snapshotter.remote import RemoteFs
 from nydus_hybrid.snapshotter.service import SnapshotsService
 from nydus_hybrid.snapshotter.snapshot import Snapshotter
 
@@ -36,10 +38,27 @@ def prepare_socket(address: str) -> None:
     os.unlink(address)
 
 
+def remote_fs(a: argparse.Namespace) -> RemoteFs:
+    """The daemon manager under the snapshotter's root (its daemons' mounts land in
+    `<root>/snapshots/<id>/mnt`, nydus-snapshotter's layout), recovered from its store."""
+    mode = {"multiple": "dedicated", "dedicated": "dedicated", "shared": "shared"}[a.daemon_mode]
+    nydusd = a.nydusd.split() if a.nydusd else None
+    manager = Manager(
+        a.root,
+        daemon_mode=mode,
+        recover_policy=a.recover_policy,
+        nydusd=nydusd,
+        fs_driver=a.fs_driver,
+        log_level=a.log_level,
+    )
+    manager.recover()
+    return RemoteFs(manager, os.path.join(a.root, "cache"), a.plain_http_registry)
+
+
 class Server:
-    def __init__(self, root: str, address: str, workers: int = 16) -> None:
+    def __init__(self, root: str, address: str, remote: Optional[RemoteFs] = None, workers: int = 16) -> None:
         self.address = address
-        self.snapshotter = Snapshotter(root)
+        self.snapshotter = Snapshotter(root, remote)
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshots"))
         self.grpc.add_generic_rpc_handlers((SnapshotsService(self.snapshotter).handler(),))
         prepare_socket(address)
@@ -60,13 +79,30 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gRPC unix socket (default {DEFAULT_ADDRESS})")
     p.add_argument("--log-level", default="info", choices=["trace", "debug", "info", "warn", "error"])
+    p.add_argument(
+        "--daemon-mode",
+        default="multiple",
+        choices=["multiple", "dedicated", "shared"],
+        help="one daemon per image (multiple, the default) or one for all (shared)",
+    )
+    p.add_argument("--fs-driver", default="fusedev", choices=["fusedev", "fscache"])
+    p.add_argument("--recover-policy", default="failover", choices=["none", "restart", "failover"])
+    p.add_argument("--nydusd", help="the daemon command (default: python -m nydus_hybrid.daemon)")
+    p.add_argument(
+        "--plain-http-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a registry to reach over http (repeatable)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     a = parse_args(argv)
     log.setup("debug" if a.log_level == "trace" else a.log_level)
-    server = Server(a.root, a.address)
+    os.makedirs(a.root, mode=0o700, exist_ok=True)
+    server = Server(a.root, a.address, remote_fs(a))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

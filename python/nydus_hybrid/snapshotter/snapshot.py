@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from nydus_hybrid.snapshotter import filters, labels
-from nydus_hybrid.snapshotter.errors import AlreadyExists, NotFound
+from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, NotFound
 from nydus_hybrid.snapshotter.metastore import Info, Kind, MetaStore, Snapshot, Usage
+from nydus_hybrid.snapshotter.remote import BOOTSTRAP, RemoteFs, meta_ancestor
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ def disk_usage(path: Path) -> Usage:
 
 
 class Snapshotter:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, remote: Optional[RemoteFs] = None) -> None:
         self.root = Path(root)
+        self.remote = remote
         self.snapshots = self.root / "snapshots"
         self.snapshots.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -64,6 +66,8 @@ class Snapshotter:
 
     def close(self) -> None:
         self.ms.close()
+        if self.remote is not None:
+            self.remote.close()
 
     def upper(self, id_: str) -> Path:
         return self.snapshots / id_ / "fs"
@@ -103,15 +107,32 @@ class Snapshotter:
             except AlreadyExists:
                 pass
             raise AlreadyExists(f"target snapshot {target!r}: already exists (a remote Nydus layer)")
-        return self._mounts(s)
+        if target:
+            return self._native(s)  # any other layer of a pull is unpacked by containerd
+        return self._mounts(key, s)
 
     def view(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]:
-        return self._mounts(self._create(Kind.VIEW, key, parent, lbls))
+        return self._mounts(key, self._create(Kind.VIEW, key, parent, lbls))
 
     def mounts(self, key: str) -> List[Mount]:
-        return self._mounts(self.ms.snapshot(key))
+        return self._mounts(key, self.ms.snapshot(key))
 
-    def _mounts(self, s: Snapshot) -> List[Mount]:
+    def _mounts(self, key: str, s: Snapshot) -> List[Mount]:
+        """Remote mounts over a Nydus image (an ancestor is its meta layer), else native."""
+        meta = meta_ancestor([info for _, info in self.ms.chain(key)]) if self.remote else None
+        if meta is None or self.remote is None:
+            return self._native(s)
+        meta_id = self.ms.info(meta.name)[0]
+        bootstrap = self.upper(meta_id) / BOOTSTRAP
+        if not bootstrap.is_file():
+            raise FailedPrecondition(f"Nydus meta layer {meta.name} holds no {BOOTSTRAP}: was it unpacked?")
+        mountpoint = self.remote.mount(meta_id, str(bootstrap), meta.labels)
+        if s.kind == Kind.VIEW:
+            return [Mount("overlay", "overlay", (f"lowerdir={mountpoint}:{self.upper(s.id)}",))]
+        opts = (f"workdir={self.work(s.id)}", f"upperdir={self.upper(s.id)}", f"lowerdir={mountpoint}")
+        return [Mount("overlay", "overlay", opts)]
+
+    def _native(self, s: Snapshot) -> List[Mount]:
         """containerd's overlay snapshotter's mount shapes (A9.4, native)."""
         if not s.parent_ids:
             ro = "ro" if s.kind == Kind.VIEW else "rw"
@@ -134,7 +155,10 @@ class Snapshotter:
 
     def remove(self, key: str) -> None:
         with self.ms.transaction():
+            info = self.ms.info(key)[1]
             id_, _ = self.ms.remove(key)
+            if self.remote is not None and labels.is_nydus_meta_layer(info.labels):
+                self.remote.umount(id_)  # its mount lives in the directory about to go
             # Renamed away inside the transaction, removed after it: a failure leaves the
             # record, and a crash leaves only an orphan that Cleanup removes.
             doomed = self.snapshots / f"rm-{id_}"

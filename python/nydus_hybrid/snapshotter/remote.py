@@ -1,0 +1,88 @@
+"""Nydus images under the snapshotter (spec A8, A9.2 "remote"): a container's snapshot over
+a Nydus image reads the image through a RAFS instance of the image's meta layer (the
+bootstrap layer, which containerd unpacked as `image/image.boot`), mounted through the daemon
+manager and read lazily from the registry the image reference names.
+
+The instance is keyed by the meta layer's snapshot id, so every container of one image
+shares it; it goes when the meta layer is removed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional, Sequence
+
+from nydus_hybrid.convert.reference import parse_registry
+from nydus_hybrid.errors import InvalidArgumentError
+from nydus_hybrid.manager.errors import ManagerError
+from nydus_hybrid.manager.manager import Manager
+from nydus_hybrid.snapshotter import labels
+from nydus_hybrid.snapshotter.errors import FailedPrecondition, Unavailable
+
+BOOTSTRAP = "image/image.boot"  # where the bootstrap layer puts it inside its snapshot
+
+
+class RemoteFs:
+    def __init__(self, manager: Manager, cache_dir: str, plain_http: Sequence[str] = ()) -> None:
+        self.manager = manager
+        self.cache_dir = cache_dir
+        self.plain_http = set(plain_http)
+
+    def daemon_config(self, lbls: Dict[str, str]) -> Dict[str, Any]:
+        """The nydusd (v1) config of an image's instance: a registry backend for the
+        image reference's host and repository, and the shared blob cache. Credentials are
+        the registry backend's own (docker's config.json, `IMAGE_PULL_AUTH`)."""
+        ref_text = lbls.get(labels.CRI_IMAGE_REF) or lbls.get(labels.STARGZ_REF)
+        if not ref_text:
+            raise FailedPrecondition(
+                f"the Nydus meta layer has no image reference ({labels.CRI_IMAGE_REF}); pull it with the CRI labels"
+            )
+        try:
+            ref = parse_registry(ref_text)
+        except InvalidArgumentError as e:
+            raise FailedPrecondition(f"{labels.CRI_IMAGE_REF}: {e}") from None
+        backend = {
+            "scheme": "http" if ref.api_host in self.plain_http else "https",
+            "host": ref.api_host,
+            "repo": ref.repo,
+            "timeout": 30,
+            "connect_timeout": 10,
+            "retry_limit": 2,
+        }
+        return {
+            "device": {
+                "backend": {"type": "registry", "config": backend},
+                "cache": {"type": "blobcache", "config": {"work_dir": self.cache_dir}},
+            },
+            "mode": "direct",
+            "digest_validate": False,
+            "enable_xattr": True,
+            "iostats_files": False,
+            "fs_prefetch": {"enable": True, "threads_count": 4, "prefetch_all": False},
+        }
+
+    def mount(self, meta_id: str, bootstrap: str, lbls: Dict[str, str]) -> str:
+        """The instance's mountpoint, mounting it first if needed (idempotent)."""
+        config = self.daemon_config(lbls)
+        try:
+            rec = self.manager.mount(
+                meta_id, lbls.get(labels.CRI_MANIFEST_DIGEST, meta_id), bootstrap, json.dumps(config)
+            )
+        except ManagerError as e:
+            raise Unavailable(f"mounting the Nydus image of snapshot {meta_id}: {e}") from None
+        mountpoint: str = rec["mountpoint"]
+        return mountpoint
+
+    def umount(self, meta_id: str) -> None:
+        if meta_id in self.manager.instances:
+            try:
+                self.manager.umount(meta_id)
+            except ManagerError as e:
+                raise Unavailable(f"unmounting the Nydus image of snapshot {meta_id}: {e}") from None
+
+    def close(self) -> None:
+        self.manager.close(stop_daemons=False)
+
+
+def meta_ancestor(chain: Sequence[Any]) -> Optional[Any]:
+    """The nearest snapshot in `chain` (infos, nearest first) that is a Nydus meta layer."""
+    return next((i for i in chain if labels.is_nydus_meta_layer(i.labels)), None)

@@ -1,0 +1,119 @@
+"""A Nydus image through our snapshotter, driven over gRPC exactly as containerd's unpacker
+and runtime drive it (spec A2.3, A9.2): every data layer's Prepare, labelled with
+`snapshot.ref` and `nydus-blob`, answers ALREADY_EXISTS and is committed without a byte
+downloaded; the bootstrap layer is unpacked into its snapshot; the container's Prepare over
+it mounts the image through the daemon manager (our daemon, from the real registry) and
+returns an overlay on that mount. The rootfs is the OCI image's, the registry saw only
+ranged reads of the data blobs, and removing the meta layer unmounts the image."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nydus_hybrid import treecmp
+from nydus_hybrid.convert.convert import ConvertOptions, convert
+from nydus_hybrid.convert.store import open_source, open_target
+from tests.helpers.layers import flatten, tar_dir, write_layout
+from tests.helpers.mounts import is_mounted
+from tests.helpers.snapshots import SnapshotterProcess, mount_all, umount
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+
+REF = "containerd.io/snapshot.ref"
+
+
+def small_layers(tmp: Path):
+    base, top = tmp / "base", tmp / "top"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc/os").write_bytes(b"nydus-hybrid test\n")
+    (base / "bin").mkdir()
+    (base / "bin/data").write_bytes(os.urandom(2 << 20))
+    (base / "gone").write_bytes(b"removed above\n")
+    (top / "etc").mkdir(parents=True)
+    (top / ".wh.gone").write_bytes(b"")
+    (top / "etc/app.conf").write_bytes(b"answer = 42\n")
+    return [tar_dir(base, tmp / "base.tar"), tar_dir(top, tmp / "top.tar")]
+
+
+def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
+    tars = small_layers(tmp_path)
+    write_layout(tmp_path / "oci", tars, ["gzip", "gzip"])
+    image = f"{registry.host}/app:nydus"
+    convert(open_source(f"oci:{tmp_path / 'oci'}"), open_target(image, plain_http=True), ConvertOptions())
+    m = json.loads(open_source(image, plain_http=True).root()[1])
+    rootfs = tmp_path / "rootfs"
+    flatten(tars, rootfs)
+
+    snap = SnapshotterProcess(tmp_path / "snroot", extra=["--plain-http-registry", registry.host]).start()
+    c = snap.client()
+    start = len(registry.request_log())
+    try:
+        cri = {"containerd.io/snapshot/cri.image-ref": image}
+        parent = ""
+        for i, d in enumerate(m["layers"][:-1]):
+            labels = {
+                **cri,
+                REF: f"sha256:chain{i}",
+                **d["annotations"],
+                "containerd.io/snapshot/cri.layer-digest": d["digest"],
+            }
+            labels = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot")}
+            with pytest.raises(grpc.RpcError) as e:
+                c.prepare(f"extract-{i}", parent, labels)
+            assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert c.stat(f"sha256:chain{i}").kind == 3
+            parent = f"sha256:chain{i}"
+        data = [d["digest"] for d in m["layers"][:-1]]
+        pulled = [p for meth, p, _ in registry.request_log()[start:] if meth == "GET" and any(x in p for x in data)]
+        assert pulled == [], "no data blob was downloaded during the pull"
+
+        # The bootstrap layer: containerd mounts what Prepare returns and applies the tar.
+        boot = m["layers"][-1]
+        labels = {**cri, REF: "sha256:chain-meta", **boot["annotations"]}
+        labels = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot")}
+        target = tmp_path / "unpack"
+        target.mkdir()
+        mount_all(c.prepare("extract-meta", parent, labels), target)
+        try:
+            layer = open_source(image, plain_http=True).layer(boot, tmp_path)[0]
+            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.read_bytes()))) as t:
+                t.extractall(target, filter="data")
+        finally:
+            umount(target)
+        c.commit("sha256:chain-meta", "extract-meta", labels)
+
+        # The container.
+        (mount,) = c.prepare("container-1", "sha256:chain-meta")
+        lower = next(o for o in mount.options if o.startswith("lowerdir="))[len("lowerdir=") :]
+        assert mount.type == "overlay" and lower.startswith(str(snap.root / "snapshots"))
+        assert is_mounted(lower), "the image's RAFS instance serves the lower dir"
+        before = len(registry.request_log())
+        ctr_root = tmp_path / "ctr"
+        ctr_root.mkdir()
+        mount_all([mount], ctr_root)
+        try:
+            diff = treecmp.compare(str(rootfs), str(ctr_root))
+            assert diff.differences == [] and diff.entries >= 6, diff.differences[:10]
+            (ctr_root / "written").write_bytes(b"by the container\n")
+        finally:
+            umount(ctr_root)
+        time.sleep(0.2)  # the access log line follows its response
+        gets = [(p, s) for meth, p, s in registry.request_log()[before:] if meth == "GET" and "/blobs/" in p]
+        assert gets and all(s == 206 for _, s in gets), gets
+        # Mounts says the same again; the upper dir kept the container's write.
+        assert [tuple(x.options) for x in c.mounts("container-1")] == [tuple(mount.options)]
+        c.remove("container-1")
+        c.remove("sha256:chain-meta")
+        assert not is_mounted(lower), "removing the meta layer unmounts the image"
+    finally:
+        c.close()
+        snap.stop()
