@@ -399,11 +399,6 @@ def test_credentials_from_docker_config_and_a_refused_password(tmp_path, make_re
     assert not tag_exists(private, "debian", "bad", good)
 
 
-def registry_blob(reg: servers.Registry, digest: str) -> Path:
-    hexd = digest[7:]
-    return reg.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
-
-
 @pytest.fixture
 def copy_of_debian(debian, make_registry):
     """A registry of its own holding `debian:oci`, free to damage, and its manifest."""
@@ -424,7 +419,7 @@ def run_fails(reg: servers.Registry, source: str, why: str) -> str:
 
 def test_a_layer_whose_bytes_do_not_match_its_digest(copy_of_debian):
     reg, m = copy_of_debian
-    victim = registry_blob(reg, m["layers"][2]["digest"])
+    victim = reg.blob_path(m["layers"][2]["digest"])
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -433,7 +428,7 @@ def test_a_layer_whose_bytes_do_not_match_its_digest(copy_of_debian):
 
 def test_a_missing_blob(copy_of_debian):
     reg, m = copy_of_debian
-    shutil.rmtree(registry_blob(reg, m["layers"][1]["digest"]).parent)
+    shutil.rmtree(reg.blob_path(m["layers"][1]["digest"]).parent)
     run_fails(reg, f"{reg.host}/debian:oci", m["layers"][1]["digest"])
 
 

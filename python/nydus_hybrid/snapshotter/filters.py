@@ -70,22 +70,14 @@ class _Scanner:
     def peek(self, s: str) -> bool:
         return self.text.startswith(s, self.pos)
 
-    def field(self) -> str:
+    def token(self, bare: re.Pattern[str], what: str) -> str:
+        """A quoted string, or a bare token matching `bare`."""
         m = self.take(_STRING)
         if m:
             return _unquote(m.group(1))
-        m = self.take(_NAME)
+        m = self.take(bare)
         if not m:
-            raise self.fail("expected a field name")
-        return m.group(0)
-
-    def value(self) -> str:
-        m = self.take(_STRING)
-        if m:
-            return _unquote(m.group(1))
-        m = self.take(_BARE)
-        if not m:
-            raise self.fail("expected a value")
+            raise self.fail(f"expected {what}")
         return m.group(0)
 
 
@@ -96,17 +88,17 @@ def parse(text: str) -> Filter:
     out: Filter = []
     while True:
         s.skip_space()
-        path = [s.field()]
+        path = [s.token(_NAME, "a field name")]
         while s.peek("."):
             s.pos += 1
-            path.append(s.field())
+            path.append(s.token(_NAME, "a field name"))
         s.skip_space()
         op = next((o for o in ("==", "!=", "~=") if s.peek(o)), None)
         value, regex = "", None
         if op:
             s.pos += 2
             s.skip_space()
-            value = s.value()
+            value = s.token(_BARE, "a value")
             if op == "~=":
                 try:
                     regex = re.compile(value)
