@@ -117,3 +117,34 @@ def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
     finally:
         c.close()
         snap.stop()
+
+
+def test_a_corrupt_bootstrap_or_a_missing_image_reference_fails_cleanly(tmp_path, registry):
+    """The container's Prepare gets a clear status and leaves no snapshot and no mount."""
+    snap = SnapshotterProcess(tmp_path / "snroot", extra=["--plain-http-registry", registry.host]).start()
+    c = snap.client()
+    try:
+        for name, labels, boot in [
+            ("corrupt", {"containerd.io/snapshot/cri.image-ref": f"{registry.host}/x:1"}, os.urandom(8192)),
+            ("no-ref", {}, b""),
+        ]:
+            meta = {REF: f"sha256:{name}", "containerd.io/snapshot/nydus-bootstrap": "true", **labels}
+            target = tmp_path / f"unpack-{name}"
+            target.mkdir()
+            mount_all(c.prepare(f"extract-{name}", "", meta), target)
+            (target / "image").mkdir()
+            (target / "image/image.boot").write_bytes(boot)
+            umount(target)
+            c.commit(f"sha256:{name}", f"extract-{name}", meta)
+            with pytest.raises(grpc.RpcError) as e:
+                c.prepare(f"container-{name}", f"sha256:{name}")
+            want = grpc.StatusCode.UNAVAILABLE if name == "corrupt" else grpc.StatusCode.FAILED_PRECONDITION
+            assert e.value.code() == want, e.value.details()
+            with pytest.raises(grpc.RpcError) as e:
+                c.stat(f"container-{name}")
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND, "the failed Prepare left no snapshot"
+        assert sorted(i.name for i in c.list()) == ["sha256:corrupt", "sha256:no-ref"]
+        assert len(os.listdir(snap.root / "snapshots")) == 2
+    finally:
+        c.close()
+        snap.stop()

@@ -109,10 +109,19 @@ class Snapshotter:
             raise AlreadyExists(f"target snapshot {target!r}: already exists (a remote Nydus layer)")
         if target:
             return self._native(s)  # any other layer of a pull is unpacked by containerd
-        return self._mounts(key, s)
+        return self._mounts_or_undo(key, s)
 
     def view(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]:
-        return self._mounts(key, self._create(Kind.VIEW, key, parent, lbls))
+        return self._mounts_or_undo(key, self._create(Kind.VIEW, key, parent, lbls))
+
+    def _mounts_or_undo(self, key: str, s: Snapshot) -> List[Mount]:
+        """The new snapshot's mounts; if they cannot be made (the image does not mount),
+        the snapshot goes again, so a failed call leaves nothing behind."""
+        try:
+            return self._mounts(key, s)
+        except BaseException:
+            self.remove(key)
+            raise
 
     def mounts(self, key: str) -> List[Mount]:
         return self._mounts(key, self.ms.snapshot(key))
