@@ -6,6 +6,7 @@ accepting, lets calls in flight finish, and closes the metastore."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import stat
@@ -18,12 +19,10 @@ import grpc
 
 from nydus_hybrid import log
 from nydus_hybrid.manager.manager import Manager
+from nydus_hybrid.snapshotter.config import DAEMON_MODES, ConfigError, SnapshotterConfig, load
 from nydus_hybrid.snapshotter.remote import RemoteFs
 from nydus_hybrid.snapshotter.service import SnapshotsService
 from nydus_hybrid.snapshotter.snapshot import Snapshotter
-
-DEFAULT_ROOT = "/var/lib/containerd-nydus"
-DEFAULT_ADDRESS = "/run/containerd-nydus/containerd-nydus-grpc.sock"
 
 
 def prepare_socket(address: str) -> None:
@@ -38,21 +37,21 @@ def prepare_socket(address: str) -> None:
     os.unlink(address)
 
 
-def remote_fs(a: argparse.Namespace) -> RemoteFs:
+def remote_fs(cfg: SnapshotterConfig) -> RemoteFs:
     """The daemon manager under the snapshotter's root (its daemons' mounts land in
     `<root>/snapshots/<id>/mnt`, nydus-snapshotter's layout), recovered from its store."""
-    mode = {"multiple": "dedicated", "dedicated": "dedicated", "shared": "shared"}[a.daemon_mode]
-    nydusd = a.nydusd.split() if a.nydusd else None
     manager = Manager(
-        a.root,
-        daemon_mode=mode,
-        recover_policy=a.recover_policy,
-        nydusd=nydusd,
-        fs_driver=a.fs_driver,
-        log_level=a.log_level,
+        cfg.root,
+        daemon_mode=cfg.manager_mode,
+        recover_policy=cfg.recover_policy,
+        nydusd=cfg.nydusd_path.split() or None,
+        fs_driver=cfg.fs_driver,
+        failover_policy=cfg.failover_policy,
+        thread_num=cfg.threads_number or 4,
+        log_level=cfg.log_level,
     )
     manager.recover()
-    return RemoteFs(manager, os.path.join(a.root, "cache"), a.plain_http_registry)
+    return RemoteFs(manager, cfg.effective_cache_dir(), cfg.plain_http_registries)
 
 
 class Server:
@@ -74,19 +73,16 @@ class Server:
         self.snapshotter.close()
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> SnapshotterConfig:
+    """nydus-snapshotter's flags over its TOML file (`--config`) over the defaults."""
     p = argparse.ArgumentParser(prog="nydus-hybrid snapshotter", description="containerd remote snapshotter")
-    p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
-    p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gRPC unix socket (default {DEFAULT_ADDRESS})")
-    p.add_argument("--log-level", default="info", choices=["trace", "debug", "info", "warn", "error"])
-    p.add_argument(
-        "--daemon-mode",
-        default="multiple",
-        choices=["multiple", "dedicated", "shared"],
-        help="one daemon per image (multiple, the default) or one for all (shared)",
-    )
-    p.add_argument("--fs-driver", default="fusedev", choices=["fusedev", "fscache"])
-    p.add_argument("--recover-policy", default="failover", choices=["none", "restart", "failover"])
+    p.add_argument("--config", help="nydus-snapshotter's TOML configuration (version = 1)")
+    p.add_argument("--root", help="state directory")
+    p.add_argument("--address", help="gRPC unix socket")
+    p.add_argument("--log-level", choices=["trace", "debug", "info", "warn", "error"])
+    p.add_argument("--daemon-mode", choices=sorted(DAEMON_MODES), help="multiple (one daemon per image) or shared")
+    p.add_argument("--fs-driver", choices=["fusedev", "fscache"])
+    p.add_argument("--recover-policy", choices=["none", "restart", "failover"])
     p.add_argument("--nydusd", help="the daemon command (default: python -m nydus_hybrid.daemon)")
     p.add_argument(
         "--plain-http-registry",
@@ -95,14 +91,30 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         metavar="HOST[:PORT]",
         help="a registry to reach over http (repeatable)",
     )
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    try:
+        cfg = load(a.config)
+        overrides = {
+            "root": a.root,
+            "address": a.address,
+            "log_level": a.log_level,
+            "daemon_mode": a.daemon_mode,
+            "fs_driver": a.fs_driver,
+            "recover_policy": a.recover_policy,
+            "nydusd_path": a.nydusd,
+        }
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        cfg.plain_http_registries = [*cfg.plain_http_registries, *a.plain_http_registry]
+        return cfg.validate()
+    except ConfigError as e:
+        p.exit(2, f"nydus-hybrid snapshotter: config error: {e}\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    a = parse_args(argv)
-    log.setup("debug" if a.log_level == "trace" else a.log_level)
-    os.makedirs(a.root, mode=0o700, exist_ok=True)
-    server = Server(a.root, a.address, remote_fs(a))
+    cfg = parse_args(argv)
+    log.setup("debug" if cfg.log_level == "trace" else cfg.log_level)
+    os.makedirs(cfg.root, mode=0o700, exist_ok=True)
+    server = Server(cfg.root, cfg.address, remote_fs(cfg))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

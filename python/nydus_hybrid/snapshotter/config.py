@@ -1,0 +1,113 @@
+"""nydus-snapshotter's TOML configuration (spec A3), the part this snapshotter acts on:
+`version` (must be 1), `root` (at most 70 bytes, so daemon socket paths under it fit), `address`,
+`daemon_mode`, `[daemon]` (`nydusd_path`, `fs_driver`, `recover_policy`,
+`failover_policy`, `threads_number`), `[log]` (`level`, `log_to_stdout`), `[cache_manager]`
+(`cache_dir`), `[remote]` (`skip_ssl_verify`, and our `plain_http_registries`). Command-line
+flags override the file. A bad value is one error naming its key."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.9 and 3.10
+    import tomli as tomllib
+
+DEFAULT_ROOT = "/var/lib/containerd/io.containerd.snapshotter.v1.nydus"
+DEFAULT_ADDRESS = "/run/containerd-nydus/containerd-nydus-grpc.sock"
+MAX_ROOT = 70
+DAEMON_MODES = {"multiple": "dedicated", "dedicated": "dedicated", "shared": "shared"}
+FS_DRIVERS = ("fusedev", "fscache")
+NOT_BUILT = ("blockdev", "proxy", "nodev")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SnapshotterConfig:
+    root: str = DEFAULT_ROOT
+    address: str = DEFAULT_ADDRESS
+    daemon_mode: str = "multiple"
+    nydusd_path: str = ""  # empty: our daemon (python -m nydus_hybrid.daemon)
+    fs_driver: str = "fusedev"
+    recover_policy: str = "restart"
+    failover_policy: str = "resend"
+    threads_number: int = 0
+    log_level: str = "info"
+    log_to_stdout: bool = False
+    cache_dir: str = ""  # empty: <root>/cache
+    skip_ssl_verify: bool = False
+    plain_http_registries: List[str] = field(default_factory=list)
+
+    @property
+    def manager_mode(self) -> str:
+        return DAEMON_MODES[self.daemon_mode]
+
+    def effective_cache_dir(self) -> str:
+        return self.cache_dir or f"{self.root.rstrip('/')}/cache"
+
+    def validate(self) -> SnapshotterConfig:
+        if len(self.root.encode()) > MAX_ROOT:
+            raise ConfigError(f"root: {self.root!r} is longer than {MAX_ROOT} bytes (daemon sockets live under it)")
+        if self.daemon_mode not in DAEMON_MODES:
+            raise ConfigError(f"daemon_mode: {self.daemon_mode!r}: expected one of {', '.join(DAEMON_MODES)}")
+        if self.fs_driver in NOT_BUILT:
+            raise ConfigError(f"daemon.fs_driver: {self.fs_driver!r} is not supported here (fusedev, fscache)")
+        if self.fs_driver not in FS_DRIVERS:
+            raise ConfigError(f"daemon.fs_driver: {self.fs_driver!r}: expected one of {', '.join(FS_DRIVERS)}")
+        if self.recover_policy not in ("none", "restart", "failover"):
+            raise ConfigError(f"daemon.recover_policy: {self.recover_policy!r}: expected none, restart or failover")
+        if self.failover_policy not in ("none", "resend", "flush"):
+            raise ConfigError(f"daemon.failover_policy: {self.failover_policy!r}: expected none, resend or flush")
+        if not 0 <= self.threads_number <= 1024:
+            raise ConfigError(f"daemon.threads_number: {self.threads_number} is not between 0 and 1024")
+        return self
+
+
+def _get(doc: Dict[str, Any], path: str, kind: type, default: Any) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    if (kind is int and isinstance(node, bool)) or not isinstance(node, kind):
+        raise ConfigError(f"{path}: expected a {kind.__name__}, got {node!r}")
+    return node
+
+
+def load(path: Optional[str]) -> SnapshotterConfig:
+    """The configuration in `path` (defaults for what it leaves out; all defaults with no
+    file)."""
+    if path is None:
+        return SnapshotterConfig()
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not TOML ({e})") from None
+    version = _get(doc, "version", int, 1)
+    if version != 1:
+        raise ConfigError(f"version: {version}: this configuration format is version 1")
+    d = SnapshotterConfig()
+    return SnapshotterConfig(
+        root=_get(doc, "root", str, d.root),
+        address=_get(doc, "address", str, d.address),
+        daemon_mode=_get(doc, "daemon_mode", str, d.daemon_mode),
+        nydusd_path=_get(doc, "daemon.nydusd_path", str, d.nydusd_path),
+        fs_driver=_get(doc, "daemon.fs_driver", str, d.fs_driver),
+        recover_policy=_get(doc, "daemon.recover_policy", str, d.recover_policy),
+        failover_policy=_get(doc, "daemon.failover_policy", str, d.failover_policy),
+        threads_number=_get(doc, "daemon.threads_number", int, d.threads_number),
+        log_level=_get(doc, "log.level", str, d.log_level),
+        log_to_stdout=_get(doc, "log.log_to_stdout", bool, d.log_to_stdout),
+        cache_dir=_get(doc, "cache_manager.cache_dir", str, d.cache_dir),
+        skip_ssl_verify=_get(doc, "remote.skip_ssl_verify", bool, d.skip_ssl_verify),
+        plain_http_registries=list(_get(doc, "remote.plain_http_registries", list, [])),
+    ).validate()
