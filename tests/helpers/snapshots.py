@@ -111,6 +111,13 @@ class SnapshotterProcess:
             assert time.monotonic() < deadline, "the snapshotter did not answer within 30 s"
             time.sleep(0.05)
 
+    def kill(self) -> None:
+        """SIGKILL: what a crash leaves (the daemons it started keep serving)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc = None
+
     def stop(self) -> int:
         if self.proc is None:
             return 0

@@ -104,13 +104,24 @@ def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
             diff = treecmp.compare(str(rootfs), str(ctr_root))
             assert diff.differences == [] and diff.entries >= 6, diff.differences[:10]
             (ctr_root / "written").write_bytes(b"by the container\n")
+            # Killing the snapshotter leaves the image's daemon serving (A10, A13); the
+            # restarted snapshotter finds its snapshots and the mounted instance again.
+            c.close()
+            snap.kill()
+            snap.start()
+            c = snap.client()
+            assert (ctr_root / "etc/app.conf").read_bytes() == (rootfs / "etc/app.conf").read_bytes()
+            assert is_mounted(lower)
         finally:
             umount(ctr_root)
         time.sleep(0.2)  # the access log line follows its response
         gets = [(p, s) for meth, p, s in registry.request_log()[before:] if meth == "GET" and "/blobs/" in p]
         assert gets and all(s == 206 for _, s in gets), gets
-        # Mounts says the same again; the upper dir kept the container's write.
+        # Mounts says the same again, after the restart too.
         assert [tuple(x.options) for x in c.mounts("container-1")] == [tuple(mount.options)]
+        # Usage of the base data layer counts what the blob cache holds of its blob (the
+        # 2 MiB file was read whole above).
+        assert c.usage("sha256:chain0").size >= 2 << 20
         c.remove("container-1")
         c.remove("sha256:chain-meta")
         assert not is_mounted(lower), "removing the meta layer unmounts the image"

@@ -9,7 +9,8 @@ shares it; it goes when the meta layer is removed."""
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional, Sequence
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.errors import InvalidArgumentError
@@ -78,6 +79,21 @@ class RemoteFs:
                 self.manager.umount(meta_id)
             except ManagerError as e:
                 raise Unavailable(f"unmounting the Nydus image of snapshot {meta_id}: {e}") from None
+
+    def cache_usage(self, blob_id: str) -> Tuple[int, int]:
+        """Bytes allocated and files in the blob cache for one blob (its data, chunk map
+        and meta files)."""
+        size = files = 0
+        try:
+            entries = os.scandir(self.cache_dir)
+        except FileNotFoundError:
+            return 0, 0
+        with entries:
+            for e in entries:
+                if e.name.startswith(blob_id) and e.is_file(follow_symlinks=False):
+                    size += e.stat(follow_symlinks=False).st_blocks * 512
+                    files += 1
+        return size, files
 
     def close(self) -> None:
         self.manager.close(stop_daemons=False)

@@ -185,9 +185,15 @@ class Snapshotter:
             return self.ms.update(info, paths)
 
     def usage(self, key: str) -> Usage:
+        """An active snapshot's upper dir; a committed one's stored usage, plus, for a Nydus
+        data layer, what the blob cache holds of its blob (A9.8)."""
         id_, info, usage = self.ms.info(key)
         if info.kind == Kind.ACTIVE:
             return disk_usage(self.upper(id_))
+        digest = info.labels.get(labels.CRI_LAYER_DIGEST, "")
+        if self.remote is not None and labels.is_nydus_data_layer(info.labels) and digest.startswith("sha256:"):
+            size, files = self.remote.cache_usage(digest[len("sha256:") :])
+            return Usage(usage.size + size, usage.inodes + files)
         return usage
 
     def walk(self, exprs: Sequence[str]) -> Iterator[Info]:
