@@ -10,6 +10,7 @@ chdir trick for overlay options longer than a page)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,6 +129,28 @@ class SnapshotterProcess:
 
     def client(self) -> SnapshotsClient:
         return SnapshotsClient(str(self.address))
+
+    def reap_daemons(self) -> None:
+        """Kill the daemons started under this root and lazily unmount what they served
+        (daemons outlive the snapshotter by design; a failed test must not leave them)."""
+        root = str(self.root)
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"nydus_hybrid.daemon" in argv and any(a.startswith(root.encode()) for a in argv):
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        with open("/proc/self/mounts") as f:
+            mounted = [line.split()[1] for line in f]
+        for m in reversed(mounted):
+            if m.startswith(root):
+                subprocess.run(["umount", "-l", m], capture_output=True)
 
 
 def mount_all(mounts: Sequence[Any], target: Path) -> None:

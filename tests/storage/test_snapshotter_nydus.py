@@ -12,9 +12,12 @@ import gzip
 import io
 import json
 import os
+import signal
 import tarfile
+import threading
 import time
 from pathlib import Path
+from typing import List
 
 import grpc
 import pytest
@@ -22,6 +25,7 @@ import pytest
 from nydus_hybrid import treecmp
 from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.store import open_source, open_target
+from nydus_hybrid.manager.store import Store
 from tests.helpers.layers import flatten, tar_dir, write_layout
 from tests.helpers.mounts import is_mounted
 from tests.helpers.snapshots import SnapshotterProcess, mount_all, umount
@@ -44,7 +48,48 @@ def small_layers(tmp: Path):
     return [tar_dir(base, tmp / "base.tar"), tar_dir(top, tmp / "top.tar")]
 
 
-def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
+def pull(c, registry, image: str, m, tmp_path: Path) -> str:
+    """What containerd's unpacker does for the image `m` at `image`, with the CRI labels:
+    data layers answered ALREADY_EXISTS (checked: none is downloaded), the bootstrap layer
+    unpacked. Returns the meta layer's chain id."""
+    start = len(registry.request_log())
+    cri = {"containerd.io/snapshot/cri.image-ref": image}
+    parent = ""
+    for i, d in enumerate(m["layers"][:-1]):
+        labels = {
+            **cri,
+            REF: f"sha256:chain{i}",
+            **d["annotations"],
+            "containerd.io/snapshot/cri.layer-digest": d["digest"],
+        }
+        labels = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot")}
+        with pytest.raises(grpc.RpcError) as e:
+            c.prepare(f"extract-{i}", parent, labels)
+        assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert c.stat(f"sha256:chain{i}").kind == 3
+        parent = f"sha256:chain{i}"
+    data = [d["digest"] for d in m["layers"][:-1]]
+    pulled = [p for meth, p, _ in registry.request_log()[start:] if meth == "GET" and any(x in p for x in data)]
+    assert pulled == [], "no data blob was downloaded during the pull"
+    # The bootstrap layer: containerd mounts what Prepare returns and applies the tar.
+    boot = m["layers"][-1]
+    labels = {**cri, REF: "sha256:chain-meta", **boot["annotations"]}
+    labels = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot")}
+    target = tmp_path / "unpack"
+    target.mkdir()
+    mount_all(c.prepare("extract-meta", parent, labels), target)
+    try:
+        layer = open_source(image, plain_http=True).layer(boot, tmp_path)[0]
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.read_bytes()))) as t:
+            t.extractall(target, filter="data")
+    finally:
+        umount(target)
+    c.commit("sha256:chain-meta", "extract-meta", labels)
+    return "sha256:chain-meta"
+
+
+def converted(tmp_path: Path, registry):
+    """The small image converted into the registry: (reference, Nydus manifest, rootfs)."""
     tars = small_layers(tmp_path)
     write_layout(tmp_path / "oci", tars, ["gzip", "gzip"])
     image = f"{registry.host}/app:nydus"
@@ -52,45 +97,15 @@ def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
     m = json.loads(open_source(image, plain_http=True).root()[1])
     rootfs = tmp_path / "rootfs"
     flatten(tars, rootfs)
+    return image, m, rootfs
 
+
+def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
+    image, m, rootfs = converted(tmp_path, registry)
     snap = SnapshotterProcess(tmp_path / "snroot", extra=["--plain-http-registry", registry.host]).start()
     c = snap.client()
-    start = len(registry.request_log())
     try:
-        cri = {"containerd.io/snapshot/cri.image-ref": image}
-        parent = ""
-        for i, d in enumerate(m["layers"][:-1]):
-            labels = {
-                **cri,
-                REF: f"sha256:chain{i}",
-                **d["annotations"],
-                "containerd.io/snapshot/cri.layer-digest": d["digest"],
-            }
-            labels = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot")}
-            with pytest.raises(grpc.RpcError) as e:
-                c.prepare(f"extract-{i}", parent, labels)
-            assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
-            assert c.stat(f"sha256:chain{i}").kind == 3
-            parent = f"sha256:chain{i}"
-        data = [d["digest"] for d in m["layers"][:-1]]
-        pulled = [p for meth, p, _ in registry.request_log()[start:] if meth == "GET" and any(x in p for x in data)]
-        assert pulled == [], "no data blob was downloaded during the pull"
-
-        # The bootstrap layer: containerd mounts what Prepare returns and applies the tar.
-        boot = m["layers"][-1]
-        labels = {**cri, REF: "sha256:chain-meta", **boot["annotations"]}
-        labels = {k: v for k, v in labels.items() if k.startswith("containerd.io/snapshot")}
-        target = tmp_path / "unpack"
-        target.mkdir()
-        mount_all(c.prepare("extract-meta", parent, labels), target)
-        try:
-            layer = open_source(image, plain_http=True).layer(boot, tmp_path)[0]
-            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.read_bytes()))) as t:
-                t.extractall(target, filter="data")
-        finally:
-            umount(target)
-        c.commit("sha256:chain-meta", "extract-meta", labels)
-
+        pull(c, registry, image, m, tmp_path)
         # The container.
         (mount,) = c.prepare("container-1", "sha256:chain-meta")
         lower = next(o for o in mount.options if o.startswith("lowerdir="))[len("lowerdir=") :]
@@ -128,6 +143,7 @@ def test_a_nydus_image_mounts_lazily_under_the_snapshotter(tmp_path, registry):
     finally:
         c.close()
         snap.stop()
+        snap.reap_daemons()
 
 
 def test_a_corrupt_bootstrap_or_a_missing_image_reference_fails_cleanly(tmp_path, registry):
@@ -159,3 +175,73 @@ def test_a_corrupt_bootstrap_or_a_missing_image_reference_fails_cleanly(tmp_path
     finally:
         c.close()
         snap.stop()
+        snap.reap_daemons()
+
+
+def daemon_pids(root: Path) -> List[int]:
+    """The pids of the daemons the snapshotter's manager keeps (its store, read directly)."""
+    store = Store(str(root / "nydus.db"))
+    try:
+        return [int(d["pid"]) for d in store.daemons()]
+    finally:
+        store.close()
+
+
+def test_a_killed_daemon_fails_over_under_a_reading_container(tmp_path, registry):
+    """A13's failover scenario: the image's daemon is killed (-9) twice while a container
+    reads every file in a loop (caches dropped each pass, so reads reach FUSE); with the
+    failover policy no read fails and every byte is right."""
+    image, m, rootfs = converted(tmp_path, registry)
+    extra = ["--plain-http-registry", registry.host, "--recover-policy", "failover"]
+    snap = SnapshotterProcess(tmp_path / "snroot", extra=extra).start()
+    c = snap.client()
+    try:
+        meta = pull(c, registry, image, m, tmp_path)
+        (mount,) = c.prepare("container-1", meta)
+        ctr_root = tmp_path / "ctr"
+        ctr_root.mkdir()
+        mount_all([mount], ctr_root)
+        want = {p.relative_to(rootfs): p.read_bytes() for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink()}
+        errors: List[str] = []
+        passes = [0]
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                Path("/proc/sys/vm/drop_caches").write_text("3")
+                for rel, data in want.items():
+                    try:
+                        if (ctr_root / rel).read_bytes() != data:
+                            errors.append(f"{rel}: wrong bytes")
+                    except OSError as e:
+                        errors.append(f"{rel}: {e}")
+                passes[0] += 1
+
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            for _ in range(2):
+                pids = daemon_pids(snap.root)
+                assert len(pids) == 1
+                os.kill(pids[0], signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while daemon_pids(snap.root) in ([pids[0]], []):
+                    assert time.monotonic() < deadline, "no successor took over"
+                    time.sleep(0.1)
+                before = passes[0]
+                while passes[0] < before + 2:
+                    assert time.monotonic() < deadline + 30, "reads stopped after the failover"
+                    time.sleep(0.05)
+        finally:
+            stop.set()
+            t.join(timeout=60)
+            umount(ctr_root)
+        assert errors == [], errors[:5]
+        assert passes[0] >= 4
+        c.remove("container-1")
+        c.remove(meta)  # which stops the image's daemon (daemons otherwise outlive the snapshotter)
+        assert daemon_pids(snap.root) == []
+    finally:
+        c.close()
+        snap.stop()
+        snap.reap_daemons()
