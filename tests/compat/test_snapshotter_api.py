@@ -187,6 +187,9 @@ def test_a_nydus_data_layer_is_committed_without_a_download(client):
     assert code(e) == grpc.StatusCode.ALREADY_EXISTS
     info = client.stat("sha256:chain1")
     assert KIND[info.kind] == "committed" and dict(info.labels) == labels
+    with pytest.raises(grpc.RpcError) as e:
+        client.view("look", "sha256:chain1")
+    assert code(e) == grpc.StatusCode.INVALID_ARGUMENT, "a data layer's directory is empty; it is not viewed"
     # The bootstrap layer is an ordinary layer: containerd unpacks it.
     boot = {"containerd.io/snapshot.ref": "sha256:chain2", "containerd.io/snapshot/nydus-bootstrap": "true"}
     (m,) = client.prepare("extract-2 sha256:chain2", "sha256:chain1", labels=boot)

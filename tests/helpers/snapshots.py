@@ -123,8 +123,14 @@ class SnapshotterProcess:
         if self.proc is None:
             return 0
         self.proc.terminate()
-        rc = self.proc.wait(timeout=30)
-        self.proc = None
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the snapshotter ignored SIGTERM for 30 s: {self.log.read_text()[-3000:]}") from None
+        finally:
+            self.proc = None
         return rc
 
     def client(self) -> SnapshotsClient:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import stat
@@ -69,8 +70,11 @@ class Server:
         log.event("snapshotter_ready", address=self.address, root=str(self.snapshotter.root))
 
     def stop(self, grace: float = 5.0) -> None:
-        self.grpc.stop(grace).wait()
+        log.event("snapshotter_stopping", address=self.address)
+        if not self.grpc.stop(grace).wait(grace + 5):
+            log.event("snapshotter_stop_slow", logging.WARNING, grace=grace)
         self.snapshotter.close()
+        log.event("snapshotter_stopped", address=self.address)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> SnapshotterConfig:

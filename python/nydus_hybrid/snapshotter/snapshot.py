@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from nydus_hybrid.snapshotter import filters, labels
-from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, NotFound
+from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from nydus_hybrid.snapshotter.metastore import Info, Kind, MetaStore, Snapshot, Usage
 from nydus_hybrid.snapshotter.remote import BOOTSTRAP, RemoteFs, meta_ancestor
 
@@ -112,6 +112,10 @@ class Snapshotter:
         return self._mounts_or_undo(key, s)
 
     def view(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]:
+        above = self.lookup(parent) if parent else None
+        if above is not None and labels.is_nydus_data_layer(above.labels):
+            # Its directory is empty: the data is in the image, read through the meta layer.
+            raise InvalidArgument(f"a Nydus data layer cannot be viewed: {parent}")
         return self._mounts_or_undo(key, self._create(Kind.VIEW, key, parent, lbls))
 
     def _mounts_or_undo(self, key: str, s: Snapshot) -> List[Mount]:
