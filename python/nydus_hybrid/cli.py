@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from nydus_hybrid import log, version
@@ -337,7 +338,8 @@ def _cmd_mount(a: argparse.Namespace) -> int:
         log.event("mounted", mountpoint=os.path.abspath(a.mountpoint), threads=a.threads)
         print(json.dumps({"mounted": os.path.abspath(a.mountpoint), "threads": a.threads}), flush=True)
         while not stop:
-            signal.pause()
+            # Not signal.pause(): a signal delivered to a FUSE worker thread would not wake it.
+            time.sleep(0.2)
     finally:
         m.stop(umount=True)
     log.event("unmounted", mountpoint=os.path.abspath(a.mountpoint), signal=stop[0] if stop else None)

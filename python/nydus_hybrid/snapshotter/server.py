@@ -123,7 +123,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     server.start()
-    done.wait()
+    # A timed wait: a signal that lands on one of grpc's threads only runs its handler once
+    # the main thread executes again, and an untimed wait would never wake for it.
+    while not done.wait(0.5):
+        pass
     server.stop()
     return 0
 
