@@ -33,15 +33,15 @@ class SnapshotsClient:
             make = self.channel.unary_stream if streaming else self.channel.unary_unary
             self._calls[name] = make(
                 f"/{wire.SERVICE}/{name}",
-                request_serializer=wire.type_of(req).SerializeToString,
-                response_deserializer=wire.type_of(resp).FromString,
+                request_serializer=wire.message(req).SerializeToString,
+                response_deserializer=wire.message(resp).FromString,
             )
 
     def close(self) -> None:
         self.channel.close()
 
     def call(self, method: str, **fields: Any) -> Any:
-        req_type = wire.type_of(wire.METHODS[method][0])
+        req_type = wire.message(wire.METHODS[method][0])
         return self._calls[method](req_type(snapshotter="nydus", **fields), timeout=self.timeout, metadata=[NAMESPACE])
 
     def prepare(self, key: str, parent: str = "", labels: Optional[Dict[str, str]] = None) -> List[Any]:

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from nydus_hybrid.builder import build, merge
 from nydus_hybrid.convert import manifest, oci
@@ -101,7 +101,8 @@ def platform_matches(p: Dict[str, Any], want: str) -> bool:
     return have == want or (want.count("/") == 1 and have.startswith(want + "/"))
 
 
-def _attestation(entry: Dict[str, Any]) -> bool:
+def attestation(entry: Dict[str, Any]) -> bool:
+    """An index entry that is an attestation (buildx), not an image."""
     annotations = entry.get("annotations") or {}
     return bool(
         annotations.get("vnd.docker.reference.type") == "attestation-manifest"
@@ -128,7 +129,11 @@ class SourceImage:
         }
 
 
-def load_image(source: ImageSource, entry: Dict[str, Any], data: bytes) -> SourceImage:
+def load_image(
+    source: ImageSource, entry: Dict[str, Any], data: bytes, layer_types: Collection[str] = oci.LAYER_TYPES
+) -> SourceImage:
+    """An image manifest, its layer descriptors checked (their media types among
+    `layer_types`), and its config."""
     digest = oci.sha256_digest(data)
     m = oci.parse_document(data, digest)
     if m.get("mediaType", entry.get("mediaType")) not in (oci.MANIFEST, oci.DOCKER_MANIFEST):
@@ -138,7 +143,7 @@ def load_image(source: ImageSource, entry: Dict[str, Any], data: bytes) -> Sourc
         raise InvalidArgumentError(errno.EINVAL, f"manifest {digest}: no layer list")
     for d in layers:
         oci.checked_descriptor(d)
-        if d.get("mediaType") not in oci.LAYER_TYPES:
+        if d.get("mediaType") not in layer_types:
             raise InvalidArgumentError(
                 errno.EINVAL, f"layer {d.get('digest')}: media type {d.get('mediaType')!r} cannot be converted"
             )
@@ -162,7 +167,7 @@ def source_images(source: ImageSource, platform: Optional[str]) -> Tuple[Optiona
     # A Nydus manifest merged into the index earlier is never converted again, and neither
     # are attestations (buildx lists them as manifests for the platform unknown/unknown).
     entries = [m for m in entries if oci.NYDUS_OS_FEATURE not in (m.get("platform") or {}).get("os.features", [])]
-    entries = [m for m in entries if not _attestation(m)]
+    entries = [m for m in entries if not attestation(m)]
     entries = [m for m in entries if m.get("mediaType") in (oci.MANIFEST, oci.DOCKER_MANIFEST)]
     if platform:
         entries = [m for m in entries if platform_matches(m.get("platform") or {}, platform)]

@@ -16,7 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from nydus_hybrid import treecmp
 from nydus_hybrid.convert import oci
-from nydus_hybrid.convert.convert import SourceImage, platform_matches, platform_name, source_images
+from nydus_hybrid.convert.convert import (
+    SourceImage,
+    attestation,
+    load_image,
+    platform_matches,
+    platform_name,
+    source_images,
+)
 from nydus_hybrid.convert.flatten import apply_layer
 from nydus_hybrid.convert.store import ImageSource
 from nydus_hybrid.errors import InvalidArgumentError
@@ -24,6 +31,8 @@ from nydus_hybrid.image import Image
 from nydus_hybrid.mounts.fuse import Mount, mount_image
 
 MAX_BOOTSTRAP = 1 << 30
+# A target index may hold the OCI manifests next to the Nydus ones (--merge-platform).
+ANY_LAYER = oci.LAYER_TYPES | {oci.NYDUS_BLOB}
 
 
 @dataclass
@@ -52,20 +61,11 @@ def _nydus_images(target: Any) -> List[SourceImage]:
     media_type, data = target.root()
     doc = oci.parse_document(data, "the target's root document")
     if doc.get("mediaType", media_type) in (oci.INDEX, oci.DOCKER_MANIFEST_LIST):
-        entries = [m for m in doc.get("manifests", []) if isinstance(m, dict)]
-        images = [_load_nydus(target, e, target.document_bytes(e)) for e in entries]
+        entries = [m for m in doc.get("manifests", []) if isinstance(m, dict) and not attestation(m)]
+        images = [load_image(target, e, target.document_bytes(e), ANY_LAYER) for e in entries]
     else:
-        images = [_load_nydus(target, {"mediaType": media_type}, data)]
+        images = [load_image(target, {"mediaType": media_type}, data, ANY_LAYER)]
     return [i for i in images if _is_nydus(i.manifest)]
-
-
-def _load_nydus(target: Any, entry: Dict[str, Any], data: bytes) -> SourceImage:
-    digest = oci.sha256_digest(data)
-    m = oci.parse_document(data, digest)
-    cdigest, csize = oci.checked_descriptor(m.get("config"))
-    config_data = target.document_bytes(m["config"])
-    config = oci.parse_document(config_data, cdigest, csize)
-    return SourceImage({**entry, "digest": digest, "size": len(data)}, data, m, config_data, config)
 
 
 def _is_nydus(m: Dict[str, Any]) -> bool:

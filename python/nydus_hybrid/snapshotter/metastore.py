@@ -154,15 +154,6 @@ class MetaStore:
             parent = row[2]
         return out
 
-    def parent_keys(self, key: str) -> List[str]:
-        """The keys of `key`'s ancestors, nearest first."""
-        keys = []
-        parent = self._need(key)[2]
-        while parent:
-            keys.append(parent)
-            parent = self._need(parent)[2]
-        return keys
-
     def snapshot(self, key: str) -> Snapshot:
         """An active or view snapshot (what Mounts may ask for)."""
         row = self._need(key)

@@ -108,8 +108,8 @@ class SnapshotsService:
     def handler(self) -> grpc.GenericRpcHandler:
         handlers: Dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for name, (req, resp, streaming) in wire.METHODS.items():
-            decode = wire.type_of(req).FromString
-            encode = wire.type_of(resp).SerializeToString
+            decode = wire.message(req).FromString
+            encode = wire.message(resp).SerializeToString
             if streaming:
                 handlers[name] = grpc.unary_stream_rpc_method_handler(
                     self._stream(name, getattr(self, name)), request_deserializer=decode, response_serializer=encode

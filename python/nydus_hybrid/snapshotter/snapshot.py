@@ -217,9 +217,6 @@ class Snapshotter:
                 removed.append(entry)
         return removed
 
-    def parent_keys(self, key: str) -> List[str]:
-        return self.ms.parent_keys(key)
-
     def lookup(self, key: str) -> Optional[Info]:
         try:
             return self.stat(key)

@@ -165,6 +165,7 @@ def _load() -> Dict[str, Any]:
     }
     classes["Mount"] = message_factory.GetMessageClass(pool.FindMessageTypeByName("containerd.types.Mount"))
     classes["Empty"] = message_factory.GetMessageClass(pool.FindMessageTypeByName("google.protobuf.Empty"))
+    classes[".google.protobuf.Empty"] = classes["Empty"]  # as METHODS names it
     return classes
 
 
@@ -172,10 +173,6 @@ MESSAGES = _load()
 
 
 def message(name: str) -> Any:
-    """The message class `name` (e.g. "PrepareSnapshotRequest", "Mount", "Empty")."""
+    """The message class `name` ("PrepareSnapshotRequest", "Mount", "Empty"), or of a
+    method's request or response type as METHODS names it."""
     return MESSAGES[name]
-
-
-def type_of(full_name: str) -> Any:
-    """The class of a method's request or response type as METHODS names it."""
-    return MESSAGES["Empty"] if full_name == ".google.protobuf.Empty" else MESSAGES[full_name]
