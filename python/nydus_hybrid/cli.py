@@ -235,6 +235,33 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     return _report(a, dataclasses.asdict(r))
 
 
+def _cmd_pull(a: argparse.Namespace) -> int:
+    from nydus_hybrid.containerd.client import Client
+    from nydus_hybrid.containerd.pull import Puller
+    from nydus_hybrid.convert.reference import parse_registry
+    from nydus_hybrid.convert.registry import Registry
+
+    registry = Registry(parse_registry(a.image), plain_http=a.plain_http, insecure=a.insecure, creds=a.creds)
+    tty = sys.stderr.isatty()
+    with Client(a.address, a.namespace) as client:
+        puller = Puller(
+            client,
+            registry,
+            a.snapshotter,
+            platform=a.platform,
+            progress=(lambda line: print(line, file=sys.stderr, flush=True)) if tty else None,
+        )
+        r = puller.pull().to_json()
+    if a.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(
+            f"{r['image']}: {r['lazy_layers']} of {len(r['layers'])} layers lazy, "
+            f"{r['fetched_bytes']} of {r['image_bytes']} bytes fetched in {r['seconds']} s"
+        )
+    return 0
+
+
 def _build(a: argparse.Namespace, blob_dir: str) -> BuildReport:
     report = build(
         a.source,
@@ -549,6 +576,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "daemon_command", nargs="*", help="after --: the successor's command line (default: the running one's)"
     )
+    p = sub.add_parser("pull", help="pull an image into containerd lazily through a snapshotter (as ctr-remote rpull)")
+    p.add_argument("image", help="HOST/REPO[:TAG|@DIGEST]")
+    p.add_argument("-a", "--address", default="/run/containerd/containerd.sock", help="containerd's socket")
+    p.add_argument("-n", "--namespace", default="default", help="containerd namespace (default: default)")
+    p.add_argument("--snapshotter", default="nydus", help="the snapshotter to unpack with (default: nydus)")
+    p.add_argument("--platform", default="linux/amd64", help="os/arch to pull from an index (default linux/amd64)")
+    p.add_argument("--plain-http", action="store_true", help="talk to the registry over http")
+    p.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
+    p.add_argument("--creds", metavar="USER:PASS", help="registry credentials (default: config.json)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser(
         "snapshotter", add_help=False, help="the containerd snapshotter process (its own flags: snapshotter --help)"
     )
@@ -577,6 +614,7 @@ COMMANDS = {
     "create": _cmd_build,
     "merge": _cmd_merge,
     "convert": _cmd_convert,
+    "pull": _cmd_pull,
     "inspect": _cmd_inspect,
     "check": _cmd_check,
     "unpack": _cmd_unpack,

@@ -193,3 +193,9 @@ def _relative(opt: str, base: str) -> str:
 
 def umount(target: Path) -> None:
     subprocess.run(["umount", str(target)], check=True)
+
+
+def allocated_bytes(root: Path) -> int:
+    """Bytes allocated on disk by the files under `root` (sparse cache files count only
+    what was filled)."""
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file() and not p.is_symlink())

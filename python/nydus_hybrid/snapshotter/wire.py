@@ -1,36 +1,37 @@
-"""The wire format of containerd's snapshots service, declared here in Python (spec A2.2).
-
-`proto/` holds the same declarations as `.proto` files, the readable contract; this module
-builds the message descriptors from a compact table instead of importing protoc's
-generated code, so no generated module pins a protobuf or grpcio version.
-`tests/unit/test_snapshotter_wire.py` checks that both say the same thing, field by field.
-grpcio does the HTTP/2 framing; protobuf encodes the messages."""
+"""The wire format of containerd's snapshots service, which we serve (spec A2.2),
+declared as `grpcwire` tables; `proto/containerd/services/snapshots/v1/snapshots.proto`
+says the same thing in protobuf's own syntax."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, field_mask_pb2, message_factory, timestamp_pb2
+from google.protobuf import descriptor_pb2
+
+from nydus_hybrid import grpcwire
+from nydus_hybrid.grpcwire import EMPTY, FIELD_MASK, INT64, MAP, STRING, TIMESTAMP, Field, ProtoFile, Wire
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
 PACKAGE = "containerd.services.snapshots.v1"
 
-_F = descriptor_pb2.FieldDescriptorProto
-# (name, number, type or message name, repeated)
-_Field = Tuple[str, int, Any, bool]
-
-_MOUNT: List[_Field] = [
-    ("type", 1, _F.TYPE_STRING, False),
-    ("source", 2, _F.TYPE_STRING, False),
-    ("target", 3, _F.TYPE_STRING, False),
-    ("options", 4, _F.TYPE_STRING, True),
-]
-
-_S = _F.TYPE_STRING
-_MAP = "map"  # a map<string, string>
+_S = STRING
+_MAP = MAP
 _MOUNTS = ".containerd.types.Mount"
 
-_MESSAGES: Dict[str, List[_Field]] = {
+MOUNT_FILE = ProtoFile(
+    name="containerd/types/mount.proto",
+    package="containerd.types",
+    messages={
+        "Mount": [
+            ("type", 1, _S, False),
+            ("source", 2, _S, False),
+            ("target", 3, _S, False),
+            ("options", 4, _S, True),
+        ]
+    },
+)
+
+_MESSAGES: Dict[str, List[Field]] = {
     "PrepareSnapshotRequest": [
         ("snapshotter", 1, _S, False),
         ("key", 2, _S, False),
@@ -60,21 +61,21 @@ _MESSAGES: Dict[str, List[_Field]] = {
         ("name", 1, _S, False),
         ("parent", 2, _S, False),
         ("kind", 3, f".{PACKAGE}.Kind", False),
-        ("created_at", 4, ".google.protobuf.Timestamp", False),
-        ("updated_at", 5, ".google.protobuf.Timestamp", False),
+        ("created_at", 4, TIMESTAMP, False),
+        ("updated_at", 5, TIMESTAMP, False),
         ("labels", 6, _MAP, False),
     ],
     "StatSnapshotResponse": [("info", 1, f".{PACKAGE}.Info", False)],
     "UpdateSnapshotRequest": [
         ("snapshotter", 1, _S, False),
         ("info", 2, f".{PACKAGE}.Info", False),
-        ("update_mask", 3, ".google.protobuf.FieldMask", False),
+        ("update_mask", 3, FIELD_MASK, False),
     ],
     "UpdateSnapshotResponse": [("info", 1, f".{PACKAGE}.Info", False)],
     "ListSnapshotsRequest": [("snapshotter", 1, _S, False), ("filters", 2, _S, True)],
     "ListSnapshotsResponse": [("info", 1, f".{PACKAGE}.Info", True)],
     "UsageRequest": [("snapshotter", 1, _S, False), ("key", 2, _S, False)],
-    "UsageResponse": [("size", 1, _F.TYPE_INT64, False), ("inodes", 2, _F.TYPE_INT64, False)],
+    "UsageResponse": [("size", 1, INT64, False), ("inodes", 2, INT64, False)],
     "CleanupRequest": [("snapshotter", 1, _S, False)],
 }
 
@@ -85,94 +86,42 @@ METHODS: Dict[str, Tuple[str, str, bool]] = {
     "Prepare": ("PrepareSnapshotRequest", "PrepareSnapshotResponse", False),
     "View": ("ViewSnapshotRequest", "ViewSnapshotResponse", False),
     "Mounts": ("MountsRequest", "MountsResponse", False),
-    "Commit": ("CommitSnapshotRequest", ".google.protobuf.Empty", False),
-    "Remove": ("RemoveSnapshotRequest", ".google.protobuf.Empty", False),
+    "Commit": ("CommitSnapshotRequest", EMPTY, False),
+    "Remove": ("RemoveSnapshotRequest", EMPTY, False),
     "Stat": ("StatSnapshotRequest", "StatSnapshotResponse", False),
     "Update": ("UpdateSnapshotRequest", "UpdateSnapshotResponse", False),
     "List": ("ListSnapshotsRequest", "ListSnapshotsResponse", True),
     "Usage": ("UsageRequest", "UsageResponse", False),
-    "Cleanup": ("CleanupRequest", ".google.protobuf.Empty", False),
+    "Cleanup": ("CleanupRequest", EMPTY, False),
 }
 
+SNAPSHOTS_FILE = ProtoFile(
+    name="containerd/services/snapshots/v1/snapshots.proto",
+    package=PACKAGE,
+    deps=[
+        "google/protobuf/empty.proto",
+        "google/protobuf/field_mask.proto",
+        "google/protobuf/timestamp.proto",
+        "containerd/types/mount.proto",
+    ],
+    messages=_MESSAGES,
+    enums={"Kind": KIND_VALUES},
+    services={"Snapshots": {m: (req, resp, False, stream) for m, (req, resp, stream) in METHODS.items()}},
+)
 
-def _add_fields(msg: descriptor_pb2.DescriptorProto, fields: List[_Field]) -> None:
-    for name, number, kind, repeated in fields:
-        f = msg.field.add(name=name, number=number, json_name=_json_name(name))
-        f.label = _F.LABEL_REPEATED if repeated or kind == _MAP else _F.LABEL_OPTIONAL
-        if kind == _MAP:
-            entry = msg.nested_type.add(name=_map_entry(name))
-            entry.options.map_entry = True
-            entry.field.add(name="key", number=1, type=_S, label=_F.LABEL_OPTIONAL, json_name="key")
-            entry.field.add(name="value", number=2, type=_S, label=_F.LABEL_OPTIONAL, json_name="value")
-            f.type, f.type_name = _F.TYPE_MESSAGE, _map_entry(name)
-        elif isinstance(kind, str):
-            f.type_name = kind
-            f.type = _F.TYPE_ENUM if kind.endswith(".Kind") else _F.TYPE_MESSAGE
-        else:
-            f.type = kind
-
-
-def _json_name(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.capitalize() for p in rest)
-
-
-def _map_entry(name: str) -> str:
-    return "".join(p.capitalize() for p in name.split("_")) + "Entry"
-
-
-def _qualified(name: str) -> str:
-    return name if name.startswith(".") else f".{PACKAGE}.{name}"
+FILES = [MOUNT_FILE, SNAPSHOTS_FILE]
+WIRE = Wire(FILES)
 
 
 def file_descriptors() -> List[descriptor_pb2.FileDescriptorProto]:
-    mount = descriptor_pb2.FileDescriptorProto(
-        name="containerd/types/mount.proto", package="containerd.types", syntax="proto3"
-    )
-    _add_fields(mount.message_type.add(name="Mount"), _MOUNT)
-    snaps = descriptor_pb2.FileDescriptorProto(
-        name="containerd/services/snapshots/v1/snapshots.proto", package=PACKAGE, syntax="proto3"
-    )
-    snaps.dependency.extend(
-        [
-            "google/protobuf/empty.proto",
-            "google/protobuf/field_mask.proto",
-            "google/protobuf/timestamp.proto",
-            "containerd/types/mount.proto",
-        ]
-    )
-    kind = snaps.enum_type.add(name="Kind")
-    for name, number in KIND_VALUES:
-        kind.value.add(name=name, number=number)
-    for name, fields in _MESSAGES.items():
-        _add_fields(snaps.message_type.add(name=name), fields)
-    service = snaps.service.add(name="Snapshots")
-    for method, (req, resp, stream) in METHODS.items():
-        service.method.add(
-            name=method, input_type=_qualified(req), output_type=_qualified(resp), server_streaming=stream
-        )
-    return [mount, snaps]
-
-
-def _load() -> Dict[str, Any]:
-    pool = descriptor_pool.DescriptorPool()
-    for well_known in (empty_pb2, field_mask_pb2, timestamp_pb2):
-        pool.AddSerializedFile(well_known.DESCRIPTOR.serialized_pb)
-    for fd in file_descriptors():
-        pool.Add(fd)
-    classes = {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}")) for name in _MESSAGES
-    }
-    classes["Mount"] = message_factory.GetMessageClass(pool.FindMessageTypeByName("containerd.types.Mount"))
-    classes["Empty"] = message_factory.GetMessageClass(pool.FindMessageTypeByName("google.protobuf.Empty"))
-    classes[".google.protobuf.Empty"] = classes["Empty"]  # as METHODS names it
-    return classes
-
-
-MESSAGES = _load()
+    return grpcwire.file_descriptors(FILES)
 
 
 def message(name: str) -> Any:
     """The message class `name` ("PrepareSnapshotRequest", "Mount", "Empty"), or of a
     method's request or response type as METHODS names it."""
-    return MESSAGES[name]
+    if name == "Mount":
+        return WIRE.message(_MOUNTS)
+    if name == "Empty":
+        return WIRE.message(EMPTY)
+    return WIRE.message(SNAPSHOTS_FILE.qualified(name))

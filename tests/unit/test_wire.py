@@ -1,4 +1,4 @@
-"""The snapshotter's wire declarations (`snapshotter.wire`) against `proto/`, compiled by
+"""Our gRPC wire declarations (`snapshotter.wire`, `containerd.wire`) against `proto/`, compiled by
 the real protoc (grpcio-tools): the same messages, fields, numbers, types, enum values and
 methods. Either side changing alone fails here."""
 
@@ -11,6 +11,8 @@ from typing import Any, Dict
 
 from google.protobuf import descriptor_pb2
 
+from nydus_hybrid import grpcwire
+from nydus_hybrid.containerd import wire as client_wire
 from nydus_hybrid.snapshotter import wire
 
 PROTO = Path(__file__).resolve().parents[2] / "proto"
@@ -36,7 +38,9 @@ def shape(fd: descriptor_pb2.FileDescriptorProto) -> Dict[str, Any]:
         "messages": {m.name: (fields(m), {n.name: fields(n) for n in m.nested_type}) for m in fd.message_type},
         "enums": {e.name: [(v.name, v.number) for v in e.value] for e in fd.enum_type},
         "methods": {
-            s.name: sorted((x.name, x.input_type, x.output_type, x.server_streaming) for x in s.method)
+            s.name: sorted(
+                (x.name, x.input_type, x.output_type, x.client_streaming, x.server_streaming) for x in s.method
+            )
             for s in fd.service
         },
     }
@@ -44,7 +48,7 @@ def shape(fd: descriptor_pb2.FileDescriptorProto) -> Dict[str, Any]:
 
 def test_the_python_declarations_equal_the_proto_files(tmp_path):
     theirs = {fd.name: shape(fd) for fd in compiled(tmp_path).file}
-    ours = {fd.name: shape(fd) for fd in wire.file_descriptors()}
+    ours = {fd.name: shape(fd) for fd in grpcwire.file_descriptors([*wire.FILES, *client_wire.FILES])}
     assert ours == theirs
 
 
@@ -54,3 +58,12 @@ def test_messages_round_trip_on_the_wire():
     assert (back.name, back.key, dict(back.labels), back.parent) == ("n", "k", {"a": "b"}, "p")
     # Field 2 of CommitSnapshotRequest is the name, as containerd sends it.
     assert req.SerializeToString().startswith(b"\x12\x01n")
+
+
+def test_the_content_write_request_encodes_as_containerd_reads_it():
+    req = client_wire.message(client_wire.CONTENT, "WriteContentRequest")(action=2, ref="r", total=3, labels={"k": "v"})
+    raw = req.SerializeToString()
+    # action (field 1, varint 2), ref (field 2), total (field 3, varint 3)
+    assert raw.startswith(b"\x08\x02\x12\x01r\x18\x03")
+    back = client_wire.message(client_wire.CONTENT, "WriteContentRequest").FromString(raw)
+    assert dict(back.labels) == {"k": "v"}
