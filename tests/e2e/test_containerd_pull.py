@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -49,8 +48,10 @@ def stack(tmp_path_factory):
 
 def pull(ctd: Containerd, image: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nydus_hybrid", "pull", "-a", str(ctd.address), "-n", "test", "--plain-http"]
-        + ["--snapshotter", SNAPSHOTTER, "--json", *extra, image],
+        [
+            *(sys.executable, "-m", "nydus_hybrid", "pull", "-a", str(ctd.address), "-n", "test", "--plain-http"),
+            *("--snapshotter", SNAPSHOTTER, "--json", *extra, image),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -65,7 +66,7 @@ def debian_version() -> str:
 
 
 def test_a_lazy_pull_then_ctr_run(stack):
-    registry, snap, ctd, image, tmp = stack
+    registry, snap, ctd, image, _ = stack
     manifest = json.loads(open_source(image, plain_http=True).root()[1])
     data_blobs = [d["digest"] for d in manifest["layers"][:-1]]
     start = len(registry.request_log())
@@ -113,7 +114,7 @@ def test_a_lazy_pull_then_ctr_run(stack):
 
 def test_an_oci_image_pulls_through_the_same_snapshotter(stack):
     """The fallback: every layer of an ordinary image is fetched, applied and committed."""
-    registry, snap, ctd, _, tmp = stack
+    registry, _, ctd, _, tmp = stack
     layout = tmp / "oci-plain"
     write_layout(layout, [debian_base()], ["gzip"])
     image = f"{registry.host}/debian:oci"
@@ -129,7 +130,7 @@ def test_an_oci_image_pulls_through_the_same_snapshotter(stack):
 
 
 def test_bad_pulls_fail_with_one_line_and_leave_nothing(stack):
-    registry, snap, ctd, image, tmp = stack
+    registry, _, ctd, image, tmp = stack
     before = ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
     for ref, why in [
         (f"{registry.host}/missing:1", "not found"),

@@ -12,7 +12,7 @@ import errno
 import os
 import uuid
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import grpc
 
@@ -62,11 +62,11 @@ class Client:
 
     # -- plumbing
 
-    def _metadata(self) -> List[Tuple[str, str]]:
-        md = [("containerd-namespace", self.namespace)]
+    def _metadata(self) -> Tuple[Tuple[str, Union[str, bytes]], ...]:
+        md: List[Tuple[str, Union[str, bytes]]] = [("containerd-namespace", self.namespace)]
         if self.lease_id:
             md.append(("containerd-lease", self.lease_id))
-        return md
+        return tuple(md)
 
     def _unary(self, pf: ProtoFile, service: str, method: str, **fields: Any) -> Any:
         req_type, resp_type = wire.WIRE.method_types(pf, service, method)
@@ -246,8 +246,9 @@ def descriptor(d: Dict[str, Any]) -> Any:
 
 
 def _error(call: str, e: grpc.RpcError) -> ContainerdError:
-    code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (e.details() if isinstance(e, grpc.Call) else None) or str(e)
+    # What grpcio raises is also a grpc.Call, with the status; the stubs cannot say so.
+    code = getattr(e, "code", lambda: grpc.StatusCode.UNKNOWN)()
+    details = getattr(e, "details", lambda: None)() or str(e)
     return ContainerdError(call, code, details)
 
 

@@ -160,7 +160,7 @@ class Puller:
             gc.update({f"containerd.io/gc.ref.content.l.{i}": d["digest"] for i, d in enumerate(layers)})
             self.client.write_bytes(manifest_digest, image.data, gc)
             with tempfile.TemporaryDirectory(prefix="nydus-pull-") as work:
-                for i, desc in enumerate(layers):
+                for i in range(len(layers)):
                     result = self._unpack(name, manifest_digest, layers, i, chains, diff_ids[i], Path(work))
                     report.layers.append(result)
                     report.fetched_bytes += result.fetched_bytes
