@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from nydus_hybrid.containerd.cri import CriImages
 from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers import servers
@@ -147,3 +148,34 @@ def test_bad_pulls_fail_with_one_line_and_leave_nothing(stack):
     )
     assert p.returncode == 1 and "containerd socket" in p.stderr, p.stderr
     assert ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout == before
+
+
+def test_the_cri_pull_image_path(stack, tmp_path):
+    """containerd's CRI plugin, configured with our snapshotter and the snapshot annotations
+    on, pulls through `ImageService/PullImage` (our CRI client): the data layers are not
+    downloaded, and a container runs from the image in the k8s.io namespace."""
+    registry, _, _, image, _ = stack
+    snap = SnapshotterProcess(tmp_path / "snroot", extra=["--plain-http-registry", registry.host]).start()
+    ctd = Containerd(tmp_path / "containerd", snap.address, cri_registry=registry.host)
+    try:
+        ctd.start()
+        manifest = json.loads(open_source(image, plain_http=True).root()[1])
+        data_blobs = [d["digest"] for d in manifest["layers"][:-1]]
+        start = len(registry.request_log())
+        with CriImages(str(ctd.address)) as cri:
+            image_id = cri.pull(image)
+        assert image_id.startswith("sha256:")
+        time.sleep(0.2)
+        fetched = [path for meth, path, _ in registry.request_log()[start:] if meth == "GET"]
+        assert not [x for x in fetched if any(b in x for b in data_blobs)], fetched
+        # The CRI labels reached our snapshotter: the meta layer knows its image.
+        listed = ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls", namespace="k8s.io").stdout
+        assert len(listed.splitlines()) == 1 + len(manifest["layers"]), listed
+        run = ctd.ctr(
+            "run", "--rm", "--snapshotter", SNAPSHOTTER, image, "cri1", "cat", "/etc/debian_version", namespace="k8s.io"
+        )
+        assert run.stdout.strip() == debian_version()
+    finally:
+        ctd.stop()
+        snap.stop()
+        snap.reap_daemons()

@@ -1,6 +1,7 @@
 """Debian's real containerd (1.6) in a private root, with our snapshotter declared as the
-proxy plugin `nydus` (spec A2.1), and `ctr` against it. The CRI plugin is off: these tests
-drive containerd through its own API, as `ctr` does."""
+proxy plugin `nydus` (spec A2.1), and `ctr` against it. The CRI plugin is off unless
+`cri_registry` is given: then it pulls with our snapshotter and the snapshot annotations
+on (`disable_snapshot_annotations = false`), from that registry over plain http."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import pytest
 
@@ -25,7 +26,7 @@ def require() -> None:
 
 
 class Containerd:
-    def __init__(self, workdir: Path, snapshotter_socket: Path) -> None:
+    def __init__(self, workdir: Path, snapshotter_socket: Path, cri_registry: Optional[str] = None) -> None:
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.address = workdir / "containerd.sock"
@@ -37,17 +38,34 @@ class Containerd:
                     "version = 2",
                     f'root = "{workdir / "root"}"',
                     f'state = "{workdir / "state"}"',
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+                    *([] if cri_registry else ['disabled_plugins = ["io.containerd.grpc.v1.cri"]']),
                     "[grpc]",
                     f'  address = "{self.address}"',
                     f"[proxy_plugins.{SNAPSHOTTER}]",
                     '  type = "snapshot"',
                     f'  address = "{snapshotter_socket}"',
+                    *(self._cri_config(cri_registry) if cri_registry else []),
                     "",
                 ]
             )
         )
         self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def _cri_config(self, registry: str) -> List[str]:
+        cri = '[plugins."io.containerd.grpc.v1.cri"'
+        (self.dir / "cni").mkdir(exist_ok=True)
+        return [
+            f"{cri}]",
+            "  disable_tcp_service = true",
+            f"{cri}.containerd]",
+            f'  snapshotter = "{SNAPSHOTTER}"',
+            "  disable_snapshot_annotations = false",
+            f"{cri}.cni]",
+            f'  bin_dir = "{self.dir / "cni"}"',
+            f'  conf_dir = "{self.dir / "cni"}"',
+            f'{cri}.registry.mirrors."{registry}"]',
+            f'  endpoint = ["http://{registry}"]',
+        ]
 
     def start(self) -> Containerd:
         require()
@@ -62,9 +80,11 @@ class Containerd:
             time.sleep(0.1)
         return self
 
-    def ctr(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctr(
+        self, *args: str, timeout: float = 300, check: bool = True, namespace: str = "test"
+    ) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(
-            [CTR, "-a", str(self.address), "-n", "test", *args], capture_output=True, text=True, timeout=timeout
+            [CTR, "-a", str(self.address), "-n", namespace, *args], capture_output=True, text=True, timeout=timeout
         )
         if check:
             assert p.returncode == 0, f"ctr {' '.join(args)}: {p.stderr}"

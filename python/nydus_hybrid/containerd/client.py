@@ -78,7 +78,7 @@ class Client:
         try:
             return call(req_type(**fields), timeout=self.timeout, metadata=self._metadata())
         except grpc.RpcError as e:
-            raise _error(f"{service}.{method}", e) from None
+            raise grpc_error(f"{service}.{method}", e) from None
 
     # -- leases
 
@@ -148,7 +148,7 @@ class Client:
             for _ in call(requests(), timeout=self.timeout, metadata=self._metadata()):
                 pass
         except grpc.RpcError as e:
-            err = _error("Content.Write", e)
+            err = grpc_error("Content.Write", e)
             if already_exists(err):  # written meanwhile by someone else: same bytes
                 if labels:
                     self.label_content(digest, labels)
@@ -205,7 +205,7 @@ class Client:
         try:
             return call(req_type(**fields), timeout=self.timeout, metadata=self._metadata())
         except grpc.RpcError as e:
-            raise _error(f"Snapshots.{method}", e) from None
+            raise grpc_error(f"Snapshots.{method}", e) from None
 
     def snapshot_exists(self, snapshotter: str, key: str) -> bool:
         try:
@@ -245,7 +245,7 @@ def descriptor(d: Dict[str, Any]) -> Any:
     )
 
 
-def _error(call: str, e: grpc.RpcError) -> ContainerdError:
+def grpc_error(call: str, e: grpc.RpcError) -> ContainerdError:
     # What grpcio raises is also a grpc.Call, with the status; the stubs cannot say so.
     code = getattr(e, "code", lambda: grpc.StatusCode.UNKNOWN)()
     details = getattr(e, "details", lambda: None)() or str(e)
