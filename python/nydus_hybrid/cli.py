@@ -600,12 +600,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/var/lib/nydus-hybrid", help="the manager's state directory")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser(
-        "demo", help="the main job: build, check and kernel-mount an image of the Python standard library"
+        "demo",
+        help="the main job: convert an image, pull it lazily into containerd and run a container from it",
     )
-    p.add_argument("--source", help="directory to build (default: this Python's standard library)")
-    p.add_argument("--workdir", default=None, help="where to put the image (default: a temporary directory)")
+    p.add_argument("--workdir", default=None, help="where to put everything (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--no-serve", action="store_true", help="stop after the summary instead of serving until Ctrl-C")
+    p.add_argument(
+        "--local", action="store_true", help="without containerd: build, check and mount an image through the daemon"
+    )
+    p.add_argument(
+        "--registry",
+        choices=("auto", "docker-registry", "embedded"),
+        default="auto",
+        help="the registry to start (default: Debian's docker-registry when installed, else the embedded one)",
+    )
+    p.add_argument("--source", help="--local: directory to build (default: this Python's standard library)")
+    p.add_argument("--no-serve", action="store_true", help="--local: stop after the summary, do not serve")
     return parser
 
 
@@ -646,9 +656,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.setup("debug" if a.log_level == "trace" else a.log_level)
     try:
         if a.command == "demo":
+            if a.local:
+                from nydus_hybrid.demo_local import run_demo as run_local
+
+                return run_local(a.source, a.workdir, a.keep, serve=not a.no_serve)
             from nydus_hybrid.demo import run_demo
 
-            return run_demo(a.source, a.workdir, a.keep, serve=not a.no_serve)
+            return run_demo(a.workdir, a.keep, a.registry)
         return COMMANDS[a.command](a)
     except (NydusError, OSError, LifecycleError, DaemonApiError, ManagerError) as e:
         print(f"nydus-hybrid: error: {e}", file=sys.stderr)

@@ -1,170 +1,199 @@
-"""The main job on a built-in default: build an image of this Python's standard library,
-check every chunk, start the daemon (``python -m nydus_hybrid.daemon``) with a localfs
-backend and a blob cache, mount the image through FUSE, read it all back and compare it
-with the source (and, where the kernel allows, the exported EROFS disk too). Prints a short
-summary, then keeps serving until Ctrl-C. Structured logs go to stderr."""
+"""`nydus-hybrid demo`: the product's main job on a built-in default, on 127.0.0.1.
+
+It starts a registry, our snapshotter and a containerd that uses it. It builds a small OCI
+image (this machine's Python interpreter, the libraries it links and its standard library)
+and converts it into a Nydus image in the registry. Then it pulls the Nydus image
+lazily into containerd (no data blob is downloaded), runs a container from it with runc,
+and prints what the registry served against the image's size and the time to the
+container's first output. Everything it started is stopped and removed at the end."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
-from nydus_hybrid import log, treecmp
-from nydus_hybrid.builder import build
-from nydus_hybrid.image import Image
-from nydus_hybrid.mounts import erofs
+from nydus_hybrid import log
+from nydus_hybrid.containerd.client import Client
+from nydus_hybrid.containerd.pull import Puller
+from nydus_hybrid.convert import oci
+from nydus_hybrid.convert.convert import ConvertOptions, convert
+from nydus_hybrid.convert.layout import Layout
+from nydus_hybrid.convert.reference import parse_registry
+from nydus_hybrid.convert.registry import Registry
+from nydus_hybrid.convert.store import open_source, open_target
+from nydus_hybrid.demo_stack import SNAPSHOTTER_NAME, LocalContainerd, LocalRegistry, LocalSnapshotter
 
-if TYPE_CHECKING:
-    from nydus_hybrid.client import DaemonClient
+COMMAND = [
+    "-c",
+    "import json, email.parser, http.client, argparse, sys; "
+    "print('hello from a lazily pulled image: Python', sys.version.split()[0])",
+]
+SKIP_DIRS = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip"}
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
+def _linked(binary: str) -> List[str]:
+    """The shared objects `binary` loads, the dynamic loader included (from ldd)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    paths = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+            paths.append(parts[2])
+        elif parts and parts[0].startswith("/"):
+            paths.append(parts[0])
+    return paths
 
 
-def _start_daemon(work: str, boot: str, blobs: str) -> Tuple[subprocess.Popen[bytes], DaemonClient, str]:
-    from nydus_hybrid.client import DaemonClient
-
-    mnt, sock, cfg = os.path.join(work, "fuse"), os.path.join(work, "api.sock"), os.path.join(work, "config.json")
-    os.makedirs(mnt, exist_ok=True)
-    with open(cfg, "w") as f:
-        json.dump(
-            {
-                "version": 2,
-                "id": "/",
-                "backend": {"type": "localfs", "localfs": {"dir": blobs}},
-                "cache": {"type": "blobcache", "filecache": {"work_dir": os.path.join(work, "cache")}},
-            },
-            f,
-        )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nydus_hybrid.daemon",
-            "fuse",
-            "--thread-num",
-            "4",
-            "--config",
-            cfg,
-            "--bootstrap",
-            boot,
-            "--mountpoint",
-            mnt,
-            "--apisock",
-            sock,
-            "--log-level",
-            "warn",
-        ]
+def default_tree(dest: Path) -> Path:
+    """A root filesystem that runs this machine's Python: the interpreter at its own path,
+    the libraries it links, and the standard library (less its tests and GUI)."""
+    exe = os.path.realpath(sys.executable)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    files = [exe, *_linked(exe)]
+    dynload = os.path.join(stdlib, "lib-dynload")
+    if os.path.isdir(dynload):
+        for name in os.listdir(dynload):
+            files.extend(_linked(os.path.join(dynload, name)))
+    for f in sorted(set(files)):
+        target = dest / f.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(f), target)
+    (dest / "usr/bin").mkdir(parents=True, exist_ok=True)
+    if not (dest / "usr/bin/python3").exists():
+        os.symlink(exe, dest / "usr/bin/python3")
+    shutil.copytree(
+        stdlib, dest / stdlib.lstrip("/"), symlinks=True, ignore=lambda d, names: [n for n in names if n in SKIP_DIRS]
     )
-    client = DaemonClient(sock)
-    try:
-        client.wait_state("RUNNING")
-    except TimeoutError:
-        proc.kill()
-        raise
-    return proc, client, mnt
+    for d in ("tmp", "etc", "proc", "sys", "dev"):
+        (dest / d).mkdir(exist_ok=True)
+    (dest / "etc/os-release").write_text('NAME="nydus-hybrid demo"\n')
+    return dest
 
 
-def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)  # the daemon unmounts on SIGTERM
-    proc.wait(timeout=60)
+def write_oci_image(tree: Path, layout_dir: Path, tag: str) -> Dict[str, Any]:
+    """`tree` as a one-layer OCI image (tar+gzip) in an OCI layout; returns its config."""
+    layer = layout_dir.parent / "layer.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as t:
+        for p in sorted(tree.rglob("*")):
+            t.add(p, arcname=str(p.relative_to(tree)), recursive=False)
+    diff_id = oci.sha256_digest(layer.read_bytes())
+    gz = layer.with_suffix(".tar.gz")
+    gz.write_bytes(gzip.compress(layer.read_bytes(), 6))
+    out = Layout(layout_dir, tag)
+    digest = oci.sha256_digest(gz.read_bytes())
+    out.put_file(gz, digest)
+    config = {
+        "architecture": "amd64" if os.uname().machine == "x86_64" else "arm64",
+        "os": "linux",
+        "config": {
+            "Env": [
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+            ],
+            "Cmd": ["/usr/bin/python3", *COMMAND],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    cdata = json.dumps(config).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": oci.MANIFEST,
+        "config": {"mediaType": oci.CONFIG, "digest": out.put(cdata), "size": len(cdata)},
+        "layers": [{"mediaType": oci.LAYER_TAR_GZIP, "digest": digest, "size": gz.stat().st_size}],
+    }
+    mdata = json.dumps(manifest).encode()
+    out.put_manifest(mdata, oci.MANIFEST)
+    out.publish(mdata, oci.MANIFEST)
+    layer.unlink()
+    gz.unlink()
+    return config
 
 
-def run_demo(source: Optional[str], workdir: Optional[str], keep: bool, serve: bool = True) -> int:
-    default = source is None
-    source = source or sysconfig.get_paths()["stdlib"]
-    # The standard library proper: leave out installed third-party packages.
-    exclude = ("site-packages",) if default else ()
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_demo(workdir: Optional[str] = None, keep: bool = False, registry_kind: str = "auto") -> int:
+    if os.geteuid() != 0:
+        _say("nydus-hybrid: error: the demo mounts images and runs a container: run it as root")
+        return 1
     work = workdir or tempfile.mkdtemp(prefix="nydus-hybrid-demo-")
     os.makedirs(work, exist_ok=True)
-    boot, blobs = os.path.join(work, "image.boot"), os.path.join(work, "blobs")
-    log.event("demo.start", source=source, workdir=work)
-
-    t0 = time.perf_counter()
-    report = build(source, boot, blobs, exclude=exclude)
-    build_s = time.perf_counter() - t0
-    log.event("build.done", seconds=round(build_s, 3), blob_id=report.blob_id, chunks=report.chunks)
-
-    t0 = time.perf_counter()
-    image = Image.open(boot, blobs)
-    first = next((os.path.join(d, f[0]) for d, _, f in image.walk() if f), None)
-    if first:
-        image.read(first, 0, 4096)
-    ttfb_ms = (time.perf_counter() - t0) * 1000
-
-    t0 = time.perf_counter()
-    checked = image.check()
-    check_s = time.perf_counter() - t0
-    log.event("check.done", seconds=round(check_s, 3), **checked)
-
-    summary: Dict[str, Any] = {
-        "source": source,
-        "files": report.files,
-        "inodes": report.inodes,
-        "bytes": report.bytes_in,
-        "blob_size": report.blob_size,
-        "bootstrap_size": report.bootstrap_size,
-        "compression_ratio": round(report.bytes_in / report.blob_size, 3) if report.blob_size else None,
-        "dedup_ratio": round(report.dedup_ratio, 3),
-        "deduped_chunks": report.deduped_chunks,
-        "build_seconds": round(build_s, 3),
-        "build_mb_per_s": round(report.bytes_in / build_s / 1e6, 1) if build_s else None,
-        "time_to_first_byte_ms": round(ttfb_ms, 2),
-        "chunks_verified": checked["chunks_verified"],
-    }
-    proc, client, mnt = _start_daemon(work, boot, blobs)
+    work = os.path.realpath(work)
+    log.event("demo.start", workdir=work)
+    registry = snapshotter = containerd = None
+    summary: Dict[str, Any] = {}
     try:
+        LocalSnapshotter(work, "")  # checks the work directory's length before the long steps
         t0 = time.perf_counter()
-        if first:
-            with open(os.path.join(mnt, first.lstrip("/")), "rb") as f:
-                f.read(4096)
-        summary["fuse_time_to_first_byte_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-        diff = treecmp.compare(source, mnt, ignore=exclude)
-        summary["fuse_mount"] = "identical" if diff.ok else f"{len(diff.differences)} differences"
-        summary["fuse_entries_compared"] = diff.entries
-        for d in diff.differences[:20]:
-            log.event("fuse.diff", level=30, detail=d)
-        cache = client.get("/api/v1/metrics/blobcache")
-        summary["blob_cache_chunks"] = cache["fills"]
-        summary["mountpoint"] = mnt
-        summary["apisock"] = client.conn.path
-        if erofs.erofs_available():
-            disk = os.path.join(work, "image.erofs")
-            image.export_block(disk)
-            with erofs.erofs_mounted(disk, os.path.join(work, "mnt")) as kmnt:
-                kdiff = treecmp.compare(source, kmnt, ignore=exclude)
-            summary["kernel_mount"] = "identical" if kdiff.ok else f"{len(kdiff.differences)} differences"
-        else:
-            summary["kernel_mount"] = "skipped (needs root and EROFS)"
+        tree = default_tree(Path(work) / "tree")
+        write_oci_image(tree, Path(work) / "oci", "demo")
+        shutil.rmtree(tree)
+        registry = LocalRegistry(work, registry_kind).start()
+        _say(f"registry ({registry.kind}) on {registry.host}")
+        nydus_ref = f"{registry.host}/demo:nydus"
+        convert(
+            open_source(f"oci:{Path(work) / 'oci'}:demo"),
+            open_target(nydus_ref, plain_http=True),
+            ConvertOptions(progress=_say),
+        )
+        summary["build_and_convert_seconds"] = round(time.perf_counter() - t0, 2)
+        snapshotter = LocalSnapshotter(work, registry.host).start()
+        containerd = LocalContainerd(work, snapshotter.address).start()
+        _say(f"containerd on {containerd.address}, snapshotter {SNAPSHOTTER_NAME} on {snapshotter.address}")
+
+        served_before = len(registry.served())
+        t0 = time.perf_counter()
+        nydus_source = Registry(parse_registry(nydus_ref), plain_http=True)
+        with Client(containerd.address) as client:
+            report = Puller(client, nydus_source, SNAPSHOTTER_NAME, progress=_say).pull()
+        pull_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        argv = containerd.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER_NAME, nydus_ref, "demo")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        first_s = time.perf_counter() - t0
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0 or not first:
+            _say(f"nydus-hybrid: error: the container failed ({proc.returncode}): {err.strip()[-500:]}")
+            return 1
+        served = registry.served()[served_before:]
+        blob_bytes = sum(int(d["size"]) for d in json.loads(nydus_source.root()[1])["layers"])
+        summary.update(
+            {
+                "container_output": first,
+                "image": nydus_ref,
+                "image_blob_bytes": blob_bytes,
+                "fetched_bytes": sum(n for _, _, _, n in served),
+                "fetched_requests": len(served),
+                "ranged_blob_requests": sum(1 for _, p, s, _ in served if "/blobs/" in p and s == 206),
+                "lazy_layers": sum(x.lazy for x in report.layers),
+                "pull_seconds": round(pull_s, 3),
+                "time_to_first_output_seconds": round(first_s, 3),
+            }
+        )
+        summary["fetched_percent"] = round(100 * summary["fetched_bytes"] / max(1, blob_bytes), 1)
         print(json.dumps(summary, indent=2), flush=True)
-        if serve:
-            print(
-                f"serving {source} at {mnt} (API {client.conn.path}); Ctrl-C to unmount and stop",
-                file=sys.stderr,
-                flush=True,
-            )
-            # Ctrl-C and SIGTERM become a request to stop, taken here rather than as an exception.
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
-            signal.sigwait([signal.SIGINT, signal.SIGTERM])
+        _say(
+            f"the container printed {first!r} {first_s:.2f} s after ctr run; "
+            f"{summary['fetched_bytes']} of {blob_bytes} image bytes fetched ({summary['fetched_percent']}%)"
+        )
+        return 0
     finally:
-        client.close()
-        _stop_daemon(proc)
-    if not keep and workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
-    ok = summary["fuse_mount"] == "identical" and (
-        summary["kernel_mount"] == "identical" or summary["kernel_mount"].startswith("skipped")
-    )
-    return 0 if ok else 1
+        for service in (containerd, snapshotter, registry):
+            if service is not None:
+                service.close()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
