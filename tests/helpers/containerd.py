@@ -90,6 +90,14 @@ class Containerd:
             assert p.returncode == 0, f"ctr {' '.join(args)}: {p.stderr}"
         return p
 
+    def wait_snapshotter(self, timeout: float = 20) -> None:
+        """Until containerd reaches the snapshotter again: after the snapshotter restarts,
+        containerd's connection to it redials with a backoff (at most 3 s in 1.6)."""
+        deadline = time.monotonic() + timeout
+        while self.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "containerd did not reconnect to the snapshotter"
+            time.sleep(0.2)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -199,3 +199,14 @@ def allocated_bytes(root: Path) -> int:
     """Bytes allocated on disk by the files under `root` (sparse cache files count only
     what was filled)."""
     return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def daemon_pids(root: Path) -> List[int]:
+    """The pids of the daemons the snapshotter's manager keeps (its store, read directly)."""
+    from nydus_hybrid.manager.store import Store
+
+    store = Store(str(root / "nydus.db"))
+    try:
+        return [int(d["pid"]) for d in store.daemons()]
+    finally:
+        store.close()

@@ -25,10 +25,9 @@ import pytest
 from nydus_hybrid import treecmp
 from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.store import open_source, open_target
-from nydus_hybrid.manager.store import Store
 from tests.helpers.layers import flatten, tar_dir, write_layout
 from tests.helpers.mounts import is_mounted
-from tests.helpers.snapshots import SnapshotterProcess, mount_all, umount
+from tests.helpers.snapshots import SnapshotterProcess, daemon_pids, mount_all, umount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 
@@ -176,15 +175,6 @@ def test_a_corrupt_bootstrap_or_a_missing_image_reference_fails_cleanly(tmp_path
         c.close()
         snap.stop()
         snap.reap_daemons()
-
-
-def daemon_pids(root: Path) -> List[int]:
-    """The pids of the daemons the snapshotter's manager keeps (its store, read directly)."""
-    store = Store(str(root / "nydus.db"))
-    try:
-        return [int(d["pid"]) for d in store.daemons()]
-    finally:
-        store.close()
 
 
 def test_a_killed_daemon_fails_over_under_a_reading_container(tmp_path, registry):
