@@ -12,9 +12,11 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
+from nydus_hybrid.containerd.client import ContainerdError
 from nydus_hybrid.containerd.cri import CriImages
 from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.store import open_source, open_target
@@ -179,3 +181,52 @@ def test_the_cri_pull_image_path(stack, tmp_path):
         ctd.stop()
         snap.stop()
         snap.reap_daemons()
+
+
+def test_cri_credentials_reach_the_image_daemon(tmp_path):
+    """`enable_cri_keychain`: the CRI client pulls through the snapshotter's socket (the
+    kubelet's image endpoint), which forwards to containerd and keeps the pull's
+    credentials; the image's daemon then reads the password-protected registry with them.
+    Nothing else holds them (no config.json), so without the capture the container's reads
+    would fail."""
+    registry = servers.Registry(tmp_path / "registry", auth="htpasswd").start()
+    root = Path(os.path.realpath(tmp_path))
+    ctd_sock = root / "ctd" / "containerd.sock"
+    config = root / "snapshotter.toml"
+    config.write_text(
+        "version = 1\n[remote]\n"
+        f'plain_http_registries = ["{registry.host}"]\n'
+        "[remote.auth]\nenable_cri_keychain = true\n"
+        f'image_service_address = "{ctd_sock}"\n'
+    )
+    creds = f"{registry.user}:{registry.password}"
+    snap = SnapshotterProcess(root / "sn", extra=["--config", str(config)]).start()
+    ctd = Containerd(root / "ctd", snap.address, cri_registry=registry.host)
+    try:
+        ctd.start()
+        layout = tmp_path / "oci"
+        write_layout(layout, [debian_base()], ["gzip"])
+        image = f"{registry.host}/private:nydus"
+        convert(open_source(f"oci:{layout}"), open_target(image, plain_http=True, creds=creds), ConvertOptions())
+        with CriImages(str(snap.address)) as cri:  # the snapshotter's socket, not containerd's
+            with pytest.raises(ContainerdError):
+                cri.pull(image)  # no credentials: the registry refuses, and the proxy says so
+            assert cri.pull(image, creds).startswith("sha256:")
+        run = ctd.ctr(
+            "run",
+            "--rm",
+            "--snapshotter",
+            SNAPSHOTTER,
+            image,
+            "auth1",
+            "cat",
+            "/etc/debian_version",
+            namespace="k8s.io",
+        )
+        assert run.stdout.strip() == debian_version()
+        assert "cri_credentials_captured" in snap.log.read_text()
+    finally:
+        ctd.stop()
+        snap.stop()
+        snap.reap_daemons()
+        registry.close()

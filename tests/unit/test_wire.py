@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 from google.protobuf import descriptor_pb2
 
-from nydus_hybrid import grpcwire
+from nydus_hybrid import criwire, grpcwire
 from nydus_hybrid.containerd import wire as client_wire
 from nydus_hybrid.snapshotter import wire
 
@@ -48,7 +48,7 @@ def shape(fd: descriptor_pb2.FileDescriptorProto) -> Dict[str, Any]:
 
 def test_the_python_declarations_equal_the_proto_files(tmp_path):
     theirs = {fd.name: shape(fd) for fd in compiled(tmp_path).file}
-    ours = {fd.name: shape(fd) for fd in grpcwire.file_descriptors([*wire.FILES, *client_wire.FILES])}
+    ours = {fd.name: shape(fd) for fd in grpcwire.file_descriptors([*wire.FILES, *client_wire.FILES, *criwire.FILES])}
     assert ours == theirs
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import grpc
 
-from nydus_hybrid.containerd import wire
+from nydus_hybrid import criwire
 from nydus_hybrid.containerd.client import ContainerdError, grpc_error
 from nydus_hybrid.errors import NotFoundError
 
@@ -33,9 +33,9 @@ class CriImages:
         self.close()
 
     def _call(self, method: str, **fields: Any) -> Any:
-        req_type, resp_type = wire.WIRE.method_types(wire.CRI, "ImageService", method)
+        req_type, resp_type = criwire.WIRE.method_types(criwire.CRI, "ImageService", method)
         call = self.channel.unary_unary(
-            wire.WIRE.path(wire.CRI, "ImageService", method),
+            criwire.WIRE.path(criwire.CRI, "ImageService", method),
             request_serializer=req_type.SerializeToString,
             response_deserializer=resp_type.FromString,
         )
@@ -46,11 +46,11 @@ class CriImages:
 
     def pull(self, image: str, creds: Optional[str] = None) -> str:
         """Pull `image` ("HOST/REPO:TAG"); `creds` is "USER:PASS". Returns the image id."""
-        spec = wire.message(wire.CRI, "ImageSpec")(image=image)
+        spec = criwire.message("ImageSpec")(image=image)
         auth = None
         if creds is not None:
             user, _, password = creds.partition(":")
-            auth = wire.message(wire.CRI, "AuthConfig")(
+            auth = criwire.message("AuthConfig")(
                 username=user, password=password, auth=base64.b64encode(creds.encode()).decode()
             )
         resp = self._call("PullImage", image=spec, auth=auth)
@@ -58,7 +58,7 @@ class CriImages:
         return ref
 
     def remove(self, image: str) -> None:
-        self._call("RemoveImage", image=wire.message(wire.CRI, "ImageSpec")(image=image))
+        self._call("RemoveImage", image=criwire.message("ImageSpec")(image=image))
 
 
 __all__ = ["ContainerdError", "CriImages"]

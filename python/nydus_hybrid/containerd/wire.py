@@ -1,5 +1,5 @@
-"""The wire format of the containerd 1.6 services we call (content, images, leases, diff)
-and of the CRI image service, declared as `grpcwire` tables. Only the messages and methods
+"""The wire format of the containerd 1.6 services we call (content, images, leases, diff),
+declared as `grpcwire` tables (the CRI image service is in `criwire`). Only the messages and methods
 a pull needs are declared; `proto/` has the same subset as `.proto` files."""
 
 from __future__ import annotations
@@ -144,35 +144,7 @@ DIFF = ProtoFile(
     services={"Diff": {"Apply": ("ApplyRequest", "ApplyResponse", False, False)}},
 )
 
-# CRI (k8s.io/cri-api, runtime.v1): the image service's pull. PullImageRequest's field 3
-# (the pod sandbox config) is left out: an image pull without a pod needs none.
-CRI = ProtoFile(
-    name="runtime/v1/api.proto",
-    package="runtime.v1",
-    messages={
-        "ImageSpec": [("image", 1, STRING, False), ("annotations", 2, MAP, False)],
-        "AuthConfig": [
-            ("username", 1, STRING, False),
-            ("password", 2, STRING, False),
-            ("auth", 3, STRING, False),
-            ("server_address", 4, STRING, False),
-            ("identity_token", 5, STRING, False),
-            ("registry_token", 6, STRING, False),
-        ],
-        "PullImageRequest": [("image", 1, "ImageSpec", False), ("auth", 2, "AuthConfig", False)],
-        "PullImageResponse": [("image_ref", 1, STRING, False)],
-        "RemoveImageRequest": [("image", 1, "ImageSpec", False)],
-        "RemoveImageResponse": [],
-    },
-    services={
-        "ImageService": {
-            "PullImage": ("PullImageRequest", "PullImageResponse", False, False),
-            "RemoveImage": ("RemoveImageRequest", "RemoveImageResponse", False, False),
-        }
-    },
-)
-
-FILES = [DESCRIPTOR_FILE, CONTENT, IMAGES, LEASES, DIFF, CRI]
+FILES = [DESCRIPTOR_FILE, CONTENT, IMAGES, LEASES, DIFF]
 WIRE = Wire([*snapshots_wire.FILES, *FILES])
 
 

@@ -2,7 +2,8 @@
 `version` (must be 1), `root` (at most 70 bytes, so daemon socket paths under it fit), `address`,
 `daemon_mode`, `[daemon]` (`nydusd_path`, `fs_driver`, `recover_policy`,
 `failover_policy`, `threads_number`), `[log]` (`level`, `log_to_stdout`), `[cache_manager]`
-(`cache_dir`), `[remote]` (`skip_ssl_verify`, and our `plain_http_registries`). Command-line
+(`cache_dir`), `[remote]` (`skip_ssl_verify`, and our `plain_http_registries`),
+`[remote.auth]` (`enable_cri_keychain`, `image_service_address`). Command-line
 flags override the file. A bad value is one error naming its key."""
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class SnapshotterConfig:
     cache_dir: str = ""  # empty: <root>/cache
     skip_ssl_verify: bool = False
     plain_http_registries: List[str] = field(default_factory=list)
+    enable_cri_keychain: bool = False
+    image_service_address: str = ""  # empty: containerd's default socket
 
     @property
     def manager_mode(self) -> str:
@@ -50,6 +53,9 @@ class SnapshotterConfig:
 
     def effective_cache_dir(self) -> str:
         return self.cache_dir or f"{self.root.rstrip('/')}/cache"
+
+    def effective_image_service(self) -> str:
+        return self.image_service_address or "/run/containerd/containerd.sock"
 
     def validate(self) -> SnapshotterConfig:
         if len(self.root.encode()) > MAX_ROOT:
@@ -64,6 +70,8 @@ class SnapshotterConfig:
             raise ConfigError(f"daemon.recover_policy: {self.recover_policy!r}: expected none, restart or failover")
         if self.failover_policy not in ("none", "resend", "flush"):
             raise ConfigError(f"daemon.failover_policy: {self.failover_policy!r}: expected none, resend or flush")
+        if self.enable_cri_keychain and not self.effective_image_service():
+            raise ConfigError("remote.auth.image_service_address: empty, and the CRI keychain needs it")
         if not 0 <= self.threads_number <= 1024:
             raise ConfigError(f"daemon.threads_number: {self.threads_number} is not between 0 and 1024")
         return self
@@ -110,4 +118,6 @@ def load(path: Optional[str]) -> SnapshotterConfig:
         cache_dir=_get(doc, "cache_manager.cache_dir", str, d.cache_dir),
         skip_ssl_verify=_get(doc, "remote.skip_ssl_verify", bool, d.skip_ssl_verify),
         plain_http_registries=list(_get(doc, "remote.plain_http_registries", list, [])),
+        enable_cri_keychain=_get(doc, "remote.auth.enable_cri_keychain", bool, d.enable_cri_keychain),
+        image_service_address=_get(doc, "remote.auth.image_service_address", str, d.image_service_address),
     ).validate()

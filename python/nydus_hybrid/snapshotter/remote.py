@@ -18,20 +18,25 @@ from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.manager import Manager
 from nydus_hybrid.snapshotter import labels
 from nydus_hybrid.snapshotter.errors import FailedPrecondition, Unavailable
+from nydus_hybrid.snapshotter.keychain import Keychain
 
 BOOTSTRAP = "image/image.boot"  # where the bootstrap layer puts it inside its snapshot
 
 
 class RemoteFs:
-    def __init__(self, manager: Manager, cache_dir: str, plain_http: Sequence[str] = ()) -> None:
+    def __init__(
+        self, manager: Manager, cache_dir: str, plain_http: Sequence[str] = (), keychain: Optional[Keychain] = None
+    ) -> None:
         self.manager = manager
+        self.keychain = keychain or Keychain()
         self.cache_dir = cache_dir
         self.plain_http = set(plain_http)
 
     def daemon_config(self, lbls: Dict[str, str]) -> Dict[str, Any]:
         """The nydusd (v1) config of an image's instance: a registry backend for the
-        image reference's host and repository, and the shared blob cache. Credentials are
-        the registry backend's own (docker's config.json, `IMAGE_PULL_AUTH`)."""
+        image reference's host and repository, and the shared blob cache. Credentials come
+        from the keychain (labels, then CRI capture), else the registry backend's own
+        lookup (docker's config.json)."""
         ref_text = lbls.get(labels.CRI_IMAGE_REF) or lbls.get(labels.STARGZ_REF)
         if not ref_text:
             raise FailedPrecondition(
@@ -48,6 +53,7 @@ class RemoteFs:
             "timeout": 30,
             "connect_timeout": 10,
             "retry_limit": 2,
+            **self.keychain.backend_auth(ref.api_host, lbls),
         }
         return {
             "device": {

@@ -21,6 +21,7 @@ import grpc
 from nydus_hybrid import log
 from nydus_hybrid.manager.manager import Manager
 from nydus_hybrid.snapshotter.config import DAEMON_MODES, ConfigError, SnapshotterConfig, load
+from nydus_hybrid.snapshotter.keychain import CriImageProxy, Keychain
 from nydus_hybrid.snapshotter.remote import RemoteFs
 from nydus_hybrid.snapshotter.service import SnapshotsService
 from nydus_hybrid.snapshotter.snapshot import Snapshotter
@@ -38,7 +39,7 @@ def prepare_socket(address: str) -> None:
     os.unlink(address)
 
 
-def remote_fs(cfg: SnapshotterConfig) -> RemoteFs:
+def remote_fs(cfg: SnapshotterConfig, keychain: Optional[Keychain] = None) -> RemoteFs:
     """The daemon manager under the snapshotter's root (its daemons' mounts land in
     `<root>/snapshots/<id>/mnt`, nydus-snapshotter's layout), recovered from its store."""
     manager = Manager(
@@ -52,15 +53,26 @@ def remote_fs(cfg: SnapshotterConfig) -> RemoteFs:
         log_level=cfg.log_level,
     )
     manager.recover()
-    return RemoteFs(manager, cfg.effective_cache_dir(), cfg.plain_http_registries)
+    return RemoteFs(manager, cfg.effective_cache_dir(), cfg.plain_http_registries, keychain)
 
 
 class Server:
-    def __init__(self, root: str, address: str, remote: Optional[RemoteFs] = None, workers: int = 16) -> None:
+    def __init__(
+        self,
+        root: str,
+        address: str,
+        remote: Optional[RemoteFs] = None,
+        workers: int = 16,
+        cri_proxy: Optional[CriImageProxy] = None,
+    ) -> None:
         self.address = address
         self.snapshotter = Snapshotter(root, remote)
+        self.cri_proxy = cri_proxy
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshots"))
-        self.grpc.add_generic_rpc_handlers((SnapshotsService(self.snapshotter).handler(),))
+        handlers: List[grpc.GenericRpcHandler] = [SnapshotsService(self.snapshotter).handler()]
+        if cri_proxy is not None:
+            handlers.append(cri_proxy)
+        self.grpc.add_generic_rpc_handlers(tuple(handlers))
         prepare_socket(address)
         if self.grpc.add_insecure_port(f"unix:{os.path.abspath(address)}") == 0:
             raise SystemExit(f"nydus-hybrid snapshotter: error: cannot listen on {address}")
@@ -74,6 +86,8 @@ class Server:
         if not self.grpc.stop(grace).wait(grace + 5):
             log.event("snapshotter_stop_slow", logging.WARNING, grace=grace)
         self.snapshotter.close()
+        if self.cri_proxy is not None:
+            self.cri_proxy.close()
         log.event("snapshotter_stopped", address=self.address)
 
 
@@ -118,7 +132,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = parse_args(argv)
     log.setup("debug" if cfg.log_level == "trace" else cfg.log_level)
     os.makedirs(cfg.root, mode=0o700, exist_ok=True)
-    server = Server(cfg.root, cfg.address, remote_fs(cfg))
+    keychain = Keychain()
+    proxy = CriImageProxy(keychain, cfg.effective_image_service()) if cfg.enable_cri_keychain else None
+    server = Server(cfg.root, cfg.address, remote_fs(cfg, keychain), cri_proxy=proxy)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
