@@ -53,8 +53,10 @@ def rootfs_tar() -> Path:
     if not ROOTFS.exists():
         part = ROOTFS.with_suffix(".part.tar")
         subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--mode=root", "-q"]
-            + ["--include=python3,python3-requests,nodejs", "bookworm", str(part)],
+            [
+                *("mmdebstrap", "--variant=minbase", "--mode=root", "-q"),
+                *("--include=python3,python3-requests,nodejs", "bookworm", str(part)),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -220,8 +222,10 @@ def cold_start(contender: str, link: Link, registry: Registry, images: Dict[str,
             ctd.ctr("images", "pull", "--plain-http", "--snapshotter", snapshotter, ref, timeout=1800)
         else:
             subprocess.run(
-                [sys.executable, "-m", "nydus_hybrid", "pull", "-a", str(ctd.address), "-n", "test", "--plain-http"]
-                + ["--snapshotter", snapshotter, ref],
+                [
+                    *(sys.executable, "-m", "nydus_hybrid", "pull", "-a", str(ctd.address), "-n", "test"),
+                    *("--plain-http", "--snapshotter", snapshotter, ref),
+                ],
                 check=True,
                 capture_output=True,
                 timeout=1800,
