@@ -93,7 +93,8 @@ def stack_factory(tmp_path, image):
 
     def make(policy: str) -> Stack:
         # A short root: the snapshotter's root must fit daemon socket paths.
-        s = Stack(Path(os.path.realpath(tmp_path)), *image, policy)
+        registry, ref = image
+        s = Stack(Path(os.path.realpath(tmp_path)), registry, ref, policy)
         made.append(s)
         s.pull()
         return s
