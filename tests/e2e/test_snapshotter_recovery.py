@@ -16,7 +16,6 @@ import hashlib
 import os
 import signal
 import tarfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from tests.helpers import servers
 from tests.helpers.containerd import SNAPSHOTTER, Containerd
 from tests.helpers.layers import debian_base, write_layout
 from tests.helpers.mounts import is_mounted
-from tests.helpers.snapshots import SnapshotterProcess, daemon_pids
+from tests.helpers.snapshots import CheckingReader, SnapshotterProcess, daemon_pids, kill_daemon_and_wait
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd and mounts need root")
 
@@ -181,39 +180,11 @@ def test_failover_twice_under_a_running_container(stack_factory):
     want = debian_files()
     start_keeper(s)
     rootfs = container_rootfs(s, s.keeper)
-    errors: List[str] = []
-    passes = [0]
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            Path("/proc/sys/vm/drop_caches").write_text("3")
-            for rel, data in want.items():
-                try:
-                    if (rootfs / rel).read_bytes() != data:
-                        errors.append(f"{rel}: wrong bytes")
-                except OSError as e:
-                    errors.append(f"{rel}: {e}")
-            passes[0] += 1
-
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
+    with CheckingReader(rootfs, want) as reader:
         for _ in range(2):
-            (pid,) = daemon_pids(s.snap.root)
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 60
-            while daemon_pids(s.snap.root) in ([pid], []):
-                assert time.monotonic() < deadline, "no successor took over"
-                time.sleep(0.1)
-            before = passes[0]
-            while passes[0] < before + 1:
-                assert time.monotonic() < deadline + 60, "reads stopped after the failover"
-                time.sleep(0.05)
-    finally:
-        stop.set()
-        t.join(timeout=120)
-    assert errors == [], errors[:5]
+            kill_daemon_and_wait(s.snap.root)
+            reader.wait_passes(1, timeout=120)
+    assert reader.errors == [], reader.errors[:5]
     # The container itself saw no failure either.
     assert (
         exec_in(s, s.keeper, "e1", "cat", "/etc/debian_version").strip() == want["etc/debian_version"].decode().strip()

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -139,24 +140,9 @@ class SnapshotterProcess:
     def reap_daemons(self) -> None:
         """Kill the daemons started under this root and lazily unmount what they served
         (daemons outlive the snapshotter by design; a failed test must not leave them)."""
-        root = str(self.root)
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"nydus_hybrid.daemon" in argv and any(a.startswith(root.encode()) for a in argv):
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        with open("/proc/self/mounts") as f:
-            mounted = [line.split()[1] for line in f]
-        for m in reversed(mounted):
-            if m.startswith(root):
-                subprocess.run(["umount", "-l", m], capture_output=True)
+        from nydus_hybrid.demo_stack import reap
+
+        reap(str(self.root))
 
 
 def mount_all(mounts: Sequence[Any], target: Path) -> None:
@@ -210,3 +196,52 @@ def daemon_pids(root: Path) -> List[int]:
         return [int(d["pid"]) for d in store.daemons()]
     finally:
         store.close()
+
+
+class CheckingReader:
+    """A thread reading every file of `want` (relative path -> bytes) under `root` in a loop,
+    the page cache dropped before each pass so the reads reach the daemon; it records any
+    error or wrong byte. Used as a context manager around daemon kills."""
+
+    def __init__(self, root: Path, want: Dict[Any, bytes]) -> None:
+        self.root, self.want = root, want
+        self.errors: List[str] = []
+        self.passes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checking-reader")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            Path("/proc/sys/vm/drop_caches").write_text("3")
+            for rel, data in self.want.items():
+                try:
+                    if (self.root / rel).read_bytes() != data:
+                        self.errors.append(f"{rel}: wrong bytes")
+                except OSError as e:
+                    self.errors.append(f"{rel}: {e}")
+            self.passes += 1
+
+    def __enter__(self) -> CheckingReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def wait_passes(self, n: int, timeout: float) -> None:
+        """Until `n` more whole passes are done."""
+        target, deadline = self.passes + n, time.monotonic() + timeout
+        while self.passes < target:
+            assert time.monotonic() < deadline, "reads stopped"
+            time.sleep(0.05)
+
+
+def kill_daemon_and_wait(root: Path, timeout: float = 60) -> None:
+    """SIGKILL the snapshotter's one image daemon, and wait until another has taken over."""
+    (pid,) = daemon_pids(root)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while daemon_pids(root) in ([pid], []):
+        assert time.monotonic() < deadline, "no successor took over"
+        time.sleep(0.1)

@@ -12,12 +12,9 @@ import gzip
 import io
 import json
 import os
-import signal
 import tarfile
-import threading
 import time
 from pathlib import Path
-from typing import List
 
 import grpc
 import pytest
@@ -27,7 +24,14 @@ from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers.layers import flatten, tar_dir, write_layout
 from tests.helpers.mounts import is_mounted
-from tests.helpers.snapshots import SnapshotterProcess, daemon_pids, mount_all, umount
+from tests.helpers.snapshots import (
+    CheckingReader,
+    SnapshotterProcess,
+    daemon_pids,
+    kill_daemon_and_wait,
+    mount_all,
+    umount,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 
@@ -192,42 +196,15 @@ def test_a_killed_daemon_fails_over_under_a_reading_container(tmp_path, registry
         ctr_root.mkdir()
         mount_all([mount], ctr_root)
         want = {p.relative_to(rootfs): p.read_bytes() for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink()}
-        errors: List[str] = []
-        passes = [0]
-        stop = threading.Event()
-
-        def reader() -> None:
-            while not stop.is_set():
-                Path("/proc/sys/vm/drop_caches").write_text("3")
-                for rel, data in want.items():
-                    try:
-                        if (ctr_root / rel).read_bytes() != data:
-                            errors.append(f"{rel}: wrong bytes")
-                    except OSError as e:
-                        errors.append(f"{rel}: {e}")
-                passes[0] += 1
-
-        t = threading.Thread(target=reader)
-        t.start()
         try:
-            for _ in range(2):
-                pids = daemon_pids(snap.root)
-                assert len(pids) == 1
-                os.kill(pids[0], signal.SIGKILL)
-                deadline = time.monotonic() + 30
-                while daemon_pids(snap.root) in ([pids[0]], []):
-                    assert time.monotonic() < deadline, "no successor took over"
-                    time.sleep(0.1)
-                before = passes[0]
-                while passes[0] < before + 2:
-                    assert time.monotonic() < deadline + 30, "reads stopped after the failover"
-                    time.sleep(0.05)
+            with CheckingReader(ctr_root, want) as reader:
+                for _ in range(2):
+                    kill_daemon_and_wait(snap.root, timeout=30)
+                    reader.wait_passes(2, timeout=60)
         finally:
-            stop.set()
-            t.join(timeout=60)
             umount(ctr_root)
-        assert errors == [], errors[:5]
-        assert passes[0] >= 4
+        assert reader.errors == [], reader.errors[:5]
+        assert reader.passes >= 4
         c.remove("container-1")
         c.remove(meta)  # which stops the image's daemon (daemons otherwise outlive the snapshotter)
         assert daemon_pids(snap.root) == []
