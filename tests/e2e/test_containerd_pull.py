@@ -114,6 +114,16 @@ def test_a_lazy_pull_then_ctr_run(stack):
     again = json.loads(pull(ctd, image).stdout)
     assert again["lazy_layers"] == 0 and again["fetched_bytes"] < 64 << 10
 
+    # Removing the image: containerd's garbage collector removes its snapshots and calls
+    # our Cleanup, which drops the blob cache's files of blobs no layer names any more
+    # (A13's "the cache dir holds no files after all images are removed").
+    ctd.ctr("images", "rm", "--sync", image)
+    deadline = time.monotonic() + 30
+    while allocated_bytes(snap.root / "cache") > 0 or [p for p in (snap.root / "cache").iterdir()]:
+        assert time.monotonic() < deadline, sorted(p.name for p in (snap.root / "cache").iterdir())
+        time.sleep(0.2)
+    assert report["chain_id"] not in ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
+
 
 def test_an_oci_image_pulls_through_the_same_snapshotter(stack):
     """The fallback: every layer of an ordinary image is fetched, applied and committed."""

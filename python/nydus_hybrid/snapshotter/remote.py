@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from nydus_hybrid import log
 from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.errors import InvalidArgumentError
 from nydus_hybrid.manager.errors import ManagerError
@@ -100,6 +101,27 @@ class RemoteFs:
                     size += e.stat(follow_symlinks=False).st_blocks * 512
                     files += 1
         return size, files
+
+    def gc_cache(self, used: Set[str]) -> List[str]:
+        """Delete the blob cache's files (data, chunk map, meta) of every blob not in
+        `used`; returns the names deleted."""
+        gone: List[str] = []
+        try:
+            names = os.listdir(self.cache_dir)
+        except FileNotFoundError:
+            return gone
+        for name in names:
+            blob_id = name.split(".", 1)[0]
+            if len(blob_id) != 64 or blob_id in used or not all(c in "0123456789abcdef" for c in blob_id):
+                continue
+            try:
+                os.unlink(os.path.join(self.cache_dir, name))
+                gone.append(name)
+            except OSError as e:
+                log.event("cache_gc_failed", file=name, error=e.strerror or str(e))
+        if gone:
+            log.event("cache_gc", files=len(gone))
+        return gone
 
     def close(self) -> None:
         self.manager.close(stop_daemons=False)

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from nydus_hybrid.snapshotter import filters, labels
 from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -208,14 +208,32 @@ class Snapshotter:
 
     def cleanup(self) -> List[str]:
         """Remove every directory under `snapshots/` that no snapshot owns (what a crash
-        or a failed removal left); returns their names."""
+        or a failed removal left), then the blob cache's files of blobs no Nydus data layer
+        names any more (A9.9); returns what went."""
         live = set(self.ms.ids())
         removed = []
         for entry in os.listdir(self.snapshots):
             if entry not in live:
                 shutil.rmtree(self.snapshots / entry, ignore_errors=True)
                 removed.append(entry)
+        if self.remote is not None:
+            used = self._used_blobs()
+            if used is not None:
+                removed += self.remote.gc_cache(used)
         return removed
+
+    def _used_blobs(self) -> Optional[Set[str]]:
+        """The blob ids the Nydus data layers name; None when one of them does not say
+        which blob it is (then nothing may be collected: never delete what might be read)."""
+        used = set()
+        for _, info in list(self.ms.walk()):
+            if not labels.is_nydus_data_layer(info.labels):
+                continue
+            digest = info.labels.get(labels.CRI_LAYER_DIGEST, "")
+            if not digest.startswith("sha256:"):
+                return None
+            used.add(digest[len("sha256:") :])
+        return used
 
     def lookup(self, key: str) -> Optional[Info]:
         try:
