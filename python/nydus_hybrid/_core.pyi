@@ -39,9 +39,11 @@ __all__ = [
     "build",
     "cache_gc",
     "error_kinds",
+    "idmapped_bind",
     "inline_bootstrap",
     "merge",
     "parse_config",
+    "parse_id_mapping",
     "raise_error_example",
     "set_registry_auth",
 ]
@@ -189,6 +191,8 @@ def build(
     chunk_dict: Optional[_Path] = None,
 ) -> BuildReportDict: ...
 def inline_bootstrap(blob: _Path) -> bytes: ...
+def parse_id_mapping(text: str, what: str) -> Tuple[int, int, int]: ...
+def idmapped_bind(source: _Path, target: _Path, uid_mapping: str, gid_mapping: str, readonly: bool = True) -> None: ...
 def merge(
     sources: Sequence[_Path],
     bootstrap: _Path,

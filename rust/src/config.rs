@@ -4,6 +4,7 @@
 //! an error that names the field.
 
 use crate::error::{Error, Result};
+use crate::idmap::{IdMap, IdRange};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -152,6 +153,9 @@ pub struct RafsConfig {
     pub access_pattern: bool,
     pub latest_read_files: bool,
     pub prefetch: PrefetchConfig,
+    /// Our extension: `id_mapping` `{"uid": "i:h:n", "gid": "i:h:n"}` shifts the owners a
+    /// FUSE mount reports (for a container in a user namespace).
+    pub id_mapping: Option<IdMap>,
 }
 
 impl Default for RafsConfig {
@@ -165,6 +169,7 @@ impl Default for RafsConfig {
             access_pattern: false,
             latest_read_files: false,
             prefetch: PrefetchConfig::default(),
+            id_mapping: None,
         }
     }
 }
@@ -300,7 +305,8 @@ impl Config {
             "rafs": {"mode": self.rafs.mode, "batch_size": self.rafs.batch_size, "validate": self.rafs.validate,
                      "enable_xattr": self.rafs.enable_xattr, "iostats_files": self.rafs.iostats_files,
                      "access_pattern": self.rafs.access_pattern, "latest_read_files": self.rafs.latest_read_files,
-                     "prefetch": prefetch(&self.rafs.prefetch)},
+                     "prefetch": prefetch(&self.rafs.prefetch),
+                     "id_mapping": self.rafs.id_mapping.map(|m| json!({"uid": m.uid.text(), "gid": m.gid.text()}))},
         })
     }
 }
@@ -346,8 +352,9 @@ fn parse_v2(root: &Obj) -> Result<Config> {
             access_pattern: r.bool_or("access_pattern", false)?,
             latest_read_files: r.bool_or("latest_read_files", false)?,
             prefetch: r.obj("prefetch")?.map(|p| parse_prefetch_v2(&p)).transpose()?.unwrap_or_default(),
+            id_mapping: parse_id_mapping(&r)?.or(parse_id_mapping(root)?),
         },
-        None => RafsConfig::default(),
+        None => RafsConfig { id_mapping: parse_id_mapping(root)?, ..RafsConfig::default() },
     };
     Ok(Config { id: root.str_or("id", "")?, backend, cache, rafs })
 }
@@ -399,8 +406,24 @@ fn parse_v1(root: &Obj) -> Result<Config> {
             access_pattern: root.bool_or("access_pattern", false)?,
             latest_read_files: root.bool_or("latest_read_files", false)?,
             prefetch,
+            id_mapping: parse_id_mapping(root)?,
         },
     })
+}
+
+/// `id_mapping`: absent, `null` or `[]` (what nydus-snapshotter sends when it has none) is
+/// no mapping; else an object with both `uid` and `gid` as `inside:host:size`.
+fn parse_id_mapping(o: &Obj) -> Result<Option<IdMap>> {
+    match o.get("id_mapping") {
+        None => Ok(None),
+        Some(Value::Array(a)) if a.is_empty() => Ok(None),
+        Some(Value::Object(_)) => {
+            let m = o.obj("id_mapping")?.expect("an object");
+            let range = |k: &str| IdRange::parse(&m.req_str(k)?, &m.path(k));
+            Ok(Some(IdMap { uid: range("uid")?, gid: range("gid")? }))
+        }
+        Some(_) => Err(o.wrong("id_mapping", "an object {\"uid\": \"inside:host:size\", \"gid\": …}")),
+    }
 }
 
 const BACKENDS: [&str; 6] = ["localfs", "localdisk", "oss", "s3", "registry", "http-proxy"];
@@ -697,6 +720,7 @@ mod tests {
         assert_eq!(c.cache.work_dir, PathBuf::from("/var/cache"));
         assert_eq!(c.rafs.batch_size, 2 << 20);
         assert!(c.prefetch().enable && c.prefetch().prefetch_all && c.prefetch().threads == 4);
+        assert_eq!(c.rafs.id_mapping, None, "the snapshotter's empty id_mapping list means none");
     }
 
     #[test]
@@ -720,5 +744,26 @@ mod tests {
     fn toml_v2_document() {
         let c = Config::parse("version = 2\nid = \"x\"\n[backend]\ntype = \"localfs\"\n[backend.localfs]\ndir = \"/blobs\"\n").unwrap();
         assert_eq!(c.backend, Some(BackendConfig::LocalFs { blob_file: None, dir: Some("/blobs".into()), alt_dirs: vec![] }));
+    }
+
+    #[test]
+    fn id_mapping_in_v1_and_v2_and_its_errors() {
+        let v1 =
+            |m: &str| Config::parse(&format!(r#"{{"device":{{"backend":{{"type":"localfs","config":{{"dir":"/b"}}}}}},"mode":"direct","id_mapping":{m}}}"#));
+        let c = v1(r#"{"uid":"0:100000:65536","gid":"0:200000:65536"}"#).unwrap();
+        let m = c.rafs.id_mapping.unwrap();
+        assert_eq!((m.uid.host, m.gid.host, m.uid.size), (100000, 200000, 65536));
+        assert_eq!(c.to_v2_json()["rafs"]["id_mapping"]["gid"], "0:200000:65536");
+        let v2 = Config::parse(r#"{"version":2,"rafs":{"id_mapping":{"uid":"0:1000:1","gid":"0:1000:1"}}}"#).unwrap();
+        assert_eq!(v2.rafs.id_mapping.unwrap().uid.to_host(0), 1000);
+        for (bad, says) in [
+            (r#"{"uid":"0:1:2"}"#, "id_mapping.gid: required"),
+            (r#"{"uid":"0:1:0","gid":"0:1:1"}"#, "id_mapping.uid"),
+            (r#""0:1:2""#, "id_mapping: expected an object"),
+            (r#"[1]"#, "id_mapping: expected an object"),
+        ] {
+            let e = v1(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod export;
 pub mod fscache;
 #[cfg(feature = "fuse")]
 pub mod fuse;
+pub mod idmap;
 pub mod inspect;
 pub mod layout;
 pub mod merge;

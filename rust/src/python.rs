@@ -437,6 +437,23 @@ impl PrefetchJob {
 
 /// Replace the registry credentials (base64 `user:password`) of every registry backend
 /// opened with this `backend_id`; they apply from the next request.
+/// `inside:host:size` (a containerd id-mapping label) as its three numbers; the one parser.
+#[pyfunction]
+fn parse_id_mapping(text: &str, what: &str) -> R<(u32, u32, u32)> {
+    let r = crate::idmap::IdRange::parse(text, what).map_err(to_py)?;
+    Ok((r.inside, r.host, r.size))
+}
+
+/// Bind `source` at `target` as an idmapped mount shifting owners by the two
+/// `inside:host:size` mappings (the snapshotter's remap-ids for overlay lower layers).
+#[pyfunction]
+#[pyo3(signature = (source, target, uid_mapping, gid_mapping, readonly=true))]
+fn idmapped_bind(py: Python<'_>, source: PathBuf, target: PathBuf, uid_mapping: &str, gid_mapping: &str, readonly: bool) -> R<()> {
+    use crate::idmap::{IdMap, IdRange};
+    let map = IdMap { uid: IdRange::parse(uid_mapping, "uid mapping").map_err(to_py)?, gid: IdRange::parse(gid_mapping, "gid mapping").map_err(to_py)? };
+    py.allow_threads(|| crate::idmap::idmapped_bind(&source, &target, &map, readonly)).map_err(to_py)
+}
+
 #[pyfunction]
 fn set_registry_auth(backend_id: &str, auth: &str) {
     crate::storage::registry::set_registry_auth(backend_id, auth);
@@ -726,6 +743,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FuseMount>()?;
     m.add_function(wrap_pyfunction!(build, m)?)?;
     m.add_function(wrap_pyfunction!(inline_bootstrap, m)?)?;
+    m.add_function(wrap_pyfunction!(idmapped_bind, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_id_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;

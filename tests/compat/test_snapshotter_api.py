@@ -223,3 +223,50 @@ def test_state_survives_a_restart_and_cleanup_removes_orphans(server, tmp_path):
         assert len(os.listdir(server.root / "snapshots")) == 2
     finally:
         c.close()
+
+
+UIDMAP = "containerd.io/snapshot/uidmapping"
+GIDMAP = "containerd.io/snapshot/gidmapping"
+
+
+def test_remap_ids_shift_the_lower_layers_and_own_the_upper_dir(client, server, tmp_path):
+    """remap-ids on the native path: the active snapshot's lower layers are idmapped binds
+    (an owner k on disk is seen as 100000+k), its upper and work dirs belong to the
+    container's root, and removing it drops the binds without touching the layer."""
+    commit_layer(client, tmp_path, "a", "base", files={"etc/owned": b"x", "bin/tool": b"y"})
+    base_file = next((server.root / "snapshots").glob("*/fs/etc/owned"))
+    os.lchown(base_file, 5, 7)
+    mapping = {UIDMAP: "0:100000:65536", GIDMAP: "0:200000:65536"}
+    mounts = client.prepare("ctr", "base", labels=mapping)
+    opts = dict(o.split("=", 1) for o in mounts[0].options)
+    lower, upper = opts["lowerdir"], Path(opts["upperdir"])
+    assert "/lower/" in lower and (upper.stat().st_uid, upper.stat().st_gid) == (100000, 200000)
+    with Mounted(mounts, tmp_path / "rootfs") as root:
+        st = (root / "etc/owned").stat()
+        assert (st.st_uid, st.st_gid) == (100005, 200007)
+        assert (root / "bin").stat().st_uid == 100000, "root's files are the container root's"
+        (root / "new").write_text("z")
+    assert (base_file.stat().st_uid, base_file.stat().st_gid) == (5, 7), "the layer on disk is unchanged"
+    assert client.mounts("ctr") == mounts, "Mounts again reuses the binds"
+    client.remove("ctr")
+    assert lower not in Path("/proc/self/mountinfo").read_text()
+    assert base_file.read_bytes() == b"x", "removal went through no bind into the layer"
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {UIDMAP: "0:100000:65536"},  # one without the other
+        {UIDMAP: "0:100000", GIDMAP: "0:100000:65536"},
+        {UIDMAP: "0:100000:0", GIDMAP: "0:100000:0"},
+        {UIDMAP: "0:4294967295:2", GIDMAP: "0:1:2"},
+        {UIDMAP: "x:y:z", GIDMAP: "0:1:2"},
+    ],
+)
+def test_bad_id_mappings_are_refused_and_leave_nothing(client, server, tmp_path, labels):
+    commit_layer(client, tmp_path, "a", "base")
+    with pytest.raises(grpc.RpcError) as e:
+        client.prepare("ctr", "base", labels=labels)
+    assert code(e) == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert [i.name for i in client.list()] == ["base"]
+    assert len(os.listdir(server.root / "snapshots")) == 1

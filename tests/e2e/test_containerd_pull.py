@@ -61,6 +61,18 @@ def pull(ctd: Containerd, image: str, *extra: str) -> subprocess.CompletedProces
     )
 
 
+def push_oci_image(registry: servers.Registry, tmp: Path) -> str:
+    """The Debian base as an ordinary OCI image in the registry (pushed once)."""
+    image = f"{registry.host}/debian:oci"
+    layout = tmp / "oci-plain"
+    if not layout.exists():
+        write_layout(layout, [debian_base()], ["gzip"])
+        subprocess.run(
+            ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}", f"docker://{image}"], check=True
+        )
+    return image
+
+
 def debian_version() -> str:
     with tarfile.open(debian_base()) as t:
         f = t.extractfile("./etc/debian_version")
@@ -128,12 +140,7 @@ def test_a_lazy_pull_then_ctr_run(stack):
 def test_an_oci_image_pulls_through_the_same_snapshotter(stack):
     """The fallback: every layer of an ordinary image is fetched, applied and committed."""
     registry, _, ctd, _, tmp = stack
-    layout = tmp / "oci-plain"
-    write_layout(layout, [debian_base()], ["gzip"])
-    image = f"{registry.host}/debian:oci"
-    subprocess.run(
-        ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}", f"docker://{image}"], check=True
-    )
+    image = push_oci_image(registry, tmp)
     p = pull(ctd, image)
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
@@ -240,3 +247,37 @@ def test_cri_credentials_reach_the_image_daemon(tmp_path):
         snap.stop()
         snap.reap_daemons()
         registry.close()
+
+
+REMAP = ("--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536", "--remap-labels")
+# Inside a user namespace the container's root sees its image's files as its own, and
+# writes where it may: the owners below are as the container sees them.
+IN_USERNS = "id -u; stat -c %u:%g /etc/passwd /usr/bin; echo new > /tmp/y && stat -c %u /tmp/y; cat /etc/debian_version"
+
+
+@pytest.mark.parametrize("kind", ["nydus", "oci"])
+def test_remap_ids_runs_a_container_in_a_user_namespace(stack, kind):
+    """`ctr run --uidmap … --remap-labels` (capability remap-ids): the container's snapshot
+    carries containerd's uidmapping/gidmapping labels, and its rootfs shows the image's
+    files owned by the container's host ids. A Nydus image gets an id-mapped instance
+    of its own (the daemon shifts the owners it reports); an OCI image's lower layers
+    are idmapped binds. Without the shift root in the container would own nothing."""
+    registry, snap, ctd, image, tmp = stack
+    if kind == "oci":
+        image = push_oci_image(registry, tmp)
+    p = pull(ctd, image)
+    assert p.returncode == 0, p.stderr
+    name = f"remap-{kind}"
+    run = ctd.ctr("run", "--rm", *REMAP, "--snapshotter", SNAPSHOTTER, image, name, "/bin/sh", "-c", IN_USERNS)
+    uid, passwd, usr_bin, new, version = run.stdout.split()
+    assert (uid, passwd, usr_bin, new, version) == ("0", "0:0", "0:0", "0", debian_version()), run.stdout
+    # Seen from the host, the container's snapshot kept root's files at root and its own
+    # writes went to the upper dir as host uid 100000; the shift lives only in its mounts.
+    listed = ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
+    assert name not in listed, "the container's snapshot went with it"
+    leftovers = [
+        m
+        for m in Path("/proc/self/mountinfo").read_text().splitlines()
+        if f"{snap.root}/snapshots/" in m and "/lower/" in m
+    ]
+    assert not leftovers, leftovers

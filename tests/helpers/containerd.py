@@ -6,13 +6,18 @@ on (`disable_snapshot_annotations = false`), from that registry over plain http.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import pytest
 
+# containerd's state (the task bundles and their rootfs mounts) lives where a container in a
+# user namespace can reach it, as /run/containerd is: every directory on the way is 0711.
+STATE_BASE = Path("/run/nydus-hybrid-tests")
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 SNAPSHOTTER = "nydus"
@@ -32,12 +37,15 @@ class Containerd:
         self.address = workdir / "containerd.sock"
         self.log = workdir / "containerd.log"
         self.config = workdir / "config.toml"
+        STATE_BASE.mkdir(mode=0o711, exist_ok=True)
+        self.state = Path(tempfile.mkdtemp(prefix="ctd-", dir=STATE_BASE))
+        self.state.chmod(0o711)
         self.config.write_text(
             "\n".join(
                 [
                     "version = 2",
                     f'root = "{workdir / "root"}"',
-                    f'state = "{workdir / "state"}"',
+                    f'state = "{self.state}"',
                     *([] if cri_registry else ['disabled_plugins = ["io.containerd.grpc.v1.cri"]']),
                     "[grpc]",
                     f'  address = "{self.address}"',
@@ -107,3 +115,5 @@ class Containerd:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if not [m for m in Path("/proc/self/mountinfo").read_text().split() if m.startswith(f"{self.state}/")]:
+            shutil.rmtree(self.state, ignore_errors=True)  # never through a container's rootfs

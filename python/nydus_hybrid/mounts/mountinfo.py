@@ -8,7 +8,7 @@ import os
 
 TYPE_CHECKING = False  # not typing's: the daemon's early mount uses this module
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import List, Optional
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -33,6 +33,14 @@ def mount_entry(path: str) -> Optional[str]:
             if _unescape(line.split()[4]) == path:
                 found = line
     return found
+
+
+def mounts_under(path: str) -> List[str]:
+    """Mount points strictly inside ``path`` (canonical), deepest first."""
+    prefix = path.rstrip("/") + "/"
+    with open(MOUNTINFO) as f:
+        found = {p for p in (_unescape(line.split()[4]) for line in f) if p.startswith(prefix)}
+    return sorted(found, key=lambda p: p.count("/"), reverse=True)
 
 
 def is_mountpoint(path: str) -> bool:

@@ -4,9 +4,13 @@ layer descriptors (`nydus_hybrid.convert.oci`), which reach us as labels."""
 
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
+from nydus_hybrid import _core
 from nydus_hybrid.convert import oci
+from nydus_hybrid.errors import NydusError
+from nydus_hybrid.snapshotter.errors import InvalidArgument
 
 # containerd sets this on a pull-time Prepare: the chain id it will commit the layer as.
 TARGET_SNAPSHOT_REF = "containerd.io/snapshot.ref"
@@ -29,3 +33,40 @@ def is_nydus_data_layer(labels: Dict[str, str]) -> bool:
 
 def is_nydus_meta_layer(labels: Dict[str, str]) -> bool:
     return labels.get(NYDUS_META_LAYER) == "true"
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """A container's user-namespace mapping (capability `remap-ids`): image ids
+    `inside..inside+size` are host ids `host..`, for uids and gids."""
+
+    uid: str  # inside:host:size
+    gid: str
+
+    def host_root(self) -> Optional[Tuple[int, int]]:
+        """The host uid and gid of the container's root (its upper dir's owner), if the
+        mapping includes root."""
+        (ui, uh, _), (gi, gh, _) = (
+            _core.parse_id_mapping(self.uid, UID_MAPPING),
+            _core.parse_id_mapping(self.gid, GID_MAPPING),
+        )
+        return (uh, gh) if ui == 0 and gi == 0 else None
+
+    def key(self) -> str:
+        """A name for this mapping that is safe in paths (an instance key suffix)."""
+        return f"{self.uid}-{self.gid}".replace(":", ".")
+
+
+def id_mapping(labels: Dict[str, str]) -> Optional[IdMapping]:
+    """The snapshot's id mapping, or None; both labels or neither, each `inside:host:size`."""
+    uid, gid = labels.get(UID_MAPPING), labels.get(GID_MAPPING)
+    if uid is None and gid is None:
+        return None
+    if uid is None or gid is None:
+        raise InvalidArgument(f"{UID_MAPPING} and {GID_MAPPING} go together: only one was given")
+    try:
+        for text, what in ((uid, UID_MAPPING), (gid, GID_MAPPING)):
+            _core.parse_id_mapping(text, what)
+    except NydusError as e:
+        raise InvalidArgument(str(e)) from None
+    return IdMapping(uid, gid)

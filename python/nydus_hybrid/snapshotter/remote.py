@@ -22,6 +22,7 @@ from nydus_hybrid.snapshotter.errors import FailedPrecondition, Unavailable
 from nydus_hybrid.snapshotter.keychain import Keychain
 
 BOOTSTRAP = "image/image.boot"  # where the bootstrap layer puts it inside its snapshot
+USERNS = "-userns-"  # instance keys of id-mapped mounts: <meta id>-userns-<mapping>
 
 
 class RemoteFs:
@@ -68,22 +69,29 @@ class RemoteFs:
             "fs_prefetch": {"enable": True, "threads_count": 4, "prefetch_all": False},
         }
 
-    def mount(self, meta_id: str, bootstrap: str, lbls: Dict[str, str]) -> str:
-        """The instance's mountpoint, mounting it first if needed (idempotent)."""
+    def mount(
+        self, meta_id: str, bootstrap: str, lbls: Dict[str, str], idmap: Optional[labels.IdMapping] = None
+    ) -> str:
+        """The instance's mountpoint, mounting it first if needed (idempotent). An id
+        mapping gets an instance of its own (`<id>-userns-<mapping>`, as nydus-snapshotter's
+        `<id>-userns-<host uid>`) whose daemon reports owners shifted."""
         config = self.daemon_config(lbls)
+        key = meta_id
+        if idmap is not None:
+            config["id_mapping"] = {"uid": idmap.uid, "gid": idmap.gid}
+            key = f"{meta_id}{USERNS}{idmap.key()}"
         try:
-            rec = self.manager.mount(
-                meta_id, lbls.get(labels.CRI_MANIFEST_DIGEST, meta_id), bootstrap, json.dumps(config)
-            )
+            rec = self.manager.mount(key, lbls.get(labels.CRI_MANIFEST_DIGEST, meta_id), bootstrap, json.dumps(config))
         except ManagerError as e:
             raise Unavailable(f"mounting the Nydus image of snapshot {meta_id}: {e}") from None
         mountpoint: str = rec["mountpoint"]
         return mountpoint
 
     def umount(self, meta_id: str) -> None:
-        if meta_id in self.manager.instances:
+        """Unmount every instance of the meta layer (its plain and id-mapped ones)."""
+        for key in [k for k in self.manager.instances if k == meta_id or k.startswith(meta_id + USERNS)]:
             try:
-                self.manager.umount(meta_id)
+                self.manager.umount(key)
             except ManagerError as e:
                 raise Unavailable(f"unmounting the Nydus image of snapshot {meta_id}: {e}") from None
 

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+from nydus_hybrid import _core, log
+from nydus_hybrid.errors import NydusError
+from nydus_hybrid.mounts import mountinfo, syscall
 from nydus_hybrid.snapshotter import filters, labels
 from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from nydus_hybrid.snapshotter.metastore import Info, Kind, MetaStore, Snapshot, Usage
-from nydus_hybrid.snapshotter.remote import BOOTSTRAP, RemoteFs, meta_ancestor
+from nydus_hybrid.snapshotter.remote import BOOTSTRAP, USERNS, RemoteFs, meta_ancestor
 
 
 @dataclass(frozen=True)
@@ -131,26 +134,54 @@ class Snapshotter:
         return self._mounts(key, self.ms.snapshot(key))
 
     def _mounts(self, key: str, s: Snapshot) -> List[Mount]:
-        """Remote mounts over a Nydus image (an ancestor is its meta layer), else native."""
-        meta = meta_ancestor([info for _, info in self.ms.chain(key)]) if self.remote else None
+        """Remote mounts over a Nydus image (an ancestor is its meta layer), else native.
+        An active snapshot with id-mapping labels (remap-ids) gets its lower layers shifted
+        to the container's host ids and its upper dir owned by the container's root."""
+        chain = [info for _, info in self.ms.chain(key)]
+        idmap = labels.id_mapping(self.ms.info(key)[1].labels) if s.kind == Kind.ACTIVE else None
+        if idmap is not None:
+            self._own_upper(s, idmap)
+        meta = meta_ancestor(chain) if self.remote else None
         if meta is None or self.remote is None:
-            return self._native(s)
+            return self._native(s, idmap)
         meta_id = self.ms.info(meta.name)[0]
         bootstrap = self.upper(meta_id) / BOOTSTRAP
         if not bootstrap.is_file():
             raise FailedPrecondition(f"Nydus meta layer {meta.name} holds no {BOOTSTRAP}: was it unpacked?")
-        mountpoint = self.remote.mount(meta_id, str(bootstrap), meta.labels)
+        mountpoint = self.remote.mount(meta_id, str(bootstrap), meta.labels, idmap)
         if s.kind == Kind.VIEW:
             return [Mount("overlay", "overlay", (f"lowerdir={mountpoint}:{self.upper(s.id)}",))]
         opts = (f"workdir={self.work(s.id)}", f"upperdir={self.upper(s.id)}", f"lowerdir={mountpoint}")
         return [Mount("overlay", "overlay", opts)]
 
-    def _native(self, s: Snapshot) -> List[Mount]:
+    def _own_upper(self, s: Snapshot, idmap: labels.IdMapping) -> None:
+        root = idmap.host_root()
+        if root is not None:
+            for d in (self.upper(s.id), self.work(s.id)):
+                os.lchown(d, *root)
+
+    def _idmapped(self, s: Snapshot, idmap: labels.IdMapping) -> List[str]:
+        """The parents' upper dirs as idmapped read-only binds under the snapshot's own
+        directory (`lower/<n>`), made once; they go with the snapshot."""
+        paths = []
+        for n, parent in enumerate(s.parent_ids):
+            target = self.snapshots / s.id / "lower" / str(n)
+            if not mountinfo.is_mountpoint(str(target)):
+                target.mkdir(parents=True, exist_ok=True)
+                try:
+                    _core.idmapped_bind(str(self.upper(parent)), str(target), idmap.uid, idmap.gid)
+                except NydusError as e:
+                    raise FailedPrecondition(f"remap-ids: {e}") from None
+            paths.append(str(target))
+        return paths
+
+    def _native(self, s: Snapshot, idmap: Optional[labels.IdMapping] = None) -> List[Mount]:
         """containerd's overlay snapshotter's mount shapes (A9.4, native)."""
         if not s.parent_ids:
             ro = "ro" if s.kind == Kind.VIEW else "rw"
             return [Mount("bind", str(self.upper(s.id)), (ro, "rbind"))]
-        lower = "lowerdir=" + ":".join(str(self.upper(p)) for p in s.parent_ids)
+        lowers = self._idmapped(s, idmap) if idmap is not None else [str(self.upper(p)) for p in s.parent_ids]
+        lower = "lowerdir=" + ":".join(lowers)
         if s.kind == Kind.ACTIVE:
             opts = (f"workdir={self.work(s.id)}", f"upperdir={self.upper(s.id)}", lower)
             return [Mount("overlay", "overlay", opts)]
@@ -172,6 +203,7 @@ class Snapshotter:
             id_, _ = self.ms.remove(key)
             if self.remote is not None and labels.is_nydus_meta_layer(info.labels):
                 self.remote.umount(id_)  # its mount lives in the directory about to go
+            _umount_under(self.snapshots / id_)  # idmapped lower layers: never delete through them
             # Renamed away inside the transaction, removed after it: a failure leaves the
             # record, and a crash leaves only an orphan that Cleanup removes.
             doomed = self.snapshots / f"rm-{id_}"
@@ -213,7 +245,9 @@ class Snapshotter:
         live = set(self.ms.ids())
         removed = []
         for entry in os.listdir(self.snapshots):
-            if entry not in live:
+            # `<id>-userns-…` holds the id-mapped instance of live meta layer <id>.
+            if entry not in live and entry.partition(USERNS)[0] not in live:
+                _umount_under(self.snapshots / entry)
                 shutil.rmtree(self.snapshots / entry, ignore_errors=True)
                 removed.append(entry)
         if self.remote is not None:
@@ -240,6 +274,16 @@ class Snapshotter:
             return self.stat(key)
         except NotFound:
             return None
+
+
+def _umount_under(path: Path) -> None:
+    """Detach every mount under `path` (deepest first), so removing the tree removes only
+    its own files."""
+    for target in mountinfo.mounts_under(str(path)):
+        try:
+            syscall.umount(target, lazy=True)
+        except OSError as e:
+            log.event("umount_failed", path=target, error=e.strerror or str(e))
 
 
 def _field(info: Info, path: Sequence[str]) -> Optional[str]:

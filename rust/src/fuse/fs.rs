@@ -115,8 +115,18 @@ impl RafsFs {
         RafsFs { rafs, stats: Arc::new(FsIoStats::new(accounting)), opts, dirs: Mutex::new(HashMap::new()), next_handle: AtomicU64::new(1) }
     }
 
+    /// An inode's stat as this mount reports it: owners shifted by the instance's id
+    /// mapping, if it has one.
+    fn stat(&self, nid: u64) -> io::Result<Stat> {
+        let mut s = self.rafs.stat_nid(nid).map_err(errno)?;
+        if let Some(m) = &self.rafs.id_map {
+            (s.uid, s.gid) = (m.uid.to_host(s.uid), m.gid.to_host(s.gid));
+        }
+        Ok(s)
+    }
+
     fn entry(&self, nid: u64) -> io::Result<Entry> {
-        let s = self.rafs.stat_nid(nid).map_err(errno)?;
+        let s = self.stat(nid)?;
         Ok(Entry {
             inode: nid + 1,
             generation: 0,
@@ -192,7 +202,7 @@ impl FileSystem for RafsFs {
             Fop::Getattr,
             inode,
             || {
-                let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+                let s = self.stat(nid_of(inode)?)?;
                 Ok((stat64_of(&s, inode), self.opts.attr_timeout))
             },
             |_| 0,
@@ -359,7 +369,7 @@ impl FileSystem for RafsFs {
             Fop::Access,
             inode,
             || {
-                let s = self.rafs.stat_nid(nid_of(inode)?).map_err(errno)?;
+                let s = self.stat(nid_of(inode)?)?;
                 if mask as i32 & libc::W_OK != 0 {
                     return Err(io::Error::from_raw_os_error(libc::EROFS));
                 }

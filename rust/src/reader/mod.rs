@@ -63,6 +63,8 @@ pub struct Rafs {
     pub backend_metrics: Arc<BackendMetrics>,
     /// On-demand reads in progress; prefetch workers yield to them.
     pub demand_inflight: std::sync::atomic::AtomicUsize,
+    /// Owners a FUSE mount of this instance reports shifted (config `id_mapping`).
+    pub id_map: Option<crate::idmap::IdMap>,
 }
 
 impl Rafs {
@@ -81,6 +83,7 @@ impl Rafs {
             cache_metrics: Default::default(),
             backend_metrics: Arc::new(BackendMetrics::new("localfs")),
             demand_inflight: Default::default(),
+            id_map: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl Rafs {
         rafs.backend_metrics = metrics;
         rafs.validate = cfg.validate_on_read();
         rafs.amplify_io = cfg.rafs.batch_size;
+        rafs.id_map = cfg.rafs.id_mapping;
         match cfg.cache.kind {
             CacheKind::BlobCache => rafs.cache_dir = Some(cfg.cache.work_dir.clone()),
             CacheKind::FsCache => return Err(Error::Unsupported("cache.type fscache: served by the fscache daemon, not a FUSE reader".into())),
