@@ -296,7 +296,7 @@ impl Config {
             CacheKind::BlobCache => ("blobcache", json!({"work_dir": work_dir, "disable_indexed_map": false}), Value::Null),
             CacheKind::FsCache => ("fscache", Value::Null, json!({"work_dir": work_dir})),
         };
-        json!({
+        let mut doc = json!({
             "version": 2,
             "id": self.id,
             "backend": backend,
@@ -305,9 +305,13 @@ impl Config {
             "rafs": {"mode": self.rafs.mode, "batch_size": self.rafs.batch_size, "validate": self.rafs.validate,
                      "enable_xattr": self.rafs.enable_xattr, "iostats_files": self.rafs.iostats_files,
                      "access_pattern": self.rafs.access_pattern, "latest_read_files": self.rafs.latest_read_files,
-                     "prefetch": prefetch(&self.rafs.prefetch),
-                     "id_mapping": self.rafs.id_mapping.map(|m| json!({"uid": m.uid.text(), "gid": m.gid.text()}))},
-        })
+                     "prefetch": prefetch(&self.rafs.prefetch)},
+        });
+        // Our extension, shown only when set: an echo otherwise has exactly nydusd's fields.
+        if let Some(m) = self.rafs.id_mapping {
+            doc["rafs"]["id_mapping"] = json!({"uid": m.uid.text(), "gid": m.gid.text()});
+        }
+        doc
     }
 }
 
@@ -411,12 +415,13 @@ fn parse_v1(root: &Obj) -> Result<Config> {
     })
 }
 
-/// `id_mapping`: absent, `null` or `[]` (what nydus-snapshotter sends when it has none) is
-/// no mapping; else an object with both `uid` and `gid` as `inside:host:size`.
+/// `id_mapping`: our object with both `uid` and `gid` as `inside:host:size`. Absent or
+/// `null` is no mapping, and so is an array: nydus-snapshotter sends one, and nydusd
+/// ignores it, so a document written for nydusd reads the same here.
 fn parse_id_mapping(o: &Obj) -> Result<Option<IdMap>> {
     match o.get("id_mapping") {
         None => Ok(None),
-        Some(Value::Array(a)) if a.is_empty() => Ok(None),
+        Some(Value::Array(_)) => Ok(None),
         Some(Value::Object(_)) => {
             let m = o.obj("id_mapping")?.expect("an object");
             let range = |k: &str| IdRange::parse(&m.req_str(k)?, &m.path(k));
@@ -720,7 +725,7 @@ mod tests {
         assert_eq!(c.cache.work_dir, PathBuf::from("/var/cache"));
         assert_eq!(c.rafs.batch_size, 2 << 20);
         assert!(c.prefetch().enable && c.prefetch().prefetch_all && c.prefetch().threads == 4);
-        assert_eq!(c.rafs.id_mapping, None, "the snapshotter's empty id_mapping list means none");
+        assert_eq!(c.rafs.id_mapping, None, "the snapshotter's id_mapping list is ignored, as by nydusd");
     }
 
     #[test]
@@ -760,7 +765,7 @@ mod tests {
             (r#"{"uid":"0:1:2"}"#, "id_mapping.gid: required"),
             (r#"{"uid":"0:1:0","gid":"0:1:1"}"#, "id_mapping.uid"),
             (r#""0:1:2""#, "id_mapping: expected an object"),
-            (r#"[1]"#, "id_mapping: expected an object"),
+            (r#"5"#, "id_mapping: expected an object"),
         ] {
             let e = v1(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");

@@ -18,6 +18,7 @@ import re
 import selectors
 import shutil
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -1007,3 +1008,88 @@ class CuttingFront:
 
     def __exit__(self, *exc: object) -> None:
         self._http.stop()
+
+
+# ---------------------------------------------------------------- blob files over plain HTTP
+
+
+class _BlobFilesHandler(BaseHTTPRequestHandler):
+    """GET/HEAD `/<prefix>/<name>` from the owner's `resolve(name)`, honouring one Range."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        owner: BlobFileServer = self.server.owner  # type: ignore[attr-defined]
+        owner.paths.append(self.path)
+        prefix, _, name = self.path.lstrip("/").rpartition("/")
+        path = owner.resolve(name) if prefix == owner.prefix else None
+        if path is None or not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        if rng:
+            lo, hi = (int(x) for x in rng.split("=")[1].split("-"))
+            body = data[lo : hi + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(data)}")
+        else:
+            body = data
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class BlobFileServer:
+    """What the `http-proxy` backend reads: blob files by name under a path prefix, over
+    TCP on 127.0.0.1 or over a unix socket. `resolve` maps a name to its file (default
+    `<root>/<name>`); `paths` lists the request paths in order."""
+
+    def __init__(
+        self,
+        prefix: str,
+        root: StrPath | None = None,
+        resolve: Callable[[str], Path | None] | None = None,
+        unix_socket: StrPath | None = None,
+    ) -> None:
+        self.prefix = prefix.strip("/")
+        self.resolve: Callable[[str], Path | None] = resolve or (lambda name: Path(str(root)) / name)
+        self.unix_socket = unix_socket
+        self.paths: List[str] = []
+        self._server: socketserver.BaseServer | None = None
+
+    def start(self) -> BlobFileServer:
+        server: socketserver.BaseServer
+        if self.unix_socket is not None:
+            server = _UnixHTTPServer(str(self.unix_socket), _BlobFilesHandler)
+        else:
+            server = ThreadingHTTPServer((LOOPBACK, 0), _BlobFilesHandler)
+        server.owner = self  # type: ignore[union-attr]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = server
+        return self
+
+    @property
+    def addr(self) -> str:
+        """The backend's `addr`: the URL, or the socket's path."""
+        assert self._server is not None
+        if self.unix_socket is not None:
+            return str(self.unix_socket)
+        return f"http://{LOOPBACK}:{self._server.server_address[1]}"  # type: ignore[index]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -23,6 +23,7 @@ CORE_FACING = {
     "nydus_hybrid.config",
     "nydus_hybrid.version",
     "nydus_hybrid.mounts.fuse",
+    "nydus_hybrid.mounts.idmap",
     "nydus_hybrid.mounts.fscache",
     # The daemon's early mount: it runs before the wrappers (and their imports) may load.
     "nydus_hybrid.daemon.early",

@@ -1,16 +1,20 @@
 """nydus-snapshotter's TOML configuration (spec A3), the part this snapshotter acts on:
 `version` (must be 1), `root` (at most 70 bytes, so daemon socket paths under it fit), `address`,
-`daemon_mode`, `[daemon]` (`nydusd_path`, `fs_driver`, `recover_policy`,
+`daemon_mode`, `[daemon]` (`nydusd_path`, `nydusd_config`, `fs_driver`, `recover_policy`,
 `failover_policy`, `threads_number`), `[log]` (`level`, `log_to_stdout`), `[cache_manager]`
-(`cache_dir`), `[remote]` (`skip_ssl_verify`, and our `plain_http_registries`),
+(`cache_dir`), `[remote]` (`skip_ssl_verify`, `mirrors_config.dir`, and our
+`plain_http_registries`),
 `[remote.auth]` (`enable_cri_keychain`, `image_service_address`). Command-line
 flags override the file. A bad value is one error naming its key."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from nydus_hybrid.snapshotter.backend import TemplateError, load_template
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,6 +50,8 @@ class SnapshotterConfig:
     plain_http_registries: List[str] = field(default_factory=list)
     enable_cri_keychain: bool = False
     image_service_address: str = ""  # empty: containerd's default socket
+    nydusd_config: str = ""  # a nydusd document every instance starts from; empty: built in
+    mirrors_dir: str = ""  # [remote] mirrors_config.dir: <dir>/<host>/hosts.toml files
 
     @property
     def manager_mode(self) -> str:
@@ -72,6 +78,13 @@ class SnapshotterConfig:
             raise ConfigError(f"daemon.failover_policy: {self.failover_policy!r}: expected none, resend or flush")
         if self.enable_cri_keychain and not self.effective_image_service():
             raise ConfigError("remote.auth.image_service_address: empty, and the CRI keychain needs it")
+        if self.mirrors_dir and not os.path.isdir(self.mirrors_dir):
+            raise ConfigError(f"remote.mirrors_config.dir: {self.mirrors_dir!r} is not a directory")
+        if self.nydusd_config:
+            try:
+                load_template(self.nydusd_config)
+            except TemplateError as e:
+                raise ConfigError(f"daemon.nydusd_config: {e}") from None
         if not 0 <= self.threads_number <= 1024:
             raise ConfigError(f"daemon.threads_number: {self.threads_number} is not between 0 and 1024")
         return self
@@ -120,4 +133,6 @@ def load(path: Optional[str]) -> SnapshotterConfig:
         plain_http_registries=list(_get(doc, "remote.plain_http_registries", list, [])),
         enable_cri_keychain=_get(doc, "remote.auth.enable_cri_keychain", bool, d.enable_cri_keychain),
         image_service_address=_get(doc, "remote.auth.image_service_address", str, d.image_service_address),
+        nydusd_config=_get(doc, "daemon.nydusd_config", str, d.nydusd_config),
+        mirrors_dir=_get(doc, "remote.mirrors_config.dir", str, d.mirrors_dir),
     ).validate()

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from nydus_hybrid import _core
 from nydus_hybrid.convert import oci
 from nydus_hybrid.errors import NydusError
+from nydus_hybrid.mounts import idmap
 from nydus_hybrid.snapshotter.errors import InvalidArgument
 
 # containerd sets this on a pull-time Prepare: the chain id it will commit the layer as.
@@ -47,8 +47,8 @@ class IdMapping:
         """The host uid and gid of the container's root (its upper dir's owner), if the
         mapping includes root."""
         (ui, uh, _), (gi, gh, _) = (
-            _core.parse_id_mapping(self.uid, UID_MAPPING),
-            _core.parse_id_mapping(self.gid, GID_MAPPING),
+            idmap.parse(self.uid, UID_MAPPING),
+            idmap.parse(self.gid, GID_MAPPING),
         )
         return (uh, gh) if ui == 0 and gi == 0 else None
 
@@ -66,7 +66,7 @@ def id_mapping(labels: Dict[str, str]) -> Optional[IdMapping]:
         raise InvalidArgument(f"{UID_MAPPING} and {GID_MAPPING} go together: only one was given")
     try:
         for text, what in ((uid, UID_MAPPING), (gid, GID_MAPPING)):
-            _core.parse_id_mapping(text, what)
+            idmap.parse(text, what)
     except NydusError as e:
         raise InvalidArgument(str(e)) from None
     return IdMapping(uid, gid)

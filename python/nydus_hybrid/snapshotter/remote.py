@@ -17,7 +17,7 @@ from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.errors import InvalidArgumentError
 from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.manager import Manager
-from nydus_hybrid.snapshotter import labels
+from nydus_hybrid.snapshotter import backend, labels
 from nydus_hybrid.snapshotter.errors import FailedPrecondition, Unavailable
 from nydus_hybrid.snapshotter.keychain import Keychain
 
@@ -27,18 +27,28 @@ USERNS = "-userns-"  # instance keys of id-mapped mounts: <meta id>-userns-<mapp
 
 class RemoteFs:
     def __init__(
-        self, manager: Manager, cache_dir: str, plain_http: Sequence[str] = (), keychain: Optional[Keychain] = None
+        self,
+        manager: Manager,
+        cache_dir: str,
+        plain_http: Sequence[str] = (),
+        keychain: Optional[Keychain] = None,
+        template: Optional[Dict[str, Any]] = None,
+        mirrors_dir: str = "",
+        skip_verify: bool = False,
     ) -> None:
         self.manager = manager
         self.keychain = keychain or Keychain()
         self.cache_dir = cache_dir
         self.plain_http = set(plain_http)
+        self.template = template or backend.DEFAULT_TEMPLATE
+        self.mirrors_dir = mirrors_dir
+        self.skip_verify = skip_verify
 
     def daemon_config(self, lbls: Dict[str, str]) -> Dict[str, Any]:
-        """The nydusd (v1) config of an image's instance: a registry backend for the
-        image reference's host and repository, and the shared blob cache. Credentials come
-        from the keychain (labels, then CRI capture), else the registry backend's own
-        lookup (docker's config.json)."""
+        """The nydusd config of an image's instance (`backend.instance_config`): the
+        template's backend, a registry one pointed at the image reference's host and
+        repository, and the shared blob cache. Credentials come from the keychain (labels,
+        then CRI capture), else the registry backend's own lookup (docker's config.json)."""
         ref_text = lbls.get(labels.CRI_IMAGE_REF) or lbls.get(labels.STARGZ_REF)
         if not ref_text:
             raise FailedPrecondition(
@@ -48,26 +58,15 @@ class RemoteFs:
             ref = parse_registry(ref_text)
         except InvalidArgumentError as e:
             raise FailedPrecondition(f"{labels.CRI_IMAGE_REF}: {e}") from None
-        backend = {
-            "scheme": "http" if ref.api_host in self.plain_http else "https",
-            "host": ref.api_host,
-            "repo": ref.repo,
-            "timeout": 30,
-            "connect_timeout": 10,
-            "retry_limit": 2,
-            **self.keychain.backend_auth(ref.api_host, lbls),
-        }
-        return {
-            "device": {
-                "backend": {"type": "registry", "config": backend},
-                "cache": {"type": "blobcache", "config": {"work_dir": self.cache_dir}},
-            },
-            "mode": "direct",
-            "digest_validate": False,
-            "enable_xattr": True,
-            "iostats_files": False,
-            "fs_prefetch": {"enable": True, "threads_count": 4, "prefetch_all": False},
-        }
+        return backend.instance_config(
+            self.template,
+            ref,
+            self.cache_dir,
+            plain_http=ref.api_host in self.plain_http,
+            skip_verify=self.skip_verify,
+            auth=self.keychain.backend_auth(ref.api_host, lbls),
+            mirror_list=backend.mirrors(self.mirrors_dir, ref) if self.mirrors_dir else [],
+        )
 
     def mount(
         self, meta_id: str, bootstrap: str, lbls: Dict[str, str], idmap: Optional[labels.IdMapping] = None

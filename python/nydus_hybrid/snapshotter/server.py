@@ -20,6 +20,7 @@ import grpc
 
 from nydus_hybrid import log
 from nydus_hybrid.manager.manager import Manager
+from nydus_hybrid.snapshotter.backend import load_template
 from nydus_hybrid.snapshotter.config import DAEMON_MODES, ConfigError, SnapshotterConfig, load
 from nydus_hybrid.snapshotter.keychain import CriImageProxy, Keychain
 from nydus_hybrid.snapshotter.remote import RemoteFs
@@ -53,7 +54,15 @@ def remote_fs(cfg: SnapshotterConfig, keychain: Optional[Keychain] = None) -> Re
         log_level=cfg.log_level,
     )
     manager.recover()
-    return RemoteFs(manager, cfg.effective_cache_dir(), cfg.plain_http_registries, keychain)
+    return RemoteFs(
+        manager,
+        cfg.effective_cache_dir(),
+        cfg.plain_http_registries,
+        keychain,
+        template=load_template(cfg.nydusd_config) if cfg.nydusd_config else None,
+        mirrors_dir=cfg.mirrors_dir,
+        skip_verify=cfg.skip_ssl_verify,
+    )
 
 
 class Server:

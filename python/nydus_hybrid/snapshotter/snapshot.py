@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from nydus_hybrid import _core, log
+from nydus_hybrid import log
 from nydus_hybrid.errors import NydusError
+from nydus_hybrid.mounts import idmap as idmapped
 from nydus_hybrid.mounts import mountinfo, syscall
 from nydus_hybrid.snapshotter import filters, labels
 from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -169,7 +170,7 @@ class Snapshotter:
             if not mountinfo.is_mountpoint(str(target)):
                 target.mkdir(parents=True, exist_ok=True)
                 try:
-                    _core.idmapped_bind(str(self.upper(parent)), str(target), idmap.uid, idmap.gid)
+                    idmapped.bind(str(self.upper(parent)), str(target), idmap.uid, idmap.gid)
                 except NydusError as e:
                     raise FailedPrecondition(f"remap-ids: {e}") from None
             paths.append(str(target))
