@@ -9,12 +9,15 @@ the state survives a restart."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.helpers.snapshots import SnapshotterProcess, mount_all, umount
+from nydus_hybrid.snapshotter import wire
+from tests.helpers.snapshots import NAMESPACE, SnapshotterProcess, mount_all, umount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay and bind mounts need root")
 
@@ -270,3 +273,59 @@ def test_bad_id_mappings_are_refused_and_leave_nothing(client, server, tmp_path,
     assert code(e) == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert [i.name for i in client.list()] == ["base"]
     assert len(os.listdir(server.root / "snapshots")) == 1
+
+
+def _many_files(root: Path, n: int) -> None:
+    for i in range(n // 500):
+        d = root / f"d{i}"
+        d.mkdir()
+        for j in range(500):
+            (d / f"f{j}").write_bytes(b"x")
+
+
+def test_a_client_that_disconnects_mid_call_leaves_a_whole_state(client, server, tmp_path):
+    """A Commit whose client goes away while the server is still walking the layer (its
+    usage is counted file by file), by cancelling or by a deadline that passes. The call's
+    transaction ends one way or the other: the snapshot is either still active under its
+    key or committed under its name, never both or neither, and the server goes on."""
+    for n, leave in enumerate(["cancel", "deadline"]):
+        key, name = f"big{n}", f"layer{n}"
+        with Mounted(client.prepare(key), tmp_path / f"m{n}") as m:
+            _many_files(m, 20000)
+        call = client.start("Commit", timeout=0.05 if leave == "deadline" else None, name=name, key=key)
+        if leave == "cancel":
+            time.sleep(0.02)
+            call.cancel()
+        with pytest.raises(grpc.FutureCancelledError if leave == "cancel" else grpc.RpcError):
+            call.result()
+        deadline = time.monotonic() + 30
+        while True:  # the server may still be finishing the commit it started
+            names = {i.name: KIND[i.kind] for i in client.list()}
+            if names.get(name) == "committed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (names.get(key), names.get(name)) in [("active", None), (None, "committed")], names
+    client.cleanup()
+    live = {i.name for i in client.list()}
+    assert len(os.listdir(server.root / "snapshots")) == len(live), "no directory without its record"
+
+
+def test_broken_connections_do_not_disturb_the_server(client, server):
+    """Half an HTTP/2 request, then a hang-up; bytes that are not HTTP/2; a listing stream
+    abandoned after its first reply. The server answers the next call each time."""
+    for i in range(60):
+        client.prepare(f"s{i}")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    half_headers = b"\x00\x00\x40\x01\x04\x00\x00\x00\x01" + b"\x82" * 10  # says 64 bytes, sends 10
+    for payload in (preface + settings + half_headers, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(4096)):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(server.address))
+            s.sendall(payload)
+        assert len(client.list()) == 60
+    stream = client._calls["List"](
+        wire.message("ListSnapshotsRequest")(snapshotter="nydus"), timeout=30, metadata=[NAMESPACE]
+    )
+    next(stream)
+    stream.cancel()
+    assert KIND[client.stat("s0").kind] == "active" and len(client.list()) == 60

@@ -23,7 +23,7 @@ from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers import servers
 from tests.helpers.containerd import SNAPSHOTTER, Containerd
 from tests.helpers.layers import debian_base, write_layout
-from tests.helpers.snapshots import SnapshotterProcess, allocated_bytes
+from tests.helpers.snapshots import SnapshotterProcess, allocated_bytes, daemon_pids
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd and mounts need root")
 
@@ -281,3 +281,26 @@ def test_remap_ids_runs_a_container_in_a_user_namespace(stack, kind):
         if f"{snap.root}/snapshots/" in m and "/lower/" in m
     ]
     assert not leftovers, leftovers
+
+
+def test_a_container_over_an_unreachable_registry_is_one_clear_error(stack):
+    """The image is pulled (its meta layer unpacked), then its registry goes down: the
+    container's Prepare is refused with the registry named, before any daemon starts, and
+    leaves no snapshot, instance or daemon; with the registry back the same run works."""
+    registry, snap, ctd, image, _ = stack
+    if image in ctd.ctr("images", "ls", "-q").stdout.split():
+        ctd.ctr("images", "rm", "--sync", image)  # a fresh meta layer: no instance yet
+    assert pull(ctd, image).returncode == 0
+    snapshots = ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
+    daemons = daemon_pids(snap.root)
+    registry.stop()
+    try:
+        run = ctd.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, image, "down1", "true", check=False)
+        assert run.returncode != 0 and "registry cannot be reached" in run.stderr, run.stderr
+        assert registry.host in run.stderr, "the error names the registry"
+        assert ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout == snapshots
+        assert daemon_pids(snap.root) == daemons, "no daemon was started for it"
+    finally:
+        registry.start()
+    run = ctd.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, image, "down2", "cat", "/etc/debian_version")
+    assert run.stdout.strip() == debian_version()

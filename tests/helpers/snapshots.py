@@ -45,6 +45,12 @@ class SnapshotsClient:
         req_type = wire.message(wire.METHODS[method][0])
         return self._calls[method](req_type(snapshotter="nydus", **fields), timeout=self.timeout, metadata=[NAMESPACE])
 
+    def start(self, method: str, timeout: Optional[float] = None, **fields: Any) -> Any:
+        """A unary call left running: its future (cancel it to disconnect mid-call)."""
+        req_type = wire.message(wire.METHODS[method][0])
+        req = req_type(snapshotter="nydus", **fields)
+        return self._calls[method].future(req, timeout=timeout or self.timeout, metadata=[NAMESPACE])
+
     def prepare(self, key: str, parent: str = "", labels: Optional[Dict[str, str]] = None) -> List[Any]:
         return list(self.call("Prepare", key=key, parent=parent, labels=labels or {}).mounts)
 

@@ -123,6 +123,12 @@ def _mirror(url: str, h: Dict[str, Any], bad: Any) -> Dict[str, Any]:
     return m
 
 
+def backend_type(config: Dict[str, Any]) -> str:
+    """The backend type of a v1 or v2 document."""
+    b = config.get("device", {}).get("backend", {}) if "device" in config else config.get("backend", {})
+    return str(b.get("type", ""))
+
+
 def instance_config(
     template: Dict[str, Any],
     ref: RegistryRef,

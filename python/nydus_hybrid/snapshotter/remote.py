@@ -12,9 +12,9 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from nydus_hybrid import log
+from nydus_hybrid import blobs, log
 from nydus_hybrid.convert.reference import parse_registry
-from nydus_hybrid.errors import InvalidArgumentError
+from nydus_hybrid.errors import AuthError, InvalidArgumentError, NydusError
 from nydus_hybrid.manager.errors import ManagerError
 from nydus_hybrid.manager.manager import Manager
 from nydus_hybrid.snapshotter import backend, labels
@@ -79,12 +79,31 @@ class RemoteFs:
         if idmap is not None:
             config["id_mapping"] = {"uid": idmap.uid, "gid": idmap.gid}
             key = f"{meta_id}{USERNS}{idmap.key()}"
+        if key not in self.manager.instances:
+            self._check_reachable(config, lbls)
         try:
             rec = self.manager.mount(key, lbls.get(labels.CRI_MANIFEST_DIGEST, meta_id), bootstrap, json.dumps(config))
         except ManagerError as e:
             raise Unavailable(f"mounting the Nydus image of snapshot {meta_id}: {e}") from None
         mountpoint: str = rec["mountpoint"]
         return mountpoint
+
+    def _check_reachable(self, config: Dict[str, Any], lbls: Dict[str, str]) -> None:
+        """Before a new instance: does the registry answer, and hold the image's meta layer
+        (a HEAD of it, with the instance's credentials and mirrors)? A container whose data
+        cannot be read would start and then fail its first read; refused now, it is one
+        clear error and nothing is made. Other backends are not probed."""
+        digest = lbls.get(labels.CRI_LAYER_DIGEST, "")
+        if not digest.startswith("sha256:") or backend.backend_type(config) != "registry":
+            return
+        try:
+            found = blobs.registry_client(config).blob_exists(digest)
+        except AuthError as e:
+            raise FailedPrecondition(f"the image's registry refused its credentials: {e}") from None
+        except NydusError as e:
+            raise Unavailable(f"the image's registry cannot be reached: {e}") from None
+        if not found:
+            raise FailedPrecondition(f"the image's registry does not hold its meta layer {digest}")
 
     def umount(self, meta_id: str) -> None:
         """Unmount every instance of the meta layer (its plain and id-mapped ones)."""
