@@ -1,4 +1,4 @@
-"""nydus-snapshotter's recovery scenarios (spec A13 #6, #7, #9) with a real containerd and
+"""nydus-snapshotter's recovery scenarios (spec A13 #6, #7, #8, #9) with a real containerd and
 runc, on a Debian image pulled lazily through our snapshotter:
 
 * the snapshotter alone is killed (-9) and restarted: the image's daemon and its mount
@@ -6,6 +6,9 @@ runc, on a Debian image pulled lazily through our snapshotter:
   created before the kill starts after it;
 * the snapshotter and the image's daemon are killed together: the restarted snapshotter
   restarts the daemon from its store, and new containers start;
+* `ctr snapshots usage` before and after a container starts, and the restart policy:
+  containerd's restart monitor brings a killed container back on the same snapshot, and
+  again after its image's daemon is killed;
 * under the failover policy the daemon is killed twice while a container runs and its
   rootfs is read in a loop (page cache dropped each pass): no read fails, no byte is wrong.
 """
@@ -13,6 +16,7 @@ runc, on a Debian image pulled lazily through our snapshotter:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import tarfile
@@ -29,6 +33,7 @@ from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.convert.registry import Registry
 from nydus_hybrid.convert.store import open_source, open_target
+from nydus_hybrid.snapshotter import labels
 from tests.helpers import servers
 from tests.helpers.containerd import SNAPSHOTTER, Containerd
 from tests.helpers.layers import debian_base, write_layout
@@ -117,7 +122,7 @@ def debian_files() -> Dict[str, bytes]:
 
 
 def container_rootfs(stack: Stack, container: str) -> Path:
-    root = stack.ctd.dir / "state" / "io.containerd.runtime.v2.task" / "test" / container / "rootfs"
+    root = stack.ctd.state / "io.containerd.runtime.v2.task" / "test" / container / "rootfs"
     assert is_mounted(str(root)), f"{root} is not mounted"
     return root
 
@@ -189,3 +194,73 @@ def test_failover_twice_under_a_running_container(stack_factory):
     assert (
         exec_in(s, s.keeper, "e1", "cat", "/etc/debian_version").strip() == want["etc/debian_version"].decode().strip()
     )
+
+
+def usage(stack: Stack) -> Dict[str, int]:
+    """`ctr snapshots usage`: bytes per snapshot key (its SIZE column, in ctr's units)."""
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    out: Dict[str, int] = {}
+    for line in stack.ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "usage").stdout.splitlines()[1:]:
+        key, size, unit, _inodes = line.split()
+        out[key] = int(float(size) * units[unit])
+    return out
+
+
+def snapshot_labels(stack: Stack, key: str) -> Dict[str, str]:
+    info = json.loads(stack.ctd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "info", key).stdout)
+    return dict(info.get("Labels") or {})
+
+
+def test_snapshot_usage_and_the_restart_policy(stack_factory):
+    """A13 #8. Before any container the data layer holds only its empty directory (the pull
+    downloaded no data); once a container has read files, the data layer's usage counts what
+    the blob cache holds of its blob, and the container's own snapshot is listed. A
+    container with containerd's restart label (`containerd.io/restart.status=running`) is
+    killed: containerd's restart monitor starts it again on the same snapshot (the file its
+    first run wrote is still there), and again after the image's daemon is killed too (the
+    snapshotter's `restart` policy brings the daemon back). Once it is deleted, its snapshot
+    is gone."""
+    s = stack_factory("restart")
+    before = usage(s)
+    (data_layer,) = [k for k in before if labels.is_nydus_data_layer(snapshot_labels(s, k))]
+    assert len(before) == 2 and before[data_layer] <= 4096, before
+    name = s.name("restarted")
+    log = s.ctd.dir / f"{name}.log"
+    # Every run prints the Debian version; runs after the first print "kept" (they find the
+    # first run's /marker in the container's snapshot).
+    script = "if test -e /marker; then echo kept; else echo first > /marker; fi; cat /etc/debian_version; sleep 3600"
+    s.ctd.ctr(
+        *("run", "-d", "--snapshotter", SNAPSHOTTER, "--log-uri", f"file://{log}"),
+        *("--label", "containerd.io/restart.status=running", "--label", f"containerd.io/restart.loguri=file://{log}"),
+        *(s.ref, name, "/bin/sh", "-c", script),
+    )
+    version = debian_files()["etc/debian_version"].decode().strip()
+
+    def wait_runs(n: int) -> int:
+        """Wait for the n-th run's output; the pid of the task that printed it."""
+        deadline = time.monotonic() + 60
+        while (log.read_text().count(version) if log.exists() else 0) < n:
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+            time.sleep(0.2)
+        return int(s.ctd.ctr("tasks", "ls").stdout.split(name)[1].split()[0])
+
+    first = wait_runs(1)
+    after = usage(s)
+    assert after[data_layer] > before[data_layer] + (1 << 20), (
+        "the data layer's usage is what the cache holds of its blob"
+    )
+    assert name in after, "the container's own snapshot is listed"
+    s.ctd.ctr("tasks", "kill", "-s", "SIGKILL", name)
+    second = wait_runs(2)
+    assert second != first, "the restart monitor started a new task"
+    assert log.read_text().count("kept") == 1, "the second run found the first run's /marker"
+    kill_daemon_and_wait(s.snap.root)  # fails unless the snapshotter starts a successor
+    s.ctd.ctr("tasks", "kill", "-s", "SIGKILL", name)
+    wait_runs(3)
+    assert log.read_text().count("kept") == 2, log.read_text()
+    s.ctd.ctr("containers", "label", name, "containerd.io/restart.status=stopped")
+    s.ctd.ctr("tasks", "kill", "-s", "SIGKILL", name)
+    time.sleep(0.5)
+    s.ctd.ctr("tasks", "delete", "-f", name, check=False)
+    s.ctd.ctr("containers", "delete", name)
+    assert name not in usage(s)
