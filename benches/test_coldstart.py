@@ -42,6 +42,8 @@ def test_cold_start(benchmark):
             link.down()
     rows = [{**dataclasses.asdict(r), "total_s": round(r.total_s, 3)} for r in results]
     benchmark.extra_info["rows"] = rows
+    benchmark.extra_info["chunk_size"], benchmark.extra_info["amplify_io"] = cs.CHUNK_SIZE, cs.AMPLIFY_IO
+    print(f"Nydus image chunk size {cs.CHUNK_SIZE} B, daemons' amplify_io {cs.AMPLIFY_IO} B")
     for r in results:
         oci = next(x for x in results if x.link == r.link and x.contender == "oci")
         print(

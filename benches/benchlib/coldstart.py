@@ -35,6 +35,12 @@ NETNS = "nhbench"
 HOST_IP, REG_IP = "10.231.0.1", "10.231.0.2"
 PY = ["python3", "-c", "import requests; print('requests', requests.__version__)"]
 NODE = ["node", "-e", "console.log('node', process.version)"]
+# The Nydus image's chunk size and the daemons' `amplify_io` (bytes of adjacent missing
+# chunks fetched with a missed one), the same for both lazy contenders. nydus-image and
+# nydusd default to 1 MiB for both; 128 KiB fetches far fewer bytes nobody reads, which is
+# what a bandwidth-limited link pays for (benches/README.md has both).
+CHUNK_SIZE = int(os.environ.get("NYDUS_BENCH_COLDSTART_CHUNK", str(128 << 10)), 0)
+AMPLIFY_IO = int(os.environ.get("NYDUS_BENCH_COLDSTART_AMPLIFY", str(128 << 10)), 0)
 _ACCESS = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
 
 
@@ -161,7 +167,8 @@ def publish(registry: Registry, work: Path) -> Dict[str, Any]:
     subprocess.run(
         ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}", f"docker://{oci_ref}"], check=True
     )
-    convert(open_source(f"oci:{layout}"), open_target(nydus_ref, plain_http=True), ConvertOptions())
+    opts = ConvertOptions(chunk_size=CHUNK_SIZE)
+    convert(open_source(f"oci:{layout}"), open_target(nydus_ref, plain_http=True), opts)
     sizes = {}
     for ref in (oci_ref, nydus_ref):
         m = json.loads(open_source(ref, plain_http=True).root()[1])
@@ -206,7 +213,7 @@ def cold_start(contender: str, link: Link, registry: Registry, images: Dict[str,
     run_dir = work / f"run-{contender}-{link.name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    extra = ["--plain-http-registry", registry.host]
+    extra = ["--plain-http-registry", registry.host, "--nydusd-config", str(daemon_template(run_dir))]
     if contender == "nydus-ref":
         extra += ["--nydusd", str(nydusd_wrapper(work))]
     snap = SnapshotterProcess(run_dir / "sn", extra=extra).start()
@@ -245,6 +252,15 @@ def cold_start(contender: str, link: Link, registry: Registry, images: Dict[str,
         snap.reap_daemons()
     shutil.rmtree(run_dir, ignore_errors=True)  # kept when the run failed, with its logs
     return result
+
+
+def daemon_template(run_dir: Path) -> Path:
+    """The snapshotter's built-in daemon config with the bench's `amplify_io`."""
+    from nydus_hybrid.snapshotter.backend import DEFAULT_TEMPLATE
+
+    path = run_dir / "nydusd-template.json"
+    path.write_text(json.dumps({**DEFAULT_TEMPLATE, "amplify_io": AMPLIFY_IO}))
+    return path
 
 
 def nydusd_wrapper(work: Path) -> Path:

@@ -15,6 +15,7 @@ from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.snapshotter import backend
 from nydus_hybrid.snapshotter.config import ConfigError, load
 from nydus_hybrid.snapshotter.errors import FailedPrecondition
+from nydus_hybrid.snapshotter.server import parse_args
 
 REF = parse_registry("127.0.0.1:5000/library/app:1")
 
@@ -123,3 +124,16 @@ def test_templates_and_mirror_dirs_are_checked_when_the_config_loads(tmp_path):
         load(str(cfg))
     cfg.write_text(f'[remote.mirrors_config]\ndir = "{tmp_path}"\n')
     assert load(str(cfg)).mirrors_dir == str(tmp_path)
+
+
+def test_the_nydusd_config_flag_overrides_the_file_and_is_checked(tmp_path, capsys):
+    good, other, bad = tmp_path / "good.json", tmp_path / "other.json", tmp_path / "bad.json"
+    for f in (good, other):
+        f.write_text(json.dumps({"device": {"backend": {"type": "registry", "config": {}}}, "amplify_io": 262144}))
+    bad.write_text("[1]")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[daemon]\nnydusd_config = "{other}"\n')
+    assert parse_args(["--config", str(cfg), "--nydusd-config", str(good)]).nydusd_config == str(good)
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--nydusd-config", str(bad)])
+    assert e.value.code == 2 and "not a JSON object" in capsys.readouterr().err

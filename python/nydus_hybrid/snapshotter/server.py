@@ -111,6 +111,7 @@ def parse_args(argv: Optional[List[str]] = None) -> SnapshotterConfig:
     p.add_argument("--fs-driver", choices=["fusedev", "fscache"])
     p.add_argument("--recover-policy", choices=["none", "restart", "failover"])
     p.add_argument("--nydusd", help="the daemon command (default: python -m nydus_hybrid.daemon)")
+    p.add_argument("--nydusd-config", help="the nydusd JSON every image's daemon config starts from")
     p.add_argument(
         "--plain-http-registry",
         action="append",
@@ -129,6 +130,7 @@ def parse_args(argv: Optional[List[str]] = None) -> SnapshotterConfig:
             "fs_driver": a.fs_driver,
             "recover_policy": a.recover_policy,
             "nydusd_path": a.nydusd,
+            "nydusd_config": a.nydusd_config,
         }
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         cfg.plain_http_registries = [*cfg.plain_http_registries, *a.plain_http_registry]
