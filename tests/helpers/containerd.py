@@ -15,6 +15,8 @@ from typing import List, Optional
 
 import pytest
 
+from nydus_hybrid.waits import scaled
+
 # containerd's state (the task bundles and their rootfs mounts) lives where a container in a
 # user namespace can reach it, as /run/containerd is: every directory on the way is 0711.
 STATE_BASE = Path("/run/nydus-hybrid-tests")
@@ -85,10 +87,10 @@ class Containerd:
             self.proc = subprocess.Popen(
                 [CONTAINERD, "--config", str(self.config)], stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while subprocess.run([CTR, "-a", str(self.address), "version"], capture_output=True).returncode != 0:
             assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "containerd did not answer within 30 s"
+            assert time.monotonic() < deadline, f"containerd did not answer within {scaled(30):.0f} s"
             time.sleep(0.1)
         return self
 

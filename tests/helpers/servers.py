@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nydus_hybrid.waits import scaled
+
 LOOPBACK = "127.0.0.1"
 REGISTRY_BIN = "/usr/bin/docker-registry"
 # A path argument as the tests pass it.
@@ -109,7 +111,7 @@ def _wait_until_answers(
     """Poll `probe` until it stops raising OSError; a server that exits or stays silent past
     `timeout` is an error carrying the end of its log."""
     assert proc is not None, f"{name} was not started"
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited ({proc.returncode}):\n{_tail(log_path)}")

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import grpc
 
 from nydus_hybrid.snapshotter import wire
+from nydus_hybrid.waits import scaled
 
 NAMESPACE = ("containerd-namespace", "default")
 
@@ -105,7 +106,7 @@ class SnapshotterProcess:
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*argv, *self.extra], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while True:
             assert self.proc.poll() is None, self.log.read_text(errors="replace")
             if self.address.exists():
@@ -116,7 +117,7 @@ class SnapshotterProcess:
                     return self
                 except grpc.RpcError:
                     pass
-            assert time.monotonic() < deadline, "the snapshotter did not answer within 30 s"
+            assert time.monotonic() < deadline, f"the snapshotter did not answer within {scaled(30):.0f} s"
             time.sleep(0.05)
 
     def kill(self) -> None:

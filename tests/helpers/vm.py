@@ -40,9 +40,13 @@ class Run:
 
 
 def run(argv: Sequence[str], timeout: float = 1500) -> Run:
-    """`argv` as root in the VM, from the checkout; its combined output and exit status."""
+    """`argv` as root in the VM, from the checkout; its combined output and exit status.
+    The guest gets none of our environment but PYTHONPATH (a checkout run without
+    installing the package)."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    env_prefix = ["env", f"PYTHONPATH={pythonpath}"] if pythonpath else []
     r = subprocess.run(
-        ["bash", str(REPO / "scripts" / "vm" / "run.sh"), *argv],
+        ["bash", str(REPO / "scripts" / "vm" / "run.sh"), *env_prefix, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         timeout=timeout,
