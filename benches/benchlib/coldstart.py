@@ -5,7 +5,10 @@ fresh snapshotter root (an empty blob cache) and dropped page caches, then:
 
 * `oci`: `ctr images pull` (every byte, then unpack) on containerd's overlayfs snapshotter;
 * `nydus-ref`: `nydus-hybrid pull` through our snapshotter driving the real `nydusd`;
-* `ours`: the same with our daemon.
+* `ours`: the same with our daemon;
+* `nydus-ref-fscache`, `ours-fscache`: the same on the snapshotter's `fscache` fs driver
+  (EROFS over /dev/cachefiles; only on a kernel with cachefiles on-demand, which
+  `benches/vm_coldstart.py` boots).
 
 and runs two containers, `python3 -c "import requests"` then a `node -e` one-liner,
 timing `ctr run` to each first line of output. The registry's access log gives the
@@ -206,7 +209,7 @@ def _first_line(argv: List[str]) -> tuple[float, str]:
 
 
 def cold_start(contender: str, link: Link, registry: Registry, images: Dict[str, Any], work: Path) -> Start:
-    """One cold start of `contender` ("oci", "nydus-ref" or "ours") from `registry`."""
+    """One cold start of `contender` (see the module's list) from `registry`."""
     from tests.helpers.containerd import Containerd
     from tests.helpers.snapshots import SnapshotterProcess
 
@@ -214,8 +217,10 @@ def cold_start(contender: str, link: Link, registry: Registry, images: Dict[str,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     extra = ["--plain-http-registry", registry.host, "--nydusd-config", str(daemon_template(run_dir))]
-    if contender == "nydus-ref":
+    if contender.startswith("nydus-ref"):
         extra += ["--nydusd", str(nydusd_wrapper(work))]
+    if contender.endswith("-fscache"):
+        extra += ["--fs-driver", "fscache"]
     snap = SnapshotterProcess(run_dir / "sn", extra=extra).start()
     ctd = Containerd(run_dir / "ctd", snap.address).start()
     ref = images["oci" if contender == "oci" else "nydus"]

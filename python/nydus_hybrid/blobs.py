@@ -40,6 +40,12 @@ def cache_gc(work_dir: PathArg, *, max_bytes: Optional[int] = None, max_age_secs
     return _core.cache_gc(os.fspath(work_dir), max_bytes, max_age_secs)
 
 
+def docker_config_auth(host: str) -> Optional[str]:
+    """The base64 ``user:password`` for ``host`` in docker's ``config.json``
+    (``$DOCKER_CONFIG`` or ``~/.docker``), the one the registry backend falls back to."""
+    return _core.docker_config_auth(host)
+
+
 def set_registry_auth(backend_id: str, auth: str) -> None:
     """Replace the credentials (base64 ``user:password``) of every registry backend opened
     with this ``backend_id`` (``Image.open(..., backend_id=)``); they apply from the next

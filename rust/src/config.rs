@@ -156,6 +156,9 @@ pub struct RafsConfig {
     /// Our extension: `id_mapping` `{"uid": "i:h:n", "gid": "i:h:n"}` shifts the owners a
     /// FUSE mount reports (for a container in a user namespace).
     pub id_mapping: Option<IdMap>,
+    /// Our extension: `adaptive_amplify` (default true) amplifies by the link's
+    /// bandwidth-delay product, up to `batch_size`; false amplifies by `batch_size` always.
+    pub adaptive_amplify: bool,
 }
 
 impl Default for RafsConfig {
@@ -170,6 +173,7 @@ impl Default for RafsConfig {
             latest_read_files: false,
             prefetch: PrefetchConfig::default(),
             id_mapping: None,
+            adaptive_amplify: true,
         }
     }
 }
@@ -311,6 +315,9 @@ impl Config {
         if let Some(m) = self.rafs.id_mapping {
             doc["rafs"]["id_mapping"] = json!({"uid": m.uid.text(), "gid": m.gid.text()});
         }
+        if !self.rafs.adaptive_amplify {
+            doc["rafs"]["adaptive_amplify"] = json!(false);
+        }
         doc
     }
 }
@@ -357,6 +364,7 @@ fn parse_v2(root: &Obj) -> Result<Config> {
             latest_read_files: r.bool_or("latest_read_files", false)?,
             prefetch: r.obj("prefetch")?.map(|p| parse_prefetch_v2(&p)).transpose()?.unwrap_or_default(),
             id_mapping: parse_id_mapping(&r)?.or(parse_id_mapping(root)?),
+            adaptive_amplify: r.bool_or("adaptive_amplify", true)?,
         },
         None => RafsConfig { id_mapping: parse_id_mapping(root)?, ..RafsConfig::default() },
     };
@@ -411,6 +419,7 @@ fn parse_v1(root: &Obj) -> Result<Config> {
             latest_read_files: root.bool_or("latest_read_files", false)?,
             prefetch,
             id_mapping: parse_id_mapping(root)?,
+            adaptive_amplify: root.bool_or("adaptive_amplify", true)?,
         },
     })
 }
@@ -726,6 +735,20 @@ mod tests {
         assert_eq!(c.rafs.batch_size, 2 << 20);
         assert!(c.prefetch().enable && c.prefetch().prefetch_all && c.prefetch().threads == 4);
         assert_eq!(c.rafs.id_mapping, None, "the snapshotter's id_mapping list is ignored, as by nydusd");
+        assert!(c.rafs.adaptive_amplify, "on unless switched off");
+        assert!(c.to_v2_json()["rafs"].get("adaptive_amplify").is_none(), "the default echoes nydusd's fields only");
+    }
+
+    #[test]
+    fn adaptive_amplify_can_be_switched_off_in_either_version() {
+        let v1 = Config::parse(r#"{"device":{"backend":{"type":"localfs","config":{"dir":"/b"}}},"mode":"direct","adaptive_amplify":false}"#).unwrap();
+        let v2 = Config::parse(r#"{"version":2,"backend":{"type":"localfs","localfs":{"dir":"/b"}},"rafs":{"adaptive_amplify":false}}"#).unwrap();
+        for c in [v1, v2] {
+            assert!(!c.rafs.adaptive_amplify);
+            assert_eq!(c.to_v2_json()["rafs"]["adaptive_amplify"], json!(false));
+            assert!(!Config::parse(&c.to_v2_json().to_string()).unwrap().rafs.adaptive_amplify, "the echo parses back");
+        }
+        assert!(Config::parse(r#"{"version":2,"backend":{"type":"localfs","localfs":{"dir":"/b"}},"rafs":{"adaptive_amplify":"no"}}"#).is_err());
     }
 
     #[test]

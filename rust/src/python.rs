@@ -459,6 +459,13 @@ fn set_registry_auth(backend_id: &str, auth: &str) {
     crate::storage::registry::set_registry_auth(backend_id, auth);
 }
 
+/// The base64 `user:password` docker's `config.json` holds for `host`, as the registry
+/// backend reads it.
+#[pyfunction]
+fn docker_config_auth(host: &str) -> Option<String> {
+    crate::storage::registry::docker_config_auth(host)
+}
+
 /// Validate a nydusd configuration document; returns its normalised v2 form.
 #[pyfunction]
 fn parse_config<'py>(py: Python<'py>, text: &str) -> R<Bound<'py, PyAny>> {
@@ -748,6 +755,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(set_registry_auth, m)?)?;
+    m.add_function(wrap_pyfunction!(docker_config_auth, m)?)?;
     m.add_function(wrap_pyfunction!(cache_gc, m)?)?;
     m.add_function(wrap_pyfunction!(error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(raise_error_example, m)?)?;

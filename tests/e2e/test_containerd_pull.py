@@ -304,3 +304,69 @@ def test_a_container_over_an_unreachable_registry_is_one_clear_error(stack):
         registry.start()
     run = ctd.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, image, "down2", "cat", "/etc/debian_version")
     assert run.stdout.strip() == debian_version()
+
+
+def docker_config(path: Path, host: str, user: str, password: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"auths": {host: {"username": user, "password": password}}}))
+
+
+def image_file_digest(name: str) -> str:
+    import hashlib
+
+    with tarfile.open(debian_base()) as t:
+        f = t.extractfile(f"./{name}")
+        assert f is not None
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_credential_renewal_follows_a_password_change(tmp_path):
+    """`[remote.auth] credential_renewal_interval`: the registry's password changes while an
+    image's daemon is serving a container. Reads of data not yet cached then fail (the
+    daemon still holds the old password), until docker's config.json has the new one: the
+    next renewal hands it to the running daemon (rewriting its config and PUT
+    /api/v1/config), and the same reads succeed, with no restart of anything."""
+    registry = servers.Registry(tmp_path / "registry", auth="htpasswd").start()
+    assert registry.user is not None and registry.password is not None
+    root = Path(os.path.realpath(tmp_path))
+    docker_dir = root / "docker"
+    docker_config(docker_dir, registry.host, registry.user, registry.password)
+    config = root / "snapshotter.toml"
+    config.write_text(
+        f'version = 1\n[remote]\nplain_http_registries = ["{registry.host}"]\n'
+        '[remote.auth]\ncredential_renewal_interval = "500ms"\n'
+    )
+    snap = SnapshotterProcess(root / "sn", extra=["--config", str(config)], env={"DOCKER_CONFIG": str(docker_dir)})
+    snap.start()
+    ctd = Containerd(root / "ctd", snap.address)
+    try:
+        ctd.start()
+        layout = tmp_path / "oci"
+        write_layout(layout, [debian_base()], ["gzip"])
+        image = f"{registry.host}/private:nydus"
+        creds = f"{registry.user}:{registry.password}"
+        convert(open_source(f"oci:{layout}"), open_target(image, plain_http=True, creds=creds), ConvertOptions())
+        assert pull(ctd, image, "--creds", creds).returncode == 0
+        base = ["run", "--rm", "--snapshotter", SNAPSHOTTER, image]
+        assert ctd.ctr(*base, "renew-1", "cat", "/etc/debian_version").stdout.strip() == debian_version()
+
+        registry.change_password("rotated-pass")
+        # Large files no container has read: most of their chunks are not in the blob cache.
+        first, second = "usr/bin/perl", "usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30"
+        refused = ctd.ctr(*base, "renew-2", "sha256sum", f"/{first}", check=False)
+        assert refused.returncode != 0, "the old password still read new data"
+
+        updates = snap.log.read_text().count("instance_auth_updated")
+        docker_config(docker_dir, registry.host, registry.user, "rotated-pass")
+        deadline = time.monotonic() + 30
+        while snap.log.read_text().count("instance_auth_updated") == updates:
+            assert time.monotonic() < deadline, snap.log.read_text()[-3000:]
+            time.sleep(0.2)
+        for i, name in enumerate((first, second)):
+            out = ctd.ctr(*base, f"renew-3-{i}", "sha256sum", f"/{name}").stdout
+            assert out.split()[0] == image_file_digest(name), out
+    finally:
+        ctd.stop()
+        snap.stop()
+        snap.reap_daemons()
+        registry.close()

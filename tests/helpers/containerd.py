@@ -33,7 +33,9 @@ def require() -> None:
 
 
 class Containerd:
-    def __init__(self, workdir: Path, snapshotter_socket: Path, cri_registry: Optional[str] = None) -> None:
+    def __init__(
+        self, workdir: Path, snapshotter_socket: Path, cri_registry: Optional[str] = None, plugin: str = SNAPSHOTTER
+    ) -> None:
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.address = workdir / "containerd.sock"
@@ -51,7 +53,7 @@ class Containerd:
                     *([] if cri_registry else ['disabled_plugins = ["io.containerd.grpc.v1.cri"]']),
                     "[grpc]",
                     f'  address = "{self.address}"',
-                    f"[proxy_plugins.{SNAPSHOTTER}]",
+                    f"[proxy_plugins.{plugin}]",
                     '  type = "snapshot"',
                     f'  address = "{snapshotter_socket}"',
                     # The restart monitor (containers labelled containerd.io/restart.status)

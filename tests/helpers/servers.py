@@ -601,6 +601,15 @@ class Registry:
         self.wait_ready()
         return self
 
+    def change_password(self, password: str) -> None:
+        """A new htpasswd password, in force once this returns (the registry restarts on
+        the same port and storage)."""
+        assert self.auth == "htpasswd", "only the htpasswd registry has a password file"
+        self.password = password
+        self._write_htpasswd()
+        self.stop()
+        self.start()
+
     def signal(self, sig: int) -> None:
         """Send a signal to the registry process (SIGSTOP freezes it with sockets open)."""
         assert self._proc is not None and self._proc.poll() is None, "registry is not running"

@@ -87,8 +87,15 @@ class SnapshotsClient:
 
 
 class SnapshotterProcess:
-    def __init__(self, root: Path, address: Optional[Path] = None, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        address: Optional[Path] = None,
+        extra: Sequence[str] = (),
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         self.root = root
+        self.env = {**os.environ, **env} if env else None  # added to ours; its daemons inherit it
         self.address = address or root.parent / f"{root.name}.sock"
         self.log = root.parent / f"{root.name}.log"
         self.extra = list(extra)
@@ -105,7 +112,7 @@ class SnapshotterProcess:
             str(self.address),
         ]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*argv, *self.extra], stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*argv, *self.extra], stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + scaled(30)
         while True:
             assert self.proc.poll() is None, self.log.read_text(errors="replace")

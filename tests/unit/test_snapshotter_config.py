@@ -91,3 +91,29 @@ def test_the_process_exits_2_with_one_line(tmp_path):
         timeout=60,
     )
     assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "version" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        ('"0"', 0.0),
+        ("0", 0.0),
+        ('"30s"', 30.0),
+        ('"1h30m"', 5400.0),
+        ('"250ms"', 0.25),
+        ('"1.5m"', 90.0),
+        ("2000000000", 2.0),
+    ],
+)
+def test_credential_renewal_interval_takes_go_durations(tmp_path, value, seconds):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[remote.auth]\ncredential_renewal_interval = {value}\n")
+    assert config.load(str(cfg)).credential_renewal_interval == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ['"30"', '"-5s"', '"5 s"', '"1d"', '""', "-1", "true", "1.5"])
+def test_a_bad_credential_renewal_interval_is_one_error_naming_the_key(tmp_path, value):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[remote.auth]\ncredential_renewal_interval = {value}\n")
+    with pytest.raises(config.ConfigError, match=r"remote\.auth\.credential_renewal_interval"):
+        config.load(str(cfg))

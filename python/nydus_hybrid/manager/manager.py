@@ -51,6 +51,24 @@ def _runs_with(pid: int, arg: str) -> bool:
         return False
 
 
+AUTH_KEYS = ("auth", "registry_token")
+
+
+def registry_section(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The registry backend's settings in an instance config (a v1 or v2 nydusd document,
+    or an fscache BlobCacheEntry), or None when its backend is not a registry."""
+    if isinstance(cfg.get("config"), dict) and "backend_type" in cfg["config"]:  # BlobCacheEntry
+        entry = cfg["config"]
+        found = entry.get("backend_config") if entry["backend_type"] == "registry" else None
+    elif isinstance(cfg.get("device"), dict):  # v1
+        backend = cfg["device"].get("backend") or {}
+        found = backend.get("config") if backend.get("type") == "registry" else None
+    else:  # v2
+        backend = cfg.get("backend") or {}
+        found = backend.get("registry") if backend.get("type") == "registry" else None
+    return found if isinstance(found, dict) else None
+
+
 def _write_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -345,6 +363,31 @@ class Manager:
         self.store.update_instance(rec)
         self.instances[rec["snapshot_id"]] = rec
         return rec
+
+    def update_auth(self, key: str, fields: Dict[str, str]) -> bool:
+        """Give a mounted instance new registry credentials (spec A6.2 auth update): its
+        config file is rewritten (a restarted daemon reads it), and basic credentials
+        (`auth`) also reach the running daemon through PUT /api/v1/config; a bearer token
+        (`registry_token`) only lands in the file, as nydusd cannot reload one. False when
+        nothing changed or the instance reads no registry."""
+        with self.lock:
+            rec = self.instances.get(key)
+            if rec is None or rec["state"] != MOUNTED:
+                return False
+            with open(rec["config_path"]) as f:
+                cfg = json.load(f)
+            registry = registry_section(cfg)
+            if registry is None or {k: registry.get(k) for k in AUTH_KEYS} == {k: fields.get(k) for k in AUTH_KEYS}:
+                return False
+            for k in AUTH_KEYS:
+                registry.pop(k, None)
+            registry.update({k: v for k, v in fields.items() if k in AUTH_KEYS})
+            _write_atomic(rec["config_path"], json.dumps(cfg))
+            d = self.daemons.get(rec["daemon_id"])
+            if "auth" in fields and d is not None:
+                d.driver.update_auth(d, rec, fields["auth"])
+            log.event("instance_auth_updated", key=key, kind="basic" if "auth" in fields else "token")
+            return True
 
     def umount(self, key: str) -> None:
         with self.lock:

@@ -4,12 +4,15 @@
 `failover_policy`, `threads_number`), `[log]` (`level`, `log_to_stdout`), `[cache_manager]`
 (`cache_dir`), `[remote]` (`skip_ssl_verify`, `mirrors_config.dir`, and our
 `plain_http_registries`),
-`[remote.auth]` (`enable_cri_keychain`, `image_service_address`). Command-line
+`[remote.auth]` (`enable_cri_keychain`, `image_service_address`,
+`credential_renewal_interval`: a Go duration such as "30s" or "5m", or integer nanoseconds;
+0 is off). Command-line
 flags override the file. A bad value is one error naming its key."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -52,6 +55,7 @@ class SnapshotterConfig:
     image_service_address: str = ""  # empty: containerd's default socket
     nydusd_config: str = ""  # a nydusd document every instance starts from; empty: built in
     mirrors_dir: str = ""  # [remote] mirrors_config.dir: <dir>/<host>/hosts.toml files
+    credential_renewal_interval: float = 0.0  # seconds; 0: no renewal
 
     @property
     def manager_mode(self) -> str:
@@ -135,4 +139,33 @@ def load(path: Optional[str]) -> SnapshotterConfig:
         image_service_address=_get(doc, "remote.auth.image_service_address", str, d.image_service_address),
         nydusd_config=_get(doc, "daemon.nydusd_config", str, d.nydusd_config),
         mirrors_dir=_get(doc, "remote.mirrors_config.dir", str, d.mirrors_dir),
+        credential_renewal_interval=_duration(doc, "remote.auth.credential_renewal_interval"),
     ).validate()
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration string ("1h30m", "250ms", "0"); ValueError otherwise."""
+    if text == "0":
+        return 0.0
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration (such as 30s, 5m or 1h30m)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def _duration(doc: Dict[str, Any], path: str) -> float:
+    """A duration key: a Go duration string, or integer nanoseconds (as Go's TOML reads it)."""
+    value = _get(doc, path, object, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f'{path}: expected a duration such as "30s", got {value!r}')
+    try:
+        seconds = value * 1e-9 if isinstance(value, int) else parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if seconds < 0:
+        raise ConfigError(f"{path}: {value!r} is negative")
+    return seconds

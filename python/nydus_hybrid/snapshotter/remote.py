@@ -9,6 +9,7 @@ shares it; it goes when the meta layer is removed."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -112,6 +113,30 @@ class RemoteFs:
                 self.manager.umount(key)
             except ManagerError as e:
                 raise Unavailable(f"unmounting the Nydus image of snapshot {meta_id}: {e}") from None
+
+    def renew_credentials(self, meta_labels: Dict[str, Dict[str, str]]) -> List[str]:
+        """Credential renewal (spec A11, `credential_renewal_interval`): look up every
+        mounted instance's credentials again (its meta layer's labels, then the CRI capture,
+        then docker's config.json) and hand the changed ones to its daemon. `meta_labels`
+        maps meta layer snapshot ids to their labels. Returns the instances updated; one
+        failing instance is logged and does not stop the others."""
+        updated = []
+        for key in list(self.manager.instances):
+            lbls = meta_labels.get(key.partition(USERNS)[0])
+            ref_text = (lbls or {}).get(labels.CRI_IMAGE_REF) or (lbls or {}).get(labels.STARGZ_REF)
+            if not lbls or not ref_text:
+                continue
+            try:
+                host = parse_registry(ref_text).api_host
+                fields = self.keychain.backend_auth(host, lbls)
+                if not fields:
+                    from_file = blobs.docker_config_auth(host)
+                    fields = {"auth": from_file} if from_file else {}
+                if fields and self.manager.update_auth(key, fields):
+                    updated.append(key)
+            except (NydusError, ManagerError, OSError, ValueError) as e:
+                log.event("credential_renewal_failed", logging.WARNING, key=key, error=str(e))
+        return updated
 
     def cache_usage(self, blob_id: str) -> Tuple[int, int]:
         """Bytes allocated and files in the blob cache for one blob (its data, chunk map

@@ -13,8 +13,9 @@ import signal
 import stat
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional
+from typing import Callable, List, Optional, Protocol
 
 import grpc
 
@@ -24,7 +25,7 @@ from nydus_hybrid.snapshotter.backend import load_template
 from nydus_hybrid.snapshotter.config import DAEMON_MODES, ConfigError, SnapshotterConfig, load
 from nydus_hybrid.snapshotter.keychain import CriImageProxy, Keychain
 from nydus_hybrid.snapshotter.remote import RemoteFs
-from nydus_hybrid.snapshotter.service import SnapshotsService
+from nydus_hybrid.snapshotter.service import SnapshotBackend, SnapshotsService
 from nydus_hybrid.snapshotter.snapshot import Snapshotter
 
 
@@ -65,17 +66,25 @@ def remote_fs(cfg: SnapshotterConfig, keychain: Optional[Keychain] = None) -> Re
     )
 
 
+class ServedSnapshotter(SnapshotBackend, Protocol):
+    def close(self) -> None: ...
+
+
 class Server:
+    """The Snapshots service of `snapshotter` (the overlay one with its Nydus remote, or
+    the devmapper one) on a unix socket, with the CRI image proxy beside it when given."""
+
     def __init__(
         self,
-        root: str,
         address: str,
-        remote: Optional[RemoteFs] = None,
+        snapshotter: ServedSnapshotter,
         workers: int = 16,
         cri_proxy: Optional[CriImageProxy] = None,
+        root: str = "",
     ) -> None:
         self.address = address
-        self.snapshotter = Snapshotter(root, remote)
+        self.root = root
+        self.snapshotter = snapshotter
         self.cri_proxy = cri_proxy
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshots"))
         handlers: List[grpc.GenericRpcHandler] = [SnapshotsService(self.snapshotter).handler()]
@@ -88,7 +97,7 @@ class Server:
 
     def start(self) -> None:
         self.grpc.start()
-        log.event("snapshotter_ready", address=self.address, root=str(self.snapshotter.root))
+        log.event("snapshotter_ready", address=self.address, root=self.root)
 
     def stop(self, grace: float = 5.0) -> None:
         log.event("snapshotter_stopping", address=self.address)
@@ -145,17 +154,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(cfg.root, mode=0o700, exist_ok=True)
     keychain = Keychain()
     proxy = CriImageProxy(keychain, cfg.effective_image_service()) if cfg.enable_cri_keychain else None
-    server = Server(cfg.root, cfg.address, remote_fs(cfg, keychain), cri_proxy=proxy)
+    snapshotter = Snapshotter(cfg.root, remote_fs(cfg, keychain))
+
+    def renew() -> None:
+        updated = snapshotter.renew_credentials()
+        if updated:
+            log.event("credentials_renewed", instances=updated)
+
+    # Renewal starts after recovery (remote_fs recovered the daemons), so it sees them all.
+    serve(Server(cfg.address, snapshotter, cri_proxy=proxy, root=cfg.root), cfg.credential_renewal_interval, renew)
+    return 0
+
+
+def serve(server: Server, every: float = 0.0, task: Optional[Callable[[], None]] = None) -> None:
+    """Run `server` until SIGTERM or SIGINT, running `task` every `every` seconds (0: never)."""
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     server.start()
+    next_run = time.monotonic() + every
     # A timed wait: a signal that lands on one of grpc's threads only runs its handler once
     # the main thread executes again, and an untimed wait would never wake for it.
     while not done.wait(0.5):
-        pass
+        if task is not None and every and time.monotonic() >= next_run:
+            task()
+            next_run = time.monotonic() + every
     server.stop()
-    return 0
 
 
 if __name__ == "__main__":

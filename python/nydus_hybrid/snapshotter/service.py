@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Protocol, Sequence
 
 import grpc
 
 from nydus_hybrid import log
 from nydus_hybrid.snapshotter import wire
 from nydus_hybrid.snapshotter.errors import SnapshotError
-from nydus_hybrid.snapshotter.metastore import Info, Kind
-from nydus_hybrid.snapshotter.snapshot import Mount, Snapshotter
+from nydus_hybrid.snapshotter.metastore import Info, Kind, Usage
+from nydus_hybrid.snapshotter.snapshot import Mount
 
 LIST_BATCH = 100  # infos per List reply message
 
@@ -32,8 +32,23 @@ def _info(info: Info) -> Any:
     return out
 
 
+class SnapshotBackend(Protocol):
+    """What the service calls: the overlay `Snapshotter`, and the devmapper one."""
+
+    def prepare(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]: ...
+    def view(self, key: str, parent: str, lbls: Dict[str, str]) -> List[Mount]: ...
+    def mounts(self, key: str) -> List[Mount]: ...
+    def commit(self, name: str, key: str, lbls: Dict[str, str]) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def stat(self, key: str) -> Info: ...
+    def update(self, info: Info, paths: Sequence[str]) -> Info: ...
+    def walk(self, exprs: Sequence[str]) -> Iterator[Info]: ...
+    def usage(self, key: str) -> Usage: ...
+    def cleanup(self) -> List[str]: ...
+
+
 class SnapshotsService:
-    def __init__(self, snapshotter: Snapshotter) -> None:
+    def __init__(self, snapshotter: SnapshotBackend) -> None:
         self.sn = snapshotter
         self.lock = threading.RLock()
 

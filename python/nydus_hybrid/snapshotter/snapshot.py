@@ -13,21 +13,21 @@ download (A2.3, A9.2). The bootstrap layer is unpacked natively."""
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from nydus_hybrid import log
 from nydus_hybrid.errors import NydusError
 from nydus_hybrid.mounts import idmap as idmapped
 from nydus_hybrid.mounts import mountinfo, syscall
-from nydus_hybrid.snapshotter import filters, labels
+from nydus_hybrid.snapshotter import labels
 from nydus_hybrid.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from nydus_hybrid.snapshotter.metastore import Info, Kind, MetaStore, Snapshot, Usage
+from nydus_hybrid.snapshotter.queries import MetastoreQueries
 from nydus_hybrid.snapshotter.remote import BOOTSTRAP, USERNS, RemoteFs, meta_ancestor
 
 
@@ -59,7 +59,7 @@ def disk_usage(path: Path) -> Usage:
     return Usage(size, len(seen))
 
 
-class Snapshotter:
+class Snapshotter(MetastoreQueries):
     def __init__(self, root: str, remote: Optional[RemoteFs] = None) -> None:
         self.root = Path(root)
         self.remote = remote
@@ -214,13 +214,6 @@ class Snapshotter:
                 pass
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def stat(self, key: str) -> Info:
-        return self.ms.info(key)[1]
-
-    def update(self, info: Info, paths: Sequence[str]) -> Info:
-        with self.ms.transaction():
-            return self.ms.update(info, paths)
-
     def usage(self, key: str) -> Usage:
         """An active snapshot's upper dir; a committed one's stored usage, plus, for a Nydus
         data layer, what the blob cache holds of its blob (A9.8)."""
@@ -233,11 +226,17 @@ class Snapshotter:
             return Usage(usage.size + size, usage.inodes + files)
         return usage
 
-    def walk(self, exprs: Sequence[str]) -> Iterator[Info]:
-        parsed = filters.parse_all(exprs)
-        for _, info in list(self.ms.walk()):
-            if filters.matches(parsed, functools.partial(_field, info)):
-                yield info
+    def renew_credentials(self) -> List[str]:
+        """Hand changed registry credentials to the running Nydus instances
+        (`RemoteFs.renew_credentials`); the instances updated."""
+        if self.remote is None:
+            return []
+        by_id = {}
+        with self.ms.transaction():  # one consistent read, under the store's lock
+            for key in self.ms.ids().values():
+                id_, info, _ = self.ms.info(key)
+                by_id[id_] = info.labels
+        return self.remote.renew_credentials(by_id)
 
     def cleanup(self) -> List[str]:
         """Remove every directory under `snapshots/` that no snapshot owns (what a crash
@@ -285,19 +284,3 @@ def _umount_under(path: Path) -> None:
             syscall.umount(target, lazy=True)
         except OSError as e:
             log.event("umount_failed", path=target, error=e.strerror or str(e))
-
-
-def _field(info: Info, path: Sequence[str]) -> Optional[str]:
-    """The snapshot fields filters can name (containerd's snapshot adaptor)."""
-    if not path:
-        return None
-    head = path[0]
-    if head == "name" and len(path) == 1:
-        return info.name
-    if head == "parent" and len(path) == 1:
-        return info.parent
-    if head == "kind" and len(path) == 1:
-        return {Kind.VIEW: "view", Kind.ACTIVE: "active", Kind.COMMITTED: "committed"}.get(info.kind, "unknown")
-    if head == "labels" and len(path) > 1:
-        return info.labels.get(".".join(path[1:]))
-    return None

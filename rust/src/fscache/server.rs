@@ -304,11 +304,48 @@ fn fill(obj: &Object, off: u64, len: u64) -> Result<u64> {
             let chunks = chunk_index(obj, &blob);
             // The first chunk that ends after `off`; chunks do not overlap.
             let first = chunks.partition_point(|&(o, s, _)| o + s as u64 <= off);
+            let budget = rafs.amplify_budget();
+            let expected = |k: u32| rafs.expected_digest(&blob, *index as u32, k);
             let mut written = 0;
-            for &(o, _, ci) in chunks[first..].iter().take_while(|&&(o, _, _)| o < end) {
-                let (data, _hit) = rafs.read_blob_chunk(&blob, *index as u32, ci)?;
-                write_object(anon, &data, o)?;
-                written += data.len() as u64;
+            let mut i = first;
+            while i < chunks.len() && chunks[i].0 < end {
+                let (o, s, _) = chunks[i];
+                if has_data(anon, o, s as u64) {
+                    i += 1;
+                    continue;
+                }
+                // One request for this missing chunk, the missing ones after it that the read
+                // needs, and (amplification) missing neighbours after those, up to `budget`
+                // bytes, as long as they follow each other in the blob.
+                let mut j = i + 1;
+                let mut bytes = blob.chunks[chunks[i].2 as usize].compressed_size as u64;
+                while j < chunks.len() {
+                    let (oj, sj, cj) = chunks[j];
+                    let (prev, c) = (&blob.chunks[chunks[j - 1].2 as usize], &blob.chunks[cj as usize]);
+                    let fits = oj < end || bytes + c.compressed_size as u64 <= budget;
+                    if !fits || c.compressed_offset != prev.compressed_end() || has_data(anon, oj, sj as u64) {
+                        break;
+                    }
+                    bytes += c.compressed_size as u64;
+                    j += 1;
+                }
+                let run: Vec<u32> = chunks[i..j].iter().map(|&(_, _, ci)| ci).collect();
+                let started = std::time::Instant::now();
+                let results = blob.fetch_run(&run, &expected, rafs.verify)?;
+                rafs.link.record(bytes, started.elapsed().as_secs_f64());
+                for (&(o, _, _), r) in chunks[i..j].iter().zip(results) {
+                    match r {
+                        Ok(data) => {
+                            write_object(anon, &data, o)?;
+                            if o < end {
+                                written += data.len() as u64;
+                            }
+                        }
+                        Err(e) if o < end => return Err(e),
+                        Err(_) => {} // a bad neighbour stays a hole; its own read reports it
+                    }
+                }
+                i = j;
             }
             Ok(written)
         }

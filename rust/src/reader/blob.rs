@@ -10,6 +10,7 @@ use crate::layout::superblock::BlobEntry;
 use crate::layout::tarhdr::{self, TAR_HEADER_SIZE};
 use crate::layout::toc::{TocEntry, TOC_ENTRY_SIZE, TOC_NAME};
 use crate::layout::{bytes::round_up, Compressor};
+use crate::reader::link::LinkEstimate;
 use crate::storage::BlobSource;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -218,7 +219,16 @@ impl BlobReader {
     /// Chunk `ci` through the cache when there is one: served from it when ready (checked
     /// again when `validate`), else fetched together with up to `amplify` bytes of missing
     /// neighbours, verified, and stored. Returns the bytes and whether they were a cache hit.
-    pub fn read_chunk(&self, ci: u32, expected: &dyn Fn(u32) -> Option<[u8; 32]>, verify: bool, validate: bool, amplify: u64) -> Result<(Vec<u8>, bool)> {
+    /// With `link`, each fetch's size and time go to the link estimate.
+    pub fn read_chunk(
+        &self,
+        ci: u32,
+        expected: &dyn Fn(u32) -> Option<[u8; 32]>,
+        verify: bool,
+        validate: bool,
+        amplify: u64,
+        link: Option<&LinkEstimate>,
+    ) -> Result<(Vec<u8>, bool)> {
         let c = *self.chunk(ci)?;
         let Some(cache) = &self.cache else {
             return Ok((self.read_chunk_direct(ci, expected(ci).as_ref(), verify)?, false));
@@ -239,7 +249,12 @@ impl BlobReader {
             };
             cache.metrics.chunk_misses.fetch_add(1, Relaxed);
             cache.metrics.amplified_chunks.fetch_add(claim.chunks.len() as u64 - 1, Relaxed);
+            let started = std::time::Instant::now();
             let results = self.fetch_run(&claim.chunks, expected, verify)?;
+            if let Some(link) = link {
+                let bytes = claim.chunks.iter().map(|&k| self.chunks[k as usize].compressed_size as u64).sum();
+                link.record(bytes, started.elapsed().as_secs_f64());
+            }
             let mut mine = None;
             for (&k, r) in claim.chunks.iter().zip(results) {
                 match r {

@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod bootstrap;
+pub mod link;
 
 use crate::cache::CacheMetrics;
 use crate::config::{CacheKind, Config};
@@ -55,8 +56,12 @@ pub struct Rafs {
     pub verify: bool,
     /// Verify again on every read from the cache (`cache.validate` / `rafs.validate`).
     pub validate: bool,
-    /// `amplify_io`: bytes of adjacent missing chunks fetched along with a missed one.
+    /// `amplify_io`: bytes of adjacent missing chunks fetched along with a missed one (the
+    /// most, when `adaptive_amplify`).
     pub amplify_io: u64,
+    /// Amplify by the link's bandwidth-delay product, up to `amplify_io` (`link`).
+    pub adaptive_amplify: bool,
+    pub link: link::LinkEstimate,
     /// Directory of the persistent chunk cache, if any.
     pub cache_dir: Option<std::path::PathBuf>,
     pub cache_metrics: Arc<CacheMetrics>,
@@ -79,6 +84,8 @@ impl Rafs {
             verify: true,
             validate: false,
             amplify_io: 1 << 20,
+            adaptive_amplify: true,
+            link: Default::default(),
             cache_dir: None,
             cache_metrics: Default::default(),
             backend_metrics: Arc::new(BackendMetrics::new("localfs")),
@@ -98,6 +105,7 @@ impl Rafs {
         rafs.backend_metrics = metrics;
         rafs.validate = cfg.validate_on_read();
         rafs.amplify_io = cfg.rafs.batch_size;
+        rafs.adaptive_amplify = cfg.rafs.adaptive_amplify;
         rafs.id_map = cfg.rafs.id_mapping;
         match cfg.cache.kind {
             CacheKind::BlobCache => rafs.cache_dir = Some(cfg.cache.work_dir.clone()),
@@ -187,7 +195,17 @@ impl Rafs {
     /// whether they were a cache hit.
     pub fn read_blob_chunk(&self, blob: &BlobReader, blob_index: u32, ci: u32) -> Result<(Vec<u8>, bool)> {
         let expected = |k: u32| self.expected_digest(blob, blob_index, k);
-        blob.read_chunk(ci, &expected, self.verify, self.validate, self.amplify_io)
+        blob.read_chunk(ci, &expected, self.verify, self.validate, self.amplify_budget(), Some(&self.link))
+    }
+
+    /// Bytes of missing neighbours to fetch along with a missed chunk: `amplify_io`, or
+    /// with `adaptive_amplify` the link's bandwidth-delay product up to it.
+    pub fn amplify_budget(&self) -> u64 {
+        if self.adaptive_amplify {
+            self.link.amplify(self.amplify_io)
+        } else {
+            self.amplify_io
+        }
     }
 
     /// Decoded, verified bytes of chunk `idx` of a regular file, and whether it was a hit

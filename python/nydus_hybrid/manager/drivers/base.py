@@ -63,6 +63,11 @@ class FsDriver:
     def umount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def update_auth(self, d: Daemon, rafs: Dict[str, Any], registry_auth: str) -> None:
+        """Hand new basic credentials to the running daemon serving `rafs` (its config
+        file is already rewritten). By default nothing: the daemon reads them when it
+        restarts."""
+
     def mounted_keys(self, d: Daemon, instances: Sequence[Dict[str, Any]]) -> List[str]:
         """The instance keys the daemon serves now (``instances``: the ones recorded for it)."""
         raise NotImplementedError

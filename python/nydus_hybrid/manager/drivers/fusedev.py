@@ -31,5 +31,11 @@ class FusedevDriver(FsDriver):
     def umount(self, d: Daemon, rafs: Dict[str, Any]) -> None:
         d.client().umount("/" + rafs["snapshot_id"])
 
+    def update_auth(self, d: Daemon, rafs: Dict[str, Any], registry_auth: str) -> None:
+        # PUT /api/v1/config for the instance's RAFS: `/<key>` on a shared daemon, `/` on
+        # a dedicated one (its only mount).
+        rafs_id = "/" + rafs["snapshot_id"] if d.record.daemon_mode == "shared" else "/"
+        d.client().update_auth(rafs_id, registry_auth)
+
     def mounted_keys(self, d: Daemon, instances: Sequence[Dict[str, Any]]) -> List[str]:
         return [mp.lstrip("/") for mp in d.client().mountpoints()]
