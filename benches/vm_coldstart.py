@@ -49,7 +49,6 @@ def host(contenders: str, json_out: str) -> int:
     results = SHARED / "results.json"
     results.unlink(missing_ok=True)
     os.environ.setdefault("NYDUS_VM_MEMORY", "6G")
-    os.environ.setdefault("NYDUS_VM_TIMEOUT", "5400")
     argv = ["python3", "benches/vm_coldstart.py", "--guest", "--contenders", contenders]
     r = vm.run(argv, timeout=5600)
     if r.returncode != 0 or not results.exists():

@@ -39,11 +39,11 @@ HOST_IP, REG_IP = "10.231.0.1", "10.231.0.2"
 PY = ["python3", "-c", "import requests; print('requests', requests.__version__)"]
 NODE = ["node", "-e", "console.log('node', process.version)"]
 # The Nydus image's chunk size and the daemons' `amplify_io` (bytes of adjacent missing
-# chunks fetched with a missed one), the same for both lazy contenders. nydus-image and
-# nydusd default to 1 MiB for both; 128 KiB fetches far fewer bytes nobody reads, which is
-# what a bandwidth-limited link pays for (benches/README.md has both).
+# chunks fetched with a missed one; ours adapts below it to the link), the same for both
+# lazy contenders. nydus-image and nydusd default to 1 MiB for both; 128 KiB chunks fetch
+# far fewer bytes nobody reads, which is what a thin link pays for (benches/README.md).
 CHUNK_SIZE = int(os.environ.get("NYDUS_BENCH_COLDSTART_CHUNK", str(128 << 10)), 0)
-AMPLIFY_IO = int(os.environ.get("NYDUS_BENCH_COLDSTART_AMPLIFY", str(128 << 10)), 0)
+AMPLIFY_IO = int(os.environ.get("NYDUS_BENCH_COLDSTART_AMPLIFY", str(1 << 20)), 0)
 _ACCESS = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
 
 

@@ -646,6 +646,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from nydus_hybrid.snapshotter.server import main as snapshotter_main
 
         return snapshotter_main(args[1:])
+    if args[:1] == ["devmapper"]:
+        from nydus_hybrid.devmapper.cli import main as devmapper_main
+
+        return devmapper_main(args[1:])
     parser = make_parser()
     a = parser.parse_args(args)
     if a.version:

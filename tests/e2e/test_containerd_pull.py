@@ -18,11 +18,10 @@ import pytest
 
 from nydus_hybrid.containerd.client import ContainerdError
 from nydus_hybrid.containerd.cri import CriImages
-from nydus_hybrid.convert.convert import ConvertOptions, convert
-from nydus_hybrid.convert.store import open_source, open_target
+from nydus_hybrid.convert.store import open_source
 from tests.helpers import servers
 from tests.helpers.containerd import SNAPSHOTTER, Containerd
-from tests.helpers.layers import debian_base, write_layout
+from tests.helpers.layers import debian_base, push_debian_nydus, write_layout
 from tests.helpers.snapshots import SnapshotterProcess, allocated_bytes, daemon_pids
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd and mounts need root")
@@ -37,10 +36,7 @@ def stack(tmp_path_factory):
     ctd = Containerd(tmp / "containerd", snap.address)
     try:
         ctd.start()
-        layout = tmp / "oci"
-        write_layout(layout, [debian_base()], ["gzip"])
-        image = f"{registry.host}/debian:nydus"
-        convert(open_source(f"oci:{layout}"), open_target(image, plain_http=True), ConvertOptions())
+        image = push_debian_nydus(tmp, f"{registry.host}/debian:nydus")
         yield registry, snap, ctd, image, tmp
     finally:
         ctd.stop()
@@ -221,10 +217,7 @@ def test_cri_credentials_reach_the_image_daemon(tmp_path):
     ctd = Containerd(root / "ctd", snap.address, cri_registry=registry.host)
     try:
         ctd.start()
-        layout = tmp_path / "oci"
-        write_layout(layout, [debian_base()], ["gzip"])
-        image = f"{registry.host}/private:nydus"
-        convert(open_source(f"oci:{layout}"), open_target(image, plain_http=True, creds=creds), ConvertOptions())
+        image = push_debian_nydus(tmp_path, f"{registry.host}/private:nydus", creds)
         with CriImages(str(snap.address)) as cri:  # the snapshotter's socket, not containerd's
             with pytest.raises(ContainerdError):
                 cri.pull(image)  # no credentials: the registry refuses, and the proxy says so
@@ -341,11 +334,8 @@ def test_credential_renewal_follows_a_password_change(tmp_path):
     ctd = Containerd(root / "ctd", snap.address)
     try:
         ctd.start()
-        layout = tmp_path / "oci"
-        write_layout(layout, [debian_base()], ["gzip"])
-        image = f"{registry.host}/private:nydus"
         creds = f"{registry.user}:{registry.password}"
-        convert(open_source(f"oci:{layout}"), open_target(image, plain_http=True, creds=creds), ConvertOptions())
+        image = push_debian_nydus(tmp_path, f"{registry.host}/private:nydus", creds)
         assert pull(ctd, image, "--creds", creds).returncode == 0
         base = ["run", "--rm", "--snapshotter", SNAPSHOTTER, image]
         assert ctd.ctr(*base, "renew-1", "cat", "/etc/debian_version").stdout.strip() == debian_version()

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from nydus_hybrid.convert.convert import ConvertOptions, convert
-from nydus_hybrid.convert.store import open_source, open_target
+from nydus_hybrid.convert.store import open_source
 from tests.helpers import servers
 from tests.helpers.containerd import SNAPSHOTTER, Containerd
-from tests.helpers.layers import debian_base, write_layout
+from tests.helpers.layers import debian_base, push_debian_nydus
 from tests.helpers.snapshots import SnapshotterProcess
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containerd and mounts need root")
@@ -32,10 +31,7 @@ def origin(tmp_path_factory):
     servers.require_binary(servers.REGISTRY_BIN)
     registry = servers.Registry(tmp / "origin").start()
     try:
-        layout = tmp / "oci"
-        write_layout(layout, [debian_base()], ["gzip"])
-        image = f"{registry.host}/debian:nydus"
-        convert(open_source(f"oci:{layout}"), open_target(image, plain_http=True), ConvertOptions())
+        image = push_debian_nydus(tmp, f"{registry.host}/debian:nydus")
         manifest = json.loads(open_source(image, plain_http=True).root()[1])
         yield registry, image, [d["digest"] for d in manifest["layers"][:-1]], tmp
     finally:

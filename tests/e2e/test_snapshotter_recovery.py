@@ -29,14 +29,12 @@ import pytest
 
 from nydus_hybrid.containerd.client import Client
 from nydus_hybrid.containerd.pull import Puller
-from nydus_hybrid.convert.convert import ConvertOptions, convert
 from nydus_hybrid.convert.reference import parse_registry
 from nydus_hybrid.convert.registry import Registry
-from nydus_hybrid.convert.store import open_source, open_target
 from nydus_hybrid.snapshotter import labels
 from tests.helpers import servers
 from tests.helpers.containerd import SNAPSHOTTER, Containerd
-from tests.helpers.layers import debian_base, write_layout
+from tests.helpers.layers import debian_base, push_debian_nydus
 from tests.helpers.mounts import is_mounted
 from tests.helpers.snapshots import CheckingReader, SnapshotterProcess, daemon_pids, kill_daemon_and_wait
 
@@ -49,9 +47,7 @@ def image(tmp_path_factory):
     servers.require_binary(servers.REGISTRY_BIN)
     registry = servers.Registry(tmp / "registry").start()
     try:
-        write_layout(tmp / "oci", [debian_base()], ["gzip"])
-        ref = f"{registry.host}/debian:nydus"
-        convert(open_source(f"oci:{tmp / 'oci'}"), open_target(ref, plain_http=True), ConvertOptions())
+        ref = push_debian_nydus(tmp, f"{registry.host}/debian:nydus")
         yield registry, ref
     finally:
         registry.close()

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from nydus_hybrid.convert import oci
 from nydus_hybrid.convert.flatten import flatten
@@ -106,3 +106,16 @@ def debian_layers(tmp: Path) -> List[Path]:
     os.symlink("../app/hello", top / "opt/app/hello-sym")
     os.setxattr(top / "opt/app/hello", "user.origin", b"top")
     return [debian_base(), *(tar_dir(d, tmp / f"{d.name}.tar") for d in (app, opq, top))]
+
+
+def push_debian_nydus(tmp: Path, ref: str, creds: Optional[str] = None) -> str:
+    """The Debian base as a one-layer OCI layout under `tmp` (made once), converted to
+    Nydus and pushed to `ref` in a plain-http registry; returns `ref`."""
+    from nydus_hybrid.convert.convert import ConvertOptions, convert
+    from nydus_hybrid.convert.store import open_source, open_target
+
+    layout = tmp / "oci-debian"
+    if not (layout / "index.json").exists():
+        write_layout(layout, [debian_base()], ["gzip"])
+    convert(open_source(f"oci:{layout}"), open_target(ref, plain_http=True, creds=creds), ConvertOptions())
+    return ref

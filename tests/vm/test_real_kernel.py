@@ -7,26 +7,28 @@ skip there counts as a failure."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from nydus_hybrid.convert.convert import ConvertOptions, convert
-from nydus_hybrid.convert.store import open_source, open_target
 from tests.helpers import servers, vm
-from tests.helpers.layers import debian_base, write_layout
+from tests.helpers.layers import push_debian_nydus
 
-GUEST_TESTS = 9  # tests/vm/guest: test_fscache_kernel.py 8, test_snapshotter_fscache.py 1
+GUEST_TESTS = 38  # tests/vm/guest: fscache_kernel 8, snapshotter_fscache 1, devmapper_kernel 15, devmapper_suite 14
 
 
 def prepare_registry(tmp: Path) -> Path:
-    """A registry's storage holding `debian:nydus`, the Debian base converted; the guest
-    serves it with its own docker-registry."""
+    """A registry's storage holding `debian:oci`, the Debian base, and `debian:nydus`, its
+    conversion; the guest serves it with its own docker-registry."""
     storage = tmp / "registry"
     with servers.Registry(storage) as registry:
-        write_layout(tmp / "oci", [debian_base()], ["gzip"])
-        target = open_target(f"{registry.host}/debian:nydus", plain_http=True)
-        convert(open_source(f"oci:{tmp / 'oci'}"), target, ConvertOptions())
+        push_debian_nydus(tmp, f"{registry.host}/debian:nydus")
+        # The OCI original too, for the devmapper snapshotter's container.
+        dest = f"docker://{registry.host}/debian:oci"
+        subprocess.run(
+            ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp / 'oci-debian'}", dest], check=True
+        )
     return storage
 
 

@@ -105,18 +105,24 @@ def _get(doc: Dict[str, Any], path: str, kind: type, default: Any) -> Any:
     return node
 
 
+def read_toml(path: str) -> Dict[str, Any]:
+    """A TOML file's tables; a missing or malformed file is one ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            doc: Dict[str, Any] = tomllib.load(f)
+            return doc
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not TOML ({e})") from None
+
+
 def load(path: Optional[str]) -> SnapshotterConfig:
     """The configuration in `path` (defaults for what it leaves out; all defaults with no
     file)."""
     if path is None:
         return SnapshotterConfig()
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not TOML ({e})") from None
+    doc = read_toml(path)
     version = _get(doc, "version", int, 1)
     if version != 1:
         raise ConfigError(f"version: {version}: this configuration format is version 1")
