@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from nydus_hybrid.snapshotter import wire
-from tests.helpers.snapshots import NAMESPACE, SnapshotterProcess, mount_all, umount
+from tests.helpers.snapshots import NAMESPACE, Mounted, SnapshotterProcess, commit_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay and bind mounts need root")
 
@@ -41,30 +41,6 @@ def client(server):
 def code(excinfo) -> grpc.StatusCode:
     got: grpc.StatusCode = excinfo.value.code()
     return got
-
-
-class Mounted:
-    def __init__(self, mounts, target: Path) -> None:
-        self.target = target
-        target.mkdir(parents=True, exist_ok=True)
-        mount_all(mounts, target)
-
-    def __enter__(self) -> Path:
-        return self.target
-
-    def __exit__(self, *exc) -> None:
-        umount(self.target)
-
-
-def commit_layer(client, tmp_path, key, name, parent="", files=None, remove=()):
-    with Mounted(client.prepare(key, parent), tmp_path / f"mnt-{key}") as m:
-        for rel, data in (files or {}).items():
-            (m / rel).parent.mkdir(parents=True, exist_ok=True)
-            (m / rel).write_bytes(data)
-        for rel in remove:
-            p = m / rel
-            p.rmdir() if p.is_dir() else p.unlink()
-    client.commit(name, key)
 
 
 def test_basic_prepare_commit_and_a_child_over_it(client, tmp_path):

@@ -259,3 +259,39 @@ def kill_daemon_and_wait(root: Path, timeout: float = 60) -> None:
     while daemon_pids(root) in ([pid], []):
         assert time.monotonic() < deadline, "no successor took over"
         time.sleep(0.1)
+
+
+class Mounted:
+    """A snapshot's mounts at `target` for the length of a `with` block."""
+
+    def __init__(self, mounts: Sequence[Any], target: Path) -> None:
+        self.target = target
+        target.mkdir(parents=True, exist_ok=True)
+        mount_all(mounts, target)
+
+    def __enter__(self) -> Path:
+        return self.target
+
+    def __exit__(self, *exc: object) -> None:
+        umount(self.target)
+
+
+def commit_layer(
+    client: SnapshotsClient,
+    tmp: Path,
+    key: str,
+    name: str,
+    parent: str = "",
+    files: Optional[Dict[str, bytes]] = None,
+    remove: Sequence[str] = (),
+) -> None:
+    """Prepare `key` over `parent`, write `files` and delete `remove` through its mounts
+    (at `tmp/mnt-<key>`), and commit it as `name`: one layer, as an unpacker makes it."""
+    with Mounted(client.prepare(key, parent), tmp / f"mnt-{key}") as m:
+        for rel, data in (files or {}).items():
+            (m / rel).parent.mkdir(parents=True, exist_ok=True)
+            (m / rel).write_bytes(data)
+        for rel in remove:
+            p = m / rel
+            p.rmdir() if p.is_dir() else p.unlink()
+    client.commit(name, key)

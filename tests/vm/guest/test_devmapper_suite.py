@@ -10,12 +10,12 @@ import stat
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List
 
 import grpc
 import pytest
 
-from tests.helpers.snapshots import SnapshotsClient, mount_all, umount
+from tests.helpers.snapshots import Mounted, SnapshotsClient, commit_layer
 from tests.vm.guest.test_devmapper_kernel import Pool, start_server
 
 LAYERS = int(os.environ.get("NYDUS_DEVMAPPER_SUITE_LAYERS", "128"))
@@ -44,38 +44,6 @@ def k() -> str:
     return uuid.uuid4().hex[:6]
 
 
-class Mounted:
-    def __init__(self, mounts: Sequence[object], target: Path) -> None:
-        self.target = target
-        target.mkdir(parents=True, exist_ok=True)
-        mount_all(mounts, target)
-
-    def __enter__(self) -> Path:
-        return self.target
-
-    def __exit__(self, *exc: object) -> None:
-        umount(self.target)
-
-
-def layer(
-    c: SnapshotsClient,
-    tmp: Path,
-    key: str,
-    name: str,
-    parent: str = "",
-    files: Optional[Dict[str, bytes]] = None,
-    remove: Sequence[str] = (),
-) -> None:
-    with Mounted(c.prepare(key, parent), tmp / f"m-{key}") as m:
-        for rel, data in (files or {}).items():
-            (m / rel).parent.mkdir(parents=True, exist_ok=True)
-            (m / rel).write_bytes(data)
-        for rel in remove:
-            p = m / rel
-            p.rmdir() if p.is_dir() else p.unlink()
-    c.commit(name, key)
-
-
 def read_tree(root: Path) -> Dict[str, bytes]:
     out = {}
     for dirpath, _, files in os.walk(root):
@@ -91,7 +59,7 @@ def code(e) -> grpc.StatusCode:
 
 
 def test_basic(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-a", f"{k}-base", files={"foo": b"foo\n", "dir/bar": b"bar\n"})
+    commit_layer(client, tmp_path, f"{k}-a", f"{k}-base", files={"foo": b"foo\n", "dir/bar": b"bar\n"})
     with Mounted(client.prepare(f"{k}-b", f"{k}-base"), tmp_path / "b") as m:
         assert read_tree(m) == {"foo": b"foo\n", "dir/bar": b"bar\n"}
         (m / "baz").write_bytes(b"baz\n")
@@ -113,8 +81,8 @@ def test_stat_active_and_committed(client: SnapshotsClient, k: str) -> None:
 
 
 def test_transitivity(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"a": b"1"})
-    layer(client, tmp_path, f"{k}-2", f"{k}-l2", f"{k}-l1", files={"a": b"2"})
+    commit_layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"a": b"1"})
+    commit_layer(client, tmp_path, f"{k}-2", f"{k}-l2", f"{k}-l1", files={"a": b"2"})
     assert client.stat(f"{k}-l2").parent == f"{k}-l1"
     with Mounted(client.view(f"{k}-v", f"{k}-l2"), tmp_path / "v") as m:
         assert (m / "a").read_bytes() == b"2"
@@ -143,8 +111,8 @@ def test_update_labels(client: SnapshotsClient, k: str) -> None:
 
 
 def test_remove_and_remove_intermediate_fails(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-1", f"{k}-l1")
-    layer(client, tmp_path, f"{k}-2", f"{k}-l2", f"{k}-l1")
+    commit_layer(client, tmp_path, f"{k}-1", f"{k}-l1")
+    commit_layer(client, tmp_path, f"{k}-2", f"{k}-l2", f"{k}-l1")
     with pytest.raises(grpc.RpcError) as e:
         client.remove(f"{k}-l1")
     assert code(e) == grpc.StatusCode.FAILED_PRECONDITION
@@ -167,8 +135,8 @@ def test_walk_and_stat_in_walk(client: SnapshotsClient, k: str) -> None:
 
 
 def test_layer_file_update_and_deleted_files(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"f": b"old", "gone": b"x", "d/in": b"y"})
-    layer(client, tmp_path, f"{k}-2", f"{k}-l2", f"{k}-l1", files={"f": b"new"}, remove=["gone", "d/in", "d"])
+    commit_layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"f": b"old", "gone": b"x", "d/in": b"y"})
+    commit_layer(client, tmp_path, f"{k}-2", f"{k}-l2", f"{k}-l1", files={"f": b"new"}, remove=["gone", "d/in", "d"])
     with Mounted(client.view(f"{k}-v", f"{k}-l2"), tmp_path / "v") as m:
         assert read_tree(m) == {"f": b"new"} and not (m / "d").exists()
     with Mounted(client.view(f"{k}-v1", f"{k}-l1"), tmp_path / "v1") as m:
@@ -176,7 +144,7 @@ def test_layer_file_update_and_deleted_files(client: SnapshotsClient, tmp_path: 
 
 
 def test_move_file_from_lower_layer(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"a/f": b"data"})
+    commit_layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"a/f": b"data"})
     with Mounted(client.prepare(f"{k}-2", f"{k}-l1"), tmp_path / "m") as m:
         os.rename(m / "a" / "f", m / "moved")
     client.commit(f"{k}-l2", f"{k}-2")
@@ -199,14 +167,14 @@ def test_chown_permissions_and_root(client: SnapshotsClient, tmp_path: Path, k: 
 
 
 def test_view_is_read_only(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"f": b"x"})
+    commit_layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"f": b"x"})
     with Mounted(client.view(f"{k}-v", f"{k}-l1"), tmp_path / "v") as m:
         with pytest.raises(OSError):
             (m / "new").write_text("no")
 
 
 def test_rename_a_directory(client: SnapshotsClient, tmp_path: Path, k: str) -> None:
-    layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"d1/f": b"x"})
+    commit_layer(client, tmp_path, f"{k}-1", f"{k}-l1", files={"d1/f": b"x"})
     with Mounted(client.prepare(f"{k}-2", f"{k}-l1"), tmp_path / "m") as m:
         os.rename(m / "d1", m / "d2")
     client.commit(f"{k}-l2", f"{k}-2")
@@ -232,7 +200,7 @@ def test_many_layers_mount(client: SnapshotsClient, tmp_path: Path, k: str) -> N
     parent = ""
     for n in range(LAYERS):
         name = f"{k}-l{n}"
-        layer(client, tmp_path, f"{k}-a{n}", name, parent, files={f"f{n}": str(n).encode()})
+        commit_layer(client, tmp_path, f"{k}-a{n}", name, parent, files={f"f{n}": str(n).encode()})
         parent = name
     with Mounted(client.view(f"{k}-v", parent), tmp_path / "v") as m:
         assert read_tree(m) == {f"f{n}": str(n).encode() for n in range(LAYERS)}
