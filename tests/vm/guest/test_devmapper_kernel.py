@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import pytest
 
 from nydus_hybrid.devmapper import cli, dmsetup
@@ -295,26 +296,33 @@ def test_kinds_survive_in_the_metastore(tmp_path: Path, pool: Pool) -> None:
 # -- crash safety ---------------------------------------------------------------------------
 
 
-def _churn(cfg: DevmapperConfig, seed: int) -> None:
-    """In a forked child: Prepare, Commit, Prepare a child, Remove, over and over, until
-    killed."""
+def _churn(address: Path, seed: int) -> None:
+    """Through the server's gRPC socket: Prepare, Commit, Prepare a child, Remove, over and
+    over, until the server is killed under it."""
     import random
 
+    from tests.helpers.snapshots import SnapshotsClient
+
     rnd = random.Random(seed)
-    sn = DevmapperSnapshotter(cfg)
+    c = SnapshotsClient(str(address), timeout=60)
     n = 0
-    while True:
-        n += 1
-        base, child = f"b{seed}-{n}", f"c{seed}-{n}"
-        sn.prepare(base, "", {})
-        sn.commit(f"{base}-c", base, {})
-        sn.prepare(child, f"{base}-c", {})
-        if rnd.random() < 0.5:
-            sn.commit(f"{child}-c", child, {})
-            sn.remove(f"{child}-c")
-        else:
-            sn.remove(child)
-        sn.remove(f"{base}-c")
+    try:
+        while True:
+            n += 1
+            base, child = f"b{seed}-{n}", f"c{seed}-{n}"
+            c.prepare(base)
+            c.commit(f"{base}-c", base)
+            c.prepare(child, f"{base}-c")
+            if rnd.random() < 0.5:
+                c.commit(f"{child}-c", child)
+                c.remove(f"{child}-c")
+            else:
+                c.remove(child)
+            c.remove(f"{base}-c")
+    except grpc.RpcError:
+        pass  # the kill
+    finally:
+        c.close()
 
 
 def pool_device_ids(pool: Pool) -> set[int]:
@@ -351,24 +359,30 @@ def check_consistent(sn: DevmapperSnapshotter, pool: Pool, faulty_before: set[in
 
 
 def test_kill_9_mid_operation_loses_and_leaks_nothing(tmp_path: Path, pool: Pool) -> None:
+    """The serving process (`nydus-hybrid devmapper serve`) is killed at a random point while
+    a client churns through it; the next start's reconciliation must leave a consistent pool."""
     import random
     import signal
+    import threading
     import time
 
     cfg = config(tmp_path, pool, base_image_size="16MB")
+    cfg_path = tmp_path / "devmapper.toml"
+    cfg_path.write_text(f'root_path = "{cfg.root_path}"\npool_name = "{pool.name}"\nbase_image_size = "16MB"\n')
+    address = tmp_path / "dm.sock"
     rnd = random.Random(1234)
     faulty: set[int] = set()
     for round_ in range(ROUNDS):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _churn(cfg, round_)
-            finally:
-                os._exit(0)
+        server = start_server(cfg_path, address, tmp_path / "dm.log")
+        client = threading.Thread(target=_churn, args=(address, round_))
+        client.start()
         time.sleep(rnd.uniform(0.2, 3.0))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        sn = DevmapperSnapshotter(cfg)  # the restart: reconciliation runs here
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        client.join(timeout=120)
+        assert not client.is_alive(), "the client hung on a killed server"
+        address.unlink(missing_ok=True)
+        sn = DevmapperSnapshotter(cfg)  # a restart's reconciliation runs here
         try:
             faulty = check_consistent(sn, pool, faulty)
         finally:
