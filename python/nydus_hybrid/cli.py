@@ -650,6 +650,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from nydus_hybrid.devmapper.cli import main as devmapper_main
 
         return devmapper_main(args[1:])
+    if args[:1] == ["storage"]:
+        from nydus_hybrid.storage.cli import main as storage_main
+
+        return storage_main(args[1:])
+    if args[:1] == ["flist"]:
+        from nydus_hybrid.storage.flist_cli import main as flist_main
+
+        return flist_main(args[1:])
     parser = make_parser()
     a = parser.parse_args(args)
     if a.version:

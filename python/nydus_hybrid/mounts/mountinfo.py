@@ -8,7 +8,7 @@ import os
 
 TYPE_CHECKING = False  # not typing's: the daemon's early mount uses this module
 if TYPE_CHECKING:
-    from typing import List, Optional
+    from typing import Dict, List, Optional
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -41,6 +41,23 @@ def mounts_under(path: str) -> List[str]:
     with open(MOUNTINFO) as f:
         found = {p for p in (_unescape(line.split()[4]) for line in f) if p.startswith(prefix)}
     return sorted(found, key=lambda p: p.count("/"), reverse=True)
+
+
+def mount_fields(path: str) -> Optional[Dict[str, str]]:
+    """The fields of the mount at ``path`` (canonical) that tell what it is: ``device``
+    (major:minor, shared by a bind mount and its source), ``fstype``, ``source`` and the
+    superblock options ``super`` (an overlay's ``lowerdir=`` is there)."""
+    line = mount_entry(path)
+    if line is None:
+        return None
+    fields = line.split()
+    sep = fields.index("-")
+    return {
+        "device": fields[2],
+        "fstype": fields[sep + 1],
+        "source": _unescape(fields[sep + 2]),
+        "super": _unescape(fields[sep + 3]) if len(fields) > sep + 3 else "",
+    }
 
 
 def is_mountpoint(path: str) -> bool:

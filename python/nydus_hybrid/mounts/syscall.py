@@ -9,6 +9,8 @@ import os
 from typing import Optional
 
 MS_RDONLY = 1
+MS_NOATIME = 1024
+MS_BIND = 4096
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -4,7 +4,16 @@ mounted read-only from a Nydus bootstrap through our daemon with a writable over
 container.
 
 Not to be confused with the blob backends (registry, S3, localfs), which live in the Rust
-core (``rust/src/storage``) and are configured through nydusd configs. Planned modules:
-``pool`` (disks and their filesystems), ``volume`` (subvolumes and quotas), ``flist``
-(flist mounts on top of ``nydus_hybrid.manager``).
+core (``rust/src/storage``) and are configured through nydusd configs. The modules:
+
+- ``errors``: ``StorageError`` and its typed subclasses (``NotEnoughSpace(disk_type)``...);
+- ``names``: name and size validation;
+- ``policy``: ``DiskType``, ``RaidProfile`` and ``StoragePolicy`` (how disks make pools);
+- ``btrfs``: the btrfs-progs, blkid and kernel counter wrapper;
+- ``pools``: pools made on the disks and found again from their btrfs labels;
+- ``module``: ``StorageModule``, zos's volume allocator (``create_filesystem``...);
+- ``vdisk``: ``VDiskModule``, sparse virtual disk files on an ssd pool;
+- ``cli``: ``nydus-hybrid storage`` (init, create, release, list, update, total, broken,
+  monitor);
+- ``flist``: flist mounts over volumes of the storage module.
 """
