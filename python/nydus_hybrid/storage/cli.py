@@ -25,7 +25,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from nydus_hybrid.storage.errors import StorageError
 from nydus_hybrid.storage.module import StorageModule
@@ -196,12 +196,16 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    a = make_parser().parse_args(argv)
+def run_command(prog: str, run: Callable[[argparse.Namespace], int], a: argparse.Namespace) -> int:
+    """One command of `storage` or `flist`: a failure is one line on stderr and exit 1."""
     try:
-        return _run(a)
+        return run(a)
     except (StorageError, OSError) as e:
-        print(f"nydus-hybrid storage: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{prog}: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_command("nydus-hybrid storage", _run, make_parser().parse_args(argv))

@@ -19,8 +19,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from nydus_hybrid.storage.cli import _size, common_options, open_module, show
-from nydus_hybrid.storage.errors import StorageError
+from nydus_hybrid.storage.cli import _size, common_options, open_module, run_command, show
 from nydus_hybrid.storage.flist import DEFAULT_LIMIT, Flister, MountOptions
 from nydus_hybrid.storage.policy import DiskType
 
@@ -90,11 +89,4 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    a = make_parser().parse_args(argv)
-    try:
-        return _run(a)
-    except (StorageError, OSError) as e:
-        print(f"nydus-hybrid flist: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command("nydus-hybrid flist", _run, make_parser().parse_args(argv))
